@@ -1,0 +1,298 @@
+//! Command-line surface: clap types, then each command run on resolved settings.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::plan::{Plan, Status};
+use crate::printer::{table, Printer, Verbosity};
+use crate::registry::auth::ExplicitCredentials;
+use crate::registry::{Registry, Transport};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "venvimg",
+    version,
+    about = "nox session virtualenvs as reproducible OCI job images",
+    long_about = "venvimg turns each nox session's virtualenv into a reproducible OCI image layer, \
+tagged by a hash of everything that decides its bytes, and pushes a job image (base image + venv) \
+to a registry. CI jobs run in that image with `.nox` already there: \
+`UV_OFFLINE=1 nox --envdir /opt/nox --reuse-venv=always --no-install -s SESSION`."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The configuration file; inputs and the noxfile are found next to it.
+    #[arg(long, global = true, default_value = crate::config::DEFAULT_CONFIG_FILE)]
+    pub config: PathBuf,
+    /// More detail (each step, each request kind).
+    #[arg(short, long, global = true, conflicts_with = "quiet")]
+    pub verbose: bool,
+    /// Only warnings, errors and the data asked for.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// A registry (HOST[:PORT]) reached over plain HTTP. Loopback registries always are.
+    #[arg(long = "insecure-registry", global = true, value_name = "HOST[:PORT]")]
+    pub insecure_registry: Vec<String>,
+    /// Do not verify TLS certificates (HTTPS is still used).
+    #[arg(long, global = true)]
+    pub skip_tls_verify: bool,
+    /// Extra CA certificate (PEM) to trust; SSL_CERT_FILE is also read.
+    #[arg(long = "ca-file", global = true, value_name = "FILE")]
+    pub ca_file: Vec<PathBuf>,
+    /// Username for the target registry (else VENVIMG_USERNAME, then auth files).
+    #[arg(long, global = true, env = "VENVIMG_USERNAME", hide_env_values = true)]
+    pub username: Option<String>,
+    /// Read the target registry's password from standard input (else VENVIMG_PASSWORD).
+    #[arg(long, global = true)]
+    pub password_stdin: bool,
+    /// Upload blobs in chunks of this many MiB instead of one request each (for proxies
+    /// that limit request bodies).
+    #[arg(long, global = true, value_name = "MIB")]
+    pub chunk_size: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// For each session: key, tag, image reference, hit or miss.
+    Plan(PlanArgs),
+    /// Plan, then build, pack, compose and push every miss.
+    Build(crate::build::BuildArgs),
+    /// Sessions, keys, inputs and packages recorded in an image venvimg made.
+    Inspect(crate::outputs::InspectArgs),
+    /// Write a commented venvimg.yaml from `nox --list --json`.
+    Init(crate::outputs::InitArgs),
+    /// Print shell completions.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Only these sessions (repeatable).
+    #[arg(long = "session", short = 's', value_name = "NAME")]
+    pub sessions: Vec<String>,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Append `name=value` lines with each session's image to $GITHUB_OUTPUT or
+    /// $FORGEJO_OUTPUT.
+    #[arg(long)]
+    pub ci_output: bool,
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ => 2,
+            };
+        }
+    };
+    let printer = Printer::new(if cli.global.quiet {
+        Verbosity::Quiet
+    } else if cli.global.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(run(cli, &printer)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
+    match cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "venvimg", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Init(args) => crate::outputs::init(&cli.global, &args, printer),
+        Command::Inspect(args) => {
+            let transport = transport(&cli.global, None)?;
+            crate::outputs::inspect(transport, &args, printer).await
+        }
+        Command::Plan(args) => {
+            let config = Config::load(&cli.global.config)?;
+            let registry = connect(&cli.global, &config)?;
+            let plan = crate::plan::make_plan(&config, &registry, &args.sessions).await?;
+            flush_warnings(&registry, printer);
+            print_plan(&plan, &config, args.json, printer);
+            if args.ci_output {
+                let refs: Vec<(String, String)> = plan
+                    .sessions
+                    .iter()
+                    .map(|s| (s.venv_dir.clone(), s.image.whole()))
+                    .collect();
+                write_ci_output(&refs, printer)?;
+            }
+            Ok(())
+        }
+        Command::Build(args) => {
+            let config = Config::load(&cli.global.config)?;
+            let registry = connect(&cli.global, &config)?;
+            crate::build::run(&config, &registry, &args, printer).await
+        }
+    }
+}
+
+pub fn flush_warnings(registry: &Registry, printer: &Printer) {
+    for w in registry.take_warnings() {
+        printer.warn(w);
+    }
+}
+
+/// Transport settings from the global flags; explicit credentials apply to `target`.
+pub fn transport(g: &GlobalArgs, target: Option<&str>) -> Result<Transport, Error> {
+    let mut explicit = ExplicitCredentials::from_env();
+    if let Some(u) = &g.username {
+        explicit.username = Some(u.clone());
+    }
+    if g.password_stdin {
+        let mut pw = String::new();
+        std::io::stdin()
+            .read_line(&mut pw)
+            .map_err(|e| Error::Usage(format!("--password-stdin: cannot read standard input: {e}")))?;
+        let pw = pw.trim_end_matches(['\n', '\r']).to_string();
+        if pw.is_empty() {
+            return Err(Error::Usage(
+                "--password-stdin: standard input was empty; pipe the password in".into(),
+            ));
+        }
+        explicit.password = Some(pw);
+    }
+    Ok(Transport {
+        insecure: g.insecure_registry.clone(),
+        skip_tls_verify: g.skip_tls_verify,
+        ca_files: g.ca_file.clone(),
+        explicit,
+        explicit_for: target.map(str::to_string),
+        monolithic: g.chunk_size.is_none(),
+        chunk_size: g.chunk_size.map(|m| (m.max(1) as usize) << 20),
+    })
+}
+
+pub fn connect(g: &GlobalArgs, config: &Config) -> Result<Registry, Error> {
+    let target = config.repository.resolve_registry().to_string();
+    let mut t = transport(g, Some(&target))?;
+    t.insecure.extend(config.insecure_registries.iter().cloned());
+    Ok(Registry::new(
+        t,
+        &[
+            config.repository.resolve_registry(),
+            config.base.resolve_registry(),
+        ],
+    )?)
+}
+
+fn print_plan(plan: &Plan, config: &Config, json: bool, printer: &Printer) {
+    if json {
+        let sessions: Vec<serde_json::Value> = plan
+            .sessions
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "session": s.config.name,
+                    "venv_dir": s.venv_dir,
+                    "key": s.key,
+                    "tag": s.tag,
+                    "image": s.image.whole(),
+                    "status": match &s.status { Status::Hit { .. } => "hit", Status::Miss => "miss" },
+                    "digest": match &s.status { Status::Hit { digest } => Some(digest), Status::Miss => None },
+                    "inputs": s.document.inputs,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "repository": format!("{}/{}", config.repository.resolve_registry(), config.repository.repository()),
+            "base": plan.base.pinned(),
+            "platform": config.platform.to_string(),
+            "envdir": config.envdir,
+            "sessions": sessions,
+        });
+        printer.out(serde_json::to_string_pretty(&doc).expect("JSON serialises"));
+        return;
+    }
+    let rows: Vec<Vec<String>> = plan
+        .sessions
+        .iter()
+        .map(|s| {
+            vec![
+                s.config.name.clone(),
+                s.venv_dir.clone(),
+                s.tag.clone(),
+                match s.status {
+                    Status::Hit { .. } => "hit".into(),
+                    Status::Miss => "miss".into(),
+                },
+            ]
+        })
+        .collect();
+    printer.info(format!("base {}", plan.base.pinned()));
+    printer.out(table(&["SESSION", "VENV", "TAG", "STATUS"], &rows));
+}
+
+/// Append `name=value` lines for a later CI job (`${{ needs.JOB.outputs.NAME }}`). Names
+/// are the venv directory names with `-` → `_`, which both GitHub and Forgejo accept.
+pub fn write_ci_output(refs: &[(String, String)], printer: &Printer) -> Result<(), Error> {
+    let path = std::env::var_os("GITHUB_OUTPUT")
+        .or_else(|| std::env::var_os("FORGEJO_OUTPUT"))
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| {
+            Error::Usage(
+                "--ci-output: neither GITHUB_OUTPUT nor FORGEJO_OUTPUT is set; run it inside a workflow step or set one to a file".into(),
+            )
+        })?;
+    let path = PathBuf::from(path);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+    let mut text = String::new();
+    for (name, value) in refs {
+        text.push_str(&format!("{}={}\n", ci_output_name(name), value));
+    }
+    f.write_all(text.as_bytes()).map_err(|source| Error::Io {
+        path: path.clone(),
+        source,
+    })?;
+    printer.verbose(format!("wrote {} outputs to {}", refs.len(), path.display()));
+    Ok(())
+}
+
+pub fn ci_output_name(venv_dir: &str) -> String {
+    venv_dir.replace('-', "_")
+}

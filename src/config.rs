@@ -1,0 +1,684 @@
+//! `venvimg.yaml`: parsing and validation into resolved, typed settings.
+//!
+//! Every error names the file, the field and what to do, because the person reading it
+//! is usually looking at a CI log, not at our source.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use oci_client::Reference;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use crate::layer::Compression;
+
+pub const DEFAULT_CONFIG_FILE: &str = "venvimg.yaml";
+pub const DEFAULT_ENVDIR: &str = "/opt/nox";
+pub const DEFAULT_WORKDIR: &str = "/src";
+pub const DEFAULT_INPUTS: &[&str] = &["pyproject.toml", "uv.lock", "noxfile.py"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read the configuration: {source}\n  hint: create one with `venvimg init`, or pass --config FILE")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Syntax { file: PathBuf, message: String },
+    #[error("{file}: field `{field}`: {message}")]
+    Field {
+        file: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn field(file: &Path, field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Field {
+            file: file.to_path_buf(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The YAML document as written. Unknown fields are refused so a typo never silently
+/// falls back to a default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    repository: Option<String>,
+    base: Option<String>,
+    platform: Option<String>,
+    envdir: Option<String>,
+    workdir: Option<String>,
+    builder: Option<String>,
+    inputs: Option<Vec<String>>,
+    sessions: Option<Vec<Value>>,
+    compression: Option<String>,
+    owner: Option<String>,
+    project: Option<String>,
+    build: Option<String>,
+    #[serde(default)]
+    insecure_registries: Vec<String>,
+    #[serde(default)]
+    build_env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BuilderKind {
+    Podman,
+    Docker,
+    Local,
+}
+
+impl BuilderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuilderKind::Podman => "podman",
+            BuilderKind::Docker => "docker",
+            BuilderKind::Local => "local",
+        }
+    }
+}
+
+impl fmt::Display for BuilderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to do with the project's own code when the installs froze it non-editable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProjectMode {
+    #[default]
+    Refuse,
+    Editable,
+    Keyed,
+}
+
+impl ProjectMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProjectMode::Refuse => "refuse",
+            ProjectMode::Editable => "editable",
+            ProjectMode::Keyed => "keyed",
+        }
+    }
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "refuse" => Some(ProjectMode::Refuse),
+            "editable" => Some(ProjectMode::Editable),
+            "keyed" => Some(ProjectMode::Keyed),
+            _ => None,
+        }
+    }
+}
+
+/// How the builder produces the venv: nox's install phase only, or the whole session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BuildMode {
+    #[default]
+    InstallOnly,
+    Run,
+}
+
+impl BuildMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildMode::InstallOnly => "install-only",
+            BuildMode::Run => "run",
+        }
+    }
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "install-only" => Some(BuildMode::InstallOnly),
+            "run" => Some(BuildMode::Run),
+            _ => None,
+        }
+    }
+}
+
+/// One session as configured. Every option here is part of the session's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    pub name: String,
+    pub project: ProjectMode,
+    pub build: BuildMode,
+    pub posargs: Vec<String>,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u64,
+    pub gid: u64,
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+const KNOWN_ARCHES: &[&str] = &[
+    "amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64", "mips64le",
+];
+
+impl Platform {
+    /// The platform of this machine, in OCI's spelling.
+    pub fn host() -> Platform {
+        let architecture = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "powerpc64" => "ppc64le",
+            "s390x" => "s390x",
+            "riscv64" => "riscv64",
+            "arm" => "arm",
+            other => other,
+        };
+        Platform {
+            os: "linux".into(),
+            architecture: architecture.into(),
+            variant: None,
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Platform, String> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let (os, arch, variant) = match parts.as_slice() {
+            [os, arch] => (*os, *arch, None),
+            [os, arch, variant] => (*os, *arch, Some(variant.to_string())),
+            _ => {
+                return Err(format!(
+                    "`{s}` is not OS/ARCH[/VARIANT]; write e.g. linux/amd64 or linux/arm64"
+                ))
+            }
+        };
+        if os != "linux" {
+            return Err(format!(
+                "unsupported OS `{os}` in `{s}`: nox job images are linux images; write linux/ARCH"
+            ));
+        }
+        if !KNOWN_ARCHES.contains(&arch) {
+            return Err(format!(
+                "unsupported architecture `{arch}` in `{s}`; use one of: {}",
+                KNOWN_ARCHES.join(", ")
+            ));
+        }
+        Ok(Platform {
+            os: os.into(),
+            architecture: arch.into(),
+            variant,
+        })
+    }
+}
+
+/// The resolved configuration: defaults applied, paths checked, references parsed.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    /// Directory the config file lives in; inputs and the noxfile are relative to it.
+    pub project_dir: PathBuf,
+    pub repository: Reference,
+    pub base: Reference,
+    pub platform: Platform,
+    pub envdir: String,
+    pub workdir: String,
+    pub builder: BuilderKind,
+    pub inputs: Vec<String>,
+    /// `None` means: ask nox which sessions it would run.
+    pub sessions: Option<Vec<SessionConfig>>,
+    pub default_project: ProjectMode,
+    pub default_build: BuildMode,
+    pub compression: Compression,
+    pub owner: Owner,
+    pub insecure_registries: Vec<String>,
+    /// Extra environment for every build (package index URLs, certificates...). Not part
+    /// of the key: it may hold secrets, and should not decide the venv's bytes.
+    pub build_env: BTreeMap<String, String>,
+}
+
+impl Config {
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        let project_dir = match file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        Self::parse(&text, file, &project_dir)
+    }
+
+    pub fn parse(text: &str, file: &Path, project_dir: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.to_path_buf(),
+            message: syntax_message(&e),
+        })?;
+        let f = file;
+
+        let repository_s = raw.repository.ok_or_else(|| {
+            ConfigError::field(
+                f,
+                "repository",
+                "missing; set it to where job images go, e.g. `repository: registry.example.com/acme/app/ci`",
+            )
+        })?;
+        let repository = parse_reference(f, "repository", &repository_s)?;
+        if repository_s.contains('@') || repository_s.rsplit('/').next().unwrap_or("").contains(':') {
+            return Err(ConfigError::field(
+                f,
+                "repository",
+                format!("`{repository_s}` names a tag or digest; give the repository only (venvimg chooses the tags)"),
+            ));
+        }
+        let base_s = raw.base.ok_or_else(|| {
+            ConfigError::field(
+                f,
+                "base",
+                "missing; set it to the image with python, uv and nox that jobs run in",
+            )
+        })?;
+        let base = parse_reference(f, "base", &base_s)?;
+
+        let platform = match raw.platform {
+            Some(p) => Platform::parse(&p).map_err(|m| ConfigError::field(f, "platform", m))?,
+            None => Platform::host(),
+        };
+
+        let envdir = raw.envdir.unwrap_or_else(|| DEFAULT_ENVDIR.into());
+        check_abs_dir(f, "envdir", &envdir)?;
+        let workdir = raw.workdir.unwrap_or_else(|| DEFAULT_WORKDIR.into());
+        check_abs_dir(f, "workdir", &workdir)?;
+        if Path::new(&envdir).starts_with(&workdir) {
+            return Err(ConfigError::field(
+                f,
+                "envdir",
+                format!("`{envdir}` is inside workdir `{workdir}`; CI checkouts wipe the workspace, so keep the venvs outside it (default /opt/nox)"),
+            ));
+        }
+
+        let builder = match raw.builder.as_deref() {
+            None | Some("podman") => BuilderKind::Podman,
+            Some("docker") => BuilderKind::Docker,
+            Some("local") => BuilderKind::Local,
+            Some(other) => {
+                return Err(ConfigError::field(
+                    f,
+                    "builder",
+                    format!("unknown builder `{other}`; use podman, docker or local"),
+                ))
+            }
+        };
+
+        let compression = match raw.compression.as_deref() {
+            None | Some("gzip") => Compression::Gzip,
+            Some("zstd") => Compression::Zstd,
+            Some(other) => {
+                return Err(ConfigError::field(
+                    f,
+                    "compression",
+                    format!("unknown compression `{other}`; use gzip or zstd"),
+                ))
+            }
+        };
+
+        let owner = match raw.owner.as_deref() {
+            None => Owner { uid: 0, gid: 0 },
+            Some(s) => parse_owner(s).ok_or_else(|| {
+                ConfigError::field(
+                    f,
+                    "owner",
+                    format!("`{s}` is not UID:GID with numbers, e.g. \"0:0\" or \"1000:1000\""),
+                )
+            })?,
+        };
+
+        let default_project = match raw.project.as_deref() {
+            None => ProjectMode::default(),
+            Some(s) => ProjectMode::parse(s).ok_or_else(|| {
+                ConfigError::field(
+                    f,
+                    "project",
+                    format!("unknown value `{s}`; use refuse, editable or keyed"),
+                )
+            })?,
+        };
+        let default_build = match raw.build.as_deref() {
+            None => BuildMode::default(),
+            Some(s) => BuildMode::parse(s).ok_or_else(|| {
+                ConfigError::field(
+                    f,
+                    "build",
+                    format!("unknown value `{s}`; use install-only or run"),
+                )
+            })?,
+        };
+
+        let inputs = raw
+            .inputs
+            .unwrap_or_else(|| DEFAULT_INPUTS.iter().map(|s| s.to_string()).collect());
+        for (i, input) in inputs.iter().enumerate() {
+            let field = format!("inputs[{i}]");
+            if Path::new(input).is_absolute() || input.split('/').any(|c| c == "..") {
+                return Err(ConfigError::field(
+                    f,
+                    field,
+                    format!("`{input}` must be a path relative to the project, inside it"),
+                ));
+            }
+            let path = project_dir.join(input);
+            if !path.is_file() {
+                return Err(ConfigError::field(
+                    f,
+                    field,
+                    format!(
+                        "input file `{}` does not exist; create it or remove it from `inputs`",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+
+        let sessions = match raw.sessions {
+            None => None,
+            Some(list) => {
+                let mut out = Vec::with_capacity(list.len());
+                for (i, v) in list.into_iter().enumerate() {
+                    let s = parse_session(f, i, v, default_project, default_build)?;
+                    if out.iter().any(|o: &SessionConfig| o.name == s.name) {
+                        return Err(ConfigError::field(
+                            f,
+                            format!("sessions[{i}]"),
+                            format!("session `{}` is listed twice", s.name),
+                        ));
+                    }
+                    out.push(s);
+                }
+                if out.is_empty() {
+                    return Err(ConfigError::field(
+                        f,
+                        "sessions",
+                        "empty list; list session names, or remove the field to use what `nox --list` selects",
+                    ));
+                }
+                Some(out)
+            }
+        };
+
+        for (i, r) in raw.insecure_registries.iter().enumerate() {
+            if r.is_empty() || r.contains('/') {
+                return Err(ConfigError::field(
+                    f,
+                    format!("insecure_registries[{i}]"),
+                    format!("`{r}` is not HOST or HOST:PORT"),
+                ));
+            }
+        }
+
+        Ok(Config {
+            file: file.to_path_buf(),
+            project_dir: project_dir.to_path_buf(),
+            repository,
+            base,
+            platform,
+            envdir,
+            workdir,
+            builder,
+            inputs,
+            sessions,
+            default_project,
+            default_build,
+            compression,
+            owner,
+            insecure_registries: raw.insecure_registries,
+            build_env: raw.build_env,
+        })
+    }
+
+    /// A session not listed in `sessions:` (discovered from nox) gets the defaults.
+    pub fn default_session(&self, name: &str) -> SessionConfig {
+        SessionConfig {
+            name: name.to_string(),
+            project: self.default_project,
+            build: self.default_build,
+            posargs: Vec::new(),
+            env: BTreeMap::new(),
+        }
+    }
+}
+
+fn syntax_message(e: &serde_yaml::Error) -> String {
+    // serde_yaml puts "at line L column C" in its message already for most errors; make
+    // sure it is there, and point at the fix for the common case of a misspelt field.
+    let mut msg = e.to_string();
+    if let Some(loc) = e.location() {
+        if !msg.contains("line") {
+            msg = format!("{msg} (line {} column {})", loc.line(), loc.column());
+        }
+    }
+    if msg.contains("unknown field") {
+        msg.push_str("\n  hint: check the spelling against the configuration reference in the README");
+    }
+    msg
+}
+
+fn parse_reference(file: &Path, field: &str, s: &str) -> Result<Reference, ConfigError> {
+    s.parse::<Reference>().map_err(|e| {
+        ConfigError::field(
+            file,
+            field,
+            format!("`{s}` is not a valid image reference ({e}); write HOST[:PORT]/PATH[:TAG], e.g. registry.example.com/acme/app"),
+        )
+    })
+}
+
+fn check_abs_dir(file: &Path, field: &str, value: &str) -> Result<(), ConfigError> {
+    if !value.starts_with('/') {
+        return Err(ConfigError::field(
+            file,
+            field,
+            format!("`{value}` must be an absolute path (the same path at build time and in the job container), e.g. /opt/nox"),
+        ));
+    }
+    if value.len() > 1 && value.ends_with('/') || value.contains("//") || value.split('/').any(|c| c == ".." || c == ".") {
+        return Err(ConfigError::field(
+            file,
+            field,
+            format!("`{value}` must be a normalised absolute path (no trailing slash, `.`, `..` or `//`): nox compares the string as written"),
+        ));
+    }
+    if value == "/" {
+        return Err(ConfigError::field(file, field, "`/` is not allowed; use a dedicated directory such as /opt/nox"));
+    }
+    Ok(())
+}
+
+fn parse_owner(s: &str) -> Option<Owner> {
+    let (u, g) = s.split_once(':')?;
+    Some(Owner {
+        uid: u.parse().ok()?,
+        gid: g.parse().ok()?,
+    })
+}
+
+fn parse_session(
+    file: &Path,
+    index: usize,
+    value: Value,
+    default_project: ProjectMode,
+    default_build: BuildMode,
+) -> Result<SessionConfig, ConfigError> {
+    let at = format!("sessions[{index}]");
+    let mut s = SessionConfig {
+        name: String::new(),
+        project: default_project,
+        build: default_build,
+        posargs: Vec::new(),
+        env: BTreeMap::new(),
+    };
+    match value {
+        Value::String(name) => s.name = name,
+        Value::Mapping(map) => {
+            for (k, v) in map {
+                let Value::String(key) = k else {
+                    return Err(ConfigError::field(file, &at, "option names must be strings"));
+                };
+                let field = format!("{at}.{key}");
+                match key.as_str() {
+                    "name" => s.name = yaml_string(file, &field, v)?,
+                    "project" => {
+                        let v = yaml_string(file, &field, v)?;
+                        s.project = ProjectMode::parse(&v).ok_or_else(|| {
+                            ConfigError::field(file, &field, format!("unknown value `{v}`; use refuse, editable or keyed"))
+                        })?;
+                    }
+                    "build" => {
+                        let v = yaml_string(file, &field, v)?;
+                        s.build = BuildMode::parse(&v).ok_or_else(|| {
+                            ConfigError::field(file, &field, format!("unknown value `{v}`; use install-only or run"))
+                        })?;
+                    }
+                    "posargs" => {
+                        let Value::Sequence(items) = v else {
+                            return Err(ConfigError::field(file, &field, "must be a list of strings"));
+                        };
+                        for item in items {
+                            s.posargs.push(yaml_string(file, &field, item)?);
+                        }
+                    }
+                    "env" => {
+                        let Value::Mapping(m) = v else {
+                            return Err(ConfigError::field(file, &field, "must be a map of NAME: value"));
+                        };
+                        for (k, v) in m {
+                            let k = yaml_string(file, &field, k)?;
+                            let v = yaml_string(file, &format!("{field}.{k}"), v)?;
+                            s.env.insert(k, v);
+                        }
+                    }
+                    other => {
+                        return Err(ConfigError::field(
+                            file,
+                            &field,
+                            format!("unknown session option `{other}`; use name, project, build, posargs or env"),
+                        ))
+                    }
+                }
+            }
+            if s.name.is_empty() {
+                return Err(ConfigError::field(file, &at, "a session map needs `name:`"));
+            }
+        }
+        _ => {
+            return Err(ConfigError::field(
+                file,
+                &at,
+                "must be a session name or a map with `name:` and options",
+            ))
+        }
+    }
+    if s.name.trim().is_empty() {
+        return Err(ConfigError::field(file, &at, "empty session name"));
+    }
+    Ok(s)
+}
+
+fn yaml_string(file: &Path, field: &str, v: Value) -> Result<String, ConfigError> {
+    match v {
+        Value::String(s) => Ok(s),
+        // Users write `SETUPTOOLS_SCM_PRETEND_VERSION: 1.0` and mean the string.
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        _ => Err(ConfigError::field(file, field, "must be a string")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        for f in DEFAULT_INPUTS {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        Config::parse(text, Path::new("venvimg.yaml"), dir.path())
+    }
+
+    const MIN: &str = "repository: 127.0.0.1:5000/acme/ci\nbase: 127.0.0.1:5000/base:1\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.envdir, "/opt/nox");
+        assert_eq!(c.workdir, "/src");
+        assert_eq!(c.builder, BuilderKind::Podman);
+        assert_eq!(c.owner, Owner { uid: 0, gid: 0 });
+        assert!(c.sessions.is_none());
+        assert_eq!(c.repository.registry(), "127.0.0.1:5000");
+    }
+
+    #[test]
+    fn sessions_as_names_and_maps() {
+        let c = parse(&format!(
+            "{MIN}project: editable\nsessions:\n  - tests-3.12\n  - name: docs\n    build: run\n    posargs: [--collect-only]\n    env: {{A: 1}}\n"
+        ))
+        .unwrap();
+        let s = c.sessions.unwrap();
+        assert_eq!(s[0].name, "tests-3.12");
+        assert_eq!(s[0].project, ProjectMode::Editable);
+        assert_eq!(s[1].build, BuildMode::Run);
+        assert_eq!(s[1].posargs, vec!["--collect-only"]);
+        assert_eq!(s[1].env.get("A").map(String::as_str), Some("1"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (format!("{MIN}envdir: opt/nox\n"), "envdir"),
+            (format!("{MIN}envdir: /src/.nox\n"), "envdir"),
+            (format!("{MIN}platform: windows/amd64\n"), "platform"),
+            (format!("{MIN}platform: linux\n"), "platform"),
+            (format!("{MIN}builder: kaniko\n"), "builder"),
+            (format!("{MIN}owner: root\n"), "owner"),
+            (format!("{MIN}sessions:\n  - name: a\n    colour: red\n"), "sessions[0].colour"),
+            (format!("{MIN}inputs: [missing.txt]\n"), "inputs[0]"),
+            ("repository: 'UPPER CASE/x'\nbase: b\n".to_string(), "repository"),
+        ];
+        for (text, field) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{field}`")), "{text:?} → {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_top_level_field_has_position() {
+        let err = parse(&format!("{MIN}colour: red\n")).unwrap_err().to_string();
+        assert!(err.contains("unknown field `colour`"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+}

@@ -1,0 +1,203 @@
+//! What venvimg must know of nox: the name nox gives a session's venv directory, and
+//! which sessions a noxfile defines.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+use sha1::{Digest, Sha1};
+use unicode_normalization::UnicodeNormalization;
+
+/// nox's `_normalize_path(envdir, signature)`, returning the directory *name* (the last
+/// component). nox reuses a venv only at exactly this path, so this is a port, not an
+/// approximation: NFKD then ASCII-only, `[^\w\s-]` → `-`, strip, lower-case, runs of
+/// `-`/whitespace → `-`, strip `-`; empty → sha1[:8] of the original; and when
+/// `join(envdir, name)` is longer than 87 characters (room for `bin/pythonX.Y` under
+/// 100), the name becomes sha1(name)[:8] — unless envdir itself is 91 or longer.
+pub fn venv_dir_name(envdir: &str, signature: &str) -> String {
+    let ascii: String = signature.nfkd().filter(|c| c.is_ascii()).collect();
+    // After the ASCII filter, Python's `\w` is [A-Za-z0-9_] and `\s` is str.isspace().
+    let replaced: String = ascii
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || is_py_space(c) || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let lowered = replaced.trim_matches(is_py_space).to_lowercase();
+    let mut collapsed = String::with_capacity(lowered.len());
+    let mut in_run = false;
+    for c in lowered.chars() {
+        if c == '-' || is_py_space(c) {
+            if !in_run {
+                collapsed.push('-');
+            }
+            in_run = true;
+        } else {
+            collapsed.push(c);
+            in_run = false;
+        }
+    }
+    let mut name = collapsed.trim_matches('-').to_string();
+    if name.is_empty() {
+        name = sha1_hex8(signature.as_bytes());
+    }
+    let full_len = python_join_len(envdir, &name);
+    if full_len > 100 - "bin/pythonX.Y".len() && envdir.chars().count() < 100 - 9 {
+        name = sha1_hex8(name.as_bytes());
+    }
+    name
+}
+
+/// The full venv path nox uses: `os.path.join(envdir, name)`.
+pub fn venv_path(envdir: &str, signature: &str) -> String {
+    let name = venv_dir_name(envdir, signature);
+    python_join(envdir, &name)
+}
+
+fn python_join(envdir: &str, name: &str) -> String {
+    if envdir.is_empty() || envdir.ends_with('/') {
+        format!("{envdir}{name}")
+    } else {
+        format!("{envdir}/{name}")
+    }
+}
+
+fn python_join_len(envdir: &str, name: &str) -> usize {
+    python_join(envdir, name).chars().count()
+}
+
+fn is_py_space(c: char) -> bool {
+    // str.isspace() for ASCII: \t \n \v \f \r, the separators \x1c-\x1f, and space.
+    matches!(c, '\t' | '\n' | '\x0b' | '\x0c' | '\r' | '\x1c'..='\x1f' | ' ')
+}
+
+fn sha1_hex8(bytes: &[u8]) -> String {
+    let digest = Sha1::digest(bytes);
+    hex::encode(digest)[..8].to_string()
+}
+
+/// One entry of `nox --list --json`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct NoxSession {
+    /// The signature nox selects and names the venv by (`tests-3.12`, `tests(django='4.2')`).
+    pub session: String,
+    /// The Python function's name.
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub python: Option<serde_json::Value>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NoxError {
+    #[error("cannot run `nox` to list the sessions of {noxfile}: {source}\n  hint: install nox (`pip install nox` or `uv tool install nox`), or list the sessions in venvimg.yaml under `sessions:`")]
+    Spawn {
+        noxfile: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{noxfile} imports the module `{module}`, which is not installed where nox runs\n  hint: install it next to nox (e.g. `uv tool install nox --with {module}`), and add it to the base image (see images/README.md)")]
+    MissingModule { noxfile: PathBuf, module: String },
+    #[error("`nox --list --json` failed for {noxfile} (exit {code}):\n{stderr}")]
+    Failed {
+        noxfile: PathBuf,
+        code: i32,
+        stderr: String,
+    },
+    #[error("`nox --list --json` printed something that is not its JSON session list for {noxfile}: {message}")]
+    BadOutput { noxfile: PathBuf, message: String },
+}
+
+/// Which sessions nox lists for the noxfile in `project_dir`. `all` lists every session
+/// the noxfile defines, even when it sets `nox.options.sessions` (an empty keyword
+/// expression matches everything).
+pub fn list_sessions(project_dir: &Path, all: bool) -> Result<Vec<NoxSession>, NoxError> {
+    let noxfile = project_dir.join("noxfile.py");
+    let mut cmd = Command::new("nox");
+    cmd.current_dir(project_dir).args(["--list", "--json"]);
+    if all {
+        cmd.args(["-k", ""]);
+    }
+    // NOXSESSION in the caller's environment would narrow the list behind our back.
+    cmd.env_remove("NOXSESSION");
+    let out = cmd.output().map_err(|source| NoxError::Spawn {
+        noxfile: noxfile.clone(),
+        source,
+    })?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        if let Some(module) = missing_module(&stderr) {
+            return Err(NoxError::MissingModule { noxfile, module });
+        }
+        return Err(NoxError::Failed {
+            noxfile,
+            code: out.status.code().unwrap_or(-1),
+            stderr: stderr.trim_end().to_string(),
+        });
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // nox may print log lines before the JSON; the list is the last line starting with `[`.
+    let json = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('['))
+        .unwrap_or("");
+    serde_json::from_str(json).map_err(|e| NoxError::BadOutput {
+        noxfile,
+        message: e.to_string(),
+    })
+}
+
+/// `ModuleNotFoundError: No module named 'nox_uv'` → `nox_uv` (top-level package).
+pub fn missing_module(stderr: &str) -> Option<String> {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains("ModuleNotFoundError: No module named"))?;
+    let start = line.find("No module named")? + "No module named".len();
+    let name = line[start..].trim().trim_matches(|c| c == '\'' || c == '"');
+    let top = name.split('.').next().unwrap_or(name);
+    (!top.is_empty()).then(|| top.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simple_names() {
+        assert_eq!(venv_dir_name(".nox", "tests"), "tests");
+        assert_eq!(venv_dir_name("/opt/nox", "tests-3.12"), "tests-3-12");
+        assert_eq!(
+            venv_dir_name("/opt/nox", "tests(django='4.2')"),
+            "tests-django-4-2"
+        );
+        assert_eq!(venv_dir_name("/opt/nox", "Tests  --  X"), "tests-x");
+    }
+
+    #[test]
+    fn empty_after_normalisation_is_hashed() {
+        let n = venv_dir_name("/opt/nox", "測試");
+        assert_eq!(n.len(), 8);
+        assert_eq!(n, sha1_hex8("測試".as_bytes()));
+    }
+
+    #[test]
+    fn long_names_are_hashed_unless_envdir_is_huge() {
+        let long = "a".repeat(90);
+        assert_eq!(venv_dir_name("/opt/nox", &long), sha1_hex8(long.as_bytes()));
+        let huge_envdir = format!("/{}", "e".repeat(95));
+        assert_eq!(venv_dir_name(&huge_envdir, &long), long);
+    }
+
+    #[test]
+    fn finds_missing_module() {
+        let err = "Traceback...\nModuleNotFoundError: No module named 'nox_uv.session'\n";
+        assert_eq!(missing_module(err).as_deref(), Some("nox_uv"));
+        assert_eq!(missing_module("all fine"), None);
+    }
+}

@@ -179,9 +179,9 @@ pub fn transport(g: &GlobalArgs, target: Option<&str>) -> Result<Transport, Erro
     }
     if g.password_stdin {
         let mut pw = String::new();
-        std::io::stdin()
-            .read_line(&mut pw)
-            .map_err(|e| Error::Usage(format!("--password-stdin: cannot read standard input: {e}")))?;
+        std::io::stdin().read_line(&mut pw).map_err(|e| {
+            Error::Usage(format!("--password-stdin: cannot read standard input: {e}"))
+        })?;
         let pw = pw.trim_end_matches(['\n', '\r']).to_string();
         if pw.is_empty() {
             return Err(Error::Usage(
@@ -204,7 +204,8 @@ pub fn transport(g: &GlobalArgs, target: Option<&str>) -> Result<Transport, Erro
 pub fn connect(g: &GlobalArgs, config: &Config) -> Result<Registry, Error> {
     let target = config.repository.resolve_registry().to_string();
     let mut t = transport(g, Some(&target))?;
-    t.insecure.extend(config.insecure_registries.iter().cloned());
+    t.insecure
+        .extend(config.insecure_registries.iter().cloned());
     Ok(Registry::new(
         t,
         &[
@@ -289,7 +290,11 @@ pub fn write_ci_output(refs: &[(String, String)], printer: &Printer) -> Result<(
         path: path.clone(),
         source,
     })?;
-    printer.verbose(format!("wrote {} outputs to {}", refs.len(), path.display()));
+    printer.verbose(format!(
+        "wrote {} outputs to {}",
+        refs.len(),
+        path.display()
+    ));
     Ok(())
 }
 

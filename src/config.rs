@@ -288,7 +288,8 @@ impl Config {
             )
         })?;
         let repository = parse_reference(f, "repository", &repository_s)?;
-        if repository_s.contains('@') || repository_s.rsplit('/').next().unwrap_or("").contains(':') {
+        if repository_s.contains('@') || repository_s.rsplit('/').next().unwrap_or("").contains(':')
+        {
             return Err(ConfigError::field(
                 f,
                 "repository",
@@ -481,7 +482,9 @@ fn syntax_message(e: &serde_yaml::Error) -> String {
         }
     }
     if msg.contains("unknown field") {
-        msg.push_str("\n  hint: check the spelling against the configuration reference in the README");
+        msg.push_str(
+            "\n  hint: check the spelling against the configuration reference in the README",
+        );
     }
     msg
 }
@@ -504,7 +507,10 @@ fn check_abs_dir(file: &Path, field: &str, value: &str) -> Result<(), ConfigErro
             format!("`{value}` must be an absolute path (the same path at build time and in the job container), e.g. /opt/nox"),
         ));
     }
-    if value.len() > 1 && value.ends_with('/') || value.contains("//") || value.split('/').any(|c| c == ".." || c == ".") {
+    if value.len() > 1 && value.ends_with('/')
+        || value.contains("//")
+        || value.split('/').any(|c| c == ".." || c == ".")
+    {
         return Err(ConfigError::field(
             file,
             field,
@@ -512,7 +518,11 @@ fn check_abs_dir(file: &Path, field: &str, value: &str) -> Result<(), ConfigErro
         ));
     }
     if value == "/" {
-        return Err(ConfigError::field(file, field, "`/` is not allowed; use a dedicated directory such as /opt/nox"));
+        return Err(ConfigError::field(
+            file,
+            field,
+            "`/` is not allowed; use a dedicated directory such as /opt/nox",
+        ));
     }
     Ok(())
 }
@@ -545,7 +555,11 @@ fn parse_session(
         Value::Mapping(map) => {
             for (k, v) in map {
                 let Value::String(key) = k else {
-                    return Err(ConfigError::field(file, &at, "option names must be strings"));
+                    return Err(ConfigError::field(
+                        file,
+                        &at,
+                        "option names must be strings",
+                    ));
                 };
                 let field = format!("{at}.{key}");
                 match key.as_str() {
@@ -665,9 +679,15 @@ mod tests {
             (format!("{MIN}platform: linux\n"), "platform"),
             (format!("{MIN}builder: kaniko\n"), "builder"),
             (format!("{MIN}owner: root\n"), "owner"),
-            (format!("{MIN}sessions:\n  - name: a\n    colour: red\n"), "sessions[0].colour"),
+            (
+                format!("{MIN}sessions:\n  - name: a\n    colour: red\n"),
+                "sessions[0].colour",
+            ),
             (format!("{MIN}inputs: [missing.txt]\n"), "inputs[0]"),
-            ("repository: 'UPPER CASE/x'\nbase: b\n".to_string(), "repository"),
+            (
+                "repository: 'UPPER CASE/x'\nbase: b\n".to_string(),
+                "repository",
+            ),
         ];
         for (text, field) in cases {
             let err = parse(&text).unwrap_err().to_string();
@@ -677,7 +697,9 @@ mod tests {
 
     #[test]
     fn unknown_top_level_field_has_position() {
-        let err = parse(&format!("{MIN}colour: red\n")).unwrap_err().to_string();
+        let err = parse(&format!("{MIN}colour: red\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `colour`"), "{err}");
         assert!(err.contains("line 3"), "{err}");
     }

@@ -25,8 +25,7 @@ impl MediaTypes {
         "application/vnd.docker.distribution.manifest.v2+json";
     pub const DOCKER_LIST: &'static str =
         "application/vnd.docker.distribution.manifest.list.v2+json";
-    pub const DOCKER_LAYER_GZIP: &'static str =
-        "application/vnd.docker.image.rootfs.diff.tar.gzip";
+    pub const DOCKER_LAYER_GZIP: &'static str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
     pub const DOCKER_LAYER_TAR: &'static str = "application/vnd.docker.image.rootfs.diff.tar";
 
     pub const ACCEPTED_MANIFESTS: &'static [&'static str] = &[
@@ -63,7 +62,8 @@ pub enum Picked {
 
 /// Is this manifest an index? If so, which entry serves `platform`?
 pub fn pick_platform(bytes: &[u8], platform: &Platform) -> Result<Picked, String> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("manifest is not JSON: {e}"))?;
+    let v: Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("manifest is not JSON: {e}"))?;
     let media_type = v.get("mediaType").and_then(Value::as_str).unwrap_or("");
     let is_index = media_type == MediaTypes::OCI_INDEX
         || media_type == MediaTypes::DOCKER_LIST
@@ -124,7 +124,11 @@ impl BaseImage {
     ) -> Result<BaseImage, String> {
         let config: Value = serde_json::from_slice(&config_bytes)
             .map_err(|e| format!("image config is not JSON: {e}"))?;
-        if config.get("rootfs").and_then(|r| r.get("diff_ids")).is_none() {
+        if config
+            .get("rootfs")
+            .and_then(|r| r.get("diff_ids"))
+            .is_none()
+        {
             return Err("image config has no rootfs.diff_ids".into());
         }
         Ok(BaseImage {
@@ -263,7 +267,7 @@ pub fn compose(
         .map(|d| BlobRef {
             digest: d.digest().to_string(),
             size: d.size(),
-            media_type: MediaTypes::oci_layer_type(&d.media_type().to_string()).to_string(),
+            media_type: MediaTypes::oci_layer_type(d.media_type().as_ref()).to_string(),
             from_base: true,
         })
         .collect();

@@ -72,7 +72,10 @@ fn python_join_len(envdir: &str, name: &str) -> usize {
 
 fn is_py_space(c: char) -> bool {
     // str.isspace() for ASCII: \t \n \v \f \r, the separators \x1c-\x1f, and space.
-    matches!(c, '\t' | '\n' | '\x0b' | '\x0c' | '\r' | '\x1c'..='\x1f' | ' ')
+    matches!(
+        c,
+        '\t' | '\n' | '\x0b' | '\x0c' | '\r' | '\x1c'..='\x1f' | ' '
+    )
 }
 
 fn sha1_hex8(bytes: &[u8]) -> String {

@@ -298,7 +298,13 @@ fn git_tracked_files(dir: &Path) -> Option<Vec<PathBuf>> {
     let out = std::process::Command::new("git")
         .arg("-C")
         .arg(dir)
-        .args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
         .output()
         .ok()?;
     if !out.status.success() {
@@ -314,8 +320,19 @@ fn git_tracked_files(dir: &Path) -> Option<Vec<PathBuf>> {
 }
 
 const NEVER_SOURCE: &[&str] = &[
-    ".git", ".nox", ".venv", "venv", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache",
-    ".tox", "node_modules", "build", "dist", ".eggs",
+    ".git",
+    ".nox",
+    ".venv",
+    "venv",
+    "__pycache__",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".tox",
+    "node_modules",
+    "build",
+    "dist",
+    ".eggs",
 ];
 
 fn walk_project(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -345,7 +362,9 @@ pub async fn make_plan(
 ) -> Result<Plan, Error> {
     let selected = select_sessions(config, only)?;
     let inputs = hash_inputs(config)?;
-    let base = registry.resolve_base(&config.base, &config.platform).await?;
+    let base = registry
+        .resolve_base(&config.base, &config.platform)
+        .await?;
     let mut sessions = Vec::with_capacity(selected.len());
     for sel in selected {
         let venv_dir = nox::venv_dir_name(&config.envdir, &sel.config.name);
@@ -369,12 +388,9 @@ pub async fn make_plan(
     }
     // HEAD all tags concurrently: a hit costs one request, and 20 sessions should not
     // cost 20 round trips in sequence.
-    let lookups = futures_util::future::join_all(
-        sessions
-            .iter()
-            .map(|s| registry.manifest_digest(&s.image)),
-    )
-    .await;
+    let lookups =
+        futures_util::future::join_all(sessions.iter().map(|s| registry.manifest_digest(&s.image)))
+            .await;
     for (s, found) in sessions.iter_mut().zip(lookups) {
         s.status = match found? {
             Some(digest) => Status::Hit { digest },
@@ -424,7 +440,8 @@ mod tests {
     #[test]
     fn every_field_changes_the_key() {
         let base = doc().key();
-        let mutations: Vec<Box<dyn Fn(&mut KeyDocument)>> = vec![
+        type Mutation = Box<dyn Fn(&mut KeyDocument)>;
+        let mutations: Vec<Mutation> = vec![
             Box::new(|d| d.format = 2),
             Box::new(|d| d.base = "sha256:bb".into()),
             Box::new(|d| d.platform = "linux/arm64".into()),
@@ -449,7 +466,10 @@ mod tests {
         for m in mutations {
             let mut d = doc();
             m(&mut d);
-            assert!(seen.insert(d.key()), "a mutation did not change the key: {d:?}");
+            assert!(
+                seen.insert(d.key()),
+                "a mutation did not change the key: {d:?}"
+            );
         }
     }
 

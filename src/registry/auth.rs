@@ -75,8 +75,12 @@ pub struct ExplicitCredentials {
 impl ExplicitCredentials {
     pub fn from_env() -> Self {
         ExplicitCredentials {
-            username: std::env::var("VENVIMG_USERNAME").ok().filter(|s| !s.is_empty()),
-            password: std::env::var("VENVIMG_PASSWORD").ok().filter(|s| !s.is_empty()),
+            username: std::env::var("VENVIMG_USERNAME")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            password: std::env::var("VENVIMG_PASSWORD")
+                .ok()
+                .filter(|s| !s.is_empty()),
         }
     }
 }
@@ -139,9 +143,9 @@ pub fn lookup(
                     source: CredentialSource::Environment,
                 }
             }
-            (Some(_), None) | (None, Some(_)) => warn(
-                "only one of VENVIMG_USERNAME / VENVIMG_PASSWORD is set; ignoring both".into(),
-            ),
+            (Some(_), None) | (None, Some(_)) => {
+                warn("only one of VENVIMG_USERNAME / VENVIMG_PASSWORD is set; ignoring both".into())
+            }
             (None, None) => {}
         }
     }
@@ -157,7 +161,10 @@ pub fn lookup(
         let parsed: AuthFile = match serde_json::from_str(&text) {
             Ok(p) => p,
             Err(e) => {
-                warn(format!("{} is not valid JSON ({e}); skipping it", file.display()));
+                warn(format!(
+                    "{} is not valid JSON ({e}); skipping it",
+                    file.display()
+                ));
                 continue;
             }
         };
@@ -262,7 +269,9 @@ fn run_helper(name: &str, registry: &str, warn: &mut dyn FnMut(String)) -> Optio
     let mut child = match child {
         Ok(c) => c,
         Err(e) => {
-            warn(format!("credential helper {program} could not be run ({e}); trying the next source"));
+            warn(format!(
+                "credential helper {program} could not be run ({e}); trying the next source"
+            ));
             return None;
         }
     };
@@ -286,7 +295,9 @@ fn run_helper(name: &str, registry: &str, warn: &mut dyn FnMut(String)) -> Optio
     let reply: HelperReply = match serde_json::from_slice(&out.stdout) {
         Ok(r) => r,
         Err(_) => {
-            warn(format!("credential helper {program} answered something that is not its JSON reply"));
+            warn(format!(
+                "credential helper {program} answered something that is not its JSON reply"
+            ));
             return None;
         }
     };

@@ -215,8 +215,18 @@ impl Registry {
                     action,
                 }
             }
-            Some(404) => return RegistryError::NotFound { registry, reference },
-            Some(413) => return RegistryError::TooLarge { registry, reference },
+            Some(404) => {
+                return RegistryError::NotFound {
+                    registry,
+                    reference,
+                }
+            }
+            Some(413) => {
+                return RegistryError::TooLarge {
+                    registry,
+                    reference,
+                }
+            }
             _ => {}
         }
         if let OciDistributionError::AuthenticationFailure(_) = &err {
@@ -266,9 +276,12 @@ impl Registry {
         r: &Reference,
     ) -> Result<(bytes::Bytes, String), RegistryError> {
         let auth = self.auth(r);
-        retry(|| self.client.pull_manifest_raw(r, &auth, MediaTypes::ACCEPTED_MANIFESTS))
-            .await
-            .map_err(|e| self.explain(r, "pull", e))
+        retry(|| {
+            self.client
+                .pull_manifest_raw(r, &auth, MediaTypes::ACCEPTED_MANIFESTS)
+        })
+        .await
+        .map_err(|e| self.explain(r, "pull", e))
     }
 
     /// Resolve the base image for `platform`: through an index if it is one, down to the
@@ -279,27 +292,25 @@ impl Registry {
         platform: &Platform,
     ) -> Result<BaseImage, RegistryError> {
         let (bytes, digest) = self.manifest_raw(base).await?;
-        let (manifest_bytes, manifest_digest) =
-            match crate::image::pick_platform(&bytes, platform).map_err(|detail| {
-                RegistryError::BadManifest {
-                    reference: base.whole(),
-                    detail,
-                }
+        let (manifest_bytes, manifest_digest) = match crate::image::pick_platform(&bytes, platform)
+            .map_err(|detail| RegistryError::BadManifest {
+                reference: base.whole(),
+                detail,
             })? {
-                crate::image::Picked::Manifest => (bytes, digest),
-                crate::image::Picked::FromIndex { digest: d } => {
-                    let by_digest = base.clone_with_digest(d.clone());
-                    let (b, d2) = self.manifest_raw(&by_digest).await?;
-                    (b, d2)
-                }
-                crate::image::Picked::NoMatch { available } => {
-                    return Err(RegistryError::NoPlatform {
-                        reference: base.whole(),
-                        platform: platform.to_string(),
-                        available,
-                    })
-                }
-            };
+            crate::image::Picked::Manifest => (bytes, digest),
+            crate::image::Picked::FromIndex { digest: d } => {
+                let by_digest = base.clone_with_digest(d.clone());
+                let (b, d2) = self.manifest_raw(&by_digest).await?;
+                (b, d2)
+            }
+            crate::image::Picked::NoMatch { available } => {
+                return Err(RegistryError::NoPlatform {
+                    reference: base.whole(),
+                    platform: platform.to_string(),
+                    available,
+                })
+            }
+        };
         let manifest = crate::image::parse_manifest(&manifest_bytes).map_err(|detail| {
             RegistryError::BadManifest {
                 reference: base.whole(),
@@ -308,15 +319,11 @@ impl Registry {
         })?;
         let config_digest = manifest.config().digest().to_string();
         let config_bytes = self.blob_bytes(base, &config_digest).await?;
-        BaseImage::new(
-            base.clone(),
-            manifest_digest,
-            manifest,
-            config_bytes,
-        )
-        .map_err(|detail| RegistryError::BadManifest {
-            reference: base.whole(),
-            detail,
+        BaseImage::new(base.clone(), manifest_digest, manifest, config_bytes).map_err(|detail| {
+            RegistryError::BadManifest {
+                reference: base.whole(),
+                detail,
+            }
         })
     }
 
@@ -413,7 +420,8 @@ where
         match op().await {
             Ok(v) => return Ok(v),
             Err(e) if attempt < MAX_ATTEMPTS && is_transient(&e) => {
-                let cap = Duration::from_millis(200u64 << (attempt - 1).min(5)).min(Duration::from_secs(5));
+                let cap = Duration::from_millis(200u64 << (attempt - 1).min(5))
+                    .min(Duration::from_secs(5));
                 let wait = cap.mul_f64(rand::random::<f64>().max(0.1));
                 tokio::time::sleep(wait).await;
             }

@@ -174,16 +174,14 @@ async fn push_blob(
     // registry (no bytes move), otherwise copy it from the base's registry.
     let same_registry = base.reference.resolve_registry() == target.resolve_registry();
     if same_registry {
-        match client
+        // A registry may decline the mount (202 + upload session); then copy.
+        if client
             .mount_blob(target, &base.reference, &blob.digest)
             .await
+            .is_ok()
         {
-            Ok(()) => {
-                reg.stats.blobs_mounted.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
-            }
-            // A registry may decline the mount (202 + upload session); then copy.
-            Err(_) => {}
+            reg.stats.blobs_mounted.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
         }
     }
     let base_auth = reg.auth(&base.reference);

@@ -1,0 +1,707 @@
+//! `venvimg build`: plan, then for each miss build → check → pack → compose → push; then
+//! the all-sessions image; then the outputs asked for.
+
+pub mod builder;
+pub mod script;
+pub mod venv;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use oci_client::Reference;
+use serde::Serialize;
+
+use crate::config::{BuilderKind, Config, ProjectMode};
+use crate::error::Error;
+use crate::image::{self, BaseImage, ComposedImage, LayerDescriptor};
+use crate::layer::{self, PackOptions};
+use crate::plan::{Plan, SessionPlan, Status};
+use crate::printer::{human_bytes, table, Printer};
+use crate::registry::{is_loopback, push, Registry};
+
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// Only these sessions (repeatable).
+    #[arg(long = "session", short = 's', value_name = "NAME")]
+    pub sessions: Vec<String>,
+    /// Rebuild sessions whose image already exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Build and compose, but push nothing.
+    #[arg(long)]
+    pub no_push: bool,
+    /// Also write the all-sessions image: oci:DIR, oci-archive:FILE or docker-archive:FILE.
+    #[arg(long, value_name = "DEST")]
+    pub output: Vec<String>,
+    /// Load the all-sessions image into local podman (or docker) storage.
+    #[arg(long)]
+    pub load: bool,
+    /// Extra environment for the builds (repeatable), e.g. UV_INDEX_URL=...
+    #[arg(long = "build-env", value_name = "NAME=VALUE")]
+    pub build_env: Vec<String>,
+    /// A CA bundle the builds trust for package downloads (mounted read-only).
+    #[arg(long, value_name = "FILE")]
+    pub build_ca: Option<PathBuf>,
+    /// Keep the build folders (venvs, layers, logs) for debugging.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Append `name=value` lines with each session's image to $GITHUB_OUTPUT / $FORGEJO_OUTPUT.
+    #[arg(long)]
+    pub ci_output: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("builder `{builder}` is not available: `{program} --version` failed\n  hint: {hint}")]
+    NoEngine {
+        builder: &'static str,
+        program: &'static str,
+        hint: &'static str,
+    },
+    #[error("session `{session}`: nox asked for Python {python}, which base image {base} does not have\n  hint: use a base image with that interpreter, or build only sessions whose python it has (--session)")]
+    MissingInterpreter {
+        session: String,
+        python: String,
+        base: String,
+    },
+    #[error("session `{session}`: noxfile.py failed under `nox --install-only` (a traceback from the noxfile):\n{tail}\n  hint: a noxfile that uses a command's output while installing (e.g. `session.run(..., silent=True).strip()`) cannot run install-only; set `build: run` for this session in venvimg.yaml")]
+    InstallOnlyTraceback { session: String, tail: String },
+    #[error("session `{session}`: the noxfile imports `{module}`, which base image {base} lacks\n  hint: add it to the base image next to nox (see images/README.md)")]
+    MissingPlugin {
+        session: String,
+        module: String,
+        base: String,
+    },
+    #[error("session `{session}`: the build failed (exit {code}); last lines:\n{tail}\n  full log: {log}")]
+    Failed {
+        session: String,
+        code: String,
+        tail: String,
+        log: PathBuf,
+    },
+    #[error("session `{session}`: {source}")]
+    Venv {
+        session: String,
+        source: venv::VenvError,
+    },
+    #[error("session `{session}`: the venv holds the project's own code installed non-editable ({dists}); a job would test that frozen copy, not the checkout\n  hint: set `project: editable` for this session (reinstalls it editable from {workdir}) or `project: keyed` (the key covers the project's files, so every source change rebuilds)")]
+    FrozenProject {
+        session: String,
+        dists: String,
+        workdir: String,
+    },
+    #[error("local builder: {message}")]
+    Local { message: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
+    let context = context.into();
+    move |source| BuildError::Io { context, source }
+}
+
+/// What happened to one session, for the summary and `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionResult {
+    pub session: String,
+    pub venv_dir: String,
+    pub tag: String,
+    pub image: String,
+    pub digest: Option<String>,
+    /// "hit" or "built".
+    pub outcome: &'static str,
+    pub layer_size: Option<u64>,
+    pub seconds: f64,
+}
+
+/// A session's layer, wherever it is: packed here, or already in the registry.
+#[derive(Debug, Clone)]
+struct SessionLayer {
+    descriptor: LayerDescriptor,
+    file: Option<PathBuf>,
+    record: serde_json::Value,
+}
+
+pub async fn run(
+    config: &Config,
+    registry: &Registry,
+    args: &BuildArgs,
+    printer: &Printer,
+) -> Result<(), Error> {
+    let started = Instant::now();
+    let plan = crate::plan::make_plan(config, registry, &args.sessions).await?;
+    crate::cli::flush_warnings(registry, printer);
+    printer.info(format!(
+        "base {} · {} session(s)",
+        plan.base.pinned(),
+        plan.sessions.len()
+    ));
+
+    let to_build: Vec<&SessionPlan> = plan
+        .sessions
+        .iter()
+        .filter(|s| args.force || matches!(s.status, Status::Miss))
+        .collect();
+    if !to_build.is_empty() && !builder::engine_available(config.builder) {
+        return Err(BuildError::NoEngine {
+            builder: config.builder.as_str(),
+            program: match config.builder {
+                BuilderKind::Local => "nox",
+                BuilderKind::Podman => "podman",
+                BuilderKind::Docker => "docker",
+            },
+            hint: match config.builder {
+                BuilderKind::Podman => "install podman (apt-get install podman), or set `builder: docker` / `builder: local`",
+                BuilderKind::Docker => "install docker and start its daemon, or set `builder: podman`",
+                BuilderKind::Local => "install nox and uv here (pip install nox uv), or use a container builder",
+            },
+        }
+        .into());
+    }
+
+    let work = tempfile::Builder::new()
+        .prefix("venvimg-build-")
+        .tempdir()
+        .map_err(io_err("creating a build folder in the temp dir"))?;
+    let work_path = if args.keep {
+        let p = work.keep();
+        printer.info(format!("keeping build folders in {}", p.display()));
+        p
+    } else {
+        work.path().to_path_buf()
+    };
+
+    let mut extra_env = config.build_env.clone();
+    for kv in &args.build_env {
+        let Some((k, v)) = kv.split_once('=') else {
+            return Err(Error::Usage(format!(
+                "--build-env `{kv}` is not NAME=VALUE"
+            )));
+        };
+        extra_env.insert(k.to_string(), v.to_string());
+    }
+
+    let mut results = Vec::new();
+    let mut layers: Vec<(String, SessionLayer)> = Vec::new();
+    let mut composed: Vec<(Reference, ComposedImage)> = Vec::new();
+    let mut local_files: HashMap<String, PathBuf> = HashMap::new();
+
+    for s in &plan.sessions {
+        let t0 = Instant::now();
+        let rebuild = args.force || matches!(s.status, Status::Miss);
+        if !rebuild {
+            let Status::Hit { digest } = &s.status else {
+                unreachable!()
+            };
+            printer.info(format!("{}: hit {}", s.config.name, s.image.whole()));
+            let layer = layer_from_registry(registry, &plan.base, s).await?;
+            results.push(SessionResult {
+                session: s.config.name.clone(),
+                venv_dir: s.venv_dir.clone(),
+                tag: s.tag.clone(),
+                image: s.image.whole(),
+                digest: Some(digest.clone()),
+                outcome: "hit",
+                layer_size: Some(layer.descriptor.size),
+                seconds: t0.elapsed().as_secs_f64(),
+            });
+            layers.push((s.venv_dir.clone(), layer));
+            continue;
+        }
+        let layer = build_session(config, &plan, s, &work_path, &extra_env, args, printer)?;
+        let img = compose_images(&plan.base, &[(s.venv_dir.clone(), layer.clone())]);
+        if let Some(f) = &layer.file {
+            local_files.insert(layer.descriptor.digest.clone(), f.clone());
+        }
+        results.push(SessionResult {
+            session: s.config.name.clone(),
+            venv_dir: s.venv_dir.clone(),
+            tag: s.tag.clone(),
+            image: s.image.whole(),
+            digest: Some(img.manifest_digest.clone()),
+            outcome: "built",
+            layer_size: Some(layer.descriptor.size),
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+        composed.push((s.image.clone(), img));
+        layers.push((s.venv_dir.clone(), layer));
+    }
+
+    // The all-sessions image, for local use: every session's layer on one base.
+    let all_tag = plan.all_sessions_tag();
+    let all_ref = Reference::with_tag(
+        config.repository.resolve_registry().to_string(),
+        config.repository.repository().to_string(),
+        all_tag,
+    );
+    let all_image = compose_images(&plan.base, &layers);
+
+    if !args.no_push {
+        for (target, img) in &composed {
+            let p = printer.spinner(format!("pushing {}", target.whole()));
+            push::push_image(registry, target, img, &plan.base, &local_files).await?;
+            p.finish();
+            printer.info(format!("pushed {}@{}", target.whole(), img.manifest_digest));
+        }
+        let all_exists = registry.manifest_digest(&all_ref).await?;
+        if all_exists.as_deref() != Some(all_image.manifest_digest.as_str()) {
+            push::push_image(registry, &all_ref, &all_image, &plan.base, &local_files).await?;
+            printer.info(format!(
+                "pushed all-sessions image {}@{}",
+                all_ref.whole(),
+                all_image.manifest_digest
+            ));
+        }
+        let st = registry.stats.snapshot();
+        printer.info(format!(
+            "uploaded {} blob(s), {}; {} already present ({}); {} mounted, {} copied from the base registry",
+            st.blobs_uploaded,
+            human_bytes(st.bytes_uploaded),
+            st.blobs_present,
+            human_bytes(st.bytes_present),
+            st.blobs_mounted,
+            st.blobs_copied
+        ));
+    }
+
+    // Outputs and --load carry the all-sessions image; blobs not packed here (base
+    // layers, the layers of hits) are fetched from the registry.
+    let sources = crate::outputs::BlobSources {
+        local: &local_files,
+        base: &plan.base.reference,
+        repository: &all_ref,
+    };
+    for dest in &args.output {
+        crate::outputs::write_output(registry, dest, &all_ref, &all_image, &sources, printer)
+            .await?;
+    }
+    if args.load {
+        crate::outputs::load(
+            config.builder,
+            registry,
+            &all_ref,
+            &all_image,
+            &sources,
+            &work_path,
+            printer,
+        )
+        .await?;
+    }
+
+    print_summary(&results, &all_ref, &all_image, args.json, started, printer);
+    if args.ci_output {
+        let mut refs: Vec<(String, String)> = results
+            .iter()
+            .map(|r| {
+                let reference = match &r.digest {
+                    Some(d) if !args.no_push => format!("{}@{}", r.image, d),
+                    _ => r.image.clone(),
+                };
+                (r.venv_dir.clone(), reference)
+            })
+            .collect();
+        refs.push(("all".into(), all_ref.whole()));
+        crate::cli::write_ci_output(&refs, printer)?;
+    }
+    Ok(())
+}
+
+fn compose_images(base: &BaseImage, layers: &[(String, SessionLayer)]) -> ComposedImage {
+    let descriptors: Vec<LayerDescriptor> =
+        layers.iter().map(|(_, l)| l.descriptor.clone()).collect();
+    let records: Vec<&serde_json::Value> = layers.iter().map(|(_, l)| &l.record).collect();
+    let names: Vec<&str> = layers
+        .iter()
+        .map(|(_, l)| l.record["session"].as_str().unwrap_or(""))
+        .collect();
+    let mut labels = BTreeMap::new();
+    labels.insert(image::SESSIONS_LABEL.to_string(), names.join(","));
+    labels.insert(
+        image::RECORD_LABEL.to_string(),
+        serde_json::to_string(&serde_json::json!({ "sessions": records }))
+            .expect("record serialises"),
+    );
+    let mut annotations = BTreeMap::new();
+    annotations.insert(
+        "org.opencontainers.image.base.name".to_string(),
+        base.reference.whole(),
+    );
+    annotations.insert(
+        "org.opencontainers.image.base.digest".to_string(),
+        base.digest.clone(),
+    );
+    image::compose(base, &descriptors, &labels, &annotations)
+}
+
+/// A hit's layer, read back from its image: the last layer, its diff_id and record.
+async fn layer_from_registry(
+    registry: &Registry,
+    base: &BaseImage,
+    s: &SessionPlan,
+) -> Result<SessionLayer, Error> {
+    let (bytes, _) = registry.manifest_raw(&s.image).await?;
+    let manifest = image::parse_manifest(&bytes).map_err(|detail| {
+        crate::registry::RegistryError::BadManifest {
+            reference: s.image.whole(),
+            detail,
+        }
+    })?;
+    let config_bytes = registry
+        .blob_bytes(&s.image, manifest.config().digest().as_ref())
+        .await?;
+    let bad = |detail: String| crate::registry::RegistryError::BadManifest {
+        reference: s.image.whole(),
+        detail,
+    };
+    let config: serde_json::Value =
+        serde_json::from_slice(&config_bytes).map_err(|e| bad(e.to_string()))?;
+    let base_count = base.manifest.layers().len();
+    let layers = manifest.layers();
+    if layers.len() != base_count + 1 {
+        return Err(bad(format!(
+            "expected {} layers (base + venv), found {}; was it made by venvimg?",
+            base_count + 1,
+            layers.len()
+        ))
+        .into());
+    }
+    let last = &layers[base_count];
+    let diff_id = config["rootfs"]["diff_ids"][base_count]
+        .as_str()
+        .ok_or_else(|| bad("config has no diff_id for the venv layer".into()))?
+        .to_string();
+    let record = config["config"]["Labels"][image::RECORD_LABEL]
+        .as_str()
+        .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+        .and_then(|v| v["sessions"][0].as_object().cloned())
+        .map(serde_json::Value::Object)
+        .ok_or_else(|| {
+            bad(format!(
+                "no {} label; was it made by venvimg?",
+                image::RECORD_LABEL
+            ))
+        })?;
+    let created_by = config["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .and_then(|h| h["created_by"].as_str())
+        .unwrap_or("venvimg")
+        .to_string();
+    Ok(SessionLayer {
+        descriptor: LayerDescriptor {
+            media_type: last.media_type().to_string(),
+            digest: last.digest().to_string(),
+            size: last.size(),
+            diff_id,
+            created_by,
+        },
+        file: None,
+        record,
+    })
+}
+
+fn build_session(
+    config: &Config,
+    plan: &Plan,
+    s: &SessionPlan,
+    work: &Path,
+    extra_env: &BTreeMap<String, String>,
+    args: &BuildArgs,
+    printer: &Printer,
+) -> Result<SessionLayer, Error> {
+    let name = &s.config.name;
+    let dir = work.join(&s.venv_dir);
+    std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    let envdir_host = match config.builder {
+        BuilderKind::Local => PathBuf::from(&config.envdir),
+        _ => dir.join("envdir"),
+    };
+    let project = match config.builder {
+        BuilderKind::Local => local_project_dir(config)?,
+        _ => {
+            let p = dir.join("project");
+            builder::copy_project(&config.project_dir, &p)
+                .map_err(io_err(format!("copying the project to {}", p.display())))?;
+            p
+        }
+    };
+    let venv_host = envdir_host.join(&s.venv_dir);
+    prepare_envdir(config.builder, &envdir_host, &venv_host)?;
+
+    let script_path = dir.join("build.sh");
+    let script = script::render(&script::ScriptParams {
+        session: name,
+        envdir: &config.envdir,
+        venv_dir: &s.venv_dir,
+        workdir: &config.workdir,
+        build: s.config.build,
+        posargs: &s.config.posargs,
+    });
+    std::fs::write(&script_path, script)
+        .map_err(io_err(format!("writing {}", script_path.display())))?;
+
+    let mut env = builder::reproducible_env(layer::DEFAULT_SOURCE_DATE_EPOCH);
+    env.extend(extra_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(s.config.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let base_pinned = plan.base.pinned();
+    let base_registry = config.base.resolve_registry();
+    let log = dir.join("build.log");
+    let job = builder::BuildJob {
+        kind: config.builder,
+        image: &base_pinned,
+        insecure_pull: is_loopback(base_registry)
+            || config
+                .insecure_registries
+                .iter()
+                .any(|r| r == base_registry),
+        platform: &plan_platform(config),
+        project: &project,
+        workdir: &config.workdir,
+        envdir_host: &envdir_host,
+        envdir: &config.envdir,
+        script: &script_path,
+        env,
+        ca_file: args.build_ca.as_deref(),
+        log: &log,
+    };
+    let progress = printer.spinner(format!("{name}: building with {}", config.builder));
+    let build_started = Instant::now();
+    let outcome = builder::run(&job, printer)
+        .map_err(io_err(format!("running the {} builder", config.builder)))?;
+    progress.finish();
+    if !outcome.success {
+        return Err(diagnose_failure(name, &base_pinned, &outcome, &log).into());
+    }
+
+    let facts = venv::read_facts(&venv_host).map_err(|source| BuildError::Venv {
+        session: name.clone(),
+        source,
+    })?;
+    let frozen = venv::frozen_project_code(&facts, &config.workdir);
+    if !frozen.is_empty() && s.config.project == ProjectMode::Refuse {
+        return Err(BuildError::FrozenProject {
+            session: name.clone(),
+            dists: frozen
+                .iter()
+                .map(|p| format!("{} {}", p.name, p.version))
+                .collect::<Vec<_>>()
+                .join(", "),
+            workdir: config.workdir.clone(),
+        }
+        .into());
+    }
+    printer.info(format!(
+        "{name}: venv built in {:.1}s ({} backend, python {}, {} packages)",
+        build_started.elapsed().as_secs_f64(),
+        facts.backend,
+        facts.python,
+        facts.packages.len()
+    ));
+
+    let layer_path = dir.join("layer.tar");
+    let mut opts = PackOptions::new(format!("{}/{}", config.envdir, s.venv_dir));
+    opts.uid = config.owner.uid;
+    opts.gid = config.owner.gid;
+    opts.compression = config.compression;
+    let t = Instant::now();
+    let packed = layer::pack_tree(&venv_host, &opts, &layer_path)?;
+    printer.info(format!(
+        "{name}: packed {} → {} in {:.1}s ({})",
+        human_bytes(packed.uncompressed_size),
+        human_bytes(packed.size),
+        t.elapsed().as_secs_f64(),
+        packed.digest
+    ));
+    let record = serde_json::json!({
+        "session": name,
+        "venv_dir": s.venv_dir,
+        "key": s.key,
+        "tag": s.tag,
+        "inputs": s.document,
+        "python": facts.python,
+        "backend": facts.backend,
+        "interpreter": facts.interpreter,
+        "packages": facts.packages,
+    });
+    Ok(SessionLayer {
+        descriptor: LayerDescriptor {
+            media_type: packed.media_type().to_string(),
+            digest: packed.digest.clone(),
+            size: packed.size,
+            diff_id: packed.diff_id.clone(),
+            created_by: format!(
+                "venvimg: nox session {name} at {}/{}",
+                config.envdir, s.venv_dir
+            ),
+        },
+        file: Some(packed.path),
+        record,
+    })
+}
+
+fn plan_platform(config: &Config) -> String {
+    config.platform.to_string()
+}
+
+/// The local builder works on the project in place, which must be at `workdir` (editable
+/// installs record that path).
+fn local_project_dir(config: &Config) -> Result<PathBuf, Error> {
+    let here = std::fs::canonicalize(&config.project_dir).map_err(io_err(format!(
+        "resolving {}",
+        config.project_dir.display()
+    )))?;
+    let want =
+        std::fs::canonicalize(&config.workdir).unwrap_or_else(|_| PathBuf::from(&config.workdir));
+    if here != want {
+        return Err(BuildError::Local {
+            message: format!(
+                "the project is at {} but `workdir` is {}; the local builder builds in place, so run it from a checkout at workdir (as a CI job in the base image does), or use `builder: podman`",
+                here.display(),
+                config.workdir
+            ),
+        }
+        .into());
+    }
+    Ok(here)
+}
+
+/// A fresh place for the venv. The local builder deletes an old venv there, but nothing
+/// that is not one.
+fn prepare_envdir(kind: BuilderKind, envdir: &Path, venv: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(envdir).map_err(io_err(format!("creating {}", envdir.display())))?;
+    if venv.exists() {
+        if kind == BuilderKind::Local && !venv.join("pyvenv.cfg").is_file() {
+            return Err(BuildError::Local {
+                message: format!(
+                    "{} exists and is not a virtualenv (no pyvenv.cfg); refusing to delete it — move it away or choose another envdir",
+                    venv.display()
+                ),
+            }
+            .into());
+        }
+        std::fs::remove_dir_all(venv).map_err(io_err(format!("removing {}", venv.display())))?;
+    }
+    Ok(())
+}
+
+fn tail(output: &str, n: usize) -> String {
+    let lines: Vec<&str> = output.lines().collect();
+    let start = lines.len().saturating_sub(n);
+    lines[start..]
+        .iter()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Turn a failed build's output into the error that names the cause.
+fn diagnose_failure(
+    session: &str,
+    base: &str,
+    o: &builder::BuildOutcome,
+    log: &Path,
+) -> BuildError {
+    let out = &o.output;
+    if let Some(python) = missing_interpreter(out) {
+        return BuildError::MissingInterpreter {
+            session: session.into(),
+            python,
+            base: base.into(),
+        };
+    }
+    if let Some(module) = crate::nox::missing_module(out) {
+        return BuildError::MissingPlugin {
+            session: session.into(),
+            module,
+            base: base.into(),
+        };
+    }
+    if out.contains("Traceback (most recent call last)") && out.contains("noxfile.py") {
+        return BuildError::InstallOnlyTraceback {
+            session: session.into(),
+            tail: tail(out, 12),
+        };
+    }
+    BuildError::Failed {
+        session: session.into(),
+        code: o
+            .code
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "signal".into()),
+        tail: tail(out, 25),
+        log: log.to_path_buf(),
+    }
+}
+
+/// nox: "Python interpreter 3.13 not found." / "Missing interpreters" lines.
+fn missing_interpreter(out: &str) -> Option<String> {
+    for line in out.lines() {
+        if let Some(i) = line.find("Python interpreter ") {
+            let rest = &line[i + "Python interpreter ".len()..];
+            if let Some(j) = rest.find(" not found") {
+                return Some(rest[..j].trim().to_string());
+            }
+        }
+    }
+    None
+}
+
+fn print_summary(
+    results: &[SessionResult],
+    all_ref: &Reference,
+    all: &ComposedImage,
+    json: bool,
+    started: Instant,
+    printer: &Printer,
+) {
+    if json {
+        let doc = serde_json::json!({
+            "sessions": results,
+            "all": { "image": all_ref.whole(), "digest": all.manifest_digest },
+            "seconds": started.elapsed().as_secs_f64(),
+        });
+        printer.out(serde_json::to_string_pretty(&doc).expect("JSON serialises"));
+        return;
+    }
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| {
+            vec![
+                r.session.clone(),
+                r.outcome.to_string(),
+                r.layer_size.map(human_bytes).unwrap_or_default(),
+                format!("{:.1}s", r.seconds),
+                r.image.clone(),
+            ]
+        })
+        .collect();
+    printer.out(table(
+        &["SESSION", "RESULT", "LAYER", "TIME", "IMAGE"],
+        &rows,
+    ));
+    printer.info(format!(
+        "all sessions: {} · done in {:.1}s",
+        all_ref.whole(),
+        started.elapsed().as_secs_f64()
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_missing_interpreter() {
+        let out = "nox > Session tests-3.13 skipped: Python interpreter 3.13 not found.\n";
+        assert_eq!(missing_interpreter(out).as_deref(), Some("3.13"));
+        assert_eq!(missing_interpreter("all good"), None);
+    }
+}

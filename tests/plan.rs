@@ -1,0 +1,259 @@
+//! `venvimg plan` against the real loopback registry, and the bad-input table: each bad
+//! input exits 2 with a message naming the problem, and nothing panics.
+mod support;
+
+use std::path::Path;
+
+use predicates::prelude::*;
+
+/// A copy of the sample project with a venvimg.yaml pointing at a fresh repository.
+fn project(extra_yaml: &str) -> (tempfile::TempDir, String) {
+    let env = support::testenv();
+    let dir = support::copy_fixture("sample");
+    let repo = support::unique_repo("plan");
+    std::fs::write(
+        dir.path().join("venvimg.yaml"),
+        format!("repository: {repo}\nbase: {}\n{extra_yaml}", env.base),
+    )
+    .unwrap();
+    (dir, repo)
+}
+
+fn plan_json(dir: &Path) -> serde_json::Value {
+    let out = support::venvimg()
+        .current_dir(dir)
+        .args(["plan", "--json", "-q"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "plan failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("plan --json prints JSON")
+}
+
+fn keys(plan: &serde_json::Value) -> Vec<(String, String)> {
+    plan["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["session"].as_str().unwrap().to_string(),
+                s["key"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn miss_then_hit_after_any_tool_pushes_the_tag() {
+    let env = support::testenv();
+    let (dir, repo) = project("");
+    let plan = plan_json(dir.path());
+    let sessions = plan["sessions"].as_array().unwrap();
+    let names: Vec<&str> = sessions
+        .iter()
+        .map(|s| s["session"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["tests", "lint", "compat-3.11"]);
+    for s in sessions {
+        assert_eq!(s["status"], "miss", "{s}");
+        let tag = s["tag"].as_str().unwrap();
+        let venv = s["venv_dir"].as_str().unwrap();
+        assert!(tag.starts_with(&format!("{venv}-")), "{tag}");
+        assert_eq!(tag.len(), venv.len() + 17);
+    }
+    assert_eq!(sessions[2]["venv_dir"], "compat-3-11");
+    assert_eq!(
+        plan["base"].as_str().unwrap().split('@').nth(1),
+        Some(env.base_digest())
+    );
+
+    // Push any image under lint's tag with skopeo: lint becomes a hit, the rest stay misses.
+    let lint_image = sessions[1]["image"].as_str().unwrap().to_string();
+    assert!(lint_image.starts_with(&repo));
+    support::copy_tag(&env.base, &lint_image);
+    let plan2 = plan_json(dir.path());
+    let status: Vec<&str> = plan2["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(status, vec!["miss", "hit", "miss"]);
+    assert_eq!(
+        plan2["sessions"][1]["digest"].as_str(),
+        Some(env.base_digest()),
+        "a hit reports the digest the tag points at"
+    );
+
+    // The table form says the same.
+    support::venvimg()
+        .current_dir(dir.path())
+        .arg("plan")
+        .assert()
+        .success()
+        .stdout(predicate::str::is_match(r"lint\s+lint\s+lint-[0-9a-f]{16}\s+hit").unwrap())
+        .stdout(predicate::str::is_match(r"tests\s+tests\s+tests-[0-9a-f]{16}\s+miss").unwrap());
+}
+
+#[test]
+fn keys_are_stable_and_follow_every_input_byte() {
+    let (dir, _) = project("");
+    let first = keys(&plan_json(dir.path()));
+    let second = keys(&plan_json(dir.path()));
+    assert_eq!(
+        first, second,
+        "an unchanged project must plan identical keys"
+    );
+
+    // Reordering the YAML does not change keys.
+    let yaml = std::fs::read_to_string(dir.path().join("venvimg.yaml")).unwrap();
+    let mut lines: Vec<&str> = yaml.lines().collect();
+    lines.reverse();
+    std::fs::write(dir.path().join("venvimg.yaml"), lines.join("\n") + "\n").unwrap();
+    assert_eq!(
+        keys(&plan_json(dir.path())),
+        first,
+        "YAML order changed a key"
+    );
+
+    // One byte of uv.lock changes every key.
+    let lock = dir.path().join("uv.lock");
+    let mut bytes = std::fs::read(&lock).unwrap();
+    bytes.push(b'\n');
+    std::fs::write(&lock, bytes).unwrap();
+    let third = keys(&plan_json(dir.path()));
+    for ((s1, k1), (s3, k3)) in first.iter().zip(&third) {
+        assert_eq!(s1, s3);
+        assert_ne!(k1, k3, "session {s1}: key unchanged after editing uv.lock");
+    }
+}
+
+#[test]
+fn ci_output_writes_name_value_lines() {
+    let (dir, repo) = project("");
+    let out_file = dir.path().join("gh-output");
+    std::fs::write(&out_file, "existing=1\n").unwrap();
+    support::venvimg()
+        .current_dir(dir.path())
+        .env("GITHUB_OUTPUT", &out_file)
+        .args(["plan", "--ci-output", "-q"])
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(&out_file).unwrap();
+    assert!(text.starts_with("existing=1\n"), "must append: {text}");
+    for name in ["tests", "lint", "compat_3_11"] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name}= line in {text}"));
+        assert!(line.contains(&repo), "{line}");
+    }
+}
+
+/// Each bad input: exit 2, a message naming the problem, no panic.
+#[test]
+fn bad_inputs_exit_2_with_a_clear_message() {
+    let env = support::testenv();
+    let base = &env.base;
+    let reg = &env.registry;
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("YAML syntax error", format!("repository: {reg}/x\nbase: [unclosed\n"), "line"),
+        ("unknown field", format!("repository: {reg}/x\nbase: {base}\ncolour: red\n"), "unknown field `colour`"),
+        ("relative envdir", format!("repository: {reg}/x\nbase: {base}\nenvdir: opt/nox\n"), "`envdir`"),
+        ("unknown session", format!("repository: {reg}/x\nbase: {base}\nsessions: [nope]\n"), "unknown session `nope`"),
+        ("missing input", format!("repository: {reg}/x\nbase: {base}\ninputs: [requirements.txt]\n"), "requirements.txt"),
+        ("malformed repository", format!("repository: 'Not A/Ref!!'\nbase: {base}\n"), "`repository`"),
+        ("malformed base", format!("repository: {reg}/x\nbase: 'bad ref::'\n"), "`base`"),
+        ("bad platform", format!("repository: {reg}/x\nbase: {base}\nplatform: linux/sparc\n"), "`platform`"),
+        ("bad session option", format!("repository: {reg}/x\nbase: {base}\nsessions:\n  - name: tests\n    project: frozen\n"), "sessions[0].project"),
+        ("repository with tag", format!("repository: {reg}/x:latest\nbase: {base}\n"), "`repository`"),
+    ];
+    for (what, yaml, needle) in cases {
+        let dir = support::copy_fixture("sample");
+        std::fs::write(dir.path().join("venvimg.yaml"), &yaml).unwrap();
+        let out = support::venvimg()
+            .current_dir(dir.path())
+            .arg("plan")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{what}: exit code, stderr:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(needle),
+            "{what}: expected {needle:?} in:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("venvimg.yaml"),
+            "{what}: the file is not named:\n{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{what}: panic:\n{stderr}");
+    }
+
+    // A missing config file.
+    let dir = tempfile::tempdir().unwrap();
+    support::venvimg()
+        .current_dir(dir.path())
+        .arg("plan")
+        .assert()
+        .code(2)
+        .stderr(
+            predicate::str::contains("venvimg.yaml").and(predicate::str::contains("venvimg init")),
+        );
+
+    // A bad flag is a usage error too.
+    support::venvimg()
+        .args(["plan", "--no-such-flag"])
+        .assert()
+        .code(2);
+}
+
+/// Failures that are not the user's typing exit 1: a base image that does not exist, and a
+/// registry that cannot be reached (in an empty network namespace, under `.invalid`).
+#[test]
+fn missing_base_and_unreachable_registry_exit_1() {
+    let env = support::testenv();
+    let (dir, _) = project("");
+    std::fs::write(
+        dir.path().join("venvimg.yaml"),
+        format!(
+            "repository: {}/x\nbase: {}/no/such-base:1\n",
+            env.registry, env.registry
+        ),
+    )
+    .unwrap();
+    support::venvimg()
+        .current_dir(dir.path())
+        .arg("plan")
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains("no/such-base")
+                .and(predicate::str::contains("does not exist")),
+        );
+
+    std::fs::write(
+        dir.path().join("venvimg.yaml"),
+        "repository: registry.venvimg.invalid/acme/ci\nbase: registry.venvimg.invalid/base:1\n",
+    )
+    .unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("venvimg");
+    let out = std::process::Command::new("unshare")
+        .arg("-n")
+        .arg(bin)
+        .arg("plan")
+        .current_dir(dir.path())
+        .output()
+        .expect("unshare (util-linux) must be installed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("registry.venvimg.invalid"), "{stderr}");
+    assert!(stderr.contains("cannot reach"), "{stderr}");
+}

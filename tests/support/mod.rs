@@ -1,0 +1,326 @@
+//! Test support shared by the integration tests (`mod support;` in each `tests/*.rs`).
+//!
+//! The real parts (loopback registry, podman configuration, base image with Python, nox and
+//! uv) come from `tests/support/testenv.sh up`, run once per test process. When it fails,
+//! the tests fail loudly with the script's message: they never skip.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command as StdCommand, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const INSTALL_HINT: &str = "install the test dependencies as root with \
+`bash tests/support/testenv.sh deps` (apt-get install -y podman runc skopeo umoci \
+docker-registry debootstrap musl-tools uidmap; python3 -m pip install uv nox), \
+then `bash tests/support/testenv.sh up`; recipes: /work/shared/ENVIRONMENT.md";
+
+/// What `testenv.sh up` set up, read from its env file.
+#[derive(Debug, Clone)]
+pub struct TestEnv {
+    /// `127.0.0.1:PORT` of the shared loopback registry (plain HTTP).
+    pub registry: String,
+    /// The base image in that registry: `127.0.0.1:PORT/base/python-nox:bookworm`.
+    pub base: String,
+    /// The same base image in local podman storage: `localhost/venvimg-test/base:bookworm`.
+    pub base_local: String,
+    /// Every `KEY=value` of the env file (CONTAINERS_CONF, CONTAINERS_REGISTRIES_CONF, ...),
+    /// set on every command made by this module.
+    pub envs: Vec<(String, String)>,
+    /// `$VENVIMG_TESTENV_DIR` (default `/var/tmp/venvimg-testenv`).
+    pub state_dir: PathBuf,
+}
+
+impl TestEnv {
+    /// A value of the env file, e.g. `VENVIMG_TEST_BASE_DIGEST` or `VENVIMG_TEST_CA_FILE`.
+    pub fn var(&self, key: &str) -> Option<&str> {
+        self.envs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Manifest digest of the base image in the registry (`sha256:...`).
+    pub fn base_digest(&self) -> &str {
+        self.var("VENVIMG_TEST_BASE_DIGEST")
+            .expect("VENVIMG_TEST_BASE_DIGEST missing from the testenv env file")
+    }
+
+    /// The CA bundle package downloads need inside containers (mount it, set
+    /// `SSL_CERT_FILE` / `PIP_CERT`).
+    pub fn ca_file(&self) -> &str {
+        self.var("VENVIMG_TEST_CA_FILE")
+            .unwrap_or("/etc/ssl/certs/ca-certificates.crt")
+    }
+}
+
+pub fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn script() -> PathBuf {
+    manifest_dir().join("tests/support/testenv.sh")
+}
+
+fn run_script(args: &[&str]) -> String {
+    let out = StdCommand::new("bash")
+        .arg(script())
+        .args(args)
+        .current_dir(manifest_dir())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run bash {}: {e}\n{INSTALL_HINT}",
+                script().display()
+            )
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        panic!(
+            "test environment: `bash tests/support/testenv.sh {}` failed ({}).\n\
+             --- stderr ---\n{}\n--- stdout ---\n{}\n--------------\n{INSTALL_HINT}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim_end(),
+            stdout.trim_end(),
+        );
+    }
+    stdout
+}
+
+fn parse_env_file(path: &Path) -> Vec<(String, String)> {
+    let text = fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read the testenv env file {}: {e}", path.display()));
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("bad line in {}: {l:?}", path.display()));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+/// The test environment, brought up (or found up) once per test process.
+pub fn testenv() -> &'static TestEnv {
+    static ENV: OnceLock<TestEnv> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let stdout = run_script(&["up"]);
+        let path = stdout
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("testenv.sh up printed no env file path\n{INSTALL_HINT}"));
+        let envs = parse_env_file(&path);
+        let map: HashMap<&str, &str> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let get = |k: &str| -> String {
+            map.get(k)
+                .unwrap_or_else(|| panic!("{k} missing from {}", path.display()))
+                .to_string()
+        };
+        TestEnv {
+            registry: get("VENVIMG_TEST_REGISTRY"),
+            base: get("VENVIMG_TEST_BASE"),
+            base_local: get("VENVIMG_TEST_BASE_LOCAL"),
+            state_dir: PathBuf::from(get("VENVIMG_TESTENV_DIR")),
+            envs,
+        }
+    })
+}
+
+/// The venvimg binary of this crate, with the test environment's variables set.
+pub fn venvimg() -> assert_cmd::Command {
+    let env = testenv();
+    let mut cmd = assert_cmd::Command::cargo_bin("venvimg").expect("venvimg binary not built");
+    cmd.envs(env.envs.iter().map(|(k, v)| (k, v)));
+    cmd
+}
+
+/// `podman` with the test environment's containers.conf / registries.conf.
+pub fn podman() -> StdCommand {
+    tool("podman")
+}
+
+/// `skopeo` with the test environment's registries.conf.
+pub fn skopeo() -> StdCommand {
+    tool("skopeo")
+}
+
+fn tool(name: &str) -> StdCommand {
+    let env = testenv();
+    let mut cmd = StdCommand::new(name);
+    cmd.envs(env.envs.iter().map(|(k, v)| (k, v)));
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+fn docker_ref(image_ref: &str) -> String {
+    if image_ref.starts_with("docker://") {
+        image_ref.to_string()
+    } else {
+        format!("docker://{image_ref}")
+    }
+}
+
+/// Manifest digest of `image_ref` (`HOST:PORT/repo:tag` or `@sha256:...`) as the registry
+/// serves it, read by skopeo (independent of venvimg); `None` when it is not there.
+pub fn skopeo_inspect_digest(image_ref: &str) -> Option<String> {
+    let out = skopeo()
+        .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
+        .arg(docker_ref(image_ref))
+        .output()
+        .expect("cannot run skopeo (apt-get install -y skopeo)");
+    if !out.status.success() {
+        return None;
+    }
+    let digest = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!digest.is_empty()).then_some(digest)
+}
+
+/// The raw manifest of `image_ref` as the registry serves it, parsed.
+pub fn skopeo_raw_manifest(image_ref: &str) -> serde_json::Value {
+    let out = skopeo()
+        .args(["inspect", "--tls-verify=false", "--raw"])
+        .arg(docker_ref(image_ref))
+        .output()
+        .expect("cannot run skopeo (apt-get install -y skopeo)");
+    assert!(
+        out.status.success(),
+        "skopeo inspect --raw {image_ref} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("manifest is not JSON")
+}
+
+/// Put `src_ref` under `dst_ref` (both `HOST:PORT/repo:tag` in loopback registries), as any
+/// tool pushing an image would; digests are preserved. Panics on failure.
+pub fn copy_tag(src_ref: &str, dst_ref: &str) {
+    let out = skopeo()
+        .args([
+            "copy",
+            "--quiet",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+        ])
+        .arg(docker_ref(src_ref))
+        .arg(docker_ref(dst_ref))
+        .output()
+        .expect("cannot run skopeo (apt-get install -y skopeo)");
+    assert!(
+        out.status.success(),
+        "skopeo copy {src_ref} {dst_ref} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Delete the manifest `image_ref` points at from its repository (test clean-up).
+pub fn delete_image(image_ref: &str) {
+    let out = skopeo()
+        .args(["delete", "--tls-verify=false"])
+        .arg(docker_ref(image_ref))
+        .output()
+        .expect("cannot run skopeo (apt-get install -y skopeo)");
+    assert!(
+        out.status.success(),
+        "skopeo delete {image_ref} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A repository name in the shared registry that no other test (or earlier run) uses:
+/// `<registry>/<prefix>-<pid>-<nanos>-<counter>`.
+pub fn unique_repo(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let prefix: String = prefix
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '/' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!(
+        "{}/{}-{}-{nanos}-{n}",
+        testenv().registry,
+        prefix.trim_matches('-'),
+        std::process::id()
+    )
+}
+
+/// An extra registry on loopback for one test (auth, TLS...): `testenv.sh registry NAME
+/// EXTRA_YAML`. `extra_yaml` is appended to a config with filesystem storage and plain
+/// HTTP; top-level `storage:` / `http:` in it replace those (the address is always set by
+/// the script). Same NAME + same yaml → the running one is reused. Returns `127.0.0.1:PORT`.
+pub fn private_registry(name: &str, extra_yaml: &str) -> String {
+    let _ = testenv();
+    run_script(&["registry", name, extra_yaml])
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .expect("testenv.sh registry printed no address")
+        .to_string()
+}
+
+/// `<manifest_dir>/tests/fixtures/<name>`.
+pub fn fixture(name: &str) -> PathBuf {
+    manifest_dir().join("tests/fixtures").join(name)
+}
+
+/// A copy of the fixture directory `name` in a fresh temporary directory: the returned
+/// directory's path *is* the copied fixture (tests never modify the repo). Symlinks are
+/// copied as symlinks, permissions kept.
+pub fn copy_fixture(name: &str) -> tempfile::TempDir {
+    let src = fixture(name);
+    assert!(src.is_dir(), "fixture {} is not a directory", src.display());
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("venvimg-{name}-"))
+        .tempdir()
+        .expect("cannot create a temporary directory");
+    copy_tree(&src, dir.path());
+    dir
+}
+
+/// Copy the contents of `src` into the existing directory `dst`.
+pub fn copy_tree(src: &Path, dst: &Path) {
+    let mut entries: Vec<_> = fs::read_dir(src)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", src.display()))
+        .map(|e| e.expect("read_dir entry"))
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let from = entry.path();
+        let to = dst.join(entry.file_name());
+        let ft = entry.file_type().expect("file type");
+        if ft.is_symlink() {
+            let target = fs::read_link(&from).expect("read_link");
+            std::os::unix::fs::symlink(&target, &to)
+                .unwrap_or_else(|e| panic!("symlink {}: {e}", to.display()));
+        } else if ft.is_dir() {
+            fs::create_dir(&to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));
+            copy_tree(&from, &to);
+            let perms = fs::metadata(&from).expect("metadata").permissions();
+            fs::set_permissions(&to, perms).expect("set_permissions");
+        } else {
+            fs::copy(&from, &to)
+                .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), to.display()));
+        }
+    }
+}

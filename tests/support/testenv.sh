@@ -1,0 +1,549 @@
+#!/usr/bin/env bash
+# venvimg test environment: real parts for the integration tests, owned by the repo.
+#
+#   bash tests/support/testenv.sh deps                 install missing packages (apt, pip)
+#   bash tests/support/testenv.sh up                   ensure everything, print the env file path
+#   bash tests/support/testenv.sh down [NAME]          stop the registries this script started
+#   bash tests/support/testenv.sh registry NAME [YAML] start (or reuse) an extra private
+#                                                      registry, print its HOST:PORT
+#   bash tests/support/testenv.sh status               print the env file if the env is up
+#
+# State (outside the repo, kept between local runs): ${VENVIMG_TESTENV_DIR:-/var/tmp/venvimg-testenv}
+#   env                    KEY=value lines for the tests (CONTAINERS_CONF, registry, base image...)
+#   cache/rootfs-KEY.tar   the base image rootfs; a second `up` never runs debootstrap again
+#   registry/              the shared loopback registry (config, storage, pid, port, log)
+#   registries/NAME/       extra registries started by `registry NAME`
+#   podman/                containers.conf, registries.conf, the runc wrapper (only if needed)
+#   up.log                 what the last slow `up` did
+#
+# Everything is serialised with flock on $STATE/lock, so concurrent test processes may all
+# call `up`; when everything is already up it answers in a fraction of a second.
+# Nothing here contacts a non-loopback address except the Debian and PyPI package
+# registries while installing (apt-get, debootstrap, pip inside the base rootfs).
+set -euo pipefail
+
+# Bump to rebuild the cached base image rootfs (change of packages or layout below).
+TESTENV_VERSION=1
+SUITE=bookworm
+ROOTFS_PACKAGES=python3,python3-venv,ca-certificates,git
+MIRROR=${VENVIMG_TESTENV_MIRROR:-http://deb.debian.org/debian}
+STATE=${VENVIMG_TESTENV_DIR:-/var/tmp/venvimg-testenv}
+CACHE=$STATE/cache
+CA_FILE=/etc/ssl/certs/ca-certificates.crt
+BASE_LOCAL=localhost/venvimg-test/base:$SUITE
+BASE_REPO=base/python-nox
+BASE_TAG=$SUITE
+APT_PACKAGES=(podman runc skopeo umoci docker-registry debootstrap musl-tools uidmap curl ca-certificates python3)
+# command -> Debian package that provides it
+declare -A CMD_PKG=(
+  [podman]=podman [runc]=runc [skopeo]=skopeo [umoci]=umoci [docker-registry]=docker-registry
+  [debootstrap]=debootstrap [musl-gcc]=musl-tools [newuidmap]=uidmap [curl]=curl
+  [python3]=python3 [flock]=util-linux [tar]=tar
+)
+INSTALL_HINT="as root: apt-get update && apt-get install -y ${APT_PACKAGES[*]} && python3 -m pip install uv nox"
+MANIFEST_ACCEPT='application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json,application/vnd.oci.image.index.v1+json,application/vnd.docker.distribution.manifest.list.v2+json'
+
+# ---------------------------------------------------------------------------------------
+ts() { date -u +%H:%M:%S; }
+log() {
+  local line
+  line="[testenv $(ts)] $*"
+  printf '%s\n' "$line" >&2
+  if [[ -n ${LOGFILE:-} ]]; then printf '%s\n' "$line" >>"$LOGFILE"; fi
+}
+die() {
+  local line
+  line="testenv: error: $1"
+  printf '%s\n' "$line" >&2
+  shift
+  for l in "$@"; do printf '  %s\n' "$l" >&2; done
+  if [[ -n ${LOGFILE:-} ]]; then { printf '%s\n' "$line"; printf '  %s\n' "$@"; } >>"$LOGFILE" 2>/dev/null || true; fi
+  exit 1
+}
+
+# A python for small helpers; the system one starts faster than a pyenv shim.
+pick_python() {
+  if [[ -x /usr/bin/python3 ]]; then PY=/usr/bin/python3
+  elif command -v python3 >/dev/null; then PY=$(python3 -c 'import sys; print(sys.executable)')
+  else die "python3 is missing" "install it: apt-get install -y python3"; fi
+}
+
+as_root() {
+  if [[ $(id -u) == 0 ]]; then "$@"
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo "$@"
+  else return 1; fi
+}
+
+# ---------------------------------------------------------------------------------------
+# deps
+missing_packages() {
+  local c pkgs=()
+  for c in "${!CMD_PKG[@]}"; do
+    if ! command -v "$c" >/dev/null 2>&1 && [[ ! -x /usr/sbin/$c && ! -x /sbin/$c ]]; then
+      pkgs+=("${CMD_PKG[$c]}")
+    fi
+  done
+  if ((${#pkgs[@]})); then printf '%s\n' "${pkgs[@]}" | sort -u | tr '\n' ' ' | sed 's/ $//'; fi
+}
+
+APT_UPDATED=0
+apt_update_once() {
+  [[ $APT_UPDATED == 1 ]] && return 0
+  command -v apt-get >/dev/null || die "apt-get not found (Debian/Ubuntu expected)" "$INSTALL_HINT"
+  DEBIAN_FRONTEND=noninteractive as_root apt-get update -qq >&2 \
+    || die "apt-get update failed (need root, or passwordless sudo)" "$INSTALL_HINT"
+  APT_UPDATED=1
+}
+
+cmd_deps() {
+  local missing
+  missing=$(missing_packages)
+  if [[ -n $missing ]]; then
+    log "installing missing Debian packages: $missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt_update_once
+    # Only what is missing (no upgrades of what is there). With recommends: podman's bring
+    # the CNI plugins, slirp4netns, uidmap and catatonit it needs to run containers.
+    # shellcheck disable=SC2086
+    as_root apt-get install -y -qq $missing >&2 \
+      || die "apt-get install failed" "$INSTALL_HINT"
+    missing=$(missing_packages)
+    [[ -z $missing ]] || die "still missing after apt-get install: $missing" "$INSTALL_HINT"
+  fi
+  if ! command -v uv >/dev/null || ! command -v nox >/dev/null; then
+    log "installing uv and nox with pip"
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+      apt_update_once
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >&2 \
+        || die "python3 -m pip is missing" "as root: apt-get install -y python3-pip"
+    fi
+    local out
+    if ! out=$(python3 -m pip install -q uv nox 2>&1); then
+      if grep -q externally-managed <<<"$out"; then
+        as_root python3 -m pip install -q --break-system-packages uv nox >&2 \
+          || die "pip install uv nox failed" "as root: python3 -m pip install --break-system-packages uv nox"
+      else
+        printf '%s\n' "$out" >&2
+        die "pip install uv nox failed" "python3 -m pip install uv nox"
+      fi
+    fi
+    hash -r
+    { command -v uv >/dev/null && command -v nox >/dev/null; } \
+      || die "uv/nox installed but not on PATH ($PATH)" "add pip's script directory (e.g. /usr/local/bin or ~/.local/bin) to PATH"
+  fi
+}
+
+# ---------------------------------------------------------------------------------------
+# registries
+port_free() { "$PY" -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null; }
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# pid alive and really the registry serving this config?
+reg_pid_ok() { # DIR
+  local pid
+  pid=$(cat "$1/pid" 2>/dev/null) || return 1
+  [[ -n $pid && -r /proc/$pid/cmdline ]] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$1/config.yml"
+}
+# HTTP status of GET /v2/ (http, then https for TLS registries); 000 when nothing answers
+reg_status() { # PORT
+  local code
+  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$1/v2/" 2>/dev/null) || true
+  if [[ $code == 000 || $code == 400 ]]; then
+    code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 2 "https://127.0.0.1:$1/v2/" 2>/dev/null) || true
+  fi
+  echo "${code:-000}"
+}
+reg_up() { # DIR -> 0 when running and answering (200, or 401 for auth registries)
+  local port code
+  reg_pid_ok "$1" || return 1
+  port=$(cat "$1/port" 2>/dev/null) || return 1
+  code=$(reg_status "$port")
+  [[ $code == 200 || $code == 401 ]]
+}
+reg_stop() { # DIR
+  local pid i
+  if reg_pid_ok "$1"; then
+    pid=$(cat "$1/pid")
+    kill "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do grep -q . "/proc/$pid/cmdline" 2>/dev/null || break; sleep 0.1; done
+    if grep -q . "/proc/$pid/cmdline" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
+  fi
+  rm -f "$1/pid"
+}
+# start the registry described by DIR/config.yml (written here from EXTRA yaml); prints port
+reg_start() { # DIR EXTRA_YAML WANT_FRESH_STORAGE
+  local dir=$1 extra=$2 fresh=$3 port attempt pid code i cfg
+  mkdir -p "$dir"
+  cfg=$dir/config.yml
+  [[ $fresh == 1 ]] && rm -rf "$dir/storage"
+  mkdir -p "$dir/storage"
+  port=$(cat "$dir/port" 2>/dev/null || true)
+  for ((attempt = 0; attempt < 5; attempt++)); do
+    if [[ -z $port ]] || ! port_free "$port"; then port=$(free_port); fi
+    {
+      echo "version: 0.1"
+      echo "log: {level: warn, accesslog: {disabled: true}}"
+      grep -q '^storage:' <<<"$extra" || printf 'storage:\n  filesystem: {rootdirectory: %s}\n  delete: {enabled: true}\n' "$dir/storage"
+      grep -q '^http:' <<<"$extra" || printf 'http:\n  addr: 127.0.0.1:%s\n' "$port"
+      if [[ -n $extra ]]; then printf '%s\n' "$extra"; fi
+    } >"$cfg"
+    # Detached (own session, stdin /dev/null, output to the log, no inherited fds: neither
+    # the lock on fd 9 nor the caller's pipes), so `up` returns while the registry runs on.
+    # REGISTRY_HTTP_ADDR overrides http.addr whatever the yaml says.
+    pid=$(REGISTRY_HTTP_ADDR=127.0.0.1:$port "$PY" -c '
+import subprocess, sys
+log = open(sys.argv[1], "ab")
+p = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                     start_new_session=True, close_fds=True)
+print(p.pid)' "$dir/log" docker-registry serve "$cfg" 9>&-)
+    echo "$pid" >"$dir/pid"
+    echo "$port" >"$dir/port"
+    for ((i = 0; i < 100; i++)); do
+      grep -q . "/proc/$pid/cmdline" 2>/dev/null || break
+      code=$(reg_status "$port")
+      if [[ $code == 200 || $code == 401 ]]; then echo "$port"; return 0; fi
+      sleep 0.1
+    done
+    log "registry on port $port did not come up (last lines of $dir/log follow); retrying"
+    tail -n 5 "$dir/log" >&2 || true
+    kill "$pid" 2>/dev/null || true
+    port=""
+  done
+  die "could not start docker-registry (config $cfg, log $dir/log)" \
+    "check: docker-registry serve $cfg" "package: apt-get install -y docker-registry"
+}
+
+# ---------------------------------------------------------------------------------------
+# podman configuration
+podman_probe_storage() {
+  local out
+  if out=$(env -u CONTAINERS_STORAGE_CONF podman info --format '{{.Store.GraphDriverName}} {{.Store.GraphRoot}}' 2>&1); then
+    log "podman storage: $out"
+    rm -f "$STATE/podman/storage.conf"
+    return 0
+  fi
+  log "podman info failed with the default storage: $out"
+  log "falling back to a vfs storage under $STATE/storage"
+  cat >"$STATE/podman/storage.conf" <<EOF
+[storage]
+driver = "vfs"
+graphroot = "$STATE/storage/graph"
+runroot = "$STATE/storage/run"
+EOF
+  export CONTAINERS_STORAGE_CONF=$STATE/podman/storage.conf
+  out=$(podman info --format '{{.Store.GraphDriverName}}' 2>&1) \
+    || die "podman does not work here: podman info: $out" "reinstall podman: apt-get install -y podman uidmap" "see /work/shared/ENVIRONMENT.md"
+}
+
+write_runc_wrapper() {
+  local runc
+  runc=$(command -v runc || echo /usr/sbin/runc)
+  [[ -x $runc ]] || die "runc is missing" "apt-get install -y runc"
+  cat >"$STATE/podman/runc-no-rlimits" <<EOF
+#!/bin/bash
+# Test-only OCI runtime: this sandbox forbids setrlimit, and podman always puts rlimits
+# into the OCI spec. Delete process.rlimits from the bundle's config.json, then run runc.
+b=
+for ((i=1;i<=\$#;i++)); do [[ \${!i} == --bundle || \${!i} == -b ]] && { j=\$((i+1)); b=\${!j}; }; done
+[[ -n \$b && -f \$b/config.json ]] && $PY -c 'import json,sys;p=sys.argv[1];d=json.load(open(p));d.get("process",{}).pop("rlimits",None);json.dump(d,open(p,"w"))' "\$b/config.json"
+exec $runc "\$@"
+EOF
+  chmod 755 "$STATE/podman/runc-no-rlimits"
+}
+
+write_containers_conf() { # MODE (native|wrapper) -> $STATE/podman/containers.conf
+  local f=$STATE/podman/containers.conf
+  if [[ $1 == wrapper ]]; then
+    write_runc_wrapper
+    cat >"$f.tmp" <<EOF
+# written by tests/support/testenv.sh: plain podman run fails here with a setrlimit error
+[engine]
+runtime = "testrunc"
+[engine.runtimes]
+testrunc = ["$STATE/podman/runc-no-rlimits"]
+EOF
+  else
+    printf '# written by tests/support/testenv.sh: podman works as is on this machine\n[engine]\n' >"$f.tmp"
+  fi
+  mv -f "$f.tmp" "$f"
+}
+
+write_registries_conf() { # PORT
+  local f=$STATE/podman/registries.conf
+  cat >"$f.tmp" <<EOF
+# written by tests/support/testenv.sh: the loopback test registries speak plain HTTP
+unqualified-search-registries = []
+
+[[registry]]
+location = "127.0.0.1:$1"
+insecure = true
+
+# extra registries from \`testenv.sh registry NAME\` (other ports on loopback)
+[[registry]]
+location = "127.0.0.1"
+insecure = true
+EOF
+  mv -f "$f.tmp" "$f"
+}
+
+# Decide native vs wrapper: run a container with the default config.
+podman_probe_runtime() {
+  local out
+  if out=$(env -u CONTAINERS_CONF podman run --rm --network none "$BASE_LOCAL" true 2>&1); then
+    echo native; return
+  fi
+  if grep -qi rlimit <<<"$out"; then
+    log "plain podman run fails here: $(grep -i rlimit <<<"$out" | head -n1)"
+    log "using the runc wrapper that drops process.rlimits (ENVIRONMENT.md)"
+  else
+    log "plain podman run failed: $out"
+    log "trying the runc wrapper anyway"
+  fi
+  write_containers_conf wrapper
+  if out=$(CONTAINERS_CONF=$STATE/podman/containers.conf podman run --rm --network none "$BASE_LOCAL" true 2>&1); then
+    echo wrapper; return
+  fi
+  die "podman cannot run containers here: $out" \
+    "packages: apt-get install -y podman runc uidmap" "recipes: /work/shared/ENVIRONMENT.md"
+}
+
+# ---------------------------------------------------------------------------------------
+# base image
+host_version() { # nox|uv
+  local v
+  case $1 in
+    nox) v=$(nox --version 2>&1 | tail -n1) ;;
+    uv) v=$(uv --version 2>&1 | awk '{print $2}') ;;
+  esac
+  [[ $v =~ ^[0-9][0-9A-Za-z.+-]*$ ]] && echo "$v" || echo ""
+}
+
+build_rootfs_tar() { # KEY NOX_V UV_V -> $CACHE/rootfs-KEY.tar
+  local key=$1 nox_v=$2 uv_v=$3 root=$STATE/build/rootfs t0 reqs
+  t0=$SECONDS
+  rm -rf "$STATE/build"
+  mkdir -p "$STATE/build" "$CACHE"
+  log "debootstrap --variant=minbase $SUITE ($ROOTFS_PACKAGES) from $MIRROR"
+  debootstrap --variant=minbase --include="$ROOTFS_PACKAGES" "$SUITE" "$root" "$MIRROR" \
+    >"$STATE/build/debootstrap.log" 2>&1 \
+    || { tail -n 20 "$STATE/build/debootstrap.log" >&2
+         die "debootstrap failed (log: $STATE/build/debootstrap.log)" \
+           "needs: apt-get install -y debootstrap, and access to $MIRROR (set VENVIMG_TESTENV_MIRROR for another mirror)"; }
+  log "debootstrap done in $((SECONDS - t0))s"
+  # package downloads go through a proxy whose CA is in the host bundle
+  [[ -f $CA_FILE ]] || die "$CA_FILE is missing" "apt-get install -y ca-certificates"
+  cp "$CA_FILE" "$root/etc/ssl/certs/ca-certificates.crt"
+  reqs="nox${nox_v:+==$nox_v} uv${uv_v:+==$uv_v}"
+  log "pip install $reqs into /opt/tools inside the rootfs"
+  local -a cenv=(env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+    PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_DEFAULT_TIMEOUT=180)
+  local v chroot_bin
+  chroot_bin=$(command -v chroot || echo /usr/sbin/chroot)
+  for v in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY PIP_INDEX_URL PIP_EXTRA_INDEX_URL; do
+    [[ -n ${!v:-} ]] && cenv+=("$v=${!v}")
+  done
+  # shellcheck disable=SC2086
+  if ! "${cenv[@]}" "$chroot_bin" "$root" sh -ec "python3 -m venv /opt/tools && /opt/tools/bin/pip install -q $reqs" >&2; then
+    [[ -n $nox_v$uv_v ]] || die "pip install nox uv failed inside the rootfs" "PyPI must be reachable (through the proxy whose CA is $CA_FILE)"
+    log "pinned install failed; installing the latest nox and uv instead"
+    "${cenv[@]}" "$chroot_bin" "$root" sh -ec "/opt/tools/bin/pip install -q nox uv" >&2 \
+      || die "pip install nox uv failed inside the rootfs" "PyPI must be reachable (through the proxy whose CA is $CA_FILE)"
+  fi
+  ln -sf /opt/tools/bin/nox "$root/usr/local/bin/nox"
+  ln -sf /opt/tools/bin/uv "$root/usr/local/bin/uv"
+  # keep the image small and free of host details
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/root/.cache "$root"/tmp/*
+  : >"$root/etc/resolv.conf"
+  echo venvimg-test >"$root/etc/hostname"
+  log "packing rootfs into the cache"
+  tar --numeric-owner -C "$root" -cf "$CACHE/rootfs-$key.tar.tmp" .
+  mv -f "$CACHE/rootfs-$key.tar.tmp" "$CACHE/rootfs-$key.tar"
+  rm -rf "$STATE/build"
+  # older cached rootfs versions are dead weight
+  find "$CACHE" -maxdepth 1 -name 'rootfs-*.tar' ! -name "rootfs-$key.tar" -delete
+  log "rootfs ready in $((SECONDS - t0))s"
+}
+
+# ensure localhost base image with the right key; sets REIMPORTED=1 when (re)imported
+ensure_base_local() {
+  local nox_v uv_v key have
+  nox_v=$(host_version nox)
+  uv_v=$(host_version uv)
+  key="v$TESTENV_VERSION-$SUITE-nox${nox_v:-latest}-uv${uv_v:-latest}"
+  REIMPORTED=0
+  have=$(podman image inspect --format '{{index .Labels "org.venvimg.testenv.key"}}' "$BASE_LOCAL" 2>/dev/null || true)
+  if [[ $have == "$key" ]]; then
+    log "base image $BASE_LOCAL is current ($key)"
+    return
+  fi
+  if [[ ! -f $CACHE/rootfs-$key.tar ]]; then
+    build_rootfs_tar "$key" "$nox_v" "$uv_v"
+  else
+    log "using cached rootfs $CACHE/rootfs-$key.tar"
+  fi
+  log "podman import -> $BASE_LOCAL"
+  podman import -q --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
+    --change "LABEL org.venvimg.testenv.key=$key" \
+    "$CACHE/rootfs-$key.tar" "$BASE_LOCAL" >/dev/null \
+    || die "podman import failed" "podman must work as root here; see /work/shared/ENVIRONMENT.md"
+  REIMPORTED=1
+}
+
+manifest_digest() { # PORT REPO TAG -> prints digest, fails if missing
+  local hdr
+  hdr=$(curl -sf -I --max-time 5 -H "Accept: $MANIFEST_ACCEPT" "http://127.0.0.1:$1/v2/$2/manifests/$3" 2>/dev/null) || return 1
+  tr -d '\r' <<<"$hdr" | awk 'tolower($1)=="docker-content-digest:"{print $2}' | grep . || return 1
+}
+
+# ---------------------------------------------------------------------------------------
+write_env() { # PORT MODE DIGEST
+  local port=$1 f=$STATE/env
+  {
+    echo "VENVIMG_TEST_REGISTRY=127.0.0.1:$port"
+    echo "VENVIMG_TEST_BASE=127.0.0.1:$port/$BASE_REPO:$BASE_TAG"
+    echo "VENVIMG_TEST_BASE_DIGEST=$3"
+    echo "VENVIMG_TEST_BASE_LOCAL=$BASE_LOCAL"
+    echo "CONTAINERS_CONF=$STATE/podman/containers.conf"
+    echo "CONTAINERS_REGISTRIES_CONF=$STATE/podman/registries.conf"
+    [[ -f $STATE/podman/storage.conf ]] && echo "CONTAINERS_STORAGE_CONF=$STATE/podman/storage.conf"
+    echo "VENVIMG_TEST_CA_FILE=$CA_FILE"
+    echo "VENVIMG_TESTENV_DIR=$STATE"
+  } >"$f.tmp"
+  mv -f "$f.tmp" "$f"
+  echo "v$TESTENV_VERSION $2" >"$STATE/ready"
+}
+
+# the fast path: everything recorded in $STATE/env still holds
+env_current() {
+  [[ -f $STATE/env && -f $STATE/ready ]] || return 1
+  local line port key val
+  while IFS='=' read -r key val; do
+    case $key in
+      VENVIMG_TEST_REGISTRY) port=${val##*:} ;;
+      CONTAINERS_CONF | CONTAINERS_REGISTRIES_CONF | CONTAINERS_STORAGE_CONF)
+        [[ -f $val ]] || return 1; export "$key=$val" ;;
+    esac
+  done <"$STATE/env"
+  [[ $(cut -d' ' -f1 "$STATE/ready") == "v$TESTENV_VERSION" ]] || return 1
+  [[ -n ${port:-} && $(cat "$STATE/registry/port" 2>/dev/null) == "$port" ]] || return 1
+  reg_pid_ok "$STATE/registry" || return 1
+  [[ $(reg_status "$port") == 200 ]] || return 1
+  line=$(grep '^VENVIMG_TEST_BASE_DIGEST=' "$STATE/env") || return 1
+  [[ $(manifest_digest "$port" "$BASE_REPO" "$BASE_TAG") == "${line#*=}" ]] || return 1
+  podman image exists "$BASE_LOCAL" || return 1
+}
+
+lock() {
+  mkdir -p "$STATE" "$CACHE" "$STATE/podman" "$STATE/registry" "$STATE/registries" 2>/dev/null \
+    || die "cannot create the state directory $STATE" "set VENVIMG_TESTENV_DIR to a writable directory (default /var/tmp/venvimg-testenv)"
+  exec 9>"$STATE/lock"
+  flock -w 1800 9 || die "timed out waiting for $STATE/lock (another testenv.sh up is stuck?)" "see $STATE/up.log"
+}
+
+cmd_up() {
+  cmd_deps
+  pick_python
+  lock
+  if env_current; then
+    echo "$STATE/env"
+    return
+  fi
+  LOGFILE=$STATE/up.log
+  : >"$LOGFILE"
+  local t0=$SECONDS mode port digest out
+  unset CONTAINERS_CONF CONTAINERS_REGISTRIES_CONF CONTAINERS_STORAGE_CONF
+  log "bringing the test environment up in $STATE"
+  [[ $(id -u) == 0 ]] || die "the test environment needs root (podman as root, debootstrap, chroot)" "run the tests as root, as CI does"
+  podman_probe_storage
+
+  # 1. base image in local storage (debootstrap only when the cache lacks it)
+  ensure_base_local
+
+  # 2. how podman runs containers here
+  mode=$(podman_probe_runtime)
+  write_containers_conf "$mode"
+  log "podman runtime: $mode"
+  export CONTAINERS_CONF=$STATE/podman/containers.conf
+
+  # 3. the shared loopback registry (reused when still running)
+  if reg_up "$STATE/registry" && [[ $(reg_status "$(cat "$STATE/registry/port")") == 200 ]]; then
+    port=$(cat "$STATE/registry/port")
+    log "registry already running on 127.0.0.1:$port"
+  else
+    reg_stop "$STATE/registry"
+    port=$(reg_start "$STATE/registry" "" 0)
+    log "registry started on 127.0.0.1:$port (storage $STATE/registry/storage)"
+  fi
+  write_registries_conf "$port"
+  export CONTAINERS_REGISTRIES_CONF=$STATE/podman/registries.conf
+
+  # 4. the base image in the registry, so tests resolve it by digest
+  if [[ $REIMPORTED == 1 ]] || ! digest=$(manifest_digest "$port" "$BASE_REPO" "$BASE_TAG"); then
+    log "pushing $BASE_LOCAL to 127.0.0.1:$port/$BASE_REPO:$BASE_TAG"
+    out=$(podman push --tls-verify=false "$BASE_LOCAL" "127.0.0.1:$port/$BASE_REPO:$BASE_TAG" 2>&1) \
+      || die "podman push to the loopback registry failed: $out" "registry log: $STATE/registry/log"
+    digest=$(manifest_digest "$port" "$BASE_REPO" "$BASE_TAG") \
+      || die "pushed, but the registry has no manifest for $BASE_REPO:$BASE_TAG" "registry log: $STATE/registry/log"
+  fi
+  log "base image digest: $digest"
+
+  # 5. prove a container runs with the final configuration (default network: builds need it)
+  out=$(podman run --rm "$BASE_LOCAL" sh -c 'nox --version && uv --version' 2>&1) \
+    || die "podman run $BASE_LOCAL failed with the test configuration: $out" \
+      "CONTAINERS_CONF=$CONTAINERS_CONF" "recipes: /work/shared/ENVIRONMENT.md"
+  log "container check: $(tr '\n' ' ' <<<"$out")"
+
+  write_env "$port" "$mode" "$digest"
+  log "test environment up in $((SECONDS - t0))s"
+  echo "$STATE/env"
+}
+
+cmd_down() { # [NAME]
+  pick_python
+  lock
+  local d
+  if [[ -n ${1:-} ]]; then
+    reg_stop "$STATE/registries/$1"
+    return
+  fi
+  reg_stop "$STATE/registry"
+  for d in "$STATE"/registries/*/; do [[ -d $d ]] && reg_stop "${d%/}"; done
+  rm -f "$STATE/ready"
+  log "registries stopped"
+}
+
+cmd_registry() { # NAME [YAML | @FILE]
+  local name=${1:-} extra=${2:-} dir port
+  [[ $name =~ ^[A-Za-z0-9_.-]+$ ]] || die "usage: testenv.sh registry NAME [EXTRA_YAML | @FILE]" "NAME: letters, digits, . _ -"
+  if [[ $extra == @* ]]; then extra=$(cat "${extra#@}") || die "cannot read ${extra#@}"; fi
+  cmd_deps
+  pick_python
+  lock
+  dir=$STATE/registries/$name
+  mkdir -p "$dir"
+  if reg_up "$dir" && [[ $(cat "$dir/extra.yml" 2>/dev/null) == "$extra" ]]; then
+    echo "127.0.0.1:$(cat "$dir/port")"
+    return
+  fi
+  reg_stop "$dir"
+  printf '%s' "$extra" >"$dir/extra.yml"
+  port=$(reg_start "$dir" "$extra" 1)
+  log "registry $name on 127.0.0.1:$port (config $dir/config.yml)"
+  echo "127.0.0.1:$port"
+}
+
+cmd_status() {
+  pick_python
+  if env_current; then cat "$STATE/env"; else echo "test environment is not up (run: bash $0 up)" >&2; exit 1; fi
+}
+
+case ${1:-} in
+  deps) cmd_deps ;;
+  up) cmd_up ;;
+  down) shift; cmd_down "$@" ;;
+  registry) shift; cmd_registry "$@" ;;
+  status) cmd_status ;;
+  *) echo "usage: $0 deps | up | down [NAME] | registry NAME [EXTRA_YAML|@FILE] | status" >&2; exit 2 ;;
+esac

@@ -103,11 +103,16 @@ pub enum NoxError {
         noxfile: PathBuf,
         source: std::io::Error,
     },
-    #[error("{noxfile} imports the module `{module}`, which is not installed where nox runs\n  hint: install it next to nox (e.g. `uv tool install nox --with {module}`), and add it to the base image (see images/README.md)")]
-    MissingModule { noxfile: PathBuf, module: String },
-    #[error("`nox --list --json` failed for {noxfile} (exit {code}):\n{stderr}")]
+    #[error("{noxfile} imports the module `{module}`, which {place} lacks\n  hint: install it next to nox there (e.g. `pip install {module}` in the nox environment); for a base job image see images/README.md")]
+    MissingModule {
+        noxfile: PathBuf,
+        module: String,
+        place: String,
+    },
+    #[error("`nox --list --json` failed for {noxfile} with {place} (exit {code}):\n{stderr}")]
     Failed {
         noxfile: PathBuf,
+        place: String,
         code: i32,
         stderr: String,
     },
@@ -115,18 +120,75 @@ pub enum NoxError {
     BadOutput { noxfile: PathBuf, message: String },
 }
 
+/// Where `nox --list` runs: this machine's nox, or the base image's (for container
+/// builders, whose base image has the noxfile's plugins even when this machine has no nox).
+#[derive(Debug, Clone)]
+pub enum ListIn<'a> {
+    Host,
+    Image {
+        engine: &'a str,
+        image: &'a str,
+        insecure: bool,
+    },
+}
+
+impl ListIn<'_> {
+    fn describe(&self) -> String {
+        match self {
+            ListIn::Host => "nox on this machine".into(),
+            ListIn::Image { image, .. } => format!("base image {image}"),
+        }
+    }
+}
+
 /// Which sessions nox lists for the noxfile in `project_dir`. `all` lists every session
 /// the noxfile defines, even when it sets `nox.options.sessions` (an empty keyword
 /// expression matches everything).
-pub fn list_sessions(project_dir: &Path, all: bool) -> Result<Vec<NoxSession>, NoxError> {
+pub fn list_sessions_in(
+    place: &ListIn,
+    project_dir: &Path,
+    all: bool,
+) -> Result<Vec<NoxSession>, NoxError> {
     let noxfile = project_dir.join("noxfile.py");
-    let mut cmd = Command::new("nox");
-    cmd.current_dir(project_dir).args(["--list", "--json"]);
+    let mut nox_args: Vec<&str> = vec!["--list", "--json"];
     if all {
-        cmd.args(["-k", ""]);
+        nox_args.extend(["-k", ""]);
     }
-    // NOXSESSION in the caller's environment would narrow the list behind our back.
-    cmd.env_remove("NOXSESSION");
+    let mut cmd = match place {
+        ListIn::Host => {
+            let mut c = Command::new("nox");
+            c.current_dir(project_dir).args(&nox_args);
+            // NOXSESSION in the caller's environment would narrow the list behind our back.
+            c.env_remove("NOXSESSION")
+                .env("PYTHONDONTWRITEBYTECODE", "1");
+            c
+        }
+        ListIn::Image {
+            engine,
+            image,
+            insecure,
+        } => {
+            let abs =
+                std::fs::canonicalize(project_dir).unwrap_or_else(|_| project_dir.to_path_buf());
+            let mut c = Command::new(engine);
+            c.args(["run", "--rm", "--network", "none", "--pull=missing"]);
+            if *insecure && *engine == "podman" {
+                c.arg("--tls-verify=false");
+            }
+            c.arg("-v")
+                .arg(format!("{}:/venvimg-project:ro", abs.display()))
+                .args([
+                    "-w",
+                    "/venvimg-project",
+                    "-e",
+                    "PYTHONDONTWRITEBYTECODE=1",
+                    image,
+                    "nox",
+                ])
+                .args(&nox_args);
+            c
+        }
+    };
     let out = cmd.output().map_err(|source| NoxError::Spawn {
         noxfile: noxfile.clone(),
         source,
@@ -134,10 +196,15 @@ pub fn list_sessions(project_dir: &Path, all: bool) -> Result<Vec<NoxSession>, N
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
         if let Some(module) = missing_module(&stderr) {
-            return Err(NoxError::MissingModule { noxfile, module });
+            return Err(NoxError::MissingModule {
+                noxfile,
+                module,
+                place: place.describe(),
+            });
         }
         return Err(NoxError::Failed {
             noxfile,
+            place: place.describe(),
             code: out.status.code().unwrap_or(-1),
             stderr: stderr.trim_end().to_string(),
         });
@@ -153,6 +220,11 @@ pub fn list_sessions(project_dir: &Path, all: bool) -> Result<Vec<NoxSession>, N
         noxfile,
         message: e.to_string(),
     })
+}
+
+/// `nox --list` on this machine.
+pub fn list_sessions(project_dir: &Path, all: bool) -> Result<Vec<NoxSession>, NoxError> {
+    list_sessions_in(&ListIn::Host, project_dir, all)
 }
 
 /// `ModuleNotFoundError: No module named 'nox_uv'` → `nox_uv` (top-level package).

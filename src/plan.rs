@@ -48,6 +48,9 @@ pub struct KeyDocument {
     /// With `project: keyed`: a digest of the project's own files.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub project_files: Option<String>,
+    /// sha256 of what the builder runs (the build script and its fixed environment), so a
+    /// venvimg whose build recipe changed never reuses images made by the old one.
+    pub recipe: String,
 }
 
 impl KeyDocument {
@@ -151,14 +154,18 @@ pub struct Selected {
 
 /// Which sessions this run covers: those configured (checked against what the noxfile
 /// defines), or what `nox --list` selects; narrowed by `--session`.
-pub fn select_sessions(config: &Config, only: &[String]) -> Result<Vec<Selected>, Error> {
+pub fn select_sessions(
+    config: &Config,
+    only: &[String],
+    list: &dyn Fn(bool) -> Result<Vec<nox::NoxSession>, nox::NoxError>,
+) -> Result<Vec<Selected>, Error> {
     let sessions: Vec<SessionConfig> = match &config.sessions {
-        None => nox::list_sessions(&config.project_dir, false)?
+        None => list(false)?
             .into_iter()
             .map(|s| config.default_session(&s.session))
             .collect(),
         Some(configured) => {
-            let defined = nox::list_sessions(&config.project_dir, true)?;
+            let defined = list(true)?;
             let mut out = Vec::new();
             for s in configured {
                 if defined.iter().any(|d| d.session == s.name) {
@@ -248,6 +255,7 @@ pub fn key_document(
         env: session.env.clone(),
         inputs: inputs.to_vec(),
         project_files,
+        recipe: crate::build::recipe_digest(config, session),
     })
 }
 
@@ -360,11 +368,36 @@ pub async fn make_plan(
     registry: &Registry,
     only: &[String],
 ) -> Result<Plan, Error> {
-    let selected = select_sessions(config, only)?;
     let inputs = hash_inputs(config)?;
     let base = registry
         .resolve_base(&config.base, &config.platform)
         .await?;
+    let pinned = base.pinned();
+    let base_registry = config.base.resolve_registry();
+    let insecure = crate::registry::is_loopback(base_registry)
+        || config
+            .insecure_registries
+            .iter()
+            .any(|r| r == base_registry);
+    // nox on this machine is fastest; when it is missing or lacks a plugin the noxfile
+    // imports, a container builder asks the base image's nox, where the build will run.
+    let list = |all: bool| match nox::list_sessions(&config.project_dir, all) {
+        Err(nox::NoxError::Spawn { .. } | nox::NoxError::MissingModule { .. })
+            if config.builder != crate::config::BuilderKind::Local =>
+        {
+            nox::list_sessions_in(
+                &nox::ListIn::Image {
+                    engine: config.builder.as_str(),
+                    image: &pinned,
+                    insecure,
+                },
+                &config.project_dir,
+                all,
+            )
+        }
+        other => other,
+    };
+    let selected = select_sessions(config, only, &list)?;
     let mut sessions = Vec::with_capacity(selected.len());
     for sel in selected {
         let venv_dir = nox::venv_dir_name(&config.envdir, &sel.config.name);
@@ -428,6 +461,7 @@ mod tests {
                 sha256: "00".into(),
             }],
             project_files: None,
+            recipe: "r".into(),
         }
     }
 
@@ -460,6 +494,7 @@ mod tests {
             Box::new(|d| d.inputs[0].sha256 = "01".into()),
             Box::new(|d| d.inputs[0].path = "other.lock".into()),
             Box::new(|d| d.project_files = Some("ff".into())),
+            Box::new(|d| d.recipe = "r2".into()),
         ];
         let mut seen = std::collections::HashSet::new();
         seen.insert(base.clone());

@@ -15,14 +15,19 @@ pub fn reproducible_env(source_date_epoch: u64) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     env.insert("SOURCE_DATE_EPOCH".into(), source_date_epoch.to_string());
     env.insert("PYTHONHASHSEED".into(), "0".into());
-    // uv writes uv_cache.json with ctimes into dist-infos unless told not to.
-    env.insert("UV_NO_INSTALLER_METADATA".into(), "1".into());
+    // Not UV_NO_INSTALLER_METADATA: it also drops direct_url.json, which is how nox's
+    // installs say what is editable (and how venvimg finds the project frozen in a venv).
+    // The build script removes the one unstable file, uv_cache.json, instead.
     // nox's own default is to compile nothing with uv; our script compiles once, sorted.
     env.insert("UV_COMPILE_BYTECODE".into(), "0".into());
     env.insert("PIP_NO_COMPILE".into(), "1".into());
     env.insert("PYTHONDONTWRITEBYTECODE".into(), "1".into());
     env.insert("PIP_DISABLE_PIP_VERSION_CHECK".into(), "1".into());
     env.insert("CI".into(), "1".into());
+    // A Python uv downloads lives outside the image's interpreter paths: the job
+    // container would not have it and nox would recreate the venv. Use the base's Pythons
+    // only, so a missing one is an error, not a silent download.
+    env.insert("UV_PYTHON_DOWNLOADS".into(), "never".into());
     env
 }
 

@@ -341,6 +341,35 @@ fn compose_images(base: &BaseImage, layers: &[(String, SessionLayer)]) -> Compos
     image::compose(base, &descriptors, &labels, &annotations)
 }
 
+/// sha256 of everything the builder runs for `session` besides the inputs: the build
+/// script, the editable-reinstall script shape, and the fixed build environment.
+pub fn recipe_digest(config: &Config, session: &crate::config::SessionConfig) -> String {
+    use sha2::{Digest, Sha256};
+    let venv_dir = crate::nox::venv_dir_name(&config.envdir, &session.name);
+    let mut h = Sha256::new();
+    h.update(script::render(&script::ScriptParams {
+        session: &session.name,
+        envdir: &config.envdir,
+        venv_dir: &venv_dir,
+        workdir: &config.workdir,
+        build: session.build,
+        posargs: &session.posargs,
+    }));
+    for backend in ["uv", "pip"] {
+        h.update(script::render_editable(
+            &config.envdir,
+            &venv_dir,
+            &config.workdir,
+            backend,
+            std::slice::from_ref(&config.workdir),
+        ));
+    }
+    for (k, v) in builder::reproducible_env(layer::DEFAULT_SOURCE_DATE_EPOCH) {
+        h.update(format!("{k}={v}\n"));
+    }
+    hex::encode(h.finalize())
+}
+
 /// A hit's layer, read back from its image: the last layer, its diff_id and record.
 async fn layer_from_registry(
     registry: &Registry,
@@ -454,49 +483,100 @@ fn build_session(
     let base_pinned = plan.base.pinned();
     let base_registry = config.base.resolve_registry();
     let log = dir.join("build.log");
-    let job = builder::BuildJob {
-        kind: config.builder,
-        image: &base_pinned,
-        insecure_pull: is_loopback(base_registry)
-            || config
-                .insecure_registries
-                .iter()
-                .any(|r| r == base_registry),
-        platform: &plan_platform(config),
-        project: &project,
-        workdir: &config.workdir,
-        envdir_host: &envdir_host,
-        envdir: &config.envdir,
-        script: &script_path,
-        env,
-        ca_file: args.build_ca.as_deref(),
-        log: &log,
+    let platform = config.platform.to_string();
+    let insecure_pull = is_loopback(base_registry)
+        || config
+            .insecure_registries
+            .iter()
+            .any(|r| r == base_registry);
+    // One builder invocation: the same mounts and environment for every script.
+    let run_script = |script: &Path, log: &Path| {
+        let job = builder::BuildJob {
+            kind: config.builder,
+            image: &base_pinned,
+            insecure_pull,
+            platform: &platform,
+            project: &project,
+            workdir: &config.workdir,
+            envdir_host: &envdir_host,
+            envdir: &config.envdir,
+            script,
+            env: env.clone(),
+            ca_file: args.build_ca.as_deref(),
+            log,
+        };
+        builder::run(&job, printer)
+            .map_err(io_err(format!("running the {} builder", config.builder)))
     };
     let progress = printer.spinner(format!("{name}: building with {}", config.builder));
     let build_started = Instant::now();
-    let outcome = builder::run(&job, printer)
-        .map_err(io_err(format!("running the {} builder", config.builder)))?;
+    let outcome = run_script(&script_path, &log)?;
     progress.finish();
     if !outcome.success {
         return Err(diagnose_failure(name, &base_pinned, &outcome, &log).into());
     }
 
-    let facts = venv::read_facts(&venv_host).map_err(|source| BuildError::Venv {
-        session: name.clone(),
-        source,
-    })?;
-    let frozen = venv::frozen_project_code(&facts, &config.workdir);
-    if !frozen.is_empty() && s.config.project == ProjectMode::Refuse {
-        return Err(BuildError::FrozenProject {
+    let read = || {
+        venv::read_facts(&venv_host).map_err(|source| BuildError::Venv {
             session: name.clone(),
-            dists: frozen
-                .iter()
-                .map(|p| format!("{} {}", p.name, p.version))
-                .collect::<Vec<_>>()
-                .join(", "),
-            workdir: config.workdir.clone(),
+            source,
+        })
+    };
+    let mut facts = read()?;
+    let frozen_error = |frozen: &[&venv::Package]| BuildError::FrozenProject {
+        session: name.clone(),
+        dists: frozen
+            .iter()
+            .map(|p| format!("{} {}", p.name, p.version))
+            .collect::<Vec<_>>()
+            .join(", "),
+        workdir: config.workdir.clone(),
+    };
+    let frozen = venv::frozen_project_code(&facts, &config.workdir);
+    if !frozen.is_empty() {
+        match s.config.project {
+            ProjectMode::Refuse => return Err(frozen_error(&frozen).into()),
+            // The key covers the project's files: any source change is a new image.
+            ProjectMode::Keyed => {}
+            ProjectMode::Editable => {
+                let paths: Vec<String> = frozen
+                    .iter()
+                    .filter_map(|p| p.local_url.as_deref())
+                    .map(|u| u.trim_start_matches("file://").to_string())
+                    .collect();
+                printer.info(format!(
+                    "{name}: reinstalling {} editable from {}",
+                    frozen
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    config.workdir
+                ));
+                let script = dir.join("editable.sh");
+                std::fs::write(
+                    &script,
+                    script::render_editable(
+                        &config.envdir,
+                        &s.venv_dir,
+                        &config.workdir,
+                        &facts.backend,
+                        &paths,
+                    ),
+                )
+                .map_err(io_err(format!("writing {}", script.display())))?;
+                let log2 = dir.join("editable.log");
+                let outcome = run_script(&script, &log2)?;
+                if !outcome.success {
+                    return Err(diagnose_failure(name, &base_pinned, &outcome, &log2).into());
+                }
+                facts = read()?;
+                let still = venv::frozen_project_code(&facts, &config.workdir);
+                if !still.is_empty() {
+                    return Err(frozen_error(&still).into());
+                }
+            }
         }
-        .into());
     }
     printer.info(format!(
         "{name}: venv built in {:.1}s ({} backend, python {}, {} packages)",
@@ -545,10 +625,6 @@ fn build_session(
         file: Some(packed.path),
         record,
     })
-}
-
-fn plan_platform(config: &Config) -> String {
-    config.platform.to_string()
 }
 
 /// The local builder works on the project in place, which must be at `workdir` (editable

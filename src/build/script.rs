@@ -55,19 +55,64 @@ if [ ! -f "$venv/pyvenv.cfg" ]; then
   echo "venvimg: nox finished but made no virtualenv at $venv" >&2
   exit {no_venv}
 fi
-find "$venv" -name __pycache__ -type d -prune -exec rm -rf {{}} +
+{compile}"#,
+        workdir = sh_quote(p.workdir),
+        nox_line = nox.join(" ").replace('"', "'"),
+        nox_cmd = nox_cmd.join(" "),
+        venv = sh_quote(&venv),
+        no_venv = NO_VENV_EXIT,
+        compile = COMPILE,
+    )
+}
+
+/// Drops uv's mtime cache file, removes installer bytecode and compiles the venv once, deterministically; expects
+/// `$venv` to be set.
+const COMPILE: &str = r#"# uv records source mtimes in uv_cache.json for local installs; drop it and its RECORD
+# line so the bytes do not depend on when the checkout was made. direct_url.json stays.
+find "$venv" -path '*.dist-info/uv_cache.json' -type f | while read -r f; do
+  rm -f "$f"
+  sed -i '/\/uv_cache\.json,/d' "$(dirname "$f")/RECORD"
+done
+find "$venv" -name __pycache__ -type d -prune -exec rm -rf {} +
 find "$venv" -name '*.pyc' -type f -delete
 echo "venvimg: compiling bytecode (single process, checked-hash)"
 # Errors (a package shipping files for another Python) are not fatal: those modules
 # simply have no pyc, exactly as with pip.
 "$venv/bin/python" -m compileall -q -j 1 --invalidation-mode checked-hash "$venv" >/dev/null 2>&1 || true
 "$venv/bin/python" -c 'import sys; print("venvimg: python", sys.version.split()[0], sys.executable)'
-"#,
-        workdir = sh_quote(p.workdir),
-        nox_line = nox.join(" ").replace('"', "'"),
-        nox_cmd = nox_cmd.join(" "),
+"#;
+
+/// Reinstall the project's own distributions editable from their paths under `workdir`,
+/// with no dependencies, using the installer that matches the venv's backend; then
+/// recompile. For `project: editable`.
+pub fn render_editable(
+    envdir: &str,
+    venv_dir: &str,
+    workdir: &str,
+    backend: &str,
+    paths: &[String],
+) -> String {
+    let venv = format!("{}/{}", envdir.trim_end_matches('/'), venv_dir);
+    let editables: Vec<String> = paths
+        .iter()
+        .map(|p| format!("-e {}", sh_quote(p)))
+        .collect();
+    let install = if backend == "uv" {
+        format!(
+            "uv pip install --python \"$venv/bin/python\" --no-deps --reinstall {}",
+            editables.join(" ")
+        )
+    } else {
+        format!(
+            "\"$venv/bin/python\" -m pip install --no-deps --force-reinstall {}",
+            editables.join(" ")
+        )
+    };
+    format!(
+        "#!/bin/sh\n# Written by venvimg: make the project's own code editable (project: editable).\nset -eu\ncd {workdir}\nvenv={venv}\necho \"venvimg: {line}\"\n{install}\n{COMPILE}",
+        workdir = sh_quote(workdir),
         venv = sh_quote(&venv),
-        no_venv = NO_VENV_EXIT,
+        line = install.replace('"', "'"),
     )
 }
 

@@ -1,0 +1,275 @@
+//! Noxfiles as people write them (issue #10), end to end against the loopback registry
+//! with podman: the project frozen non-editable, sessions that resist --install-only,
+//! missing interpreters, plugins, VCS-derived versions.
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+
+use serde_json::Value;
+
+fn configure(dir: &Path, repo: &str, extra: &str) {
+    let env = support::testenv();
+    std::fs::write(
+        dir.join("venvimg.yaml"),
+        format!("repository: {repo}\nbase: {}\n{extra}", env.base),
+    )
+    .unwrap();
+}
+
+fn build(dir: &Path, args: &[&str]) -> Output {
+    let env = support::testenv();
+    support::venvimg()
+        .current_dir(dir)
+        .args(["build", "--json", "--build-ca", env.ca_file()])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn plan(dir: &Path) -> Value {
+    let out = support::venvimg()
+        .current_dir(dir)
+        .args(["plan", "--json", "-q"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "plan: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn planned<'a>(plan: &'a Value, session: &str) -> &'a Value {
+    plan["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["session"] == session)
+        .unwrap_or_else(|| panic!("no {session} in {plan}"))
+}
+
+fn image_of(plan: &Value, session: &str) -> String {
+    planned(plan, session)["image"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn run_offline(image: &str, checkout: &Path, session: &str, env: &[&str]) -> (bool, String) {
+    let mut cmd = support::podman();
+    cmd.args(["run", "--rm", "--network", "none"])
+        .args(["-v", &format!("{}:/src", checkout.display()), "-w", "/src"])
+        .args(["-e", "UV_OFFLINE=1"]);
+    for e in env {
+        cmd.args(["-e", e]);
+    }
+    let out = cmd
+        .arg(image)
+        .args([
+            "nox",
+            "--envdir",
+            "/opt/nox",
+            "--reuse-venv=always",
+            "--no-install",
+            "-s",
+            session,
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains("Creating virtual environment"),
+        "nox recreated the venv of {session} in {image}:\n{text}"
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn frozen_project_is_refused_by_default_and_pushes_nothing() {
+    let dir = support::copy_fixture("frozen");
+    configure(dir.path(), &support::unique_repo("frozen-refuse"), "");
+    let image = image_of(&plan(dir.path()), "tests");
+    let out = build(dir.path(), &["--session", "tests"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("session `tests`"), "{err}");
+    assert!(err.contains("frozen-sample 0.1.0"), "{err}");
+    assert!(
+        err.contains("project: editable") && err.contains("project: keyed"),
+        "{err}"
+    );
+    assert_eq!(
+        support::skopeo_inspect_digest(&image),
+        None,
+        "a tag was pushed: {image}"
+    );
+}
+
+#[test]
+fn editable_project_runs_the_checkout_so_a_bug_fails_the_job() {
+    let dir = support::copy_fixture("frozen");
+    configure(
+        dir.path(),
+        &support::unique_repo("frozen-editable"),
+        "sessions:\n  - name: tests\n    project: editable\n",
+    );
+    let out = build(dir.path(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let image = image_of(&plan(dir.path()), "tests");
+
+    let checkout = support::copy_fixture("frozen");
+    let (ok, text) = run_offline(&image, checkout.path(), "tests", &[]);
+    assert!(ok, "clean checkout must pass:\n{text}");
+    assert!(
+        text.contains("imported from /src/src/frozen_sample"),
+        "{text}"
+    );
+
+    // A deliberate bug in the checkout: the image must not hide it.
+    let src = checkout.path().join("src/frozen_sample/__init__.py");
+    let code = std::fs::read_to_string(&src)
+        .unwrap()
+        .replace("2 * x", "3 * x");
+    std::fs::write(&src, code).unwrap();
+    let (ok, text) = run_offline(&image, checkout.path(), "tests", &[]);
+    assert!(!ok, "the job passed with a bug in the checkout:\n{text}");
+    assert!(text.contains("FAILED"), "{text}");
+}
+
+#[test]
+fn keyed_project_key_follows_source_files_of_that_session_only() {
+    let dir = support::copy_fixture("frozen");
+    configure(
+        dir.path(),
+        &support::unique_repo("frozen-keyed"),
+        "sessions:\n  - name: tests\n    project: keyed\n  - lint\n",
+    );
+    let before = plan(dir.path());
+    let src = dir.path().join("src/frozen_sample/__init__.py");
+    let mut code = std::fs::read_to_string(&src).unwrap();
+    code.push_str("\n# an edit\n");
+    std::fs::write(&src, code).unwrap();
+    let after = plan(dir.path());
+    assert_ne!(
+        planned(&before, "tests")["key"],
+        planned(&after, "tests")["key"]
+    );
+    assert_eq!(
+        planned(&before, "lint")["key"],
+        planned(&after, "lint")["key"]
+    );
+
+    // And a keyed session builds (the frozen copy is allowed: the key covers it).
+    let out = build(dir.path(), &["--session", "tests"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn session_using_run_output_needs_build_run_and_then_works_offline() {
+    let dir = support::copy_fixture("quirks");
+    let repo = support::unique_repo("quirks-run");
+    configure(dir.path(), &repo, "sessions: [resist]\n");
+    let out = build(dir.path(), &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("build: run"),
+        "the error must point to build: run:\n{err}"
+    );
+    assert!(err.contains("noxfile"), "{err}");
+
+    configure(
+        dir.path(),
+        &repo,
+        "sessions:\n  - name: resist\n    build: run\n",
+    );
+    let out = build(dir.path(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let image = image_of(&plan(dir.path()), "resist");
+    assert!(support::skopeo_inspect_digest(&image).is_some());
+    let checkout = support::copy_fixture("quirks");
+    let (ok, text) = run_offline(&image, checkout.path(), "resist", &[]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("Reusing existing virtual environment"),
+        "{text}"
+    );
+}
+
+#[test]
+fn missing_interpreter_is_an_error_naming_the_python() {
+    let dir = support::copy_fixture("quirks");
+    configure(
+        dir.path(),
+        &support::unique_repo("quirks-py"),
+        "sessions: [future]\n",
+    );
+    let image = image_of(&plan(dir.path()), "future");
+    let out = build(dir.path(), &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("3.13"), "{err}");
+    assert!(err.contains("session `future`"), "{err}");
+    assert!(
+        err.contains("base/python-nox@sha256:"),
+        "the base image is named: {err}"
+    );
+    assert_eq!(support::skopeo_inspect_digest(&image), None);
+}
+
+#[test]
+fn noxfile_plugin_missing_from_the_base_is_named() {
+    let dir = support::copy_fixture("plugin");
+    configure(dir.path(), &support::unique_repo("plugin"), "");
+    let out = support::venvimg()
+        .current_dir(dir.path())
+        .arg("plan")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("`nox_uv`"), "{err}");
+    assert!(err.contains("base image"), "{err}");
+    assert!(err.contains("images/README.md"), "{err}");
+}
+
+#[test]
+fn vcs_version_comes_from_the_checkout_git_and_builds_reproducibly() {
+    let dir = support::copy_fixture("vcs");
+    let git = |args: &[&str]| {
+        let st = std::process::Command::new("git")
+            .args(["-c", "user.email=ci@venvimg.invalid", "-c", "user.name=ci"])
+            .args(args)
+            .current_dir(dir.path())
+            .status()
+            .expect("git must be installed");
+        assert!(st.success(), "git {args:?}");
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "init"]);
+    git(&["tag", "v1.2.3"]);
+    // The config is written after the commit: an untracked file, as in many checkouts.
+    configure(dir.path(), &support::unique_repo("vcs"), "");
+    let first = build(dir.path(), &[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let image = image_of(&plan(dir.path()), "tests");
+    let (ok, text) = run_offline(&image, dir.path(), "tests", &["EXPECT_VERSION=1.2.3"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("vcs-sample version 1.2.3"), "{text}");
+
+    let again = build(dir.path(), &["--force", "--no-push"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let a: Value = serde_json::from_slice(&first.stdout).unwrap();
+    let b: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(
+        a["sessions"][0]["digest"], b["sessions"][0]["digest"],
+        "two builds of the hatch-vcs project differ"
+    );
+}

@@ -90,6 +90,9 @@ pub struct PlanArgs {
     /// $FORGEJO_OUTPUT.
     #[arg(long)]
     pub ci_output: bool,
+    /// Why SESSION hits or misses: what changed since the closest earlier image of it.
+    #[arg(long, value_name = "SESSION")]
+    pub explain: Option<String>,
 }
 
 pub fn main() -> i32 {
@@ -146,6 +149,12 @@ async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
             let registry = connect(&cli.global, &config)?;
             let plan = crate::plan::make_plan(&config, &registry, &args.sessions).await?;
             flush_warnings(&registry, printer);
+            if let Some(session) = &args.explain {
+                let text =
+                    crate::plan::explain::explain(&config, &registry, &plan, session).await?;
+                printer.out(text.trim_end());
+                return Ok(());
+            }
             print_plan(&plan, &config, args.json, printer);
             if args.ci_output {
                 let refs: Vec<(String, String)> = plan

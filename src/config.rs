@@ -150,6 +150,46 @@ pub struct SessionConfig {
     pub build: BuildMode,
     pub posargs: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// The session installs from `uv.lock` with these groups/extras: its key covers its
+    /// own resolved package set instead of the whole lock file.
+    pub locked: Option<LockedSelection>,
+}
+
+/// Which part of `uv.lock` a session installs, as `uv export` selects it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct LockedSelection {
+    pub groups: Vec<String>,
+    pub only_groups: Vec<String>,
+    pub extras: Vec<String>,
+}
+
+impl LockedSelection {
+    /// The `uv export` arguments selecting this part of the lock.
+    pub fn export_args(&self) -> Vec<String> {
+        let mut a = vec![
+            "export".to_string(),
+            "--frozen".into(),
+            "--no-hashes".into(),
+            "--no-header".into(),
+            "--no-annotate".into(),
+            "--format".into(),
+            "requirements.txt".into(),
+            "--no-default-groups".into(),
+        ];
+        for g in &self.groups {
+            a.push("--group".into());
+            a.push(g.clone());
+        }
+        for g in &self.only_groups {
+            a.push("--only-group".into());
+            a.push(g.clone());
+        }
+        for e in &self.extras {
+            a.push("--extra".into());
+            a.push(e.clone());
+        }
+        a
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -468,6 +508,7 @@ impl Config {
             build: self.default_build,
             posargs: Vec::new(),
             env: BTreeMap::new(),
+            locked: None,
         }
     }
 }
@@ -549,6 +590,7 @@ fn parse_session(
         build: default_build,
         posargs: Vec::new(),
         env: BTreeMap::new(),
+        locked: None,
     };
     match value {
         Value::String(name) => s.name = name,
@@ -594,11 +636,12 @@ fn parse_session(
                             s.env.insert(k, v);
                         }
                     }
+                    "locked" => s.locked = Some(parse_locked(file, &field, v)?),
                     other => {
                         return Err(ConfigError::field(
                             file,
                             &field,
-                            format!("unknown session option `{other}`; use name, project, build, posargs or env"),
+                            format!("unknown session option `{other}`; use name, project, build, posargs, env or locked"),
                         ))
                     }
                 }
@@ -619,6 +662,49 @@ fn parse_session(
         return Err(ConfigError::field(file, &at, "empty session name"));
     }
     Ok(s)
+}
+
+fn parse_locked(file: &Path, field: &str, v: Value) -> Result<LockedSelection, ConfigError> {
+    let Value::Mapping(m) = v else {
+        return Err(ConfigError::field(
+            file,
+            field,
+            "must be a map like {groups: [test]} or {only_groups: [lint]}",
+        ));
+    };
+    let mut sel = LockedSelection::default();
+    for (k, v) in m {
+        let k = yaml_string(file, field, k)?;
+        let sub = format!("{field}.{k}");
+        let list = match v {
+            Value::Sequence(items) => items
+                .into_iter()
+                .map(|i| yaml_string(file, &sub, i))
+                .collect::<Result<Vec<_>, _>>()?,
+            Value::String(one) => vec![one],
+            _ => return Err(ConfigError::field(file, &sub, "must be a list of names")),
+        };
+        match k.as_str() {
+            "groups" => sel.groups = list,
+            "only_groups" => sel.only_groups = list,
+            "extras" => sel.extras = list,
+            other => {
+                return Err(ConfigError::field(
+                    file,
+                    &sub,
+                    format!("unknown option `{other}`; use groups, only_groups or extras"),
+                ))
+            }
+        }
+    }
+    if !sel.only_groups.is_empty() && (!sel.groups.is_empty() || !sel.extras.is_empty()) {
+        return Err(ConfigError::field(
+            file,
+            field,
+            "only_groups installs the groups alone; it cannot be combined with groups or extras",
+        ));
+    }
+    Ok(sel)
 }
 
 fn yaml_string(file: &Path, field: &str, v: Value) -> Result<String, ConfigError> {

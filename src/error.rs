@@ -29,6 +29,8 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error(transparent)]
+    Locked(#[from] crate::plan::locked::LockedError),
+    #[error(transparent)]
     Layer(#[from] crate::layer::LayerError),
     #[error(transparent)]
     Build(#[from] crate::build::BuildError),
@@ -39,7 +41,10 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config(_) | Error::Usage(_) | Error::UnknownSession { .. } => 2,
+            Error::Config(_)
+            | Error::Usage(_)
+            | Error::UnknownSession { .. }
+            | Error::Locked(crate::plan::locked::LockedError::Failed { .. }) => 2,
             _ => 1,
         }
     }

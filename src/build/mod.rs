@@ -43,6 +43,10 @@ pub struct BuildArgs {
     /// A CA bundle the builds trust for package downloads (mounted read-only).
     #[arg(long, value_name = "FILE")]
     pub build_ca: Option<PathBuf>,
+    /// Fail (exit 1, push nothing) when a `locked:` session installs packages its key does
+    /// not cover, instead of warning.
+    #[arg(long)]
+    pub strict: bool,
     /// Keep the build folders (venvs, layers, logs) for debugging.
     #[arg(long)]
     pub keep: bool,
@@ -93,6 +97,12 @@ pub enum BuildError {
         session: String,
         dists: String,
         workdir: String,
+    },
+    #[error("session `{session}`: installed packages are not covered by its key (locked: {selection}):\n{list}\n  hint: install them from uv.lock (add them to the session's dependency group), or drop `locked:` so the whole uv.lock keys the session")]
+    Drift {
+        session: String,
+        selection: String,
+        list: String,
     },
     #[error("local builder: {message}")]
     Local { message: String },
@@ -575,6 +585,29 @@ fn build_session(
                 if !still.is_empty() {
                     return Err(frozen_error(&still).into());
                 }
+            }
+        }
+    }
+    if let Some(locked) = &s.document.locked {
+        let drift = crate::plan::locked::drift(&facts.packages, &locked.packages);
+        if !drift.is_empty() {
+            let selection = serde_json::to_string(&s.config.locked).unwrap_or_default();
+            if args.strict {
+                return Err(BuildError::Drift {
+                    session: name.clone(),
+                    selection,
+                    list: drift
+                        .iter()
+                        .map(|d| format!("    {d}"))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                }
+                .into());
+            }
+            for d in &drift {
+                printer.warn(format!(
+                    "session `{name}`: drift: {d}; the key does not cover it (--strict makes this an error)"
+                ));
             }
         }
     }

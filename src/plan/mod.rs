@@ -1,6 +1,9 @@
 //! The plan: which sessions, the key of each (a hash of everything that decides its
 //! layer's bytes), its tag, and whether the registry already has it.
 
+pub mod explain;
+pub mod locked;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -9,7 +12,7 @@ use oci_client::Reference;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::{BuildMode, Config, ProjectMode, SessionConfig};
+use crate::config::{BuildMode, Config, LockedSelection, ProjectMode, SessionConfig};
 use crate::error::Error;
 use crate::image::BaseImage;
 use crate::layer::Compression;
@@ -20,7 +23,7 @@ use crate::registry::Registry;
 /// by an older venvimg are never taken for ours.
 pub const LAYER_FORMAT_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct InputDigest {
     pub path: String,
     pub sha256: String,
@@ -29,7 +32,19 @@ pub struct InputDigest {
 /// Everything that decides a session layer's bytes, in a fixed field order. Its JSON
 /// serialisation is the canonical document the key hashes; it is also stored in the
 /// image's labels so `plan --explain` and `inspect` can show it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct LockedKey {
+    pub groups: Vec<String>,
+    pub only_groups: Vec<String>,
+    pub extras: Vec<String>,
+    /// Sorted `uv export` requirement lines.
+    pub packages: Vec<String>,
+}
+
+/// The lock file a `locked:` session is keyed by in detail rather than by its bytes.
+pub const LOCK_FILE: &str = "uv.lock";
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct KeyDocument {
     pub format: u32,
     pub base: String,
@@ -45,11 +60,16 @@ pub struct KeyDocument {
     pub posargs: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub inputs: Vec<InputDigest>,
+    /// With `locked:`: the session's own resolved package set, which replaces uv.lock
+    /// among the inputs.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub locked: Option<LockedKey>,
     /// With `project: keyed`: a digest of the project's own files.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub project_files: Option<String>,
     /// sha256 of what the builder runs (the build script and its fixed environment), so a
     /// venvimg whose build recipe changed never reuses images made by the old one.
+    #[serde(default)]
     pub recipe: String,
 }
 
@@ -59,6 +79,15 @@ impl KeyDocument {
     }
     pub fn key(&self) -> String {
         hex::encode(Sha256::digest(self.canonical()))
+    }
+}
+
+fn locked_key(sel: &LockedSelection, packages: Vec<String>) -> LockedKey {
+    LockedKey {
+        groups: sel.groups.clone(),
+        only_groups: sel.only_groups.clone(),
+        extras: sel.extras.clone(),
+        packages,
     }
 }
 
@@ -231,7 +260,18 @@ pub fn key_document(
     base_digest: &str,
     inputs: &[InputDigest],
     session: &SessionConfig,
+    resolved: Option<Vec<String>>,
 ) -> Result<KeyDocument, Error> {
+    let locked = match (&session.locked, resolved) {
+        (Some(sel), Some(packages)) => Some(locked_key(sel, packages)),
+        _ => None,
+    };
+    // A locked session's packages stand for uv.lock; its other inputs still count whole.
+    let inputs: Vec<InputDigest> = inputs
+        .iter()
+        .filter(|i| locked.is_none() || i.path != LOCK_FILE)
+        .cloned()
+        .collect();
     let project_files = match session.project {
         ProjectMode::Keyed => Some(project_files_digest(&config.project_dir)?),
         _ => None,
@@ -253,7 +293,8 @@ pub fn key_document(
         },
         posargs: session.posargs.clone(),
         env: session.env.clone(),
-        inputs: inputs.to_vec(),
+        inputs,
+        locked,
         project_files,
         recipe: crate::build::recipe_digest(config, session),
     })
@@ -398,10 +439,37 @@ pub async fn make_plan(
         other => other,
     };
     let selected = select_sessions(config, only, &list)?;
+    // `uv export` for locked sessions: this machine's uv, else the base image's.
+    let export = |name: &str, sel: &LockedSelection| match locked::resolved_set(
+        name,
+        sel,
+        &config.project_dir,
+        &locked::ExportIn::Host,
+    ) {
+        Err(locked::LockedError::Spawn { .. })
+            if config.builder != crate::config::BuilderKind::Local =>
+        {
+            locked::resolved_set(
+                name,
+                sel,
+                &config.project_dir,
+                &locked::ExportIn::Image {
+                    engine: config.builder.as_str(),
+                    image: &pinned,
+                    insecure,
+                },
+            )
+        }
+        other => other,
+    };
     let mut sessions = Vec::with_capacity(selected.len());
     for sel in selected {
         let venv_dir = nox::venv_dir_name(&config.envdir, &sel.config.name);
-        let document = key_document(config, &base.digest, &inputs, &sel.config)?;
+        let resolved = match &sel.config.locked {
+            Some(l) => Some(export(&sel.config.name, l)?),
+            None => None,
+        };
+        let document = key_document(config, &base.digest, &inputs, &sel.config, resolved)?;
         let key = document.key();
         let tag = tag_for(&venv_dir, &key);
         let image = Reference::with_tag(
@@ -460,6 +528,7 @@ mod tests {
                 path: "uv.lock".into(),
                 sha256: "00".into(),
             }],
+            locked: None,
             project_files: None,
             recipe: "r".into(),
         }
@@ -495,6 +564,14 @@ mod tests {
             Box::new(|d| d.inputs[0].path = "other.lock".into()),
             Box::new(|d| d.project_files = Some("ff".into())),
             Box::new(|d| d.recipe = "r2".into()),
+            Box::new(|d| {
+                d.locked = Some(LockedKey {
+                    groups: vec!["test".into()],
+                    only_groups: vec![],
+                    extras: vec![],
+                    packages: vec!["a==1".into()],
+                })
+            }),
         ];
         let mut seen = std::collections::HashSet::new();
         seen.insert(base.clone());

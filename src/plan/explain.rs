@@ -1,0 +1,224 @@
+//! `venvimg plan --explain SESSION`: why a session hits or misses. On a miss, the images
+//! the repository holds for earlier keys of that session are read back (their labels keep
+//! the key document), and the closest one is compared field by field with today's.
+
+use std::collections::BTreeMap;
+
+use oci_client::Reference;
+use serde_json::Value;
+
+use super::{locked, KeyDocument, Plan, SessionPlan, Status};
+use crate::config::Config;
+use crate::error::Error;
+use crate::image::{self, RECORD_LABEL};
+use crate::registry::Registry;
+
+/// How many earlier images of a session are compared at most (each costs two requests).
+const MAX_CANDIDATES: usize = 30;
+
+pub async fn explain(
+    config: &Config,
+    registry: &Registry,
+    plan: &Plan,
+    session: &str,
+) -> Result<String, Error> {
+    let s = plan
+        .sessions
+        .iter()
+        .find(|s| s.config.name == session || s.venv_dir == session)
+        .ok_or_else(|| Error::UnknownSession {
+            file: config.file.clone(),
+            name: session.to_string(),
+            available: plan
+                .sessions
+                .iter()
+                .map(|s| s.config.name.clone())
+                .collect(),
+        })?;
+    let mut out = format!(
+        "session {}: {} (key {}, tag {})\n",
+        s.config.name,
+        match &s.status {
+            Status::Hit { .. } => "hit",
+            Status::Miss => "miss",
+        },
+        &s.key[..16],
+        s.tag
+    );
+    if let Status::Hit { digest } = &s.status {
+        out.push_str(&format!(
+            "  the image for this key exists: {}@{digest}\n",
+            s.image.whole()
+        ));
+        return Ok(out);
+    }
+    let earlier = earlier_documents(registry, s).await?;
+    let Some((tag, changes)) = earlier
+        .into_iter()
+        .map(|(tag, doc)| {
+            let changes = differences(&doc, &s.document);
+            (tag, changes)
+        })
+        .min_by_key(|(_, c)| c.len())
+    else {
+        out.push_str(&format!(
+            "  no earlier image of this session in {}/{}: first build\n",
+            config.repository.resolve_registry(),
+            config.repository.repository()
+        ));
+        return Ok(out);
+    };
+    out.push_str(&format!(
+        "  closest earlier image: tag {tag}\n  changed since:\n"
+    ));
+    for c in changes {
+        out.push_str(&format!("    {c}\n"));
+    }
+    Ok(out)
+}
+
+/// Key documents of this session's other tags in the repository.
+async fn earlier_documents(
+    registry: &Registry,
+    s: &SessionPlan,
+) -> Result<Vec<(String, KeyDocument)>, Error> {
+    let repo = Reference::with_tag(
+        s.image.resolve_registry().to_string(),
+        s.image.repository().to_string(),
+        "latest".into(),
+    );
+    let auth = registry.auth(&repo);
+    let tags = match registry.client().list_tags(&repo, &auth, None, None).await {
+        Ok(t) => t.tags,
+        Err(e) if crate::registry::status_of(&e) == Some(404) => Vec::new(),
+        Err(e) => return Err(registry.explain(&repo, "list tags of", e).into()),
+    };
+    let prefix = format!("{}-", s.venv_dir);
+    let mut candidates: Vec<String> = tags
+        .into_iter()
+        .filter(|t| {
+            t != &s.tag
+                && t.len() == prefix.len() + 16
+                && t.starts_with(&prefix)
+                && t[prefix.len()..].bytes().all(|b| b.is_ascii_hexdigit())
+        })
+        .collect();
+    candidates.sort();
+    candidates.truncate(MAX_CANDIDATES);
+    let mut out = Vec::new();
+    for tag in candidates {
+        let r = Reference::with_tag(
+            repo.resolve_registry().to_string(),
+            repo.repository().to_string(),
+            tag.clone(),
+        );
+        let (bytes, _) = registry.manifest_raw(&r).await?;
+        let Ok(manifest) = image::parse_manifest(&bytes) else {
+            continue;
+        };
+        let config = registry
+            .blob_bytes(&r, manifest.config().digest().as_ref())
+            .await?;
+        if let Some(doc) = record_document(&config, &s.config.name) {
+            out.push((tag, doc));
+        }
+    }
+    Ok(out)
+}
+
+/// The key document a venvimg image recorded for `session`.
+pub fn record_document(config_json: &[u8], session: &str) -> Option<KeyDocument> {
+    let v: Value = serde_json::from_slice(config_json).ok()?;
+    let record: Value = serde_json::from_str(v["config"]["Labels"][RECORD_LABEL].as_str()?).ok()?;
+    let entry = record["sessions"]
+        .as_array()?
+        .iter()
+        .find(|e| e["session"] == session)?;
+    serde_json::from_value(entry["inputs"].clone()).ok()
+}
+
+fn short(s: &str) -> String {
+    let s = s.strip_prefix("sha256:").unwrap_or(s);
+    s.chars().take(12).collect()
+}
+
+/// What changed between two key documents, one line each.
+pub fn differences(old: &KeyDocument, new: &KeyDocument) -> Vec<String> {
+    let mut out = Vec::new();
+    let o = serde_json::to_value(old).unwrap_or_default();
+    let n = serde_json::to_value(new).unwrap_or_default();
+    for (field, nv) in n.as_object().into_iter().flatten() {
+        if matches!(field.as_str(), "inputs" | "locked") {
+            continue;
+        }
+        let ov = o.get(field).cloned().unwrap_or(Value::Null);
+        if &ov != nv {
+            out.push(format!("{field}: {} → {}", compact(&ov), compact(nv)));
+        }
+    }
+    let old_inputs: BTreeMap<&str, &str> = old
+        .inputs
+        .iter()
+        .map(|i| (i.path.as_str(), i.sha256.as_str()))
+        .collect();
+    let new_inputs: BTreeMap<&str, &str> = new
+        .inputs
+        .iter()
+        .map(|i| (i.path.as_str(), i.sha256.as_str()))
+        .collect();
+    for (path, sha) in &new_inputs {
+        match old_inputs.get(path) {
+            None => out.push(format!("input {path}: added")),
+            Some(o) if o != sha => out.push(format!(
+                "input {path}: sha256 {} → {}",
+                short(o),
+                short(sha)
+            )),
+            _ => {}
+        }
+    }
+    for path in old_inputs.keys() {
+        if !new_inputs.contains_key(path) {
+            out.push(format!("input {path}: no longer an input"));
+        }
+    }
+    match (&old.locked, &new.locked) {
+        (Some(a), Some(b)) => {
+            let (pa, pb) = (locked::pinned(&a.packages), locked::pinned(&b.packages));
+            for (name, v) in &pb {
+                match pa.get(name) {
+                    None => out.push(format!("package {name}: added at {v}")),
+                    Some(o) if o != v => out.push(format!("package {name}: {o} → {v}")),
+                    _ => {}
+                }
+            }
+            for (name, v) in &pa {
+                if !pb.contains_key(name) {
+                    out.push(format!("package {name}: removed (was {v})"));
+                }
+            }
+            // Lines that are not `name==version` (editable project, URLs, markers).
+            for l in b.packages.iter().filter(|l| !a.packages.contains(l)) {
+                if !l.contains("==") {
+                    out.push(format!("requirement added: {l}"));
+                }
+            }
+            if a.groups != b.groups || a.only_groups != b.only_groups || a.extras != b.extras {
+                out.push("locked selection (groups/extras) changed".into());
+            }
+        }
+        (None, Some(_)) => out.push("now keyed by its locked package set (locked: added)".into()),
+        (Some(_), None) => out.push("no longer keyed by a locked package set".into()),
+        (None, None) => {}
+    }
+    out
+}
+
+fn compact(v: &Value) -> String {
+    match v {
+        Value::String(s) if s.starts_with("sha256:") || s.len() == 64 => short(s),
+        Value::String(s) => s.clone(),
+        Value::Null => "(none)".into(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,180 @@
+//! Finer keys (issue #8): sessions keyed by their own locked package set, the drift
+//! guard, and `plan --explain`, against the real registry with podman builds.
+mod support;
+
+use std::path::Path;
+
+use serde_json::Value;
+
+const LOCKED: &str = "sessions:
+  - name: tests
+    locked: {groups: [test]}
+  - name: lint
+    locked: {groups: [lint]}
+";
+
+fn configure(dir: &Path, repo: &str, sessions: &str) {
+    let env = support::testenv();
+    std::fs::write(
+        dir.join("venvimg.yaml"),
+        format!("repository: {repo}\nbase: {}\n{sessions}", env.base),
+    )
+    .unwrap();
+}
+
+fn plan(dir: &Path) -> Value {
+    let out = support::venvimg()
+        .current_dir(dir)
+        .args(["plan", "--json", "-q"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn status(plan: &Value) -> Vec<(String, String)> {
+    plan["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["session"].as_str().unwrap().to_string(),
+                s["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn use_lock(dir: &Path, variant: &str) {
+    std::fs::copy(
+        support::fixture("groups-variants").join(variant),
+        dir.join("uv.lock"),
+    )
+    .unwrap();
+}
+
+fn build(dir: &Path, extra: &[&str]) -> std::process::Output {
+    let env = support::testenv();
+    support::venvimg()
+        .current_dir(dir)
+        .args(["build", "--build-ca", env.ca_file()])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_lock_change_rebuilds_only_the_sessions_it_touches() {
+    let dir = support::copy_fixture("groups");
+    configure(dir.path(), &support::unique_repo("finer"), LOCKED);
+    let out = build(dir.path(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(
+        status(&plan(dir.path())),
+        vec![s("tests", "hit"), s("lint", "hit")]
+    );
+
+    // A lint-only bump: lint misses, tests still hits.
+    use_lock(dir.path(), "lint-bump.lock");
+    assert_eq!(
+        status(&plan(dir.path())),
+        vec![s("tests", "hit"), s("lint", "miss")]
+    );
+
+    // --explain names the package with old and new versions.
+    let out = support::venvimg()
+        .current_dir(dir.path())
+        .args(["plan", "--explain", "lint"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("session lint: miss"), "{text}");
+    assert!(text.contains("package pyflakes: 4.1.0 → 3.1.0"), "{text}");
+    let out = support::venvimg()
+        .current_dir(dir.path())
+        .args(["plan", "--explain", "tests"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("session tests: hit"));
+
+    // A runtime dependency bump: both sessions install the project's dependencies, so
+    // both miss.
+    use_lock(dir.path(), "runtime-bump.lock");
+    assert_eq!(
+        status(&plan(dir.path())),
+        vec![s("tests", "miss"), s("lint", "miss")]
+    );
+    let out = support::venvimg()
+        .current_dir(dir.path())
+        .args(["plan", "--explain", "tests"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("package packaging: 26.3 → 24.2"), "{text}");
+}
+
+#[test]
+fn without_locked_any_lock_change_misses_every_session() {
+    let dir = support::copy_fixture("groups");
+    configure(
+        dir.path(),
+        &support::unique_repo("coarse"),
+        "sessions: [tests, lint]\n",
+    );
+    let before = plan(dir.path());
+    use_lock(dir.path(), "lint-bump.lock");
+    let after = plan(dir.path());
+    for i in 0..2 {
+        assert_ne!(before["sessions"][i]["key"], after["sessions"][i]["key"]);
+    }
+}
+
+#[test]
+fn unpinned_install_is_drift_and_strict_refuses_it() {
+    let dir = support::copy_fixture("groups");
+    let repo = support::unique_repo("drift");
+    configure(
+        dir.path(),
+        &repo,
+        "sessions:\n  - name: drift\n    locked: {only_groups: [lint]}\n",
+    );
+    let image = plan(dir.path())["sessions"][0]["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let out = build(dir.path(), &["--strict"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("session `drift`"), "{err}");
+    assert!(err.contains("iniconfig"), "{err}");
+    assert_eq!(
+        support::skopeo_inspect_digest(&image),
+        None,
+        "--strict pushed {image}"
+    );
+
+    let out = build(dir.path(), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: session `drift`: drift: iniconfig"),
+        "{err}"
+    );
+    assert!(support::skopeo_inspect_digest(&image).is_some());
+}

@@ -141,7 +141,13 @@ async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
         }
         Command::Init(args) => crate::outputs::init(&cli.global, &args, printer),
         Command::Inspect(args) => {
-            let transport = transport(&cli.global, None)?;
+            // Explicit credentials apply to the registry of the image inspected.
+            let target = args
+                .image
+                .parse::<oci_client::Reference>()
+                .ok()
+                .map(|r| r.resolve_registry().to_string());
+            let transport = transport(&cli.global, target.as_deref())?;
             crate::outputs::inspect(transport, &args, printer).await
         }
         Command::Plan(args) => {

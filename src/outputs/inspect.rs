@@ -1,0 +1,848 @@
+//! `venvimg inspect IMAGE`: what venvimg recorded in an image it made — sessions, keys,
+//! inputs, python, base, layer sizes and installed packages — read from a registry, an
+//! OCI layout, an OCI archive or a docker archive.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use oci_client::Reference;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::OutputError;
+use crate::config::Platform;
+use crate::error::Error;
+use crate::image::{self, sha256_digest, MediaTypes};
+use crate::printer::{human_bytes, Printer};
+use crate::registry::{Registry, RegistryError, Transport};
+
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// The image: HOST[:PORT]/REPO:TAG in a registry, oci:DIR[:TAG],
+    /// oci-archive:FILE[:TAG] or docker-archive:FILE.
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+    /// Print a JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const IMAGE_FORMS: &str =
+    "HOST[:PORT]/REPO:TAG, oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE";
+
+/// The largest manifest or config inspect reads.
+const MAX_METADATA_FILE: u64 = 64 << 20;
+
+/// Where the image to inspect is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    Registry(Reference),
+    OciDir(PathBuf, Option<String>),
+    OciArchive(PathBuf, Option<String>),
+    DockerArchive(PathBuf, Option<String>),
+}
+
+fn parse_source(image: &str) -> Result<Source, Error> {
+    let usage =
+        |why: String| Error::Usage(format!("inspect `{image}`: {why}; IMAGE is {IMAGE_FORMS}"));
+    // `PATH` when it exists, else `PATH:NAME` (skopeo's syntax for one image of several).
+    let split = |rest: &str| -> (PathBuf, Option<String>) {
+        if Path::new(rest).exists() {
+            return (PathBuf::from(rest), None);
+        }
+        match rest.rsplit_once(':') {
+            Some((p, name)) if !p.is_empty() && !name.is_empty() && Path::new(p).exists() => {
+                (PathBuf::from(p), Some(name.to_string()))
+            }
+            _ => (PathBuf::from(rest), None),
+        }
+    };
+    for (prefix, make) in [
+        (
+            "oci:",
+            Source::OciDir as fn(PathBuf, Option<String>) -> Source,
+        ),
+        ("oci-archive:", Source::OciArchive),
+        ("docker-archive:", Source::DockerArchive),
+    ] {
+        if let Some(rest) = image.strip_prefix(prefix) {
+            if rest.is_empty() {
+                return Err(usage("no path after the colon".into()));
+            }
+            let (path, name) = split(rest);
+            if !path.exists() {
+                return Err(usage(format!("{} does not exist", path.display())));
+            }
+            return Ok(make(path, name));
+        }
+    }
+    let reference = image.strip_prefix("docker://").unwrap_or(image);
+    reference
+        .parse::<Reference>()
+        .map(Source::Registry)
+        .map_err(|e| usage(format!("not an image reference ({e})")))
+}
+
+/// What `inspect` needs of an image, wherever it was read from.
+#[derive(Debug, Clone, Default)]
+struct ImageData {
+    /// The manifest's digest (not for docker archives, which have no manifest).
+    manifest_digest: Option<String>,
+    /// The config's digest: the image ID podman and docker show.
+    config_digest: String,
+    annotations: BTreeMap<String, String>,
+    layers: Vec<LayerData>,
+    config: Value,
+}
+
+#[derive(Debug, Clone, Default)]
+struct LayerData {
+    digest: Option<String>,
+    media_type: Option<String>,
+    size: u64,
+}
+
+fn bad(image: &str, detail: impl Into<String>) -> OutputError {
+    OutputError::BadImage {
+        image: image.to_string(),
+        detail: detail.into(),
+    }
+}
+
+/// Manifest JSON → layers and annotations (OCI and docker v2 manifests alike).
+fn parse_image_manifest(name: &str, bytes: &[u8]) -> Result<(String, ImageData), OutputError> {
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| bad(name, format!("the manifest is not JSON: {e}")))?;
+    let config_digest = v["config"]["digest"]
+        .as_str()
+        .ok_or_else(|| {
+            bad(
+                name,
+                "the manifest names no config; is it an image manifest?",
+            )
+        })?
+        .to_string();
+    let layers = v["layers"]
+        .as_array()
+        .map(|ls| {
+            ls.iter()
+                .map(|l| LayerData {
+                    digest: l["digest"].as_str().map(str::to_string),
+                    media_type: l["mediaType"].as_str().map(str::to_string),
+                    size: l["size"].as_u64().unwrap_or(0),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let annotations = v["annotations"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let data = ImageData {
+        manifest_digest: Some(sha256_digest(bytes)),
+        config_digest: config_digest.clone(),
+        annotations,
+        layers,
+        config: Value::Null,
+    };
+    Ok((config_digest, data))
+}
+
+fn parse_config(name: &str, bytes: &[u8]) -> Result<Value, OutputError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| bad(name, format!("the image config is not JSON: {e}")))
+}
+
+async fn read_registry(transport: Transport, r: &Reference) -> Result<ImageData, Error> {
+    let registry = Registry::new(transport, &[r.resolve_registry()])?;
+    let (bytes, _) = registry.manifest_raw(r).await?;
+    let bytes = match image::pick_platform(&bytes, &Platform::host()).map_err(|detail| {
+        RegistryError::BadManifest {
+            reference: r.whole(),
+            detail,
+        }
+    })? {
+        image::Picked::Manifest => bytes,
+        image::Picked::FromIndex { digest } => {
+            registry.manifest_raw(&r.clone_with_digest(digest)).await?.0
+        }
+        image::Picked::NoMatch { available } => {
+            return Err(RegistryError::NoPlatform {
+                reference: r.whole(),
+                platform: Platform::host().to_string(),
+                available,
+            }
+            .into())
+        }
+    };
+    let (config_digest, mut data) = parse_image_manifest(&r.whole(), &bytes)?;
+    let config = registry.blob_bytes(r, &config_digest).await?;
+    data.config = parse_config(&r.whole(), &config)?;
+    data.config_digest = sha256_digest(&config);
+    Ok(data)
+}
+
+/// Read access to the files of an OCI layout (a directory, or an archive's small files).
+trait LayoutFiles {
+    fn read(&self, rel: &str) -> Result<Vec<u8>, OutputError>;
+}
+
+struct DirFiles<'a>(&'a Path);
+
+impl LayoutFiles for DirFiles<'_> {
+    fn read(&self, rel: &str) -> Result<Vec<u8>, OutputError> {
+        let p = self.0.join(rel);
+        fs::read(&p).map_err(|s| OutputError::io(&p, s))
+    }
+}
+
+/// An archive's small files by name (the JSON documents, usually), and every file's
+/// size; a larger file is read on demand, so layers are never held in memory.
+struct ArchiveFiles {
+    name: String,
+    path: PathBuf,
+    files: HashMap<String, Vec<u8>>,
+    sizes: HashMap<String, u64>,
+}
+
+/// Files up to this size are kept from the first pass over an archive.
+const SMALL_FILE: u64 = 1 << 20;
+
+impl ArchiveFiles {
+    /// One pass over the archive; `keep(name, size)` says which files to read.
+    fn each_file(
+        name: &str,
+        path: &Path,
+        keep: &mut dyn FnMut(&str, u64) -> bool,
+        found: &mut dyn FnMut(String, u64, Option<Vec<u8>>),
+    ) -> Result<(), OutputError> {
+        let file = File::open(path).map_err(|s| OutputError::io(path, s))?;
+        let mut archive = tar::Archive::new(BufReader::new(file));
+        let entries = archive
+            .entries()
+            .map_err(|e| bad(name, format!("not a tar archive: {e}")))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| bad(name, format!("not a tar archive: {e}")))?;
+            if !entry.header().entry_type().is_file() {
+                continue;
+            }
+            let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            let key = raw.trim_start_matches("./").to_string();
+            let size = entry.size();
+            let data = if keep(&key, size) {
+                let mut data = Vec::with_capacity(size as usize);
+                entry
+                    .read_to_end(&mut data)
+                    .map_err(|e| bad(name, format!("reading {key}: {e}")))?;
+                Some(data)
+            } else {
+                None
+            };
+            found(key, size, data);
+        }
+        Ok(())
+    }
+
+    fn scan(name: &str, path: &Path) -> Result<ArchiveFiles, OutputError> {
+        let mut files = HashMap::new();
+        let mut sizes = HashMap::new();
+        Self::each_file(
+            name,
+            path,
+            &mut |_, size| size <= SMALL_FILE,
+            &mut |key, size, data| {
+                sizes.insert(key.clone(), size);
+                if let Some(d) = data {
+                    files.insert(key, d);
+                }
+            },
+        )?;
+        Ok(ArchiveFiles {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            files,
+            sizes,
+        })
+    }
+}
+
+impl LayoutFiles for ArchiveFiles {
+    fn read(&self, rel: &str) -> Result<Vec<u8>, OutputError> {
+        if let Some(d) = self.files.get(rel) {
+            return Ok(d.clone());
+        }
+        match self.sizes.get(rel) {
+            Some(&size) if size <= MAX_METADATA_FILE => {
+                let mut out = None;
+                Self::each_file(
+                    &self.name,
+                    &self.path,
+                    &mut |k, _| k == rel,
+                    &mut |_, _, d| {
+                        if d.is_some() {
+                            out = d;
+                        }
+                    },
+                )?;
+                out.ok_or_else(|| bad(&self.name, format!("the archive has no {rel}")))
+            }
+            Some(size) => Err(bad(
+                &self.name,
+                format!(
+                    "{rel} is {}, too large for an image's JSON",
+                    human_bytes(*size)
+                ),
+            )),
+            None => Err(bad(&self.name, format!("the archive has no {rel}"))),
+        }
+    }
+}
+
+fn read_blob(name: &str, files: &dyn LayoutFiles, digest: &str) -> Result<Vec<u8>, OutputError> {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .ok_or_else(|| bad(name, format!("unsupported digest {digest}")))?;
+    let bytes = files.read(&format!("blobs/sha256/{hex}"))?;
+    if sha256_digest(&bytes) != digest {
+        return Err(bad(
+            name,
+            format!("blob {digest} does not match its digest; the layout is corrupt"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The image `want` names (`org.opencontainers.image.ref.name` or the full image name)
+/// in an OCI layout; with no name, the layout's only image.
+fn read_layout(
+    name: &str,
+    files: &dyn LayoutFiles,
+    want: Option<&str>,
+) -> Result<ImageData, OutputError> {
+    let index: Value = serde_json::from_slice(&files.read("index.json")?)
+        .map_err(|e| bad(name, format!("index.json is not JSON: {e}")))?;
+    let manifests = index["manifests"]
+        .as_array()
+        .ok_or_else(|| bad(name, "index.json has no `manifests` list"))?;
+    let ref_of = |m: &Value| {
+        m["annotations"][super::layout::REF_NAME]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let chosen = match want {
+        Some(w) => manifests.iter().find(|m| {
+            ref_of(m) == w || m["annotations"][super::layout::IMAGE_NAME].as_str() == Some(w)
+        }),
+        None if manifests.len() == 1 => manifests.first(),
+        None => None,
+    };
+    let Some(chosen) = chosen else {
+        let names: Vec<String> = manifests.iter().map(ref_of).collect();
+        return Err(bad(
+            name,
+            match want {
+                Some(w) => format!(
+                    "no image named `{w}` in the layout (it has: {})",
+                    names.join(", ")
+                ),
+                None if manifests.is_empty() => "the layout holds no image".to_string(),
+                None => format!(
+                    "the layout holds {} images ({}); add one's name: {name}:NAME",
+                    manifests.len(),
+                    names.join(", ")
+                ),
+            },
+        ));
+    };
+    let digest = chosen["digest"]
+        .as_str()
+        .ok_or_else(|| bad(name, "index.json entry without a digest"))?;
+    let mut bytes = read_blob(name, files, digest)?;
+    if let image::Picked::FromIndex { digest } =
+        image::pick_platform(&bytes, &Platform::host()).map_err(|d| bad(name, d))?
+    {
+        bytes = read_blob(name, files, &digest)?;
+    }
+    let (config_digest, mut data) = parse_image_manifest(name, &bytes)?;
+    data.config = parse_config(name, &read_blob(name, files, &config_digest)?)?;
+    data.config_digest = config_digest;
+    Ok(data)
+}
+
+fn read_docker_archive(
+    name: &str,
+    files: &ArchiveFiles,
+    want: Option<&str>,
+) -> Result<ImageData, OutputError> {
+    let manifest: Value = serde_json::from_slice(&files.read("manifest.json")?)
+        .map_err(|e| bad(name, format!("manifest.json is not JSON: {e}")))?;
+    let entries = manifest
+        .as_array()
+        .ok_or_else(|| bad(name, "manifest.json is not a list"))?;
+    let tags_of = |e: &Value| -> Vec<String> {
+        e["RepoTags"]
+            .as_array()
+            .map(|t| {
+                t.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let chosen = match want {
+        Some(w) => entries.iter().find(|e| tags_of(e).iter().any(|t| t == w)),
+        None if entries.len() == 1 => entries.first(),
+        None => None,
+    };
+    let Some(chosen) = chosen else {
+        let all: Vec<String> = entries.iter().flat_map(tags_of).collect();
+        return Err(bad(
+            name,
+            format!(
+                "choose one of the archive's {} images: {name}:NAME with NAME one of {}",
+                entries.len(),
+                all.join(", ")
+            ),
+        ));
+    };
+    let config_path = chosen["Config"]
+        .as_str()
+        .ok_or_else(|| bad(name, "manifest.json names no Config"))?;
+    let config_bytes = files.read(config_path.trim_start_matches("./"))?;
+    let config = parse_config(name, &config_bytes)?;
+    let layers = chosen["Layers"]
+        .as_array()
+        .map(|ls| {
+            ls.iter()
+                .filter_map(Value::as_str)
+                .map(|l| LayerData {
+                    digest: None,
+                    media_type: None,
+                    size: files
+                        .sizes
+                        .get(l.trim_start_matches("./"))
+                        .copied()
+                        .unwrap_or(0),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(ImageData {
+        manifest_digest: None,
+        config_digest: sha256_digest(&config_bytes),
+        annotations: BTreeMap::new(),
+        layers,
+        config,
+    })
+}
+
+/// One session as venvimg recorded it (`dev.venvimg.record`), tolerant of missing fields.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+struct SessionRecord {
+    session: String,
+    venv_dir: String,
+    key: String,
+    tag: String,
+    /// The key document (plan's `KeyDocument`).
+    inputs: Value,
+    python: String,
+    backend: String,
+    interpreter: String,
+    packages: Vec<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Record {
+    sessions: Vec<SessionRecord>,
+}
+
+/// The document `inspect --json` prints; the text form shows the same things.
+fn describe(name: &str, data: &ImageData) -> Result<Value, OutputError> {
+    let labels = &data.config["config"]["Labels"];
+    let Some(raw) = labels[image::RECORD_LABEL].as_str() else {
+        return Err(OutputError::NotVenvimg {
+            image: name.to_string(),
+            label: image::RECORD_LABEL,
+        });
+    };
+    let record: Record = serde_json::from_str(raw).map_err(|e| {
+        bad(
+            name,
+            format!("the {} label does not parse: {e}", image::RECORD_LABEL),
+        )
+    })?;
+    let diff_ids: Vec<&str> = data.config["rootfs"]["diff_ids"]
+        .as_array()
+        .map(|d| d.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let base_name = data
+        .annotations
+        .get("org.opencontainers.image.base.name")
+        .cloned();
+    // Docker archives carry no annotations; the key documents name the base's digest.
+    let base_digest = data
+        .annotations
+        .get("org.opencontainers.image.base.digest")
+        .cloned()
+        .or_else(|| {
+            record
+                .sessions
+                .first()
+                .and_then(|s| s.inputs["base"].as_str().map(str::to_string))
+        });
+    // Session layers are the image's last layers, one per session, in record order.
+    let n = record.sessions.len();
+    let first_session_layer = data.layers.len().checked_sub(n);
+    let sessions: Vec<Value> = record
+        .sessions
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let layer = first_session_layer.map(|f| {
+                let l = &data.layers[f + i];
+                json!({
+                    "digest": l.digest,
+                    "diff_id": diff_ids.get(f + i),
+                    "media_type": l.media_type.as_deref().map(MediaTypes::oci_layer_type),
+                    "size": l.size,
+                })
+            });
+            let envdir = s.inputs["envdir"].as_str().unwrap_or("");
+            json!({
+                "session": s.session,
+                "venv_dir": s.venv_dir,
+                "venv_path": if envdir.is_empty() { s.venv_dir.clone() } else { format!("{envdir}/{}", s.venv_dir) },
+                "key": s.key,
+                "tag": s.tag,
+                "python": s.python,
+                "backend": s.backend,
+                "interpreter": s.interpreter,
+                "base": {
+                    "name": base_name,
+                    "digest": s.inputs["base"].as_str().map(str::to_string).or_else(|| base_digest.clone()),
+                },
+                "layer": layer,
+                "inputs": s.inputs["inputs"],
+                "key_document": s.inputs,
+                "packages": s.packages,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "image": name,
+        "manifest_digest": data.manifest_digest,
+        "config_digest": data.config_digest,
+        "base": { "name": base_name, "digest": base_digest },
+        "sessions": sessions,
+    }))
+}
+
+fn package_line(p: &Value) -> String {
+    let mut s = format!(
+        "{}=={}",
+        p["name"].as_str().unwrap_or("?"),
+        p["version"].as_str().unwrap_or("?")
+    );
+    if p["editable"].as_bool() == Some(true) {
+        s.push_str(" (editable");
+        if let Some(u) = p["local_url"].as_str() {
+            s.push_str(&format!(", {u}"));
+        }
+        s.push(')');
+    } else if let Some(u) = p["local_url"].as_str() {
+        s.push_str(&format!(" ({u})"));
+    }
+    s
+}
+
+/// The text form of [`describe`]'s document.
+fn render_text(doc: &Value) -> String {
+    let str_of = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let base_of = |b: &Value| match (b["name"].as_str(), b["digest"].as_str()) {
+        (Some(n), Some(d)) => format!("{n} ({d})"),
+        (Some(n), None) => n.to_string(),
+        (None, Some(d)) => d.to_string(),
+        (None, None) => "unknown".to_string(),
+    };
+    let mut out = Vec::new();
+    out.push(format!("image     {}", str_of(&doc["image"])));
+    if let Some(d) = doc["manifest_digest"].as_str() {
+        out.push(format!("digest    {d}"));
+    }
+    out.push(format!("id        {}", str_of(&doc["config_digest"])));
+    out.push(format!("base      {}", base_of(&doc["base"])));
+    let sessions = doc["sessions"].as_array().cloned().unwrap_or_default();
+    out.push(format!("sessions  {}", sessions.len()));
+    for s in &sessions {
+        out.push(String::new());
+        out.push(format!("session {}", str_of(&s["session"])));
+        out.push(format!("  venv      {}", str_of(&s["venv_path"])));
+        out.push(format!("  key       {}", str_of(&s["key"])));
+        out.push(format!("  tag       {}", str_of(&s["tag"])));
+        out.push(format!(
+            "  python    {} ({} backend, {})",
+            str_of(&s["python"]),
+            str_of(&s["backend"]),
+            str_of(&s["interpreter"])
+        ));
+        out.push(format!("  base      {}", base_of(&s["base"])));
+        let layer = &s["layer"];
+        if layer.is_object() {
+            let id = layer["digest"]
+                .as_str()
+                .or_else(|| layer["diff_id"].as_str())
+                .unwrap_or("");
+            out.push(format!(
+                "  layer     {} {id}",
+                human_bytes(layer["size"].as_u64().unwrap_or(0))
+            ));
+        }
+        let inputs = s["inputs"].as_array().cloned().unwrap_or_default();
+        let width = inputs
+            .iter()
+            .map(|i| str_of(&i["path"]).len())
+            .max()
+            .unwrap_or(0);
+        for (i, input) in inputs.iter().enumerate() {
+            out.push(format!(
+                "  {:<9} {:<width$}  sha256:{}",
+                if i == 0 { "inputs" } else { "" },
+                str_of(&input["path"]),
+                str_of(&input["sha256"]).trim_start_matches("sha256:"),
+            ));
+        }
+        let packages = s["packages"].as_array().cloned().unwrap_or_default();
+        out.push(format!("  packages  {}", packages.len()));
+        for p in &packages {
+            out.push(format!("    {}", package_line(p)));
+        }
+    }
+    out.join("\n")
+}
+
+pub async fn inspect(
+    transport: Transport,
+    args: &InspectArgs,
+    printer: &Printer,
+) -> Result<(), Error> {
+    let name = args.image.as_str();
+    let data = match parse_source(name)? {
+        Source::Registry(r) => read_registry(transport, &r).await?,
+        Source::OciDir(dir, want) => {
+            if !dir.join("oci-layout").is_file() {
+                return Err(bad(
+                    name,
+                    format!(
+                        "{} is not an OCI layout (no oci-layout file)",
+                        dir.display()
+                    ),
+                )
+                .into());
+            }
+            read_layout(name, &DirFiles(&dir), want.as_deref())?
+        }
+        Source::OciArchive(file, want) => {
+            let files = ArchiveFiles::scan(name, &file)?;
+            read_layout(name, &files, want.as_deref())?
+        }
+        Source::DockerArchive(file, want) => {
+            let files = ArchiveFiles::scan(name, &file)?;
+            read_docker_archive(name, &files, want.as_deref())?
+        }
+    };
+    let doc = describe(name, &data)?;
+    if args.json {
+        printer.out(serde_json::to_string_pretty(&doc).expect("JSON serialises"));
+    } else {
+        printer.out(render_text(&doc));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record_config() -> Value {
+        let record = json!({"sessions": [
+            {"session": "tests-3.12", "venv_dir": "tests-3-12", "key": "ab".repeat(32), "tag": "tests-3-12-abababababababab",
+             "inputs": {"base": "sha256:base", "envdir": "/opt/nox", "inputs": [{"path": "uv.lock", "sha256": "11".repeat(32)}]},
+             "python": "3.12.1", "backend": "uv", "interpreter": "/usr/bin/python3.12",
+             "packages": [{"name": "attrs", "version": "23.2.0"}, {"name": "app", "version": "1.0", "editable": true, "local_url": "file:///src"}]},
+            {"session": "lint", "venv_dir": "lint", "key": "cd".repeat(32), "tag": "lint-cdcdcdcdcdcdcdcd",
+             "inputs": {"base": "sha256:base", "envdir": "/opt/nox", "inputs": []},
+             "python": "3.12.1", "backend": "uv", "interpreter": "/usr/bin/python3.12", "packages": []}
+        ]});
+        json!({
+            "config": {"Labels": {image::RECORD_LABEL: record.to_string()}},
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:d0", "sha256:d1", "sha256:d2"]},
+        })
+    }
+
+    fn layers(sizes: &[u64]) -> Vec<LayerData> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| LayerData {
+                digest: Some(format!("sha256:l{i}")),
+                media_type: Some(MediaTypes::OCI_LAYER_GZIP.into()),
+                size: *s,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sessions_get_the_last_layers_in_order() {
+        let data = ImageData {
+            manifest_digest: Some("sha256:m".into()),
+            config_digest: "sha256:c".into(),
+            annotations: [(
+                "org.opencontainers.image.base.name".to_string(),
+                "reg/base:1".to_string(),
+            )]
+            .into(),
+            layers: layers(&[100, 2048, 4096]),
+            config: record_config(),
+        };
+        let doc = describe("x", &data).unwrap();
+        let s = &doc["sessions"];
+        assert_eq!(s[0]["layer"]["digest"], "sha256:l1");
+        assert_eq!(s[0]["layer"]["diff_id"], "sha256:d1");
+        assert_eq!(s[1]["layer"]["size"], 4096);
+        assert_eq!(s[0]["venv_path"], "/opt/nox/tests-3-12");
+        assert_eq!(s[0]["base"]["name"], "reg/base:1");
+        // the digest the session was keyed on; the image's, when no annotation says
+        assert_eq!(s[0]["base"]["digest"], "sha256:base");
+        assert_eq!(doc["base"]["digest"], "sha256:base");
+        let text = render_text(&doc);
+        for want in [
+            "session tests-3.12",
+            "attrs==23.2.0",
+            "app==1.0 (editable, file:///src)",
+            "uv.lock",
+            "2.0 KiB sha256:l1",
+            "python    3.12.1 (uv backend, /usr/bin/python3.12)",
+            "packages  2",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
+    }
+
+    /// An OCI archive whose config (with the record) is larger than the first pass keeps.
+    #[test]
+    fn oci_archive_with_a_large_config_is_read() {
+        use super::super::layout::{self, ImageFiles};
+        use crate::image::{BlobRef, ComposedImage};
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = record_config();
+        config["padding"] = json!("x".repeat(2 << 20));
+        let config = serde_json::to_vec(&config).unwrap();
+        let layer_bytes = vec![1u8; 5000];
+        let layer_path = dir.path().join("layer");
+        fs::write(&layer_path, &layer_bytes).unwrap();
+        let layers: Vec<BlobRef> = (0..3)
+            .map(|_| BlobRef {
+                digest: sha256_digest(&layer_bytes),
+                size: 5000,
+                media_type: MediaTypes::OCI_LAYER_GZIP.into(),
+                from_base: false,
+            })
+            .collect();
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": MediaTypes::OCI_MANIFEST,
+            "config": {"mediaType": MediaTypes::OCI_CONFIG, "digest": sha256_digest(&config), "size": config.len()},
+            "layers": layers.iter().map(|l| json!({"mediaType": l.media_type, "digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
+            "annotations": {"org.opencontainers.image.base.digest": "sha256:fromannotation"},
+        }))
+        .unwrap();
+        let image = ComposedImage {
+            config_digest: sha256_digest(&config),
+            config,
+            manifest_digest: sha256_digest(&manifest),
+            manifest,
+            layers,
+        };
+        let files = ImageFiles {
+            image: &image,
+            layers: [(image.layers[0].digest.clone(), layer_path)].into(),
+        };
+        let archive = dir.path().join("image.tar");
+        let mut out = File::create(&archive).unwrap();
+        layout::write_oci_archive(&files, "v1", "reg/app:v1", &mut out, &archive).unwrap();
+        drop(out);
+
+        let files = ArchiveFiles::scan("a", &archive).unwrap();
+        assert!(!files.files.contains_key(&format!(
+            "blobs/sha256/{}",
+            image.config_digest.trim_start_matches("sha256:")
+        )));
+        let data = read_layout("a", &files, None).unwrap();
+        assert_eq!(
+            data.manifest_digest.as_deref(),
+            Some(image.manifest_digest.as_str())
+        );
+        assert_eq!(data.config_digest, image.config_digest);
+        let doc = describe("a", &data).unwrap();
+        assert_eq!(doc["sessions"][1]["layer"]["size"], 5000);
+        assert_eq!(doc["base"]["digest"], "sha256:fromannotation");
+        assert!(read_layout("a", &files, Some("v2"))
+            .unwrap_err()
+            .to_string()
+            .contains("v1"));
+        assert!(read_layout("a", &files, Some("reg/app:v1")).is_ok());
+    }
+
+    #[test]
+    fn an_image_without_the_record_is_not_venvimgs() {
+        let data = ImageData {
+            config: json!({"config": {"Labels": {"other": "x"}}}),
+            ..Default::default()
+        };
+        let err = describe("reg/base:1", &data).unwrap_err();
+        assert!(matches!(err, OutputError::NotVenvimg { .. }));
+        assert!(
+            err.to_string()
+                .contains("reg/base:1 was not made by venvimg"),
+            "{err}"
+        );
+        let data = ImageData {
+            config: json!({"config": null}),
+            ..Default::default()
+        };
+        assert!(matches!(
+            describe("y", &data),
+            Err(OutputError::NotVenvimg { .. })
+        ));
+    }
+
+    #[test]
+    fn sources_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        assert_eq!(
+            parse_source(&format!("oci:{d}")).unwrap(),
+            Source::OciDir(dir.path().into(), None)
+        );
+        assert_eq!(
+            parse_source(&format!("oci:{d}:v1")).unwrap(),
+            Source::OciDir(dir.path().into(), Some("v1".into()))
+        );
+        assert!(matches!(
+            parse_source("127.0.0.1:5000/a/b:t").unwrap(),
+            Source::Registry(r) if r.repository() == "a/b" && r.tag() == Some("t")
+        ));
+        let err = parse_source("oci-archive:/does/not/exist.tar").unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("does not exist"), "{err}");
+        assert_eq!(parse_source("Not A Reference").unwrap_err().exit_code(), 2);
+    }
+}

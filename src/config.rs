@@ -62,6 +62,8 @@ struct RawConfig {
     owner: Option<String>,
     project: Option<String>,
     build: Option<String>,
+    layers: Option<String>,
+    max_layers: Option<usize>,
     #[serde(default)]
     insecure_registries: Vec<String>,
     #[serde(default)]
@@ -88,6 +90,26 @@ impl BuilderKind {
 impl fmt::Display for BuilderKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// How a session's venv becomes layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LayerMode {
+    /// The whole venv in one layer.
+    #[default]
+    Single,
+    /// One layer per big installed distribution, small ones in hashed buckets, plus a
+    /// skeleton layer (see `layering`).
+    PerDistribution,
+}
+
+impl LayerMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LayerMode::Single => "single",
+            LayerMode::PerDistribution => "per-distribution",
+        }
     }
 }
 
@@ -294,6 +316,9 @@ pub struct Config {
     pub default_build: BuildMode,
     pub compression: Compression,
     pub owner: Owner,
+    pub layers: LayerMode,
+    /// Cap on the number of layers of an image, base included.
+    pub max_layers: usize,
     pub insecure_registries: Vec<String>,
     /// Extra environment for every build (package index URLs, certificates...). Not part
     /// of the key: it may hold secrets, and should not decide the venv's bytes.
@@ -398,6 +423,28 @@ impl Config {
             })?,
         };
 
+        let layers = match raw.layers.as_deref() {
+            None | Some("single") => LayerMode::Single,
+            Some("per-distribution") => LayerMode::PerDistribution,
+            Some(other) => {
+                return Err(ConfigError::field(
+                    f,
+                    "layers",
+                    format!("unknown value `{other}`; use single or per-distribution"),
+                ))
+            }
+        };
+        let max_layers = raw
+            .max_layers
+            .unwrap_or(crate::layering::DEFAULT_MAX_LAYERS);
+        if !(2..=120).contains(&max_layers) {
+            return Err(ConfigError::field(
+                f,
+                "max_layers",
+                format!("{max_layers} is out of range; use 2 to 120 (overlay filesystems accept about 127 layers)"),
+            ));
+        }
+
         let default_project = match raw.project.as_deref() {
             None => ProjectMode::default(),
             Some(s) => ProjectMode::parse(s).ok_or_else(|| {
@@ -495,6 +542,8 @@ impl Config {
             default_build,
             compression,
             owner,
+            layers,
+            max_layers,
             insecure_registries: raw.insecure_registries,
             build_env: raw.build_env,
         })

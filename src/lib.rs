@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod image;
 pub mod layer;
+pub mod layering;
 pub mod nox;
 pub mod outputs;
 pub mod plan;

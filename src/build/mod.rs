@@ -12,7 +12,7 @@ use std::time::Instant;
 use oci_client::Reference;
 use serde::Serialize;
 
-use crate::config::{BuilderKind, Config, ProjectMode};
+use crate::config::{BuilderKind, Config, LayerMode, ProjectMode};
 use crate::error::Error;
 use crate::image::{self, BaseImage, ComposedImage, LayerDescriptor};
 use crate::layer::{self, PackOptions};
@@ -132,12 +132,20 @@ pub struct SessionResult {
     pub seconds: f64,
 }
 
-/// A session's layer, wherever it is: packed here, or already in the registry.
+/// A session's layers (one, or one per distribution group), wherever they are: packed
+/// here, or already in the registry.
 #[derive(Debug, Clone)]
 struct SessionLayer {
-    descriptor: LayerDescriptor,
-    file: Option<PathBuf>,
+    descriptors: Vec<LayerDescriptor>,
+    /// digest → file, for layers packed here.
+    files: Vec<(String, PathBuf)>,
     record: serde_json::Value,
+}
+
+impl SessionLayer {
+    fn size(&self) -> u64 {
+        self.descriptors.iter().map(|d| d.size).sum()
+    }
 }
 
 pub async fn run(
@@ -220,7 +228,7 @@ pub async fn run(
                 image: s.image.whole(),
                 digest: Some(digest.clone()),
                 outcome: "hit",
-                layer_size: Some(layer.descriptor.size),
+                layer_size: Some(layer.size()),
                 seconds: t0.elapsed().as_secs_f64(),
             });
             layers.push((s.venv_dir.clone(), layer));
@@ -228,8 +236,8 @@ pub async fn run(
         }
         let layer = build_session(config, &plan, s, &work_path, &extra_env, args, printer)?;
         let img = compose_images(&plan.base, &[(s.venv_dir.clone(), layer.clone())]);
-        if let Some(f) = &layer.file {
-            local_files.insert(layer.descriptor.digest.clone(), f.clone());
+        for (digest, file) in &layer.files {
+            local_files.insert(digest.clone(), file.clone());
         }
         results.push(SessionResult {
             session: s.config.name.clone(),
@@ -238,7 +246,7 @@ pub async fn run(
             image: s.image.whole(),
             digest: Some(img.manifest_digest.clone()),
             outcome: "built",
-            layer_size: Some(layer.descriptor.size),
+            layer_size: Some(layer.size()),
             seconds: t0.elapsed().as_secs_f64(),
         });
         composed.push((s.image.clone(), img));
@@ -253,6 +261,22 @@ pub async fn run(
         all_tag,
     );
     let all_image = compose_images(&plan.base, &layers);
+    // Every session's layers on one base may exceed what overlay filesystems accept; the
+    // per-session images are what CI needs, so the combined one is skipped, loudly.
+    let all_fits = all_image.layers.len() <= config.max_layers;
+    if !all_fits {
+        let msg = format!(
+            "the all-sessions image would have {} layers, more than max_layers ({})",
+            all_image.layers.len(),
+            config.max_layers
+        );
+        if !args.output.is_empty() || args.load {
+            return Err(Error::Usage(format!(
+                "{msg}; --output/--load need it: build fewer sessions (--session) or raise max_layers"
+            )));
+        }
+        printer.warn(format!("{msg}; not pushing it"));
+    }
 
     if !args.no_push {
         for (target, img) in &composed {
@@ -261,7 +285,11 @@ pub async fn run(
             p.finish();
             printer.info(format!("pushed {}@{}", target.whole(), img.manifest_digest));
         }
-        let all_exists = registry.manifest_digest(&all_ref).await?;
+        let all_exists = if all_fits {
+            registry.manifest_digest(&all_ref).await?
+        } else {
+            Some(all_image.manifest_digest.clone())
+        };
         if all_exists.as_deref() != Some(all_image.manifest_digest.as_str()) {
             push::push_image(registry, &all_ref, &all_image, &plan.base, &local_files).await?;
             printer.info(format!(
@@ -325,8 +353,10 @@ pub async fn run(
 }
 
 fn compose_images(base: &BaseImage, layers: &[(String, SessionLayer)]) -> ComposedImage {
-    let descriptors: Vec<LayerDescriptor> =
-        layers.iter().map(|(_, l)| l.descriptor.clone()).collect();
+    let descriptors: Vec<LayerDescriptor> = layers
+        .iter()
+        .flat_map(|(_, l)| l.descriptors.iter().cloned())
+        .collect();
     let records: Vec<&serde_json::Value> = layers.iter().map(|(_, l)| &l.record).collect();
     let names: Vec<&str> = layers
         .iter()
@@ -404,19 +434,13 @@ async fn layer_from_registry(
         serde_json::from_slice(&config_bytes).map_err(|e| bad(e.to_string()))?;
     let base_count = base.manifest.layers().len();
     let layers = manifest.layers();
-    if layers.len() != base_count + 1 {
+    if layers.len() <= base_count {
         return Err(bad(format!(
-            "expected {} layers (base + venv), found {}; was it made by venvimg?",
-            base_count + 1,
+            "expected the base's {base_count} layers and the venv's, found {}; was it made by venvimg?",
             layers.len()
         ))
         .into());
     }
-    let last = &layers[base_count];
-    let diff_id = config["rootfs"]["diff_ids"][base_count]
-        .as_str()
-        .ok_or_else(|| bad("config has no diff_id for the venv layer".into()))?
-        .to_string();
     let record = config["config"]["Labels"][image::RECORD_LABEL]
         .as_str()
         .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
@@ -428,21 +452,35 @@ async fn layer_from_registry(
                 image::RECORD_LABEL
             ))
         })?;
-    let created_by = config["history"]
+    let history: Vec<&serde_json::Value> = config["history"]
         .as_array()
-        .and_then(|h| h.last())
-        .and_then(|h| h["created_by"].as_str())
-        .unwrap_or("venvimg")
-        .to_string();
-    Ok(SessionLayer {
-        descriptor: LayerDescriptor {
-            media_type: last.media_type().to_string(),
-            digest: last.digest().to_string(),
-            size: last.size(),
+        .map(|h| h.iter().collect())
+        .unwrap_or_default();
+    let venv_layers = layers.len() - base_count;
+    let mut descriptors = Vec::with_capacity(venv_layers);
+    for (i, l) in layers.iter().enumerate().skip(base_count) {
+        let diff_id = config["rootfs"]["diff_ids"][i]
+            .as_str()
+            .ok_or_else(|| bad(format!("config has no diff_id for layer {i}")))?
+            .to_string();
+        // Our history entries are the last ones, one per venv layer.
+        let created_by = history
+            .len()
+            .checked_sub(layers.len() - i)
+            .and_then(|h| history[h]["created_by"].as_str())
+            .unwrap_or("venvimg")
+            .to_string();
+        descriptors.push(LayerDescriptor {
+            media_type: l.media_type().to_string(),
+            digest: l.digest().to_string(),
+            size: l.size(),
             diff_id,
             created_by,
-        },
-        file: None,
+        });
+    }
+    Ok(SessionLayer {
+        descriptors,
+        files: Vec::new(),
         record,
     })
 }
@@ -619,20 +657,65 @@ fn build_session(
         facts.packages.len()
     ));
 
-    let layer_path = dir.join("layer.tar");
     let mut opts = PackOptions::new(format!("{}/{}", config.envdir, s.venv_dir));
     opts.uid = config.owner.uid;
     opts.gid = config.owner.gid;
     opts.compression = config.compression;
     let t = Instant::now();
-    let packed = layer::pack_tree(&venv_host, &opts, &layer_path)?;
+    let groups = match config.layers {
+        LayerMode::Single => None,
+        LayerMode::PerDistribution => {
+            let cap = config
+                .max_layers
+                .saturating_sub(plan.base.manifest.layers().len())
+                .max(1);
+            Some(
+                crate::layering::split(&venv_host, cap).map_err(|e| BuildError::Io {
+                    context: format!("session `{name}`: splitting the venv by distribution"),
+                    source: match e {
+                        crate::layering::LayeringError::Io { source, .. } => source,
+                    },
+                })?,
+            )
+        }
+    };
+    let mut packed = Vec::new();
+    let mut layer_records = Vec::new();
+    match &groups {
+        None => {
+            let p = layer::pack_tree(&venv_host, &opts, &dir.join("layer.tar"))?;
+            layer_records.push(serde_json::json!({
+                "digest": p.digest, "size": p.size, "distributions": "*",
+            }));
+            packed.push(("venv".to_string(), p));
+        }
+        Some(groups) => {
+            for (i, g) in groups.iter().enumerate() {
+                let keep = crate::layering::keeps(g, groups);
+                let p = layer::pack_tree_filtered(
+                    &venv_host,
+                    &opts,
+                    &dir.join(format!("layer-{i:02}.tar")),
+                    &keep,
+                )?;
+                layer_records.push(serde_json::json!({
+                    "digest": p.digest, "size": p.size, "group": g.label,
+                    "distributions": g.distributions,
+                }));
+                packed.push((g.label.clone(), p));
+            }
+        }
+    }
     printer.info(format!(
-        "{name}: packed {} → {} in {:.1}s ({})",
-        human_bytes(packed.uncompressed_size),
-        human_bytes(packed.size),
+        "{name}: packed {} → {} in {} layer(s) in {:.1}s",
+        human_bytes(packed.iter().map(|(_, p)| p.uncompressed_size).sum()),
+        human_bytes(packed.iter().map(|(_, p)| p.size).sum()),
+        packed.len(),
         t.elapsed().as_secs_f64(),
-        packed.digest
     ));
+    for (label, p) in &packed {
+        printer.verbose(format!("  {label}: {} {}", human_bytes(p.size), p.digest));
+    }
     let record = serde_json::json!({
         "session": name,
         "venv_dir": s.venv_dir,
@@ -643,19 +726,33 @@ fn build_session(
         "backend": facts.backend,
         "interpreter": facts.interpreter,
         "packages": facts.packages,
+        "layers": layer_records,
     });
     Ok(SessionLayer {
-        descriptor: LayerDescriptor {
-            media_type: packed.media_type().to_string(),
-            digest: packed.digest.clone(),
-            size: packed.size,
-            diff_id: packed.diff_id.clone(),
-            created_by: format!(
-                "venvimg: nox session {name} at {}/{}",
-                config.envdir, s.venv_dir
-            ),
-        },
-        file: Some(packed.path),
+        descriptors: packed
+            .iter()
+            .map(|(label, p)| LayerDescriptor {
+                media_type: p.media_type().to_string(),
+                digest: p.digest.clone(),
+                size: p.size,
+                diff_id: p.diff_id.clone(),
+                created_by: if groups.is_some() {
+                    format!(
+                        "venvimg: nox session {name} at {}/{} ({label})",
+                        config.envdir, s.venv_dir
+                    )
+                } else {
+                    format!(
+                        "venvimg: nox session {name} at {}/{}",
+                        config.envdir, s.venv_dir
+                    )
+                },
+            })
+            .collect(),
+        files: packed
+            .iter()
+            .map(|(_, p)| (p.digest.clone(), p.path.clone()))
+            .collect(),
         record,
     })
 }

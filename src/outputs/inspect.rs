@@ -457,6 +457,10 @@ struct SessionRecord {
     backend: String,
     interpreter: String,
     packages: Vec<Value>,
+    /// One entry per layer of the session (`layers: per-distribution` makes several);
+    /// absent in single-layer records of older images.
+    #[serde(default)]
+    layers: Vec<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -498,23 +502,42 @@ fn describe(name: &str, data: &ImageData) -> Result<Value, OutputError> {
                 .first()
                 .and_then(|s| s.inputs["base"].as_str().map(str::to_string))
         });
-    // Session layers are the image's last layers, one per session, in record order.
-    let n = record.sessions.len();
-    let first_session_layer = data.layers.len().checked_sub(n);
+    // Session layers are the image's last layers, in record order: one per session, or
+    // as many as the session's record lists.
+    let counts: Vec<usize> = record
+        .sessions
+        .iter()
+        .map(|s| s.layers.len().max(1))
+        .collect();
+    let first_session_layer = data.layers.len().checked_sub(counts.iter().sum());
+    let offsets: Vec<usize> = counts
+        .iter()
+        .scan(0usize, |acc, c| {
+            let o = *acc;
+            *acc += c;
+            Some(o)
+        })
+        .collect();
     let sessions: Vec<Value> = record
         .sessions
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let layer = first_session_layer.map(|f| {
-                let l = &data.layers[f + i];
+            let describe_layer = |f: usize, j: usize| {
+                let l = &data.layers[f + offsets[i] + j];
                 json!({
                     "digest": l.digest,
-                    "diff_id": diff_ids.get(f + i),
+                    "diff_id": diff_ids.get(f + offsets[i] + j),
                     "media_type": l.media_type.as_deref().map(MediaTypes::oci_layer_type),
                     "size": l.size,
+                    "group": s.layers.get(j).and_then(|r| r.get("group")).cloned(),
+                    "distributions": s.layers.get(j).and_then(|r| r.get("distributions")).cloned(),
                 })
-            });
+            };
+            let layer = first_session_layer.map(|f| describe_layer(f, 0));
+            let layers: Vec<Value> = first_session_layer
+                .map(|f| (0..counts[i]).map(|j| describe_layer(f, j)).collect())
+                .unwrap_or_default();
             let envdir = s.inputs["envdir"].as_str().unwrap_or("");
             json!({
                 "session": s.session,
@@ -530,6 +553,7 @@ fn describe(name: &str, data: &ImageData) -> Result<Value, OutputError> {
                     "digest": s.inputs["base"].as_str().map(str::to_string).or_else(|| base_digest.clone()),
                 },
                 "layer": layer,
+                "layers": layers,
                 "inputs": s.inputs["inputs"],
                 "key_document": s.inputs,
                 "packages": s.packages,
@@ -594,14 +618,22 @@ fn render_text(doc: &Value) -> String {
             str_of(&s["interpreter"])
         ));
         out.push(format!("  base      {}", base_of(&s["base"])));
-        let layer = &s["layer"];
-        if layer.is_object() {
+        for layer in s["layers"].as_array().into_iter().flatten() {
             let id = layer["digest"]
                 .as_str()
                 .or_else(|| layer["diff_id"].as_str())
                 .unwrap_or("");
+            let holds = match &layer["distributions"] {
+                Value::Array(d) if !d.is_empty() => format!(
+                    " ({}: {})",
+                    str_of(&layer["group"]),
+                    d.iter().map(str_of).collect::<Vec<_>>().join(", ")
+                ),
+                _ if layer["group"].is_string() => format!(" ({})", str_of(&layer["group"])),
+                _ => String::new(),
+            };
             out.push(format!(
-                "  layer     {} {id}",
+                "  layer     {} {id}{holds}",
                 human_bytes(layer["size"].as_u64().unwrap_or(0))
             ));
         }

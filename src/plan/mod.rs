@@ -54,6 +54,9 @@ pub struct KeyDocument {
     pub session: String,
     pub builder: String,
     pub compression: String,
+    /// `single`, or `per-distribution/<max layers>` (the cap decides the grouping).
+    #[serde(default)]
+    pub layers: String,
     pub owner: String,
     pub project: String,
     pub build: String,
@@ -285,6 +288,12 @@ pub fn key_document(
         session: session.name.clone(),
         builder: config.builder.as_str().to_string(),
         compression: compression_name(config.compression).to_string(),
+        layers: match config.layers {
+            crate::config::LayerMode::Single => "single".into(),
+            crate::config::LayerMode::PerDistribution => {
+                format!("per-distribution/{}", config.max_layers)
+            }
+        },
         owner: config.owner.to_string(),
         project: session.project.as_str().to_string(),
         build: match session.build {
@@ -519,6 +528,7 @@ mod tests {
             session: "tests".into(),
             builder: "podman".into(),
             compression: "gzip".into(),
+            layers: "single".into(),
             owner: "0:0".into(),
             project: "refuse".into(),
             build: "install-only".into(),
@@ -553,6 +563,7 @@ mod tests {
             Box::new(|d| d.session = "lint".into()),
             Box::new(|d| d.builder = "local".into()),
             Box::new(|d| d.compression = "zstd".into()),
+            Box::new(|d| d.layers = "per-distribution/64".into()),
             Box::new(|d| d.owner = "1000:1000".into()),
             Box::new(|d| d.project = "editable".into()),
             Box::new(|d| d.build = "run".into()),

@@ -1,0 +1,416 @@
+//! Which layers a venv becomes. `single`: the whole venv in one layer. `per-distribution`:
+//! each installed distribution's files (from its `*.dist-info/RECORD`, plus the bytecode
+//! compiled for them) go to a layer of their own when big, or to one of a fixed number of
+//! buckets chosen by a stable hash of the name when small; everything no RECORD claims
+//! (pyvenv.cfg, interpreter links, activation scripts, nox's files) is the skeleton layer.
+//! A one-package bump then changes one layer, not the whole venv.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::build::venv::site_packages_dirs;
+use crate::plan::locked::normalize;
+
+/// A distribution at least this big (bytes on disk, bytecode included) gets its own layer.
+pub const BIG_DISTRIBUTION: u64 = 4 << 20;
+/// Small distributions share this many layers.
+pub const BUCKETS: usize = 8;
+/// Default cap on an image's layers, base included: well below the ~127 overlay accepts.
+pub const DEFAULT_MAX_LAYERS: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// `skeleton`, `dist-numpy`, `bucket-3`.
+    pub label: String,
+    /// Normalised names of the distributions whose files it holds.
+    pub distributions: Vec<String>,
+    /// Files (and symlinks) relative to the venv root. Empty for the skeleton, which
+    /// holds whatever no other group claims.
+    pub files: BTreeSet<PathBuf>,
+    pub bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayeringError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+struct Dist {
+    name: String,
+    files: BTreeSet<PathBuf>,
+    bytes: u64,
+}
+
+/// Split `venv` into groups: skeleton first, then big distributions by name, then the
+/// non-empty buckets by index. At most `max_session_layers` groups.
+pub fn split(venv: &Path, max_session_layers: usize) -> Result<Vec<Group>, LayeringError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LayeringError::Io { path, source }
+    };
+    let mut dists: Vec<Dist> = Vec::new();
+    let mut claimed: BTreeSet<PathBuf> = BTreeSet::new();
+    for sp in site_packages_dirs(venv) {
+        let mut infos: Vec<PathBuf> = std::fs::read_dir(&sp)
+            .map_err(io(&sp))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "dist-info") && p.is_dir())
+            .collect();
+        infos.sort();
+        for info in infos {
+            let name = dist_name(&info);
+            let mut files = BTreeSet::new();
+            let record = std::fs::read_to_string(info.join("RECORD")).unwrap_or_default();
+            for line in record.lines() {
+                let Some(path) = first_csv_field(line) else {
+                    continue;
+                };
+                if let Some(rel) = inside(venv, &sp.join(path)) {
+                    files.insert(rel);
+                }
+            }
+            // The dist-info folder itself, whatever the installer added after RECORD.
+            walk_files(&info, &mut |p| {
+                if let Some(rel) = inside(venv, p) {
+                    files.insert(rel);
+                }
+            })
+            .map_err(io(&info))?;
+            add_bytecode(venv, &mut files);
+            // First claim wins, in sorted dist-info order: deterministic for namespace
+            // packages whose shared files two RECORDs list.
+            files.retain(|f| !claimed.contains(f) && present(&venv.join(f)));
+            claimed.extend(files.iter().cloned());
+            let bytes = files
+                .iter()
+                .map(|f| {
+                    std::fs::symlink_metadata(venv.join(f))
+                        .map(|m| m.len())
+                        .unwrap_or(0)
+                })
+                .sum();
+            dists.push(Dist { name, files, bytes });
+        }
+    }
+
+    // Big ones get their own layer, biggest first, as many as the cap allows besides the
+    // skeleton and the buckets; the rest go to buckets.
+    let own_slots = max_session_layers.saturating_sub(1 + BUCKETS);
+    let mut by_size: Vec<usize> = (0..dists.len())
+        .filter(|&i| dists[i].bytes >= BIG_DISTRIBUTION)
+        .collect();
+    by_size.sort_by(|&a, &b| {
+        dists[b]
+            .bytes
+            .cmp(&dists[a].bytes)
+            .then(dists[a].name.cmp(&dists[b].name))
+    });
+    let own: BTreeSet<usize> = by_size.into_iter().take(own_slots).collect();
+    let buckets = if max_session_layers <= 1 {
+        0
+    } else {
+        BUCKETS.min(max_session_layers - 1 - own.len()).max(1)
+    };
+
+    let mut groups = vec![Group {
+        label: "skeleton".into(),
+        distributions: Vec::new(),
+        files: BTreeSet::new(),
+        bytes: 0,
+    }];
+    let mut own_groups: BTreeMap<String, Group> = BTreeMap::new();
+    let mut bucket_groups: BTreeMap<usize, Group> = BTreeMap::new();
+    for (i, d) in dists.into_iter().enumerate() {
+        let target = if own.contains(&i) {
+            own_groups.entry(d.name.clone()).or_insert_with(|| Group {
+                label: format!("dist-{}", d.name),
+                distributions: Vec::new(),
+                files: BTreeSet::new(),
+                bytes: 0,
+            })
+        } else if buckets == 0 {
+            &mut groups[0]
+        } else {
+            let b = bucket_of(&d.name, buckets);
+            bucket_groups.entry(b).or_insert_with(|| Group {
+                label: format!("bucket-{b}"),
+                distributions: Vec::new(),
+                files: BTreeSet::new(),
+                bytes: 0,
+            })
+        };
+        target.distributions.push(d.name);
+        target.files.extend(d.files);
+        target.bytes += d.bytes;
+    }
+    if buckets == 0 {
+        // Everything in one layer: the skeleton keeps all files.
+        groups[0].files.clear();
+        return Ok(groups);
+    }
+    groups.extend(own_groups.into_values());
+    groups.extend(bucket_groups.into_values());
+    for g in &mut groups {
+        g.distributions.sort();
+    }
+    Ok(groups)
+}
+
+/// Stable across machines, runs and venvimg versions (the layer bytes depend on it).
+pub fn bucket_of(name: &str, buckets: usize) -> usize {
+    let h = Sha256::digest(name.as_bytes());
+    let n = u64::from_be_bytes(h[..8].try_into().expect("8 bytes"));
+    (n % buckets as u64) as usize
+}
+
+/// Which files of the venv go into `group`, given every group (the skeleton takes what
+/// the others do not).
+pub fn keeps<'a>(group: &'a Group, all: &'a [Group]) -> impl Fn(&Path) -> bool + 'a {
+    let claimed: BTreeSet<&Path> = all
+        .iter()
+        .filter(|g| g.label != "skeleton")
+        .flat_map(|g| g.files.iter().map(PathBuf::as_path))
+        .collect();
+    let skeleton = group.label == "skeleton";
+    move |rel: &Path| {
+        if skeleton {
+            !claimed.contains(rel)
+        } else {
+            group.files.contains(rel)
+        }
+    }
+}
+
+fn dist_name(info: &Path) -> String {
+    let meta = std::fs::read_to_string(info.join("METADATA")).unwrap_or_default();
+    let from_meta = meta
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| l.strip_prefix("Name:").map(|v| v.trim().to_string()));
+    let name = from_meta.unwrap_or_else(|| {
+        info.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.split('-').next())
+            .unwrap_or("unknown")
+            .to_string()
+    });
+    normalize(&name)
+}
+
+/// RECORD is CSV: the path is the first field, quoted when it holds a comma or quote.
+fn first_csv_field(line: &str) -> Option<String> {
+    let line = line.trim_end_matches('\r');
+    if line.is_empty() {
+        return None;
+    }
+    if let Some(rest) = line.strip_prefix('"') {
+        let mut out = String::new();
+        let mut chars = rest.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    out.push('"');
+                    chars.next();
+                } else {
+                    return Some(out);
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        return Some(out);
+    }
+    Some(line.split(',').next()?.to_string())
+}
+
+/// `path` (possibly with `..`, as RECORD writes console scripts) relative to `venv`, if
+/// it lies inside it. Lexical: symlinks in the venv are not followed.
+fn inside(venv: &Path, path: &Path) -> Option<PathBuf> {
+    let mut parts: Vec<Component> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                parts.pop();
+            }
+            Component::CurDir => {}
+            other => parts.push(other),
+        }
+    }
+    let norm: PathBuf = parts.iter().collect();
+    norm.strip_prefix(venv).ok().map(Path::to_path_buf)
+}
+
+fn present(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir())
+}
+
+fn walk_files(dir: &Path, f: &mut dyn FnMut(&Path)) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let p = e.path();
+        if e.file_type()?.is_dir() {
+            walk_files(&p, f)?;
+        } else {
+            f(&p);
+        }
+    }
+    Ok(())
+}
+
+/// For every claimed `x/mod.py`, also claim `x/__pycache__/mod.*.pyc`.
+fn add_bytecode(venv: &Path, files: &mut BTreeSet<PathBuf>) {
+    let mut extra = Vec::new();
+    let mut by_dir: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+    for f in files.iter() {
+        if f.extension().is_some_and(|e| e == "py") {
+            if let (Some(dir), Some(stem)) = (f.parent(), f.file_stem().and_then(|s| s.to_str())) {
+                by_dir
+                    .entry(dir.to_path_buf())
+                    .or_default()
+                    .push(stem.to_string());
+            }
+        }
+    }
+    for (dir, stems) in by_dir {
+        let cache = dir.join("__pycache__");
+        let Ok(rd) = std::fs::read_dir(venv.join(&cache)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".pyc") {
+                continue;
+            }
+            let stem = name.split('.').next().unwrap_or("");
+            if stems.iter().any(|s| s == stem) {
+                extra.push(cache.join(&name));
+            }
+        }
+    }
+    files.extend(extra);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(p: &Path, bytes: usize) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, vec![b'x'; bytes]).unwrap();
+    }
+
+    fn dist(venv: &Path, name: &str, version: &str, files: &[(&str, usize)]) {
+        let sp = venv.join("lib/python3.11/site-packages");
+        let info = sp.join(format!("{name}-{version}.dist-info"));
+        std::fs::create_dir_all(&info).unwrap();
+        std::fs::write(
+            info.join("METADATA"),
+            format!("Name: {name}\nVersion: {version}\n\n"),
+        )
+        .unwrap();
+        let mut record = String::new();
+        for (f, size) in files {
+            write(&sp.join(f), *size);
+            record.push_str(&format!("{f},sha256=x,{size}\n"));
+        }
+        record.push_str(&format!("{name}-{version}.dist-info/RECORD,,\n"));
+        std::fs::write(info.join("RECORD"), record).unwrap();
+    }
+
+    #[test]
+    fn splits_by_distribution_with_scripts_and_bytecode() {
+        let t = tempfile::tempdir().unwrap();
+        let venv = t.path();
+        std::fs::write(venv.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+        dist(
+            venv,
+            "big",
+            "1",
+            &[("big/__init__.py", 5 << 20), ("../../../bin/big", 10)],
+        );
+        dist(venv, "small_one", "1", &[("small_one.py", 10)]);
+        write(
+            &venv.join("lib/python3.11/site-packages/__pycache__/small_one.cpython-311.pyc"),
+            5,
+        );
+        write(
+            &venv.join("lib/python3.11/site-packages/big/__pycache__/__init__.cpython-311.pyc"),
+            5,
+        );
+        let groups = split(venv, 20).unwrap();
+        assert_eq!(groups[0].label, "skeleton");
+        let big = groups.iter().find(|g| g.label == "dist-big").unwrap();
+        assert!(big.files.contains(Path::new("bin/big")), "{:?}", big.files);
+        assert!(big.files.contains(Path::new(
+            "lib/python3.11/site-packages/big/__pycache__/__init__.cpython-311.pyc"
+        )));
+        let bucket = groups
+            .iter()
+            .find(|g| g.distributions == vec!["small-one".to_string()])
+            .unwrap();
+        assert_eq!(
+            bucket.label,
+            format!("bucket-{}", bucket_of("small-one", BUCKETS))
+        );
+        assert!(bucket.files.contains(Path::new(
+            "lib/python3.11/site-packages/__pycache__/small_one.cpython-311.pyc"
+        )));
+        // The skeleton keeps what nobody claims, and nothing claimed.
+        let keep = keeps(&groups[0], &groups);
+        assert!(keep(Path::new("pyvenv.cfg")));
+        assert!(!keep(Path::new("bin/big")));
+    }
+
+    #[test]
+    fn cap_sends_big_ones_to_buckets() {
+        let t = tempfile::tempdir().unwrap();
+        let venv = t.path();
+        for i in 0..5 {
+            dist(
+                venv,
+                &format!("big{i}"),
+                "1",
+                &[(&format!("big{i}.py"), 5 << 20)],
+            );
+        }
+        let groups = split(venv, 1 + BUCKETS + 2).unwrap();
+        assert!(groups.len() <= 1 + BUCKETS + 2);
+        assert_eq!(
+            groups
+                .iter()
+                .filter(|g| g.label.starts_with("dist-"))
+                .count(),
+            2
+        );
+        let all: usize = groups.iter().map(|g| g.distributions.len()).sum();
+        assert_eq!(all, 5);
+    }
+
+    #[test]
+    fn bucket_choice_is_stable() {
+        assert_eq!(bucket_of("numpy", 8), bucket_of("numpy", 8));
+        let spread: BTreeSet<usize> = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]
+            .iter()
+            .map(|n| bucket_of(n, 8))
+            .collect();
+        assert!(spread.len() > 3);
+    }
+
+    #[test]
+    fn record_csv_quoting() {
+        assert_eq!(
+            first_csv_field("a/b.py,sha256=x,1").as_deref(),
+            Some("a/b.py")
+        );
+        assert_eq!(
+            first_csv_field("\"a,b.py\",sha256=x,1").as_deref(),
+            Some("a,b.py")
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! `layers: per-distribution` (issue #11): the same venv split into layers by installed
+//! distribution unpacks to exactly the tree of the single-layer image, runs offline, and a
+//! one-package bump uploads and pulls only the layers that changed.
+mod support;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+fn configure(dir: &Path, repo: &str, extra: &str) {
+    let env = support::testenv();
+    std::fs::write(
+        dir.join("venvimg.yaml"),
+        format!("repository: {repo}\nbase: {}\n{extra}", env.base),
+    )
+    .unwrap();
+}
+
+fn build(dir: &Path, args: &[&str]) -> (Value, String) {
+    let env = support::testenv();
+    let out = support::venvimg()
+        .current_dir(dir)
+        .args(["build", "--json", "--build-ca", env.ca_file()])
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "venvimg build failed:\n{stderr}");
+    (serde_json::from_slice(&out.stdout).unwrap(), stderr)
+}
+
+/// Unpack an OCI layout's image with umoci (an independent reader) and describe every
+/// entry under `under`: type, mode, owner, link target, content digest.
+fn unpacked_tree(layout: &Path, under: &str) -> BTreeMap<PathBuf, String> {
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let tag = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bundle = tempfile::tempdir().unwrap();
+    let target = bundle.path().join("b");
+    let out = std::process::Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:{tag}", layout.display()))
+        .arg(&target)
+        .output()
+        .expect("umoci must be installed (apt-get install umoci)");
+    assert!(
+        out.status.success(),
+        "umoci: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = target.join("rootfs");
+    let mut tree = BTreeMap::new();
+    walk(&root, &root.join(under.trim_start_matches('/')), &mut tree);
+    assert!(tree.len() > 50, "suspiciously small tree: {}", tree.len());
+    tree
+}
+
+fn walk(root: &Path, dir: &Path, tree: &mut BTreeMap<PathBuf, String>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let p = e.path();
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let rel = p.strip_prefix(root).unwrap().to_path_buf();
+        let kind = if m.file_type().is_symlink() {
+            format!("link -> {}", std::fs::read_link(&p).unwrap().display())
+        } else if m.is_dir() {
+            "dir".to_string()
+        } else {
+            format!(
+                "file {}",
+                hex::encode(Sha256::digest(std::fs::read(&p).unwrap()))
+            )
+        };
+        tree.insert(
+            rel,
+            format!(
+                "{kind} mode {:o} owner {}:{}",
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid()
+            ),
+        );
+        if m.is_dir() {
+            walk(root, &p, tree);
+        }
+    }
+}
+
+#[test]
+fn per_distribution_tree_equals_the_single_layer_tree_and_runs_offline() {
+    let single = support::copy_fixture("sample");
+    let split = support::copy_fixture("sample");
+    configure(
+        single.path(),
+        &support::unique_repo("layers-single"),
+        "sessions: [tests]\n",
+    );
+    configure(
+        split.path(),
+        &support::unique_repo("layers-split"),
+        "sessions: [tests]\nlayers: per-distribution\n",
+    );
+    let out = tempfile::tempdir().unwrap();
+    let (a, _) = build(
+        single.path(),
+        &[
+            "--output",
+            &format!("oci:{}", out.path().join("single").display()),
+        ],
+    );
+    let (b, _) = build(
+        split.path(),
+        &[
+            "--output",
+            &format!("oci:{}", out.path().join("split").display()),
+        ],
+    );
+    assert_eq!(a["sessions"][0]["outcome"], "built");
+    assert_eq!(b["sessions"][0]["outcome"], "built");
+
+    let t1 = unpacked_tree(&out.path().join("single"), "/opt/nox");
+    let t2 = unpacked_tree(&out.path().join("split"), "/opt/nox");
+    let only1: Vec<_> = t1
+        .iter()
+        .filter(|(k, v)| t2.get(*k) != Some(v))
+        .take(5)
+        .collect();
+    let only2: Vec<_> = t2
+        .iter()
+        .filter(|(k, v)| t1.get(*k) != Some(v))
+        .take(5)
+        .collect();
+    assert!(
+        only1.is_empty() && only2.is_empty(),
+        "trees differ:\n single: {only1:?}\n split: {only2:?}"
+    );
+
+    // The split image has several venv layers; inspect says what each holds.
+    let image = b["sessions"][0]["image"].as_str().unwrap().to_string();
+    let out = support::venvimg()
+        .args(["inspect", "--json", &image])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let layers = doc["sessions"][0]["layers"].as_array().unwrap();
+    assert!(layers.len() >= 3, "{layers:?}");
+    assert_eq!(layers[0]["group"], "skeleton");
+    let held: Vec<String> = layers
+        .iter()
+        .flat_map(|l| l["distributions"].as_array().cloned().unwrap_or_default())
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect();
+    for p in ["pytest", "pluggy", "iniconfig", "packaging"] {
+        assert!(
+            held.iter().any(|h| h == p),
+            "{p} not in any layer: {held:?}"
+        );
+    }
+
+    // And the job runs offline in it.
+    let checkout = support::copy_fixture("sample");
+    let run = support::podman()
+        .args(["run", "--rm", "--network", "none"])
+        .args([
+            "-v",
+            &format!("{}:/src", checkout.path().display()),
+            "-w",
+            "/src",
+        ])
+        .args(["-e", "UV_OFFLINE=1", &image])
+        .args([
+            "nox",
+            "--envdir",
+            "/opt/nox",
+            "--reuse-venv=always",
+            "--no-install",
+            "-s",
+            "tests",
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(run.status.success(), "{text}");
+    assert!(!text.contains("Creating virtual environment"), "{text}");
+}

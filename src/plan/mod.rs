@@ -418,10 +418,18 @@ pub async fn make_plan(
     registry: &Registry,
     only: &[String],
 ) -> Result<Plan, Error> {
+    // Ask this machine's nox while the registry resolves the base: on the hit path the two
+    // are most of the time a plan takes.
+    let all = config.sessions.is_some();
+    let project_dir = config.project_dir.clone();
+    let host_list = tokio::task::spawn_blocking(move || nox::list_sessions(&project_dir, all));
     let inputs = hash_inputs(config)?;
     let base = registry
         .resolve_base(&config.base, &config.platform)
         .await?;
+    let host_list = std::cell::RefCell::new(Some(
+        host_list.await.expect("nox listing thread does not panic"),
+    ));
     let pinned = base.pinned();
     let base_registry = config.base.resolve_registry();
     let insecure = crate::registry::is_loopback(base_registry)
@@ -431,7 +439,12 @@ pub async fn make_plan(
             .any(|r| r == base_registry);
     // nox on this machine is fastest; when it is missing or lacks a plugin the noxfile
     // imports, a container builder asks the base image's nox, where the build will run.
-    let list = |all: bool| match nox::list_sessions(&config.project_dir, all) {
+    let list = |all_wanted: bool| match host_list
+        .borrow_mut()
+        .take()
+        .filter(|_| all_wanted == all)
+        .unwrap_or_else(|| nox::list_sessions(&config.project_dir, all_wanted))
+    {
         Err(nox::NoxError::Spawn { .. } | nox::NoxError::MissingModule { .. })
             if config.builder != crate::config::BuilderKind::Local =>
         {

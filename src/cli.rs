@@ -55,8 +55,8 @@ pub struct GlobalArgs {
     /// Read the target registry's password from standard input (else VENVIMG_PASSWORD).
     #[arg(long, global = true)]
     pub password_stdin: bool,
-    /// Upload blobs in chunks of this many MiB instead of one request each (for proxies
-    /// that limit request bodies).
+    /// Upload blobs in chunks of this many MiB (1-4; more is sent as 4) instead of one
+    /// request each, for proxies that limit request bodies.
     #[arg(long, global = true, value_name = "MIB")]
     pub chunk_size: Option<u64>,
 }

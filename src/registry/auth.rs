@@ -20,19 +20,35 @@ use serde::Deserialize;
 /// were refused").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CredentialSource {
+    /// `--username` / `--password-stdin` or `VENVIMG_USERNAME` / `VENVIMG_PASSWORD`.
     Environment,
+    /// An `auths` entry of this auth file.
     File(PathBuf),
-    Helper(String),
-    None,
+    /// `docker-credential-<helper>`, named by `credHelpers` / `credsStore` in `file`.
+    Helper { helper: String, file: PathBuf },
+    /// Nothing found: anonymous; the auth files that were looked at.
+    None { searched: Vec<PathBuf> },
 }
 
 impl fmt::Display for CredentialSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CredentialSource::Environment => f.write_str("VENVIMG_USERNAME/VENVIMG_PASSWORD"),
-            CredentialSource::File(p) => write!(f, "{}", p.display()),
-            CredentialSource::Helper(h) => write!(f, "credential helper docker-credential-{h}"),
-            CredentialSource::None => f.write_str("no credentials (anonymous)"),
+            CredentialSource::Environment => f.write_str(
+                "credentials from VENVIMG_USERNAME/VENVIMG_PASSWORD (or --username/--password-stdin)",
+            ),
+            CredentialSource::File(p) => write!(f, "credentials from {}", p.display()),
+            CredentialSource::Helper { helper, file } => write!(
+                f,
+                "credentials from credential helper docker-credential-{helper} (named in {})",
+                file.display()
+            ),
+            CredentialSource::None { searched } => {
+                f.write_str("no credentials (anonymous; none found in VENVIMG_USERNAME/VENVIMG_PASSWORD")?;
+                for p in searched {
+                    write!(f, ", {}", p.display())?;
+                }
+                f.write_str(")")
+            }
         }
     }
 }
@@ -59,7 +75,9 @@ impl Credential {
     pub fn anonymous() -> Self {
         Credential {
             auth: RegistryAuth::Anonymous,
-            source: CredentialSource::None,
+            source: CredentialSource::None {
+                searched: Vec::new(),
+            },
         }
     }
 }
@@ -149,8 +167,9 @@ pub fn lookup(
             (None, None) => {}
         }
     }
-    for file in auth_files() {
-        let text = match std::fs::read_to_string(&file) {
+    let files = auth_files();
+    for file in &files {
+        let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
@@ -169,22 +188,25 @@ pub fn lookup(
             }
         };
         if let Some(helper) = parsed.cred_helpers.get(registry) {
-            if let Some(c) = run_helper(helper, registry, warn) {
+            if let Some(c) = run_helper(helper, file, registry, warn) {
                 return c;
             }
         }
         if let Some(entry) = find_entry(&parsed, registry) {
-            if let Some(c) = entry_credential(entry, &file, warn) {
+            if let Some(c) = entry_credential(entry, file, warn) {
                 return c;
             }
         }
         if let Some(store) = &parsed.creds_store {
-            if let Some(c) = run_helper(store, registry, warn) {
+            if let Some(c) = run_helper(store, file, registry, warn) {
                 return c;
             }
         }
     }
-    Credential::anonymous()
+    Credential {
+        auth: RegistryAuth::Anonymous,
+        source: CredentialSource::None { searched: files },
+    }
 }
 
 /// Keys in auth files are `host[:port]`, sometimes written as a URL
@@ -258,7 +280,12 @@ struct HelperReply {
 
 /// Runs `docker-credential-NAME get` with the registry on stdin (the docker credential
 /// helper protocol). Blocking; callers keep it off the async runtime's hot path.
-fn run_helper(name: &str, registry: &str, warn: &mut dyn FnMut(String)) -> Option<Credential> {
+fn run_helper(
+    name: &str,
+    file: &std::path::Path,
+    registry: &str,
+    warn: &mut dyn FnMut(String),
+) -> Option<Credential> {
     let program = format!("docker-credential-{name}");
     let child = Command::new(&program)
         .arg("get")
@@ -301,7 +328,10 @@ fn run_helper(name: &str, registry: &str, warn: &mut dyn FnMut(String)) -> Optio
             return None;
         }
     };
-    let source = CredentialSource::Helper(name.to_string());
+    let source = CredentialSource::Helper {
+        helper: name.to_string(),
+        file: file.to_path_buf(),
+    };
     Some(Credential {
         auth: RegistryAuth::Basic(reply.username, reply.secret),
         source,

@@ -35,9 +35,10 @@ pub struct Transport {
     pub explicit: ExplicitCredentials,
     /// The registry (HOST[:PORT]) that explicit credentials apply to.
     pub explicit_for: Option<String>,
-    /// Upload blobs with one PUT (true) or chunked PATCHes (false).
+    /// Upload blobs with one streamed PUT (true) or chunked PATCHes (false).
     pub monolithic: bool,
-    /// Chunk size for chunked uploads.
+    /// Bytes per PATCH for chunked uploads; capped at [`MAX_CHUNK`] (oci-client splits
+    /// anything larger). `None`: [`MAX_CHUNK`].
     pub chunk_size: Option<usize>,
 }
 
@@ -49,7 +50,13 @@ pub enum RegistryError {
         reference: String,
         detail: String,
     },
-    #[error("registry {registry} refused {reference} ({status}) with {source_}\n  hint: log in with `podman login {registry}` (or docker login), or set VENVIMG_USERNAME and VENVIMG_PASSWORD; check the account may {action} this repository")]
+    #[error("cannot reach registry {registry} for {reference} over TLS: {detail}\n  hint: trust the registry's certificate with --ca-file FILE (or SSL_CERT_FILE), or, for a test registry only, --skip-tls-verify")]
+    Tls {
+        registry: String,
+        reference: String,
+        detail: String,
+    },
+    #[error("registry {registry} refused {reference} ({status}); tried {source_}\n  hint: log in with `podman login {registry}` (or docker login), or set VENVIMG_USERNAME and VENVIMG_PASSWORD; check the account may {action} this repository")]
     Denied {
         registry: String,
         reference: String,
@@ -59,13 +66,19 @@ pub enum RegistryError {
     },
     #[error("{reference} does not exist on {registry}\n  hint: check the image name and tag; push the base image first if it is yours")]
     NotFound { registry: String, reference: String },
+    #[error("registry {registry} refused a push to {reference}: 404{}, the repository name is unknown to it\n  hint: check `repository:` in venvimg.yaml; registries such as Forgejo/Gitea, GitLab, Harbor or ECR need the owner, project or repository to exist (and the account to be allowed to push there) before a push", if *name_unknown { " NAME_UNKNOWN" } else { "" })]
+    NameUnknown {
+        registry: String,
+        reference: String,
+        name_unknown: bool,
+    },
     #[error("{reference}: no manifest for platform {platform} in the image index (it has: {available})\n  hint: set `platform:` in venvimg.yaml to one the base image provides")]
     NoPlatform {
         reference: String,
         platform: String,
         available: String,
     },
-    #[error("registry {registry} rejected an upload as too large (413) for {reference}\n  hint: a proxy in front of the registry limits request bodies; use chunked uploads (--chunk-size) or raise the proxy's limit")]
+    #[error("registry {registry} rejected an upload as too large (413) for {reference}\n  hint: a proxy in front of the registry limits request bodies; upload in chunks below its limit with --chunk-size MIB (e.g. --chunk-size 1; at most 4), or raise the proxy's limit")]
     TooLarge { registry: String, reference: String },
     #[error("registry {registry}: {operation} {reference} failed: {detail}")]
     Other {
@@ -94,6 +107,74 @@ pub struct Registry {
     warnings: Arc<Mutex<Vec<String>>>,
 }
 
+/// Does the loopback registry at `registry` (HOST:PORT) want TLS? Asks `GET /v2/` in
+/// plain HTTP: a plain registry answers 200/401/404; a TLS server answers 400 ("HTTP
+/// request to an HTTPS server") or with TLS bytes, or hangs up. Nothing listening → no
+/// (the first real request then reports it unreachable). Blocking, but on loopback it
+/// takes a millisecond.
+fn loopback_speaks_tls(registry: &str) -> bool {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    // Without a port, plain HTTP (what a loopback registry gets) means port 80.
+    let host_port = if registry.contains(':') && !registry.ends_with(']') {
+        registry.to_string()
+    } else {
+        format!("{registry}:80")
+    };
+    let Ok(addrs) = host_port.to_socket_addrs() else {
+        return false;
+    };
+    let addrs: Vec<_> = addrs.collect();
+    let mut hung_up = 0;
+    for _ in 0..3 {
+        // `localhost` may resolve to ::1 and 127.0.0.1; take the one that listens.
+        let Some(mut conn) = addrs
+            .iter()
+            .find_map(|a| std::net::TcpStream::connect_timeout(a, Duration::from_secs(2)).ok())
+        else {
+            return false;
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
+        let request = format!(
+            "GET /v2/ HTTP/1.1\r\nHost: {registry}\r\nUser-Agent: venvimg\r\nConnection: close\r\n\r\n"
+        );
+        if conn.write_all(request.as_bytes()).is_err() {
+            hung_up += 1;
+            continue;
+        }
+        let mut head = [0u8; 512];
+        let mut n = 0;
+        while n < head.len() {
+            match conn.read(&mut head[n..]) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+            if head[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        let reply = &head[..n];
+        if reply.is_empty() {
+            hung_up += 1;
+            continue;
+        }
+        // A TLS record: handshake (0x16) or alert (0x15).
+        if matches!(reply[0], 0x15 | 0x16) {
+            return true;
+        }
+        let text = String::from_utf8_lossy(reply);
+        let status = text
+            .strip_prefix("HTTP/1.")
+            .and_then(|t| t.get(2..5))
+            .and_then(|c| c.parse::<u16>().ok());
+        // A registry answers `GET /v2/` with 200, 401 or 404, never 400.
+        return !matches!(status, Some(s) if s != 400);
+    }
+    // A plain HTTP registry always answers; one that hangs up every time wants TLS.
+    hung_up == 3
+}
+
 pub fn is_loopback(registry: &str) -> bool {
     let host = if let Some(rest) = registry.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
@@ -110,11 +191,13 @@ pub fn is_loopback(registry: &str) -> bool {
 
 impl Registry {
     /// `registries` lists every HOST[:PORT] this run will reach, so loopback ones can be
-    /// put on plain HTTP up front (oci-client's protocol setting is per client).
+    /// put on plain HTTP up front (oci-client's protocol setting is per client). A
+    /// loopback registry that answers TLS keeps HTTPS, as docker does for its default
+    /// insecure range: it is asked once, here.
     pub fn new(transport: Transport, registries: &[&str]) -> Result<Registry, RegistryError> {
         let mut http: Vec<String> = transport.insecure.clone();
         for r in registries {
-            if is_loopback(r) && !http.iter().any(|h| h == r) {
+            if is_loopback(r) && !http.iter().any(|h| h == r) && !loopback_speaks_tls(r) {
                 http.push(r.to_string());
             }
         }
@@ -200,19 +283,33 @@ impl Registry {
     ) -> RegistryError {
         let registry = r.resolve_registry().to_string();
         let reference = r.whole();
-        let action = if operation.starts_with("push") || operation.starts_with("upload") {
-            "push to"
-        } else {
-            "pull from"
+        let pushing = operation.starts_with("push")
+            || operation.starts_with("upload")
+            || operation.starts_with("copy")
+            || operation.starts_with("mount");
+        let action = if pushing { "push to" } else { "pull from" };
+        let status = match &err {
+            // The token service refused the credentials.
+            OciDistributionError::AuthenticationFailure(_) => Some(401),
+            other => status_of(other),
         };
-        match status_of(&err) {
-            Some(401) | Some(403) => {
+        match status {
+            Some(s @ (401 | 403)) => {
                 return RegistryError::Denied {
                     source_: self.credential(&registry).source,
                     registry,
                     reference,
-                    status: status_of(&err).unwrap_or(401),
+                    status: s,
                     action,
+                }
+            }
+            // Registries create repositories on push; a 404 there means the name (its
+            // owner, project, namespace) is unknown or not writable.
+            Some(404) if pushing => {
+                return RegistryError::NameUnknown {
+                    registry,
+                    reference,
+                    name_unknown: is_name_unknown(&err),
                 }
             }
             Some(404) => {
@@ -229,21 +326,20 @@ impl Registry {
             }
             _ => {}
         }
-        if let OciDistributionError::AuthenticationFailure(_) = &err {
-            return RegistryError::Denied {
-                source_: self.credential(&registry).source,
-                registry,
-                reference,
-                status: 401,
-                action,
-            };
-        }
         if let OciDistributionError::RequestError(e) = &err {
+            let detail = error_chain(e);
+            if is_tls_failure(&detail) {
+                return RegistryError::Tls {
+                    registry,
+                    reference,
+                    detail,
+                };
+            }
             if e.is_connect() || e.is_timeout() {
                 return RegistryError::Unreachable {
                     registry,
                     reference,
-                    detail: error_chain(e),
+                    detail,
                 };
             }
         }
@@ -384,6 +480,32 @@ fn is_not_found(err: &OciDistributionError) -> bool {
     status_of(err) == Some(404)
 }
 
+/// A 404 that says the repository itself is unknown (NAME_UNKNOWN), not a tag or blob.
+fn is_name_unknown(err: &OciDistributionError) -> bool {
+    match err {
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| e.code == OciErrorCode::NameUnknown),
+        OciDistributionError::ServerError { message, .. } => message.contains("NAME_UNKNOWN"),
+        _ => false,
+    }
+}
+
+/// Certificate and handshake failures, as rustls words them inside reqwest's error chain.
+fn is_tls_failure(detail: &str) -> bool {
+    let d = detail.to_ascii_lowercase();
+    [
+        "certificate",
+        "unknownissuer",
+        "notvalidforname",
+        "corrupt message",
+        "invalidcontenttype",
+    ]
+    .iter()
+    .any(|w| d.contains(w))
+}
+
 /// Transient failures worth another try: connection errors, timeouts, 408, 429, 5xx.
 pub fn is_transient(err: &OciDistributionError) -> bool {
     match status_of(err) {
@@ -394,7 +516,9 @@ pub fn is_transient(err: &OciDistributionError) -> bool {
     }
     match err {
         OciDistributionError::RequestError(e) => {
-            e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
+            // A certificate the client does not trust stays untrusted.
+            (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body())
+                && !is_tls_failure(&error_chain(e))
         }
         OciDistributionError::IoError(_) => true,
         // A registry that cut a reply short (reset mid-body) surfaces as these.
@@ -406,10 +530,56 @@ pub fn is_transient(err: &OciDistributionError) -> bool {
 
 pub const MAX_ATTEMPTS: u32 = 6;
 
-/// Run `op` until it succeeds, fails for good, or runs out of attempts; exponential
-/// backoff (0.2 s, 0.4 s, ... capped at 5 s) with full jitter so concurrent CI jobs do not
-/// retry in lockstep. `op` must be safe to repeat (every upload starts a new session).
-pub async fn retry<T, F, Fut>(mut op: F) -> Result<T, OciDistributionError>
+/// The largest PATCH oci-client sends in a chunked upload.
+pub const MAX_CHUNK: usize = 4 << 20;
+
+/// How long to wait before attempt `attempt + 1` after `err`.
+///
+/// A 429 would ideally wait for its `Retry-After`, but oci-client's errors keep only the
+/// status and body, never the headers; so 429 waits at least 1 s, doubling up to 8 s
+/// (+0-50 % jitter, never earlier), which covers the usual `Retry-After: 1..8`. Other
+/// transient failures: exponential backoff from 0.2 s capped at 5 s, with full jitter so
+/// concurrent CI jobs do not retry in lockstep.
+pub fn backoff(attempt: u32, err: &OciDistributionError) -> Duration {
+    let step = (attempt.max(1) - 1).min(5);
+    if status_of(err) == Some(429) {
+        let base = Duration::from_secs(1u64 << step.min(3));
+        return base.mul_f64(1.0 + rand::random::<f64>() * 0.5);
+    }
+    let cap = Duration::from_millis(200u64 << step).min(Duration::from_secs(5));
+    cap.mul_f64(rand::random::<f64>().max(0.1))
+}
+
+/// Whether `err` on attempt `attempt` deserves another one. A 401 gets exactly one more:
+/// oci-client authenticates lazily and, when that first `GET /v2/` fails in transit, sends
+/// the request anonymously; the second attempt authenticates again.
+pub fn worth_retrying(attempt: u32, err: &OciDistributionError) -> bool {
+    if attempt >= MAX_ATTEMPTS {
+        return false;
+    }
+    if status_of(err) == Some(401) {
+        return attempt == 1;
+    }
+    is_transient(err)
+}
+
+/// Run `op` until it succeeds, fails for good, or runs out of attempts ([`backoff`],
+/// [`worth_retrying`]). `op` must be safe to repeat: every upload attempt starts a new
+/// upload session and re-reads its source from the start.
+pub async fn retry<T, F, Fut>(op: F) -> Result<T, OciDistributionError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, OciDistributionError>>,
+{
+    retry_when(op, |_, _| false).await
+}
+
+/// [`retry`], also retrying the errors `also(attempt, err)` accepts (an operation that
+/// knows a failure specific to it is transient).
+pub async fn retry_when<T, F, Fut>(
+    mut op: F,
+    also: impl Fn(u32, &OciDistributionError) -> bool,
+) -> Result<T, OciDistributionError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, OciDistributionError>>,
@@ -419,16 +589,19 @@ where
         attempt += 1;
         match op().await {
             Ok(v) => return Ok(v),
-            Err(e) if attempt < MAX_ATTEMPTS && is_transient(&e) => {
-                let cap = Duration::from_millis(200u64 << (attempt - 1).min(5))
-                    .min(Duration::from_secs(5));
-                let wait = cap.mul_f64(rand::random::<f64>().max(0.1));
-                tokio::time::sleep(wait).await;
+            Err(e)
+                if worth_retrying(attempt, &e) || (attempt < MAX_ATTEMPTS && also(attempt, &e)) =>
+            {
+                RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(backoff(attempt, &e)).await;
             }
             Err(e) => return Err(e),
         }
     }
 }
+
+/// Retries made by [`retry`] in this process (for the push summary and tests).
+pub static RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 #[cfg(test)]
 mod tests {
@@ -442,5 +615,98 @@ mod tests {
         assert!(is_loopback("[::1]:5000"));
         assert!(!is_loopback("registry.example.invalid"));
         assert!(!is_loopback("10.0.0.1:5000"));
+    }
+
+    /// A one-shot server on loopback answering every connection with `reply` (or hanging
+    /// up when it is empty).
+    fn answering(reply: &'static [u8]) -> String {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for mut c in l.incoming().flatten() {
+                let mut buf = [0u8; 1024];
+                let _ = c.read(&mut buf);
+                let _ = c.write_all(reply);
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn loopback_tls_probe() {
+        // distribution's plain HTTP answers, with or without auth.
+        assert!(!loopback_speaks_tls(&answering(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+        )));
+        assert!(!loopback_speaks_tls(&answering(
+            b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=x\r\n\r\n"
+        )));
+        // Go's TLS server, nginx's, and a TLS alert.
+        assert!(loopback_speaks_tls(&answering(
+            b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+        )));
+        assert!(loopback_speaks_tls(&answering(
+            b"HTTP/1.1 400 Bad Request\r\nServer: nginx\r\n\r\nThe plain HTTP request was sent to HTTPS port"
+        )));
+        assert!(loopback_speaks_tls(&answering(
+            b"\x15\x03\x01\x00\x02\x02\x50"
+        )));
+        // Hangs up every time: not plain HTTP.
+        assert!(loopback_speaks_tls(&answering(b"")));
+        // Nothing listening: left to plain HTTP, reported unreachable by the first request.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        assert!(!loopback_speaks_tls(&format!("127.0.0.1:{port}")));
+    }
+
+    fn server_error(code: u16) -> OciDistributionError {
+        OciDistributionError::ServerError {
+            code,
+            url: "http://127.0.0.1:1/v2/".into(),
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn what_is_retried_and_how_long_it_waits() {
+        for code in [408, 429, 500, 502, 503] {
+            assert!(worth_retrying(1, &server_error(code)), "{code}");
+            assert!(!worth_retrying(MAX_ATTEMPTS, &server_error(code)), "{code}");
+        }
+        for code in [400, 403, 404, 413] {
+            assert!(!worth_retrying(1, &server_error(code)), "{code}");
+        }
+        // 401: once (oci-client may have sent it anonymously after a failed auth GET).
+        assert!(worth_retrying(1, &server_error(401)));
+        assert!(!worth_retrying(2, &server_error(401)));
+        // 429 never sooner than the usual Retry-After of 1 s, and bounded.
+        for attempt in 1..MAX_ATTEMPTS {
+            let w = backoff(attempt, &server_error(429));
+            assert!(
+                w >= Duration::from_secs(1) && w <= Duration::from_secs(12),
+                "{w:?}"
+            );
+            let w = backoff(attempt, &server_error(500));
+            assert!(w <= Duration::from_secs(5), "{w:?}");
+        }
+    }
+
+    #[test]
+    fn tls_failures_are_told_apart() {
+        assert!(is_tls_failure(
+            "client error (Connect): invalid peer certificate: UnknownIssuer"
+        ));
+        assert!(is_tls_failure(
+            "received corrupt message of type InvalidContentType"
+        ));
+        assert!(!is_tls_failure(
+            "tcp connect error: Connection refused (os error 111)"
+        ));
+        assert!(!is_tls_failure(
+            "connection closed before message completed"
+        ));
     }
 }

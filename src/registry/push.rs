@@ -11,7 +11,9 @@ use futures_util::{StreamExt, TryStreamExt};
 use oci_client::errors::OciDistributionError;
 use oci_client::Reference;
 
-use super::{retry, Registry, RegistryError};
+use tokio::io::AsyncReadExt;
+
+use super::{is_transient, retry, Registry, RegistryError, MAX_CHUNK};
 use crate::image::{BaseImage, BlobRef, ComposedImage, MediaTypes};
 
 /// What a push did, for the summary and for tests ("a second push uploads nothing").
@@ -51,7 +53,23 @@ impl Stats {
 /// How many blobs go up at once. Registries and proxies cope well with a few; more buys
 /// nothing on the 2-core runners CI usually has.
 pub const PARALLEL_UPLOADS: usize = 4;
+/// Read size for monolithic uploads.
 const READ_CHUNK: usize = 1 << 20;
+
+impl Registry {
+    /// Bytes per stream item: the chunk size for chunked uploads (at most what
+    /// oci-client sends in one PATCH), a read buffer for monolithic ones.
+    fn upload_piece(&self) -> usize {
+        if self.transport.monolithic {
+            READ_CHUNK
+        } else {
+            self.transport
+                .chunk_size
+                .unwrap_or(MAX_CHUNK)
+                .clamp(1, MAX_CHUNK)
+        }
+    }
+}
 
 /// Push `image` to `target` (a repository with a tag). `local` maps the digests of layers
 /// packed on this machine to their files.
@@ -68,10 +86,12 @@ pub async fn push_image(
         .await;
     // Authenticate for push once up front, so a refused credential fails before any
     // upload and concurrent uploads share one token.
-    reg.client()
-        .auth(target, &auth, oci_client::RegistryOperation::Push)
-        .await
-        .map_err(|e| reg.explain(target, "push to", e))?;
+    retry(|| {
+        reg.client()
+            .auth(target, &auth, oci_client::RegistryOperation::Push)
+    })
+    .await
+    .map_err(|e| reg.explain(target, "push to", e))?;
 
     let config_blob = BlobRef {
         digest: image.config_digest.clone(),
@@ -85,15 +105,6 @@ pub async fn push_image(
     let mut seen = std::collections::HashSet::new();
     all.retain(|b| seen.insert(b.digest.clone()));
 
-    futures_util::stream::iter(all.into_iter().map(|blob| {
-        let config_bytes = (blob.digest == image.config_digest).then(|| image.config.clone());
-        async move { push_blob(reg, target, base, &blob, local, config_bytes).await }
-    }))
-    .buffer_unordered(PARALLEL_UPLOADS)
-    .try_collect::<Vec<()>>()
-    .await?;
-
-    // Manifest by digest first, then the tag: a reader of the tag always finds every blob.
     let by_digest = Reference::with_digest(
         target.resolve_registry().to_string(),
         target.repository().to_string(),
@@ -102,19 +113,69 @@ pub async fn push_image(
     let content_type: http::HeaderValue = MediaTypes::OCI_MANIFEST
         .parse()
         .expect("static media type is a valid header");
-    retry(|| {
-        reg.client()
-            .push_manifest_raw(&by_digest, image.manifest.clone(), content_type.clone())
-    })
-    .await
-    .map_err(|e| reg.explain(&by_digest, "push manifest to", e))?;
-    retry(|| {
-        reg.client()
-            .push_manifest_raw(target, image.manifest.clone(), content_type.clone())
-    })
-    .await
-    .map_err(|e| reg.explain(target, "push tag to", e))?;
-    Ok(image.manifest_digest.clone())
+    let mut round = 0;
+    loop {
+        round += 1;
+        futures_util::stream::iter(all.iter().map(|blob| {
+            let config_bytes = (blob.digest == image.config_digest).then(|| image.config.clone());
+            async move { push_blob(reg, target, base, blob, local, config_bytes, round).await }
+        }))
+        .buffer_unordered(PARALLEL_UPLOADS)
+        .try_collect::<Vec<()>>()
+        .await?;
+
+        // Manifest by digest first, then the tag: a reader of the tag always finds every
+        // blob.
+        let pushed = async {
+            retry(|| {
+                reg.client().push_manifest_raw(
+                    &by_digest,
+                    image.manifest.clone(),
+                    content_type.clone(),
+                )
+            })
+            .await
+            .map_err(|e| (&by_digest, "push manifest to", e))?;
+            retry(|| {
+                reg.client()
+                    .push_manifest_raw(target, image.manifest.clone(), content_type.clone())
+            })
+            .await
+            .map_err(|e| (target, "push tag to", e))
+        }
+        .await;
+        match pushed {
+            Ok(_) => return Ok(image.manifest_digest.clone()),
+            // Another job pushing the same blobs at this moment can make the registry
+            // miss one while it verifies our manifest (distribution rewrites a blob's
+            // repository link non-atomically); or a blob went away since our HEAD. Check
+            // the blobs again, then the manifest again.
+            Err((_, _, e)) if round < MANIFEST_ROUNDS && manifest_blob_unknown(&e) => {
+                tokio::time::sleep(super::backoff(round, &e)).await;
+            }
+            Err((r, op, e)) => return Err(reg.explain(r, op, e)),
+        }
+    }
+}
+
+/// How many times the blobs-then-manifest sequence runs when the registry says the
+/// manifest references a blob it does not know.
+const MANIFEST_ROUNDS: u32 = 4;
+
+/// The registry refused a manifest because a blob it references is unknown or unreadable
+/// (`MANIFEST_BLOB_UNKNOWN`, with `DIGEST_INVALID` while a link is being rewritten).
+fn manifest_blob_unknown(err: &OciDistributionError) -> bool {
+    match err {
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
+            e.code == oci_client::errors::OciErrorCode::ManifestBlobUnknown
+                || e.code == oci_client::errors::OciErrorCode::BlobUnknown
+        }),
+        OciDistributionError::ServerError { code, message, .. } => {
+            (*code == 400 || *code == 404)
+                && (message.contains("MANIFEST_BLOB_UNKNOWN") || message.contains("BLOB_UNKNOWN"))
+        }
+        _ => false,
+    }
 }
 
 async fn push_blob(
@@ -124,16 +185,24 @@ async fn push_blob(
     blob: &BlobRef,
     local: &HashMap<String, PathBuf>,
     inline: Option<Vec<u8>>,
+    round: u32,
 ) -> Result<(), RegistryError> {
     let client = reg.client();
-    let exists = retry(|| client.blob_exists(target, &blob.digest))
-        .await
-        .map_err(|e| reg.explain(target, "check a blob in", e))?;
+    // A 400 to a HEAD has no body to explain it; with distribution it is the blob's link
+    // being rewritten by a concurrent push of the same blob (DIGEST_INVALID): ask again.
+    let exists = super::retry_when(
+        || client.blob_exists(target, &blob.digest),
+        |attempt, e| attempt < 4 && super::status_of(e) == Some(400),
+    )
+    .await
+    .map_err(|e| reg.explain(target, "check a blob in", e))?;
     if exists {
-        reg.stats.blobs_present.fetch_add(1, Ordering::Relaxed);
-        reg.stats
-            .bytes_present
-            .fetch_add(blob.size, Ordering::Relaxed);
+        if round == 1 {
+            reg.stats.blobs_present.fetch_add(1, Ordering::Relaxed);
+            reg.stats
+                .bytes_present
+                .fetch_add(blob.size, Ordering::Relaxed);
+        }
         return Ok(());
     }
 
@@ -147,12 +216,12 @@ async fn push_blob(
 
     if let Some(path) = local.get(&blob.digest) {
         let size = blob.size;
+        let piece = reg.upload_piece();
         retry(|| async {
+            // Each attempt re-opens the file and starts a new upload session.
             let file = tokio::fs::File::open(path).await?;
-            let stream = tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK)
-                .map_err(OciDistributionError::IoError);
             client
-                .push_blob_stream(target, stream, &blob.digest, Some(size))
+                .push_blob_stream(target, file_pieces(file, piece), &blob.digest, Some(size))
                 .await
         })
         .await
@@ -174,14 +243,17 @@ async fn push_blob(
     // registry (no bytes move), otherwise copy it from the base's registry.
     let same_registry = base.reference.resolve_registry() == target.resolve_registry();
     if same_registry {
-        // A registry may decline the mount (202 + upload session); then copy.
-        if client
-            .mount_blob(target, &base.reference, &blob.digest)
-            .await
-            .is_ok()
-        {
-            reg.stats.blobs_mounted.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+        // A registry may decline the mount (202 + an upload session, a SpecViolation to
+        // oci-client) or refuse it (no pull access to the source): then copy.
+        match retry(|| client.mount_blob(target, &base.reference, &blob.digest)).await {
+            Ok(()) => {
+                reg.stats.blobs_mounted.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(e) if is_transient(&e) => {
+                return Err(reg.explain(target, "mount a base layer in", e));
+            }
+            Err(_) => {}
         }
     }
     let base_auth = reg.auth(&base.reference);
@@ -189,11 +261,14 @@ async fn push_blob(
         .store_auth_if_needed(base.reference.resolve_registry(), &base_auth)
         .await;
     let size = blob.size;
+    let piece = reg.upload_piece();
     retry(|| async {
         let src = client
             .pull_blob_stream(&base.reference, blob.digest.as_str())
             .await?;
         let stream = src.stream.map_err(OciDistributionError::IoError);
+        // Network reads are small; a chunked upload must not turn each into a PATCH.
+        let stream = regroup(stream, piece);
         client
             .push_blob_stream(target, stream, &blob.digest, Some(size))
             .await
@@ -205,7 +280,104 @@ async fn push_blob(
     Ok(())
 }
 
+/// The file as a stream of `piece`-byte `Bytes` (the last one shorter): what a chunked
+/// upload sends per PATCH, and what a monolithic one hands to the socket at a time. Only
+/// one piece is in memory per upload.
+fn file_pieces(
+    file: tokio::fs::File,
+    piece: usize,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, OciDistributionError>> + Send + 'static {
+    futures_util::stream::try_unfold(file, move |mut file| async move {
+        let mut buf = bytes::BytesMut::with_capacity(piece);
+        while buf.len() < piece {
+            if file.read_buf(&mut buf).await? == 0 {
+                break;
+            }
+        }
+        Ok((!buf.is_empty()).then(|| (buf.freeze(), file)))
+    })
+}
+
+/// `stream` regrouped into `piece`-byte items (the last one shorter).
+fn regroup<S>(
+    stream: S,
+    piece: usize,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, OciDistributionError>> + Send + 'static
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, OciDistributionError>>
+        + Send
+        + Unpin
+        + 'static,
+{
+    futures_util::stream::try_unfold(
+        (stream, bytes::BytesMut::new(), false),
+        move |(mut stream, mut buf, mut done)| async move {
+            while !done && buf.len() < piece {
+                match stream.try_next().await? {
+                    Some(b) => buf.extend_from_slice(&b),
+                    None => done = true,
+                }
+            }
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            let out = buf.split_to(piece.min(buf.len())).freeze();
+            Ok(Some((out, (stream, buf, done))))
+        },
+    )
+}
+
 fn count_upload(reg: &Registry, size: u64) {
     reg.stats.blobs_uploaded.fetch_add(1, Ordering::Relaxed);
     reg.stats.bytes_uploaded.fetch_add(size, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn regroup_makes_pieces_of_the_chunk_size() {
+        let items: Vec<Result<bytes::Bytes, OciDistributionError>> = [3usize, 5, 1, 0, 7]
+            .iter()
+            .map(|&n| Ok(bytes::Bytes::from(vec![7u8; n])))
+            .collect();
+        let sizes: Vec<usize> = regroup(futures_util::stream::iter(items), 4)
+            .map_ok(|b| b.len())
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(sizes, vec![4, 4, 4, 4]);
+    }
+
+    #[tokio::test]
+    async fn file_pieces_read_whole_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, vec![1u8; (3 << 20) + 5]).unwrap();
+        let file = tokio::fs::File::open(&path).await.unwrap();
+        let sizes: Vec<usize> = file_pieces(file, 1 << 20)
+            .map_ok(|b| b.len())
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(sizes, vec![1 << 20, 1 << 20, 1 << 20, 5]);
+    }
+
+    #[test]
+    fn a_manifest_refused_for_an_unknown_blob_is_told_apart() {
+        let body = r#"{"errors":[{"code":"DIGEST_INVALID","message":"provided digest did not match uploaded content"},{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry","detail":"sha256:0c"}]}"#;
+        let err = OciDistributionError::ServerError {
+            code: 400,
+            url: "http://127.0.0.1:1/v2/x/manifests/sha256:00".into(),
+            message: body.into(),
+        };
+        assert!(manifest_blob_unknown(&err));
+        let other = OciDistributionError::ServerError {
+            code: 400,
+            url: String::new(),
+            message: r#"{"errors":[{"code":"MANIFEST_INVALID"}]}"#.into(),
+        };
+        assert!(!manifest_blob_unknown(&other));
+    }
 }

@@ -1,0 +1,300 @@
+//! Helpers for the registry tests (`tests/registry_*.rs`, included with `#[path]`): images
+//! composed on the test base image through the library, pushed with
+//! `venvimg::registry::push::push_image`, and checks of what a registry holds made with
+//! tools other than venvimg (skopeo, curl).
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use oci_client::Reference;
+use venvimg::config::Platform;
+use venvimg::image::{compose, BaseImage, ComposedImage, LayerDescriptor};
+use venvimg::layer::{pack_tree, PackOptions, PackedLayer};
+use venvimg::registry::push::{push_image, StatsSnapshot};
+use venvimg::registry::{Registry, RegistryError, Transport};
+
+use super::support;
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+pub fn reference(s: &str) -> Reference {
+    s.parse()
+        .unwrap_or_else(|e| panic!("bad reference {s:?}: {e}"))
+}
+
+/// The transport for anonymous loopback registries: defaults, monolithic uploads.
+pub fn plain_transport() -> Transport {
+    Transport {
+        monolithic: true,
+        ..Default::default()
+    }
+}
+
+/// `xorshift64*`: reproducible bytes and decisions without another crate.
+#[derive(Clone, Debug)]
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn new(seed: u64) -> Self {
+        XorShift(seed.max(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// A small venv-like tree (a few files, a symlink) with `random_bytes` of incompressible
+/// data, packed as a layer at `/opt/nox/<name>`. Different seeds, different layers.
+pub fn small_layer(dir: &Path, name: &str, seed: u64, random_bytes: usize) -> PackedLayer {
+    let tree = dir.join(format!("tree-{name}"));
+    std::fs::create_dir_all(tree.join("bin")).unwrap();
+    std::fs::create_dir_all(tree.join("lib/site-packages/pkg")).unwrap();
+    std::fs::write(
+        tree.join("pyvenv.cfg"),
+        format!("home = /usr/bin\nseed = {seed}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        tree.join("lib/site-packages/pkg/__init__.py"),
+        format!("SEED = {seed}\n"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("/usr/bin/python3", tree.join("bin/python")).unwrap();
+    let mut data = vec![0u8; random_bytes];
+    XorShift::new(seed).fill(&mut data);
+    std::fs::write(tree.join("lib/site-packages/pkg/data.bin"), data).unwrap();
+    let out = dir.join(format!("{name}.tar.gz"));
+    pack_tree(&tree, &PackOptions::new(format!("/opt/nox/{name}")), &out)
+        .unwrap_or_else(|e| panic!("pack_tree {}: {e}", tree.display()))
+}
+
+/// An image composed on a resolved base, with the files of its local layers.
+pub struct TestImage {
+    pub base: BaseImage,
+    pub image: ComposedImage,
+    pub local: HashMap<String, PathBuf>,
+}
+
+pub fn platform() -> Platform {
+    Platform::parse("linux/amd64").expect("platform parses")
+}
+
+/// Resolve `base_ref` through `reg` and compose `layers` on it.
+pub fn compose_on(
+    rt: &tokio::runtime::Runtime,
+    reg: &Registry,
+    base_ref: &str,
+    layers: &[PackedLayer],
+) -> TestImage {
+    let base = rt
+        .block_on(reg.resolve_base(&reference(base_ref), &platform()))
+        .unwrap_or_else(|e| panic!("resolve_base {base_ref}: {e}"));
+    compose_with(base, layers)
+}
+
+pub fn compose_with(base: BaseImage, layers: &[PackedLayer]) -> TestImage {
+    let descriptors: Vec<LayerDescriptor> = layers
+        .iter()
+        .map(|l| LayerDescriptor {
+            media_type: l.media_type().to_string(),
+            digest: l.digest.clone(),
+            size: l.size,
+            diff_id: l.diff_id.clone(),
+            created_by: "venvimg registry test".into(),
+        })
+        .collect();
+    let labels = BTreeMap::from([("dev.venvimg.test".to_string(), "registry".to_string())]);
+    let image = compose(&base, &descriptors, &labels, &BTreeMap::new());
+    let local = layers
+        .iter()
+        .map(|l| (l.digest.clone(), l.path.clone()))
+        .collect();
+    TestImage { base, image, local }
+}
+
+/// Push `img` to `target` (`HOST:PORT/repo:tag`); the manifest digest, and what the push
+/// did (this push only).
+pub fn push(
+    rt: &tokio::runtime::Runtime,
+    reg: &Registry,
+    target: &str,
+    img: &TestImage,
+) -> Result<(String, StatsSnapshot), RegistryError> {
+    let before = reg.stats.snapshot();
+    let digest = rt.block_on(push_image(
+        reg,
+        &reference(target),
+        &img.image,
+        &img.base,
+        &img.local,
+    ))?;
+    let after = reg.stats.snapshot();
+    Ok((digest, stats_delta(before, after)))
+}
+
+pub fn stats_delta(before: StatsSnapshot, after: StatsSnapshot) -> StatsSnapshot {
+    StatsSnapshot {
+        blobs_uploaded: after.blobs_uploaded - before.blobs_uploaded,
+        bytes_uploaded: after.bytes_uploaded - before.bytes_uploaded,
+        blobs_present: after.blobs_present - before.blobs_present,
+        bytes_present: after.bytes_present - before.bytes_present,
+        blobs_mounted: after.blobs_mounted - before.blobs_mounted,
+        blobs_copied: after.blobs_copied - before.blobs_copied,
+    }
+}
+
+/// How to reach a registry with curl and skopeo: plain HTTP, or TLS with a CA and
+/// credentials.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    pub tls_ca: Option<PathBuf>,
+    pub user: Option<(String, String)>,
+}
+
+impl Access {
+    fn scheme(&self) -> &'static str {
+        if self.tls_ca.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+    fn curl(&self) -> Command {
+        let mut c = Command::new("curl");
+        c.args(["-s", "--max-time", "30"]);
+        if let Some(ca) = &self.tls_ca {
+            c.arg("--cacert").arg(ca);
+        }
+        if let Some((u, p)) = &self.user {
+            c.arg("-u").arg(format!("{u}:{p}"));
+        }
+        c
+    }
+    fn skopeo(&self) -> Command {
+        let mut c = support::skopeo();
+        c.arg("inspect").arg("--tls-verify=false");
+        if let Some((u, p)) = &self.user {
+            c.arg("--creds").arg(format!("{u}:{p}"));
+        }
+        c
+    }
+}
+
+/// `GET /v2/<repo>/tags/list`, sorted.
+pub fn tags(access: &Access, registry: &str, repo: &str) -> Vec<String> {
+    let out = access
+        .curl()
+        .arg(format!(
+            "{}://{registry}/v2/{repo}/tags/list",
+            access.scheme()
+        ))
+        .output()
+        .expect("curl must be installed");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "tags/list of {registry}/{repo} is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let mut tags: Vec<String> = v["tags"]
+        .as_array()
+        .map(|a| a.iter().map(|t| t.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default();
+    tags.sort();
+    tags
+}
+
+/// `HEAD /v2/<repo>/blobs/<digest>`: the size the registry reports, `None` unless 200.
+pub fn blob_size(access: &Access, registry: &str, repo: &str, digest: &str) -> Option<u64> {
+    let out = access
+        .curl()
+        .args(["-I", "-o", "-", "-w", "\n%{http_code}"])
+        .arg(format!(
+            "{}://{registry}/v2/{repo}/blobs/{digest}",
+            access.scheme()
+        ))
+        .output()
+        .expect("curl must be installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let code = text.lines().last().unwrap_or("").trim();
+    if code != "200" {
+        return None;
+    }
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse().ok())
+            .flatten()
+    })
+}
+
+/// The raw manifest and its digest, as skopeo reads them.
+pub fn skopeo_manifest(access: &Access, image_ref: &str) -> (serde_json::Value, String) {
+    let raw = access
+        .skopeo()
+        .arg("--raw")
+        .arg(format!("docker://{image_ref}"))
+        .output()
+        .expect("skopeo must be installed");
+    assert!(
+        raw.status.success(),
+        "skopeo inspect --raw {image_ref}: {}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    let digest = venvimg::image::sha256_digest(&raw.stdout);
+    (
+        serde_json::from_slice(&raw.stdout).expect("manifest is JSON"),
+        digest,
+    )
+}
+
+/// Every tag of `repo` resolves (skopeo), and every blob its manifest references exists
+/// with its size (HEAD through the registry API). Returns tag → manifest digest.
+pub fn assert_repository_complete(
+    access: &Access,
+    registry: &str,
+    repo: &str,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let tags = tags(access, registry, repo);
+    assert!(!tags.is_empty(), "{registry}/{repo} has no tags");
+    for tag in tags {
+        let (manifest, digest) = skopeo_manifest(access, &format!("{registry}/{repo}:{tag}"));
+        let mut blobs = vec![manifest["config"].clone()];
+        blobs.extend(manifest["layers"].as_array().unwrap().iter().cloned());
+        for b in blobs {
+            let d = b["digest"].as_str().unwrap();
+            let size = b["size"].as_u64().unwrap();
+            assert_eq!(
+                blob_size(access, registry, repo, d),
+                Some(size),
+                "{registry}/{repo}:{tag} references blob {d} ({size} bytes), which the registry does not serve"
+            );
+        }
+        out.insert(tag, digest);
+    }
+    out
+}

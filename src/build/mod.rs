@@ -300,13 +300,14 @@ pub async fn run(
         }
         let st = registry.stats.snapshot();
         printer.info(format!(
-            "uploaded {} blob(s), {}; {} already present ({}); {} mounted, {} copied from the base registry",
+            "uploaded {} blob(s), {}; {} already present ({}); {} mounted, {} copied from the base registry; {} retried request(s)",
             st.blobs_uploaded,
             human_bytes(st.bytes_uploaded),
             st.blobs_present,
             human_bytes(st.bytes_present),
             st.blobs_mounted,
-            st.blobs_copied
+            st.blobs_copied,
+            crate::registry::RETRIES.load(std::sync::atomic::Ordering::Relaxed)
         ));
     }
 
@@ -334,7 +335,16 @@ pub async fn run(
         .await?;
     }
 
-    print_summary(&results, &all_ref, &all_image, args.json, started, printer);
+    let push_stats = registry.stats.snapshot();
+    print_summary(
+        &results,
+        &all_ref,
+        &all_image,
+        args.json,
+        started,
+        &push_stats,
+        printer,
+    );
     if args.ci_output {
         let mut refs: Vec<(String, String)> = results
             .iter()
@@ -866,6 +876,7 @@ fn print_summary(
     all: &ComposedImage,
     json: bool,
     started: Instant,
+    push_stats: &push::StatsSnapshot,
     printer: &Printer,
 ) {
     if json {
@@ -873,6 +884,8 @@ fn print_summary(
             "sessions": results,
             "all": { "image": all_ref.whole(), "digest": all.manifest_digest },
             "seconds": started.elapsed().as_secs_f64(),
+            // What the push moved: the measure of what a dependency bump costs.
+            "push": push_stats,
         });
         printer.out(serde_json::to_string_pretty(&doc).expect("JSON serialises"));
         return;

@@ -97,10 +97,12 @@ impl fmt::Display for BuilderKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LayerMode {
     /// The whole venv in one layer.
-    #[default]
     Single,
     /// One layer per big installed distribution, small ones in hashed buckets, plus a
-    /// skeleton layer (see `layering`).
+    /// skeleton layer (see `layering`). The default: measured on a 60-package data/web
+    /// venv, podman pulls it 3× faster than one layer (layers decompress in parallel),
+    /// and a one-package bump re-uploads and re-pulls one small layer.
+    #[default]
     PerDistribution,
 }
 
@@ -424,8 +426,8 @@ impl Config {
         };
 
         let layers = match raw.layers.as_deref() {
-            None | Some("single") => LayerMode::Single,
-            Some("per-distribution") => LayerMode::PerDistribution,
+            Some("single") => LayerMode::Single,
+            None | Some("per-distribution") => LayerMode::PerDistribution,
             Some(other) => {
                 return Err(ConfigError::field(
                     f,

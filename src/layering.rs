@@ -17,8 +17,9 @@ use crate::plan::locked::normalize;
 pub const BIG_DISTRIBUTION: u64 = 4 << 20;
 /// Small distributions share this many layers.
 pub const BUCKETS: usize = 8;
-/// Default cap on an image's layers, base included: well below the ~127 overlay accepts.
-pub const DEFAULT_MAX_LAYERS: usize = 64;
+/// Default cap on an image's layers, base included: below the ~127 overlay accepts, with
+/// room for the all-sessions image of several sessions (each 2-17 layers).
+pub const DEFAULT_MAX_LAYERS: usize = 100;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {

@@ -100,7 +100,7 @@ fn per_distribution_tree_equals_the_single_layer_tree_and_runs_offline() {
     configure(
         single.path(),
         &support::unique_repo("layers-single"),
-        "sessions: [tests]\n",
+        "sessions: [tests]\nlayers: single\n",
     );
     configure(
         split.path(),
@@ -198,4 +198,145 @@ fn per_distribution_tree_equals_the_single_layer_tree_and_runs_offline() {
     );
     assert!(run.status.success(), "{text}");
     assert!(!text.contains("Creating virtual environment"), "{text}");
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            total += if m.is_dir() {
+                dir_bytes(&e.path())
+            } else {
+                m.len()
+            };
+        }
+    }
+    total
+}
+
+/// `podman pull` of `image`; returns the layer blobs the registry served for it, counted
+/// in the registry's access log (podman's own output does not say which it skipped when
+/// it is not on a terminal).
+fn pull(image: &str, registry_log: &Path, storage: &Path) -> Vec<String> {
+    let seen = std::fs::read_to_string(registry_log)
+        .unwrap_or_default()
+        .len();
+    let out = support::podman()
+        .arg("--root")
+        .arg(storage.join("root"))
+        .arg("--runroot")
+        .arg(storage.join("runroot"))
+        .args(["pull", image])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "podman pull {image}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = std::fs::read_to_string(registry_log).unwrap();
+    let mut served: Vec<String> = log[seen..]
+        .lines()
+        .filter(|l| {
+            l.contains("\"GET /v2/") && l.contains("/blobs/sha256:") && l.contains("\" 200 ")
+        })
+        .filter_map(|l| {
+            let i = l.find("/blobs/")? + "/blobs/".len();
+            Some(l[i..].split([' ', '"']).next()?.to_string())
+        })
+        .collect();
+    served.sort();
+    served.dedup();
+    served
+}
+
+/// The acceptance of issue #11 on the 60-package data/web stack: a one-package bump
+/// uploads under 5% of the first push, measured as the growth of the registry's storage,
+/// and a podman holding the old image pulls only the changed layers.
+#[test]
+fn one_package_bump_uploads_and_pulls_only_the_changed_layers() {
+    let env = support::testenv();
+    // A registry of its own, so the storage growth is this test's alone.
+    let name = format!("bump-{}", std::process::id());
+    let registry =
+        support::private_registry(&name, "log:\n  level: warn\n  accesslog: {disabled: false}");
+    let registry_log = env.state_dir.join("registries").join(&name).join("log");
+    let storage = env.state_dir.join("registries").join(&name).join("storage");
+    let dir = support::copy_fixture("bigstack");
+    configure(
+        dir.path(),
+        &format!("{registry}/bigstack/ci"),
+        "layers: per-distribution\n",
+    );
+
+    let before = dir_bytes(&storage);
+    let (first, _) = build(dir.path(), &[]);
+    let after_first = dir_bytes(&storage);
+    let venv_bytes = first["sessions"][0]["layer_size"].as_u64().unwrap();
+    assert!(
+        venv_bytes > 40 << 20,
+        "bigstack's venv layers are only {venv_bytes} bytes"
+    );
+    assert!(
+        after_first - before >= venv_bytes,
+        "the first push stored less than the venv"
+    );
+    let first_image = first["sessions"][0]["image"].as_str().unwrap().to_string();
+    // A podman storage of its own: the machine "holding the old image" holds nothing else.
+    let podman_storage = tempfile::tempdir().unwrap();
+    pull(&first_image, &registry_log, podman_storage.path());
+
+    std::fs::copy(
+        support::fixture("bigstack-variants").join("small-bump.lock"),
+        dir.path().join("uv.lock"),
+    )
+    .unwrap();
+    let (second, _) = build(dir.path(), &[]);
+    assert_eq!(second["sessions"][0]["outcome"], "built");
+    let growth = dir_bytes(&storage) - after_first;
+    assert!(
+        growth * 20 < venv_bytes,
+        "the bump stored {growth} bytes in the registry, not under 5% of {venv_bytes}"
+    );
+    let uploaded = second["push"]["bytes_uploaded"].as_u64().unwrap();
+    assert!(
+        uploaded * 20 < venv_bytes,
+        "uploaded {uploaded} of {venv_bytes}"
+    );
+
+    // podman holding the old image fetches only the layers whose digests changed.
+    let second_image = second["sessions"][0]["image"].as_str().unwrap().to_string();
+    let layers = |image: &str| -> Vec<String> {
+        support::skopeo_raw_manifest(image)["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let old = layers(&first_image);
+    let new = layers(&second_image);
+    let mut changed: Vec<String> = new.iter().filter(|d| !old.contains(d)).cloned().collect();
+    changed.sort();
+    assert!(
+        (1..=2).contains(&changed.len()),
+        "{} layers changed for one package",
+        changed.len()
+    );
+    // The config blob is fetched too; compare layers only.
+    let fetched: Vec<String> = pull(&second_image, &registry_log, podman_storage.path())
+        .into_iter()
+        .filter(|d| new.contains(d))
+        .collect();
+    assert_eq!(
+        fetched, changed,
+        "podman fetched other layers than the changed ones"
+    );
+    eprintln!(
+        "bump: registry grew {growth} B, uploaded {uploaded} B of {venv_bytes} B venv layers; \
+         podman fetched {} of {} layers",
+        fetched.len(),
+        new.len()
+    );
 }

@@ -265,8 +265,8 @@ pub fn unique_repo(prefix: &str) -> String {
 }
 
 /// An extra registry on loopback for one test (auth, TLS...): `testenv.sh registry NAME
-/// EXTRA_YAML`. `extra_yaml` is appended to a config with filesystem storage and plain
-/// HTTP; top-level `storage:` / `http:` in it replace those (the address is always set by
+/// EXTRA_YAML`. `extra_yaml` is appended to a config with filesystem storage, plain HTTP
+/// and no access log; top-level `storage:` / `http:` / `log:` in it replace those (the address is always set by
 /// the script). Same NAME + same yaml → the running one is reused. Returns `127.0.0.1:PORT`.
 pub fn private_registry(name: &str, extra_yaml: &str) -> String {
     let _ = testenv();

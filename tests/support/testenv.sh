@@ -185,7 +185,7 @@ reg_start() { # DIR EXTRA_YAML WANT_FRESH_STORAGE
     if [[ -z $port ]] || ! port_free "$port"; then port=$(free_port); fi
     {
       echo "version: 0.1"
-      echo "log: {level: warn, accesslog: {disabled: true}}"
+      grep -q '^log:' <<<"$extra" || echo "log: {level: warn, accesslog: {disabled: true}}"
       grep -q '^storage:' <<<"$extra" || printf 'storage:\n  filesystem: {rootdirectory: %s}\n  delete: {enabled: true}\n' "$dir/storage"
       grep -q '^http:' <<<"$extra" || printf 'http:\n  addr: 127.0.0.1:%s\n' "$port"
       if [[ -n $extra ]]; then printf '%s\n' "$extra"; fi

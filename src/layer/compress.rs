@@ -22,16 +22,18 @@
 //! output whatever `threads` says. The frame carries a content checksum (as the `zstd`
 //! CLI does) so `zstd -t` and decoders can verify it.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::mem;
 use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 
 use flate2::{Compress, Crc, FlushCompress, Status};
 
 /// Size of the blocks the tar stream is cut into. Part of the layer format: changing it
 /// changes gzip layer digests (the golden test will say so).
-pub const BLOCK_SIZE: usize = 1 << 20;
+pub const BLOCK_SIZE: usize = 4 << 20;
 /// miniz_oxide level for gzip layers (the `gzip` CLI's default).
 pub const GZIP_LEVEL: u32 = 6;
 /// libzstd level for zstd layers (the `zstd` CLI's default).
@@ -112,56 +114,76 @@ impl<W: Write + Send + 'static> Write for Compressor<W> {
 }
 
 struct InBlock {
+    seq: u64,
     data: Vec<u8>,
     last: bool,
 }
 
 struct OutBlock {
+    seq: u64,
     deflated: Vec<u8>,
     crc: Crc,
+    last: bool,
 }
 
-/// `threads` deflate workers fed round-robin (block `i` goes to worker `i % n`) and one
-/// writer thread that collects their output in the same round-robin order, so the
-/// output is in block order without any reordering buffer. Every channel holds at most
-/// one block, which bounds memory to a few blocks per worker.
+/// `threads` deflate workers taking blocks from one shared queue (a worker that is slow
+/// or descheduled doesn't hold the others up), and one writer thread that puts their
+/// output back in block order. A block may only be handed out with a token, which the
+/// writer returns once the block is written: that bounds the blocks in memory (queued,
+/// being deflated, or waiting to be written in order) to `max_in_flight`.
 struct GzipPool<W> {
-    inputs: Vec<SyncSender<InBlock>>,
-    next: usize,
+    jobs: Option<SyncSender<InBlock>>,
+    tokens: Receiver<()>,
+    next_seq: u64,
     workers: Vec<JoinHandle<()>>,
     writer: Option<JoinHandle<io::Result<W>>>,
 }
 
 impl<W: Write + Send + 'static> GzipPool<W> {
     fn start(out: W, threads: usize) -> io::Result<Self> {
-        let mut inputs = Vec::with_capacity(threads);
-        let mut outputs = Vec::with_capacity(threads);
+        let max_in_flight = 2 * threads + 2;
+        let (job_tx, job_rx) = mpsc::sync_channel::<InBlock>(threads);
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let (done_tx, done_rx) = mpsc::channel::<io::Result<OutBlock>>();
+        let (token_tx, token_rx) = mpsc::sync_channel::<()>(max_in_flight);
+        for _ in 0..max_in_flight {
+            token_tx.send(()).expect("the receiver is alive");
+        }
         let mut workers = Vec::with_capacity(threads);
         for i in 0..threads {
-            let (in_tx, in_rx) = mpsc::sync_channel::<InBlock>(1);
-            let (out_tx, out_rx) = mpsc::sync_channel::<io::Result<OutBlock>>(1);
+            let jobs = Arc::clone(&job_rx);
+            let done = done_tx.clone();
             let worker = thread::Builder::new()
                 .name(format!("gzip-{i}"))
-                .spawn(move || deflate_worker(in_rx, out_tx))?;
-            inputs.push(in_tx);
-            outputs.push(out_rx);
+                .spawn(move || deflate_worker(&jobs, &done))?;
             workers.push(worker);
         }
+        drop(done_tx); // the writer sees the end when the last worker is gone
         let writer = thread::Builder::new()
             .name("gzip-writer".into())
-            .spawn(move || write_gzip_member(outputs, out))?;
+            .spawn(move || write_gzip_member(&done_rx, &token_tx, out))?;
         Ok(Self {
-            inputs,
-            next: 0,
+            jobs: Some(job_tx),
+            tokens: token_rx,
+            next_seq: 0,
             workers,
             writer: Some(writer),
         })
     }
 
     fn submit(&mut self, data: Vec<u8>, last: bool) -> io::Result<()> {
-        let worker = self.next % self.inputs.len();
-        self.next += 1;
-        if self.inputs[worker].send(InBlock { data, last }).is_err() {
+        let block = InBlock {
+            seq: self.next_seq,
+            data,
+            last,
+        };
+        self.next_seq += 1;
+        let sent = self.tokens.recv().is_ok()
+            && self
+                .jobs
+                .as_ref()
+                .is_some_and(|jobs| jobs.send(block).is_ok());
+        if !sent {
             // A worker or the writer stopped early; its error is the one to report.
             return Err(self.shut_down().err().unwrap_or_else(|| {
                 io::Error::other("gzip compression stopped before the end of the layer")
@@ -176,29 +198,55 @@ impl<W: Write + Send + 'static> GzipPool<W> {
         self.shut_down()
     }
 
-    /// Closes the inputs and waits for every thread; returns the sink or the first error.
+    /// Closes the queue and waits for every thread; returns the sink or the first error.
     fn shut_down(&mut self) -> io::Result<W> {
-        self.inputs.clear();
+        self.jobs = None;
+        let mut panicked = false;
         for worker in self.workers.drain(..) {
-            if worker.join().is_err() {
-                return Err(io::Error::other("a gzip compression thread panicked"));
-            }
+            panicked |= worker.join().is_err();
         }
-        match self.writer.take().map(JoinHandle::join) {
+        let written = match self.writer.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(io::Error::other("the gzip writer thread panicked")),
             None => Err(io::Error::other("gzip compression already shut down")),
+        };
+        match written {
+            Ok(_) if panicked => Err(io::Error::other("a gzip compression thread panicked")),
+            written => written,
         }
     }
 }
 
-fn deflate_worker(inputs: Receiver<InBlock>, outputs: SyncSender<io::Result<OutBlock>>) {
-    for block in inputs {
+impl<W> Drop for GzipPool<W> {
+    /// Abandoned (the walk failed): stop the threads before the caller moves on, so
+    /// nothing writes to the output after `pack_tree` returned.
+    fn drop(&mut self) {
+        self.jobs = None;
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+fn deflate_worker(jobs: &Mutex<Receiver<InBlock>>, done: &mpsc::Sender<io::Result<OutBlock>>) {
+    loop {
+        // The lock is only held while waiting for the next block, never while deflating.
+        let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let Ok(block) = job else {
+            return; // queue closed: no more blocks
+        };
         let mut crc = Crc::new();
         crc.update(&block.data);
-        let result =
-            deflate_block(&block.data, block.last).map(|deflated| OutBlock { deflated, crc });
-        if outputs.send(result).is_err() {
+        let result = deflate_block(&block.data, block.last).map(|deflated| OutBlock {
+            seq: block.seq,
+            deflated,
+            crc,
+            last: block.last,
+        });
+        if done.send(result).is_err() {
             return; // the writer stopped; it reports why
         }
     }
@@ -206,7 +254,11 @@ fn deflate_worker(inputs: Receiver<InBlock>, outputs: SyncSender<io::Result<OutB
 
 /// Deflates one block with a fresh compressor: the bytes depend on this block only.
 fn deflate_block(data: &[u8], last: bool) -> io::Result<Vec<u8>> {
-    let mut compress = Compress::new(flate2::Compression::new(GZIP_LEVEL), false);
+    let lvl: u32 = std::env::var("XLEVEL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(GZIP_LEVEL);
+    let mut compress = Compress::new(flate2::Compression::new(lvl), false);
     let flush = if last {
         FlushCompress::Finish
     } else {
@@ -237,22 +289,34 @@ fn deflate_block(data: &[u8], last: bool) -> io::Result<Vec<u8>> {
 
 /// Writes the gzip header, the deflated blocks in order and the trailer.
 fn write_gzip_member<W: Write>(
-    outputs: Vec<Receiver<io::Result<OutBlock>>>,
+    done: &Receiver<io::Result<OutBlock>>,
+    tokens: &SyncSender<()>,
     mut out: W,
 ) -> io::Result<W> {
     out.write_all(&GZIP_HEADER)?;
     let mut crc = Crc::new();
     let mut len: u64 = 0;
-    // Block i comes from worker i % n; a worker that closed without sending block i
-    // means there is no block i (blocks are handed out in order).
-    for i in 0.. {
-        let Ok(block) = outputs[i % outputs.len()].recv() else {
-            break;
-        };
+    let mut next_seq = 0;
+    let mut waiting = BTreeMap::new();
+    let mut ended = false;
+    // Ends when every worker is gone, i.e. the queue was closed and drained.
+    for block in done {
         let block = block?;
-        out.write_all(&block.deflated)?;
-        len += u64::from(block.crc.amount());
-        crc.combine(&block.crc);
+        waiting.insert(block.seq, block);
+        while let Some(block) = waiting.remove(&next_seq) {
+            out.write_all(&block.deflated)?;
+            len += u64::from(block.crc.amount());
+            crc.combine(&block.crc);
+            ended = block.last;
+            next_seq += 1;
+            // The submitter may be gone already (it failed); nothing to tell it then.
+            let _ = tokens.send(());
+        }
+    }
+    if !ended {
+        return Err(io::Error::other(
+            "gzip compression stopped before the end of the layer",
+        ));
     }
     out.write_all(&crc.sum().to_le_bytes())?;
     // ISIZE is the length modulo 2^32, as RFC 1952 says.
@@ -312,6 +376,16 @@ impl<W: Write + Send + 'static> ZstdThread<W> {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(io::Error::other("the zstd compression thread panicked")),
             None => Err(io::Error::other("zstd compression already shut down")),
+        }
+    }
+}
+
+impl<W> Drop for ZstdThread<W> {
+    /// See `GzipPool`'s `Drop`.
+    fn drop(&mut self) {
+        self.input = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }

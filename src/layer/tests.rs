@@ -20,9 +20,12 @@ const ROOT: &str = "opt/nox/tests-3-12/";
 /// If one changes, the layer format changed (tar headers, entry order, compressor,
 /// compressor version or block size): every layer ever pushed would get a new digest,
 /// so bump the layer-format version in the keys when you update these.
-const GOLDEN_GZIP_DIGEST: &str = "sha256:TODO";
-const GOLDEN_ZSTD_DIGEST: &str = "sha256:TODO";
-const GOLDEN_DIFF_ID: &str = "sha256:TODO";
+const GOLDEN_GZIP_DIGEST: &str =
+    "sha256:aadee11ebefa0c82979d4d9ceadc758aaf6d2fadc0988a66c6657ecb430a9c0e";
+const GOLDEN_ZSTD_DIGEST: &str =
+    "sha256:f24165fd46ac8852c885e968bed0b4871171bd3120b2dcc08d53cf2b3d534ce1";
+const GOLDEN_DIFF_ID: &str =
+    "sha256:bb155bdee7a58b5194959356660b843e7ba6ad08e2900495e4faa3441aae2aea";
 
 /// An mtime before `DEFAULT_SOURCE_DATE_EPOCH`, which must be kept as is (1979-07-05).
 const OLD_MTIME: u64 = 300_000_000;

@@ -131,11 +131,13 @@ fn editable_project_runs_the_checkout_so_a_bug_fails_the_job() {
         "{text}"
     );
 
-    // A deliberate bug in the checkout: the image must not hide it.
+    // A deliberate bug in the checkout: the image must not hide it. (It changes the file's
+    // size: the clean run left an mtime-checked pyc in the checkout, which Python trusts
+    // for a same-size edit made within the same second.)
     let src = checkout.path().join("src/frozen_sample/__init__.py");
     let code = std::fs::read_to_string(&src)
         .unwrap()
-        .replace("2 * x", "3 * x");
+        .replace("2 * x", "2 * x + 1");
     std::fs::write(&src, code).unwrap();
     let (ok, text) = run_offline(&image, checkout.path(), "tests", &[]);
     assert!(!ok, "the job passed with a bug in the checkout:\n{text}");

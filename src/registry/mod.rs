@@ -126,13 +126,21 @@ fn loopback_speaks_tls(registry: &str) -> bool {
     };
     let addrs: Vec<_> = addrs.collect();
     let mut hung_up = 0;
-    for _ in 0..3 {
+    let mut refused = 0;
+    while hung_up < 3 {
         // `localhost` may resolve to ::1 and 127.0.0.1; take the one that listens.
         let Some(mut conn) = addrs
             .iter()
             .find_map(|a| std::net::TcpStream::connect_timeout(a, Duration::from_secs(2)).ok())
         else {
-            return false;
+            // A registry being (re)started refuses connections for a moment; wait a
+            // little before concluding nothing listens (loopback refusals are instant).
+            refused += 1;
+            if refused > 20 {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
         };
         let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
         let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));

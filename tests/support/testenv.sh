@@ -157,11 +157,18 @@ reg_status() { # PORT
   echo "${code:-000}"
 }
 reg_up() { # DIR -> 0 when running and answering (200, or 401 for auth registries)
-  local port code
+  local port code i
   reg_pid_ok "$1" || return 1
   port=$(cat "$1/port" 2>/dev/null) || return 1
-  code=$(reg_status "$port")
-  [[ $code == 200 || $code == 401 ]]
+  # A live registry on a loaded machine may answer slowly: ask a few times before
+  # calling it down (a restart wipes a private registry's storage under running tests).
+  for ((i = 0; i < 5; i++)); do
+    code=$(reg_status "$port")
+    [[ $code == 200 || $code == 401 ]] && return 0
+    reg_pid_ok "$1" || return 1
+    sleep 1
+  done
+  return 1
 }
 reg_stop() { # DIR
   local pid i
@@ -525,7 +532,8 @@ cmd_registry() { # NAME [YAML | @FILE]
   lock
   dir=$STATE/registries/$name
   mkdir -p "$dir"
-  if reg_up "$dir" && [[ $(cat "$dir/extra.yml" 2>/dev/null) == "$extra" ]]; then
+  # $(...) drops trailing newlines on both sides: a YAML ending in "\n" still matches.
+  if reg_up "$dir" && [[ $(cat "$dir/extra.yml" 2>/dev/null) == "$(printf '%s' "$extra")" ]]; then
     echo "127.0.0.1:$(cat "$dir/port")"
     return
   fi

@@ -198,12 +198,24 @@ pub fn pack_tree_filtered(
     out: &Path,
     keep: &dyn Fn(&Path) -> bool,
 ) -> Result<PackedLayer, LayerError> {
+    pack_with_block_size(src, opts, out, keep, BLOCK_SIZE)
+}
+
+/// `pack_tree_filtered` with another compression block size, for tests that need many
+/// blocks without packing megabytes.
+fn pack_with_block_size(
+    src: &Path,
+    opts: &PackOptions,
+    out: &Path,
+    keep: &dyn Fn(&Path) -> bool,
+    block_size: usize,
+) -> Result<PackedLayer, LayerError> {
     let prefix = archive_prefix(&opts.prefix)?;
     let file = File::create(out).map_err(|source| LayerError::CreateOutput {
         path: out.to_path_buf(),
         source,
     })?;
-    let result = pack_into(src, opts, &prefix, file, out, keep);
+    let result = pack_into(src, opts, &prefix, (file, out), keep, block_size);
     if result.is_err() && fs::symlink_metadata(out).is_ok_and(|m| m.is_file()) {
         // A partial blob must never be mistaken for a layer. (Only a regular file: `out`
         // may be a device or a pipe the caller handed us.)
@@ -216,17 +228,17 @@ fn pack_into(
     src: &Path,
     opts: &PackOptions,
     prefix: &[u8],
-    file: File,
-    out: &Path,
+    (file, out): (File, &Path),
     keep: &dyn Fn(&Path) -> bool,
+    block_size: usize,
 ) -> Result<PackedLayer, LayerError> {
     let write_error = |source| LayerError::WriteOutput {
         path: out.to_path_buf(),
         source,
     };
     let blob = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
-    let compressor =
-        Compressor::new(opts.compression.codec(), blob, opts.threads).map_err(write_error)?;
+    let compressor = Compressor::new(opts.compression.codec(), blob, opts.threads, block_size)
+        .map_err(write_error)?;
     let mut packer = Packer {
         tar: TarWriter::new(HashingWriter::new(compressor)),
         prefix,

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 use crate::layer::{
-    pack_tree, pack_tree_filtered, Compression, LayerError, PackOptions, PackedLayer, BLOCK_SIZE,
-    DEFAULT_SOURCE_DATE_EPOCH,
+    pack_tree, pack_tree_filtered, pack_with_block_size, Compression, LayerError, PackOptions,
+    PackedLayer, BLOCK_SIZE, DEFAULT_SOURCE_DATE_EPOCH,
 };
 
 const PREFIX: &str = "/opt/nox/tests-3-12";
@@ -421,11 +421,13 @@ fn output_does_not_depend_on_threads() {
     let tmp = tempfile::tempdir().unwrap();
     let tree = tmp.path().join("tree");
     fs::create_dir_all(tree.join("lib")).unwrap();
-    write_words(&tree.join("lib/big.so"), 3 * BLOCK_SIZE + 1000, 1);
-    for i in 0..40 {
+    // Small blocks (the real size is covered by `system_tools_read_the_layers`).
+    let block = 64 * 1024;
+    write_words(&tree.join("lib/big.so"), 5 * block + 1000, 1);
+    for i in 0..20 {
         write_words(
             &tree.join(format!("lib/mod{i}.py")),
-            10_000 + i * 997,
+            2_000 + i * 397,
             i as u64,
         );
     }
@@ -437,8 +439,8 @@ fn output_does_not_depend_on_threads() {
                 ..golden_options(compression)
             };
             let out = tmp.path().join(format!("l-{threads}"));
-            let layer = pack(&tree, &opts, &out);
-            assert!(layer.uncompressed_size > 3 * BLOCK_SIZE as u64);
+            let layer = pack_with_block_size(&tree, &opts, &out, &|_| true, block).unwrap();
+            assert!(layer.uncompressed_size > 6 * block as u64);
             read_layer(&layer);
             blobs.push(fs::read(&out).unwrap());
         }
@@ -708,7 +710,8 @@ fn system_tools_read_the_layers() {
     let tmp = tempfile::tempdir().unwrap();
     let tree = tmp.path().join("tree");
     golden_tree(&tree);
-    write_words(&tree.join("lib/big.so"), 2 * BLOCK_SIZE + 4321, 9);
+    // Just over one real block, so the real block size is covered too.
+    write_words(&tree.join("lib/big.so"), BLOCK_SIZE + 4321, 9);
     let gz = pack(
         &tree,
         &golden_options(Compression::Gzip),
@@ -784,13 +787,14 @@ fn write_errors_name_the_output() {
     // /dev/full: every write fails with ENOSPC, which must surface as WriteOutput
     // (from the compression threads) rather than hang or panic.
     if Path::new("/dev/full").exists() {
-        write_words(&tmp.path().join("big"), 3 * BLOCK_SIZE, 3);
+        write_words(&tmp.path().join("big"), 1 << 20, 3);
         for compression in [Compression::Gzip, Compression::Zstd] {
             let opts = PackOptions {
                 compression,
                 ..PackOptions::new("/x")
             };
-            let err = pack_tree_filtered(tmp.path(), &opts, Path::new("/dev/full"), &|_| true);
+            let dev_full = Path::new("/dev/full");
+            let err = pack_with_block_size(tmp.path(), &opts, dev_full, &|_| true, 64 * 1024);
             assert!(
                 matches!(&err, Err(LayerError::WriteOutput { .. })),
                 "{err:?}"

@@ -47,6 +47,8 @@ pub fn render(p: &ScriptParams) -> String {
         r#"#!/bin/sh
 # Written by venvimg: build one nox session's venv at its final path.
 set -eu
+# Layers keep file modes: the same venv must get the same modes whatever the caller's umask.
+umask 022
 cd {workdir}
 echo "venvimg: running {nox_line}"
 {nox_cmd}
@@ -109,7 +111,7 @@ pub fn render_editable(
         )
     };
     format!(
-        "#!/bin/sh\n# Written by venvimg: make the project's own code editable (project: editable).\nset -eu\ncd {workdir}\nvenv={venv}\necho \"venvimg: {line}\"\n{install}\n{COMPILE}",
+        "#!/bin/sh\n# Written by venvimg: make the project's own code editable (project: editable).\nset -eu\numask 022\ncd {workdir}\nvenv={venv}\necho \"venvimg: {line}\"\n{install}\n{COMPILE}",
         workdir = sh_quote(workdir),
         venv = sh_quote(&venv),
         line = install.replace('"', "'"),

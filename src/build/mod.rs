@@ -568,7 +568,16 @@ fn build_session(
     };
     let progress = printer.spinner(format!("{name}: building with {}", config.builder));
     let build_started = Instant::now();
-    let outcome = run_script(&script_path, &log)?;
+    let mut outcome = run_script(&script_path, &log)?;
+    if !outcome.success && network_failure(&outcome.output) {
+        // Package indexes time out now and then, most on loaded CI runners: one more
+        // try, from a fresh venv, before calling the build failed.
+        printer.warn(format!(
+            "session `{name}`: the package index failed to answer; building once more"
+        ));
+        prepare_envdir(config.builder, &envdir_host, &venv_host)?;
+        outcome = run_script(&script_path, &log)?;
+    }
     progress.finish();
     if !outcome.success {
         return Err(diagnose_failure(name, &base_pinned, &outcome, &log).into());
@@ -857,6 +866,20 @@ fn diagnose_failure(
     }
 }
 
+/// A failure of the network under the installs (uv's and pip's wordings), not of the
+/// project: worth one retry.
+fn network_failure(out: &str) -> bool {
+    const SIGNS: &[&str] = &[
+        "error sending request for url",
+        "operation timed out",
+        "Connection reset by peer",
+        "ReadTimeoutError",
+        "Temporary failure in name resolution",
+        "NewConnectionError",
+    ];
+    SIGNS.iter().any(|s| out.contains(s))
+}
+
 /// nox: "Python interpreter 3.13 not found." / "Missing interpreters" lines.
 fn missing_interpreter(out: &str) -> Option<String> {
     for line in out.lines() {
@@ -916,6 +939,14 @@ fn print_summary(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tells_network_failures_from_project_failures() {
+        assert!(network_failure(
+            "error: Request failed after 3 retries\n  cause: error sending request for url (https://pypi.org/simple/x/)"
+        ));
+        assert!(!network_failure("AssertionError: 3 != 2"));
+    }
 
     #[test]
     fn finds_missing_interpreter() {

@@ -168,24 +168,15 @@ pub fn list_sessions_in(
             image,
             insecure,
         } => {
-            let abs =
-                std::fs::canonicalize(project_dir).unwrap_or_else(|_| project_dir.to_path_buf());
-            let mut c = Command::new(engine);
-            c.args(["run", "--rm", "--network", "none", "--pull=missing"]);
-            if *insecure && *engine == "podman" {
-                c.arg("--tls-verify=false");
-            }
-            c.arg("-v")
-                .arg(format!("{}:/venvimg-project:ro", abs.display()))
-                .args([
-                    "-w",
-                    "/venvimg-project",
-                    "-e",
-                    "PYTHONDONTWRITEBYTECODE=1",
-                    image,
-                    "nox",
-                ])
-                .args(&nox_args);
+            let mut c = crate::build::builder::in_base_image(
+                engine,
+                image,
+                *insecure,
+                project_dir,
+                &[("PYTHONDONTWRITEBYTECODE", "1")],
+                "nox",
+            );
+            c.args(&nox_args);
             c
         }
     };

@@ -162,6 +162,32 @@ pub fn run(job: &BuildJob, printer: &Printer) -> std::io::Result<BuildOutcome> {
     })
 }
 
+/// A command run in the base image with the project mounted read-only and no network:
+/// how `nox --list` and `uv export` ask the image when this machine cannot answer.
+pub fn in_base_image(
+    engine: &str,
+    image: &str,
+    insecure: bool,
+    project_dir: &Path,
+    env: &[(&str, &str)],
+    program: &str,
+) -> Command {
+    let abs = std::fs::canonicalize(project_dir).unwrap_or_else(|_| project_dir.to_path_buf());
+    let mut c = Command::new(engine);
+    c.args(["run", "--rm", "--network", "none", "--pull=missing"]);
+    if insecure && engine == "podman" {
+        c.arg("--tls-verify=false");
+    }
+    c.arg("-v")
+        .arg(format!("{}:/venvimg-project:ro", abs.display()))
+        .args(["-w", "/venvimg-project"]);
+    for (k, v) in env {
+        c.arg("-e").arg(format!("{k}={v}"));
+    }
+    c.arg(image).arg(program);
+    c
+}
+
 /// Is the engine there at all? Checked before planning builds so the error says what to
 /// install rather than "No such file".
 pub fn engine_available(kind: BuilderKind) -> bool {

@@ -55,17 +55,15 @@ pub fn resolved_set(
             image,
             insecure,
         } => {
-            let abs =
-                std::fs::canonicalize(project_dir).unwrap_or_else(|_| project_dir.to_path_buf());
-            let mut c = Command::new(engine);
-            c.args(["run", "--rm", "--network", "none", "--pull=missing"]);
-            if *insecure && *engine == "podman" {
-                c.arg("--tls-verify=false");
-            }
-            c.arg("-v")
-                .arg(format!("{}:/venvimg-project:ro", abs.display()))
-                .args(["-w", "/venvimg-project", "-e", "UV_OFFLINE=1", image, "uv"])
-                .args(&args);
+            let mut c = crate::build::builder::in_base_image(
+                engine,
+                image,
+                *insecure,
+                project_dir,
+                &[("UV_OFFLINE", "1")],
+                "uv",
+            );
+            c.args(&args);
             (c, format!("base image {image}"))
         }
     };

@@ -161,6 +161,7 @@ async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
                 printer.out(text.trim_end());
                 return Ok(());
             }
+            report_plan_findings(&plan, printer);
             print_plan(&plan, &config, args.json, printer);
             if args.ci_output {
                 let refs: Vec<(String, String)> = plan
@@ -245,6 +246,13 @@ fn print_plan(plan: &Plan, config: &Config, json: bool, printer: &Printer) {
                     "status": match &s.status { Status::Hit { .. } => "hit", Status::Miss => "miss" },
                     "digest": match &s.status { Status::Hit { digest } => Some(digest), Status::Miss => None },
                     "inputs": s.document.inputs,
+                    "discovered": s.document.discovered,
+                    "opaque": s.document.opaque,
+                    "floating": s.document.discovered.as_ref().map(|d| d.floating.clone()).unwrap_or_default(),
+                    "changed": s.changed,
+                    "problem": s.problem.as_ref().map(|p| match p {
+                        crate::plan::Problem::MissingInterpreter { python } => format!("the base image has no Python {python}"),
+                    }),
                 })
             })
             .collect();
@@ -253,6 +261,7 @@ fn print_plan(plan: &Plan, config: &Config, json: bool, printer: &Printer) {
             "base": plan.base.pinned(),
             "platform": config.platform.to_string(),
             "envdir": config.envdir,
+            "workdir": config.workdir,
             "sessions": sessions,
         });
         printer.out(serde_json::to_string_pretty(&doc).expect("JSON serialises"));
@@ -266,15 +275,74 @@ fn print_plan(plan: &Plan, config: &Config, json: bool, printer: &Printer) {
                 s.config.name.clone(),
                 s.venv_dir.clone(),
                 s.tag.clone(),
-                match s.status {
-                    Status::Hit { .. } => "hit".into(),
-                    Status::Miss => "miss".into(),
+                match (&s.status, &s.problem) {
+                    (Status::Hit { .. }, _) => "hit".into(),
+                    (Status::Miss, Some(crate::plan::Problem::MissingInterpreter { python })) => {
+                        format!("miss (no Python {python} in the base image)")
+                    }
+                    (Status::Miss, None) if !s.changed.is_empty() => {
+                        format!("miss ({})", s.changed.join(", "))
+                    }
+                    (Status::Miss, None) => "miss".into(),
                 },
             ]
         })
         .collect();
     printer.info(format!("base {}", plan.base.pinned()));
     printer.out(table(&["SESSION", "VENV", "TAG", "STATUS"], &rows));
+}
+
+/// What a plan found that the user should know besides hit or miss: floating sessions,
+/// what the dry run could not key.
+pub fn report_plan_findings(plan: &Plan, printer: &Printer) {
+    for s in &plan.sessions {
+        if let Some(d) = &s.document.discovered {
+            if !d.floating.is_empty() {
+                let refresh = match &s.document.refresh {
+                    Some(r) => format!("rebuilt every {} (refresh)", r.every),
+                    None => "set `refresh:` to rebuild it periodically".to_string(),
+                };
+                printer.warn(format!(
+                    "session `{}` floats: nothing pins {}; the same files may give another venv on another day ({refresh})",
+                    s.config.name,
+                    d.floating.join("; ")
+                ));
+            }
+        }
+        if let Some(why) = &s.document.opaque {
+            if s.problem.is_none() {
+                printer.warn(format!(
+                    "session `{}`: {why}; it is keyed by its settings and the noxfile, and its image is checked against what its build read",
+                    s.config.name
+                ));
+            }
+        }
+        for note in s.derived.iter().flat_map(|d| d.notes.iter()) {
+            printer.verbose(format!("session `{}`: {note}", s.config.name));
+        }
+        if printer.verbosity >= crate::printer::Verbosity::Verbose {
+            if let Some(d) = &s.document.discovered {
+                for f in &d.files {
+                    printer.verbose(format!(
+                        "session `{}`: input {} ({}) sha256:{}",
+                        s.config.name,
+                        f.path,
+                        f.via,
+                        &f.sha256[..f.sha256.len().min(12)]
+                    ));
+                }
+                for l in &d.locks {
+                    printer.verbose(format!(
+                        "session `{}`: {} entries of {} ({})",
+                        s.config.name,
+                        l.packages.len(),
+                        l.lock,
+                        l.selection.join(" ")
+                    ));
+                }
+            }
+        }
+    }
 }
 
 /// Append `name=value` lines for a later CI job (`${{ needs.JOB.outputs.NAME }}`). Names

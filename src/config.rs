@@ -16,7 +16,8 @@ use crate::layer::Compression;
 pub const DEFAULT_CONFIG_FILE: &str = "venvimg.yaml";
 pub const DEFAULT_ENVDIR: &str = "/opt/nox";
 pub const DEFAULT_WORKDIR: &str = "/src";
-pub const DEFAULT_INPUTS: &[&str] = &["pyproject.toml", "uv.lock", "noxfile.py"];
+/// The noxfile: always an input of every session (it says what the sessions run).
+pub const NOXFILE: &str = "noxfile.py";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -68,6 +69,7 @@ struct RawConfig {
     insecure_registries: Vec<String>,
     #[serde(default)]
     build_env: BTreeMap<String, String>,
+    refresh: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -177,6 +179,46 @@ pub struct SessionConfig {
     /// The session installs from `uv.lock` with these groups/extras: its key covers its
     /// own resolved package set instead of the whole lock file.
     pub locked: Option<LockedSelection>,
+    /// How old a floating session's image may get (overrides the top-level `refresh`).
+    pub refresh: Option<Refresh>,
+}
+
+/// `refresh: 7d`: a floating session's key holds the current period of this length, so
+/// its image is rebuilt at most this often.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refresh {
+    pub text: String,
+    pub seconds: u64,
+}
+
+impl Refresh {
+    /// `30m`, `12h`, `7d`, `2w` (a number and a unit).
+    pub fn parse(s: &str) -> Option<Refresh> {
+        let s = s.trim();
+        let unit_at = s.find(|c: char| !c.is_ascii_digit())?;
+        let n: u64 = s[..unit_at].parse().ok()?;
+        let mult = match &s[unit_at..] {
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            "w" => 7 * 86_400,
+            _ => return None,
+        };
+        (n > 0).then(|| Refresh {
+            text: s.to_string(),
+            seconds: n * mult,
+        })
+    }
+}
+
+fn parse_refresh(file: &Path, field: &str, s: &str) -> Result<Refresh, ConfigError> {
+    Refresh::parse(s).ok_or_else(|| {
+        ConfigError::field(
+            file,
+            field,
+            format!("`{s}` is not a duration; write a number and m, h, d or w, e.g. `7d`"),
+        )
+    })
 }
 
 /// Which part of `uv.lock` a session installs, as `uv export` selects it.
@@ -311,6 +353,8 @@ pub struct Config {
     pub envdir: String,
     pub workdir: String,
     pub builder: BuilderKind,
+    /// Files that key every session whole, besides the noxfile and what each session's
+    /// installs are found to read (rarely needed).
     pub inputs: Vec<String>,
     /// `None` means: ask nox which sessions it would run.
     pub sessions: Option<Vec<SessionConfig>>,
@@ -325,6 +369,8 @@ pub struct Config {
     /// Extra environment for every build (package index URLs, certificates...). Not part
     /// of the key: it may hold secrets, and should not decide the venv's bytes.
     pub build_env: BTreeMap<String, String>,
+    /// How old a floating session's image may get; `None`: no time in keys.
+    pub refresh: Option<Refresh>,
 }
 
 impl Config {
@@ -468,9 +514,11 @@ impl Config {
             })?,
         };
 
-        let inputs = raw
-            .inputs
-            .unwrap_or_else(|| DEFAULT_INPUTS.iter().map(|s| s.to_string()).collect());
+        let inputs = raw.inputs.unwrap_or_default();
+        let refresh = match raw.refresh.as_deref() {
+            None => None,
+            Some(s) => Some(parse_refresh(f, "refresh", s)?),
+        };
         for (i, input) in inputs.iter().enumerate() {
             let field = format!("inputs[{i}]");
             if Path::new(input).is_absolute() || input.split('/').any(|c| c == "..") {
@@ -486,7 +534,7 @@ impl Config {
                     f,
                     field,
                     format!(
-                        "input file `{}` does not exist; create it or remove it from `inputs`",
+                        "input file `{}` does not exist; create it, or remove it from `inputs` (venvimg finds the files each session's installs read by itself)",
                         path.display()
                     ),
                 ));
@@ -548,6 +596,7 @@ impl Config {
             max_layers,
             insecure_registries: raw.insecure_registries,
             build_env: raw.build_env,
+            refresh,
         })
     }
 
@@ -560,6 +609,7 @@ impl Config {
             posargs: Vec::new(),
             env: BTreeMap::new(),
             locked: None,
+            refresh: None,
         }
     }
 }
@@ -642,6 +692,7 @@ fn parse_session(
         posargs: Vec::new(),
         env: BTreeMap::new(),
         locked: None,
+        refresh: None,
     };
     match value {
         Value::String(name) => s.name = name,
@@ -688,11 +739,15 @@ fn parse_session(
                         }
                     }
                     "locked" => s.locked = Some(parse_locked(file, &field, v)?),
+                    "refresh" => {
+                        let v = yaml_string(file, &field, v)?;
+                        s.refresh = Some(parse_refresh(file, &field, &v)?);
+                    }
                     other => {
                         return Err(ConfigError::field(
                             file,
                             &field,
-                            format!("unknown session option `{other}`; use name, project, build, posargs, env or locked"),
+                            format!("unknown session option `{other}`; use name, project, build, posargs, env, locked or refresh"),
                         ))
                     }
                 }
@@ -774,7 +829,7 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
-        for f in DEFAULT_INPUTS {
+        for f in ["pyproject.toml", "uv.lock", "noxfile.py"] {
             std::fs::write(dir.path().join(f), "x").unwrap();
         }
         Config::parse(text, Path::new("venvimg.yaml"), dir.path())
@@ -821,6 +876,11 @@ mod tests {
                 "sessions[0].colour",
             ),
             (format!("{MIN}inputs: [missing.txt]\n"), "inputs[0]"),
+            (format!("{MIN}refresh: weekly\n"), "refresh"),
+            (
+                format!("{MIN}sessions:\n  - name: a\n    refresh: 0d\n"),
+                "sessions[0].refresh",
+            ),
             (
                 "repository: 'UPPER CASE/x'\nbase: b\n".to_string(),
                 "repository",
@@ -830,6 +890,17 @@ mod tests {
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(&format!("`{field}`")), "{text:?} → {err}");
         }
+    }
+
+    #[test]
+    fn refresh_durations() {
+        assert_eq!(Refresh::parse("7d").map(|r| r.seconds), Some(7 * 86_400));
+        assert_eq!(Refresh::parse("12h").map(|r| r.seconds), Some(12 * 3600));
+        assert_eq!(Refresh::parse("2w").map(|r| r.seconds), Some(14 * 86_400));
+        assert!(Refresh::parse("7").is_none());
+        assert!(Refresh::parse("d").is_none());
+        let c = parse(&format!("{MIN}refresh: 1d\n")).unwrap();
+        assert_eq!(c.refresh.map(|r| r.seconds), Some(86_400));
     }
 
     #[test]

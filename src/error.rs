@@ -36,6 +36,8 @@ pub enum Error {
     Build(#[from] crate::build::BuildError),
     #[error(transparent)]
     Output(#[from] crate::outputs::OutputError),
+    #[error(transparent)]
+    Inputs(#[from] crate::python::inputs::InputError),
 }
 
 impl Error {

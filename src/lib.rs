@@ -16,6 +16,8 @@ pub mod nox;
 pub mod outputs;
 pub mod plan;
 pub mod printer;
+pub mod python;
 pub mod registry;
+pub mod untrusted;
 
 pub use error::Error;

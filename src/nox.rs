@@ -1,10 +1,8 @@
 //! What venvimg must know of nox: the name nox gives a session's venv directory, and
-//! which sessions a noxfile defines.
+//! how its failures read.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
-use serde::Deserialize;
 use sha1::{Digest, Sha1};
 use unicode_normalization::UnicodeNormalization;
 
@@ -83,22 +81,9 @@ fn sha1_hex8(bytes: &[u8]) -> String {
     hex::encode(digest)[..8].to_string()
 }
 
-/// One entry of `nox --list --json`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct NoxSession {
-    /// The signature nox selects and names the venv by (`tests-3.12`, `tests(django='4.2')`).
-    pub session: String,
-    /// The Python function's name.
-    pub name: String,
-    #[serde(default)]
-    pub description: Option<String>,
-    #[serde(default)]
-    pub python: Option<serde_json::Value>,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum NoxError {
-    #[error("cannot run `nox` to list the sessions of {noxfile}: {source}\n  hint: install nox (`pip install nox` or `uv tool install nox`), or list the sessions in venvimg.yaml under `sessions:`")]
+    #[error("cannot list the sessions of {noxfile}: {source}\n  hint: container builders need podman or docker and the base image; the local builder needs nox here (`pip install nox` or `uv tool install nox`)")]
     Spawn {
         noxfile: PathBuf,
         source: std::io::Error,
@@ -109,113 +94,15 @@ pub enum NoxError {
         module: String,
         place: String,
     },
-    #[error("`nox --list --json` failed for {noxfile} with {place} (exit {code}):\n{stderr}")]
+    #[error("listing and dry-running the sessions of {noxfile} failed with {place} (exit {code}):\n{stderr}")]
     Failed {
         noxfile: PathBuf,
         place: String,
         code: i32,
         stderr: String,
     },
-    #[error("`nox --list --json` printed something that is not its JSON session list for {noxfile}: {message}")]
-    BadOutput { noxfile: PathBuf, message: String },
-}
-
-/// Where `nox --list` runs: this machine's nox, or the base image's (for container
-/// builders, whose base image has the noxfile's plugins even when this machine has no nox).
-#[derive(Debug, Clone)]
-pub enum ListIn<'a> {
-    Host,
-    Image {
-        engine: &'a str,
-        image: &'a str,
-        insecure: bool,
-    },
-}
-
-impl ListIn<'_> {
-    fn describe(&self) -> String {
-        match self {
-            ListIn::Host => "nox on this machine".into(),
-            ListIn::Image { image, .. } => format!("base image {image}"),
-        }
-    }
-}
-
-/// Which sessions nox lists for the noxfile in `project_dir`. `all` lists every session
-/// the noxfile defines, even when it sets `nox.options.sessions` (an empty keyword
-/// expression matches everything).
-pub fn list_sessions_in(
-    place: &ListIn,
-    project_dir: &Path,
-    all: bool,
-) -> Result<Vec<NoxSession>, NoxError> {
-    let noxfile = project_dir.join("noxfile.py");
-    let mut nox_args: Vec<&str> = vec!["--list", "--json"];
-    if all {
-        nox_args.extend(["-k", ""]);
-    }
-    let mut cmd = match place {
-        ListIn::Host => {
-            let mut c = Command::new("nox");
-            c.current_dir(project_dir).args(&nox_args);
-            // NOXSESSION in the caller's environment would narrow the list behind our back.
-            c.env_remove("NOXSESSION")
-                .env("PYTHONDONTWRITEBYTECODE", "1");
-            c
-        }
-        ListIn::Image {
-            engine,
-            image,
-            insecure,
-        } => {
-            let mut c = crate::build::builder::in_base_image(
-                engine,
-                image,
-                *insecure,
-                project_dir,
-                &[("PYTHONDONTWRITEBYTECODE", "1")],
-                "nox",
-            );
-            c.args(&nox_args);
-            c
-        }
-    };
-    let out = cmd.output().map_err(|source| NoxError::Spawn {
-        noxfile: noxfile.clone(),
-        source,
-    })?;
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if !out.status.success() {
-        if let Some(module) = missing_module(&stderr) {
-            return Err(NoxError::MissingModule {
-                noxfile,
-                module,
-                place: place.describe(),
-            });
-        }
-        return Err(NoxError::Failed {
-            noxfile,
-            place: place.describe(),
-            code: out.status.code().unwrap_or(-1),
-            stderr: stderr.trim_end().to_string(),
-        });
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    // nox may print log lines before the JSON; the list is the last line starting with `[`.
-    let json = stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('['))
-        .unwrap_or("");
-    serde_json::from_str(json).map_err(|e| NoxError::BadOutput {
-        noxfile,
-        message: e.to_string(),
-    })
-}
-
-/// `nox --list` on this machine.
-pub fn list_sessions(project_dir: &Path, all: bool) -> Result<Vec<NoxSession>, NoxError> {
-    list_sessions_in(&ListIn::Host, project_dir, all)
+    #[error(transparent)]
+    Hook(#[from] crate::python::hook::HookError),
 }
 
 /// `ModuleNotFoundError: No module named 'nox_uv'` → `nox_uv` (top-level package).

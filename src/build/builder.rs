@@ -7,8 +7,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::config::BuilderKind;
+use crate::config::{BuilderKind, Config};
+use crate::error::Error;
+use crate::image::BaseImage;
+use crate::nox::NoxError;
 use crate::printer::Printer;
+use crate::python::hook::{self, PlanOutput, PlanSpec};
 
 /// Environment every build gets, for byte-stable output.
 pub fn reproducible_env(source_date_epoch: u64) -> BTreeMap<String, String> {
@@ -46,7 +50,15 @@ pub struct BuildJob<'a> {
     /// Host folder mounted at `envdir` (container builders); ignored by `local`.
     pub envdir_host: &'a Path,
     pub envdir: &'a str,
-    pub script: &'a Path,
+    /// The folder with the build scripts and venvimg's hook (mounted read-only).
+    pub hook_dir: &'a Path,
+    /// The script to run, a file in `hook_dir`.
+    pub script: &'a str,
+    /// Where the hook writes its record (mounted read-write).
+    pub out_dir: &'a Path,
+    /// The environment file handed to the engine: values never go on a command line
+    /// another process can read.
+    pub env_file: &'a Path,
     pub env: BTreeMap<String, String>,
     /// A CA bundle for package downloads, mounted read-only and named by SSL_CERT_FILE.
     pub ca_file: Option<&'a Path>,
@@ -61,13 +73,39 @@ pub struct BuildOutcome {
     pub output: String,
 }
 
-const CA_IN_CONTAINER: &str = "/etc/venvimg/ca-certificates.crt";
-const SCRIPT_IN_CONTAINER: &str = "/etc/venvimg/build.sh";
+const CA_IN_CONTAINER: &str = "/etc/venvimg-ca/ca-certificates.crt";
+
+impl BuildJob<'_> {
+    /// Every variable of the build: the job's, where the hook and its output are, and the
+    /// CA bundle's names.
+    fn full_env(&self) -> BTreeMap<String, String> {
+        let mut env = self.env.clone();
+        let (hook, out, ca) = match self.kind {
+            BuilderKind::Local => (
+                self.hook_dir.display().to_string(),
+                self.out_dir.display().to_string(),
+                self.ca_file.map(|c| c.display().to_string()),
+            ),
+            _ => (
+                HOOK_DIR_IN_CONTAINER.to_string(),
+                OUT_DIR_IN_CONTAINER.to_string(),
+                self.ca_file.map(|_| CA_IN_CONTAINER.to_string()),
+            ),
+        };
+        env.insert("VENVIMG_HOOK".into(), hook);
+        env.insert("VENVIMG_OUT".into(), out);
+        if let Some(ca) = ca {
+            for k in ["SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE"] {
+                env.insert(k.into(), ca.clone());
+            }
+        }
+        env
+    }
+}
 
 /// The command line a builder runs. Pure, so the docker and podman shapes are unit-tested
-/// without an engine.
+/// without an engine. It names the environment file, never a value.
 pub fn command_line(job: &BuildJob) -> Vec<String> {
-    let mut env = job.env.clone();
     match job.kind {
         BuilderKind::Podman | BuilderKind::Docker => {
             let engine = job.kind.as_str();
@@ -82,9 +120,13 @@ pub fn command_line(job: &BuildJob) -> Vec<String> {
                 "-v".into(),
                 format!("{}:{}", job.envdir_host.display(), job.envdir),
                 "-v".into(),
-                format!("{}:{}:ro", job.script.display(), SCRIPT_IN_CONTAINER),
+                format!("{}:{HOOK_DIR_IN_CONTAINER}:ro", job.hook_dir.display()),
+                "-v".into(),
+                format!("{}:{OUT_DIR_IN_CONTAINER}", job.out_dir.display()),
                 "-w".into(),
                 job.workdir.to_string(),
+                "--env-file".into(),
+                job.env_file.display().to_string(),
             ];
             if job.kind == BuilderKind::Podman && job.insecure_pull {
                 c.push("--tls-verify=false".into());
@@ -92,45 +134,75 @@ pub fn command_line(job: &BuildJob) -> Vec<String> {
             if let Some(ca) = job.ca_file {
                 c.push("-v".into());
                 c.push(format!("{}:{}:ro", ca.display(), CA_IN_CONTAINER));
-                for k in ["SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE"] {
-                    env.insert(k.into(), CA_IN_CONTAINER.into());
-                }
-            }
-            for (k, v) in &env {
-                c.push("-e".into());
-                c.push(format!("{k}={v}"));
             }
             c.push(job.image.to_string());
             c.push("/bin/sh".into());
-            c.push(SCRIPT_IN_CONTAINER.into());
+            c.push(format!("{HOOK_DIR_IN_CONTAINER}/{}", job.script));
             c
         }
-        BuilderKind::Local => vec!["/bin/sh".into(), job.script.display().to_string()],
+        BuilderKind::Local => vec![
+            "/bin/sh".into(),
+            job.hook_dir.join(job.script).display().to_string(),
+        ],
     }
+}
+
+/// `NAME=value` lines for `--env-file` (0600). A value with a newline cannot be written
+/// there and is refused.
+fn write_env_file(path: &Path, env: &BTreeMap<String, String>) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut text = String::new();
+    for (k, v) in env {
+        if v.contains('\n') || k.contains('=') || k.contains('\n') {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("the build variable {k} has a newline or `=` in its name or a newline in its value"),
+            ));
+        }
+        text.push_str(&format!("{k}={v}\n"));
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
 }
 
 /// Run the build, streaming its output to the log file (and to stderr with -v).
 pub fn run(job: &BuildJob, printer: &Printer) -> std::io::Result<BuildOutcome> {
     let argv = command_line(job);
-    printer.verbose(format!("$ {}", argv.join(" ")));
+    let env = job.full_env();
+    printer.verbose(format!(
+        "$ {} (environment: {})",
+        argv.join(" "),
+        env.keys().cloned().collect::<Vec<_>>().join(" ")
+    ));
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if job.kind == BuilderKind::Local {
-        cmd.current_dir(job.project);
-        for (k, v) in &job.env {
-            cmd.env(k, v);
-        }
-        if let Some(ca) = job.ca_file {
-            for k in ["SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE"] {
-                cmd.env(k, ca);
-            }
-        }
+        // Project code runs here: it gets what tools need, never venvimg's credentials.
+        cmd.current_dir(job.project)
+            .env_clear()
+            .envs(std::env::vars().filter(|(k, _)| host_env_allowed(k)))
+            .envs(&env);
+    } else {
+        write_env_file(job.env_file, &env)?;
     }
     let mut child = cmd.spawn()?;
-    let mut log = std::fs::File::create(job.log)?;
+    let mut log = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(job.log)?
+    };
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let stderr = child.stderr.take().expect("piped");
     let tx2 = tx.clone();
@@ -162,30 +234,196 @@ pub fn run(job: &BuildJob, printer: &Printer) -> std::io::Result<BuildOutcome> {
     })
 }
 
-/// A command run in the base image with the project mounted read-only and no network:
-/// how `nox --list` and `uv export` ask the image when this machine cannot answer.
-pub fn in_base_image(
-    engine: &str,
-    image: &str,
-    insecure: bool,
+/// Where venvimg's nox hook runs for a plan: in the base image for container builders
+/// (nothing of the project runs on this machine), on this machine for `builder: local`.
+#[derive(Debug, Clone)]
+pub struct HookPlace {
+    pub kind: BuilderKind,
+    /// The base image pinned by digest.
+    pub image: String,
+    pub insecure_pull: bool,
+    pub platform: String,
+    /// The fixed build environment, so the noxfile sees what it will see in the build.
+    pub env: BTreeMap<String, String>,
+}
+
+impl HookPlace {
+    pub fn for_config(config: &Config, base: &BaseImage) -> HookPlace {
+        let base_registry = config.base.resolve_registry();
+        HookPlace {
+            kind: config.builder,
+            image: base.pinned(),
+            insecure_pull: crate::registry::is_loopback(base_registry)
+                || config
+                    .insecure_registries
+                    .iter()
+                    .any(|r| r == base_registry),
+            platform: config.platform.to_string(),
+            env: reproducible_env(crate::layer::DEFAULT_SOURCE_DATE_EPOCH),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self.kind {
+            BuilderKind::Local => "nox on this machine".into(),
+            _ => format!("base image {}", self.image),
+        }
+    }
+}
+
+/// Where the hook mounts things in a container.
+const HOOK_DIR_IN_CONTAINER: &str = "/etc/venvimg";
+const OUT_DIR_IN_CONTAINER: &str = "/venvimg-out";
+
+/// What the environment of a process running project code on this machine keeps (the
+/// local builder): what tools need to find things, never venvimg's credentials.
+pub fn host_env_allowed(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "TZ",
+        "TMPDIR",
+        "TERM",
+        "SHELL",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "CI",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+    ];
+    const PREFIXES: &[&str] = &["LC_", "PIP_", "UV_", "PYENV_", "XDG_", "VIRTUALENV_"];
+    EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// List the noxfile's sessions and dry-run the wanted ones with venvimg's hook: in the
+/// base image with the network off and the project read-only (container builders), or
+/// on this machine with an environment cleared of credentials (local). Returns what the
+/// hook found and the path the project had where it ran.
+pub fn run_hook_plan(
+    place: &HookPlace,
     project_dir: &Path,
-    env: &[(&str, &str)],
-    program: &str,
-) -> Command {
-    let abs = std::fs::canonicalize(project_dir).unwrap_or_else(|_| project_dir.to_path_buf());
-    let mut c = Command::new(engine);
-    c.args(["run", "--rm", "--network", "none", "--pull=missing"]);
-    if insecure && engine == "podman" {
-        c.arg("--tls-verify=false");
+    workdir: &str,
+    envdir: &str,
+    spec: &PlanSpec,
+) -> Result<(PlanOutput, String), Error> {
+    let noxfile = project_dir.join(crate::config::NOXFILE);
+    let io = |context: &str, source: std::io::Error| NoxError::Spawn {
+        noxfile: noxfile.clone(),
+        source: std::io::Error::new(source.kind(), format!("{context}: {source}")),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("venvimg-plan-")
+        .tempdir()
+        .map_err(|e| io("creating a temp folder", e))?;
+    let hook_dir = tmp.path().join("hook");
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&hook_dir).map_err(|e| io("creating the hook folder", e))?;
+    std::fs::create_dir(&out_dir).map_err(|e| io("creating the output folder", e))?;
+    hook::write_files(&hook_dir, Some(spec)).map_err(|e| io("writing the hook", e))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The container's user (root, or the image's USER) writes here; the 0700 temp
+        // folder around it keeps everyone else out.
+        std::fs::set_permissions(&out_dir, std::fs::Permissions::from_mode(0o777))
+            .map_err(|e| io("preparing the output folder", e))?;
     }
-    c.arg("-v")
-        .arg(format!("{}:/venvimg-project:ro", abs.display()))
-        .args(["-w", "/venvimg-project"]);
-    for (k, v) in env {
-        c.arg("-e").arg(format!("{k}={v}"));
+    let abs = std::fs::canonicalize(project_dir).map_err(|e| io("resolving the project", e))?;
+    let (mut cmd, seen_workdir) = match place.kind {
+        BuilderKind::Local => {
+            let mut c = Command::new("/bin/sh");
+            c.arg(hook_dir.join(hook::LAUNCHER_FILE))
+                .arg("plan")
+                .arg(hook_dir.join(hook::SPEC_FILE))
+                .arg(&out_dir)
+                .current_dir(&abs)
+                .env_clear()
+                .envs(std::env::vars().filter(|(k, _)| host_env_allowed(k)))
+                .envs(&place.env)
+                .env("VENVIMG_WORKDIR", &abs)
+                .env("VENVIMG_ENVDIR", envdir)
+                .env("PYTHONDONTWRITEBYTECODE", "1");
+            (c, abs.display().to_string())
+        }
+        BuilderKind::Podman | BuilderKind::Docker => {
+            let mut c = Command::new(place.kind.as_str());
+            c.args(["run", "--rm", "--network", "none", "--pull=missing"])
+                .arg(format!("--platform={}", place.platform));
+            if place.insecure_pull && place.kind == BuilderKind::Podman {
+                c.arg("--tls-verify=false");
+            }
+            c.arg("-v")
+                .arg(format!("{}:{workdir}:ro", abs.display()))
+                .arg("-v")
+                .arg(format!("{}:{HOOK_DIR_IN_CONTAINER}:ro", hook_dir.display()))
+                .arg("-v")
+                .arg(format!("{}:{OUT_DIR_IN_CONTAINER}", out_dir.display()))
+                .arg("--tmpfs")
+                .arg(envdir)
+                .args(["-w", workdir]);
+            for (k, v) in place.env.iter().chain([
+                (&"VENVIMG_WORKDIR".to_string(), &workdir.to_string()),
+                (&"VENVIMG_ENVDIR".to_string(), &envdir.to_string()),
+                (&"PYTHONDONTWRITEBYTECODE".to_string(), &"1".to_string()),
+            ]) {
+                c.arg("-e").arg(format!("{k}={v}"));
+            }
+            c.arg(&place.image)
+                .arg("/bin/sh")
+                .arg(format!("{HOOK_DIR_IN_CONTAINER}/{}", hook::LAUNCHER_FILE))
+                .arg("plan")
+                .arg(format!("{HOOK_DIR_IN_CONTAINER}/{}", hook::SPEC_FILE))
+                .arg(OUT_DIR_IN_CONTAINER);
+            (c, workdir.to_string())
+        }
+    };
+    cmd.stdin(Stdio::null());
+    let out = cmd
+        .output()
+        .map_err(|e| io(&format!("running {}", place.kind), e))?;
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let failed = |code: i32| -> Error {
+        if let Some(module) = crate::nox::missing_module(&output) {
+            return NoxError::MissingModule {
+                noxfile: noxfile.clone(),
+                module,
+                place: place.describe(),
+            }
+            .into();
+        }
+        NoxError::Failed {
+            noxfile: noxfile.clone(),
+            place: place.describe(),
+            code,
+            stderr: tail_lines(&output, 30),
+        }
+        .into()
+    };
+    if !out.status.success() {
+        return Err(failed(out.status.code().unwrap_or(-1)));
     }
-    c.arg(image).arg(program);
-    c
+    match hook::read_plan(&out_dir) {
+        Ok(p) => Ok((p, seen_workdir)),
+        Err(hook::HookError::ListFailed { code }) => Err(failed(code as i32)),
+        Err(e) => Err(NoxError::Hook(e).into()),
+    }
+}
+
+fn tail_lines(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Is the engine there at all? Checked before planning builds so the error says what to
@@ -256,7 +494,10 @@ mod tests {
             workdir: "/src",
             envdir_host: Path::new("/tmp/w/envdir"),
             envdir: "/opt/nox",
-            script: Path::new("/tmp/w/build.sh"),
+            hook_dir: Path::new("/tmp/w/hook"),
+            script: "build.sh",
+            out_dir: Path::new("/tmp/w/out"),
+            env_file: Path::new("/tmp/w/env"),
             env: reproducible_env(1),
             ca_file: Some(Path::new("/etc/ssl/certs/ca-certificates.crt")),
             log: Path::new("/tmp/w/log"),
@@ -266,12 +507,33 @@ mod tests {
         assert!(p.contains(&"/tmp/w/envdir:/opt/nox".to_string()));
         assert!(p.contains(&"/tmp/w/src:/src".to_string()));
         assert!(p.contains(&"--tls-verify=false".to_string()));
-        assert!(p.contains(&"SOURCE_DATE_EPOCH=1".to_string()));
-        assert!(p.contains(&format!("SSL_CERT_FILE={CA_IN_CONTAINER}")));
+        assert!(p.contains(&"/tmp/w/env".to_string()));
+        // Values go through the environment file, never the command line.
+        assert!(!p.iter().any(|a| a.contains("SOURCE_DATE_EPOCH")), "{p:?}");
+        let env = job(BuilderKind::Podman).full_env();
+        assert_eq!(env["SSL_CERT_FILE"], CA_IN_CONTAINER);
+        assert_eq!(env["VENVIMG_HOOK"], HOOK_DIR_IN_CONTAINER);
         let d = command_line(&job(BuilderKind::Docker));
         assert_eq!(&d[..2], &["docker", "run"]);
         // docker has no --tls-verify; insecure registries are daemon configuration.
         assert!(!d.iter().any(|a| a.starts_with("--tls-verify")));
-        assert_eq!(d.last().map(String::as_str), Some(SCRIPT_IN_CONTAINER));
+        assert_eq!(d.last().map(String::as_str), Some("/etc/venvimg/build.sh"));
+    }
+
+    #[test]
+    fn env_files_refuse_newlines() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("env");
+        let mut env = BTreeMap::new();
+        env.insert("A".to_string(), "1".to_string());
+        write_env_file(&p, &env).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "A=1\n");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        env.insert("B".to_string(), "x\ny".to_string());
+        assert!(write_env_file(&p, &env).is_err());
     }
 }

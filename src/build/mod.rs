@@ -16,8 +16,10 @@ use crate::config::{BuilderKind, Config, LayerMode, ProjectMode};
 use crate::error::Error;
 use crate::image::{self, BaseImage, ComposedImage, LayerDescriptor};
 use crate::layer::{self, PackOptions};
-use crate::plan::{Plan, SessionPlan, Status};
+use crate::plan::record::{ImageRecord, LayerRecord, SessionRecord, RECORD_VERSION};
+use crate::plan::{CheckAnnotation, Plan, SessionPlan, Status, CHECK_ANNOTATION};
 use crate::printer::{human_bytes, table, Printer};
+use crate::python::inputs::{self, Derived};
 use crate::registry::{is_loopback, push, Registry};
 
 #[derive(Debug, clap::Args)]
@@ -106,6 +108,12 @@ pub enum BuildError {
     },
     #[error("local builder: {message}")]
     Local { message: String },
+    #[error("session `{session}`: the build left no record of what nox ran ({path})\n  hint: the base image's nox must be importable by its own interpreter; run with -v to see the build")]
+    NoRecord { session: String, path: PathBuf },
+    #[error("session `{session}`: {files} changed on this machine while the session was built; the image would not match them\n  hint: run the build again")]
+    InputsMoved { session: String, files: String },
+    #[error(transparent)]
+    Inputs(#[from] crate::python::inputs::InputError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -116,6 +124,12 @@ pub enum BuildError {
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
     let context = context.into();
     move |source| BuildError::Io { context, source }
+}
+
+/// The environment builds get besides the fixed one, and the values never to print.
+struct BuildEnv {
+    extra: BTreeMap<String, String>,
+    secrets: Vec<String>,
 }
 
 /// What happened to one session, for the summary and `--json`.
@@ -139,7 +153,9 @@ struct SessionLayer {
     descriptors: Vec<LayerDescriptor>,
     /// digest → file, for layers packed here.
     files: Vec<(String, PathBuf)>,
-    record: serde_json::Value,
+    record: SessionRecord,
+    /// What a plan checks a hit of this session's image against.
+    check: CheckAnnotation,
 }
 
 impl SessionLayer {
@@ -157,6 +173,7 @@ pub async fn run(
     let started = Instant::now();
     let plan = crate::plan::make_plan(config, registry, &args.sessions).await?;
     crate::cli::flush_warnings(registry, printer);
+    crate::cli::report_plan_findings(&plan, printer);
     printer.info(format!(
         "base {} · {} session(s)",
         plan.base.pinned(),
@@ -206,6 +223,10 @@ pub async fn run(
         };
         extra_env.insert(k.to_string(), v.to_string());
     }
+    let build_env = BuildEnv {
+        secrets: crate::plan::secret_values(config, &extra_env),
+        extra: extra_env,
+    };
 
     let mut results = Vec::new();
     let mut layers: Vec<(String, SessionLayer)> = Vec::new();
@@ -234,7 +255,7 @@ pub async fn run(
             layers.push((s.venv_dir.clone(), layer));
             continue;
         }
-        let layer = build_session(config, &plan, s, &work_path, &extra_env, args, printer)?;
+        let layer = build_session(config, &plan, s, &work_path, &build_env, args, printer)?;
         let img = compose_images(&plan.base, &[(s.venv_dir.clone(), layer.clone())]);
         for (digest, file) in &layer.files {
             local_files.insert(digest.clone(), file.clone());
@@ -362,23 +383,24 @@ pub async fn run(
     Ok(())
 }
 
+/// Compose `layers` on the base. A session's own image (one session) carries the check
+/// annotation plans read; the all-sessions image does not need one.
 fn compose_images(base: &BaseImage, layers: &[(String, SessionLayer)]) -> ComposedImage {
     let descriptors: Vec<LayerDescriptor> = layers
         .iter()
         .flat_map(|(_, l)| l.descriptors.iter().cloned())
         .collect();
-    let records: Vec<&serde_json::Value> = layers.iter().map(|(_, l)| &l.record).collect();
+    let record = ImageRecord {
+        version: RECORD_VERSION,
+        sessions: layers.iter().map(|(_, l)| l.record.clone()).collect(),
+    };
     let names: Vec<&str> = layers
         .iter()
-        .map(|(_, l)| l.record["session"].as_str().unwrap_or(""))
+        .map(|(_, l)| l.record.session.as_str())
         .collect();
     let mut labels = BTreeMap::new();
     labels.insert(image::SESSIONS_LABEL.to_string(), names.join(","));
-    labels.insert(
-        image::RECORD_LABEL.to_string(),
-        serde_json::to_string(&serde_json::json!({ "sessions": records }))
-            .expect("record serialises"),
-    );
+    labels.insert(image::RECORD_LABEL.to_string(), record.to_label());
     let mut annotations = BTreeMap::new();
     annotations.insert(
         "org.opencontainers.image.base.name".to_string(),
@@ -388,6 +410,12 @@ fn compose_images(base: &BaseImage, layers: &[(String, SessionLayer)]) -> Compos
         "org.opencontainers.image.base.digest".to_string(),
         base.digest.clone(),
     );
+    if let [(_, only)] = layers {
+        annotations.insert(
+            CHECK_ANNOTATION.to_string(),
+            serde_json::to_string(&only.check).expect("check serialises"),
+        );
+    }
     image::compose(base, &descriptors, &labels, &annotations)
 }
 
@@ -414,6 +442,9 @@ pub fn recipe_digest(config: &Config, session: &crate::config::SessionConfig) ->
             std::slice::from_ref(&config.workdir),
         ));
     }
+    // The hook runs nox in every build: a change of it is a change of recipe.
+    h.update(crate::python::hook::SOURCE);
+    h.update(crate::python::hook::LAUNCHER);
     for (k, v) in builder::reproducible_env(layer::DEFAULT_SOURCE_DATE_EPOCH) {
         h.update(format!("{k}={v}\n"));
     }
@@ -451,17 +482,16 @@ async fn layer_from_registry(
         ))
         .into());
     }
-    let record = config["config"]["Labels"][image::RECORD_LABEL]
-        .as_str()
-        .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
-        .and_then(|v| v["sessions"][0].as_object().cloned())
-        .map(serde_json::Value::Object)
+    let record = ImageRecord::from_config(&config_bytes)
+        .and_then(|r| r.sessions.into_iter().next())
         .ok_or_else(|| {
             bad(format!(
-                "no {} label; was it made by venvimg?",
+                "no {} label of this venvimg's format; was it made by venvimg?",
                 image::RECORD_LABEL
             ))
         })?;
+    let check = crate::plan::parse_check(&bytes)
+        .ok_or_else(|| bad("no check annotation; was it made by this venvimg?".into()))?;
     let history: Vec<&serde_json::Value> = config["history"]
         .as_array()
         .map(|h| h.iter().collect())
@@ -492,6 +522,7 @@ async fn layer_from_registry(
         descriptors,
         files: Vec::new(),
         record,
+        check,
     })
 }
 
@@ -500,10 +531,11 @@ fn build_session(
     plan: &Plan,
     s: &SessionPlan,
     work: &Path,
-    extra_env: &BTreeMap<String, String>,
+    build_env: &BuildEnv,
     args: &BuildArgs,
     printer: &Printer,
 ) -> Result<SessionLayer, Error> {
+    let (extra_env, secrets) = (&build_env.extra, &build_env.secrets);
     let name = &s.config.name;
     let dir = work.join(&s.venv_dir);
     std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
@@ -523,7 +555,24 @@ fn build_session(
     let venv_host = envdir_host.join(&s.venv_dir);
     prepare_envdir(config.builder, &envdir_host, &venv_host)?;
 
-    let script_path = dir.join("build.sh");
+    // The scripts and venvimg's hook (mounted read-only), and where the hook records the
+    // commands nox runs (the one folder the build writes besides the venv).
+    let hook_dir = dir.join("hook");
+    let out_dir = dir.join("out");
+    for d in [&hook_dir, &out_dir] {
+        std::fs::create_dir_all(d).map_err(io_err(format!("creating {}", d.display())))?;
+    }
+    crate::python::hook::write_files(&hook_dir, None).map_err(io_err(format!(
+        "writing the hook into {}",
+        hook_dir.display()
+    )))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The container's user writes the record; the 0700 build folder keeps others out.
+        std::fs::set_permissions(&out_dir, std::fs::Permissions::from_mode(0o777))
+            .map_err(io_err(format!("preparing {}", out_dir.display())))?;
+    }
+    let script_path = hook_dir.join("build.sh");
     let script = script::render(&script::ScriptParams {
         session: name,
         envdir: &config.envdir,
@@ -541,6 +590,7 @@ fn build_session(
     let base_pinned = plan.base.pinned();
     let base_registry = config.base.resolve_registry();
     let log = dir.join("build.log");
+    let env_file = dir.join("build.env");
     let platform = config.platform.to_string();
     let insecure_pull = is_loopback(base_registry)
         || config
@@ -548,7 +598,7 @@ fn build_session(
             .iter()
             .any(|r| r == base_registry);
     // One builder invocation: the same mounts and environment for every script.
-    let run_script = |script: &Path, log: &Path| {
+    let run_script = |script: &str, log: &Path| {
         let job = builder::BuildJob {
             kind: config.builder,
             image: &base_pinned,
@@ -558,7 +608,10 @@ fn build_session(
             workdir: &config.workdir,
             envdir_host: &envdir_host,
             envdir: &config.envdir,
+            hook_dir: &hook_dir,
             script,
+            out_dir: &out_dir,
+            env_file: &env_file,
             env: env.clone(),
             ca_file: args.build_ca.as_deref(),
             log,
@@ -568,7 +621,8 @@ fn build_session(
     };
     let progress = printer.spinner(format!("{name}: building with {}", config.builder));
     let build_started = Instant::now();
-    let mut outcome = run_script(&script_path, &log)?;
+    let record_path = out_dir.join(script::RECORD_FILE);
+    let mut outcome = run_script("build.sh", &log)?;
     if !outcome.success && network_failure(&outcome.output) {
         // Package indexes time out now and then, most on loaded CI runners: one more
         // try, from a fresh venv, before calling the build failed.
@@ -576,12 +630,16 @@ fn build_session(
             "session `{name}`: the package index failed to answer; building once more"
         ));
         prepare_envdir(config.builder, &envdir_host, &venv_host)?;
-        outcome = run_script(&script_path, &log)?;
+        let _ = std::fs::remove_file(&record_path);
+        outcome = run_script("build.sh", &log)?;
     }
     progress.finish();
     if !outcome.success {
-        return Err(diagnose_failure(name, &base_pinned, &outcome, &log).into());
+        let kept = keep_log(name, &log);
+        return Err(diagnose_failure(name, &base_pinned, &outcome, &kept).into());
     }
+    let build_read = what_the_build_read(config, s, &record_path, secrets)?;
+    report_divergence(s, &build_read, printer);
 
     let read = || {
         venv::read_facts(&venv_host).map_err(|source| BuildError::Venv {
@@ -620,7 +678,7 @@ fn build_session(
                         .join(", "),
                     config.workdir
                 ));
-                let script = dir.join("editable.sh");
+                let script = hook_dir.join("editable.sh");
                 std::fs::write(
                     &script,
                     script::render_editable(
@@ -633,9 +691,10 @@ fn build_session(
                 )
                 .map_err(io_err(format!("writing {}", script.display())))?;
                 let log2 = dir.join("editable.log");
-                let outcome = run_script(&script, &log2)?;
+                let outcome = run_script("editable.sh", &log2)?;
                 if !outcome.success {
-                    return Err(diagnose_failure(name, &base_pinned, &outcome, &log2).into());
+                    let kept = keep_log(name, &log2);
+                    return Err(diagnose_failure(name, &base_pinned, &outcome, &kept).into());
                 }
                 facts = read()?;
                 let still = venv::frozen_project_code(&facts, &config.workdir);
@@ -703,9 +762,12 @@ fn build_session(
     match &groups {
         None => {
             let p = layer::pack_tree(&venv_host, &opts, &dir.join("layer.tar"))?;
-            layer_records.push(serde_json::json!({
-                "digest": p.digest, "size": p.size, "distributions": "*",
-            }));
+            layer_records.push(LayerRecord {
+                digest: p.digest.clone(),
+                size: p.size,
+                group: None,
+                distributions: serde_json::json!("*"),
+            });
             packed.push(("venv".to_string(), p));
         }
         Some(groups) => {
@@ -717,10 +779,12 @@ fn build_session(
                     &dir.join(format!("layer-{i:02}.tar")),
                     &keep,
                 )?;
-                layer_records.push(serde_json::json!({
-                    "digest": p.digest, "size": p.size, "group": g.label,
-                    "distributions": g.distributions,
-                }));
+                layer_records.push(LayerRecord {
+                    digest: p.digest.clone(),
+                    size: p.size,
+                    group: Some(g.label.clone()),
+                    distributions: serde_json::json!(g.distributions),
+                });
                 packed.push((g.label.clone(), p));
             }
         }
@@ -735,18 +799,26 @@ fn build_session(
     for (label, p) in &packed {
         printer.verbose(format!("  {label}: {} {}", human_bytes(p.size), p.digest));
     }
-    let record = serde_json::json!({
-        "session": name,
-        "venv_dir": s.venv_dir,
-        "key": s.key,
-        "tag": s.tag,
-        "inputs": s.document,
-        "python": facts.python,
-        "backend": facts.backend,
-        "interpreter": facts.interpreter,
-        "packages": facts.packages,
-        "layers": layer_records,
-    });
+    let record = SessionRecord {
+        session: name.clone(),
+        venv_dir: s.venv_dir.clone(),
+        key: s.key.clone(),
+        tag: s.tag.clone(),
+        inputs: s.document.clone(),
+        python: facts.python.clone(),
+        backend: facts.backend.clone(),
+        interpreter: facts.interpreter.clone(),
+        packages: facts.packages.clone(),
+        layers: layer_records,
+        commands: build_read.commands.clone(),
+        build_read: (Some(&build_read.discovered) != s.document.discovered.as_ref())
+            .then(|| build_read.discovered.clone()),
+        notes: build_read.notes.clone(),
+    };
+    let check = CheckAnnotation {
+        key: s.key.clone(),
+        files: build_read.discovered.checked_files().cloned().collect(),
+    };
     Ok(SessionLayer {
         descriptors: packed
             .iter()
@@ -773,7 +845,150 @@ fn build_session(
             .map(|(_, p)| (p.digest.clone(), p.path.clone()))
             .collect(),
         record,
+        check,
     })
+}
+
+/// What the build read and ran, from the hook's record of it (untrusted: it was written
+/// next to the project's noxfile). Also refuses an image whose inputs changed on this
+/// machine while it was built: it would carry digests of files it was not built from.
+fn what_the_build_read(
+    config: &Config,
+    s: &SessionPlan,
+    record_path: &Path,
+    secrets: &[String],
+) -> Result<Derived, Error> {
+    let name = &s.config.name;
+    let mut records = crate::python::hook::Records::default();
+    records
+        .read_into(record_path)
+        .map_err(crate::nox::NoxError::Hook)?;
+    let Some(events) = records.sessions.get(name) else {
+        return Err(BuildError::NoRecord {
+            session: name.clone(),
+            path: record_path.to_path_buf(),
+        }
+        .into());
+    };
+    let workdir = match config.builder {
+        BuilderKind::Local => std::fs::canonicalize(&config.project_dir)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| config.workdir.clone()),
+        _ => config.workdir.clone(),
+    };
+    let ctx = inputs::Context {
+        session: name,
+        project_dir: &config.project_dir,
+        workdir: &workdir,
+        envdir: &config.envdir,
+        secrets,
+    };
+    let derived = inputs::derive(&ctx, &records.module, events)?;
+    if let Some(planned) = &s.document.discovered {
+        let moved: Vec<String> = planned
+            .checked_files()
+            .filter(|f| inputs::changed(&config.project_dir, f).is_some())
+            .map(|f| f.path.clone())
+            .collect();
+        if !moved.is_empty() {
+            return Err(BuildError::InputsMoved {
+                session: name.clone(),
+                files: moved.join(", "),
+            }
+            .into());
+        }
+    }
+    Ok(derived)
+}
+
+/// The dry run foresaw the build exactly, or the image records what the build read
+/// besides (and plans check those files too); say which.
+fn report_divergence(s: &SessionPlan, build: &Derived, printer: &Printer) {
+    let Some(planned) = &s.document.discovered else {
+        printer.info(format!(
+            "{}: keyed by its settings alone ({}); each plan checks the {} file(s) its build read",
+            s.config.name,
+            s.document.opaque.as_deref().unwrap_or("no dry run"),
+            build.discovered.checked_files().count()
+        ));
+        return;
+    };
+    if planned == &build.discovered {
+        return;
+    }
+    let mut what = Vec::new();
+    if planned.commands != build.discovered.commands {
+        what.push("other commands".to_string());
+    }
+    let known: std::collections::BTreeSet<&str> =
+        planned.checked_files().map(|f| f.path.as_str()).collect();
+    let extra: Vec<&str> = build
+        .discovered
+        .checked_files()
+        .map(|f| f.path.as_str())
+        .filter(|p| !known.contains(p))
+        .collect();
+    if !extra.is_empty() {
+        what.push(format!("files {}", extra.join(", ")));
+    }
+    if planned.locks != build.discovered.locks {
+        what.push("other lock entries".into());
+    }
+    printer.warn(format!(
+        "session `{}`: the build ran or read what the plan's dry run did not foresee ({}); the image records it and every plan checks it",
+        s.config.name,
+        if what.is_empty() { "details differ".to_string() } else { what.join("; ") }
+    ));
+}
+
+/// Where failed builds' logs are kept after venvimg removed its build folder.
+pub fn logs_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("VENVIMG_LOG_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("venvimg/logs");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(h) => PathBuf::from(h).join(".local/state/venvimg/logs"),
+        None => std::env::temp_dir().join("venvimg-logs"),
+    }
+}
+
+/// Copy a failed build's log where it outlives the build folder (0600: build output may
+/// show index URLs); the path the error names. Falls back to the log where it is.
+fn keep_log(session: &str, log: &Path) -> PathBuf {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = logs_dir();
+    let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+    let safe: String = session
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let dest = dir.join(format!("{safe}-{stamp}.log"));
+    let copied = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .and_then(|_| std::fs::read(log))
+        .and_then(|bytes| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&dest)?;
+            std::io::Write::write_all(&mut f, &bytes)
+        });
+    match copied {
+        Ok(()) => dest,
+        Err(_) => log.to_path_buf(),
+    }
 }
 
 /// The local builder works on the project in place, which must be at `workdir` (editable

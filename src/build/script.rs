@@ -22,11 +22,16 @@ pub struct ScriptParams<'a> {
 /// Exit code the script uses when nox made no venv where it should be.
 pub const NO_VENV_EXIT: i32 = 97;
 
+/// Where the build leaves the hook's record of the commands nox ran, in `$VENVIMG_OUT`.
+pub const RECORD_FILE: &str = "build.jsonl";
+
+/// The build script. It finds nox's interpreter and runs nox through venvimg's hook
+/// (`$VENVIMG_HOOK`, written next to it), which records every command into
+/// `$VENVIMG_OUT/build.jsonl`; the same script runs in a container and on this machine.
 pub fn render(p: &ScriptParams) -> String {
     let venv = format!("{}/{}", p.envdir.trim_end_matches('/'), p.venv_dir);
     let mut nox = vec![
-        "nox".to_string(),
-        "--no-color".into(),
+        "--no-color".to_string(),
         "--error-on-missing-interpreters".into(),
         "--envdir".into(),
         p.envdir.to_string(),
@@ -43,6 +48,9 @@ pub fn render(p: &ScriptParams) -> String {
         }
     }
     let nox_cmd: Vec<String> = nox.iter().map(|a| sh_quote(a)).collect();
+    // The echo line is quoted as one word: nothing in a session name, a path or a posarg
+    // is ever expanded by the shell.
+    let shown = format!("venvimg: running nox {}", nox_cmd.join(" "));
     format!(
         r#"#!/bin/sh
 # Written by venvimg: build one nox session's venv at its final path.
@@ -50,8 +58,11 @@ set -eu
 # Layers keep file modes: the same venv must get the same modes whatever the caller's umask.
 umask 022
 cd {workdir}
-echo "venvimg: running {nox_line}"
-{nox_cmd}
+VENVIMG_WORKDIR={workdir}
+VENVIMG_ENVDIR={envdir}
+export VENVIMG_WORKDIR VENVIMG_ENVDIR
+printf '%s\n' {shown}
+sh "$VENVIMG_HOOK/launch.sh" record "$VENVIMG_OUT/{record}" --exec -- {nox_cmd}
 venv={venv}
 if [ ! -f "$venv/pyvenv.cfg" ]; then
   echo "venvimg: nox finished but made no virtualenv at $venv" >&2
@@ -59,7 +70,9 @@ if [ ! -f "$venv/pyvenv.cfg" ]; then
 fi
 {compile}"#,
         workdir = sh_quote(p.workdir),
-        nox_line = nox.join(" ").replace('"', "'"),
+        envdir = sh_quote(p.envdir),
+        shown = sh_quote(&shown),
+        record = RECORD_FILE,
         nox_cmd = nox_cmd.join(" "),
         venv = sh_quote(&venv),
         no_venv = NO_VENV_EXIT,
@@ -111,10 +124,10 @@ pub fn render_editable(
         )
     };
     format!(
-        "#!/bin/sh\n# Written by venvimg: make the project's own code editable (project: editable).\nset -eu\numask 022\ncd {workdir}\nvenv={venv}\necho \"venvimg: {line}\"\n{install}\n{COMPILE}",
+        "#!/bin/sh\n# Written by venvimg: make the project's own code editable (project: editable).\nset -eu\numask 022\ncd {workdir}\nvenv={venv}\nprintf '%s\\n' {line}\n{install}\n{COMPILE}",
         workdir = sh_quote(workdir),
         venv = sh_quote(&venv),
-        line = install.replace('"', "'"),
+        line = sh_quote(&format!("venvimg: {install}")),
     )
 }
 
@@ -164,5 +177,32 @@ mod tests {
         });
         assert!(s.contains("--install-only"));
         assert!(s.contains("--error-on-missing-interpreters"));
+    }
+
+    #[test]
+    fn echoed_lines_never_expand() {
+        let s = render(&ScriptParams {
+            session: "t$(touch /tmp/pwned)",
+            envdir: "/opt/nox",
+            venv_dir: "t",
+            workdir: "/src",
+            build: BuildMode::Run,
+            posargs: &["`id`".into(), "$HOME".into()],
+        });
+        let d = tempfile::tempdir().unwrap();
+        // Only the printf line: run it and compare what it prints.
+        let line = s.lines().find(|l| l.starts_with("printf")).unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(line)
+            .current_dir(d.path())
+            .output()
+            .unwrap();
+        let printed = String::from_utf8_lossy(&out.stdout);
+        assert!(printed.contains("t$(touch /tmp/pwned)"), "{printed}");
+        assert!(
+            printed.contains("`id`") && printed.contains("$HOME"),
+            "{printed}"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! `venvimg init`: a commented `venvimg.yaml` for the project next to it, from what nox
 //! says the noxfile defines and which input files the project has.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -9,8 +10,8 @@ use oci_client::Reference;
 use super::OutputError;
 use crate::config::{BuilderKind, Config, Platform, DEFAULT_ENVDIR, DEFAULT_WORKDIR};
 use crate::error::Error;
-use crate::nox::{self, NoxSession};
 use crate::printer::Printer;
+use crate::python::hook::{ListedSession, PlanSpec};
 
 #[derive(Debug, clap::Args)]
 pub struct InitArgs {
@@ -43,57 +44,9 @@ pub struct InitFacts {
     pub base: Option<String>,
     pub builder: BuilderKind,
     pub workdir: String,
-    /// The input files found in the project, in the order they are listed.
-    pub inputs: Vec<String>,
-    /// Every session the noxfile defines (`nox --list --json -k ""`).
-    pub sessions: Vec<NoxSession>,
-    /// The signatures nox runs by default (`nox --list --json`).
-    pub selected: Vec<String>,
-}
-
-/// Files whose bytes decide what the sessions install, in the order they are listed.
-fn detect_inputs(dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    for f in [
-        "pyproject.toml",
-        "setup.cfg",
-        "setup.py",
-        "uv.lock",
-        "pdm.lock",
-        "poetry.lock",
-    ] {
-        if dir.join(f).is_file() {
-            found.push(f.to_string());
-        }
-    }
-    let mut requirements: Vec<String> = Vec::new();
-    for (sub, prefixes) in [
-        ("", &["requirements", "constraints"][..]),
-        ("requirements", &[""][..]),
-    ] {
-        let Ok(rd) = std::fs::read_dir(dir.join(sub)) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".txt")
-                && prefixes.iter().any(|p| name.starts_with(p))
-                && e.path().is_file()
-            {
-                requirements.push(if sub.is_empty() {
-                    name
-                } else {
-                    format!("{sub}/{name}")
-                });
-            }
-        }
-    }
-    requirements.sort();
-    found.extend(requirements);
-    if dir.join("noxfile.py").is_file() {
-        found.push("noxfile.py".to_string());
-    }
-    found
+    /// Every session the noxfile defines, `default=False` ones included, each saying
+    /// whether nox selects it by default.
+    pub sessions: Vec<ListedSession>,
 }
 
 /// A YAML scalar for `s`: plain when that reads back as the same string, else
@@ -118,8 +71,8 @@ fn yaml_scalar(s: &str) -> String {
 }
 
 /// The first line of a session's docstring, for a comment.
-fn summary(s: &NoxSession) -> Option<String> {
-    let d = s.description.as_deref()?.lines().next()?.trim();
+fn summary(s: &ListedSession) -> Option<String> {
+    let d = s.description.lines().next()?.trim();
     (!d.is_empty()).then(|| d.to_string())
 }
 
@@ -131,8 +84,9 @@ pub fn render_config(facts: &InitFacts) -> String {
         y.push('\n');
     };
     line("# venvimg configuration, written by `venvimg init`.");
-    line("# Each session's key hashes these settings (except insecure_registries and build_env)");
-    line("# and the bytes of `inputs`: change one, and `venvimg build` rebuilds that session.");
+    line("# Each session's key hashes these settings (except insecure_registries and build_env),");
+    line("# the noxfile, and every file the session's installs read (found by venvimg): change");
+    line("# one, and `venvimg build` rebuilds the sessions it concerns.");
     line("");
     line("# Where job images are pushed: HOST[:PORT]/PATH without a tag (venvimg picks the tags).");
     match &facts.repository {
@@ -158,15 +112,11 @@ pub fn render_config(facts: &InitFacts) -> String {
     line(&format!("workdir: {}", yaml_scalar(&facts.workdir)));
     line("# Which engine runs the installs: podman or docker (in the base image), or local (this machine, e.g. a CI job running in the base image at workdir).");
     line(&format!("builder: {}", facts.builder.as_str()));
-    line("# Files whose bytes key every session (the project's metadata, lockfiles, requirements, noxfile).");
-    if facts.inputs.is_empty() {
-        line("inputs: []");
-    } else {
-        line("inputs:");
-        for i in &facts.inputs {
-            line(&format!("  - {}", yaml_scalar(i)));
-        }
-    }
+    line("# Extra files that key every session whole; rarely needed: venvimg finds the files each");
+    line("# session's installs read (requirements, constraints, pyproject.toml, uv.lock entries).");
+    line("# inputs: [tools/versions.json]");
+    line("# How old the image of a floating session (installs nothing pins) may get, e.g. 7d.");
+    line("# refresh: 7d");
     line("# Layer compression: gzip (every engine) or zstd (faster; podman, containerd, Docker >= 23).");
     line("compression: gzip");
     line("# uid:gid of the files in the layers (the user the jobs run as).");
@@ -175,7 +125,7 @@ pub fn render_config(facts: &InitFacts) -> String {
     line("project: refuse");
     line("# How venvs are built: install-only (nox --install-only) or run (the whole session, for noxfiles that use command output while installing).");
     line("build: install-only");
-    let selected = |s: &NoxSession| facts.selected.contains(&s.session);
+    let selected = |s: &ListedSession| s.selected;
     let listed = facts.sessions.iter().filter(|s| selected(s)).count();
     line("# nox sessions to build, from `nox --list`; a map sets per-session options, e.g. `- {name: docs, build: run}`.");
     if facts.sessions.is_empty() || listed == 0 {
@@ -190,8 +140,13 @@ pub fn render_config(facts: &InitFacts) -> String {
         if selected(s) {
             line(&format!("  - {}{comment}", yaml_scalar(&s.session)));
         } else {
+            let why = if s.default {
+                "not in nox.options.sessions"
+            } else {
+                "default=False"
+            };
             line(&format!(
-                "  # - {}  # not in nox's default selection (nox.options.sessions){}",
+                "  # - {}  # not in nox's default selection ({why}){}",
                 yaml_scalar(&s.session),
                 summary(s).map(|d| format!("; {d}")).unwrap_or_default()
             ));
@@ -218,6 +173,53 @@ fn check_reference(flag: &str, value: &str, repository: bool) -> Result<(), Erro
         )));
     }
     Ok(())
+}
+
+/// Every session the noxfile defines, listed by venvimg's hook: in the base image when a
+/// container builder and `--base` are given (the project's code then never runs here),
+/// else with this machine's nox (environment cleared of credentials).
+fn list_all_sessions(
+    dir: &Path,
+    builder: BuilderKind,
+    base: Option<&str>,
+    printer: &Printer,
+) -> Result<Vec<ListedSession>, Error> {
+    let spec = PlanSpec {
+        envdir: DEFAULT_ENVDIR.to_string(),
+        groups: Vec::new(),
+        exports: Vec::new(),
+    };
+    let (kind, image, insecure) = match (builder, base) {
+        (BuilderKind::Local, _) | (_, None) => (BuilderKind::Local, String::new(), false),
+        (k, Some(b)) => {
+            let r: Reference = b
+                .parse()
+                .map_err(|e| Error::Usage(format!("--base `{b}`: {e}")))?;
+            (
+                k,
+                b.to_string(),
+                crate::registry::is_loopback(r.resolve_registry()),
+            )
+        }
+    };
+    printer.verbose(format!(
+        "listing the sessions with {}",
+        if kind == BuilderKind::Local {
+            "nox on this machine".to_string()
+        } else {
+            format!("{kind} in {image}")
+        }
+    ));
+    let place = crate::build::builder::HookPlace {
+        kind,
+        image,
+        insecure_pull: insecure,
+        platform: Platform::host().to_string(),
+        env: BTreeMap::new(),
+    };
+    let (out, _) =
+        crate::build::builder::run_hook_plan(&place, dir, DEFAULT_WORKDIR, DEFAULT_ENVDIR, &spec)?;
+    Ok(out.listing)
 }
 
 fn default_builder() -> BuilderKind {
@@ -271,22 +273,16 @@ pub fn init(
         Some(_) => BuilderKind::Podman,
         None => default_builder(),
     };
-    let sessions = nox::list_sessions(&dir, true)?;
+    let sessions = list_all_sessions(&dir, builder, args.base.as_deref(), printer)?;
     if sessions.is_empty() {
         return Err(OutputError::NoSessions { noxfile }.into());
     }
-    let selected = nox::list_sessions(&dir, false)?
-        .into_iter()
-        .map(|s| s.session)
-        .collect();
     let facts = InitFacts {
         repository: args.repository.clone(),
         base: args.base.clone(),
         builder,
         workdir: args.workdir.clone(),
-        inputs: detect_inputs(&dir),
         sessions,
-        selected,
     };
     let text = render_config(&facts);
     // What we write must load: check it the way every command will read it.
@@ -316,13 +312,9 @@ pub fn init(
         })?;
     }
 
-    let skipped = facts
-        .sessions
-        .iter()
-        .filter(|s| !facts.selected.contains(&s.session))
-        .count();
+    let skipped = facts.sessions.iter().filter(|s| !s.selected).count();
     printer.info(format!(
-        "wrote {}: {} session(s){}, inputs: {}",
+        "wrote {}: {} session(s){}",
         file.display(),
         facts.sessions.len() - skipped,
         if skipped > 0 {
@@ -330,11 +322,6 @@ pub fn init(
         } else {
             String::new()
         },
-        if facts.inputs.is_empty() {
-            "none".to_string()
-        } else {
-            facts.inputs.join(", ")
-        }
     ));
     if facts.repository.is_none() || facts.base.is_none() {
         printer.warn(format!(
@@ -354,22 +341,21 @@ mod tests {
     use super::*;
     use crate::config::BuildMode;
 
-    fn session(sig: &str, desc: Option<&str>) -> NoxSession {
-        NoxSession {
+    fn session(sig: &str, desc: Option<&str>, selected: bool) -> ListedSession {
+        ListedSession {
             session: sig.into(),
             name: sig.split(['-', '(']).next().unwrap().into(),
-            description: desc.map(str::to_string),
-            python: None,
+            signatures: vec![sig.into()],
+            description: desc.unwrap_or("").to_string(),
+            python: serde_json::Value::Null,
+            tags: Vec::new(),
+            default: selected,
+            selected,
         }
     }
 
     fn facts(dir: &Path) -> InitFacts {
-        for f in [
-            "pyproject.toml",
-            "uv.lock",
-            "noxfile.py",
-            "requirements-dev.txt",
-        ] {
+        for f in ["pyproject.toml", "uv.lock", "noxfile.py"] {
             std::fs::write(dir.join(f), "x").unwrap();
         }
         InitFacts {
@@ -377,17 +363,11 @@ mod tests {
             base: Some("127.0.0.1:5000/base/python-nox:bookworm".into()),
             builder: BuilderKind::Local,
             workdir: "/__w/app/app".into(),
-            inputs: detect_inputs(dir),
             sessions: vec![
-                session("tests-3.12", Some("Run the tests.\n\nMore text.")),
-                session("tests(django='4.2')", None),
-                session("3.10", Some("odd name: yes")),
-                session("docs", Some("Build the docs")),
-            ],
-            selected: vec![
-                "tests-3.12".into(),
-                "tests(django='4.2')".into(),
-                "3.10".into(),
+                session("tests-3.12", Some("Run the tests.\n\nMore text."), true),
+                session("tests(django='4.2')", None, true),
+                session("3.10", Some("odd name: yes"), true),
+                session("docs", Some("Build the docs"), false),
             ],
         }
     }
@@ -396,15 +376,6 @@ mod tests {
     fn rendered_config_round_trips_through_the_parser() {
         let dir = tempfile::tempdir().unwrap();
         let f = facts(dir.path());
-        assert_eq!(
-            f.inputs,
-            [
-                "pyproject.toml",
-                "uv.lock",
-                "requirements-dev.txt",
-                "noxfile.py"
-            ]
-        );
         let text = render_config(&f);
         let c = Config::parse(&text, &dir.path().join("venvimg.yaml"), dir.path())
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -413,13 +384,14 @@ mod tests {
         assert_eq!(c.envdir, "/opt/nox");
         assert_eq!(c.workdir, "/__w/app/app");
         assert_eq!(c.builder, BuilderKind::Local);
-        assert_eq!(c.inputs, f.inputs);
+        // No frozen list of files: venvimg finds what each session reads.
+        assert!(c.inputs.is_empty(), "{text}");
         assert_eq!(c.default_build, BuildMode::InstallOnly);
         let names: Vec<String> = c.sessions.unwrap().into_iter().map(|s| s.name).collect();
         // `docs` is defined but not selected by default: listed, commented out.
         assert_eq!(names, ["tests-3.12", "tests(django='4.2')", "3.10"]);
         assert!(
-            text.contains("  # - docs  # not in nox's default selection"),
+            text.contains("  # - docs  # not in nox's default selection (default=False)"),
             "{text}"
         );
         assert!(
@@ -437,7 +409,15 @@ mod tests {
             let is_field = l.chars().next().is_some_and(|c| c.is_ascii_lowercase());
             let is_commented_field = l.starts_with("# ")
                 && l[2..].split_once(": ").is_some_and(|(k, _)| {
-                    ["platform", "insecure_registries", "build_env", "sessions"].contains(&k)
+                    [
+                        "platform",
+                        "insecure_registries",
+                        "build_env",
+                        "sessions",
+                        "inputs",
+                        "refresh",
+                    ]
+                    .contains(&k)
                 });
             if is_field || is_commented_field {
                 assert!(lines[i - 1].starts_with('#'), "no comment above {l:?}");
@@ -461,7 +441,9 @@ mod tests {
     fn nothing_selected_leaves_sessions_to_nox() {
         let dir = tempfile::tempdir().unwrap();
         let mut f = facts(dir.path());
-        f.selected.clear();
+        for s in &mut f.sessions {
+            s.selected = false;
+        }
         let text = render_config(&f);
         let c = Config::parse(&text, Path::new("venvimg.yaml"), dir.path()).unwrap();
         assert!(c.sessions.is_none(), "{text}");

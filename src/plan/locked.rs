@@ -4,84 +4,35 @@
 //! covered by that set are drift.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
 
 use crate::build::venv::Package;
-use crate::config::LockedSelection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockedError {
-    #[error("cannot run `uv export` for session `{session}` ({place}): {detail}\n  hint: install uv (pip install uv), or drop `locked:` from the session to key it by the whole uv.lock")]
-    Spawn {
-        session: String,
-        place: String,
-        detail: String,
-    },
-    #[error("`uv export` failed for session `{session}` ({place}):\n{stderr}\n  hint: check the groups/extras under `locked:` exist in pyproject.toml and that uv.lock is up to date (`uv lock`)")]
-    Failed {
-        session: String,
-        place: String,
-        stderr: String,
-    },
+    #[error("`uv export` failed for session `{session}` (locked: in venvimg.yaml):\n{stderr}\n  hint: check the groups/extras under `locked:` exist in pyproject.toml and that uv.lock is up to date (`uv lock`)")]
+    Failed { session: String, stderr: String },
 }
 
-/// Where `uv export` runs: this machine's uv, or the base image's.
-pub enum ExportIn<'a> {
-    Host,
-    Image {
-        engine: &'a str,
-        image: &'a str,
-        insecure: bool,
-    },
-}
-
-/// The session's resolved requirement lines, sorted: what its key covers.
-pub fn resolved_set(
+/// The session's resolved requirement lines, sorted: what its key covers. They come from
+/// the `uv export` the plan's hook ran for it (in the base image, or here for the local
+/// builder).
+pub fn from_exports(
     session: &str,
-    selection: &LockedSelection,
-    project_dir: &Path,
-    place: &ExportIn,
+    exports: &[crate::python::hook::ExportResult],
 ) -> Result<Vec<String>, LockedError> {
-    let args = selection.export_args();
-    let (mut cmd, where_) = match place {
-        ExportIn::Host => {
-            let mut c = Command::new("uv");
-            c.current_dir(project_dir).args(&args);
-            (c, "uv on this machine".to_string())
-        }
-        ExportIn::Image {
-            engine,
-            image,
-            insecure,
-        } => {
-            let mut c = crate::build::builder::in_base_image(
-                engine,
-                image,
-                *insecure,
-                project_dir,
-                &[("UV_OFFLINE", "1")],
-                "uv",
-            );
-            c.args(&args);
-            (c, format!("base image {image}"))
-        }
-    };
-    // uv must not touch the network or the lock: --frozen reads uv.lock as it is.
-    cmd.env("UV_OFFLINE", "1");
-    let out = cmd.output().map_err(|e| LockedError::Spawn {
-        session: session.into(),
-        place: where_.clone(),
-        detail: e.to_string(),
-    })?;
-    if !out.status.success() {
+    let Some(e) = exports.iter().find(|e| e.id == session) else {
         return Err(LockedError::Failed {
             session: session.into(),
-            place: where_,
-            stderr: String::from_utf8_lossy(&out.stderr).trim_end().to_string(),
+            stderr: "the plan's hook ran no export for it".into(),
         });
+    };
+    match (&e.output, &e.error) {
+        (Some(out), _) => Ok(parse_export(out)),
+        (None, err) => Err(LockedError::Failed {
+            session: session.into(),
+            stderr: err.clone().unwrap_or_default(),
+        }),
     }
-    Ok(parse_export(&String::from_utf8_lossy(&out.stdout)))
 }
 
 /// Requirement lines without comments, blank lines or continuation backslashes, sorted.
@@ -96,23 +47,7 @@ pub fn parse_export(text: &str) -> Vec<String> {
     lines
 }
 
-/// PEP 503 name normalisation.
-pub fn normalize(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut sep = false;
-    for c in name.chars() {
-        if c == '-' || c == '_' || c == '.' {
-            sep = true;
-        } else {
-            if sep && !out.is_empty() {
-                out.push('-');
-            }
-            sep = false;
-            out.push(c.to_ascii_lowercase());
-        }
-    }
-    out
-}
+pub use crate::python::installs::normalize;
 
 /// `name==version ; marker` lines → normalised name → version.
 pub fn pinned(lines: &[String]) -> BTreeMap<String, String> {

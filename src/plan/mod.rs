@@ -1,15 +1,24 @@
 //! The plan: which sessions, the key of each (a hash of everything that decides its
-//! layer's bytes), its tag, and whether the registry already has it.
+//! layer's bytes), its tag, and whether the registry already has a image for it that
+//! still matches the checkout.
+//!
+//! How a key is made: the noxfile is run by venvimg's hook in the base image (the local
+//! builder: on this machine), network off, project read-only, with every command faked —
+//! a dry run. What the sessions would run, and the project files those installs would
+//! read (followed through nested requirement files and path installs), are hashed into
+//! each session's key along with the settings. The image records what its build read; a
+//! hit is accepted only while those files still hash the same.
 
 pub mod explain;
 pub mod locked;
+pub mod record;
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use oci_client::Reference;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{BuildMode, Config, LockedSelection, ProjectMode, SessionConfig};
@@ -17,22 +26,24 @@ use crate::error::Error;
 use crate::image::BaseImage;
 use crate::layer::Compression;
 use crate::nox;
+use crate::python::hook::{ListedSession, PlanSpec, SpecExport, SpecGroup};
+use crate::python::inputs::{self, Derived, Discovered, InputFile};
 use crate::registry::Registry;
 
-/// Bumped whenever venvimg changes how it turns a venv into layer bytes, so images made
-/// by an older venvimg are never taken for ours.
-pub const LAYER_FORMAT_VERSION: u32 = 1;
+/// Bumped whenever venvimg changes how it turns a venv into layer bytes or what a key
+/// covers, so images made by an older venvimg are never taken for ours.
+pub const LAYER_FORMAT_VERSION: u32 = 2;
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+/// The manifest annotation holding what a hit is checked against.
+pub const CHECK_ANNOTATION: &str = "dev.venvimg.check";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct InputDigest {
     pub path: String,
     pub sha256: String,
 }
 
-/// Everything that decides a session layer's bytes, in a fixed field order. Its JSON
-/// serialisation is the canonical document the key hashes; it is also stored in the
-/// image's labels so `plan --explain` and `inspect` can show it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LockedKey {
     pub groups: Vec<String>,
     pub only_groups: Vec<String>,
@@ -44,7 +55,20 @@ pub struct LockedKey {
 /// The lock file a `locked:` session is keyed by in detail rather than by its bytes.
 pub const LOCK_FILE: &str = "uv.lock";
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+/// `refresh:` for a floating session: the key holds the period, so the image is rebuilt
+/// at most that often.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RefreshKey {
+    /// As configured (`7d`).
+    pub every: String,
+    /// Seconds since the epoch divided by the period's length.
+    pub period: u64,
+}
+
+/// Everything that decides a session layer's bytes, in a fixed field order. Its JSON
+/// serialisation is the canonical document the key hashes; it is also stored in the
+/// image's record so `plan --explain` and `inspect` can show it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct KeyDocument {
     pub format: u32,
     pub base: String,
@@ -60,20 +84,34 @@ pub struct KeyDocument {
     pub owner: String,
     pub project: String,
     pub build: String,
-    pub posargs: Vec<String>,
+    /// sha256 of the posargs (a `build: run` session's arguments may hold secrets; the
+    /// record is public to whoever can pull the image).
+    #[serde(default)]
+    pub posargs: String,
+    /// Session environment: names, and the sha256 of each value.
     pub env: BTreeMap<String, String>,
+    /// The noxfile and the files listed under `inputs:`, whole.
     pub inputs: Vec<InputDigest>,
-    /// With `locked:`: the session's own resolved package set, which replaces uv.lock
-    /// among the inputs.
+    /// With `locked:`: the session's own resolved package set.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub locked: Option<LockedKey>,
     /// With `project: keyed`: a digest of the project's own files.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub project_files: Option<String>,
-    /// sha256 of what the builder runs (the build script and its fixed environment), so a
-    /// venvimg whose build recipe changed never reuses images made by the old one.
+    /// sha256 of what the builder runs (the build script, the hook, its fixed
+    /// environment), so a venvimg whose build recipe changed never reuses images made by
+    /// the old one.
     #[serde(default)]
     pub recipe: String,
+    /// What the dry run found the session's installs read and run.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub discovered: Option<Discovered>,
+    /// Why the dry run could not run this session: it is keyed by its settings and the
+    /// noxfile alone, and every hit is checked against what its build read.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub opaque: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub refresh: Option<RefreshKey>,
 }
 
 impl KeyDocument {
@@ -83,6 +121,14 @@ impl KeyDocument {
     pub fn key(&self) -> String {
         hex::encode(Sha256::digest(self.canonical()))
     }
+}
+
+/// What an image carries so a plan can check a hit: its key, and every project file its
+/// build read with the digest it had (in the manifest, so one GET decides a hit).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CheckAnnotation {
+    pub key: String,
+    pub files: Vec<InputFile>,
 }
 
 fn locked_key(sel: &LockedSelection, packages: Vec<String>) -> LockedKey {
@@ -113,6 +159,13 @@ pub enum Status {
     Miss,
 }
 
+/// Why the dry run says a session cannot be built as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// nox skipped it: the base image lacks the Python it asks for.
+    MissingInterpreter { python: String },
+}
+
 #[derive(Debug, Clone)]
 pub struct SessionPlan {
     pub config: SessionConfig,
@@ -122,6 +175,11 @@ pub struct SessionPlan {
     pub tag: String,
     pub image: Reference,
     pub status: Status,
+    /// What the dry run derived (None for an opaque session).
+    pub derived: Option<Derived>,
+    /// An image exists at the tag, but files its build read changed since (a miss).
+    pub changed: Vec<String>,
+    pub problem: Option<Problem>,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +187,9 @@ pub struct Plan {
     pub base: BaseImage,
     pub inputs: Vec<InputDigest>,
     pub sessions: Vec<SessionPlan>,
+    /// Every session the noxfile defines.
+    pub listing: Vec<ListedSession>,
+    pub nox_version: Option<String>,
 }
 
 impl Plan {
@@ -159,9 +220,12 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// The noxfile and the files listed under `inputs:`, whole.
 pub fn hash_inputs(config: &Config) -> Result<Vec<InputDigest>, Error> {
-    let mut out = Vec::with_capacity(config.inputs.len());
-    for input in &config.inputs {
+    let mut names: Vec<String> = vec![crate::config::NOXFILE.to_string()];
+    names.extend(config.inputs.iter().cloned());
+    let mut out = Vec::with_capacity(names.len());
+    for input in &names {
         let path = config.project_dir.join(input);
         let sha256 = sha256_file(&path).map_err(|source| Error::Io {
             path: path.clone(),
@@ -178,86 +242,148 @@ pub fn hash_inputs(config: &Config) -> Result<Vec<InputDigest>, Error> {
     Ok(out)
 }
 
-/// A session to plan, with the signature nox names its venv by.
-#[derive(Debug, Clone)]
-pub struct Selected {
-    pub config: SessionConfig,
+fn matches(name: &str, s: &ListedSession) -> bool {
+    name == s.session || name == s.name || s.signatures.iter().any(|g| g == name)
 }
 
-/// Which sessions this run covers: those configured (checked against what the noxfile
-/// defines), or what `nox --list` selects; narrowed by `--session`.
+/// Which sessions this run covers: those configured (checked against every session the
+/// noxfile defines, `default=False` ones included; a function name stands for all its
+/// signatures), or what nox selects by default; narrowed by `--session`.
 pub fn select_sessions(
     config: &Config,
     only: &[String],
-    list: &dyn Fn(bool) -> Result<Vec<nox::NoxSession>, nox::NoxError>,
-) -> Result<Vec<Selected>, Error> {
-    let sessions: Vec<SessionConfig> = match &config.sessions {
-        None => list(false)?
-            .into_iter()
-            .map(|s| config.default_session(&s.session))
-            .collect(),
+    listing: &[ListedSession],
+) -> Result<Vec<SessionConfig>, Error> {
+    let unknown = |name: &str| Error::UnknownSession {
+        file: config.project_dir.join(crate::config::NOXFILE),
+        name: name.to_string(),
+        available: listing.iter().map(|d| d.session.clone()).collect(),
+    };
+    let mut sessions: Vec<SessionConfig> = Vec::new();
+    match &config.sessions {
+        None => {
+            for s in listing.iter().filter(|s| s.selected) {
+                sessions.push(config.default_session(&s.session));
+            }
+        }
         Some(configured) => {
-            let defined = list(true)?;
-            let mut out = Vec::new();
-            for s in configured {
-                if defined.iter().any(|d| d.session == s.name) {
-                    out.push(s.clone());
-                    continue;
-                }
-                // A function name stands for all its signatures (`tests` → tests-3.11,
-                // tests-3.12), as `nox -s tests` does.
-                let expanded: Vec<&nox::NoxSession> =
-                    defined.iter().filter(|d| d.name == s.name).collect();
+            for c in configured {
+                let expanded: Vec<&ListedSession> =
+                    listing.iter().filter(|d| matches(&c.name, d)).collect();
                 if expanded.is_empty() {
-                    return Err(Error::UnknownSession {
-                        file: config.file.clone(),
-                        name: s.name.clone(),
-                        available: defined.iter().map(|d| d.session.clone()).collect(),
-                    });
+                    return Err(unknown(&c.name));
                 }
                 for d in expanded {
-                    let mut c = s.clone();
-                    c.name = d.session.clone();
-                    out.push(c);
+                    let mut s = c.clone();
+                    s.name = d.session.clone();
+                    sessions.push(s);
                 }
             }
-            out
         }
-    };
+    }
+    // `--session` may name a session the configuration leaves out (nox's `-s` runs
+    // default=False sessions too); it gets the defaults.
+    for o in only {
+        let expanded: Vec<&ListedSession> = listing.iter().filter(|d| matches(o, d)).collect();
+        if expanded.is_empty() {
+            return Err(unknown(o));
+        }
+        for d in expanded {
+            if !sessions.iter().any(|s| s.name == d.session) {
+                sessions.push(config.default_session(&d.session));
+            }
+        }
+    }
     if sessions.is_empty() {
         return Err(Error::Usage(format!(
-            "{}: nox lists no sessions; add sessions to noxfile.py or list them under `sessions:`",
-            config.project_dir.join("noxfile.py").display()
+            "{}: nox selects no sessions; add sessions to noxfile.py or list them under `sessions:`",
+            config.project_dir.join(crate::config::NOXFILE).display()
         )));
     }
-    let mut selected: Vec<Selected> = Vec::new();
+    let mut selected: Vec<SessionConfig> = Vec::new();
     for s in sessions {
-        if !only.is_empty() && !only.contains(&s.name) {
-            continue;
-        }
-        if selected.iter().any(|x| x.config.name == s.name) {
-            continue;
-        }
-        selected.push(Selected { config: s });
-    }
-    for o in only {
-        if !selected.iter().any(|s| &s.config.name == o) {
-            return Err(Error::UnknownSession {
-                file: config.file.clone(),
-                name: o.clone(),
-                available: {
-                    let mut all = Vec::new();
-                    for s in config.sessions.iter().flatten() {
-                        all.push(s.name.clone());
-                    }
-                    all
-                },
-            });
+        let wanted = only.is_empty()
+            || only
+                .iter()
+                .any(|o| listing.iter().any(|d| d.session == s.name && matches(o, d)));
+        if wanted && !selected.iter().any(|x| x.name == s.name) {
+            selected.push(s);
         }
     }
     Ok(selected)
 }
 
+/// What the hook's dry run covers: the configured sessions grouped by how they build,
+/// plus any `--session` names; `locked:` exports.
+pub fn plan_spec(config: &Config, only: &[String]) -> PlanSpec {
+    let mut groups: Vec<SpecGroup> = Vec::new();
+    let mut add = |names: Option<Vec<String>>, s: Option<&SessionConfig>| {
+        let run = s.map(|s| s.build).unwrap_or(config.default_build) == BuildMode::Run;
+        let posargs = s.map(|s| s.posargs.clone()).unwrap_or_default();
+        let env = s.map(|s| s.env.clone()).unwrap_or_default();
+        if let Some(g) = groups
+            .iter_mut()
+            .find(|g| g.run == run && g.posargs == posargs && g.env == env)
+        {
+            match (&mut g.sessions, names) {
+                (Some(list), Some(more)) => list.extend(more),
+                (slot, None) => *slot = None,
+                (None, Some(_)) => {}
+            }
+            return;
+        }
+        groups.push(SpecGroup {
+            sessions: names,
+            run,
+            posargs,
+            env,
+        });
+    };
+    match &config.sessions {
+        None => add(None, None),
+        Some(list) => {
+            for s in list {
+                add(Some(vec![s.name.clone()]), Some(s));
+            }
+        }
+    }
+    let configured: Vec<&str> = config
+        .sessions
+        .iter()
+        .flatten()
+        .map(|s| s.name.as_str())
+        .collect();
+    let extra: Vec<String> = only
+        .iter()
+        .filter(|o| !configured.contains(&o.as_str()))
+        .cloned()
+        .collect();
+    if !extra.is_empty() {
+        add(Some(extra), None);
+    }
+    let exports = config
+        .sessions
+        .iter()
+        .flatten()
+        .filter_map(|s| {
+            s.locked.as_ref().map(|l| SpecExport {
+                id: s.name.clone(),
+                args: l.export_args(),
+            })
+        })
+        .collect();
+    PlanSpec {
+        envdir: config.envdir.clone(),
+        groups,
+        exports,
+    }
+}
+
+fn hashed(value: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(value.as_bytes())))
+}
+
+/// The parts of a key document that do not come from the dry run.
 pub fn key_document(
     config: &Config,
     base_digest: &str,
@@ -269,12 +395,6 @@ pub fn key_document(
         (Some(sel), Some(packages)) => Some(locked_key(sel, packages)),
         _ => None,
     };
-    // A locked session's packages stand for uv.lock; its other inputs still count whole.
-    let inputs: Vec<InputDigest> = inputs
-        .iter()
-        .filter(|i| locked.is_none() || i.path != LOCK_FILE)
-        .cloned()
-        .collect();
     let project_files = match session.project {
         ProjectMode::Keyed => Some(project_files_digest(&config.project_dir)?),
         _ => None,
@@ -300,12 +420,23 @@ pub fn key_document(
             BuildMode::InstallOnly => "install-only".into(),
             BuildMode::Run => "run".into(),
         },
-        posargs: session.posargs.clone(),
-        env: session.env.clone(),
-        inputs,
+        posargs: if session.posargs.is_empty() {
+            String::new()
+        } else {
+            hashed(&serde_json::to_string(&session.posargs).expect("json"))
+        },
+        env: session
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), hashed(v)))
+            .collect(),
+        inputs: inputs.to_vec(),
         locked,
         project_files,
         recipe: crate::build::recipe_digest(config, session),
+        discovered: None,
+        opaque: None,
+        refresh: None,
     })
 }
 
@@ -412,86 +543,110 @@ fn walk_project(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Res
     Ok(())
 }
 
-/// Plan every selected session: resolve the base, compute keys, HEAD the tags.
+/// Values never to show in a record: build_env and every session's env.
+pub fn secret_values(config: &Config, extra: &BTreeMap<String, String>) -> Vec<String> {
+    let mut v: Vec<String> = config
+        .build_env
+        .values()
+        .chain(extra.values())
+        .chain(
+            config
+                .sessions
+                .iter()
+                .flatten()
+                .flat_map(|s| s.env.values()),
+        )
+        .filter(|s| s.len() >= 4)
+        .cloned()
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The period index of `refresh` now.
+fn refresh_key(every: &crate::config::Refresh) -> RefreshKey {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    RefreshKey {
+        every: every.text.clone(),
+        period: now / every.seconds.max(1),
+    }
+}
+
+/// Plan every selected session: resolve the base, dry-run the noxfile, compute keys, and
+/// look each tag up (a hit only when the files its image's build read are unchanged).
 pub async fn make_plan(
     config: &Config,
     registry: &Registry,
     only: &[String],
 ) -> Result<Plan, Error> {
-    // Ask this machine's nox while the registry resolves the base: on the hit path the two
-    // are most of the time a plan takes.
-    let all = config.sessions.is_some();
-    let project_dir = config.project_dir.clone();
-    let host_list = tokio::task::spawn_blocking(move || nox::list_sessions(&project_dir, all));
-    let inputs = hash_inputs(config)?;
+    let explicit = hash_inputs(config)?;
     let base = registry
         .resolve_base(&config.base, &config.platform)
         .await?;
-    let host_list = std::cell::RefCell::new(Some(
-        host_list.await.expect("nox listing thread does not panic"),
-    ));
-    let pinned = base.pinned();
-    let base_registry = config.base.resolve_registry();
-    let insecure = crate::registry::is_loopback(base_registry)
-        || config
-            .insecure_registries
-            .iter()
-            .any(|r| r == base_registry);
-    // nox on this machine is fastest; when it is missing or lacks a plugin the noxfile
-    // imports, a container builder asks the base image's nox, where the build will run.
-    let list = |all_wanted: bool| match host_list
-        .borrow_mut()
-        .take()
-        .filter(|_| all_wanted == all)
-        .unwrap_or_else(|| nox::list_sessions(&config.project_dir, all_wanted))
-    {
-        Err(nox::NoxError::Spawn { .. } | nox::NoxError::MissingModule { .. })
-            if config.builder != crate::config::BuilderKind::Local =>
-        {
-            nox::list_sessions_in(
-                &nox::ListIn::Image {
-                    engine: config.builder.as_str(),
-                    image: &pinned,
-                    insecure,
-                },
-                &config.project_dir,
-                all,
-            )
-        }
-        other => other,
-    };
-    let selected = select_sessions(config, only, &list)?;
-    // `uv export` for locked sessions: this machine's uv, else the base image's.
-    let export = |name: &str, sel: &LockedSelection| match locked::resolved_set(
-        name,
-        sel,
-        &config.project_dir,
-        &locked::ExportIn::Host,
-    ) {
-        Err(locked::LockedError::Spawn { .. })
-            if config.builder != crate::config::BuilderKind::Local =>
-        {
-            locked::resolved_set(
-                name,
-                sel,
-                &config.project_dir,
-                &locked::ExportIn::Image {
-                    engine: config.builder.as_str(),
-                    image: &pinned,
-                    insecure,
-                },
-            )
-        }
-        other => other,
-    };
+    let spec = plan_spec(config, only);
+    let place = crate::build::builder::HookPlace::for_config(config, &base);
+    let project_dir = config.project_dir.clone();
+    let workdir = config.workdir.clone();
+    let envdir = config.envdir.clone();
+    let (hook_out, seen_workdir) = tokio::task::spawn_blocking(move || {
+        crate::build::builder::run_hook_plan(&place, &project_dir, &workdir, &envdir, &spec)
+    })
+    .await
+    .expect("the dry run thread does not panic")?;
+    let selected = select_sessions(config, only, &hook_out.listing)?;
+    let secrets = secret_values(config, &BTreeMap::new());
+
     let mut sessions = Vec::with_capacity(selected.len());
-    for sel in selected {
-        let venv_dir = nox::venv_dir_name(&config.envdir, &sel.config.name);
-        let resolved = match &sel.config.locked {
-            Some(l) => Some(export(&sel.config.name, l)?),
+    for session in selected {
+        let venv_dir = nox::venv_dir_name(&config.envdir, &session.name);
+        let resolved = match &session.locked {
+            Some(_) => Some(locked::from_exports(&session.name, &hook_out.exports)?),
             None => None,
         };
-        let document = key_document(config, &base.digest, &inputs, &sel.config, resolved)?;
+        let mut document = key_document(config, &base.digest, &explicit, &session, resolved)?;
+        let events = hook_out.records.sessions.get(&session.name);
+        let mut problem = None;
+        let mut derived = None;
+        match events.and_then(|e| e.status.as_deref()) {
+            Some("SUCCESS") => {
+                let ctx = inputs::Context {
+                    session: &session.name,
+                    project_dir: &config.project_dir,
+                    workdir: &seen_workdir,
+                    envdir: &config.envdir,
+                    secrets: &secrets,
+                };
+                let d = inputs::derive(&ctx, &hook_out.records.module, events.expect("status"))?;
+                document.discovered = Some(d.discovered.clone());
+                derived = Some(d);
+            }
+            Some("SKIPPED") => {
+                let reason = events.and_then(|e| e.reason.clone()).unwrap_or_default();
+                problem = Some(Problem::MissingInterpreter {
+                    python: missing_python(&reason).unwrap_or(reason),
+                });
+                document.opaque = Some("skipped by nox in the dry run".into());
+            }
+            other => {
+                let reason = events
+                    .and_then(|e| e.reason.clone())
+                    .unwrap_or_else(|| other.unwrap_or("not run").to_string());
+                document.opaque = Some(format!("the dry run failed: {reason}"));
+            }
+        }
+        let floating = document
+            .discovered
+            .as_ref()
+            .is_some_and(|d| !d.floating.is_empty());
+        if let Some(every) = session.refresh.as_ref().or(config.refresh.as_ref()) {
+            if floating || document.opaque.is_some() {
+                document.refresh = Some(refresh_key(every));
+            }
+        }
         let key = document.key();
         let tag = tag_for(&venv_dir, &key);
         let image = Reference::with_tag(
@@ -500,31 +655,93 @@ pub async fn make_plan(
             tag.clone(),
         );
         sessions.push(SessionPlan {
-            config: sel.config,
+            config: session,
             venv_dir,
             document,
             key,
             tag,
             image,
             status: Status::Miss,
+            derived,
+            changed: Vec::new(),
+            problem,
         });
     }
-    // HEAD all tags concurrently: a hit costs one request, and 20 sessions should not
-    // cost 20 round trips in sequence.
-    let lookups =
-        futures_util::future::join_all(sessions.iter().map(|s| registry.manifest_digest(&s.image)))
-            .await;
+    // Look every tag up at once: a hit costs one request, and 20 sessions should not cost
+    // 20 round trips in sequence. GET, not HEAD: the manifest says what to check.
+    let lookups = futures_util::future::join_all(
+        sessions
+            .iter()
+            .map(|s| registry.manifest_if_exists(&s.image)),
+    )
+    .await;
     for (s, found) in sessions.iter_mut().zip(lookups) {
-        s.status = match found? {
-            Some(digest) => Status::Hit { digest },
-            None => Status::Miss,
+        let Some((bytes, digest)) = found? else {
+            continue;
         };
+        match check_hit(&bytes, &s.key, &config.project_dir) {
+            Ok(()) => s.status = Status::Hit { digest },
+            Err(changed) => s.changed = changed,
+        }
     }
     Ok(Plan {
         base,
-        inputs,
+        inputs: explicit,
         sessions,
+        listing: hook_out.listing,
+        nox_version: hook_out.nox_version,
     })
+}
+
+/// "Python interpreter 3.13 not found" → "3.13".
+fn missing_python(reason: &str) -> Option<String> {
+    let rest = reason.split("interpreter ").nth(1)?;
+    Some(rest.split(" not found").next()?.trim().to_string())
+}
+
+/// Is the image at a session's tag one its plan can use? Its check annotation must carry
+/// the same key, and every file its build read must hash as it did.
+pub fn check_hit(manifest: &[u8], key: &str, project_dir: &Path) -> Result<(), Vec<String>> {
+    let check = parse_check(manifest).ok_or_else(|| {
+        vec![
+            "the image carries no check of what its build read (not made by this venvimg)"
+                .to_string(),
+        ]
+    })?;
+    if check.key != key {
+        return Err(vec![format!(
+            "the image was made for key {}, not {}",
+            &check.key[..check.key.len().min(16)],
+            &key[..16]
+        )]);
+    }
+    let changed: Vec<String> = check
+        .files
+        .iter()
+        .filter_map(|f| {
+            inputs::changed(project_dir, f).map(|now| {
+                if now == inputs::ABSENT {
+                    format!("{} (gone)", f.path)
+                } else if f.sha256 == inputs::ABSENT {
+                    format!("{} (new)", f.path)
+                } else {
+                    format!("{} (changed)", f.path)
+                }
+            })
+        })
+        .collect();
+    if changed.is_empty() {
+        Ok(())
+    } else {
+        Err(changed)
+    }
+}
+
+/// The check annotation of a manifest, if it has one that parses.
+pub fn parse_check(manifest: &[u8]) -> Option<CheckAnnotation> {
+    let v: serde_json::Value = serde_json::from_slice(manifest).ok()?;
+    let raw = v.get("annotations")?.get(CHECK_ANNOTATION)?.as_str()?;
+    serde_json::from_str(raw).ok()
 }
 
 #[cfg(test)]
@@ -545,15 +762,18 @@ mod tests {
             owner: "0:0".into(),
             project: "refuse".into(),
             build: "install-only".into(),
-            posargs: vec![],
+            posargs: String::new(),
             env: BTreeMap::new(),
             inputs: vec![InputDigest {
-                path: "uv.lock".into(),
+                path: "noxfile.py".into(),
                 sha256: "00".into(),
             }],
             locked: None,
             project_files: None,
             recipe: "r".into(),
+            discovered: None,
+            opaque: None,
+            refresh: None,
         }
     }
 
@@ -567,6 +787,11 @@ mod tests {
     fn every_field_changes_the_key() {
         let base = doc().key();
         type Mutation = Box<dyn Fn(&mut KeyDocument)>;
+        let file = |sha: &str| InputFile {
+            path: "req.txt".into(),
+            sha256: sha.into(),
+            via: "-r".into(),
+        };
         let mutations: Vec<Mutation> = vec![
             Box::new(|d| d.format = 2),
             Box::new(|d| d.base = "sha256:bb".into()),
@@ -580,12 +805,12 @@ mod tests {
             Box::new(|d| d.owner = "1000:1000".into()),
             Box::new(|d| d.project = "editable".into()),
             Box::new(|d| d.build = "run".into()),
-            Box::new(|d| d.posargs = vec!["-x".into()]),
+            Box::new(|d| d.posargs = hashed("[\"-x\"]")),
             Box::new(|d| {
-                d.env.insert("A".into(), "1".into());
+                d.env.insert("A".into(), hashed("1"));
             }),
             Box::new(|d| d.inputs[0].sha256 = "01".into()),
-            Box::new(|d| d.inputs[0].path = "other.lock".into()),
+            Box::new(|d| d.inputs[0].path = "other.py".into()),
             Box::new(|d| d.project_files = Some("ff".into())),
             Box::new(|d| d.recipe = "r2".into()),
             Box::new(|d| {
@@ -594,6 +819,33 @@ mod tests {
                     only_groups: vec![],
                     extras: vec![],
                     packages: vec!["a==1".into()],
+                })
+            }),
+            Box::new(move |d| {
+                d.discovered = Some(Discovered {
+                    files: vec![file("01")],
+                    commands: "c".into(),
+                    ..Discovered::default()
+                })
+            }),
+            Box::new(move |d| {
+                d.discovered = Some(Discovered {
+                    files: vec![file("02")],
+                    commands: "c".into(),
+                    ..Discovered::default()
+                })
+            }),
+            Box::new(|d| {
+                d.discovered = Some(Discovered {
+                    commands: "c2".into(),
+                    ..Discovered::default()
+                })
+            }),
+            Box::new(|d| d.opaque = Some("failed".into())),
+            Box::new(|d| {
+                d.refresh = Some(RefreshKey {
+                    every: "7d".into(),
+                    period: 3,
                 })
             }),
         ];
@@ -615,5 +867,35 @@ mod tests {
         let t = tag_for("tests-3-12", &k);
         assert_eq!(t.len(), "tests-3-12-".len() + 16);
         assert!(t.starts_with("tests-3-12-"));
+    }
+
+    #[test]
+    fn hits_are_checked_against_what_the_build_read() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("req.txt"), "six==1\n").unwrap();
+        let sha = inputs::sha256_hex(b"six==1\n");
+        let key = "ab".repeat(32);
+        let manifest = |files: Vec<InputFile>| {
+            let check = CheckAnnotation {
+                key: key.clone(),
+                files,
+            };
+            serde_json::to_vec(&serde_json::json!({
+                "annotations": {CHECK_ANNOTATION: serde_json::to_string(&check).unwrap()}
+            }))
+            .unwrap()
+        };
+        let f = |sha: &str| InputFile {
+            path: "req.txt".into(),
+            sha256: sha.into(),
+            via: String::new(),
+        };
+        assert_eq!(check_hit(&manifest(vec![f(&sha)]), &key, d.path()), Ok(()));
+        assert_eq!(
+            check_hit(&manifest(vec![f("00")]), &key, d.path()),
+            Err(vec!["req.txt (changed)".to_string()])
+        );
+        assert!(check_hit(&manifest(vec![]), &"cd".repeat(32), d.path()).is_err());
+        assert!(check_hit(b"{}", &key, d.path()).is_err());
     }
 }

@@ -374,6 +374,26 @@ impl Registry {
         }
     }
 
+    /// GET a manifest if the tag exists: its bytes and digest, or `None` when the registry
+    /// says it is unknown. Costs one request, like a HEAD, and says what a hit must be
+    /// checked against.
+    pub async fn manifest_if_exists(
+        &self,
+        r: &Reference,
+    ) -> Result<Option<(bytes::Bytes, String)>, RegistryError> {
+        let auth = self.auth(r);
+        let res = retry(|| {
+            self.client
+                .pull_manifest_raw(r, &auth, MediaTypes::ACCEPTED_MANIFESTS)
+        })
+        .await;
+        match res {
+            Ok(found) => Ok(Some(found)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.explain(r, "look up", e)),
+        }
+    }
+
     /// Fetch a manifest's exact bytes and its digest.
     pub async fn manifest_raw(
         &self,

@@ -295,6 +295,11 @@ fn print_plan(plan: &Plan, config: &Config, json: bool, printer: &Printer) {
 /// What a plan found that the user should know besides hit or miss: floating sessions,
 /// what the dry run could not key.
 pub fn report_plan_findings(plan: &Plan, printer: &Printer) {
+    printer.verbose(format!(
+        "dry run of the noxfile: {} (nox {})",
+        plan.dry_run_source,
+        plan.nox_version.as_deref().unwrap_or("?")
+    ));
     for s in &plan.sessions {
         if let Some(d) = &s.document.discovered {
             if !d.floating.is_empty() {

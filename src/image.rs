@@ -186,6 +186,13 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// `sha256:` and 64 lower-case hex digits: the only digests venvimg turns into requests
+/// or paths.
+pub fn valid_digest(d: &str) -> bool {
+    d.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ManifestOut<'a> {

@@ -128,19 +128,32 @@ fn a_lock_change_rebuilds_only_the_sessions_it_touches() {
     assert!(text.contains("package packaging: 26.3 → 24.2"), "{text}");
 }
 
+/// Without `locked:`, venvimg finds by itself what each session takes from uv.lock (the
+/// `uv sync` selection its noxfile runs): a lint-only bump changes lint's key and not
+/// tests', exactly as with `locked:`, and a runtime bump changes both.
 #[test]
-fn without_locked_any_lock_change_misses_every_session() {
-    let dir = support::copy_fixture("groups");
-    configure(
-        dir.path(),
-        &support::unique_repo("coarse"),
-        "sessions: [tests, lint]\n",
-    );
-    let before = plan(dir.path());
-    use_lock(dir.path(), "lint-bump.lock");
-    let after = plan(dir.path());
-    for i in 0..2 {
-        assert_ne!(before["sessions"][i]["key"], after["sessions"][i]["key"]);
+fn without_locked_a_lock_change_changes_only_the_keys_of_sessions_it_touches() {
+    let keys = |sessions: &str, lock: Option<&str>| -> Vec<String> {
+        let dir = support::copy_fixture("groups");
+        configure(dir.path(), &support::unique_repo("coarse"), sessions);
+        if let Some(l) = lock {
+            use_lock(dir.path(), l);
+        }
+        plan(dir.path())["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["key"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for sessions in ["sessions: [tests, lint]\n", LOCKED] {
+        let before = keys(sessions, None);
+        let lint_bump = keys(sessions, Some("lint-bump.lock"));
+        assert_eq!(before[0], lint_bump[0], "tests keeps its key ({sessions})");
+        assert_ne!(before[1], lint_bump[1], "lint changes ({sessions})");
+        let runtime_bump = keys(sessions, Some("runtime-bump.lock"));
+        assert_ne!(before[0], runtime_bump[0], "{sessions}");
+        assert_ne!(before[1], runtime_bump[1], "{sessions}");
     }
 }
 

@@ -300,6 +300,18 @@ pub async fn run(
     }
 
     if !args.no_push {
+        // The plan's dry run, for the next plans on other runners (best effort).
+        if let Some((target, d)) = &plan.dry_run_to_share {
+            match registry
+                .push_artifact(target, crate::python::dryrun::MEDIA_TYPE, d.to_bytes())
+                .await
+            {
+                Ok(_) => printer.verbose(format!("saved the dry run as {}", target.whole())),
+                Err(e) => {
+                    printer.warn(format!("could not save the dry run for other runners: {e}"))
+                }
+            }
+        }
         for (target, img) in &composed {
             let p = printer.spinner(format!("pushing {}", target.whole()));
             push::push_image(registry, target, img, &plan.base, &local_files).await?;

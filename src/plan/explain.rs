@@ -10,7 +10,8 @@ use serde_json::Value;
 use super::{locked, KeyDocument, Plan, SessionPlan, Status};
 use crate::config::Config;
 use crate::error::Error;
-use crate::image::{self, RECORD_LABEL};
+use crate::image;
+use crate::python::inputs::Discovered;
 use crate::registry::Registry;
 
 /// How many earlier images of a session are compared at most (each costs two requests).
@@ -50,6 +51,18 @@ pub async fn explain(
             "  the image for this key exists: {}@{digest}\n",
             s.image.whole()
         ));
+        return Ok(out);
+    }
+    if let Some(super::Problem::MissingInterpreter { python }) = &s.problem {
+        out.push_str(&format!(
+            "  nox skips it in the base image: no Python {python} there\n"
+        ));
+    }
+    if !s.changed.is_empty() {
+        out.push_str("  an image exists at this tag, but what its build read changed since:\n");
+        for c in &s.changed {
+            out.push_str(&format!("    {c}\n"));
+        }
         return Ok(out);
     }
     let earlier = earlier_documents(registry, s).await?;
@@ -128,13 +141,11 @@ async fn earlier_documents(
 
 /// The key document a venvimg image recorded for `session`.
 pub fn record_document(config_json: &[u8], session: &str) -> Option<KeyDocument> {
-    let v: Value = serde_json::from_slice(config_json).ok()?;
-    let record: Value = serde_json::from_str(v["config"]["Labels"][RECORD_LABEL].as_str()?).ok()?;
-    let entry = record["sessions"]
-        .as_array()?
-        .iter()
-        .find(|e| e["session"] == session)?;
-    serde_json::from_value(entry["inputs"].clone()).ok()
+    super::record::ImageRecord::from_config(config_json)?
+        .sessions
+        .into_iter()
+        .find(|e| e.session == session)
+        .map(|e| e.inputs)
 }
 
 fn short(s: &str) -> String {
@@ -148,7 +159,7 @@ pub fn differences(old: &KeyDocument, new: &KeyDocument) -> Vec<String> {
     let o = serde_json::to_value(old).unwrap_or_default();
     let n = serde_json::to_value(new).unwrap_or_default();
     for (field, nv) in n.as_object().into_iter().flatten() {
-        if matches!(field.as_str(), "inputs" | "locked") {
+        if matches!(field.as_str(), "inputs" | "locked" | "discovered") {
             continue;
         }
         let ov = o.get(field).cloned().unwrap_or(Value::Null);
@@ -182,6 +193,12 @@ pub fn differences(old: &KeyDocument, new: &KeyDocument) -> Vec<String> {
             out.push(format!("input {path}: no longer an input"));
         }
     }
+    match (&old.discovered, &new.discovered) {
+        (Some(a), Some(b)) => out.extend(discovered_differences(a, b)),
+        (None, Some(_)) => out.push("now keyed by what its installs read (a dry run)".into()),
+        (Some(_), None) => out.push("no longer keyed by a dry run".into()),
+        (None, None) => {}
+    }
     match (&old.locked, &new.locked) {
         (Some(a), Some(b)) => {
             let (pa, pb) = (locked::pinned(&a.packages), locked::pinned(&b.packages));
@@ -210,6 +227,90 @@ pub fn differences(old: &KeyDocument, new: &KeyDocument) -> Vec<String> {
         (None, Some(_)) => out.push("now keyed by its locked package set (locked: added)".into()),
         (Some(_), None) => out.push("no longer keyed by a locked package set".into()),
         (None, None) => {}
+    }
+    out
+}
+
+/// What changed in what the installs read: files (named, with the way they are reached),
+/// lock entries (package by package), commands, floating requirements.
+fn discovered_differences(old: &Discovered, new: &Discovered) -> Vec<String> {
+    let mut out = Vec::new();
+    let files = |d: &Discovered| -> BTreeMap<String, (String, String)> {
+        d.files
+            .iter()
+            .chain(d.generated.iter())
+            .chain(d.noxfile_reads.iter())
+            .map(|f| (f.path.clone(), (f.sha256.clone(), f.via.clone())))
+            .collect()
+    };
+    let (of, nf) = (files(old), files(new));
+    for (path, (sha, via)) in &nf {
+        match of.get(path) {
+            None => out.push(format!("input {path}: now read ({via})")),
+            Some((o, _)) if o != sha => out.push(format!(
+                "input {path}: sha256 {} → {} ({via})",
+                short(o),
+                short(sha)
+            )),
+            _ => {}
+        }
+    }
+    for path in of.keys() {
+        if !nf.contains_key(path) {
+            out.push(format!("input {path}: no longer read"));
+        }
+    }
+    for l in &new.locks {
+        let before = old
+            .locks
+            .iter()
+            .find(|o| o.lock == l.lock && o.selection == l.selection);
+        let Some(before) = before else {
+            out.push(format!(
+                "{} ({}): now installed from",
+                l.lock,
+                l.selection.join(" ")
+            ));
+            continue;
+        };
+        if before.sha256 == l.sha256 {
+            continue;
+        }
+        let (pa, pb) = (
+            locked::pinned(&before.packages),
+            locked::pinned(&l.packages),
+        );
+        let mut named = false;
+        for (name, v) in &pb {
+            match pa.get(name) {
+                None => out.push(format!("{}: package {name} added at {v}", l.lock)),
+                Some(o) if o != v => out.push(format!("{}: package {name}: {o} → {v}", l.lock)),
+                _ => continue,
+            }
+            named = true;
+        }
+        for (name, v) in &pa {
+            if !pb.contains_key(name) {
+                out.push(format!("{}: package {name} removed (was {v})", l.lock));
+                named = true;
+            }
+        }
+        if !named {
+            out.push(format!(
+                "{} ({}): the entries it installs changed (sources or hashes)",
+                l.lock,
+                l.selection.join(" ")
+            ));
+        }
+    }
+    if old.commands != new.commands {
+        out.push(
+            "the commands the session runs changed (the noxfile, or what it computes them from)"
+                .into(),
+        );
+    }
+    for f in new.floating.iter().filter(|f| !old.floating.contains(f)) {
+        out.push(format!("floating: {f}"));
     }
     out
 }

@@ -26,7 +26,8 @@ use crate::error::Error;
 use crate::image::BaseImage;
 use crate::layer::Compression;
 use crate::nox;
-use crate::python::hook::{ListedSession, PlanSpec, SpecExport, SpecGroup};
+use crate::python::dryrun::{self, DryRun};
+use crate::python::hook::{ListedSession, PlanOutput, PlanSpec, SpecExport, SpecGroup};
 use crate::python::inputs::{self, Derived, Discovered, InputFile};
 use crate::registry::Registry;
 
@@ -190,6 +191,10 @@ pub struct Plan {
     /// Every session the noxfile defines.
     pub listing: Vec<ListedSession>,
     pub nox_version: Option<String>,
+    /// Where the dry run came from: `run`, `saved here`, `saved in the repository`.
+    pub dry_run_source: &'static str,
+    /// A dry run made by this plan that `build` saves in the repository for other runners.
+    pub dry_run_to_share: Option<(Reference, DryRun)>,
 }
 
 impl Plan {
@@ -588,15 +593,13 @@ pub async fn make_plan(
         .resolve_base(&config.base, &config.platform)
         .await?;
     let spec = plan_spec(config, only);
-    let place = crate::build::builder::HookPlace::for_config(config, &base);
-    let project_dir = config.project_dir.clone();
-    let workdir = config.workdir.clone();
-    let envdir = config.envdir.clone();
-    let (hook_out, seen_workdir) = tokio::task::spawn_blocking(move || {
-        crate::build::builder::run_hook_plan(&place, &project_dir, &workdir, &envdir, &spec)
-    })
-    .await
-    .expect("the dry run thread does not panic")?;
+    let noxfile_sha = explicit
+        .iter()
+        .find(|i| i.path == crate::config::NOXFILE)
+        .map(|i| i.sha256.clone())
+        .unwrap_or_default();
+    let (hook_out, seen_workdir, dry_run_source, dry_run_to_share) =
+        dry_run(config, registry, &base, spec, &noxfile_sha).await?;
     let selected = select_sessions(config, only, &hook_out.listing)?;
     let secrets = secret_values(config, &BTreeMap::new());
 
@@ -690,7 +693,81 @@ pub async fn make_plan(
         sessions,
         listing: hook_out.listing,
         nox_version: hook_out.nox_version,
+        dry_run_source,
+        dry_run_to_share,
     })
+}
+
+type DryRunResult = (
+    PlanOutput,
+    String,
+    &'static str,
+    Option<(Reference, DryRun)>,
+);
+
+/// The plan's dry run of the noxfile: one saved on this machine or in the repository
+/// while everything it depends on is unchanged, else run now (in the base image; on this
+/// machine for the local builder, which is never reused: its nox is this machine's).
+async fn dry_run(
+    config: &Config,
+    registry: &Registry,
+    base: &BaseImage,
+    spec: PlanSpec,
+    noxfile_sha: &str,
+) -> Result<DryRunResult, Error> {
+    let local = config.builder == crate::config::BuilderKind::Local;
+    let platform = config.platform.to_string();
+    let key = dryrun::cache_key(&dryrun::KeyParts {
+        base: &base.digest,
+        platform: &platform,
+        workdir: &config.workdir,
+        envdir: &config.envdir,
+        spec: &spec,
+        noxfile_sha256: noxfile_sha,
+    });
+    let shared = Reference::with_tag(
+        config.repository.resolve_registry().to_string(),
+        config.repository.repository().to_string(),
+        dryrun::tag(&key),
+    );
+    if !local {
+        if let Some(d) = dryrun::load_local(&key).filter(|d| d.still_holds(&config.project_dir)) {
+            return Ok((d.output(), config.workdir.clone(), "saved here", None));
+        }
+        let saved = registry
+            .pull_artifact(&shared, dryrun::MEDIA_TYPE, dryrun::MAX_SIZE)
+            .await?;
+        if let Some(d) = saved
+            .and_then(|b| DryRun::from_bytes(&b, &key))
+            .filter(|d| d.still_holds(&config.project_dir))
+        {
+            dryrun::save_local(&d);
+            return Ok((
+                d.output(),
+                config.workdir.clone(),
+                "saved in the repository",
+                None,
+            ));
+        }
+    }
+    let place = crate::build::builder::HookPlace::for_config(config, base);
+    let project_dir = config.project_dir.clone();
+    let workdir = config.workdir.clone();
+    let envdir = config.envdir.clone();
+    let locked = !spec.exports.is_empty();
+    let (out, seen) = tokio::task::spawn_blocking(move || {
+        crate::build::builder::run_hook_plan(&place, &project_dir, &workdir, &envdir, &spec)
+    })
+    .await
+    .expect("the dry run thread does not panic")?;
+    if local {
+        return Ok((out, seen, "run", None));
+    }
+    let saved = DryRun::from_output(key, &out, &config.project_dir, &seen, locked);
+    if let Some(d) = &saved {
+        dryrun::save_local(d);
+    }
+    Ok((out, seen, "run", saved.map(|d| (shared, d))))
 }
 
 /// "Python interpreter 3.13 not found" → "3.13".

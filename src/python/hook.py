@@ -20,6 +20,7 @@ Works with nox 2024.4.15 and later.
 
 import hashlib
 import json
+import stat as stat_mod
 import os
 import shutil
 import subprocess
@@ -97,6 +98,12 @@ def _nox_main(argv):
 def cmd_list(out_path, nox_args):
     import nox.tasks
 
+    # What the noxfile reads, lists and checks while nox imports it: the listing depends
+    # on those alone (a plan may reuse it while they are unchanged).
+    rec = Recorder(out_path + ".events", execute=False)
+    rec.watch_stats()
+    sys.addaudithook(rec.audit)
+
     def listing(manifest, global_config):  # noqa: ARG001
         sessions = []
         for s, selected in manifest.list_all_sessions():
@@ -149,6 +156,9 @@ class Recorder:
         self.base_env = dict(os.environ)
         self.session = None
         self.in_command = 0
+        # The hook's own file-system calls (realpath in user_frame) must not be recorded,
+        # nor recurse through the wrapped os.stat.
+        self.busy = False
 
     def emit(self, rec):
         rec["session"] = self.session
@@ -256,6 +266,46 @@ class Recorder:
 
     # -- the noxfile's own doings
 
+    def inside(self, path):
+        return path == self.workdir or path.startswith(self.workdir + os.sep)
+
+    def watch_stats(self):
+        """`os.path.exists` and friends raise no audit event: wrap `os.stat` / `os.lstat`
+        so what the noxfile checks in the project is known (a plan reused from cache must
+        see the same)."""
+        rec = self
+
+        def wrap(orig, kind):
+            def stat(path, *a, **kw):
+                try:
+                    result = orig(path, *a, **kw)
+                except OSError:
+                    result = None
+                    raise_it = True
+                else:
+                    raise_it = False
+                if not rec.busy and not rec.in_command and not isinstance(path, int):
+                    rec.busy = True
+                    try:
+                        p = os.path.abspath(os.fspath(path))
+                        if rec.inside(p) and rec.user_frame():
+                            state = "absent" if result is None else (
+                                "dir" if stat_mod.S_ISDIR(result.st_mode) else
+                                "file" if stat_mod.S_ISREG(result.st_mode) else "other")
+                            rec.emit({"kind": "stat", "path": p, "state": state, "call": kind})
+                    except Exception:  # noqa: BLE001 - never break the noxfile
+                        pass
+                    finally:
+                        rec.busy = False
+                if raise_it:
+                    return orig(path, *a, **kw)
+                return result
+
+            return stat
+
+        os.stat = wrap(os.stat, "stat")
+        os.lstat = wrap(os.lstat, "lstat")
+
     def user_frame(self):
         f = sys._getframe(1)
         while f is not None:
@@ -268,8 +318,15 @@ class Recorder:
         return None
 
     def audit(self, event, args):
-        if event not in AUDITED or self.in_command:
+        if event not in AUDITED or self.in_command or self.busy:
             return
+        self.busy = True
+        try:
+            self.audited(event, args)
+        finally:
+            self.busy = False
+
+    def audited(self, event, args):
         if event == "open":
             if not args or isinstance(args[0], int):
                 return
@@ -296,6 +353,15 @@ class Recorder:
                 argv = [os.fsdecode(argv)]
             argv = [os.fsdecode(a) for a in argv] if argv else []
             self.emit({"kind": "subprocess", "argv": argv, "cwd": os.getcwd(), "from": where})
+        elif event in ("os.listdir", "os.scandir"):
+            if args and isinstance(args[0], int):
+                return
+            where = self.user_frame()
+            if where is None:
+                return
+            path = os.path.abspath(os.fspath(args[0]) if args and args[0] is not None else ".")
+            if self.inside(path):
+                self.emit({"kind": "listing", "path": path, "from": where})
         elif event == "urllib.Request":
             where = self.user_frame()
             if where is None:
@@ -304,7 +370,7 @@ class Recorder:
             self.emit({"kind": "network", "url": str(url)[:500], "from": where})
 
 
-AUDITED = {"open", "subprocess.Popen", "urllib.Request"}
+AUDITED = {"open", "subprocess.Popen", "urllib.Request", "os.listdir", "os.scandir"}
 
 
 def uv_export_args(argv):
@@ -367,6 +433,7 @@ def cmd_record(out_path, execute, nox_args):
         return result
 
     nox.sessions.SessionRunner.execute = run_session
+    rec.watch_stats()
     if not execute:
         # A dry run plans a fresh build: never reuse, and never delete, a venv already
         # at envdir (the local builder's envdir may hold venvs in use).
@@ -403,6 +470,7 @@ def cmd_plan(spec_path, outdir):
         return 0
     with open(listing_path, encoding="utf-8") as f:
         listed = json.load(f)["sessions"]
+    result["list_events"] = "sessions.json.events"
 
     def matches(name, s):
         return name == s["session"] or name == s["name"] or name in s["signatures"]

@@ -86,6 +86,8 @@ struct ListingFile {
 #[derive(Debug, Deserialize)]
 struct PlanFile {
     #[serde(default)]
+    list_events: Option<String>,
+    #[serde(default)]
     error: Option<String>,
     #[serde(default)]
     code: Option<i64>,
@@ -101,7 +103,7 @@ struct PlanGroup {
     records: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 pub struct ExportResult {
     pub id: String,
     #[serde(default)]
@@ -122,7 +124,7 @@ pub struct OutsideFile {
 }
 
 /// One line of the hook's records.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Event {
     /// A command nox ran (or would run, in the dry run).
@@ -170,6 +172,20 @@ pub enum Event {
         #[serde(default)]
         from: String,
     },
+    /// A folder of the project the noxfile listed.
+    Listing {
+        session: Option<String>,
+        path: String,
+        #[serde(default)]
+        from: String,
+    },
+    /// A path of the project the noxfile checked (`os.path.exists` and friends):
+    /// `file`, `dir`, `absent` or `other`.
+    Stat {
+        session: Option<String>,
+        path: String,
+        state: String,
+    },
     /// A URL the noxfile fetched itself.
     Network {
         session: Option<String>,
@@ -194,6 +210,8 @@ impl Event {
             | Event::Read { session, .. }
             | Event::Write { session, .. }
             | Event::Subprocess { session, .. }
+            | Event::Listing { session, .. }
+            | Event::Stat { session, .. }
             | Event::Network { session, .. }
             | Event::Result { session, .. } => session.as_deref(),
         }
@@ -212,12 +230,19 @@ pub struct SessionEvents {
 /// Everything one run of the hook recorded, by session.
 #[derive(Debug, Clone, Default)]
 pub struct Records {
-    /// Events outside any session (the noxfile's import).
+    /// Events outside any session (the noxfile's import, in each process that ran it).
     pub module: Vec<Event>,
     pub sessions: BTreeMap<String, SessionEvents>,
 }
 
 impl Records {
+    /// Every event, module-level first.
+    pub fn all(&self) -> impl Iterator<Item = &Event> {
+        self.module
+            .iter()
+            .chain(self.sessions.values().flat_map(|s| s.events.iter()))
+    }
+
     pub fn add(&mut self, ev: Event) {
         match ev.session().map(str::to_string) {
             None => self.module.push(ev),
@@ -327,8 +352,11 @@ pub fn read_plan(out: &Path) -> Result<PlanOutput, HookError> {
         detail: e.to_string(),
     })?;
     let mut records = Records::default();
-    for g in &plan.groups {
-        let Some(name) = &g.records else { continue };
+    let names = plan
+        .list_events
+        .iter()
+        .chain(plan.groups.iter().filter_map(|g| g.records.as_ref()));
+    for name in names {
         // A name from untrusted output: only a plain file name in `out`.
         if name.contains('/') || name.starts_with('.') {
             return Err(HookError::Bad {

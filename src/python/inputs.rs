@@ -1054,7 +1054,10 @@ pub fn derive(
                         .push(format!("the noxfile writes {path} itself ({from})"));
                 }
             }
-            Event::Read { .. } | Event::Result { .. } => {}
+            Event::Read { .. }
+            | Event::Listing { .. }
+            | Event::Stat { .. }
+            | Event::Result { .. } => {}
         }
     }
     let mut noxfile_reads = BTreeMap::new();

@@ -394,6 +394,96 @@ impl Registry {
         }
     }
 
+    /// Push a small artifact — one blob of `media_type`, an empty config — under `target`'s
+    /// tag: venvimg's own bookkeeping (a saved dry run). Blobs first, then the tag.
+    pub async fn push_artifact(
+        &self,
+        target: &Reference,
+        media_type: &str,
+        data: Vec<u8>,
+    ) -> Result<String, RegistryError> {
+        const EMPTY: &[u8] = b"{}";
+        let auth = self.auth(target);
+        retry(|| {
+            self.client
+                .auth(target, &auth, oci_client::RegistryOperation::Push)
+        })
+        .await
+        .map_err(|e| self.explain(target, "push to", e))?;
+        let data_digest = crate::image::sha256_digest(&data);
+        let empty_digest = crate::image::sha256_digest(EMPTY);
+        for (bytes, digest) in [
+            (EMPTY.to_vec(), &empty_digest),
+            (data.clone(), &data_digest),
+        ] {
+            let exists = retry(|| self.client.blob_exists(target, digest))
+                .await
+                .map_err(|e| self.explain(target, "check a blob in", e))?;
+            if !exists {
+                retry(|| self.client.push_blob(target, bytes.clone(), digest))
+                    .await
+                    .map_err(|e| self.explain(target, "push a blob to", e))?;
+            }
+        }
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": MediaTypes::OCI_MANIFEST,
+            "artifactType": media_type,
+            "config": {
+                "mediaType": "application/vnd.oci.empty.v1+json",
+                "digest": empty_digest,
+                "size": EMPTY.len(),
+            },
+            "layers": [{"mediaType": media_type, "digest": data_digest, "size": data.len()}],
+        }))
+        .expect("manifest serialises");
+        let content_type: http::HeaderValue = MediaTypes::OCI_MANIFEST
+            .parse()
+            .expect("static media type is a valid header");
+        retry(|| {
+            self.client
+                .push_manifest_raw(target, manifest.clone(), content_type.clone())
+        })
+        .await
+        .map_err(|e| self.explain(target, "push tag to", e))?;
+        Ok(crate::image::sha256_digest(&manifest))
+    }
+
+    /// The blob of an artifact [`push_artifact`](Self::push_artifact) made, if `target`
+    /// exists and is one: checked for media type, size (at most `cap`) and digest.
+    pub async fn pull_artifact(
+        &self,
+        target: &Reference,
+        media_type: &str,
+        cap: u64,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        let Some((bytes, _)) = self.manifest_if_exists(target).await? else {
+            return Ok(None);
+        };
+        let v: serde_json::Value = match serde_json::from_slice(&bytes) {
+            Ok(v) => v,
+            Err(_) => return Ok(None),
+        };
+        let Some(layer) = v["layers"].as_array().and_then(|l| l.first()) else {
+            return Ok(None);
+        };
+        let (Some(mt), Some(digest), Some(size)) = (
+            layer["mediaType"].as_str(),
+            layer["digest"].as_str(),
+            layer["size"].as_u64(),
+        ) else {
+            return Ok(None);
+        };
+        if mt != media_type || size > cap || !crate::image::valid_digest(digest) {
+            return Ok(None);
+        }
+        let blob = self.blob_bytes(target, digest).await?;
+        if blob.len() as u64 != size || crate::image::sha256_digest(&blob) != digest {
+            return Ok(None);
+        }
+        Ok(Some(blob))
+    }
+
     /// Fetch a manifest's exact bytes and its digest.
     pub async fn manifest_raw(
         &self,

@@ -69,7 +69,8 @@ fn init_writes_a_config_that_builds_unchanged_and_inspect_reads_the_result() {
         .map(|s| s.name)
         .collect();
     assert_eq!(sessions, ["tests", "lint", "compat-3.11"]);
-    assert_eq!(config.inputs, ["pyproject.toml", "uv.lock", "noxfile.py"]);
+    // No hand-made list of input files: venvimg finds what each session's installs read.
+    assert!(config.inputs.is_empty(), "{text}");
 
     let plan: Value = serde_json::from_str(&run_ok(
         support::venvimg()
@@ -154,14 +155,15 @@ fn init_writes_a_config_that_builds_unchanged_and_inspect_reads_the_result() {
             .iter()
             .map(|i| i["path"].as_str().unwrap())
             .collect();
-        assert_eq!(inputs.len(), 3, "{image}: {inputs:?}");
+        // lint installs a pinned package by name: the noxfile is all it reads.
+        assert_eq!(inputs, ["noxfile.py"], "{image}");
 
         let text = run_ok(support::venvimg().args(["inspect", &image]), "inspect");
         for want in [
             "session lint",
             "pyflakes==3.2.0",
             &key,
-            "uv.lock",
+            "noxfile.py",
             "/opt/nox/lint",
         ] {
             assert!(

@@ -71,10 +71,41 @@ fn miss_then_hit_after_any_tool_pushes_the_tag() {
         Some(env.base_digest())
     );
 
-    // Push any image under lint's tag with skopeo: lint becomes a hit, the rest stay misses.
+    // Any image pushed under lint's tag by another tool is not a hit: a hit must carry
+    // the session's key and what its build read.
     let lint_image = sessions[1]["image"].as_str().unwrap().to_string();
     assert!(lint_image.starts_with(&repo));
     support::copy_tag(&env.base, &lint_image);
+    let plan2 = plan_json(dir.path());
+    assert_eq!(plan2["sessions"][1]["status"], "miss", "{plan2}");
+    assert!(
+        plan2["sessions"][1]["changed"][0]
+            .as_str()
+            .unwrap()
+            .contains("not made by this venvimg"),
+        "{plan2}"
+    );
+
+    // The image venvimg builds for it is: lint becomes a hit, the rest stay misses.
+    let built = support::venvimg()
+        .current_dir(dir.path())
+        .args([
+            "build",
+            "-q",
+            "--json",
+            "-s",
+            "lint",
+            "--build-ca",
+            env.ca_file(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let built: serde_json::Value = serde_json::from_slice(&built.stdout).unwrap();
     let plan2 = plan_json(dir.path());
     let status: Vec<&str> = plan2["sessions"]
         .as_array()
@@ -84,8 +115,7 @@ fn miss_then_hit_after_any_tool_pushes_the_tag() {
         .collect();
     assert_eq!(status, vec!["miss", "hit", "miss"]);
     assert_eq!(
-        plan2["sessions"][1]["digest"].as_str(),
-        Some(env.base_digest()),
+        plan2["sessions"][1]["digest"], built["sessions"][0]["digest"],
         "a hit reports the digest the tag points at"
     );
 
@@ -120,15 +150,30 @@ fn keys_are_stable_and_follow_every_input_byte() {
         "YAML order changed a key"
     );
 
-    // One byte of uv.lock changes every key.
+    // A byte of uv.lock that changes none of the entries a session installs (its
+    // formatting) changes no key: sessions are keyed by the entries, not the file.
     let lock = dir.path().join("uv.lock");
     let mut bytes = std::fs::read(&lock).unwrap();
     bytes.push(b'\n');
     std::fs::write(&lock, bytes).unwrap();
+    assert_eq!(
+        keys(&plan_json(dir.path())),
+        first,
+        "uv.lock formatting changed a key"
+    );
+
+    // One byte of the noxfile changes every key.
+    let noxfile = dir.path().join("noxfile.py");
+    let mut bytes = std::fs::read(&noxfile).unwrap();
+    bytes.extend_from_slice(b"# edited\n");
+    std::fs::write(&noxfile, bytes).unwrap();
     let third = keys(&plan_json(dir.path()));
     for ((s1, k1), (s3, k3)) in first.iter().zip(&third) {
         assert_eq!(s1, s3);
-        assert_ne!(k1, k3, "session {s1}: key unchanged after editing uv.lock");
+        assert_ne!(
+            k1, k3,
+            "session {s1}: key unchanged after editing the noxfile"
+        );
     }
 }
 

@@ -554,7 +554,8 @@ fn describe(name: &str, data: &ImageData) -> Result<Value, OutputError> {
                 },
                 "layer": layer,
                 "layers": layers,
-                "inputs": s.inputs["inputs"],
+                "inputs": recorded_inputs(&s.inputs),
+                "floating": s.inputs["discovered"]["floating"],
                 "key_document": s.inputs,
                 "packages": s.packages,
             })
@@ -567,6 +568,32 @@ fn describe(name: &str, data: &ImageData) -> Result<Value, OutputError> {
         "base": { "name": base_name, "digest": base_digest },
         "sessions": sessions,
     }))
+}
+
+/// Every file a session's key covers, as the image recorded it: the noxfile and listed
+/// inputs, what its installs read, the lock entries it installs, files it made itself.
+fn recorded_inputs(doc: &Value) -> Value {
+    let mut out: Vec<Value> = doc["inputs"].as_array().cloned().unwrap_or_default();
+    let d = &doc["discovered"];
+    for list in ["files", "generated", "noxfile_reads"] {
+        out.extend(d[list].as_array().cloned().unwrap_or_default());
+    }
+    for l in d["locks"].as_array().into_iter().flatten() {
+        let sel: Vec<&str> = l["selection"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        out.push(json!({
+            "path": l["lock"],
+            "sha256": l["sha256"],
+            "via": format!(
+                "{} entries installed ({})",
+                l["packages"].as_array().map(Vec::len).unwrap_or(0),
+                sel.join(" ")
+            ),
+        }));
+    }
+    Value::Array(out)
 }
 
 fn package_line(p: &Value) -> String {
@@ -644,12 +671,21 @@ fn render_text(doc: &Value) -> String {
             .max()
             .unwrap_or(0);
         for (i, input) in inputs.iter().enumerate() {
+            let via = str_of(&input["via"]);
             out.push(format!(
-                "  {:<9} {:<width$}  sha256:{}",
+                "  {:<9} {:<width$}  sha256:{}{}",
                 if i == 0 { "inputs" } else { "" },
                 str_of(&input["path"]),
                 str_of(&input["sha256"]).trim_start_matches("sha256:"),
+                if via.is_empty() {
+                    String::new()
+                } else {
+                    format!("  ({via})")
+                },
             ));
+        }
+        for f in s["floating"].as_array().into_iter().flatten() {
+            out.push(format!("  floating  {}", str_of(f)));
         }
         let packages = s["packages"].as_array().cloned().unwrap_or_default();
         out.push(format!("  packages  {}", packages.len()));

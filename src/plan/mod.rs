@@ -259,8 +259,14 @@ pub fn select_sessions(
     only: &[String],
     listing: &[ListedSession],
 ) -> Result<Vec<SessionConfig>, Error> {
-    let unknown = |name: &str| Error::UnknownSession {
-        file: config.project_dir.join(crate::config::NOXFILE),
+    // A name from `sessions:` is the config file's mistake; one from `--session` is
+    // checked against the noxfile.
+    let unknown = |name: &str, configured: bool| Error::UnknownSession {
+        file: if configured {
+            config.file.clone()
+        } else {
+            config.project_dir.join(crate::config::NOXFILE)
+        },
         name: name.to_string(),
         available: listing.iter().map(|d| d.session.clone()).collect(),
     };
@@ -276,7 +282,7 @@ pub fn select_sessions(
                 let expanded: Vec<&ListedSession> =
                     listing.iter().filter(|d| matches(&c.name, d)).collect();
                 if expanded.is_empty() {
-                    return Err(unknown(&c.name));
+                    return Err(unknown(&c.name, true));
                 }
                 for d in expanded {
                     let mut s = c.clone();
@@ -291,7 +297,7 @@ pub fn select_sessions(
     for o in only {
         let expanded: Vec<&ListedSession> = listing.iter().filter(|d| matches(o, d)).collect();
         if expanded.is_empty() {
-            return Err(unknown(o));
+            return Err(unknown(o, false));
         }
         for d in expanded {
             if !sessions.iter().any(|s| s.name == d.session) {
@@ -322,7 +328,7 @@ pub fn select_sessions(
 /// plus any `--session` names; `locked:` exports.
 pub fn plan_spec(config: &Config, only: &[String]) -> PlanSpec {
     let mut groups: Vec<SpecGroup> = Vec::new();
-    let mut add = |names: Option<Vec<String>>, s: Option<&SessionConfig>| {
+    let mut add = |default: bool, names: Vec<String>, s: Option<&SessionConfig>| {
         let run = s.map(|s| s.build).unwrap_or(config.default_build) == BuildMode::Run;
         let posargs = s.map(|s| s.posargs.clone()).unwrap_or_default();
         let env = s.map(|s| s.env.clone()).unwrap_or_default();
@@ -330,41 +336,40 @@ pub fn plan_spec(config: &Config, only: &[String]) -> PlanSpec {
             .iter_mut()
             .find(|g| g.run == run && g.posargs == posargs && g.env == env)
         {
-            match (&mut g.sessions, names) {
-                (Some(list), Some(more)) => list.extend(more),
-                (slot, None) => *slot = None,
-                (None, Some(_)) => {}
-            }
+            g.default |= default;
+            g.sessions.extend(names);
             return;
         }
         groups.push(SpecGroup {
+            default,
             sessions: names,
             run,
             posargs,
             env,
         });
     };
-    match &config.sessions {
-        None => add(None, None),
-        Some(list) => {
-            for s in list {
-                add(Some(vec![s.name.clone()]), Some(s));
-            }
-        }
-    }
     let configured: Vec<&str> = config
         .sessions
         .iter()
         .flatten()
         .map(|s| s.name.as_str())
         .collect();
+    match &config.sessions {
+        // nox's default selection, unless `--session` names what to plan.
+        None => add(only.is_empty(), Vec::new(), None),
+        Some(list) => {
+            for s in list {
+                add(false, vec![s.name.clone()], Some(s));
+            }
+        }
+    }
     let extra: Vec<String> = only
         .iter()
         .filter(|o| !configured.contains(&o.as_str()))
         .cloned()
         .collect();
     if !extra.is_empty() {
-        add(Some(extra), None);
+        add(false, extra, None);
     }
     let exports = config
         .sessions

@@ -476,13 +476,10 @@ def cmd_plan(spec_path, outdir):
         return name == s["session"] or name == s["name"] or name in s["signatures"]
 
     for gi, group in enumerate(spec["groups"]):
-        wanted = group.get("sessions")
+        wanted = group.get("sessions") or []
         chosen = []
         for s in listed:
-            if wanted is None:
-                hit = s["selected"]
-            else:
-                hit = any(matches(n, s) for n in wanted)
+            hit = (group.get("default") and s["selected"]) or any(matches(n, s) for n in wanted)
             if hit and s["session"] not in chosen:
                 chosen.append(s["session"])
         entry = {"sessions": chosen, "records": None}

@@ -33,9 +33,10 @@ pub struct PlanSpec {
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct SpecGroup {
-    /// Names as the user wrote them (signatures or function names); `None`: what nox
-    /// selects by default.
-    pub sessions: Option<Vec<String>>,
+    /// The sessions nox selects by default, besides `sessions`.
+    pub default: bool,
+    /// Names as the user wrote them (signatures or function names).
+    pub sessions: Vec<String>,
     /// `build: run`: the whole session, not `--install-only`.
     pub run: bool,
     pub posargs: Vec<String>,

@@ -324,3 +324,45 @@ pub fn copy_tree(src: &Path, dst: &Path) {
         }
     }
 }
+
+/// Run `session` in `image` the way CI does: the checkout at /src, no network,
+/// `UV_OFFLINE=1 nox --envdir /opt/nox --reuse-venv=always --no-install -s SESSION`.
+/// Returns (success, stdout + stderr).
+pub fn run_offline(image: &str, checkout: &Path, session: &str) -> (bool, String) {
+    let out = podman()
+        .args(["run", "--rm", "--network", "none", "--pull", "missing"])
+        .args(["-v", &format!("{}:/src", checkout.display()), "-w", "/src"])
+        .args(["-e", "UV_OFFLINE=1", image])
+        .args([
+            "nox",
+            "--envdir",
+            "/opt/nox",
+            "--reuse-venv=always",
+            "--no-install",
+            "-s",
+            session,
+        ])
+        .output()
+        .expect("cannot run podman (apt-get install -y podman)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// [`run_offline`] must pass, reusing the venv in the image (no re-creation).
+#[track_caller]
+pub fn assert_runs_offline(image: &str, checkout: &Path, session: &str) {
+    let (ok, text) = run_offline(image, checkout, session);
+    assert!(ok, "{session} failed offline in {image}:\n{text}");
+    assert!(
+        !text.contains("Creating virtual environment"),
+        "{session}: nox recreated the venv in {image}:\n{text}"
+    );
+    assert!(
+        text.contains("Reusing existing virtual environment"),
+        "{session}: nox did not say it reused the venv:\n{text}"
+    );
+}

@@ -83,6 +83,12 @@ pub struct PackOptions {
     pub uid: u64,
     pub gid: u64,
     pub compression: Compression,
+    /// How many of the prefix's parent directories the layer writes, innermost first:
+    /// 1 writes the envdir that holds the venv (venvimg's), not the base image's own
+    /// directories above it — a layer entry for `/opt` or `/tmp` would replace the base's
+    /// mode and owner (the sticky bit of `/tmp`) in every job image. Missing ancestors are
+    /// created by the engine (0755, root).
+    pub parents: usize,
     /// Compression worker threads (gzip); 0 counts as 1. Never changes the output bytes.
     pub threads: usize,
 }
@@ -97,6 +103,7 @@ impl PackOptions {
             uid: 0,
             gid: 0,
             compression: Compression::Gzip,
+            parents: 1,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
@@ -311,8 +318,8 @@ impl Packer<'_> {
         }
     }
 
-    /// `opt/`, `opt/nox/` for the prefix `/opt/nox/tests-3-12` (the root's own entry comes
-    /// from the walk, with the root's mode).
+    /// `opt/nox/` for the prefix `/opt/nox/tests-3-12` with `parents: 1` (`opt/` too
+    /// with 2); the root's own entry comes from the walk, with the root's mode.
     fn write_prefix_parents(&mut self) -> Result<(), LayerError> {
         let meta = EntryMeta {
             mode: PARENT_DIR_MODE,
@@ -321,12 +328,15 @@ impl Packer<'_> {
             mtime: self.opts.source_date_epoch,
         };
         let prefix = self.prefix;
-        let parent_ends = prefix
+        let parent_ends: Vec<usize> = prefix
             .iter()
             .enumerate()
             .filter(|&(_, &b)| b == b'/')
-            .map(|(i, _)| i + 1);
-        for end in parent_ends.filter(|&end| end < prefix.len()) {
+            .map(|(i, _)| i + 1)
+            .filter(|&end| end < prefix.len())
+            .collect();
+        let skip = parent_ends.len().saturating_sub(self.opts.parents);
+        for &end in &parent_ends[skip..] {
             self.tar
                 .append_dir(&prefix[..end], &meta)
                 .map_err(|e| self.write_error(e))?;

@@ -123,11 +123,24 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    match runtime.block_on(run(cli, &printer)) {
-        Ok(()) => 0,
-        Err(e) => {
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            r = run(cli, &printer) => Ok(r),
+            code = crate::cancel::signalled() => Err(code),
+        }
+    });
+    match outcome {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
             eprintln!("error: {e}");
             e.exit_code()
+        }
+        Err(code) => {
+            crate::cancel::clean_up();
+            eprintln!("venvimg: interrupted; stopped its containers and removed its temp folders");
+            // Not through the runtime's shutdown, which would wait for the blocking tasks
+            // of the containers just stopped.
+            std::process::exit(code);
         }
     }
 }
@@ -151,6 +164,7 @@ async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
             crate::outputs::inspect(transport, &args, printer).await
         }
         Command::Plan(args) => {
+            crate::cancel::sweep_stale();
             let config = Config::load(&cli.global.config)?;
             let registry = connect(&cli.global, &config)?;
             let plan = crate::plan::make_plan(&config, &registry, &args.sessions).await?;
@@ -174,6 +188,7 @@ async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
             Ok(())
         }
         Command::Build(args) => {
+            crate::cancel::sweep_stale();
             let config = Config::load(&cli.global.config)?;
             let registry = connect(&cli.global, &config)?;
             crate::build::run(&config, &registry, &args, printer).await

@@ -6,6 +6,7 @@
 //! archives). [`cli`] wires them to commands.
 
 pub mod build;
+pub mod cancel;
 pub mod cli;
 pub mod config;
 pub mod error;

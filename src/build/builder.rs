@@ -63,6 +63,10 @@ pub struct BuildJob<'a> {
     /// A CA bundle for package downloads, mounted read-only and named by SSL_CERT_FILE.
     pub ca_file: Option<&'a Path>,
     pub log: &'a Path,
+    /// The container's name (container builders), so a cancel can stop it.
+    pub name: &'a str,
+    /// Values masked in every line of the build's output venvimg prints or keeps.
+    pub secrets: &'a [String],
 }
 
 #[derive(Debug)]
@@ -114,6 +118,7 @@ pub fn command_line(job: &BuildJob) -> Vec<String> {
                 "run".into(),
                 "--rm".into(),
                 "--pull=missing".into(),
+                format!("--name={}", job.name),
                 format!("--platform={}", job.platform),
                 "-v".into(),
                 format!("{}:{}", job.project.display(), job.workdir),
@@ -193,6 +198,9 @@ pub fn run(job: &BuildJob, printer: &Printer) -> std::io::Result<BuildOutcome> {
     } else {
         write_env_file(job.env_file, &env)?;
     }
+    // Registered while the container runs, so a cancel stops it.
+    let _guard = (job.kind != BuilderKind::Local)
+        .then(|| crate::cancel::ContainerGuard::named(job.kind.as_str(), job.name));
     let mut child = cmd.spawn()?;
     let mut log = {
         use std::os::unix::fs::OpenOptionsExt;
@@ -219,6 +227,9 @@ pub fn run(job: &BuildJob, printer: &Printer) -> std::io::Result<BuildOutcome> {
     });
     let mut output = String::new();
     for line in rx {
+        // A noxfile or an installer may print a secret the build was given (an index URL
+        // with a token): never into venvimg's output or its logs.
+        let line = crate::python::inputs::mask(&line, job.secrets);
         let _ = writeln!(log, "{line}");
         printer.verbose(format!("  | {line}"));
         output.push_str(&line);
@@ -320,10 +331,7 @@ pub fn run_hook_plan(
         noxfile: noxfile.clone(),
         source: std::io::Error::new(source.kind(), format!("{context}: {source}")),
     };
-    let tmp = tempfile::Builder::new()
-        .prefix("venvimg-plan-")
-        .tempdir()
-        .map_err(|e| io("creating a temp folder", e))?;
+    let tmp = crate::cancel::tempdir("plan").map_err(|e| io("creating a temp folder", e))?;
     let hook_dir = tmp.path().join("hook");
     let out_dir = tmp.path().join("out");
     std::fs::create_dir(&hook_dir).map_err(|e| io("creating the hook folder", e))?;
@@ -337,6 +345,8 @@ pub fn run_hook_plan(
             .map_err(|e| io("preparing the output folder", e))?;
     }
     let abs = std::fs::canonicalize(project_dir).map_err(|e| io("resolving the project", e))?;
+    // Registered while the container runs, so a cancel stops it.
+    let mut container: Option<crate::cancel::ContainerGuard> = None;
     let (mut cmd, seen_workdir) = match place.kind {
         BuilderKind::Local => {
             let mut c = Command::new("/bin/sh");
@@ -356,6 +366,12 @@ pub fn run_hook_plan(
         BuilderKind::Podman | BuilderKind::Docker => {
             let mut c = Command::new(place.kind.as_str());
             c.args(["run", "--rm", "--network", "none", "--pull=missing"])
+                .arg(format!(
+                    "--name={}",
+                    container
+                        .insert(crate::cancel::ContainerGuard::new(place.kind.as_str()))
+                        .name
+                ))
                 .arg(format!("--platform={}", place.platform));
             if place.insecure_pull && place.kind == BuilderKind::Podman {
                 c.arg("--tls-verify=false");
@@ -444,8 +460,71 @@ pub fn engine_available(kind: BuilderKind) -> bool {
 
 /// Copy the project for a container build, so the user's tree is never modified. Skips
 /// what is never part of a build (venvs, caches) but keeps `.git`: VCS-derived versions
-/// need it.
+/// need it — without the credentials a CI checkout leaves in `.git/config`.
 pub fn copy_project(src: &Path, dst: &Path) -> std::io::Result<()> {
+    copy_tree(src, dst)?;
+    let config = dst.join(".git/config");
+    if std::fs::symlink_metadata(&config).is_ok_and(|m| m.is_file()) {
+        let text = std::fs::read_to_string(&config)?;
+        std::fs::write(&config, scrub_git_config(&text))?;
+    }
+    Ok(())
+}
+
+/// `.git/config` without what authenticates: actions/checkout's
+/// `http.<url>.extraheader = AUTHORIZATION: basic ...`, `[credential]` sections, and the
+/// user:token part of remote URLs. The build needs the history (VCS versions), never a
+/// way to push.
+pub fn scrub_git_config(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_credential = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(section) = t.strip_prefix('[') {
+            in_credential = section
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("credential");
+            if in_credential {
+                continue;
+            }
+        } else if in_credential {
+            continue;
+        }
+        let key = t
+            .split('=')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if key == "extraheader" || key.ends_with(".extraheader") {
+            continue;
+        }
+        if key == "url" || key == "pushurl" {
+            out.push_str(&strip_userinfo(line));
+            out.push('\n');
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// `scheme://user:token@host/...` → `scheme://host/...` (a bare `token@` is a secret too).
+fn strip_userinfo(line: &str) -> String {
+    let Some(i) = line.find("://") else {
+        return line.to_string();
+    };
+    let (head, tail) = line.split_at(i + 3);
+    let end = tail.find(['/', ' ', '"', '\'']).unwrap_or(tail.len());
+    match tail[..end].rfind('@') {
+        Some(at) => format!("{head}{}", &tail[at + 1..]),
+        None => line.to_string(),
+    }
+}
+
+fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
     const SKIP: &[&str] = &[
         ".nox",
         ".venv",
@@ -468,7 +547,7 @@ pub fn copy_project(src: &Path, dst: &Path) -> std::io::Result<()> {
         let to: PathBuf = dst.join(&name);
         let ft = entry.file_type()?;
         if ft.is_dir() {
-            copy_project(&from, &to)?;
+            copy_tree(&from, &to)?;
         } else if ft.is_symlink() {
             let target = std::fs::read_link(&from)?;
             std::os::unix::fs::symlink(target, &to)?;
@@ -501,6 +580,8 @@ mod tests {
             env: reproducible_env(1),
             ca_file: Some(Path::new("/etc/ssl/certs/ca-certificates.crt")),
             log: Path::new("/tmp/w/log"),
+            name: "venvimg-1-0",
+            secrets: &[],
         };
         let p = command_line(&job(BuilderKind::Podman));
         assert_eq!(&p[..2], &["podman", "run"]);
@@ -518,6 +599,20 @@ mod tests {
         // docker has no --tls-verify; insecure registries are daemon configuration.
         assert!(!d.iter().any(|a| a.starts_with("--tls-verify")));
         assert_eq!(d.last().map(String::as_str), Some("/etc/venvimg/build.sh"));
+    }
+
+    #[test]
+    fn git_config_loses_its_credentials() {
+        let cfg = "[core]\n\tbare = false\n[remote \"origin\"]\n\turl = https://x-access-token:SECRET1@example.invalid/o/r\n[http \"https://example.invalid/\"]\n\textraheader = AUTHORIZATION: basic SECRET2\n[credential]\n\thelper = store\n\tusername = SECRET3\n[branch \"main\"]\n\tremote = origin\n";
+        let out = scrub_git_config(cfg);
+        for s in ["SECRET1", "SECRET2", "SECRET3", "helper"] {
+            assert!(!out.contains(s), "{s} left in:\n{out}");
+        }
+        assert!(out.contains("url = https://example.invalid/o/r"), "{out}");
+        assert!(
+            out.contains("[branch \"main\"]") && out.contains("bare = false"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -39,8 +39,9 @@ pub struct BuildArgs {
     /// Load the all-sessions image into local podman (or docker) storage.
     #[arg(long)]
     pub load: bool,
-    /// Extra environment for the builds (repeatable), e.g. UV_INDEX_URL=...
-    #[arg(long = "build-env", value_name = "NAME=VALUE")]
+    /// Extra environment for the builds (repeatable): NAME=VALUE, or NAME to take the
+    /// value from venvimg's environment (keeps a secret off the command line).
+    #[arg(long = "build-env", value_name = "NAME[=VALUE]")]
     pub build_env: Vec<String>,
     /// A CA bundle the builds trust for package downloads (mounted read-only).
     #[arg(long, value_name = "FILE")]
@@ -202,9 +203,7 @@ pub async fn run(
         .into());
     }
 
-    let work = tempfile::Builder::new()
-        .prefix("venvimg-build-")
-        .tempdir()
+    let work = crate::cancel::tempdir("build")
         .map_err(io_err("creating a build folder in the temp dir"))?;
     let work_path = if args.keep {
         let p = work.keep();
@@ -216,12 +215,25 @@ pub async fn run(
 
     let mut extra_env = config.build_env.clone();
     for kv in &args.build_env {
-        let Some((k, v)) = kv.split_once('=') else {
-            return Err(Error::Usage(format!(
-                "--build-env `{kv}` is not NAME=VALUE"
-            )));
+        // `NAME` alone takes the value from venvimg's own environment, so a secret never
+        // has to be written on a command line other processes can read.
+        let (k, v) = match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => match std::env::var(kv) {
+                Ok(v) => (kv.clone(), v),
+                Err(_) => {
+                    return Err(Error::Usage(format!(
+                        "--build-env `{kv}`: no `=` and no variable {kv} in the environment; give NAME=VALUE, or export {kv} and pass its name"
+                    )))
+                }
+            },
         };
-        extra_env.insert(k.to_string(), v.to_string());
+        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(Error::Usage(format!(
+                "--build-env `{k}`: a variable name is letters, digits and `_`"
+            )));
+        }
+        extra_env.insert(k, v);
     }
     let build_env = BuildEnv {
         secrets: crate::plan::secret_values(config, &extra_env),
@@ -240,8 +252,12 @@ pub async fn run(
             let Status::Hit { digest } = &s.status else {
                 unreachable!()
             };
-            printer.info(format!("{}: hit {}", s.config.name, s.image.whole()));
-            let layer = layer_from_registry(registry, &plan.base, s).await?;
+            printer.info(format!(
+                "{}: hit {}@{digest}",
+                s.config.name,
+                s.image.whole()
+            ));
+            let layer = layer_from_registry(registry, &plan.base, s, digest).await?;
             results.push(SessionResult {
                 session: s.config.name.clone(),
                 venv_dir: s.venv_dir.clone(),
@@ -389,7 +405,10 @@ pub async fn run(
                 (r.venv_dir.clone(), reference)
             })
             .collect();
-        refs.push(("all".into(), all_ref.whole()));
+        refs.push((
+            "all".into(),
+            format!("{}@{}", all_ref.whole(), all_image.manifest_digest),
+        ));
         crate::cli::write_ci_output(&refs, printer)?;
     }
     Ok(())
@@ -468,8 +487,18 @@ async fn layer_from_registry(
     registry: &Registry,
     base: &BaseImage,
     s: &SessionPlan,
+    digest: &str,
 ) -> Result<SessionLayer, Error> {
-    let (bytes, _) = registry.manifest_raw(&s.image).await?;
+    // By the digest the plan checked, never the tag again: a tag moved since is not used.
+    let pinned = s.image.clone_with_digest(digest.to_string());
+    let (bytes, got) = registry.manifest_raw(&pinned).await?;
+    if got != digest {
+        return Err(crate::registry::RegistryError::BadManifest {
+            reference: pinned.whole(),
+            detail: format!("the registry served {got} for {digest}"),
+        }
+        .into());
+    }
     let manifest = image::parse_manifest(&bytes).map_err(|detail| {
         crate::registry::RegistryError::BadManifest {
             reference: s.image.whole(),
@@ -504,6 +533,32 @@ async fn layer_from_registry(
         })?;
     let check = crate::plan::parse_check(&bytes)
         .ok_or_else(|| bad("no check annotation; was it made by this venvimg?".into()))?;
+    // Compose only what the plan accepted: this session's key, on this base's layers.
+    if record.key != s.key || check.key != s.key {
+        return Err(bad(format!(
+            "its record is for key {}, not {}",
+            &record.key[..record.key.len().min(16)],
+            &s.key[..16]
+        ))
+        .into());
+    }
+    let base_digests: Vec<String> = base
+        .manifest
+        .layers()
+        .iter()
+        .map(|l| l.digest().to_string())
+        .collect();
+    let image_base: Vec<String> = layers[..base_count]
+        .iter()
+        .map(|l| l.digest().to_string())
+        .collect();
+    if image_base != base_digests {
+        return Err(bad(format!(
+            "its first {base_count} layers are not the base image's ({})",
+            base.pinned()
+        ))
+        .into());
+    }
     let history: Vec<&serde_json::Value> = config["history"]
         .as_array()
         .map(|h| h.iter().collect())
@@ -627,6 +682,8 @@ fn build_session(
             env: env.clone(),
             ca_file: args.build_ca.as_deref(),
             log,
+            name: &crate::cancel::container_name(),
+            secrets,
         };
         builder::run(&job, printer)
             .map_err(io_err(format!("running the {} builder", config.builder)))
@@ -1148,7 +1205,10 @@ fn print_summary(
                 r.outcome.to_string(),
                 r.layer_size.map(human_bytes).unwrap_or_default(),
                 format!("{:.1}s", r.seconds),
-                r.image.clone(),
+                match &r.digest {
+                    Some(d) => format!("{}@{d}", r.image),
+                    None => r.image.clone(),
+                },
             ]
         })
         .collect();
@@ -1157,8 +1217,9 @@ fn print_summary(
         &rows,
     ));
     printer.info(format!(
-        "all sessions: {} · done in {:.1}s",
+        "all sessions: {}@{} · done in {:.1}s",
         all_ref.whole(),
+        all.manifest_digest,
         started.elapsed().as_secs_f64()
     ));
 }

@@ -553,7 +553,8 @@ fn walk_project(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Res
     Ok(())
 }
 
-/// Values never to show in a record: build_env and every session's env.
+/// Values never to show in a record or an output: build_env, every session's env, the
+/// registry password from the environment.
 pub fn secret_values(config: &Config, extra: &BTreeMap<String, String>) -> Vec<String> {
     let mut v: Vec<String> = config
         .build_env

@@ -1,0 +1,180 @@
+//! Cancelling cleanly. A CI cancel or Ctrl-C sends SIGTERM or SIGINT: venvimg stops the
+//! containers it started, removes its temp folders and exits 130 (SIGINT) or 143
+//! (SIGTERM). Nothing half-done is ever pushed: a tag is written last, after its blobs and
+//! manifest, so an interrupted push leaves no tag.
+//!
+//! Folders left by a venvimg that was killed outright (SIGKILL, a lost runner) carry its
+//! pid in their name and are removed by the next venvimg that finds that pid gone.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+#[derive(Default)]
+struct Live {
+    /// (engine, container name) of containers running now.
+    containers: Vec<(String, String)>,
+    dirs: Vec<PathBuf>,
+}
+
+static LIVE: Mutex<Live> = Mutex::new(Live {
+    containers: Vec::new(),
+    dirs: Vec::new(),
+});
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn live() -> std::sync::MutexGuard<'static, Live> {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A container venvimg is about to start: its name (`venvimg-<pid>-<n>`), registered so a
+/// cancel removes it; unregistered when dropped.
+pub struct ContainerGuard {
+    engine: String,
+    pub name: String,
+}
+
+/// A fresh container name for this process: `venvimg-<pid>-<n>`.
+pub fn container_name() -> String {
+    format!(
+        "venvimg-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl ContainerGuard {
+    pub fn new(engine: &str) -> ContainerGuard {
+        Self::named(engine, &container_name())
+    }
+
+    pub fn named(engine: &str, name: &str) -> ContainerGuard {
+        let name = name.to_string();
+        live().containers.push((engine.to_string(), name.clone()));
+        ContainerGuard {
+            engine: engine.to_string(),
+            name,
+        }
+    }
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        live()
+            .containers
+            .retain(|(e, n)| !(e == &self.engine && n == &self.name));
+    }
+}
+
+/// A temp folder named for this process (`venvimg-<kind>-<pid>-XXXXXX`, mode 0700),
+/// registered so a cancel removes it.
+pub fn tempdir(kind: &str) -> std::io::Result<TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("venvimg-{kind}-{}-", std::process::id()))
+        .tempdir()?;
+    live().dirs.push(dir.path().to_path_buf());
+    Ok(TempDir { dir: Some(dir) })
+}
+
+/// A registered temp folder; removed when dropped (unless kept).
+pub struct TempDir {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl TempDir {
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().expect("present until dropped").path()
+    }
+
+    /// Keep the folder (`--keep`): it is no longer removed, not even on cancel.
+    pub fn keep(mut self) -> PathBuf {
+        let d = self.dir.take().expect("present until dropped");
+        let p = d.keep();
+        live().dirs.retain(|x| x != &p);
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Some(d) = self.dir.take() {
+            let p = d.path().to_path_buf();
+            drop(d);
+            live().dirs.retain(|x| x != &p);
+        }
+    }
+}
+
+/// Stop every container venvimg started and remove its temp folders. Called on a signal,
+/// from the signal-handling task, before the process exits.
+pub fn clean_up() {
+    let (containers, dirs) = {
+        let mut l = live();
+        (
+            std::mem::take(&mut l.containers),
+            std::mem::take(&mut l.dirs),
+        )
+    };
+    for (engine, name) in containers {
+        let _ = Command::new(&engine)
+            .args(["rm", "--force", &name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
+
+/// Remove temp folders of venvimg processes that no longer exist (killed with SIGKILL):
+/// `venvimg-<kind>-<pid>-*` in the temp folder, owned by this user, whose pid is gone.
+pub fn sweep_stale() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = std::env::temp_dir();
+    let Ok(rd) = std::fs::read_dir(&tmp) else {
+        return;
+    };
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let me = unsafe { libc::getuid() };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("venvimg-") else {
+            continue;
+        };
+        let mut parts = rest.split('-');
+        let (Some(_kind), Some(pid)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if meta.is_dir() && meta.uid() == me {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Wait for SIGINT or SIGTERM; return the exit code for it (130 / 143).
+pub async fn signalled() -> i32 {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // No signal handling here: never resolve, the command runs to its end.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => 130,
+        _ = term.recv() => 143,
+    }
+}

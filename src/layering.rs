@@ -10,8 +10,9 @@ use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::build::venv::site_packages_dirs;
+use crate::build::venv::{self, dist_info_dirs, metadata_headers, read_in_venv, VenvError};
 use crate::plan::locked::normalize;
+use crate::untrusted::{self, join_inside, Refusal, Refused};
 
 /// A distribution at least this big (bytes on disk, bytecode included) gets its own layer.
 pub const BIG_DISTRIBUTION: u64 = 4 << 20;
@@ -35,11 +36,36 @@ pub struct Group {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayeringError {
+    /// `source` names what went wrong on its own (callers may show only it): a file of
+    /// the build's output that venvimg refused is named relative to the venv there.
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+impl LayeringError {
+    fn refused(venv: &Path, r: Refused) -> LayeringError {
+        LayeringError::Io {
+            path: venv.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{r}\n  {}", venv::UNTRUSTED_HINT),
+            ),
+        }
+    }
+
+    fn venv(venv: &Path, e: VenvError) -> LayeringError {
+        match e {
+            VenvError::Refused(r) => LayeringError::refused(venv, r),
+            VenvError::Io { path, source } => LayeringError::Io { path, source },
+            other => LayeringError::Io {
+                path: venv.to_path_buf(),
+                source: std::io::Error::other(other.to_string()),
+            },
+        }
+    }
 }
 
 struct Dist {
@@ -55,49 +81,61 @@ pub fn split(venv: &Path, max_session_layers: usize) -> Result<Vec<Group>, Layer
         let path = path.to_path_buf();
         move |source| LayeringError::Io { path, source }
     };
+    let refused = |r: Refused| LayeringError::refused(venv, r);
     let mut dists: Vec<Dist> = Vec::new();
     let mut claimed: BTreeSet<PathBuf> = BTreeSet::new();
-    for sp in site_packages_dirs(venv) {
-        let mut infos: Vec<PathBuf> = std::fs::read_dir(&sp)
-            .map_err(io(&sp))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "dist-info") && p.is_dir())
-            .collect();
-        infos.sort();
-        for info in infos {
-            let name = dist_name(&info);
-            let mut files = BTreeSet::new();
-            let record = std::fs::read_to_string(info.join("RECORD")).unwrap_or_default();
-            for line in record.lines() {
-                let Some(path) = first_csv_field(line) else {
-                    continue;
-                };
-                if let Some(rel) = inside(venv, &sp.join(path)) {
-                    files.insert(rel);
-                }
-            }
-            // The dist-info folder itself, whatever the installer added after RECORD.
-            walk_files(&info, &mut |p| {
-                if let Some(rel) = inside(venv, p) {
-                    files.insert(rel);
-                }
-            })
-            .map_err(io(&info))?;
-            add_bytecode(venv, &mut files);
-            // First claim wins, in sorted dist-info order: deterministic for namespace
-            // packages whose shared files two RECORDs list.
-            files.retain(|f| !claimed.contains(f) && present(&venv.join(f)));
-            claimed.extend(files.iter().cloned());
-            let bytes = files
-                .iter()
-                .map(|f| {
-                    std::fs::symlink_metadata(venv.join(f))
-                        .map(|m| m.len())
-                        .unwrap_or(0)
+    // Sorted, relative to the venv; a symlinked dist-info or site-packages is refused.
+    let infos = dist_info_dirs(venv).map_err(|e| LayeringError::venv(venv, e))?;
+    for info in infos {
+        let name = dist_name(venv, &info).map_err(refused)?;
+        let sp = info.parent().unwrap_or(Path::new(""));
+        let mut files = BTreeSet::new();
+        let record_rel = info.join("RECORD");
+        let record = read_in_venv(venv, &record_rel, untrusted::DIST_RECORD)
+            .map_err(refused)?
+            .unwrap_or_default();
+        for (i, line) in String::from_utf8_lossy(&record).lines().enumerate() {
+            let Some(path) = first_csv_field(line) else {
+                continue;
+            };
+            // Paths are relative to site-packages; `..` is how RECORD reaches bin/. One
+            // that leaves the venv (or an absolute one) is not ours to look at.
+            let rel = inside(sp, Path::new(&path)).ok_or_else(|| {
+                refused(Refused {
+                    path: record_rel.clone(),
+                    reason: Refusal::Escapes {
+                        line: i + 1,
+                        target: path.clone(),
+                        within: "venv",
+                    },
                 })
-                .sum();
-            dists.push(Dist { name, files, bytes });
+            })?;
+            files.insert(rel);
         }
+        // The dist-info folder itself, whatever the installer added after RECORD.
+        walk_files(venv, &info, &mut files).map_err(|e| {
+            // Callers may show only the error: it names the folder itself.
+            let shown = untrusted::shown(&info.to_string_lossy());
+            io(&venv.join(&info))(std::io::Error::new(e.kind(), format!("{shown}: {e}")))
+        })?;
+        add_bytecode(venv, &mut files);
+        // First claim wins, in sorted dist-info order: deterministic for namespace
+        // packages whose shared files two RECORDs list.
+        let mut bytes = 0;
+        files.retain(|f| {
+            if claimed.contains(f) {
+                return false;
+            }
+            match size_in_venv(venv, f) {
+                Some(n) => {
+                    bytes += n;
+                    true
+                }
+                None => false,
+            }
+        });
+        claimed.extend(files.iter().cloned());
+        dists.push(Dist { name, files, bytes });
     }
 
     // Big ones get their own layer, biggest first, as many as the cap allows besides the
@@ -188,20 +226,15 @@ pub fn keeps<'a>(group: &'a Group, all: &'a [Group]) -> impl Fn(&Path) -> bool +
     }
 }
 
-fn dist_name(info: &Path) -> String {
-    let meta = std::fs::read_to_string(info.join("METADATA")).unwrap_or_default();
-    let from_meta = meta
-        .lines()
-        .take_while(|l| !l.is_empty())
-        .find_map(|l| l.strip_prefix("Name:").map(|v| v.trim().to_string()));
-    let name = from_meta.unwrap_or_else(|| {
+fn dist_name(venv: &Path, info: &Path) -> Result<String, Refused> {
+    let name = metadata_headers(venv, info)?.name.unwrap_or_else(|| {
         info.file_name()
             .and_then(|n| n.to_str())
             .and_then(|n| n.split('-').next())
             .unwrap_or("unknown")
             .to_string()
     });
-    normalize(&name)
+    Ok(normalize(&name))
 }
 
 /// RECORD is CSV: the path is the first field, quoted when it holds a comma or quote.
@@ -230,35 +263,43 @@ fn first_csv_field(line: &str) -> Option<String> {
     Some(line.split(',').next()?.to_string())
 }
 
-/// `path` (possibly with `..`, as RECORD writes console scripts) relative to `venv`, if
-/// it lies inside it. Lexical: symlinks in the venv are not followed.
-fn inside(venv: &Path, path: &Path) -> Option<PathBuf> {
-    let mut parts: Vec<Component> = Vec::new();
-    for c in path.components() {
+/// `path` from a RECORD (relative to `site_packages`, possibly with `..`, as RECORD
+/// writes console scripts) as a path relative to the venv, if it stays inside it.
+/// Lexical: nothing is looked at on disk.
+fn inside(site_packages: &Path, path: &Path) -> Option<PathBuf> {
+    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+    for c in site_packages.components().chain(path.components()) {
         match c {
-            Component::ParentDir => {
-                parts.pop();
-            }
+            Component::Normal(n) => parts.push(n),
             Component::CurDir => {}
-            other => parts.push(other),
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
         }
     }
-    let norm: PathBuf = parts.iter().collect();
-    norm.strip_prefix(venv).ok().map(Path::to_path_buf)
+    Some(parts.iter().collect())
 }
 
-fn present(p: &Path) -> bool {
-    std::fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir())
+/// Size of a file (or symlink) of the venv reached through real folders only; `None`
+/// for a folder, a missing file, or one behind a symlinked folder (the packer never goes
+/// there either).
+fn size_in_venv(venv: &Path, rel: &Path) -> Option<u64> {
+    let p = join_inside(venv, rel).ok()?;
+    let m = std::fs::symlink_metadata(p).ok()?;
+    (!m.is_dir()).then_some(m.len())
 }
 
-fn walk_files(dir: &Path, f: &mut dyn FnMut(&Path)) -> std::io::Result<()> {
-    for e in std::fs::read_dir(dir)? {
+/// Every file under the folder `rel` of the venv, into `files`; symlinks are listed,
+/// not followed.
+fn walk_files(venv: &Path, rel: &Path, files: &mut BTreeSet<PathBuf>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(venv.join(rel))? {
         let e = e?;
-        let p = e.path();
+        let p = rel.join(e.file_name());
         if e.file_type()?.is_dir() {
-            walk_files(&p, f)?;
+            walk_files(venv, &p, files)?;
         } else {
-            f(&p);
+            files.insert(p);
         }
     }
     Ok(())
@@ -280,7 +321,14 @@ fn add_bytecode(venv: &Path, files: &mut BTreeSet<PathBuf>) {
     }
     for (dir, stems) in by_dir {
         let cache = dir.join("__pycache__");
-        let Ok(rd) = std::fs::read_dir(venv.join(&cache)) else {
+        // Only a real folder reached through real folders: its names are all we read.
+        let Ok(real) = join_inside(venv, &cache) else {
+            continue;
+        };
+        if untrusted::check_dir(&real).is_err() {
+            continue;
+        }
+        let Ok(rd) = std::fs::read_dir(&real) else {
             continue;
         };
         for e in rd.flatten() {
@@ -413,5 +461,90 @@ mod tests {
             first_csv_field("\"a,b.py\",sha256=x,1").as_deref(),
             Some("a,b.py")
         );
+    }
+
+    fn split_err(venv: &Path) -> String {
+        match split(venv, 20).unwrap_err() {
+            LayeringError::Io { source, .. } => source.to_string(),
+        }
+    }
+
+    #[test]
+    fn record_paths_stay_inside_the_venv() {
+        let t = tempfile::tempdir().unwrap();
+        let venv = t.path();
+        dist(venv, "ok", "1", &[("ok.py", 10), ("../../../bin/ok", 10)]);
+        assert!(split(venv, 20).is_ok());
+        let record = venv.join("lib/python3.11/site-packages/ok-1.dist-info/RECORD");
+        let good = std::fs::read_to_string(&record).unwrap();
+        for bad in ["../../../../etc/hostname", "/etc/hostname"] {
+            std::fs::write(&record, format!("{good}{bad},,\n")).unwrap();
+            let err = split_err(venv);
+            assert!(
+                err.starts_with(&format!(
+                    "lib/python3.11/site-packages/ok-1.dist-info/RECORD line 4 names `{bad}`, a path outside the venv; refusing it\n  hint:"
+                )),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn nothing_is_read_through_a_symlink_or_from_a_fifo() {
+        let t = tempfile::tempdir().unwrap();
+        let venv = t.path();
+        let sp = venv.join("lib/python3.11/site-packages");
+        dist(venv, "ok", "1", &[("ok.py", 10)]);
+        // A claimed path behind a symlinked folder is neither claimed nor measured.
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("big.py"), vec![b'x'; 5 << 20]).unwrap();
+        std::os::unix::fs::symlink(host.path(), sp.join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(host.path(), sp.join("__pycache__")).unwrap();
+        std::fs::write(
+            sp.join("ok-1.dist-info/RECORD"),
+            "ok.py,,\nelsewhere/big.py,,\n",
+        )
+        .unwrap();
+        let groups = split(venv, 20).unwrap();
+        let all: BTreeSet<&PathBuf> = groups.iter().flat_map(|g| &g.files).collect();
+        assert!(
+            !all.iter()
+                .any(|f| f.starts_with("lib/python3.11/site-packages/elsewhere")),
+            "{all:?}"
+        );
+        assert!(groups.iter().all(|g| g.bytes < 1 << 20), "{groups:?}");
+
+        for (what, make) in [
+            ("METADATA is a symlink", "symlink-metadata"),
+            ("RECORD is a FIFO", "fifo-record"),
+            ("ok-1.dist-info is a symlink", "symlink-info"),
+        ] {
+            let info = sp.join("ok-1.dist-info");
+            match make {
+                "symlink-metadata" => {
+                    std::fs::remove_file(info.join("METADATA")).unwrap();
+                    std::os::unix::fs::symlink("/etc/hostname", info.join("METADATA")).unwrap();
+                }
+                "fifo-record" => {
+                    std::fs::remove_file(info.join("METADATA")).unwrap();
+                    std::fs::write(info.join("METADATA"), "Name: ok\nVersion: 1\n").unwrap();
+                    std::fs::remove_file(info.join("RECORD")).unwrap();
+                    let made = std::process::Command::new("mkfifo")
+                        .arg(info.join("RECORD"))
+                        .status();
+                    assert!(made.is_ok_and(|s| s.success()));
+                }
+                _ => {
+                    std::fs::remove_dir_all(&info).unwrap();
+                    std::os::unix::fs::symlink(host.path(), &info).unwrap();
+                }
+            }
+            let err = split_err(venv);
+            assert!(
+                err.starts_with("lib/python3.11/site-packages/ok-1.dist-info")
+                    && err.contains(what),
+                "{what}: {err}"
+            );
+        }
     }
 }

@@ -107,6 +107,157 @@ pub fn join_inside(root: &Path, rel: &Path) -> io::Result<std::path::PathBuf> {
     Ok(out)
 }
 
+/// What a RECORD (the list of a distribution's files) may weigh: the biggest real ones
+/// (thousands of files) are a few MiB.
+pub const DIST_RECORD: u64 = 16 << 20;
+/// What a `METADATA` may weigh: headers plus the long description, which some projects
+/// fill with their whole changelog.
+pub const DIST_METADATA: u64 = 16 << 20;
+
+/// Why a file of untrusted output was not read. The message follows the file's name:
+/// "…/METADATA is a symlink; refusing to read it".
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("is a symlink; refusing to read it")]
+    Symlink,
+    #[error("is a {0}, not a regular file; refusing to read it")]
+    NotRegular(&'static str),
+    #[error("is a {0}, not a directory; refusing to read it")]
+    NotDirectory(&'static str),
+    #[error("is {len} bytes, more than the {cap} venvimg accepts there; refusing to read it")]
+    TooBig { len: u64, cap: u64 },
+    #[error("was replaced while venvimg opened it; refusing to read it")]
+    Changed,
+    #[error("line {line} names `{}`, a path outside the {within}; refusing it", shown(.target))]
+    Escapes {
+        line: usize,
+        target: String,
+        within: &'static str,
+    },
+    #[error("does not exist")]
+    Missing,
+    #[error("cannot be read: {0}")]
+    Io(io::Error),
+}
+
+/// A refused file, named relative to the folder the message is about (a venv, a layout).
+#[derive(Debug, thiserror::Error)]
+#[error("{} {reason}", shown(&.path.to_string_lossy()))]
+pub struct Refused {
+    pub path: std::path::PathBuf,
+    pub reason: Refusal,
+}
+
+/// Untrusted text (a file name, a line of a RECORD) as a message may show it: control
+/// characters escaped, at most 200 characters.
+pub fn shown(text: &str) -> String {
+    const MAX: usize = 200;
+    let mut out: String = text
+        .chars()
+        .take(MAX)
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect();
+    if text.chars().nth(MAX).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// What kind of thing a file type is, for messages.
+pub fn kind_name(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_symlink() {
+        "symlink"
+    } else if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_char_device() {
+        "character device"
+    } else if t.is_block_device() {
+        "block device"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_file() {
+        "regular file"
+    } else {
+        "file of unknown type"
+    }
+}
+
+fn refusal_of(e: io::Error) -> Refusal {
+    match (e.kind(), e.raw_os_error()) {
+        (io::ErrorKind::NotFound, _) => Refusal::Missing,
+        (_, Some(libc::ELOOP)) => Refusal::Symlink,
+        _ => Refusal::Io(e),
+    }
+}
+
+/// The type of `path` itself (never what a symlink points at), as a refusal when it is
+/// not a regular file. Nothing is opened: a FIFO or a device is never touched.
+pub fn check_regular(path: &Path) -> Result<std::fs::Metadata, Refusal> {
+    let meta = std::fs::symlink_metadata(path).map_err(refusal_of)?;
+    let t = meta.file_type();
+    if t.is_symlink() {
+        return Err(Refusal::Symlink);
+    }
+    if !t.is_file() {
+        return Err(Refusal::NotRegular(kind_name(&t)));
+    }
+    Ok(meta)
+}
+
+/// `path` is a directory itself, not a symlink to one.
+pub fn check_dir(path: &Path) -> Result<(), Refusal> {
+    let t = std::fs::symlink_metadata(path)
+        .map_err(refusal_of)?
+        .file_type();
+    if t.is_symlink() {
+        return Err(Refusal::Symlink);
+    }
+    if !t.is_dir() {
+        return Err(Refusal::NotDirectory(kind_name(&t)));
+    }
+    Ok(())
+}
+
+/// [`read`] with a reason a message can name, and stricter: the type is checked before
+/// anything is opened (a device in a build's output is never even opened), and the file
+/// opened must be the one checked.
+pub fn read_checked(path: &Path, cap: u64) -> Result<Vec<u8>, Refusal> {
+    use std::os::unix::fs::MetadataExt;
+    let before = check_regular(path)?;
+    if before.len() > cap {
+        return Err(Refusal::TooBig {
+            len: before.len(),
+            cap,
+        });
+    }
+    let f = open_regular(path).map_err(refusal_of)?;
+    let meta = f.metadata().map_err(Refusal::Io)?;
+    if (meta.dev(), meta.ino()) != (before.dev(), before.ino()) {
+        return Err(Refusal::Changed);
+    }
+    let mut buf = Vec::with_capacity(meta.len().min(cap) as usize);
+    f.take(cap.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(Refusal::Io)?;
+    if buf.len() as u64 > cap {
+        return Err(Refusal::TooBig {
+            len: buf.len() as u64,
+            cap,
+        });
+    }
+    Ok(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +294,45 @@ mod tests {
         assert!(join_inside(d.path(), Path::new("../x")).is_err());
         assert!(join_inside(d.path(), Path::new("/etc/passwd")).is_err());
         assert!(join_inside(d.path(), Path::new("up/passwd")).is_err());
+    }
+
+    #[test]
+    fn read_checked_names_what_is_wrong() {
+        let d = tempfile::tempdir().unwrap();
+        let ok = d.path().join("ok");
+        std::fs::write(&ok, "fine").unwrap();
+        assert_eq!(read_checked(&ok, 4).unwrap(), b"fine");
+        let msg = |p: &Path, cap| read_checked(p, cap).unwrap_err().to_string();
+        assert_eq!(
+            msg(&ok, 3),
+            "is 4 bytes, more than the 3 venvimg accepts there; refusing to read it"
+        );
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
+        assert_eq!(msg(&link, 1 << 20), "is a symlink; refusing to read it");
+        assert_eq!(
+            msg(Path::new("/dev/zero"), 1 << 20),
+            "is a character device, not a regular file; refusing to read it"
+        );
+        assert_eq!(
+            msg(d.path(), 1 << 20),
+            "is a directory, not a regular file; refusing to read it"
+        );
+        assert!(matches!(
+            read_checked(&d.path().join("none"), 1),
+            Err(Refusal::Missing)
+        ));
+        let fifo = d.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo failed");
+        assert_eq!(
+            msg(&fifo, 10),
+            "is a FIFO, not a regular file; refusing to read it"
+        );
+        assert!(check_dir(d.path()).is_ok());
+        assert_eq!(shown("a\x1b[31mb\n"), "a\\u{1b}[31mb\\n");
+        assert_eq!(shown(&"x".repeat(300)).chars().count(), 201);
+        assert!(matches!(check_dir(&link), Err(Refusal::Symlink)));
+        assert!(matches!(check_dir(&ok), Err(Refusal::NotDirectory(_))));
     }
 }

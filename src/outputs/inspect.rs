@@ -11,12 +11,14 @@ use oci_client::Reference;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::layout::{MAX_CONFIG, MAX_INDEX_JSON, MAX_MANIFEST};
 use super::OutputError;
 use crate::config::Platform;
 use crate::error::Error;
 use crate::image::{self, sha256_digest, MediaTypes};
 use crate::printer::{human_bytes, Printer};
 use crate::registry::{Registry, RegistryError, Transport};
+use crate::untrusted;
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
@@ -32,8 +34,8 @@ pub struct InspectArgs {
 const IMAGE_FORMS: &str =
     "HOST[:PORT]/REPO:TAG, oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE";
 
-/// The largest manifest or config inspect reads.
-const MAX_METADATA_FILE: u64 = 64 << 20;
+/// The largest JSON document inspect reads from an archive (a config, at most).
+const MAX_METADATA_FILE: u64 = MAX_CONFIG;
 
 /// Where the image to inspect is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,19 +113,34 @@ fn bad(image: &str, detail: impl Into<String>) -> OutputError {
     }
 }
 
-/// Manifest JSON → layers and annotations (OCI and docker v2 manifests alike).
-fn parse_image_manifest(name: &str, bytes: &[u8]) -> Result<(String, ImageData), OutputError> {
+/// A blob as a manifest or index names it: digest and (when given) size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Descriptor {
+    digest: String,
+    size: Option<u64>,
+}
+
+impl Descriptor {
+    fn of(v: &Value) -> Option<Descriptor> {
+        Some(Descriptor {
+            digest: v["digest"].as_str()?.to_string(),
+            size: v["size"].as_u64(),
+        })
+    }
+}
+
+/// Manifest JSON → the config's descriptor, layers and annotations (OCI and docker v2
+/// manifests alike).
+fn parse_image_manifest(name: &str, bytes: &[u8]) -> Result<(Descriptor, ImageData), OutputError> {
     let v: Value = serde_json::from_slice(bytes)
         .map_err(|e| bad(name, format!("the manifest is not JSON: {e}")))?;
-    let config_digest = v["config"]["digest"]
-        .as_str()
-        .ok_or_else(|| {
-            bad(
-                name,
-                "the manifest names no config; is it an image manifest?",
-            )
-        })?
-        .to_string();
+    let config = Descriptor::of(&v["config"]).ok_or_else(|| {
+        bad(
+            name,
+            "the manifest names no config; is it an image manifest?",
+        )
+    })?;
+    let config_digest = config.digest.clone();
     let layers = v["layers"]
         .as_array()
         .map(|ls| {
@@ -146,12 +163,12 @@ fn parse_image_manifest(name: &str, bytes: &[u8]) -> Result<(String, ImageData),
         .unwrap_or_default();
     let data = ImageData {
         manifest_digest: Some(sha256_digest(bytes)),
-        config_digest: config_digest.clone(),
+        config_digest,
         annotations,
         layers,
         config: Value::Null,
     };
-    Ok((config_digest, data))
+    Ok((config, data))
 }
 
 fn parse_config(name: &str, bytes: &[u8]) -> Result<Value, OutputError> {
@@ -181,24 +198,40 @@ async fn read_registry(transport: Transport, r: &Reference) -> Result<ImageData,
             .into())
         }
     };
-    let (config_digest, mut data) = parse_image_manifest(&r.whole(), &bytes)?;
-    let config = registry.blob_bytes(r, &config_digest).await?;
+    let (config, mut data) = parse_image_manifest(&r.whole(), &bytes)?;
+    let config = registry.blob_bytes(r, &config.digest).await?;
     data.config = parse_config(&r.whole(), &config)?;
     data.config_digest = sha256_digest(&config);
     Ok(data)
 }
 
 /// Read access to the files of an OCI layout (a directory, or an archive's small files).
+/// `rel` is `index.json` or `blobs/sha256/<64 hex>`; a file over `max` bytes is an error.
 trait LayoutFiles {
-    fn read(&self, rel: &str) -> Result<Vec<u8>, OutputError>;
+    fn read(&self, rel: &str, max: u64) -> Result<Vec<u8>, OutputError>;
 }
 
-struct DirFiles<'a>(&'a Path);
+/// A layout directory, read as untrusted data: regular files only, never through a
+/// symlink (not even a symlinked `blobs/`), never more than asked for.
+struct DirFiles<'a> {
+    name: &'a str,
+    dir: &'a Path,
+}
 
 impl LayoutFiles for DirFiles<'_> {
-    fn read(&self, rel: &str) -> Result<Vec<u8>, OutputError> {
-        let p = self.0.join(rel);
-        fs::read(&p).map_err(|s| OutputError::io(&p, s))
+    fn read(&self, rel: &str, max: u64) -> Result<Vec<u8>, OutputError> {
+        let refused = |reason: untrusted::Refusal| bad(self.name, format!("{rel} {reason}"));
+        let p = untrusted::join_inside(self.dir, Path::new(rel)).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                refused(untrusted::Refusal::Missing)
+            } else {
+                bad(
+                    self.name,
+                    format!("{rel}: a folder on the way is not a folder (a symlink?); refusing to read it"),
+                )
+            }
+        })?;
+        untrusted::read_checked(&p, max).map_err(refused)
     }
 }
 
@@ -211,8 +244,10 @@ struct ArchiveFiles {
     sizes: HashMap<String, u64>,
 }
 
-/// Files up to this size are kept from the first pass over an archive.
+/// Files up to this size are kept from the first pass over an archive...
 const SMALL_FILE: u64 = 1 << 20;
+/// ...as long as all kept files together stay under this; the rest are read on demand.
+const KEPT_BUDGET: u64 = 32 << 20;
 
 impl ArchiveFiles {
     /// One pass over the archive; `keep(name, size)` says which files to read.
@@ -222,6 +257,18 @@ impl ArchiveFiles {
         keep: &mut dyn FnMut(&str, u64) -> bool,
         found: &mut dyn FnMut(String, u64, Option<Vec<u8>>),
     ) -> Result<(), OutputError> {
+        // The user named it (a symlink to it is fine), but a FIFO would hang the read.
+        let meta = fs::metadata(path).map_err(|s| OutputError::io(path, s))?;
+        if !meta.is_file() {
+            return Err(bad(
+                name,
+                format!(
+                    "{} is a {}, not an archive file",
+                    path.display(),
+                    untrusted::kind_name(&meta.file_type())
+                ),
+            ));
+        }
         let file = File::open(path).map_err(|s| OutputError::io(path, s))?;
         let mut archive = tar::Archive::new(BufReader::new(file));
         let entries = archive
@@ -250,12 +297,19 @@ impl ArchiveFiles {
     }
 
     fn scan(name: &str, path: &Path) -> Result<ArchiveFiles, OutputError> {
+        let mut kept = 0u64;
         let mut files = HashMap::new();
         let mut sizes = HashMap::new();
         Self::each_file(
             name,
             path,
-            &mut |_, size| size <= SMALL_FILE,
+            &mut |_, size| {
+                let keep = size <= SMALL_FILE && kept + size <= KEPT_BUDGET;
+                if keep {
+                    kept += size;
+                }
+                keep
+            },
             &mut |key, size, data| {
                 sizes.insert(key.clone(), size);
                 if let Some(d) = data {
@@ -273,12 +327,22 @@ impl ArchiveFiles {
 }
 
 impl LayoutFiles for ArchiveFiles {
-    fn read(&self, rel: &str) -> Result<Vec<u8>, OutputError> {
+    fn read(&self, rel: &str, max: u64) -> Result<Vec<u8>, OutputError> {
+        let max = max.min(MAX_METADATA_FILE);
+        match self.sizes.get(rel) {
+            Some(&size) if size > max => {
+                return Err(bad(
+                    &self.name,
+                    format!("{rel} is {size} bytes, more than the {max} venvimg accepts there; refusing to read it"),
+                ))
+            }
+            _ => {}
+        }
         if let Some(d) = self.files.get(rel) {
             return Ok(d.clone());
         }
         match self.sizes.get(rel) {
-            Some(&size) if size <= MAX_METADATA_FILE => {
+            Some(_) => {
                 let mut out = None;
                 Self::each_file(
                     &self.name,
@@ -292,23 +356,47 @@ impl LayoutFiles for ArchiveFiles {
                 )?;
                 out.ok_or_else(|| bad(&self.name, format!("the archive has no {rel}")))
             }
-            Some(size) => Err(bad(
-                &self.name,
-                format!(
-                    "{rel} is {}, too large for an image's JSON",
-                    human_bytes(*size)
-                ),
-            )),
             None => Err(bad(&self.name, format!("the archive has no {rel}"))),
         }
     }
 }
 
-fn read_blob(name: &str, files: &dyn LayoutFiles, digest: &str) -> Result<Vec<u8>, OutputError> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .ok_or_else(|| bad(name, format!("unsupported digest {digest}")))?;
-    let bytes = files.read(&format!("blobs/sha256/{hex}"))?;
+/// The blob `desc` names, checked before it becomes a path (a well-formed sha256 digest:
+/// `sha256:../../etc/hostname` names no file), read no further than its descriptor's
+/// size (or `cap` when it gives none), and checked against its digest.
+fn read_blob(
+    name: &str,
+    files: &dyn LayoutFiles,
+    desc: &Descriptor,
+    cap: u64,
+) -> Result<Vec<u8>, OutputError> {
+    let digest = desc.digest.as_str();
+    if !image::valid_digest(digest) {
+        return Err(bad(
+            name,
+            format!("the layout names blob `{digest}`, which is not a sha256 digest (sha256: and 64 lowercase hex); refusing to look it up\n  hint: the layout is corrupt or was made to mislead; write it again with venvimg, skopeo or podman"),
+        ));
+    }
+    let max = match desc.size {
+        Some(size) if size > cap => {
+            return Err(bad(
+                name,
+                format!("blob {digest} is {size} bytes by its descriptor, more than the {cap} venvimg reads for it"),
+            ))
+        }
+        Some(size) => size,
+        None => cap,
+    };
+    let bytes = files.read(&format!("blobs/sha256/{}", &digest["sha256:".len()..]), max)?;
+    if desc.size.is_some_and(|s| s != bytes.len() as u64) {
+        return Err(bad(
+            name,
+            format!(
+                "blob {digest} is {} bytes, its descriptor says {max}; the layout is corrupt",
+                bytes.len()
+            ),
+        ));
+    }
     if sha256_digest(&bytes) != digest {
         return Err(bad(
             name,
@@ -325,7 +413,7 @@ fn read_layout(
     files: &dyn LayoutFiles,
     want: Option<&str>,
 ) -> Result<ImageData, OutputError> {
-    let index: Value = serde_json::from_slice(&files.read("index.json")?)
+    let index: Value = serde_json::from_slice(&files.read("index.json", MAX_INDEX_JSON)?)
         .map_err(|e| bad(name, format!("index.json is not JSON: {e}")))?;
     let manifests = index["manifests"]
         .as_array()
@@ -361,18 +449,25 @@ fn read_layout(
             },
         ));
     };
-    let digest = chosen["digest"]
-        .as_str()
-        .ok_or_else(|| bad(name, "index.json entry without a digest"))?;
-    let mut bytes = read_blob(name, files, digest)?;
+    let desc =
+        Descriptor::of(chosen).ok_or_else(|| bad(name, "index.json entry without a digest"))?;
+    let mut bytes = read_blob(name, files, &desc, MAX_MANIFEST)?;
     if let image::Picked::FromIndex { digest } =
         image::pick_platform(&bytes, &Platform::host()).map_err(|d| bad(name, d))?
     {
-        bytes = read_blob(name, files, &digest)?;
+        // The entry's size too, so the read stops where the index says the blob ends.
+        let index: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let size = index["manifests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["digest"].as_str() == Some(digest.as_str()))
+            .and_then(|m| m["size"].as_u64());
+        bytes = read_blob(name, files, &Descriptor { digest, size }, MAX_MANIFEST)?;
     }
-    let (config_digest, mut data) = parse_image_manifest(name, &bytes)?;
-    data.config = parse_config(name, &read_blob(name, files, &config_digest)?)?;
-    data.config_digest = config_digest;
+    let (config, mut data) = parse_image_manifest(name, &bytes)?;
+    data.config = parse_config(name, &read_blob(name, files, &config, MAX_CONFIG)?)?;
+    data.config_digest = config.digest;
     Ok(data)
 }
 
@@ -381,7 +476,7 @@ fn read_docker_archive(
     files: &ArchiveFiles,
     want: Option<&str>,
 ) -> Result<ImageData, OutputError> {
-    let manifest: Value = serde_json::from_slice(&files.read("manifest.json")?)
+    let manifest: Value = serde_json::from_slice(&files.read("manifest.json", MAX_MANIFEST)?)
         .map_err(|e| bad(name, format!("manifest.json is not JSON: {e}")))?;
     let entries = manifest
         .as_array()
@@ -415,7 +510,7 @@ fn read_docker_archive(
     let config_path = chosen["Config"]
         .as_str()
         .ok_or_else(|| bad(name, "manifest.json names no Config"))?;
-    let config_bytes = files.read(config_path.trim_start_matches("./"))?;
+    let config_bytes = files.read(config_path.trim_start_matches("./"), MAX_CONFIG)?;
     let config = parse_config(name, &config_bytes)?;
     let layers = chosen["Layers"]
         .as_array()
@@ -715,7 +810,7 @@ pub async fn inspect(
                 )
                 .into());
             }
-            read_layout(name, &DirFiles(&dir), want.as_deref())?
+            read_layout(name, &DirFiles { name, dir: &dir }, want.as_deref())?
         }
         Source::OciArchive(file, want) => {
             let files = ArchiveFiles::scan(name, &file)?;
@@ -912,5 +1007,111 @@ mod tests {
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("does not exist"), "{err}");
         assert_eq!(parse_source("Not A Reference").unwrap_err().exit_code(), 2);
+    }
+
+    /// A layout folder holding `blobs` (by digest) and an index.json naming `manifest`.
+    fn layout_dir(dir: &Path, manifest: &Value, blobs: &[&[u8]]) {
+        fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        fs::write(dir.join("oci-layout"), super::super::layout::OCI_LAYOUT).unwrap();
+        for b in blobs {
+            let d = sha256_digest(b);
+            fs::write(dir.join("blobs/sha256").join(&d[7..]), b).unwrap();
+        }
+        let index = json!({"schemaVersion": 2, "manifests": [manifest]});
+        fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    }
+
+    fn read_dir_layout(dir: &Path) -> Result<ImageData, OutputError> {
+        read_layout("oci:x", &DirFiles { name: "oci:x", dir }, None)
+    }
+
+    #[test]
+    fn a_digest_is_checked_before_it_becomes_a_path() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = t.path().join("layout");
+        // Reading this FIFO would hang: the digest must be refused before any open.
+        let canary = t.path().join("canary");
+        let made = std::process::Command::new("mkfifo").arg(&canary).status();
+        assert!(made.is_ok_and(|s| s.success()));
+        let evil = "sha256:../../../canary";
+        layout_dir(
+            &layout,
+            &json!({"mediaType": MediaTypes::OCI_MANIFEST, "digest": evil, "size": 10}),
+            &[],
+        );
+        let err = read_dir_layout(&layout).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!(
+                "names blob `{evil}`, which is not a sha256 digest"
+            )),
+            "{err}"
+        );
+
+        // The same in the config descriptor of a good manifest.
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "config": {"mediaType": MediaTypes::OCI_CONFIG, "digest": evil, "size": 10},
+            "layers": [],
+        }))
+        .unwrap();
+        layout_dir(
+            &layout,
+            &json!({"digest": sha256_digest(&manifest), "size": manifest.len()}),
+            &[&manifest],
+        );
+        let err = read_dir_layout(&layout).unwrap_err().to_string();
+        assert!(err.contains(&format!("`{evil}`")), "{err}");
+    }
+
+    #[test]
+    fn layout_blobs_are_regular_files_no_bigger_than_their_descriptor() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = t.path().join("layout");
+        let manifest =
+            br#"{"schemaVersion":2,"config":{"digest":"sha256:00","size":1},"layers":[]}"#;
+        let digest = sha256_digest(manifest);
+        let blob = layout.join("blobs/sha256").join(&digest[7..]);
+
+        // Bigger than the index says: refused before the whole file is read.
+        layout_dir(&layout, &json!({"digest": digest, "size": 10}), &[manifest]);
+        let err = read_dir_layout(&layout).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!(
+                "blobs/sha256/{} is {} bytes, more than the 10",
+                &digest[7..],
+                manifest.len()
+            )),
+            "{err}"
+        );
+
+        // A symlink in place of a blob, or of the blobs folder, is not followed.
+        layout_dir(
+            &layout,
+            &json!({"digest": digest, "size": manifest.len()}),
+            &[],
+        );
+        let _ = fs::remove_file(&blob);
+        std::os::unix::fs::symlink("/etc/hostname", &blob).unwrap();
+        let err = read_dir_layout(&layout).unwrap_err().to_string();
+        assert!(err.contains("is a symlink; refusing to read it"), "{err}");
+        let other = t.path().join("other");
+        fs::create_dir_all(&other).unwrap();
+        fs::write(other.join(&digest[7..]), manifest).unwrap();
+        fs::remove_dir_all(layout.join("blobs/sha256")).unwrap();
+        std::os::unix::fs::symlink(&other, layout.join("blobs/sha256")).unwrap();
+        let err = read_dir_layout(&layout).unwrap_err().to_string();
+        assert!(err.contains("(a symlink?); refusing to read it"), "{err}");
+
+        // index.json itself: a FIFO is refused, not waited on.
+        fs::remove_file(layout.join("index.json")).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(layout.join("index.json"))
+            .status();
+        assert!(made.is_ok_and(|s| s.success()));
+        let err = read_dir_layout(&layout).unwrap_err().to_string();
+        assert!(
+            err.contains("index.json is a FIFO, not a regular file"),
+            "{err}"
+        );
     }
 }

@@ -70,15 +70,26 @@ impl ImageFiles<'_> {
     }
 }
 
-/// `sha256:abc…` → `abc…`. Digests come from our own manifests, which only use sha256.
+/// `sha256:abc…` → `abc…`, only for a well-formed digest (64 lowercase hex): what comes
+/// back is safe to use as a file name under `blobs/sha256/`.
 pub fn hex_of(digest: &str) -> Result<&str, OutputError> {
-    digest
-        .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| OutputError::BadDigest {
+    if !crate::image::valid_digest(digest) {
+        return Err(OutputError::BadDigest {
             digest: digest.to_string(),
-        })
+        });
+    }
+    Ok(&digest["sha256:".len()..])
 }
+
+/// The most of `index.json` venvimg reads: thousands of tags fit.
+pub const MAX_INDEX_JSON: u64 = 16 << 20;
+/// The most of a manifest (or image index) venvimg reads, as registries cap them.
+pub const MAX_MANIFEST: u64 = 4 << 20;
+/// The most of an image config venvimg reads (venvimg's record of packages is in it).
+pub const MAX_CONFIG: u64 = 64 << 20;
+
+/// The file in an `oci:DIR` layout that writers lock while they update `index.json`.
+pub const LOCK_FILE: &str = ".venvimg.lock";
 
 /// The descriptor of the image's manifest, as an `index.json` entry.
 fn manifest_descriptor(image: &ComposedImage, ref_name: &str, image_name: &str) -> Value {
@@ -305,9 +316,77 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
     tmp.write_all(bytes)
         .map_err(|source| OutputError::io(tmp.path(), source))?;
     set_file_mode(tmp.as_file(), FILE_MODE).map_err(|source| OutputError::io(path, source))?;
+    // On disk before the name points at it: a crash leaves the old file or the new one.
+    tmp.as_file()
+        .sync_all()
+        .map_err(|source| OutputError::io(tmp.path(), source))?;
     tmp.persist(path)
         .map_err(|e| OutputError::io(path, e.error))?;
-    Ok(())
+    sync_dir(dir)
+}
+
+/// Make the renames done in `dir` durable.
+pub fn sync_dir(dir: &Path) -> Result<(), OutputError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| OutputError::io(dir, source))
+}
+
+/// An exclusive `flock` on `DIR/.venvimg.lock`, released when dropped: two venvimg
+/// processes updating one layout take turns, so neither loses the other's entry.
+pub struct LayoutLock {
+    _file: File,
+}
+
+impl LayoutLock {
+    /// The lock on the layout in `dir` (which must exist), or `None` when another
+    /// process holds it.
+    pub fn try_acquire(dir: &Path) -> Result<Option<LayoutLock>, OutputError> {
+        let (file, path) = Self::open(dir)?;
+        match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => Ok(Some(LayoutLock { _file: file })),
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),
+            Err(e) => Err(OutputError::io(&path, e)),
+        }
+    }
+
+    /// Wait for the lock on the layout in `dir` (blocks the thread).
+    pub fn acquire(dir: &Path) -> Result<LayoutLock, OutputError> {
+        let (file, path) = Self::open(dir)?;
+        loop {
+            match flock(&file, libc::LOCK_EX) {
+                Ok(()) => return Ok(LayoutLock { _file: file }),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(OutputError::io(&path, e)),
+            }
+        }
+    }
+
+    fn open(dir: &Path) -> Result<(File, PathBuf), OutputError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = dir.join(LOCK_FILE);
+        // Never through a symlink: the lock file is created here or is a file here.
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(FILE_MODE)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|source| OutputError::io(&path, source))?;
+        Ok((file, path))
+    }
+}
+
+fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock only reads the descriptor, which `file` keeps open for the call.
+    if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Temporary files are 0600; what we leave behind is 0644, like any other tool's output.

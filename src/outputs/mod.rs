@@ -21,6 +21,7 @@ use crate::error::Error;
 use crate::image::{BlobRef, ComposedImage};
 use crate::printer::{human_bytes, Printer};
 use crate::registry::{retry, Registry};
+use crate::untrusted::{self, Refusal};
 use layout::ImageFiles;
 
 pub use init::{init, render_config, InitArgs, InitFacts};
@@ -211,13 +212,18 @@ async fn write_archive(
         )?,
     }
     layout::set_file_mode(tmp.as_file(), 0o644).map_err(|s| OutputError::io(&tmp_path, s))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|s| OutputError::io(&tmp_path, s))?;
     tmp.persist(file)
         .map_err(|e| OutputError::io(file, e.error))?;
+    layout::sync_dir(&dir)?;
     Ok(())
 }
 
 /// Write or update the OCI layout in `dir`. Blobs go first and `index.json` last, so the
-/// layout never names a manifest whose blobs are missing.
+/// layout never names a manifest whose blobs are missing. Writers of one layout take
+/// turns (a lock file in it), so concurrent ones never lose each other's entries.
 async fn write_oci_dir(
     registry: &Registry,
     dir: &Path,
@@ -228,20 +234,70 @@ async fn write_oci_dir(
 ) -> Result<(), Error> {
     let layout_file = dir.join("oci-layout");
     let index_file = dir.join("index.json");
-    if dir.exists() {
-        let not_empty = fs::read_dir(dir)
-            .map_err(|s| OutputError::io(dir, s))?
-            .next()
-            .is_some();
-        if not_empty && !layout_file.is_file() {
-            return Err(Error::Usage(format!(
-                "--output oci:{}: the directory exists and is not an OCI layout (no oci-layout file); choose a new or empty directory",
-                dir.display()
-            )));
+    let shown = format!("oci:{}", dir.display());
+    let not_a_layout = || {
+        Error::Usage(format!(
+            "--output {shown}: the directory exists and is not an OCI layout (no oci-layout file); choose a new or empty directory",
+        ))
+    };
+    if dir.exists() && !dir.is_dir() {
+        return Err(not_a_layout());
+    }
+    // Anything there besides a lock file must be a layout before the lock file is made.
+    let others = |d: &Path| -> Result<bool, OutputError> {
+        if !d.exists() {
+            return Ok(false);
+        }
+        Ok(fs::read_dir(d)
+            .map_err(|s| OutputError::io(d, s))?
+            .flatten()
+            .any(|e| e.file_name() != layout::LOCK_FILE))
+    };
+    if others(dir)? && untrusted::check_regular(&layout_file).is_err() {
+        return Err(not_a_layout());
+    }
+    fs::create_dir_all(dir).map_err(|s| OutputError::io(dir, s))?;
+    let lock = match layout::LayoutLock::try_acquire(dir)? {
+        Some(lock) => lock,
+        None => {
+            printer.info(format!(
+                "waiting for another venvimg writing {shown} to finish"
+            ));
+            let d = dir.to_path_buf();
+            tokio::task::spawn_blocking(move || layout::LayoutLock::acquire(&d))
+                .await
+                .map_err(|e| OutputError::io(dir, std::io::Error::other(e.to_string())))??
+        }
+    };
+    // Checked again under the lock: another writer may have been first.
+    if others(dir)? && untrusted::check_regular(&layout_file).is_err() {
+        return Err(not_a_layout());
+    }
+    // Marks the folder as a layout from the start, so a concurrent writer sees one.
+    layout::write_atomic(&layout_file, layout::OCI_LAYOUT)?;
+    let blobs = dir.join("blobs").join("sha256");
+    for d in [dir.join("blobs"), blobs.clone()] {
+        match untrusted::check_dir(&d) {
+            Ok(()) => {}
+            Err(Refusal::Missing) => match fs::create_dir(&d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(OutputError::io(&d, e).into()),
+            },
+            Err(Refusal::Io(e)) => return Err(OutputError::io(&d, e).into()),
+            Err(_) => {
+                let rel = d.strip_prefix(dir).unwrap_or(&d).display().to_string();
+                return Err(OutputError::BadImage {
+                    image: shown,
+                    detail: format!(
+                        "{rel} is not a folder (a symlink?); venvimg writes a layout only into its own folders\n  hint: remove {} or write to a new directory",
+                        d.display()
+                    ),
+                }
+                .into());
+            }
         }
     }
-    let blobs = dir.join("blobs").join("sha256");
-    fs::create_dir_all(&blobs).map_err(|s| OutputError::io(&blobs, s))?;
 
     let mut missing = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -268,40 +324,50 @@ async fn write_oci_dir(
         let fetched = fetch_blobs(registry, &missing, sources, staging.path(), printer).await?;
         for (digest, path) in fetched {
             let target = blobs.join(layout::hex_of(&digest)?);
+            fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|s| OutputError::io(&path, s))?;
             fs::rename(&path, &target).map_err(|s| OutputError::io(&target, s))?;
         }
     }
+    layout::sync_dir(&blobs)?;
     for (hex, bytes) in layout::small_blobs(image)? {
         layout::write_atomic(&blobs.join(hex), bytes)?;
     }
-    layout::write_atomic(&layout_file, layout::OCI_LAYOUT)?;
-    let index = match fs::read(&index_file) {
+    let index = match untrusted::read_checked(&index_file, layout::MAX_INDEX_JSON) {
         Ok(existing) => {
             layout::merged_index_json(&existing, image, &ref_name(reference), &reference.whole())
                 .map_err(|detail| OutputError::BadImage {
-                    image: format!("oci:{}", dir.display()),
+                    image: shown.clone(),
                     detail,
                 })?
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(Refusal::Missing) => {
             layout::index_json(image, &ref_name(reference), &reference.whole())
         }
-        Err(e) => return Err(OutputError::io(&index_file, e).into()),
+        Err(reason) => {
+            return Err(OutputError::BadImage {
+                image: shown,
+                detail: format!("index.json {reason}"),
+            }
+            .into())
+        }
     };
     layout::write_atomic(&index_file, &index)?;
+    drop(lock);
     Ok(())
 }
 
-/// Is `path` already exactly this blob? (A layout being updated keeps what it has.)
+/// Is `path` already exactly this blob? (A layout being updated keeps what it has.) A
+/// symlink or anything else but a regular file is not: it is replaced, never followed.
 fn blob_file_matches(path: &Path, blob: &BlobRef) -> Result<bool, OutputError> {
-    match fs::metadata(path) {
+    match untrusted::check_regular(path) {
         Ok(m) if m.len() == blob.size => {
-            let digest = crate::plan::sha256_file(path).map_err(|s| OutputError::io(path, s))?;
+            let digest = untrusted::sha256(path).map_err(|s| OutputError::io(path, s))?;
             Ok(format!("sha256:{digest}") == blob.digest)
         }
-        Ok(_) => Ok(false),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(OutputError::io(path, e)),
+        Err(Refusal::Io(e)) => Err(OutputError::io(path, e)),
+        _ => Ok(false),
     }
 }
 
@@ -321,6 +387,9 @@ fn copy_blob(from: &Path, to: &Path, blob: &BlobRef) -> Result<(), OutputError> 
         });
     }
     layout::set_file_mode(tmp.as_file(), 0o644).map_err(|s| OutputError::io(to, s))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|s| OutputError::io(tmp.path(), s))?;
     tmp.persist(to).map_err(|e| OutputError::io(to, e.error))?;
     Ok(())
 }
@@ -537,7 +606,9 @@ mod tests {
         let first = tree(&a);
         assert_eq!(first, tree(&b));
         let names: Vec<&String> = first.keys().collect();
-        assert_eq!(names.len(), 2 + 4, "{names:?}");
+        // oci-layout, index.json, 4 blobs, and the writers' (empty) lock file.
+        assert_eq!(names.len(), 2 + 4 + 1, "{names:?}");
+        assert_eq!(first[layout::LOCK_FILE].0, b"");
         assert!(first.values().all(|(_, mode)| *mode == 0o644));
         assert_eq!(first["oci-layout"].0, layout::OCI_LAYOUT);
         for (name, (bytes, _)) in &first {

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
@@ -10,7 +11,7 @@ use crate::error::Error;
 use crate::plan::{Plan, Status};
 use crate::printer::{table, Printer, Verbosity};
 use crate::registry::auth::ExplicitCredentials;
-use crate::registry::{Registry, Transport};
+use crate::registry::{Level, Notes, Registry, Transport};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,16 +44,26 @@ pub struct GlobalArgs {
     /// A registry (HOST[:PORT]) reached over plain HTTP. Loopback registries always are.
     #[arg(long = "insecure-registry", global = true, value_name = "HOST[:PORT]")]
     pub insecure_registry: Vec<String>,
-    /// Do not verify TLS certificates (HTTPS is still used).
-    #[arg(long, global = true)]
-    pub skip_tls_verify: bool,
+    /// Do not verify the TLS certificate of this registry (repeat for several). HTTPS is
+    /// still used; every other registry and token service is still verified.
+    #[arg(
+        long = "skip-tls-verify",
+        global = true,
+        value_name = "HOST[:PORT]",
+        num_args = 0..=1,
+        default_missing_value = ""
+    )]
+    pub skip_tls_verify: Vec<String>,
     /// Extra CA certificate (PEM) to trust; SSL_CERT_FILE is also read.
     #[arg(long = "ca-file", global = true, value_name = "FILE")]
     pub ca_file: Vec<PathBuf>,
-    /// Username for the target registry (else VENVIMG_USERNAME, then auth files).
-    #[arg(long, global = true, env = "VENVIMG_USERNAME", hide_env_values = true)]
+    /// Username for the target registry (else VENVIMG_USERNAME, then auth files). With
+    /// `inspect` and --password-stdin: for IMAGE's registry.
+    #[arg(long, global = true)]
     pub username: Option<String>,
     /// Read the target registry's password from standard input (else VENVIMG_PASSWORD).
+    /// VENVIMG_USERNAME/VENVIMG_PASSWORD go only to the registry of venvimg.yaml's
+    /// `repository:` (and its base image when it is on the same registry).
     #[arg(long, global = true)]
     pub password_stdin: bool,
     /// Upload blobs in chunks of this many MiB (1-4; more is sent as 4) instead of one
@@ -154,19 +165,13 @@ async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
         }
         Command::Init(args) => crate::outputs::init(&cli.global, &args, printer),
         Command::Inspect(args) => {
-            // Explicit credentials apply to the registry of the image inspected.
-            let target = args
-                .image
-                .parse::<oci_client::Reference>()
-                .ok()
-                .map(|r| r.resolve_registry().to_string());
-            let transport = transport(&cli.global, target.as_deref())?;
+            let transport = inspect_transport(&cli.global, &args.image, printer)?;
             crate::outputs::inspect(transport, &args, printer).await
         }
         Command::Plan(args) => {
             crate::cancel::sweep_stale();
             let config = Config::load(&cli.global.config)?;
-            let registry = connect(&cli.global, &config)?;
+            let registry = connect(&cli.global, &config, printer)?;
             let plan = crate::plan::make_plan(&config, &registry, &args.sessions).await?;
             flush_warnings(&registry, printer);
             if let Some(session) = &args.explain {
@@ -190,7 +195,7 @@ async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
         Command::Build(args) => {
             crate::cancel::sweep_stale();
             let config = Config::load(&cli.global.config)?;
-            let registry = connect(&cli.global, &config)?;
+            let registry = connect(&cli.global, &config, printer)?;
             crate::build::run(&config, &registry, &args, printer).await
         }
     }
@@ -202,12 +207,13 @@ pub fn flush_warnings(registry: &Registry, printer: &Printer) {
     }
 }
 
-/// Transport settings from the global flags; explicit credentials apply to `target`.
-pub fn transport(g: &GlobalArgs, target: Option<&str>) -> Result<Transport, Error> {
-    let mut explicit = ExplicitCredentials::from_env();
-    if let Some(u) = &g.username {
-        explicit.username = Some(u.clone());
-    }
+/// `--username` and the password read by `--password-stdin`: only what the command line
+/// gave.
+fn flag_credentials(g: &GlobalArgs) -> Result<ExplicitCredentials, Error> {
+    let mut flags = ExplicitCredentials {
+        username: g.username.clone().filter(|u| !u.is_empty()),
+        password: None,
+    };
     if g.password_stdin {
         let mut pw = String::new();
         std::io::stdin().read_line(&mut pw).map_err(|e| {
@@ -219,22 +225,108 @@ pub fn transport(g: &GlobalArgs, target: Option<&str>) -> Result<Transport, Erro
                 "--password-stdin: standard input was empty; pipe the password in".into(),
             ));
         }
-        explicit.password = Some(pw);
+        flags.password = Some(pw);
     }
+    Ok(flags)
+}
+
+/// VENVIMG_USERNAME / VENVIMG_PASSWORD, each overridden by its flag.
+fn env_and_flag_credentials(flags: ExplicitCredentials) -> ExplicitCredentials {
+    let env = ExplicitCredentials::from_env();
+    ExplicitCredentials {
+        username: flags.username.or(env.username),
+        password: flags.password.or(env.password),
+    }
+}
+
+/// Transport settings from the global flags: `explicit` credentials go to the registry
+/// `explicit_for` only; messages go to `printer`.
+pub fn transport(
+    g: &GlobalArgs,
+    explicit: ExplicitCredentials,
+    explicit_for: Option<String>,
+    printer: &Printer,
+) -> Result<Transport, Error> {
+    for host in &g.skip_tls_verify {
+        if host.is_empty() {
+            return Err(Error::Usage(
+                "--skip-tls-verify needs the registry whose certificate is not to be verified: \
+                 --skip-tls-verify HOST[:PORT] (repeat it for several registries); every other \
+                 registry and token service stays verified"
+                    .into(),
+            ));
+        }
+        if host.contains('/') || host.chars().any(char::is_whitespace) {
+            return Err(Error::Usage(format!(
+                "--skip-tls-verify `{host}`: name a registry as HOST[:PORT], without a scheme or path (e.g. --skip-tls-verify registry.example:5000)"
+            )));
+        }
+    }
+    let notes_printer = printer.clone();
+    let notes: Notes = Arc::new(move |level: Level, msg: &str| match level {
+        Level::Warning => notes_printer.warn(msg),
+        Level::Detail => notes_printer.verbose(msg),
+    });
     Ok(Transport {
         insecure: g.insecure_registry.clone(),
-        skip_tls_verify: g.skip_tls_verify,
+        skip_tls_verify: g.skip_tls_verify.clone(),
         ca_files: g.ca_file.clone(),
         explicit,
-        explicit_for: target.map(str::to_string),
+        explicit_for,
         monolithic: g.chunk_size.is_none(),
         chunk_size: g.chunk_size.map(|m| (m.max(1) as usize) << 20),
+        notes: Some(notes),
     })
 }
 
-pub fn connect(g: &GlobalArgs, config: &Config) -> Result<Registry, Error> {
+/// For `inspect IMAGE`: `--username` with `--password-stdin` go to IMAGE's registry;
+/// VENVIMG_USERNAME / VENVIMG_PASSWORD only to the registry of venvimg.yaml's
+/// `repository:`, when there is a venvimg.yaml and IMAGE lives there.
+fn inspect_transport(g: &GlobalArgs, image: &str, printer: &Printer) -> Result<Transport, Error> {
+    let local = ["oci:", "oci-archive:", "docker-archive:"]
+        .iter()
+        .any(|p| image.starts_with(p));
+    let target = (!local)
+        .then(|| image.parse::<oci_client::Reference>().ok())
+        .flatten()
+        .map(|r| r.resolve_registry().to_string());
+    let flags = flag_credentials(g)?;
+    if flags.is_complete() {
+        return transport(g, flags, target, printer);
+    }
+    let configured = if g.config.is_file() {
+        match Config::load(&g.config) {
+            Ok(c) => Some(c.repository.resolve_registry().to_string()),
+            Err(e) => {
+                printer.verbose(format!(
+                    "{} does not load ({e}); VENVIMG_USERNAME/VENVIMG_PASSWORD are not used",
+                    g.config.display()
+                ));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let partial = flags.username.is_some() || flags.password.is_some();
+    if let (true, Some(t)) = (partial, &target) {
+        if configured.as_deref() != Some(t.as_str()) {
+            return Err(Error::Usage(format!(
+                "inspect `{image}`: give both --username and --password-stdin for {t}; VENVIMG_USERNAME/VENVIMG_PASSWORD are only for {}",
+                match &configured {
+                    Some(c) => format!("{c} (the registry of `repository:` in {})", g.config.display()),
+                    None => format!("the registry of venvimg.yaml's `repository:` (no {} here)", g.config.display()),
+                }
+            )));
+        }
+    }
+    transport(g, env_and_flag_credentials(flags), configured, printer)
+}
+
+pub fn connect(g: &GlobalArgs, config: &Config, printer: &Printer) -> Result<Registry, Error> {
     let target = config.repository.resolve_registry().to_string();
-    let mut t = transport(g, Some(&target))?;
+    let explicit = env_and_flag_credentials(flag_credentials(g)?);
+    let mut t = transport(g, explicit, Some(target), printer)?;
     t.insecure
         .extend(config.insecure_registries.iter().cloned());
     Ok(Registry::new(

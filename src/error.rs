@@ -21,8 +21,10 @@ pub enum Error {
     },
     #[error(transparent)]
     Nox(#[from] NoxError),
+    /// Boxed: the registry's errors carry several strings and would make every
+    /// `Result<_, Error>` as large as they are.
     #[error(transparent)]
-    Registry(#[from] RegistryError),
+    Registry(Box<RegistryError>),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -49,5 +51,11 @@ impl Error {
             | Error::Locked(crate::plan::locked::LockedError::Failed { .. }) => 2,
             _ => 1,
         }
+    }
+}
+
+impl From<RegistryError> for Error {
+    fn from(e: RegistryError) -> Self {
+        Error::Registry(Box::new(e))
     }
 }

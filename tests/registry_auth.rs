@@ -1,8 +1,15 @@
 //! Credentials and TLS against a real loopback registry with htpasswd (Basic) auth over
 //! TLS, its certificate made here with the openssl CLI: credentials from a podman auth
-//! file, a docker config.json, a credential helper on PATH and VENVIMG_USERNAME /
-//! VENVIMG_PASSWORD; refused ones exit 1 naming the registry and the credential source,
-//! and no secret is ever printed, at any verbosity.
+//! file (the longest matching `host/path` entry), a docker config.json, a credential
+//! helper on PATH and VENVIMG_USERNAME / VENVIMG_PASSWORD; refused ones exit 1 naming the
+//! registry and the credential source, and no secret is ever printed, at any verbosity.
+//!
+//! Credentials go only where they belong: environment credentials only to the configured
+//! repository's registry (`inspect` of another registry does not send them; a recording
+//! proxy in front of a real htpasswd registry shows what was sent), Basic credentials to
+//! a registry's token service (real registries with token auth, whose realm is a fake
+//! token service on 127.0.0.2 recording what it receives) only over HTTPS, and
+//! `--skip-tls-verify HOST[:PORT]` skips verification for the registry named only.
 #[path = "support/registry_kit.rs"]
 mod kit;
 mod support;
@@ -12,7 +19,10 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use base64::Engine;
-use kit::{assert_repository_complete, compose_on, push, runtime, small_layer, Access};
+use kit::{
+    assert_repository_complete, compose_labeled, compose_on, push, runtime, small_layer, Access,
+    FakeTokenService, RecordingProxy,
+};
 use venvimg::registry::auth::ExplicitCredentials;
 use venvimg::registry::{Registry, RegistryError, Transport};
 
@@ -317,15 +327,18 @@ struct Project {
 fn project() -> Project {
     let env = support::testenv();
     let auth = auth_registry();
+    project_with(
+        &format!("{}/team/app-plan-{}", auth.addr, std::process::id()),
+        &env.base,
+    )
+}
+
+/// A project whose images go to `repository`, on `base`.
+fn project_with(repository: &str, base: &str) -> Project {
     let dir = support::copy_fixture("sample");
     std::fs::write(
         dir.path().join("venvimg.yaml"),
-        format!(
-            "repository: {}/team/app-plan-{}\nbase: {}\nsessions: [lint]\n",
-            auth.addr,
-            std::process::id(),
-            env.base
-        ),
+        format!("repository: {repository}\nbase: {base}\nsessions: [lint]\n"),
     )
     .unwrap();
     Project {
@@ -337,6 +350,19 @@ fn project() -> Project {
 impl Project {
     /// `venvimg plan` with only the credentials the test gives.
     fn plan(&self, envs: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+        let mut all = vec!["plan"];
+        all.extend(args);
+        self.run(envs, &all, None)
+    }
+
+    /// `venvimg ARGS` in the project, with only the credentials the test gives, and
+    /// `stdin` on standard input.
+    fn run(
+        &self,
+        envs: &[(&str, &str)],
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> std::process::Output {
         let mut cmd = support::venvimg();
         cmd.current_dir(self.dir.path())
             .env("HOME", self.home.path())
@@ -346,10 +372,12 @@ impl Project {
             .env_remove("VENVIMG_USERNAME")
             .env_remove("VENVIMG_PASSWORD")
             .env_remove("SSL_CERT_FILE")
-            .arg("plan")
             .args(args);
         for (k, v) in envs {
             cmd.env(k, v);
+        }
+        if let Some(input) = stdin {
+            cmd.write_stdin(input.to_string());
         }
         cmd.output().unwrap()
     }
@@ -649,11 +677,474 @@ fn no_credentials_and_untrusted_certificates_say_what_to_do() {
     );
     assert!(!all.contains(PASSWORD), "{all}");
 
-    // SSL_CERT_FILE is read too; --skip-tls-verify is the explicit way around.
+    // SSL_CERT_FILE is read too; --skip-tls-verify HOST:PORT is the explicit way around.
     let mut with_env = creds.to_vec();
     with_env.push(("SSL_CERT_FILE", &ca));
     let out = p.plan(&with_env, &[]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = p.plan(&creds, &["--skip-tls-verify"]);
+    let out = p.plan(&creds, &["--skip-tls-verify", &auth.addr]);
     assert!(out.status.success(), "{}", text(&out));
+}
+
+/// `all` (a command's output) holds neither `secret` nor its Basic encoding.
+#[track_caller]
+fn assert_no_secret(all: &str, secret: &str) {
+    assert!(!all.contains(secret), "a secret was printed:\n{all}");
+    assert!(
+        !all.contains(&basic(USER, secret)),
+        "an encoded secret was printed:\n{all}"
+    );
+}
+
+/// An `Authorization` header value that carries `secret`.
+fn carries(authorization: &str, secret: &str) -> bool {
+    authorization.contains(secret) || authorization.contains(&basic(USER, secret))
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The directory of the auth registry's certificate material (its CA signs the others).
+fn material_dir() -> PathBuf {
+    auth_registry().ca.parent().unwrap().to_path_buf()
+}
+
+/// A first line for a private registry's yaml, so that it restarts when the CA changes.
+fn ca_fingerprint_comment() -> String {
+    format!(
+        "# ca {}\n",
+        venvimg::image::sha256_digest(&std::fs::read(&auth_registry().ca).unwrap())
+    )
+}
+
+fn tls_yaml() -> String {
+    let d = material_dir();
+    format!(
+        "http:\n  tls:\n    certificate: {d}/server.pem\n    key: {d}/server.key\n",
+        d = d.display()
+    )
+}
+
+/// A TLS registry on 127.0.0.1 with token auth whose token service is `realm`: its
+/// `GET /v2/` answers 401 with `WWW-Authenticate: Bearer realm="<realm>",service=...`.
+fn token_registry(name: &str, realm: &str) -> String {
+    let yaml = format!(
+        "{}auth:\n  token:\n    realm: {realm}\n    service: venvimg-test\n    issuer: venvimg-test\n    rootcertbundle: {}\n{}",
+        ca_fingerprint_comment(),
+        auth_registry().ca.display(),
+        tls_yaml()
+    );
+    support::private_registry(name, &yaml)
+}
+
+/// A second TLS registry (no auth), with the same certificate nobody trusts by default.
+fn tls_anonymous_registry() -> String {
+    support::private_registry(
+        "tls-anon",
+        &format!("{}{}", ca_fingerprint_comment(), tls_yaml()),
+    )
+}
+
+/// A plain-HTTP registry with the same htpasswd (loopback only, as tests are).
+fn htpasswd_plain_registry() -> String {
+    support::private_registry(
+        "auth-plain",
+        &format!(
+            "auth:\n  htpasswd:\n    realm: venvimg-plain\n    path: {}/htpasswd\n",
+            material_dir().display()
+        ),
+    )
+}
+
+/// A certificate for 127.0.0.2 signed by the test CA, made in `dir`: (cert, key).
+fn realm_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let ca_dir = material_dir();
+    let mut req = vec![
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+    ];
+    req.extend(["-nodes", "-keyout", "realm.key", "-out", "realm.csr"]);
+    req.extend(["-subj", "/CN=127.0.0.2"]);
+    openssl(dir, &req);
+    std::fs::write(
+        dir.join("realm.ext"),
+        "subjectAltName=IP:127.0.0.2\nbasicConstraints=critical,CA:FALSE\n\
+         keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let ca = ca_dir.join("ca.pem").display().to_string();
+    let ca_key = ca_dir.join("ca.key").display().to_string();
+    let serial = format!("0x{:x}", std::process::id() as u64 * 7919 + 17);
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "realm.csr",
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-set_serial",
+            &serial,
+            "-out",
+            "realm.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "realm.ext",
+        ],
+    );
+    (dir.join("realm.pem"), dir.join("realm.key"))
+}
+
+/// Where the fake token services listen: the registries' configuration names them, so
+/// the addresses are fixed. 127.0.0.2 is another host than the registries' 127.0.0.1;
+/// the ports are below the ephemeral range.
+const HTTP_REALM: &str = "127.0.0.2:29471";
+const HTTPS_REALM: &str = "127.0.0.2:29472";
+
+#[test]
+fn a_token_service_gets_basic_credentials_only_over_https() {
+    let env = support::testenv();
+    let ca = auth_registry().ca.display().to_string();
+    // The token services' addresses are fixed: one test process at a time uses them.
+    let _lock = DirLock::acquire(&env.state_dir.join("fake-token-services.lock"));
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = realm_certificate(tmp.path());
+    let http_realm = FakeTokenService::start(HTTP_REALM, None);
+    let https_realm = FakeTokenService::start(HTTPS_REALM, Some((&cert, &key)));
+    let creds = [("VENVIMG_USERNAME", USER), ("VENVIMG_PASSWORD", PASSWORD)];
+    let pid = std::process::id();
+
+    // An HTTPS registry whose token service is plain HTTP on another host: the
+    // credential is not sent there; venvimg goes on without it and says why.
+    let reg = token_registry("token-http-realm", &http_realm.url);
+    let p = project_with(&format!("{reg}/team/realm-{pid}"), &env.base);
+    let out = p.plan(&creds, &["-v", "--ca-file", &ca]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let stderr = stderr_of(&out);
+    for needle in [
+        reg.as_str(),
+        http_realm.url.as_str(),
+        "not sent",
+        "plain HTTP",
+        "only over HTTPS",
+        "VENVIMG_USERNAME/VENVIMG_PASSWORD",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} missing:\n{all}");
+    }
+    let seen = http_realm.authorizations();
+    assert!(
+        !seen.is_empty(),
+        "the token service was never asked, so this proves nothing:\n{all}"
+    );
+    for a in seen.iter().flatten() {
+        assert!(
+            !carries(a, PASSWORD),
+            "the token service got the password: {a}"
+        );
+    }
+    assert_no_secret(&all, PASSWORD);
+
+    // Its token service over HTTPS on another host: sent, and the user is told once,
+    // with both hosts.
+    let reg = token_registry("token-https-realm", &https_realm.url);
+    let p = project_with(&format!("{reg}/team/realm-{pid}"), &env.base);
+    let out = p.plan(&creds, &["-v", "--ca-file", &ca]);
+    let all = text(&out);
+    // The fake service hands out no token: refused in the end, naming the credentials.
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let stderr = stderr_of(&out);
+    let warning = format!("token service on another host, {HTTPS_REALM}");
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains(&warning)).collect();
+    assert_eq!(warnings.len(), 1, "one warning:\n{all}");
+    assert!(warnings[0].contains(&reg), "{all}");
+    let expected = format!("Basic {}", basic(USER, PASSWORD));
+    assert!(
+        https_realm
+            .authorizations()
+            .iter()
+            .flatten()
+            .any(|a| a == &expected),
+        "the HTTPS token service did not get the credentials: {:?}\n{all}",
+        https_realm.authorizations()
+    );
+    assert_no_secret(&all, PASSWORD);
+
+    // --skip-tls-verify naming the registry does not cover its token service: its
+    // certificate would go unchecked, so the credential is not sent there.
+    let before = https_realm.authorizations().len();
+    let out = p.plan(&creds, &["-v", "--skip-tls-verify", &reg]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let stderr = stderr_of(&out);
+    assert!(
+        stderr.contains("without checking its TLS certificate")
+            && stderr.contains(&format!("--skip-tls-verify {HTTPS_REALM}")),
+        "{all}"
+    );
+    let after = https_realm.authorizations();
+    assert!(
+        after.len() > before,
+        "the token service was never asked:\n{all}"
+    );
+    for a in after[before..].iter().flatten() {
+        assert!(
+            !carries(a, PASSWORD),
+            "the token service got the password: {a}"
+        );
+    }
+    assert_no_secret(&all, PASSWORD);
+}
+
+/// Pushes an image `venvimg inspect` can read (a record label) to `registry/repo_tag`.
+fn push_inspectable(registry: &str, repo_tag: &str) {
+    let env = support::testenv();
+    let rt = runtime();
+    let transport = Transport {
+        explicit: ExplicitCredentials {
+            username: Some(USER.into()),
+            password: Some(PASSWORD.into()),
+        },
+        explicit_for: Some(registry.into()),
+        monolithic: true,
+        ..Default::default()
+    };
+    let reg = Registry::new(transport, &[registry, &env.registry]).unwrap();
+    let base = rt
+        .block_on(reg.resolve_base(&kit::reference(&env.base), &kit::platform()))
+        .unwrap();
+    let record = serde_json::json!({"sessions": [{
+        "session": "lint", "venv_dir": "lint", "key": "0".repeat(64), "tag": "lint-0000000000000000",
+        "inputs": {"base": base.digest, "envdir": "/opt/nox",
+                   "inputs": [{"path": "noxfile.py", "sha256": "1".repeat(64)}]},
+        "python": "3.11.2", "backend": "uv", "interpreter": "/usr/bin/python3",
+        "packages": [{"name": "pyflakes", "version": "3.2.0"}],
+    }]});
+    let labels = std::collections::BTreeMap::from([
+        (
+            venvimg::image::SESSIONS_LABEL.to_string(),
+            "lint".to_string(),
+        ),
+        (venvimg::image::RECORD_LABEL.to_string(), record.to_string()),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let img = compose_labeled(base, &[small_layer(dir.path(), "lint", 71, 1024)], &labels);
+    push(&rt, &reg, &format!("{registry}/{repo_tag}"), &img).expect("push with credentials");
+}
+
+#[test]
+fn environment_credentials_go_only_to_the_configured_registry() {
+    let env = support::testenv();
+    let upstream = htpasswd_plain_registry();
+    let proxy = RecordingProxy::start(&upstream);
+    let pid = std::process::id();
+    let repo_tag = format!("team/inspect-{pid}:ci");
+    push_inspectable(&upstream, &repo_tag);
+    let image = format!("{}/{repo_tag}", proxy.addr);
+    let creds = [("VENVIMG_USERNAME", USER), ("VENVIMG_PASSWORD", PASSWORD)];
+    let sent = |secret: &str| -> Vec<String> {
+        proxy
+            .requests()
+            .into_iter()
+            .filter(|h| carries(h, secret))
+            .collect()
+    };
+
+    // venvimg.yaml's repository is on the shared registry; IMAGE is on another one.
+    let p = project_with(&format!("{}/team/app-{pid}", env.registry), &env.base);
+    let out = p.run(&creds, &["inspect", "-v", &image], None);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let stderr = stderr_of(&out);
+    assert!(
+        stderr.contains(&proxy.addr) && stderr.contains("401"),
+        "{all}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "VENVIMG_USERNAME/VENVIMG_PASSWORD (or --username/--password-stdin) are for {} only",
+            env.registry
+        )),
+        "says why the credentials were not used:\n{all}"
+    );
+    assert!(!proxy.requests().is_empty(), "{all}");
+    assert_eq!(sent(PASSWORD), Vec::<String>::new(), "{all}");
+    assert_no_secret(&all, PASSWORD);
+
+    // --username with --password-stdin go to IMAGE's registry (wrong environment
+    // credentials notwithstanding).
+    proxy.clear();
+    let wrong = [("VENVIMG_USERNAME", USER), ("VENVIMG_PASSWORD", WRONG)];
+    let out = p.run(
+        &wrong,
+        &[
+            "inspect",
+            "-v",
+            "--username",
+            USER,
+            "--password-stdin",
+            &image,
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("lint"),
+        "{all}"
+    );
+    assert!(!sent(PASSWORD).is_empty(), "{:?}", proxy.requests());
+    assert_eq!(sent(WRONG), Vec::<String>::new());
+    assert_no_secret(&all, PASSWORD);
+    assert_no_secret(&all, WRONG);
+
+    // One of the two flags only: a usage error that says what to give.
+    let out = p.run(&creds, &["inspect", "--username", USER, &image], None);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(stderr_of(&out).contains("--password-stdin"), "{all}");
+
+    // No venvimg.yaml: the environment's credentials go nowhere.
+    proxy.clear();
+    let none = p.dir.path().join("absent.yaml");
+    let out = p.run(
+        &creds,
+        &["--config", none.to_str().unwrap(), "inspect", &image],
+        None,
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(stderr_of(&out).contains("no venvimg.yaml"), "{all}");
+    assert_eq!(sent(PASSWORD), Vec::<String>::new(), "{all}");
+
+    // IMAGE on the registry of venvimg.yaml's repository: they go there.
+    let q = project_with(&format!("{}/team/app-{pid}", proxy.addr), &env.base);
+    proxy.clear();
+    let out = q.run(&creds, &["inspect", "-v", &image], None);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(!sent(PASSWORD).is_empty(), "{:?}", proxy.requests());
+    assert_no_secret(&all, PASSWORD);
+
+    // A base image on another registry than the repository's does not get them either.
+    let base = format!("{upstream}/base/python-nox:bookworm");
+    let copy = support::skopeo()
+        .args([
+            "copy",
+            "--quiet",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+        ])
+        .args(["--dest-tls-verify=false", "--dest-creds"])
+        .arg(format!("{USER}:{PASSWORD}"))
+        .arg(format!("docker://{}", env.base))
+        .arg(format!("docker://{base}"))
+        .output()
+        .unwrap();
+    assert!(
+        copy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copy.stderr)
+    );
+    let r = project_with(
+        &format!("{}/team/app-{pid}", env.registry),
+        &format!("{}/base/python-nox:bookworm", proxy.addr),
+    );
+    proxy.clear();
+    let out = r.plan(&creds, &["-v"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let stderr = stderr_of(&out);
+    assert!(
+        stderr.contains(&proxy.addr) && stderr.contains("401"),
+        "{all}"
+    );
+    assert!(!proxy.requests().is_empty(), "{all}");
+    assert_eq!(sent(PASSWORD), Vec::<String>::new(), "{all}");
+    assert_no_secret(&all, PASSWORD);
+}
+
+#[test]
+fn skip_tls_verify_skips_only_the_registry_it_names() {
+    let env = support::testenv();
+    let a = auth_registry().addr.clone();
+    let b = tls_anonymous_registry();
+    let base = format!("{b}/base/python-nox:bookworm");
+    support::copy_tag(&env.base, &base);
+    // Repository on A (htpasswd), base on B: neither certificate is trusted here.
+    let p = project_with(&format!("{a}/team/skip-{}", std::process::id()), &base);
+    let creds = [("VENVIMG_USERNAME", USER), ("VENVIMG_PASSWORD", PASSWORD)];
+
+    for (skipped, verified) in [(&a, &b), (&b, &a)] {
+        let out = p.plan(&creds, &["-v", "--skip-tls-verify", skipped]);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "skipping {skipped}:\n{all}");
+        let stderr = stderr_of(&out);
+        assert!(
+            stderr.contains(&format!("cannot reach registry {verified} for"))
+                && stderr.contains("over TLS")
+                && stderr.contains(&format!("--skip-tls-verify {verified}")),
+            "skipping {skipped} must not skip {verified}:\n{all}"
+        );
+        assert_no_secret(&all, PASSWORD);
+    }
+    let out = p.plan(
+        &creds,
+        &["-v", "--skip-tls-verify", &a, "--skip-tls-verify", &b],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("miss"),
+        "{all}"
+    );
+    assert_no_secret(&all, PASSWORD);
+
+    // Naming no registry, or not as HOST[:PORT]: usage errors that say what to write.
+    let out = p.plan(&creds, &["--skip-tls-verify"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(
+        stderr_of(&out).contains("--skip-tls-verify HOST[:PORT]"),
+        "{all}"
+    );
+    let out = p.plan(&creds, &["--skip-tls-verify", &format!("https://{a}/")]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(stderr_of(&out).contains("HOST[:PORT]"), "{all}");
+}
+
+#[test]
+fn the_longest_matching_auth_file_entry_wins() {
+    let env = support::testenv();
+    let addr = &auth_registry().addr;
+    let pid = std::process::id();
+    let p = project_with(&format!("{addr}/team/app/ci-{pid}"), &env.base);
+    let file = p.write(
+        "podman/scoped.json",
+        &format!(
+            r#"{{"auths": {{
+                "{addr}": {{"auth": "{wrong}"}},
+                "{addr}/team/app": {{"auth": "{good}"}},
+                "{addr}/team/application": {{"auth": "{good}"}}
+            }}}}"#,
+            wrong = basic(USER, WRONG),
+            good = basic(USER, PASSWORD)
+        ),
+    );
+    let envs = [("REGISTRY_AUTH_FILE", file.to_str().unwrap())];
+    // `team/app/ci-PID`: the `host/team/app` entry, not the host's.
+    assert_accepted(&p, &envs);
+    // `team/application-x-PID`: the host's entry; a namespace that merely starts alike
+    // does not apply.
+    let q = project_with(&format!("{addr}/team/application-x-{pid}"), &env.base);
+    assert_refused(&q, &envs, &format!("(entry `{addr}`)"), WRONG);
 }

@@ -22,12 +22,22 @@ use serde::Deserialize;
 pub enum CredentialSource {
     /// `--username` / `--password-stdin` or `VENVIMG_USERNAME` / `VENVIMG_PASSWORD`.
     Environment,
-    /// An `auths` entry of this auth file.
-    File(PathBuf),
+    /// The `auths` entry `key` (`host`, or `host/namespace/...`) of this auth file.
+    File { file: PathBuf, key: String },
     /// `docker-credential-<helper>`, named by `credHelpers` / `credsStore` in `file`.
     Helper { helper: String, file: PathBuf },
-    /// Nothing found: anonymous; the auth files that were looked at.
-    None { searched: Vec<PathBuf> },
+    /// Nothing found: anonymous; the auth files that were looked at, and why explicit
+    /// credentials, if any were given, did not apply.
+    None {
+        searched: Vec<PathBuf>,
+        note: Option<String>,
+    },
+    /// A credential was found but not sent, `reason` says why, `hint` what to do.
+    Withheld {
+        found: Box<CredentialSource>,
+        reason: String,
+        hint: String,
+    },
 }
 
 impl fmt::Display for CredentialSource {
@@ -36,18 +46,26 @@ impl fmt::Display for CredentialSource {
             CredentialSource::Environment => f.write_str(
                 "credentials from VENVIMG_USERNAME/VENVIMG_PASSWORD (or --username/--password-stdin)",
             ),
-            CredentialSource::File(p) => write!(f, "credentials from {}", p.display()),
+            CredentialSource::File { file, key } => {
+                write!(f, "credentials from {} (entry `{key}`)", file.display())
+            }
             CredentialSource::Helper { helper, file } => write!(
                 f,
                 "credentials from credential helper docker-credential-{helper} (named in {})",
                 file.display()
             ),
-            CredentialSource::None { searched } => {
-                f.write_str("no credentials (anonymous; none found in VENVIMG_USERNAME/VENVIMG_PASSWORD")?;
-                for p in searched {
-                    write!(f, ", {}", p.display())?;
+            CredentialSource::None { searched, note } => {
+                f.write_str("no credentials (anonymous; ")?;
+                match note {
+                    Some(n) => write!(f, "{n}; none found in ")?,
+                    None => f.write_str("none found in VENVIMG_USERNAME/VENVIMG_PASSWORD, ")?,
                 }
+                let files: Vec<String> = searched.iter().map(|p| p.display().to_string()).collect();
+                f.write_str(&files.join(", "))?;
                 f.write_str(")")
+            }
+            CredentialSource::Withheld { found, reason, .. } => {
+                write!(f, "{found}, not sent: {reason}")
             }
         }
     }
@@ -77,6 +95,7 @@ impl Credential {
             auth: RegistryAuth::Anonymous,
             source: CredentialSource::None {
                 searched: Vec::new(),
+                note: None,
             },
         }
     }
@@ -91,6 +110,11 @@ pub struct ExplicitCredentials {
 }
 
 impl ExplicitCredentials {
+    /// Both a username and a password.
+    pub fn is_complete(&self) -> bool {
+        self.username.is_some() && self.password.is_some()
+    }
+
     pub fn from_env() -> Self {
         ExplicitCredentials {
             username: std::env::var("VENVIMG_USERNAME")
@@ -146,10 +170,12 @@ pub fn auth_files() -> Vec<PathBuf> {
     files
 }
 
-/// Look up the credential for `registry` (HOST[:PORT]). Warnings (an unreadable file, a
-/// missing helper) go to `warn` and the search falls through, as podman does.
+/// Look up the credential for `repository` (`team/app/ci`) on `registry` (HOST[:PORT]).
+/// Warnings (an unreadable file, a missing helper) go to `warn` and the search falls
+/// through, as podman does.
 pub fn lookup(
     registry: &str,
+    repository: &str,
     explicit: Option<&ExplicitCredentials>,
     warn: &mut dyn FnMut(String),
 ) -> Credential {
@@ -192,8 +218,8 @@ pub fn lookup(
                 return c;
             }
         }
-        if let Some(entry) = find_entry(&parsed, registry) {
-            if let Some(c) = entry_credential(entry, file, warn) {
+        if let Some((key, entry)) = find_entry(&parsed, registry, repository) {
+            if let Some(c) = entry_credential(entry, file, key, warn) {
                 return c;
             }
         }
@@ -205,33 +231,51 @@ pub fn lookup(
     }
     Credential {
         auth: RegistryAuth::Anonymous,
-        source: CredentialSource::None { searched: files },
+        source: CredentialSource::None {
+            searched: files,
+            note: None,
+        },
     }
 }
 
-/// Keys in auth files are `host[:port]`, sometimes written as a URL
-/// (`https://host/v1/`) or with a repository path (podman allows `host/ns`).
-fn find_entry<'a>(file: &'a AuthFile, registry: &str) -> Option<&'a AuthEntry> {
-    if let Some(e) = file.auths.get(registry) {
-        return Some(e);
+/// The entry for `repository` on `registry`, as podman chooses it: keys are `host[:port]`
+/// or `host[:port]/namespace/...`, and the longest one that is `registry/repository` or
+/// one of its parent namespaces wins (`reg/team/app` over `reg` for `team/app/ci`); an
+/// entry scoped to another path never applies. Keys written as a URL
+/// (`https://host/v1/`, docker's older form) stand for the whole host.
+fn find_entry<'a>(
+    file: &'a AuthFile,
+    registry: &str,
+    repository: &str,
+) -> Option<(&'a str, &'a AuthEntry)> {
+    let mut scope = format!("{registry}/{}", repository.trim_matches('/'));
+    loop {
+        if let Some((k, e)) = file.auths.get_key_value(&scope) {
+            return Some((k, e));
+        }
+        match scope.rfind('/') {
+            Some(i) if i >= registry.len() => scope.truncate(i),
+            _ => break,
+        }
     }
     file.auths.iter().find_map(|(k, v)| {
-        let host = k
-            .trim_start_matches("https://")
-            .trim_start_matches("http://")
-            .split('/')
-            .next()
-            .unwrap_or("");
-        (host == registry).then_some(v)
+        let url = k
+            .strip_prefix("https://")
+            .or_else(|| k.strip_prefix("http://"))?;
+        (url.split('/').next() == Some(registry)).then_some((k.as_str(), v))
     })
 }
 
 fn entry_credential(
     entry: &AuthEntry,
     file: &std::path::Path,
+    key: &str,
     warn: &mut dyn FnMut(String),
 ) -> Option<Credential> {
-    let source = CredentialSource::File(file.to_path_buf());
+    let source = CredentialSource::File {
+        file: file.to_path_buf(),
+        key: key.to_string(),
+    };
     if let Some(token) = entry.identity_token.as_ref().filter(|t| !t.is_empty()) {
         // An identity token is a refresh token for the registry's token service; the
         // distribution token protocol accepts it as the password of user `<token>`.
@@ -254,7 +298,7 @@ fn entry_credential(
             }
             None => {
                 warn(format!(
-                    "{}: an `auth` entry is not base64 of USER:PASSWORD; skipping it",
+                    "{}: the `auth` of entry `{key}` is not base64 of USER:PASSWORD; skipping it",
                     file.display()
                 ));
                 return None;
@@ -353,13 +397,83 @@ mod tests {
         assert!(s.contains("basic"), "{s}");
     }
 
+    fn file(json: &str) -> AuthFile {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn key<'a>(f: &'a AuthFile, registry: &str, repository: &str) -> Option<&'a str> {
+        find_entry(f, registry, repository).map(|(k, _)| k)
+    }
+
     #[test]
     fn entries_match_by_host_even_when_written_as_url() {
-        let file: AuthFile = serde_json::from_str(
-            r#"{"auths": {"https://reg.example.invalid/v1/": {"auth": "dTpw"}}}"#,
-        )
-        .unwrap();
-        assert!(find_entry(&file, "reg.example.invalid").is_some());
-        assert!(find_entry(&file, "other.invalid").is_none());
+        let f = file(r#"{"auths": {"https://reg.example.invalid/v1/": {"auth": "dTpw"}}}"#);
+        assert_eq!(
+            key(&f, "reg.example.invalid", "team/app"),
+            Some("https://reg.example.invalid/v1/")
+        );
+        assert_eq!(key(&f, "other.invalid", "team/app"), None);
+        // A URL key names a host, not a prefix of one.
+        assert_eq!(key(&f, "reg.example", "team/app"), None);
+    }
+
+    #[test]
+    fn the_longest_matching_scope_wins() {
+        let f = file(
+            r#"{"auths": {
+                "reg:5000": {"auth": "dTpw"},
+                "reg:5000/team": {"auth": "dTpw"},
+                "reg:5000/team/app": {"auth": "dTpw"},
+                "reg:5000/team/application": {"auth": "dTpw"},
+                "reg:5000/other": {"auth": "dTpw"}
+            }}"#,
+        );
+        assert_eq!(
+            key(&f, "reg:5000", "team/app/ci"),
+            Some("reg:5000/team/app")
+        );
+        assert_eq!(key(&f, "reg:5000", "team/app"), Some("reg:5000/team/app"));
+        assert_eq!(key(&f, "reg:5000", "team/apple"), Some("reg:5000/team"));
+        assert_eq!(
+            key(&f, "reg:5000", "team/application/ci"),
+            Some("reg:5000/team/application")
+        );
+        assert_eq!(key(&f, "reg:5000", "elsewhere/app"), Some("reg:5000"));
+        // Another port is another registry.
+        assert_eq!(key(&f, "reg:5001", "team/app"), None);
+        assert_eq!(key(&f, "reg", "team/app"), None);
+    }
+
+    #[test]
+    fn an_entry_scoped_to_another_path_does_not_apply() {
+        let f = file(
+            r#"{"auths": {
+                "reg:5000/other/app": {"auth": "dTpw"},
+                "reg:5000/team/app/ci-x": {"auth": "dTpw"}
+            }}"#,
+        );
+        assert_eq!(key(&f, "reg:5000", "team/app/ci"), None);
+        assert_eq!(key(&f, "reg:5000", "team/app"), None);
+        assert_eq!(
+            key(&f, "reg:5000", "team/app/ci-x"),
+            Some("reg:5000/team/app/ci-x")
+        );
+    }
+
+    #[test]
+    fn sources_name_the_entry_never_the_secret() {
+        let f = file(r#"{"auths": {"reg:5000/team/app": {"auth": "dTpodW50ZXIy"}}}"#);
+        let (k, e) = find_entry(&f, "reg:5000", "team/app/ci").unwrap();
+        let c = entry_credential(e, std::path::Path::new("/x/auth.json"), k, &mut |_| {}).unwrap();
+        assert_eq!(c.auth, RegistryAuth::Basic("u".into(), "hunter2".into()));
+        let shown = format!("{} {c:?}", c.source);
+        assert!(
+            shown.contains("/x/auth.json") && shown.contains("reg:5000/team/app"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("dTpodW50ZXIy"),
+            "{shown}"
+        );
     }
 }

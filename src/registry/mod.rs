@@ -1,18 +1,20 @@
 //! Talking to OCI registries: resolve the base image, HEAD tags, push blobs and manifests.
 //!
 //! `oci-client` does the protocol (token and basic auth, uploads); what it leaves to us is
-//! here: credentials from the user's files, plain HTTP only for loopback and listed
-//! registries, retries with backoff, streaming blobs from disk, and errors that tell the
-//! user what to do.
+//! here: credentials from the user's files, sent only where they belong (the registry
+//! they are for, a token service over HTTPS), plain HTTP only for loopback and listed
+//! registries, TLS verification skipped only for the registries named, retries with
+//! backoff, streaming blobs from disk, and errors that tell the user what to do.
 
 pub mod auth;
+pub mod challenge;
 pub mod push;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::{AsLayerDescriptor, ClientConfig, ClientProtocol, TagResponse};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
@@ -20,6 +22,22 @@ use oci_client::{Client, Reference};
 use crate::config::Platform;
 use crate::image::{BaseImage, MediaTypes};
 use auth::{Credential, CredentialSource, ExplicitCredentials};
+use challenge::{same_registry, Challenge, Verdict};
+
+const USER_AGENT: &str = concat!("venvimg/", env!("CARGO_PKG_VERSION"));
+
+/// How loud a message from the registry layer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Something the user should know or fix (shown even with `-q`).
+    Warning,
+    /// Detail for `-v`.
+    Detail,
+}
+
+/// Where the registry layer's messages go as they happen (the printer). They never hold
+/// a secret: only registries, hosts, files and credential sources.
+pub type Notes = Arc<dyn Fn(Level, &str) + Send + Sync>;
 
 /// How to reach registries: which may use plain HTTP, TLS settings, the explicit
 /// credentials for the target.
@@ -27,19 +45,24 @@ use auth::{Credential, CredentialSource, ExplicitCredentials};
 pub struct Transport {
     /// HOST[:PORT] reached over plain HTTP (loopback registries are added automatically).
     pub insecure: Vec<String>,
-    /// Skip TLS certificate verification — a separate, explicit choice from plain HTTP.
-    pub skip_tls_verify: bool,
+    /// HOST[:PORT] of the registries whose TLS certificates are not verified — a
+    /// separate, explicit choice from plain HTTP, and only for the registries named
+    /// (not the others, nor their token services unless named too).
+    pub skip_tls_verify: Vec<String>,
     /// Extra CA certificates (PEM files).
     pub ca_files: Vec<std::path::PathBuf>,
-    /// Credentials for the target registry from flags / environment.
+    /// Credentials from flags / environment.
     pub explicit: ExplicitCredentials,
-    /// The registry (HOST[:PORT]) that explicit credentials apply to.
+    /// The registry (HOST[:PORT]) that explicit credentials apply to; no other gets them.
     pub explicit_for: Option<String>,
     /// Upload blobs with one streamed PUT (true) or chunked PATCHes (false).
     pub monolithic: bool,
     /// Bytes per PATCH for chunked uploads; capped at [`MAX_CHUNK`] (oci-client splits
     /// anything larger). `None`: [`MAX_CHUNK`].
     pub chunk_size: Option<usize>,
+    /// Where warnings and details go as they happen; without it, warnings are kept for
+    /// [`Registry::take_warnings`] and details dropped.
+    pub notes: Option<Notes>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +73,7 @@ pub enum RegistryError {
         reference: String,
         detail: String,
     },
-    #[error("cannot reach registry {registry} for {reference} over TLS: {detail}\n  hint: trust the registry's certificate with --ca-file FILE (or SSL_CERT_FILE), or, for a test registry only, --skip-tls-verify")]
+    #[error("cannot reach registry {registry} for {reference} over TLS: {detail}\n  hint: trust the registry's certificate with --ca-file FILE (or SSL_CERT_FILE), or, for a test registry only, --skip-tls-verify {registry}")]
     Tls {
         registry: String,
         reference: String,
@@ -61,8 +84,16 @@ pub enum RegistryError {
         registry: String,
         reference: String,
         status: u16,
-        source_: CredentialSource,
+        source_: Box<CredentialSource>,
         action: &'static str,
+    },
+    #[error("registry {registry} refused {reference} ({status}) without credentials: {source_}\n  hint: {hint}")]
+    Withheld {
+        registry: String,
+        reference: String,
+        status: u16,
+        source_: Box<CredentialSource>,
+        hint: String,
     },
     #[error("{reference} does not exist on {registry}\n  hint: check the image name and tag; push the base image first if it is yours")]
     NotFound { registry: String, reference: String },
@@ -96,15 +127,135 @@ pub enum RegistryError {
     BadManifest { reference: String, detail: String },
 }
 
-/// A client for every registry an invocation touches, with credentials looked up once
-/// per registry.
+/// Everything an invocation does with registries: clients, credentials looked up once
+/// per repository, and the checks of where a registry wants them sent, once per registry.
 #[derive(Clone)]
 pub struct Registry {
-    client: Client,
+    clients: Arc<ClientPool>,
     transport: Arc<Transport>,
-    creds: Arc<Mutex<HashMap<String, Credential>>>,
+    creds: Arc<Mutex<CredState>>,
     pub stats: Arc<push::Stats>,
     warnings: Arc<Mutex<Vec<String>>>,
+}
+
+#[derive(Default)]
+struct CredState {
+    /// `registry/repository` → credential.
+    creds: HashMap<String, Credential>,
+    /// registry → where its credentials may go.
+    realms: HashMap<String, Verdict>,
+    /// Warnings already given (each once).
+    warned: HashSet<String>,
+}
+
+/// oci-client's clients: TLS verification is a setting of the whole client, and a client
+/// keeps one credential per registry host. So there is one client per (verification,
+/// credential), made when first needed; registries are routed to theirs.
+struct ClientPool {
+    /// HOST[:PORT] reached over plain HTTP.
+    http: Vec<String>,
+    /// Extra root certificates (PEM file contents).
+    certs: Vec<Vec<u8>>,
+    monolithic: bool,
+    made: Mutex<Vec<(bool, RegistryAuth, Client)>>,
+}
+
+impl ClientPool {
+    fn build(&self, verify: bool) -> Result<Client, OciDistributionError> {
+        Client::try_from(ClientConfig {
+            protocol: if self.http.is_empty() {
+                ClientProtocol::Https
+            } else {
+                ClientProtocol::HttpsExcept(self.http.clone())
+            },
+            accept_invalid_certificates: !verify,
+            extra_root_certificates: self
+                .certs
+                .iter()
+                .map(|data| oci_client::client::Certificate {
+                    encoding: oci_client::client::CertificateEncoding::Pem,
+                    data: data.clone(),
+                })
+                .collect(),
+            use_monolithic_push: self.monolithic,
+            connect_timeout: Some(Duration::from_secs(15)),
+            read_timeout: Some(Duration::from_secs(120)),
+            user_agent: USER_AGENT,
+            ..Default::default()
+        })
+    }
+
+    fn get(&self, verify: bool, auth: &RegistryAuth) -> Client {
+        let mut made = self.made.lock().unwrap();
+        if let Some((_, _, c)) = made.iter().find(|(v, a, _)| *v == verify && a == auth) {
+            return c.clone();
+        }
+        // The same settings built a client in `Registry::new`; should they fail now, the
+        // anonymous client of the same verification is the safe stand-in.
+        let client = match self.build(verify) {
+            Ok(c) => c,
+            Err(_) => match made
+                .iter()
+                .find(|(v, a, _)| *v == verify && *a == RegistryAuth::Anonymous)
+            {
+                Some((_, _, c)) => return c.clone(),
+                None => Client::default(),
+            },
+        };
+        made.push((verify, auth.clone(), client.clone()));
+        client
+    }
+
+    /// Plain HTTP for `registry`, exactly as oci-client decides it.
+    fn plain_http(&self, registry: &str) -> bool {
+        self.http.iter().any(|h| h == registry)
+    }
+}
+
+/// [`Registry::client`]: oci-client calls routed to the client for the registry and the
+/// credential at hand.
+#[derive(Clone, Copy)]
+pub struct RoutedClient<'a> {
+    registry: &'a Registry,
+}
+
+impl RoutedClient<'_> {
+    /// The client for `r` (its registry's TLS verification, its repository's credential).
+    pub fn for_reference(&self, r: &Reference) -> Client {
+        self.registry.client_for(r)
+    }
+
+    pub async fn store_auth_if_needed(&self, registry: &str, auth: &RegistryAuth) {
+        self.registry
+            .client_with(registry, auth)
+            .store_auth_if_needed(registry, auth)
+            .await
+    }
+
+    pub async fn list_tags(
+        &self,
+        image: &Reference,
+        auth: &RegistryAuth,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<TagResponse, OciDistributionError> {
+        self.registry
+            .client_with(image.resolve_registry(), auth)
+            .list_tags(image, auth, n, last)
+            .await
+    }
+
+    pub async fn pull_blob<T: tokio::io::AsyncWrite>(
+        &self,
+        image: &Reference,
+        layer: impl AsLayerDescriptor,
+        out: T,
+    ) -> Result<(), OciDistributionError> {
+        self.registry
+            .client_for(image)
+            .pull_blob(image, layer, out)
+            .await
+    }
 }
 
 /// Does the loopback registry at `registry` (HOST:PORT) want TLS? Asks `GET /v2/` in
@@ -209,7 +360,7 @@ impl Registry {
                 http.push(r.to_string());
             }
         }
-        let mut extra_root_certificates = Vec::new();
+        let mut certs = Vec::new();
         let mut ca_files = transport.ca_files.clone();
         if let Some(f) = std::env::var_os("SSL_CERT_FILE") {
             ca_files.push(f.into());
@@ -219,33 +370,34 @@ impl Registry {
                 path: f.clone(),
                 source,
             })?;
-            extra_root_certificates.push(oci_client::client::Certificate {
-                encoding: oci_client::client::CertificateEncoding::Pem,
-                data,
-            });
+            certs.push(data);
         }
-        let config = ClientConfig {
-            protocol: if http.is_empty() {
-                ClientProtocol::Https
-            } else {
-                ClientProtocol::HttpsExcept(http)
-            },
-            accept_invalid_certificates: transport.skip_tls_verify,
-            extra_root_certificates,
-            use_monolithic_push: transport.monolithic,
-            connect_timeout: Some(Duration::from_secs(15)),
-            read_timeout: Some(Duration::from_secs(120)),
-            user_agent: concat!("venvimg/", env!("CARGO_PKG_VERSION")),
-            ..Default::default()
+        let clients = ClientPool {
+            http,
+            certs,
+            monolithic: transport.monolithic,
+            made: Mutex::default(),
         };
-        let client = Client::try_from(config).map_err(|e| RegistryError::Other {
-            registry: String::new(),
-            operation: "set up the HTTP client for",
-            reference: "registries".into(),
-            detail: e.to_string(),
-        })?;
+        // Build the clients up front: bad settings (a certificate file) fail here.
+        let mut verifications = vec![true];
+        if !transport.skip_tls_verify.is_empty() {
+            verifications.push(false);
+        }
+        for verify in verifications {
+            let client = clients.build(verify).map_err(|e| RegistryError::Other {
+                registry: String::new(),
+                operation: "set up the HTTP client for",
+                reference: "registries".into(),
+                detail: e.to_string(),
+            })?;
+            clients
+                .made
+                .lock()
+                .unwrap()
+                .push((verify, RegistryAuth::Anonymous, client));
+        }
         Ok(Registry {
-            client,
+            clients: Arc::new(clients),
             transport: Arc::new(transport),
             creds: Arc::default(),
             stats: Arc::default(),
@@ -253,33 +405,175 @@ impl Registry {
         })
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// oci-client, routed per call to the client for the registry and credential at hand.
+    pub fn client(&self) -> RoutedClient<'_> {
+        RoutedClient { registry: self }
     }
 
-    /// Warnings gathered while looking up credentials (missing helper...), for the printer.
+    /// The client for `r`: its registry's TLS verification, its repository's credential.
+    pub fn client_for(&self, r: &Reference) -> Client {
+        self.client_with(r.resolve_registry(), &self.auth(r))
+    }
+
+    fn client_with(&self, registry: &str, auth: &RegistryAuth) -> Client {
+        self.clients.get(!self.skips_tls_verify(registry), auth)
+    }
+
+    /// Whether `--skip-tls-verify` names `registry` (HOST[:PORT]).
+    pub fn skips_tls_verify(&self, registry: &str) -> bool {
+        self.transport
+            .skip_tls_verify
+            .iter()
+            .any(|h| same_registry(h, registry))
+    }
+
+    /// Warnings gathered while looking up credentials (missing helper...), for the printer,
+    /// when the transport has no [`Notes`] to give them to at once.
     pub fn take_warnings(&self) -> Vec<String> {
         std::mem::take(&mut *self.warnings.lock().unwrap())
     }
 
-    pub fn credential(&self, registry: &str) -> Credential {
-        if let Some(c) = self.creds.lock().unwrap().get(registry) {
+    /// A warning, once per run.
+    fn warn(&self, st: &mut CredState, msg: String) {
+        if !st.warned.insert(msg.clone()) {
+            return;
+        }
+        match &self.transport.notes {
+            Some(notes) => notes(Level::Warning, &msg),
+            None => self.warnings.lock().unwrap().push(msg),
+        }
+    }
+
+    fn detail(&self, msg: &str) {
+        if let Some(notes) = &self.transport.notes {
+            notes(Level::Detail, msg);
+        }
+    }
+
+    /// The credential for `repository` on `registry`: explicit credentials when they are
+    /// for this registry, else the user's auth files (the longest matching entry); and
+    /// none when the registry's challenge would send it somewhere it must not go.
+    pub fn credential(&self, registry: &str, repository: &str) -> Credential {
+        let mut st = self.creds.lock().unwrap();
+        let key = format!("{registry}/{repository}");
+        if let Some(c) = st.creds.get(&key) {
             return c.clone();
         }
-        let explicit = (self.transport.explicit_for.as_deref() == Some(registry))
-            .then_some(&self.transport.explicit);
+        let t = &self.transport;
+        let applies = t
+            .explicit_for
+            .as_deref()
+            .is_some_and(|f| same_registry(f, registry));
         let mut warnings = Vec::new();
-        let cred = auth::lookup(registry, explicit, &mut |w| warnings.push(w));
-        self.warnings.lock().unwrap().extend(warnings);
-        self.creds
-            .lock()
-            .unwrap()
-            .insert(registry.to_string(), cred.clone());
+        let mut cred = auth::lookup(
+            registry,
+            repository,
+            applies.then_some(&t.explicit),
+            &mut |w| warnings.push(w),
+        );
+        for w in warnings {
+            self.warn(&mut st, w);
+        }
+        if let CredentialSource::None { note, .. } = &mut cred.source {
+            if !applies && t.explicit.is_complete() {
+                *note = Some(match &t.explicit_for {
+                    Some(f) => format!(
+                        "VENVIMG_USERNAME/VENVIMG_PASSWORD (or --username/--password-stdin) are for {f} only"
+                    ),
+                    None => "VENVIMG_USERNAME/VENVIMG_PASSWORD apply only to the registry of venvimg.yaml's `repository:`, and there is no venvimg.yaml here".into(),
+                });
+            }
+        }
+        if cred.auth != RegistryAuth::Anonymous {
+            let verdict = match st.realms.get(registry) {
+                Some(v) => v.clone(),
+                None => {
+                    let v = self.check_challenge(&mut st, registry);
+                    st.realms.insert(registry.to_string(), v.clone());
+                    v
+                }
+            };
+            if let Verdict::Withhold { reason, hint } = verdict {
+                cred = Credential {
+                    auth: RegistryAuth::Anonymous,
+                    source: CredentialSource::Withheld {
+                        found: Box::new(cred.source),
+                        reason,
+                        hint,
+                    },
+                };
+            }
+        }
+        self.detail(&format!(
+            "registry {registry}, repository {repository}: {}",
+            cred.source
+        ));
+        st.creds.insert(key, cred.clone());
         cred
     }
 
+    /// Ask `GET /v2/` where `registry` wants credentials sent, and judge it (warning about
+    /// a token service on another host, or one credentials will not be sent to).
+    fn check_challenge(&self, st: &mut CredState, registry: &str) -> Verdict {
+        let plain_http = self.clients.plain_http(registry);
+        let url = format!(
+            "{}://{registry}/v2/",
+            if plain_http { "http" } else { "https" }
+        );
+        let header = match challenge::fetch(
+            &url,
+            self.skips_tls_verify(registry),
+            &self.clients.certs,
+            USER_AGENT,
+        ) {
+            Ok(h) => h,
+            Err(detail) => {
+                // Whatever oci-client would meet next is unknown: send nothing. The
+                // request that follows reports the failure itself.
+                self.detail(&format!("registry {registry}: GET {url} failed: {detail}"));
+                return Verdict::Withhold {
+                    reason: format!("its auth challenge could not be read (GET {url}: {detail})"),
+                    hint: format!("check that {registry} is up and reachable, then try again"),
+                };
+            }
+        };
+        let realm = match challenge::parse(header.as_deref()) {
+            Challenge::None | Challenge::Basic => return Verdict::Send { elsewhere: None },
+            Challenge::Bearer { realm } => realm,
+        };
+        let skips = |h: &str| self.skips_tls_verify(h);
+        let verdict = challenge::judge(
+            &challenge::Route {
+                registry,
+                plain_http,
+                skips_verification: &skips,
+            },
+            &realm,
+        );
+        match &verdict {
+            Verdict::Send { elsewhere: None } => {
+                self.detail(&format!("registry {registry}: token service on the same host"))
+            }
+            Verdict::Send {
+                elsewhere: Some((host, shown)),
+            } => self.warn(
+                st,
+                format!(
+                    "registry {registry} has credentials sent to a token service on another host, {host} ({shown}), as its WWW-Authenticate challenge asks; make sure you trust {host} with them"
+                ),
+            ),
+            Verdict::Withhold { reason, hint } => self.warn(
+                st,
+                format!(
+                    "registry {registry}: credentials not sent: {reason}; going on without them\n  hint: {hint}"
+                ),
+            ),
+        }
+        verdict
+    }
+
     pub fn auth(&self, r: &Reference) -> RegistryAuth {
-        self.credential(r.resolve_registry()).auth
+        self.credential(r.resolve_registry(), r.repository()).auth
     }
 
     /// Turn an oci-client error into one that says what to do.
@@ -303,12 +597,29 @@ impl Registry {
         };
         match status {
             Some(s @ (401 | 403)) => {
-                return RegistryError::Denied {
-                    source_: self.credential(&registry).source,
-                    registry,
-                    reference,
-                    status: s,
-                    action,
+                return match self.credential(&registry, r.repository()).source {
+                    CredentialSource::Withheld {
+                        found,
+                        reason,
+                        hint,
+                    } => RegistryError::Withheld {
+                        registry,
+                        reference,
+                        status: s,
+                        hint: hint.clone(),
+                        source_: Box::new(CredentialSource::Withheld {
+                            found,
+                            reason,
+                            hint,
+                        }),
+                    },
+                    source_ => RegistryError::Denied {
+                        source_: Box::new(source_),
+                        registry,
+                        reference,
+                        status: s,
+                        action,
+                    },
                 }
             }
             // Registries create repositories on push; a 404 there means the name (its
@@ -366,7 +677,8 @@ impl Registry {
     /// it is unknown. Costs one request on a hit.
     pub async fn manifest_digest(&self, r: &Reference) -> Result<Option<String>, RegistryError> {
         let auth = self.auth(r);
-        let res = retry(|| self.client.fetch_manifest_digest(r, &auth)).await;
+        let client = self.client_for(r);
+        let res = retry(|| client.fetch_manifest_digest(r, &auth)).await;
         match res {
             Ok(d) => Ok(Some(d)),
             Err(e) if is_not_found(&e) => Ok(None),
@@ -382,11 +694,9 @@ impl Registry {
         r: &Reference,
     ) -> Result<Option<(bytes::Bytes, String)>, RegistryError> {
         let auth = self.auth(r);
-        let res = retry(|| {
-            self.client
-                .pull_manifest_raw(r, &auth, MediaTypes::ACCEPTED_MANIFESTS)
-        })
-        .await;
+        let client = self.client_for(r);
+        let res =
+            retry(|| client.pull_manifest_raw(r, &auth, MediaTypes::ACCEPTED_MANIFESTS)).await;
         match res {
             Ok(found) => Ok(Some(found)),
             Err(e) if is_not_found(&e) => Ok(None),
@@ -404,23 +714,21 @@ impl Registry {
     ) -> Result<String, RegistryError> {
         const EMPTY: &[u8] = b"{}";
         let auth = self.auth(target);
-        retry(|| {
-            self.client
-                .auth(target, &auth, oci_client::RegistryOperation::Push)
-        })
-        .await
-        .map_err(|e| self.explain(target, "push to", e))?;
+        let client = self.client_for(target);
+        retry(|| client.auth(target, &auth, oci_client::RegistryOperation::Push))
+            .await
+            .map_err(|e| self.explain(target, "push to", e))?;
         let data_digest = crate::image::sha256_digest(&data);
         let empty_digest = crate::image::sha256_digest(EMPTY);
         for (bytes, digest) in [
             (EMPTY.to_vec(), &empty_digest),
             (data.clone(), &data_digest),
         ] {
-            let exists = retry(|| self.client.blob_exists(target, digest))
+            let exists = retry(|| client.blob_exists(target, digest))
                 .await
                 .map_err(|e| self.explain(target, "check a blob in", e))?;
             if !exists {
-                retry(|| self.client.push_blob(target, bytes.clone(), digest))
+                retry(|| client.push_blob(target, bytes.clone(), digest))
                     .await
                     .map_err(|e| self.explain(target, "push a blob to", e))?;
             }
@@ -440,12 +748,9 @@ impl Registry {
         let content_type: http::HeaderValue = MediaTypes::OCI_MANIFEST
             .parse()
             .expect("static media type is a valid header");
-        retry(|| {
-            self.client
-                .push_manifest_raw(target, manifest.clone(), content_type.clone())
-        })
-        .await
-        .map_err(|e| self.explain(target, "push tag to", e))?;
+        retry(|| client.push_manifest_raw(target, manifest.clone(), content_type.clone()))
+            .await
+            .map_err(|e| self.explain(target, "push tag to", e))?;
         Ok(crate::image::sha256_digest(&manifest))
     }
 
@@ -490,12 +795,10 @@ impl Registry {
         r: &Reference,
     ) -> Result<(bytes::Bytes, String), RegistryError> {
         let auth = self.auth(r);
-        retry(|| {
-            self.client
-                .pull_manifest_raw(r, &auth, MediaTypes::ACCEPTED_MANIFESTS)
-        })
-        .await
-        .map_err(|e| self.explain(r, "pull", e))
+        let client = self.client_for(r);
+        retry(|| client.pull_manifest_raw(r, &auth, MediaTypes::ACCEPTED_MANIFESTS))
+            .await
+            .map_err(|e| self.explain(r, "pull", e))
     }
 
     /// Resolve the base image for `platform`: through an index if it is one, down to the
@@ -544,12 +847,13 @@ impl Registry {
     /// A small blob (an image config) read into memory.
     pub async fn blob_bytes(&self, r: &Reference, digest: &str) -> Result<Vec<u8>, RegistryError> {
         let auth = self.auth(r);
-        self.client
+        let client = self.client_for(r);
+        client
             .store_auth_if_needed(r.resolve_registry(), &auth)
             .await;
         retry(|| async {
             let mut out = Vec::new();
-            self.client.pull_blob(r, digest, &mut out).await?;
+            client.pull_blob(r, digest, &mut out).await?;
             Ok(out)
         })
         .await
@@ -557,7 +861,7 @@ impl Registry {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -611,7 +915,7 @@ fn is_name_unknown(err: &OciDistributionError) -> bool {
 }
 
 /// Certificate and handshake failures, as rustls words them inside reqwest's error chain.
-fn is_tls_failure(detail: &str) -> bool {
+pub(crate) fn is_tls_failure(detail: &str) -> bool {
     let d = detail.to_ascii_lowercase();
     [
         "certificate",

@@ -81,17 +81,15 @@ pub async fn push_image(
     local: &HashMap<String, PathBuf>,
 ) -> Result<String, RegistryError> {
     let auth = reg.auth(target);
-    reg.client()
+    let client = reg.client_for(target);
+    client
         .store_auth_if_needed(target.resolve_registry(), &auth)
         .await;
     // Authenticate for push once up front, so a refused credential fails before any
     // upload and concurrent uploads share one token.
-    retry(|| {
-        reg.client()
-            .auth(target, &auth, oci_client::RegistryOperation::Push)
-    })
-    .await
-    .map_err(|e| reg.explain(target, "push to", e))?;
+    retry(|| client.auth(target, &auth, oci_client::RegistryOperation::Push))
+        .await
+        .map_err(|e| reg.explain(target, "push to", e))?;
 
     let config_blob = BlobRef {
         digest: image.config_digest.clone(),
@@ -128,20 +126,13 @@ pub async fn push_image(
         // blob.
         let pushed = async {
             retry(|| {
-                reg.client().push_manifest_raw(
-                    &by_digest,
-                    image.manifest.clone(),
-                    content_type.clone(),
-                )
+                client.push_manifest_raw(&by_digest, image.manifest.clone(), content_type.clone())
             })
             .await
             .map_err(|e| (&by_digest, "push manifest to", e))?;
-            retry(|| {
-                reg.client()
-                    .push_manifest_raw(target, image.manifest.clone(), content_type.clone())
-            })
-            .await
-            .map_err(|e| (target, "push tag to", e))
+            retry(|| client.push_manifest_raw(target, image.manifest.clone(), content_type.clone()))
+                .await
+                .map_err(|e| (target, "push tag to", e))
         }
         .await;
         match pushed {
@@ -187,7 +178,9 @@ async fn push_blob(
     inline: Option<Vec<u8>>,
     round: u32,
 ) -> Result<(), RegistryError> {
-    let client = reg.client();
+    // The target's client; the base's registry may be reached with another one (its own
+    // TLS verification and credential).
+    let client = reg.client_for(target);
     // A 400 to a HEAD has no body to explain it; with distribution it is the blob's link
     // being rewritten by a concurrent push of the same blob (DIGEST_INVALID): ask again.
     let exists = super::retry_when(
@@ -257,13 +250,14 @@ async fn push_blob(
         }
     }
     let base_auth = reg.auth(&base.reference);
-    client
+    let source = reg.client_for(&base.reference);
+    source
         .store_auth_if_needed(base.reference.resolve_registry(), &base_auth)
         .await;
     let size = blob.size;
     let piece = reg.upload_piece();
     retry(|| async {
-        let src = client
+        let src = source
             .pull_blob_stream(&base.reference, blob.digest.as_str())
             .await?;
         let stream = src.stream.map_err(OciDistributionError::IoError);

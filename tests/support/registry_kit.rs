@@ -298,3 +298,242 @@ pub fn assert_repository_complete(
     }
     out
 }
+
+/// [`compose_with`], with the image config labels given (e.g. a venvimg record, so that
+/// `venvimg inspect` reads the image).
+pub fn compose_labeled(
+    base: BaseImage,
+    layers: &[PackedLayer],
+    labels: &BTreeMap<String, String>,
+) -> TestImage {
+    let mut img = compose_with(base, layers);
+    let descriptors: Vec<LayerDescriptor> = layers
+        .iter()
+        .map(|l| LayerDescriptor {
+            media_type: l.media_type().to_string(),
+            digest: l.digest.clone(),
+            size: l.size,
+            diff_id: l.diff_id.clone(),
+            created_by: "venvimg registry test".into(),
+        })
+        .collect();
+    img.image = compose(&img.base, &descriptors, labels, &BTreeMap::new());
+    img
+}
+
+/// A plain-HTTP reverse proxy on loopback in front of `upstream` (`127.0.0.1:PORT`, plain
+/// HTTP) that records the head of every request (request line and headers, with
+/// `Authorization`): what a client really sent to that registry. One request per
+/// connection (`Connection: close` both ways).
+pub struct RecordingProxy {
+    /// `127.0.0.1:PORT` to give venvimg instead of the registry's address.
+    pub addr: String,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RecordingProxy {
+    pub fn start(upstream: &str) -> RecordingProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let addr = listener.local_addr().unwrap().to_string();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (h, s, upstream) = (heads.clone(), stop.clone(), upstream.to_string());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (h, upstream) = (h.clone(), upstream.clone());
+                std::thread::spawn(move || {
+                    let _ = relay(conn, &upstream, &h);
+                });
+            }
+        });
+        RecordingProxy { addr, heads, stop }
+    }
+
+    /// The heads of the requests seen so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+
+    /// Forget what was recorded.
+    pub fn clear(&self) {
+        self.heads.lock().unwrap().clear();
+    }
+}
+
+impl Drop for RecordingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(&self.addr);
+    }
+}
+
+fn relay(
+    mut client: std::net::TcpStream,
+    upstream: &str,
+    heads: &std::sync::Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    client.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 8192];
+    let end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = client.read(&mut tmp)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    heads.lock().unwrap().push(head.clone());
+    let mut content_length = 0usize;
+    let mut out = String::new();
+    for line in head.split("\r\n").filter(|l| !l.is_empty()) {
+        let name = line
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if name == "content-length" {
+            content_length = line[line.find(':').unwrap() + 1..]
+                .trim()
+                .parse()
+                .unwrap_or(0);
+        }
+        if name == "connection" || name == "keep-alive" {
+            continue;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    let mut body = buf[end..].to_vec();
+    while body.len() < content_length {
+        let n = client.read(&mut tmp)?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&tmp[..n]);
+    }
+    let mut up = std::net::TcpStream::connect(upstream)?;
+    up.write_all(out.as_bytes())?;
+    up.write_all(&body)?;
+    let mut reply = Vec::new();
+    up.read_to_end(&mut reply)?;
+    client.write_all(&reply)?;
+    client.flush()?;
+    let _ = client.shutdown(std::net::Shutdown::Write);
+    Ok(())
+}
+
+/// A token service (the `realm` of a registry's `WWW-Authenticate: Bearer` challenge)
+/// that hands out no token: it records the `Authorization` header of every request and
+/// answers 401. Plain HTTP, or HTTPS with a certificate and key. Python's http.server, on
+/// a fixed address the registry's configuration names; stopped on drop.
+pub struct FakeTokenService {
+    /// `http[s]://HOST:PORT/token`.
+    pub url: String,
+    child: std::process::Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+const FAKE_TOKEN_SERVICE: &str = r#"
+import http.server, json, socket, ssl, sys, time
+host, port, log, cert, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        with open(log, "a") as f:
+            f.write(json.dumps({"path": self.path, "authorization": self.headers.get("Authorization")}) + "\n")
+        body = b'{"details":"this token service hands out no tokens"}'
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+deadline = time.time() + 60
+while True:
+    try:
+        server = http.server.ThreadingHTTPServer((host, port), Handler)
+        break
+    except OSError:
+        if time.time() > deadline:
+            raise
+        time.sleep(0.2)
+if cert:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+print("ready", flush=True)
+server.serve_forever()
+"#;
+
+impl FakeTokenService {
+    /// Serve on `addr` (`HOST:PORT`); HTTPS when `tls` gives the certificate and key.
+    pub fn start(addr: &str, tls: Option<(&Path, &Path)>) -> FakeTokenService {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("requests.jsonl");
+        std::fs::write(&log, "").unwrap();
+        let (host, port) = addr.rsplit_once(':').expect("HOST:PORT");
+        let (cert, key) = tls
+            .map(|(c, k)| (c.display().to_string(), k.display().to_string()))
+            .unwrap_or_default();
+        let mut child = Command::new("python3")
+            .args(["-c", FAKE_TOKEN_SERVICE, host, port])
+            .arg(&log)
+            .args([&cert, &key])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 must be installed");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        if line.trim() != "ready" {
+            let _ = child.kill();
+            panic!("the fake token service on {addr} did not start (is the port taken?)");
+        }
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        FakeTokenService {
+            url: format!("{scheme}://{addr}/token"),
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// The `Authorization` header of each request so far (`None`: the request had none).
+    pub fn authorizations(&self) -> Vec<Option<String>> {
+        std::fs::read_to_string(&self.log)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["authorization"].as_str().map(str::to_string)
+            })
+            .collect()
+    }
+}
+
+impl Drop for FakeTokenService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -163,18 +163,44 @@ pub fn sweep_stale() {
     }
 }
 
-/// Wait for SIGINT or SIGTERM; return the exit code for it (130 / 143).
-pub async fn signalled() -> i32 {
+/// SIGINT and SIGTERM, listened to from the moment this returns (`None` when the
+/// handlers cannot be installed: the command then simply runs to its end).
+pub struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+pub fn listen() -> Option<Signals> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        // No signal handling here: never resolve, the command runs to its end.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => 130,
-        _ = term.recv() => 143,
+    Some(Signals {
+        int: signal(SignalKind::interrupt()).ok()?,
+        term: signal(SignalKind::terminate()).ok()?,
+    })
+}
+
+impl Signals {
+    /// Wait for the first signal; the exit code for it (130 / 143).
+    pub async fn recv(mut self) -> i32 {
+        tokio::select! {
+            _ = self.int.recv() => 130,
+            _ = self.term.recv() => 143,
+        }
     }
+}
+
+/// On SIGINT or SIGTERM: stop the containers, remove the folders, exit. A task of its
+/// own on the runtime's workers, because the command's future may be inside a blocking
+/// container run when the signal comes and would not be polled until it returned.
+pub fn exit_on_signal() {
+    let Some(signals) = listen() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let code = signals.recv().await;
+        clean_up();
+        eprintln!("venvimg: interrupted; stopped its containers and removed its temp folders");
+        // Not through the runtime's shutdown, which would wait for the blocking calls of
+        // the containers just stopped.
+        std::process::exit(code);
+    });
 }

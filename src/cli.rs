@@ -135,23 +135,14 @@ pub fn main() -> i32 {
         }
     };
     let outcome = runtime.block_on(async {
-        tokio::select! {
-            r = run(cli, &printer) => Ok(r),
-            code = crate::cancel::signalled() => Err(code),
-        }
+        crate::cancel::exit_on_signal();
+        run(cli, &printer).await
     });
     match outcome {
-        Ok(Ok(())) => 0,
-        Ok(Err(e)) => {
+        Ok(()) => 0,
+        Err(e) => {
             eprintln!("error: {e}");
             e.exit_code()
-        }
-        Err(code) => {
-            crate::cancel::clean_up();
-            eprintln!("venvimg: interrupted; stopped its containers and removed its temp folders");
-            // Not through the runtime's shutdown, which would wait for the blocking tasks
-            // of the containers just stopped.
-            std::process::exit(code);
         }
     }
 }

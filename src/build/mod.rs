@@ -620,6 +620,12 @@ fn build_session(
         }
     };
     let venv_host = envdir_host.join(&s.venv_dir);
+    // The local builder writes the real envdir: two venvimg builds there would delete
+    // each other's venv mid-install, so they take turns (held until this session ends).
+    let _envdir_lock = match config.builder {
+        BuilderKind::Local => Some(lock_envdir(&envdir_host, printer)?),
+        _ => None,
+    };
     prepare_envdir(config.builder, &envdir_host, &venv_host)?;
 
     // The scripts and venvimg's hook (mounted read-only), and where the hook records the
@@ -805,6 +811,7 @@ fn build_session(
     ));
 
     let mut opts = PackOptions::new(format!("{}/{}", config.envdir, s.venv_dir));
+    opts.base_dirs = base_dirs(&out_dir.join(script::BASE_DIRS_FILE), &config.envdir);
     opts.uid = config.owner.uid;
     opts.gid = config.owner.gid;
     opts.compression = config.compression;
@@ -1084,6 +1091,65 @@ fn local_project_dir(config: &Config) -> Result<PathBuf, Error> {
 
 /// A fresh place for the venv. The local builder deletes an old venv there, but nothing
 /// that is not one.
+/// The base's folders above `envdir` as the build script listed them (`MODE UID GID
+/// PATH`), keyed by archive path (`tmp`). What the build container wrote is untrusted:
+/// only ancestors of the envdir, mode bits only, bounded; anything else is dropped (that
+/// folder is then left out of the layers, as before).
+fn base_dirs(file: &Path, envdir: &str) -> BTreeMap<String, layer::BaseDir> {
+    let Ok(raw) = crate::untrusted::read_checked(file, 64 * 1024) else {
+        return BTreeMap::new();
+    };
+    let envdir = Path::new(envdir);
+    let mut out = BTreeMap::new();
+    for line in String::from_utf8_lossy(&raw).lines() {
+        let mut f = line.splitn(4, ' ');
+        let (Some(mode), Some(uid), Some(gid), Some(path)) =
+            (f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        let (Ok(mode), Ok(uid), Ok(gid)) = (
+            u32::from_str_radix(mode, 8),
+            uid.parse::<u64>(),
+            gid.parse::<u64>(),
+        ) else {
+            continue;
+        };
+        let p = Path::new(path);
+        if mode > 0o7777
+            || !p.is_absolute()
+            || p == envdir
+            || !envdir.starts_with(p)
+            || p == Path::new("/")
+        {
+            continue;
+        }
+        out.insert(
+            path.trim_start_matches('/')
+                .trim_end_matches('/')
+                .to_string(),
+            layer::BaseDir { mode, uid, gid },
+        );
+    }
+    out
+}
+
+fn lock_envdir(
+    envdir: &Path,
+    printer: &Printer,
+) -> Result<crate::outputs::layout::LayoutLock, Error> {
+    use crate::outputs::layout::LayoutLock;
+    std::fs::create_dir_all(envdir).map_err(io_err(format!("creating {}", envdir.display())))?;
+    if let Some(lock) = LayoutLock::try_acquire(envdir)? {
+        return Ok(lock);
+    }
+    printer.info(format!(
+        "waiting for another venvimg build that uses {} (builder: local)",
+        envdir.display()
+    ));
+    Ok(LayoutLock::acquire(envdir)?)
+}
+
 fn prepare_envdir(kind: BuilderKind, envdir: &Path, venv: &Path) -> Result<(), Error> {
     std::fs::create_dir_all(envdir).map_err(io_err(format!("creating {}", envdir.display())))?;
     if venv.exists() {

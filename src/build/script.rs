@@ -25,6 +25,10 @@ pub const NO_VENV_EXIT: i32 = 97;
 /// Where the build leaves the hook's record of the commands nox ran, in `$VENVIMG_OUT`.
 pub const RECORD_FILE: &str = "build.jsonl";
 
+/// Where the build script lists the base's folders above the envdir, in `$VENVIMG_OUT`:
+/// `MODE UID GID PATH` lines (`stat -c '%a %u %g %n'`).
+pub const BASE_DIRS_FILE: &str = "base-dirs.txt";
+
 /// The build script. It finds nox's interpreter and runs nox through venvimg's hook
 /// (`$VENVIMG_HOOK`, written next to it), which records every command into
 /// `$VENVIMG_OUT/build.jsonl`; the same script runs in a container and on this machine.
@@ -61,6 +65,10 @@ cd {workdir}
 VENVIMG_WORKDIR={workdir}
 VENVIMG_ENVDIR={envdir}
 export VENVIMG_WORKDIR VENVIMG_ENVDIR
+# The base's own folders above the envdir (mode, owner) before anything runs: the
+# layers carry them as they are, so /tmp stays 1777 in the job image.
+{{ d=$(dirname "$VENVIMG_ENVDIR"); while [ "$d" != / ] && [ "$d" != . ]; do
+  stat -c '%a %u %g %n' "$d"; d=$(dirname "$d"); done; }} >"$VENVIMG_OUT/{base_dirs}" 2>/dev/null || true
 printf '%s\n' {shown}
 sh "$VENVIMG_HOOK/launch.sh" record "$VENVIMG_OUT/{record}" --exec -- {nox_cmd}
 venv={venv}
@@ -73,6 +81,7 @@ fi
         envdir = sh_quote(p.envdir),
         shown = sh_quote(&shown),
         record = RECORD_FILE,
+        base_dirs = BASE_DIRS_FILE,
         nox_cmd = nox_cmd.join(" "),
         venv = sh_quote(&venv),
         no_venv = NO_VENV_EXIT,

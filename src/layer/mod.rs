@@ -83,12 +83,17 @@ pub struct PackOptions {
     pub uid: u64,
     pub gid: u64,
     pub compression: Compression,
-    /// How many of the prefix's parent directories the layer writes, innermost first:
-    /// 1 writes the envdir that holds the venv (venvimg's), not the base image's own
-    /// directories above it — a layer entry for `/opt` or `/tmp` would replace the base's
-    /// mode and owner (the sticky bit of `/tmp`) in every job image. Missing ancestors are
-    /// created by the engine (0755, root).
+    /// How many of the prefix's parent directories the layer writes with the options'
+    /// owner and 0755, innermost first: 1 writes the envdir that holds the venv
+    /// (venvimg's). The base image's own directories above it are written only as
+    /// `base_dirs` gives them.
     pub parents: usize,
+    /// The base image's directories above those (`tmp`, `opt`), with the base's mode and
+    /// owner. Every layer must carry them: an engine that extracts `tmp/nox/` with no
+    /// `tmp/` entry creates `tmp` in that layer with 0755, which then hides the base's
+    /// 1777 `/tmp` (seen with podman's overlay storage). Ancestors not named here are left
+    /// out.
+    pub base_dirs: std::collections::BTreeMap<String, BaseDir>,
     /// Compression worker threads (gzip); 0 counts as 1. Never changes the output bytes.
     pub threads: usize,
 }
@@ -104,9 +109,18 @@ impl PackOptions {
             gid: 0,
             compression: Compression::Gzip,
             parents: 1,
+            base_dirs: Default::default(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
+}
+
+/// A directory of the base image: mode bits (with setuid/setgid/sticky), owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BaseDir {
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
 }
 
 /// A layer blob written to disk, with what a manifest and an image config need.
@@ -336,7 +350,21 @@ impl Packer<'_> {
             .filter(|&end| end < prefix.len())
             .collect();
         let skip = parent_ends.len().saturating_sub(self.opts.parents);
-        for &end in &parent_ends[skip..] {
+        for (i, &end) in parent_ends.iter().enumerate() {
+            let meta = if i >= skip {
+                meta
+            } else {
+                let path = String::from_utf8_lossy(&prefix[..end - 1]).into_owned();
+                match self.opts.base_dirs.get(&path) {
+                    Some(d) => EntryMeta {
+                        mode: d.mode & 0o7777,
+                        uid: d.uid,
+                        gid: d.gid,
+                        mtime: self.opts.source_date_epoch,
+                    },
+                    None => continue,
+                }
+            };
             self.tar
                 .append_dir(&prefix[..end], &meta)
                 .map_err(|e| self.write_error(e))?;

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 use crate::layer::{
-    pack_tree, pack_tree_filtered, pack_with_block_size, Compression, LayerError, PackOptions,
-    PackedLayer, BLOCK_SIZE, DEFAULT_SOURCE_DATE_EPOCH,
+    pack_tree, pack_tree_filtered, pack_with_block_size, BaseDir, Compression, LayerError,
+    PackOptions, PackedLayer, BLOCK_SIZE, DEFAULT_SOURCE_DATE_EPOCH,
 };
 
 const PREFIX: &str = "/opt/nox/tests-3-12";
@@ -135,6 +135,7 @@ fn golden_options(compression: Compression) -> PackOptions {
         gid: 0,
         compression,
         parents: 1,
+        base_dirs: Default::default(),
         threads: 2,
     }
 }
@@ -364,6 +365,39 @@ fn layer_entries_are_normalised() {
         out.stdout.iter().filter(|&&b| b == b'\n').count()
     };
     assert_eq!(entries.len(), 2 + count("d") + count("f") + count("l"));
+}
+
+#[test]
+fn base_dirs_above_the_envdir_keep_the_bases_mode_and_owner() {
+    // An envdir under /tmp: `tmp/` must come with 1777 and root (the base's), not 0755
+    // and the configured owner, and every ancestor the base did not name stays out.
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    golden_tree(&tree);
+    let mut opts = PackOptions {
+        prefix: "/tmp/a/nox/tests-3-11".into(),
+        uid: 1000,
+        gid: 1000,
+        ..golden_options(Compression::Gzip)
+    };
+    opts.base_dirs.insert(
+        "tmp".into(),
+        BaseDir {
+            mode: 0o1777,
+            uid: 0,
+            gid: 0,
+        },
+    );
+    let layer = pack(&tree, &opts, &tmp.path().join("l.tar.gz"));
+    let entries = read_layer(&layer);
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(&names[..3], ["tmp/", "tmp/a/nox/", "tmp/a/nox/tests-3-11/"]);
+    let e = by_name(&entries);
+    assert_eq!(
+        (e["tmp/"].mode, e["tmp/"].uid, e["tmp/"].gid),
+        (0o1777, 0, 0)
+    );
+    assert_eq!((e["tmp/a/nox/"].mode, e["tmp/a/nox/"].uid), (0o755, 1000));
 }
 
 #[test]

@@ -33,7 +33,7 @@ use crate::registry::Registry;
 
 /// Bumped whenever venvimg changes how it turns a venv into layer bytes or what a key
 /// covers, so images made by an older venvimg are never taken for ours.
-pub const LAYER_FORMAT_VERSION: u32 = 2;
+pub const LAYER_FORMAT_VERSION: u32 = 3;
 
 /// The manifest annotation holding what a hit is checked against.
 pub const CHECK_ANNOTATION: &str = "dev.venvimg.check";
@@ -569,6 +569,11 @@ pub fn secret_values(config: &Config, extra: &BTreeMap<String, String>) -> Vec<S
         )
         .filter(|s| s.len() >= 4)
         .cloned()
+        .chain(
+            std::env::var("VENVIMG_PASSWORD")
+                .ok()
+                .filter(|p| p.len() >= 4),
+        )
         .collect();
     v.sort();
     v.dedup();

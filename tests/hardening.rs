@@ -1,0 +1,760 @@
+//! A noxfile from a pull request is hostile. Real builds (podman and the local builder)
+//! against the loopback registry:
+//! - its sessions plant, after a real install, a METADATA symlinked to /etc/hostname, a
+//!   dist-info symlinked to a folder of this machine, a FIFO, a 3 GiB sparse METADATA, a
+//!   RECORD line leaving the venv. Each build must fail (exit 1) naming the file and what
+//!   is wrong, without hanging, without exhausting memory, without pushing anything, and
+//!   without showing what the host file holds;
+//! - it dumps its environment (at import and during the install) and the checkout's
+//!   `.git/config`: no registry credential, no secret of venvimg's environment, no git
+//!   auth header reaches it, no secret shows in venvimg's output or the process list;
+//! - an envdir under /tmp leaves the base's /tmp alone; a cancelled build leaves no
+//!   container and no folder.
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const SP: &str = "lib/python3.11/site-packages";
+/// A build of these sessions takes well under a minute here; a read blocked on a FIFO
+/// would never end.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(420);
+
+struct Run {
+    code: Option<i32>,
+    /// stdout and stderr.
+    text: String,
+}
+
+/// `venvimg ARGS` in `dir`, killed (and the test failed) if it outlives `BUILD_TIMEOUT`.
+fn venvimg(dir: &Path, args: &[&str]) -> Run {
+    venvimg_with(dir, args, &[])
+}
+
+/// `venvimg ARGS` with `extra` variables in its environment.
+fn venvimg_with(dir: &Path, args: &[&str], extra: &[(&str, &str)]) -> Run {
+    let env = support::testenv();
+    let logs = tempfile::tempdir().unwrap();
+    let (out, err) = (logs.path().join("out"), logs.path().join("err"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_venvimg"))
+        .envs(env.envs.iter().map(|(k, v)| (k, v)))
+        .envs(extra.iter().copied())
+        .current_dir(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("cannot run venvimg");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > BUILD_TIMEOUT {
+            // SIGTERM first: venvimg stops the containers it started.
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            std::thread::sleep(Duration::from_secs(20));
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "venvimg {} hung for {BUILD_TIMEOUT:?}:\n{}{}",
+                args.join(" "),
+                std::fs::read_to_string(&out).unwrap_or_default(),
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    Run {
+        code: status.code(),
+        text: format!(
+            "{}{}",
+            std::fs::read_to_string(&out).unwrap(),
+            std::fs::read_to_string(&err).unwrap()
+        ),
+    }
+}
+
+/// The fixture with a venvimg.yaml for `sessions` (YAML list items) in a fresh repository.
+fn project(prefix: &str, sessions: &str) -> (tempfile::TempDir, String) {
+    let env = support::testenv();
+    let dir = support::copy_fixture("hostile");
+    let repo = support::unique_repo(prefix);
+    std::fs::write(
+        dir.path().join("venvimg.yaml"),
+        format!(
+            "repository: {repo}\nbase: {}\nsessions:\n{sessions}",
+            env.base
+        ),
+    )
+    .unwrap();
+    (dir, repo)
+}
+
+fn build(dir: &Path) -> Run {
+    let env = support::testenv();
+    venvimg(dir, &["build", "--build-ca", env.ca_file()])
+}
+
+/// The image `plan` names for `session`.
+fn image_of(dir: &Path, session: &str) -> String {
+    let run = venvimg(dir, &["plan", "--json", "-q"]);
+    assert_eq!(run.code, Some(0), "plan: {}", run.text);
+    let start = run.text.find('{').expect("plan printed no JSON");
+    let plan: Value = serde_json::Deserializer::from_str(&run.text[start..])
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    plan["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["session"] == session)
+        .unwrap_or_else(|| panic!("no {session} in {plan}"))["image"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Every tag of `repo` (none when the registry never heard of it).
+fn tags(repo: &str) -> Vec<String> {
+    let out = support::skopeo()
+        .args(["list-tags", "--tls-verify=false"])
+        .arg(format!("docker://{repo}"))
+        .output()
+        .expect("cannot run skopeo");
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("name unknown")
+                || err.contains("NAME_UNKNOWN")
+                || err.contains("status code from registry 404"),
+            "skopeo list-tags {repo}: {err}"
+        );
+        return Vec::new();
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["Tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().map(str::to_string))
+        .collect()
+}
+
+/// Manifest and config of every image in `repo`, as text: what anyone pulling sees.
+fn pushed_records(repo: &str) -> String {
+    let mut all = String::new();
+    for tag in tags(repo) {
+        let image = format!("docker://{repo}:{tag}");
+        for extra in [&["--raw"][..], &["--config"][..]] {
+            let out = support::skopeo()
+                .args(["inspect", "--tls-verify=false"])
+                .args(extra)
+                .arg(&image)
+                .output()
+                .unwrap();
+            all.push_str(&String::from_utf8_lossy(&out.stdout));
+        }
+    }
+    all
+}
+
+/// Whether `needle` occurs in `text` as a word of its own (hostnames are short: `vm`
+/// is part of many longer words).
+fn has_word(text: &str, needle: &str) -> bool {
+    let word = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+    text.match_indices(needle).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + needle.len()..].chars().next();
+        !before.is_some_and(word) && !after.is_some_and(word)
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The largest resident set of any child this test process waited for (venvimg, and the
+/// podman and skopeo it waited for), in bytes.
+fn max_child_rss() -> u64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) },
+        0
+    );
+    usage.ru_maxrss as u64 * 1024
+}
+
+/// Build `session` alone: exit 1, every `expected` line in the output, nothing of
+/// `secrets` anywhere, no image pushed.
+#[track_caller]
+fn refused(prefix: &str, session: &str, extra_config: &str, expected: &[&str], secrets: &[&str]) {
+    let (dir, repo) = project(prefix, &format!("  - name: {session}\n{extra_config}"));
+    let image = image_of(dir.path(), session);
+    let run = build(dir.path());
+    assert_eq!(run.code, Some(1), "venvimg build must fail:\n{}", run.text);
+    assert!(
+        run.text.contains(&format!("session `{session}`")),
+        "{}",
+        run.text
+    );
+    for want in expected {
+        assert!(
+            run.text.contains(want),
+            "{want:?} missing from:\n{}",
+            run.text
+        );
+    }
+    assert!(run.text.contains("hint:"), "{}", run.text);
+    assert!(
+        !run.text.contains("panicked"),
+        "venvimg panicked:\n{}",
+        run.text
+    );
+    assert_eq!(
+        support::skopeo_inspect_digest(&image),
+        None,
+        "{image} was pushed"
+    );
+    let pushed: Vec<String> = tags(&repo)
+        .into_iter()
+        .filter(|t| !t.starts_with("venvimg-dryrun-"))
+        .collect();
+    assert!(pushed.is_empty(), "pushed to {repo}: {pushed:?}");
+    let records = pushed_records(&repo);
+    let host = hostname();
+    for secret in secrets.iter().copied().chain([host.as_str()]) {
+        if secret.is_empty() {
+            continue;
+        }
+        assert!(
+            !has_word(&run.text, secret),
+            "the host's {secret:?} is in venvimg's output:\n{}",
+            run.text
+        );
+        assert!(
+            !has_word(&records, secret),
+            "the host's {secret:?} was pushed"
+        );
+    }
+}
+
+#[test]
+fn the_same_install_without_a_planted_file_builds_and_pushes() {
+    // The control: the fixture builds and pushes when nothing hostile is planted, so
+    // the refusals below come from the planted files alone.
+    let (dir, repo) = project("hostile-clean", "  - clean\n");
+    let image = image_of(dir.path(), "clean");
+    let run = build(dir.path());
+    assert_eq!(run.code, Some(0), "{}", run.text);
+    assert!(support::skopeo_inspect_digest(&image).is_some());
+    let records = pushed_records(&repo);
+    assert!(records.contains("pyflakes"), "{records}");
+}
+
+#[test]
+fn a_metadata_symlinked_to_etc_hostname_is_not_read() {
+    refused(
+        "hostile-meta-symlink",
+        "meta_symlink",
+        "",
+        &[&format!(
+            "{SP}/hostile-1.0.dist-info/METADATA is a symlink; refusing to read it"
+        )],
+        &[],
+    );
+}
+
+#[test]
+fn a_dist_info_symlinked_to_a_host_folder_is_not_read() {
+    // A folder of this machine shaped like a dist-info: read, it would become a package
+    // of the image.
+    let host = tempfile::tempdir().unwrap();
+    let marker = format!(
+        "leaked-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    std::fs::write(
+        host.path().join("METADATA"),
+        format!("Metadata-Version: 2.1\nName: {marker}\nVersion: 6.6.6\n\n"),
+    )
+    .unwrap();
+    std::fs::write(host.path().join("RECORD"), "../../../../etc/passwd,,\n").unwrap();
+    refused(
+        "hostile-dir-symlink",
+        "dir_symlink",
+        &format!(
+            "    env: {{HOSTILE_TARGET_DIR: {}}}\n",
+            host.path().display()
+        ),
+        &[&format!(
+            "{SP}/hostile-1.0.dist-info is a symlink; refusing to read it"
+        )],
+        &[&marker],
+    );
+}
+
+#[test]
+fn a_fifo_metadata_fails_without_hanging() {
+    refused(
+        "hostile-fifo",
+        "fifo",
+        "",
+        &[&format!(
+            "{SP}/hostile-1.0.dist-info/METADATA is a FIFO, not a regular file; refusing to read it"
+        )],
+        &[],
+    );
+}
+
+#[test]
+fn a_3_gib_sparse_metadata_is_refused_by_its_size() {
+    refused(
+        "hostile-huge",
+        "huge",
+        "",
+        &[&format!(
+            "{SP}/hostile-1.0.dist-info/METADATA is 3221225472 bytes, more than the"
+        )],
+        &[],
+    );
+    let rss = max_child_rss();
+    assert!(
+        rss < 1 << 30,
+        "a child used {rss} bytes: the 3 GiB file was read"
+    );
+}
+
+#[test]
+fn a_record_line_leaving_the_venv_is_refused() {
+    refused(
+        "hostile-record",
+        "record_escape",
+        "",
+        &[&format!(
+            "{SP}/hostile-1.0.dist-info/RECORD line 2 names `../../../../etc/hostname`, a path outside the venv; refusing it"
+        )],
+        &[],
+    );
+}
+
+/// Every process's command line, sampled every 20 ms until stopped: what `ps` shows
+/// anyone on the machine.
+struct ProcessSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<std::collections::BTreeSet<String>>,
+}
+
+impl ProcessSampler {
+    fn start() -> ProcessSampler {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while !flag.load(Ordering::Relaxed) {
+                for e in std::fs::read_dir("/proc").unwrap().flatten() {
+                    if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
+                        if !raw.is_empty() {
+                            seen.insert(String::from_utf8_lossy(&raw).replace('\0', " "));
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        });
+        ProcessSampler { stop, thread }
+    }
+
+    fn stop(self) -> std::collections::BTreeSet<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// A value no other test uses: `prefix-<nanos>`.
+fn secret(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("cannot run git: apt-get install git");
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+}
+
+/// The `hostile-env-dump STAGE {json}` lines in `text`, parsed.
+fn dumps(text: &str, stage: &str) -> Vec<serde_json::Map<String, Value>> {
+    let prefix = format!("hostile-env-dump {stage} ");
+    text.lines()
+        .filter_map(|l| l.find(&prefix).map(|i| &l[i + prefix.len()..]))
+        .map(|j| match serde_json::from_str::<Value>(j.trim()) {
+            Ok(Value::Object(m)) => m,
+            other => panic!("not a dump: {j}: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_hostile_noxfile_in_a_container_build_gets_no_credentials_and_leaks_nothing() {
+    let env = support::testenv();
+    let (password, token, api_key, canary, git_secret, url_secret) = (
+        secret("registry-password"),
+        secret("index-token"),
+        secret("session-api-key"),
+        secret("host-only-canary"),
+        secret("git-extraheader"),
+        secret("git-url-token"),
+    );
+    let (dir, repo) = project(
+        "hardening-leak",
+        &format!("  - name: leak\n    env: {{API_KEY: {api_key}}}\n"),
+    );
+    // Where a noxfile that ran on this machine would leave its dumps.
+    let drop_box = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("dump-to.txt"),
+        drop_box.path().display().to_string(),
+    )
+    .unwrap();
+    // A checkout as actions/checkout leaves it: an auth header and a token in the URL.
+    git(dir.path(), &["init", "-q"]);
+    git(
+        dir.path(),
+        &[
+            "config",
+            "http.https://example.invalid/.extraheader",
+            &format!("AUTHORIZATION: basic {git_secret}"),
+        ],
+    );
+    git(
+        dir.path(),
+        &[
+            "remote",
+            "add",
+            "origin",
+            &format!("https://x-access-token:{url_secret}@example.invalid/o/r"),
+        ],
+    );
+    let secrets_env = [
+        ("VENVIMG_USERNAME", "hostile-user"),
+        ("VENVIMG_PASSWORD", password.as_str()),
+        ("INDEX_TOKEN", token.as_str()),
+        ("HOSTILE_CANARY", canary.as_str()),
+    ];
+
+    let sampler = ProcessSampler::start();
+    let run = venvimg_with(
+        dir.path(),
+        &[
+            "build",
+            "-v",
+            "--build-ca",
+            env.ca_file(),
+            "--build-env",
+            "INDEX_TOKEN",
+        ],
+        &secrets_env,
+    );
+    let processes = sampler.stop();
+    assert_eq!(run.code, Some(0), "{}", run.text);
+
+    // The noxfile did dump its environment during the install, and it was relayed (-v):
+    // the build had INDEX_TOKEN, shown masked; nothing of venvimg's credentials or of the
+    // host's environment.
+    let builds = dumps(&run.text, "build");
+    assert!(!builds.is_empty(), "no dump relayed:\n{}", run.text);
+    for d in &builds {
+        assert_eq!(d.get("INDEX_TOKEN"), Some(&Value::from("***")), "{d:?}");
+        for name in ["VENVIMG_PASSWORD", "VENVIMG_USERNAME", "HOSTILE_CANARY"] {
+            assert!(!d.contains_key(name), "{name} reached the build: {d:?}");
+        }
+    }
+    // The checkout's .git/config reached the build without its credentials.
+    assert!(run.text.contains("hostile-git-config"), "{}", run.text);
+    assert!(run.text.contains("example.invalid/o/r"), "{}", run.text);
+    // Nothing of the project ran on this machine (the container builder lists and dry-runs
+    // in the base image).
+    let dropped: Vec<_> = std::fs::read_dir(drop_box.path()).unwrap().collect();
+    assert!(
+        dropped.is_empty(),
+        "the noxfile ran on the host: {dropped:?}"
+    );
+
+    let image = image_of(dir.path(), "leak");
+    let inspect = venvimg_with(dir.path(), &["inspect", "--json", &image], &secrets_env);
+    assert_eq!(inspect.code, Some(0), "{}", inspect.text);
+    let explain = venvimg_with(dir.path(), &["plan", "--explain", "leak"], &secrets_env);
+    assert_eq!(explain.code, Some(0), "{}", explain.text);
+    assert!(
+        inspect.text.contains("API_KEY"),
+        "the recorded key names the variable (its value hashed):\n{}",
+        inspect.text
+    );
+    let records = pushed_records(&repo);
+    assert!(records.contains("pyflakes"), "{records}");
+    let ps = processes.iter().cloned().collect::<Vec<_>>().join("\n");
+    assert!(
+        processes
+            .iter()
+            .any(|p| p.contains(" run ") && p.contains("venvimg-")),
+        "the sampler never saw the build container's command line:\n{ps}"
+    );
+    for value in [
+        &password,
+        &token,
+        &api_key,
+        &canary,
+        &git_secret,
+        &url_secret,
+    ] {
+        for (what, text) in [
+            ("the build's output", &run.text),
+            ("inspect --json", &inspect.text),
+            ("plan --explain", &explain.text),
+            ("the pushed manifests and configs", &records),
+            ("the process list", &ps),
+        ] {
+            assert!(
+                !text.contains(value.as_str()),
+                "{value} is in {what}:\n{text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_hostile_noxfile_under_the_local_builder_runs_without_venvimgs_credentials() {
+    let env = support::testenv();
+    let (password, token, canary) = (
+        secret("registry-password"),
+        secret("index-token"),
+        secret("host-only-canary"),
+    );
+    let (dir, _repo) = project("hardening-local", "  - leak\n");
+    let workdir = std::fs::canonicalize(dir.path()).unwrap();
+    let envdir = tempfile::tempdir().unwrap();
+    let mut yaml = std::fs::read_to_string(dir.path().join("venvimg.yaml")).unwrap();
+    yaml.push_str(&format!(
+        "builder: local\nworkdir: {}\nenvdir: {}/nox\n",
+        workdir.display(),
+        envdir.path().display()
+    ));
+    std::fs::write(dir.path().join("venvimg.yaml"), yaml).unwrap();
+    let drop_box = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("dump-to.txt"),
+        drop_box.path().display().to_string(),
+    )
+    .unwrap();
+    let secrets_env = [
+        ("VENVIMG_USERNAME", "hostile-user"),
+        ("VENVIMG_PASSWORD", password.as_str()),
+        ("INDEX_TOKEN", token.as_str()),
+        ("HOSTILE_CANARY", canary.as_str()),
+        ("SSL_CERT_FILE", env.ca_file()),
+    ];
+    let sampler = ProcessSampler::start();
+    let run = venvimg_with(
+        dir.path(),
+        &["build", "-v", "--build-env", "INDEX_TOKEN"],
+        &secrets_env,
+    );
+    let processes = sampler.stop();
+    assert_eq!(run.code, Some(0), "{}", run.text);
+
+    // Here the noxfile does run on this machine (that is what `builder: local` is): at
+    // listing, dry run and build. Each time without venvimg's credentials or unrelated
+    // variables; the build has what --build-env gave it.
+    let mut stages = Vec::new();
+    for e in std::fs::read_dir(drop_box.path()).unwrap().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        let d: serde_json::Map<String, Value> = serde_json::from_str(&text).unwrap();
+        for name in ["VENVIMG_PASSWORD", "VENVIMG_USERNAME", "HOSTILE_CANARY"] {
+            assert!(!d.contains_key(name), "{name} reached the noxfile: {d:?}");
+        }
+        assert!(
+            !text.contains(&password) && !text.contains(&canary),
+            "{text}"
+        );
+        stages.push(d.contains_key("INDEX_TOKEN"));
+    }
+    assert!(
+        stages.len() >= 2,
+        "the noxfile ran {} times on the host; expected the dry run and the build",
+        stages.len()
+    );
+    assert!(
+        stages.iter().any(|&has| has),
+        "--build-env INDEX_TOKEN never reached the build"
+    );
+    assert!(
+        dumps(&run.text, "build")
+            .iter()
+            .all(|d| d.get("INDEX_TOKEN") == Some(&Value::from("***"))),
+        "{}",
+        run.text
+    );
+    let ps = processes.into_iter().collect::<Vec<_>>().join("\n");
+    for value in [&password, &token, &canary] {
+        assert!(
+            !run.text.contains(value.as_str()),
+            "{value} in:\n{}",
+            run.text
+        );
+        assert!(
+            !ps.contains(value.as_str()),
+            "{value} in the process list:\n{ps}"
+        );
+    }
+}
+
+#[test]
+fn an_envdir_under_tmp_leaves_the_bases_tmp_sticky_and_world_writable() {
+    let (dir, _repo) = project("hardening-tmp", "  - clean\n");
+    let mut yaml = std::fs::read_to_string(dir.path().join("venvimg.yaml")).unwrap();
+    yaml.push_str("envdir: /tmp/nox\n");
+    std::fs::write(dir.path().join("venvimg.yaml"), yaml).unwrap();
+    let run = build(dir.path());
+    assert_eq!(run.code, Some(0), "{}", run.text);
+    let image = image_of(dir.path(), "clean");
+    let out = support::podman()
+        .args(["run", "--rm", "--network", "none", &image])
+        .args(["sh", "-c", "stat -c '%a %u:%g' /tmp && ls /tmp/nox"])
+        .output()
+        .expect("cannot run podman");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("1777 0:0"),
+        "/tmp in the job image: {text}"
+    );
+    assert_eq!(
+        lines.next(),
+        Some("clean"),
+        "the venv in the job image: {text}"
+    );
+    let _ = support::podman().args(["rmi", "--force", &image]).output();
+}
+
+#[test]
+fn sigint_mid_build_stops_the_container_and_removes_the_build_folder() {
+    let env = support::testenv();
+    let (dir, repo) = project("hardening-cancel", "  - slow\n");
+    let image = image_of(dir.path(), "slow");
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let out = logs.path().join("out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_venvimg"))
+        .envs(env.envs.iter().map(|(k, v)| (k, v)))
+        .env("TMPDIR", tmp.path())
+        .current_dir(dir.path())
+        .args(["build", "-v", "--build-ca", env.ca_file()])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(logs.path().join("err")).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let text = || {
+        std::fs::read_to_string(&out).unwrap_or_default()
+            + &std::fs::read_to_string(logs.path().join("err")).unwrap_or_default()
+    };
+    let started = Instant::now();
+    while !text().contains("hostile-slow-started") {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the build ended before the install started ({status}):\n{}",
+                text()
+            );
+        }
+        if started.elapsed() > BUILD_TIMEOUT {
+            let _ = child.kill();
+            panic!("the install never started:\n{}", text());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let containers = || {
+        let out = support::podman()
+            .args(["ps", "--all", "--format", "{{.Names}}"])
+            .args(["--filter", &format!("name=venvimg-{pid}-")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_ne!(containers(), "", "no build container named venvimg-{pid}-*");
+    let ours = |tmp: &Path| -> Vec<String> {
+        std::fs::read_dir(tmp)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!("venvimg-build-{pid}-")))
+            .collect()
+    };
+    assert!(!ours(tmp.path()).is_empty(), "no build folder in $TMPDIR");
+    let interrupted = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if interrupted.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("venvimg still running 60 s after SIGINT:\n{}", text());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(130), "{}", text());
+    assert!(text().contains("interrupted"), "{}", text());
+    assert_eq!(containers(), "", "a container outlived the cancel");
+    assert_eq!(
+        ours(tmp.path()),
+        Vec::<String>::new(),
+        "a folder outlived the cancel"
+    );
+    assert_eq!(
+        support::skopeo_inspect_digest(&image),
+        None,
+        "{image} was pushed"
+    );
+    assert!(
+        tags(&repo).iter().all(|t| t.starts_with("venvimg-dryrun-")),
+        "{:?}",
+        tags(&repo)
+    );
+}

@@ -758,3 +758,41 @@ fn sigint_mid_build_stops_the_container_and_removes_the_build_folder() {
         tags(&repo)
     );
 }
+
+#[test]
+fn inspect_refuses_a_layout_whose_digest_walks_out_of_it() {
+    // A layout (an artifact of someone else's job) whose index names
+    // `sha256:../../../../etc/hostname`: the digest is refused before it becomes a path.
+    let t = tempfile::tempdir().unwrap();
+    let layout = t.path().join("layout");
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let evil = "sha256:../../../../../../../../etc/hostname";
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": evil, "size": 64}]})
+        .to_string(),
+    )
+    .unwrap();
+    let image = format!("oci:{}", layout.display());
+    let run = venvimg(t.path(), &["inspect", &image]);
+    assert_eq!(run.code, Some(1), "{}", run.text);
+    assert!(
+        run.text.contains(&format!("`{evil}`")) && run.text.contains("not a sha256 digest"),
+        "{}",
+        run.text
+    );
+    assert!(!run.text.contains("panicked"), "{}", run.text);
+    let host = hostname();
+    assert!(
+        host.is_empty() || !has_word(&run.text, &host),
+        "{}",
+        run.text
+    );
+}

@@ -15,19 +15,19 @@ cd "$(dirname "$0")/.."
 
 [[ -x /usr/bin/time ]] || { echo "push_rss: /usr/bin/time is missing (apt-get install -y time)" >&2; exit 2; }
 
-exe=$(cargo test --release --test registry_rss --no-run --message-format=json 2>/dev/null \
+exe=$(cargo test --release --test it --no-run --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "registry_rss":
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "it":
         print(m["executable"])')
-[[ -n $exe ]] || { echo "push_rss: could not build tests/registry_rss.rs" >&2; exit 2; }
+[[ -n $exe ]] || { echo "push_rss: could not build tests/it (registry_rss)" >&2; exit 2; }
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 VENVIMG_RSS_BYTES=${VENVIMG_RSS_BYTES:-$((1 << 30))} \
-  /usr/bin/time -v "$exe" --exact --nocapture push_layer_under_100mib_rss 2>"$log" || status=$?
+  /usr/bin/time -v "$exe" --exact --nocapture registry_rss::push_layer_under_100mib_rss 2>"$log" || status=$?
 grep -E '^(generated|packed|pushed)|panicked|test result' "$log" || true
 grep -E 'Maximum resident set size|Elapsed \(wall clock\)' "$log"
 kib=$(awk -F': ' '/Maximum resident set size/{print $2}' "$log")

@@ -155,7 +155,7 @@ pub struct Rates {
 }
 
 pub fn random_rule(seed: u64, rates: Rates) -> Rule {
-    let mut rng = super::kit::XorShift::new(seed);
+    let mut rng = crate::support::registry_kit::XorShift::new(seed);
     Box::new(move |head: &RequestHead| {
         let mut x = rng.unit();
         for (rate, action) in [

@@ -1,9 +1,12 @@
-//! Test support shared by the integration tests (`mod support;` in each `tests/*.rs`).
+//! Test support shared by the integration tests (`tests/it/`, one module per area).
 //!
 //! The real parts (loopback registry, podman configuration, base image with Python, nox and
 //! uv) come from `tests/support/testenv.sh up`, run once per test process. When it fails,
 //! the tests fail loudly with the script's message: they never skip.
 #![allow(dead_code)]
+
+pub mod fault_proxy;
+pub mod registry_kit;
 
 use std::collections::HashMap;
 use std::fs;

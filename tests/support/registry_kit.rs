@@ -1,4 +1,4 @@
-//! Helpers for the registry tests (`tests/registry_*.rs`, included with `#[path]`): images
+//! Helpers for the registry tests (`tests/it/registry_*.rs`, as `support::registry_kit`): images
 //! composed on the test base image through the library, pushed with
 //! `venvimg::registry::push::push_image`, and checks of what a registry holds made with
 //! tools other than venvimg (skopeo, curl).
@@ -15,7 +15,7 @@ use venvimg::layer::{pack_tree, PackOptions, PackedLayer};
 use venvimg::registry::push::{push_image, StatsSnapshot};
 use venvimg::registry::{Registry, RegistryError, Transport};
 
-use super::support;
+use crate::support;
 
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -133,6 +133,16 @@ cmd_deps() {
     { command -v uv >/dev/null && command -v nox >/dev/null && command -v actionlint >/dev/null; } \
       || die "uv/nox installed but not on PATH ($PATH)" "add pip's script directory (e.g. /usr/local/bin or ~/.local/bin) to PATH"
   fi
+  # The image tests build venvimg as a static musl binary.
+  if command -v rustup >/dev/null; then
+    if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+      log "adding the Rust target x86_64-unknown-linux-musl"
+      rustup target add x86_64-unknown-linux-musl >&2 \
+        || die "rustup target add x86_64-unknown-linux-musl failed" "rustup target add x86_64-unknown-linux-musl"
+    fi
+  else
+    log "rustup is missing: add the x86_64-unknown-linux-musl target to your Rust toolchain by hand"
+  fi
 }
 
 # ---------------------------------------------------------------------------------------

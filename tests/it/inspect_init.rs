@@ -1,7 +1,7 @@
 //! `venvimg init` and `venvimg inspect`, run as a user runs them: the binary, real nox,
 //! the loopback registry and podman. The configuration `init` writes is built unchanged,
 //! and what the build pushed and wrote is read back by `inspect`.
-mod support;
+use crate::support;
 
 use std::path::Path;
 

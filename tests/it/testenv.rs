@@ -1,5 +1,5 @@
 //! Proves the test environment itself: these fail (never skip) when a part is missing.
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

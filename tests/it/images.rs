@@ -12,7 +12,7 @@
 //! when they are missing. It builds into target/images-musl (its own Cargo lock, so it
 //! never waits for a build in target/), without LTO to save time; set
 //! VENVIMG_MUSL_BINARY to use a binary built elsewhere.
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::io::Read;

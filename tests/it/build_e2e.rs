@@ -1,7 +1,7 @@
 //! The mission, end to end: `venvimg build` on the sample project with the podman
 //! builder, images pushed to the loopback registry, and each session run offline in its
 //! image with nox reusing the venv.
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Output;

@@ -1,6 +1,6 @@
 //! Finer keys (issue #8): sessions keyed by their own locked package set, the drift
 //! guard, and `plan --explain`, against the real registry with podman builds.
-mod support;
+use crate::support;
 
 use std::path::Path;
 

@@ -10,7 +10,7 @@
 //!   auth header reaches it, no secret shows in venvimg's output or the process list;
 //! - an envdir under /tmp leaves the base's /tmp alone; a cancelled build leaves no
 //!   container and no folder.
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

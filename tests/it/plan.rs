@@ -1,6 +1,6 @@
 //! `venvimg plan` against the real loopback registry, and the bad-input table: each bad
 //! input exits 2 with a message naming the problem, and nothing panics.
-mod support;
+use crate::support;
 
 use std::path::Path;
 

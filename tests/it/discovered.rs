@@ -3,7 +3,7 @@
 //! floating installs are named, and sessions nox does not select by default build when
 //! named. Against the real registry, podman and nox, on a fixture laid out like many
 //! real projects (`tests/fixtures/discovered`).
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::Path;

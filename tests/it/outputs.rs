@@ -1,7 +1,7 @@
 //! Images written as OCI layouts and archives, checked by the tools users load them with:
 //! podman (load + run), skopeo and umoci. The image is the real test base from the
 //! loopback registry plus a small layer packed here.
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

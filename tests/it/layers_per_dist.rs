@@ -1,7 +1,7 @@
 //! `layers: per-distribution` (issue #11): the same venv split into layers by installed
 //! distribution unpacks to exactly the tree of the single-layer image, runs offline, and a
 //! one-package bump uploads and pulls only the layers that changed.
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;

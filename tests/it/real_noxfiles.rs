@@ -1,7 +1,7 @@
 //! Noxfiles as people write them (issue #10), end to end against the loopback registry
 //! with podman: the project frozen non-editable, sessions that resist --install-only,
 //! missing interpreters, plugins, VCS-derived versions.
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Output;

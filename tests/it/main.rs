@@ -1,0 +1,21 @@
+//! venvimg's integration tests: one binary, one module per area, against the real
+//! registry, podman, docker, nox and uv (`tests/support/testenv.sh up` brings them up).
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod build_e2e;
+mod ci_files;
+mod discovered;
+mod finer_keys;
+mod hardening;
+mod images;
+mod inspect_init;
+mod layers_per_dist;
+mod outputs;
+mod plan;
+mod real_noxfiles;
+mod registry_auth;
+mod registry_push;
+mod registry_rss;
+mod testenv;

@@ -1,6 +1,5 @@
 //! Command-line surface: clap types, then each command run on resolved settings.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -77,11 +76,11 @@ pub enum Command {
     /// For each session: key, tag, image reference, hit or miss.
     Plan(PlanArgs),
     /// Plan, then build, pack, compose and push every miss.
-    Build(crate::build::BuildArgs),
+    Build(crate::commands::build::BuildArgs),
     /// Sessions, keys, inputs and packages recorded in an image venvimg made.
-    Inspect(crate::outputs::InspectArgs),
+    Inspect(crate::commands::InspectArgs),
     /// Write a commented venvimg.yaml from `nox --list --json`.
-    Init(crate::outputs::InitArgs),
+    Init(crate::commands::InitArgs),
     /// Print shell completions.
     Completions {
         /// bash, zsh, fish, elvish or powershell
@@ -154,24 +153,24 @@ async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
             clap_complete::generate(shell, &mut cmd, "venvimg", &mut std::io::stdout());
             Ok(())
         }
-        Command::Init(args) => crate::outputs::init(&cli.global, &args, printer),
+        Command::Init(args) => crate::commands::init(&cli.global.config, &args, printer),
         Command::Inspect(args) => {
             let transport = inspect_transport(&cli.global, &args.image, printer)?;
-            crate::outputs::inspect(transport, &args, printer).await
+            crate::commands::inspect(transport, &args, printer).await
         }
         Command::Plan(args) => {
             crate::cancel::sweep_stale();
             let config = Config::load(&cli.global.config)?;
             let registry = connect(&cli.global, &config, printer)?;
             let plan = crate::plan::make_plan(&config, &registry, &args.sessions).await?;
-            flush_warnings(&registry, printer);
+            crate::commands::report::flush_warnings(&registry, printer);
             if let Some(session) = &args.explain {
                 let text =
                     crate::plan::explain::explain(&config, &registry, &plan, session).await?;
                 printer.out(text.trim_end());
                 return Ok(());
             }
-            report_plan_findings(&plan, printer);
+            crate::commands::report::report_plan_findings(&plan, printer);
             print_plan(&plan, &config, args.json, printer);
             if args.ci_output {
                 let refs: Vec<(String, String)> = plan
@@ -179,7 +178,7 @@ async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
                     .iter()
                     .map(|s| (s.venv_dir.clone(), s.image.whole()))
                     .collect();
-                write_ci_output(&refs, printer)?;
+                crate::commands::report::write_ci_output(&refs, printer)?;
             }
             Ok(())
         }
@@ -187,14 +186,8 @@ async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
             crate::cancel::sweep_stale();
             let config = Config::load(&cli.global.config)?;
             let registry = connect(&cli.global, &config, printer)?;
-            crate::build::run(&config, &registry, &args, printer).await
+            crate::commands::build::run(&config, &registry, &args, printer).await
         }
-    }
-}
-
-pub fn flush_warnings(registry: &Registry, printer: &Printer) {
-    for w in registry.take_warnings() {
-        printer.warn(w);
     }
 }
 
@@ -390,100 +383,5 @@ fn print_plan(plan: &Plan, config: &Config, json: bool, printer: &Printer) {
     printer.out(table(&["SESSION", "VENV", "TAG", "STATUS"], &rows));
 }
 
-/// What a plan found that the user should know besides hit or miss: floating sessions,
-/// what the dry run could not key.
-pub fn report_plan_findings(plan: &Plan, printer: &Printer) {
-    printer.verbose(format!(
-        "dry run of the noxfile: {} (nox {})",
-        plan.dry_run_source,
-        plan.nox_version.as_deref().unwrap_or("?")
-    ));
-    for s in &plan.sessions {
-        if let Some(d) = &s.document.discovered {
-            if !d.floating.is_empty() {
-                let refresh = match &s.document.refresh {
-                    Some(r) => format!("rebuilt every {} (refresh)", r.every),
-                    None => "set `refresh:` to rebuild it periodically".to_string(),
-                };
-                printer.warn(format!(
-                    "session `{}` floats: nothing pins {}; the same files may give another venv on another day ({refresh})",
-                    s.config.name,
-                    d.floating.join("; ")
-                ));
-            }
-        }
-        if let Some(why) = &s.document.opaque {
-            if s.problem.is_none() {
-                printer.warn(format!(
-                    "session `{}`: {why}; it is keyed by its settings and the noxfile, and its image is checked against what its build read",
-                    s.config.name
-                ));
-            }
-        }
-        for note in s.derived.iter().flat_map(|d| d.notes.iter()) {
-            printer.verbose(format!("session `{}`: {note}", s.config.name));
-        }
-        if printer.verbosity >= crate::printer::Verbosity::Verbose {
-            if let Some(d) = &s.document.discovered {
-                for f in &d.files {
-                    printer.verbose(format!(
-                        "session `{}`: input {} ({}) sha256:{}",
-                        s.config.name,
-                        f.path,
-                        f.via,
-                        &f.sha256[..f.sha256.len().min(12)]
-                    ));
-                }
-                for l in &d.locks {
-                    printer.verbose(format!(
-                        "session `{}`: {} entries of {} ({})",
-                        s.config.name,
-                        l.packages.len(),
-                        l.lock,
-                        l.selection.join(" ")
-                    ));
-                }
-            }
-        }
-    }
-}
-
-/// Append `name=value` lines for a later CI job (`${{ needs.JOB.outputs.NAME }}`). Names
-/// are the venv directory names with `-` → `_`, which both GitHub and Forgejo accept.
-pub fn write_ci_output(refs: &[(String, String)], printer: &Printer) -> Result<(), Error> {
-    let path = std::env::var_os("GITHUB_OUTPUT")
-        .or_else(|| std::env::var_os("FORGEJO_OUTPUT"))
-        .filter(|p| !p.is_empty())
-        .ok_or_else(|| {
-            Error::Usage(
-                "--ci-output: neither GITHUB_OUTPUT nor FORGEJO_OUTPUT is set; run it inside a workflow step or set one to a file".into(),
-            )
-        })?;
-    let path = PathBuf::from(path);
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-    let mut text = String::new();
-    for (name, value) in refs {
-        text.push_str(&format!("{}={}\n", ci_output_name(name), value));
-    }
-    f.write_all(text.as_bytes()).map_err(|source| Error::Io {
-        path: path.clone(),
-        source,
-    })?;
-    printer.verbose(format!(
-        "wrote {} outputs to {}",
-        refs.len(),
-        path.display()
-    ));
-    Ok(())
-}
-
-pub fn ci_output_name(venv_dir: &str) -> String {
-    venv_dir.replace('-', "_")
-}
+/// The CI output name of a venv directory (kept here for the tests' convenience).
+pub use crate::commands::report::ci_output_name;

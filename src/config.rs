@@ -11,7 +11,7 @@ use oci_client::Reference;
 use serde::Deserialize;
 use serde_yaml::Value;
 
-use crate::layer::Compression;
+use crate::model::Compression;
 
 pub const DEFAULT_CONFIG_FILE: &str = "venvimg.yaml";
 pub const DEFAULT_ENVDIR: &str = "/opt/nox";
@@ -484,7 +484,7 @@ impl Config {
         };
         let max_layers = raw
             .max_layers
-            .unwrap_or(crate::layering::DEFAULT_MAX_LAYERS);
+            .unwrap_or(crate::python::layering::DEFAULT_MAX_LAYERS);
         if !(2..=120).contains(&max_layers) {
             return Err(ConfigError::field(
                 f,

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use crate::config::ConfigError;
-use crate::nox::NoxError;
+use crate::python::nox::NoxError;
 use crate::registry::RegistryError;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,11 +31,11 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Locked(#[from] crate::plan::locked::LockedError),
+    Locked(#[from] crate::python::locked::LockedError),
     #[error(transparent)]
     Layer(#[from] crate::layer::LayerError),
     #[error(transparent)]
-    Build(#[from] crate::build::BuildError),
+    Build(#[from] BuildError),
     #[error(transparent)]
     Output(#[from] crate::outputs::OutputError),
     #[error(transparent)]
@@ -48,7 +48,8 @@ impl Error {
             Error::Config(_)
             | Error::Usage(_)
             | Error::UnknownSession { .. }
-            | Error::Locked(crate::plan::locked::LockedError::Failed { .. }) => 2,
+            | Error::Locked(crate::python::locked::LockedError::Failed { .. }) => 2,
+            Error::Output(e) => e.exit_code(),
             _ => 1,
         }
     }
@@ -58,4 +59,66 @@ impl From<RegistryError> for Error {
     fn from(e: RegistryError) -> Self {
         Error::Registry(Box::new(e))
     }
+}
+
+/// Why building a session failed (engine, venv checks, the project's own code).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("builder `{builder}` is not available: `{program} --version` failed\n  hint: {hint}")]
+    NoEngine {
+        builder: &'static str,
+        program: &'static str,
+        hint: &'static str,
+    },
+    #[error("session `{session}`: nox asked for Python {python}, which base image {base} does not have\n  hint: use a base image with that interpreter, or build only sessions whose python it has (--session)")]
+    MissingInterpreter {
+        session: String,
+        python: String,
+        base: String,
+    },
+    #[error("session `{session}`: noxfile.py failed under `nox --install-only` (a traceback from the noxfile):\n{tail}\n  hint: a noxfile that uses a command's output while installing (e.g. `session.run(..., silent=True).strip()`) cannot run install-only; set `build: run` for this session in venvimg.yaml")]
+    InstallOnlyTraceback { session: String, tail: String },
+    #[error("session `{session}`: the noxfile imports `{module}`, which base image {base} lacks\n  hint: add it to the base image next to nox (see images/README.md)")]
+    MissingPlugin {
+        session: String,
+        module: String,
+        base: String,
+    },
+    #[error("session `{session}`: the build failed (exit {code}); last lines:\n{tail}\n  full log: {log}")]
+    Failed {
+        session: String,
+        code: String,
+        tail: String,
+        log: PathBuf,
+    },
+    #[error("session `{session}`: {source}")]
+    Venv {
+        session: String,
+        source: crate::python::venv::VenvError,
+    },
+    #[error("session `{session}`: the venv holds the project's own code installed non-editable ({dists}); a job would test that frozen copy, not the checkout\n  hint: set `project: editable` for this session (reinstalls it editable from {workdir}) or `project: keyed` (the key covers the project's files, so every source change rebuilds)")]
+    FrozenProject {
+        session: String,
+        dists: String,
+        workdir: String,
+    },
+    #[error("session `{session}`: installed packages are not covered by its key (locked: {selection}):\n{list}\n  hint: install them from uv.lock (add them to the session's dependency group), or drop `locked:` so the whole uv.lock keys the session")]
+    Drift {
+        session: String,
+        selection: String,
+        list: String,
+    },
+    #[error("local builder: {message}")]
+    Local { message: String },
+    #[error("session `{session}`: the build left no record of what nox ran ({path})\n  hint: the base image's nox must be importable by its own interpreter; run with -v to see the build")]
+    NoRecord { session: String, path: PathBuf },
+    #[error("session `{session}`: {files} changed on this machine while the session was built; the image would not match them\n  hint: run the build again")]
+    InputsMoved { session: String, files: String },
+    #[error(transparent)]
+    Inputs(#[from] crate::python::inputs::InputError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
 }

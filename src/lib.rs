@@ -1,19 +1,21 @@
 //! venvimg: nox session virtualenvs as reproducible OCI image layers.
 //!
-//! The pipeline, one module a step: [`config`] → [`plan`] (keys, tags, hit/miss) →
-//! [`build`] (builders run nox's installs) → [`layer`] (deterministic tar + compression)
-//! → [`image`] (compose on the base) → [`registry`] / [`outputs`] (push, OCI layout,
-//! archives). [`cli`] wires them to commands.
+//! The pipeline, one module a step: [`config`] → [`plan`] (keys, tags, hit/miss, from a
+//! dry run by the [`engine`]) → build ([`commands::build`]: the [`engine`] runs nox's
+//! installs, [`python`] reads the venv) → [`layer`] (deterministic tar + compression) →
+//! [`image`] (compose on the base) → [`registry`] / [`outputs`] (push, OCI layout,
+//! archives). [`commands`] run the stages for each subcommand; [`cli`] parses arguments.
+//! Imports point one way, down [`LAYERS`].
 
-pub mod build;
 pub mod cancel;
 pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod image;
 pub mod layer;
-pub mod layering;
-pub mod nox;
+pub mod model;
 pub mod outputs;
 pub mod plan;
 pub mod printer;
@@ -22,3 +24,131 @@ pub mod registry;
 pub mod untrusted;
 
 pub use error::Error;
+
+/// The import order, bottom first: a module may use only modules of lower layers (the
+/// test below reads `src/` and fails on any other `crate::` path outside tests).
+pub const LAYERS: &[&[&str]] = &[
+    // plain values and small utilities
+    &["model", "untrusted", "cancel", "printer"],
+    // nox, uv and venv facts; no configuration, no containers
+    &["python"],
+    &["config"],
+    // the pipeline's stages: pack, compose, move images
+    &["layer"],
+    &["image"],
+    &["registry"],
+    &["outputs"],
+    &["error"],
+    // the only code that starts a container or nox
+    &["engine"],
+    &["plan"],
+    // one module per subcommand
+    &["commands"],
+    &["cli"],
+];
+
+#[cfg(test)]
+mod import_order {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    fn rank(module: &str) -> Option<usize> {
+        super::LAYERS.iter().position(|l| l.contains(&module))
+    }
+
+    /// The top-level modules `code` names through `crate::` (also `crate::{a, b::c}`).
+    fn imports(code: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut rest = code;
+        while let Some(i) = rest.find("crate::") {
+            rest = &rest[i + "crate::".len()..];
+            if let Some(group) = rest.strip_prefix('{') {
+                let end = group.find('}').unwrap_or(group.len());
+                for item in group[..end].split(',') {
+                    let name = item.trim().split("::").next().unwrap_or("").trim();
+                    if !name.is_empty() {
+                        out.insert(name.to_string());
+                    }
+                }
+            } else {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                out.insert(name);
+            }
+        }
+        out
+    }
+
+    fn walk(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, files);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                files.push(p);
+            }
+        }
+    }
+
+    #[test]
+    fn imports_point_down_only() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        walk(&src, &mut files);
+        let mut wrong = Vec::new();
+        for f in &files {
+            let rel = f.strip_prefix(&src).unwrap();
+            let top = rel
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy()
+                .trim_end_matches(".rs")
+                .to_string();
+            if top == "lib" || top == "main" || rel.ends_with("tests.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(f).unwrap();
+            // Tests may reach anywhere: only the code before `#[cfg(test)]` counts.
+            let code = text.split("#[cfg(test)]").next().unwrap();
+            let Some(mine) = rank(&top) else {
+                wrong.push(format!(
+                    "{}: module `{top}` is in no layer of LAYERS",
+                    rel.display()
+                ));
+                continue;
+            };
+            for used in imports(code) {
+                if used == top || ["self", "super"].contains(&used.as_str()) {
+                    continue;
+                }
+                match rank(&used) {
+                    Some(r) if r < mine => {}
+                    Some(_) => wrong.push(format!(
+                        "{}: `{top}` uses `crate::{used}`, which is not below it",
+                        rel.display()
+                    )),
+                    None => wrong.push(format!(
+                        "{}: `crate::{used}` is in no layer of LAYERS",
+                        rel.display()
+                    )),
+                }
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "imports against the layer order:\n{}",
+            wrong.join("\n")
+        );
+    }
+
+    #[test]
+    fn the_checker_sees_grouped_and_nested_paths() {
+        let found = imports("use crate::{config::Config, plan};\nlet x = crate::engine::run();");
+        let want: BTreeSet<String> = ["config", "plan", "engine"].map(String::from).into();
+        assert_eq!(found, want);
+    }
+}

@@ -48,27 +48,12 @@ const PARENT_DIR_MODE: u32 = 0o755;
 /// (nothing in a venv needs them, and they'd be a privilege escalation in a job image).
 const KEPT_MODE_BITS: u32 = 0o1777;
 
-/// Layer compression.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Compression {
-    Gzip,
-    Zstd,
-}
+pub use crate::model::Compression;
 
-impl Compression {
-    /// OCI media type of a layer compressed this way.
-    pub fn media_type(self) -> &'static str {
-        match self {
-            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
-            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
-        }
-    }
-
-    fn codec(self) -> Codec {
-        match self {
-            Compression::Gzip => Codec::Gzip,
-            Compression::Zstd => Codec::Zstd,
-        }
+fn codec(c: Compression) -> Codec {
+    match c {
+        Compression::Gzip => Codec::Gzip,
+        Compression::Zstd => Codec::Zstd,
     }
 }
 
@@ -258,7 +243,7 @@ fn pack_into(
         source,
     };
     let blob = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
-    let compressor = Compressor::new(opts.compression.codec(), blob, opts.threads, block_size)
+    let compressor = Compressor::new(codec(opts.compression), blob, opts.threads, block_size)
         .map_err(write_error)?;
     let mut packer = Packer {
         tar: TarWriter::new(HashingWriter::new(compressor)),

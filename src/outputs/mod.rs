@@ -3,8 +3,6 @@
 //! docker storage (`--load`) — and the commands that read images back (`inspect`) or
 //! start a project (`init`).
 
-mod init;
-mod inspect;
 pub mod layout;
 
 use std::collections::HashMap;
@@ -17,15 +15,11 @@ use oci_client::Reference;
 use tokio::io::AsyncWriteExt;
 
 use crate::config::BuilderKind;
-use crate::error::Error;
 use crate::image::{BlobRef, ComposedImage};
 use crate::printer::{human_bytes, Printer};
 use crate::registry::{retry, Registry};
 use crate::untrusted::{self, Refusal};
 use layout::ImageFiles;
-
-pub use init::{init, render_config, InitArgs, InitFacts};
-pub use inspect::{inspect, InspectArgs};
 
 /// Where to find each blob an image references.
 pub struct BlobSources<'a> {
@@ -75,9 +69,29 @@ pub enum OutputError {
         "{noxfile}: nox lists no sessions; define one with @nox.session before `venvimg init`"
     )]
     NoSessions { noxfile: PathBuf },
+    /// A destination or option given wrong (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// Boxed: the registry's errors are large.
+    #[error(transparent)]
+    Registry(Box<crate::registry::RegistryError>),
+}
+
+impl From<crate::registry::RegistryError> for OutputError {
+    fn from(e: crate::registry::RegistryError) -> Self {
+        OutputError::Registry(Box::new(e))
+    }
 }
 
 impl OutputError {
+    /// 2 for a destination given wrong, 1 for a failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            OutputError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+
     pub(crate) fn io(path: &Path, source: std::io::Error) -> OutputError {
         OutputError::Io {
             path: path.to_path_buf(),
@@ -99,10 +113,10 @@ pub enum Destination {
 impl Destination {
     /// `oci:DIR`, `oci-archive:FILE` or `docker-archive:FILE`; anything else is a usage
     /// error naming the value and the three forms.
-    pub fn parse(dest: &str) -> Result<Destination, Error> {
+    pub fn parse(dest: &str) -> Result<Destination, OutputError> {
         let (kind, path) = dest.split_once(':').unwrap_or((dest, ""));
         let usage = |why: &str| {
-            Error::Usage(format!(
+            OutputError::Usage(format!(
                 "--output `{dest}`: {why}; write {FORMS} (e.g. docker-archive:image.tar, then `podman load -i image.tar`)"
             ))
         };
@@ -138,7 +152,7 @@ pub async fn write_output(
     image: &ComposedImage,
     sources: &BlobSources<'_>,
     printer: &Printer,
-) -> Result<(), Error> {
+) -> Result<(), OutputError> {
     let dest = Destination::parse(dest)?;
     let progress = printer.spinner(format!("writing {dest}"));
     let result = match &dest {
@@ -174,9 +188,9 @@ async fn write_archive(
     image: &ComposedImage,
     sources: &BlobSources<'_>,
     printer: &Printer,
-) -> Result<(), Error> {
+) -> Result<(), OutputError> {
     if file.is_dir() {
-        return Err(Error::Usage(format!(
+        return Err(OutputError::Usage(format!(
             "--output {dest}: {} is a directory; an archive is a file (for a directory, use oci:DIR)",
             file.display()
         )));
@@ -231,12 +245,12 @@ async fn write_oci_dir(
     image: &ComposedImage,
     sources: &BlobSources<'_>,
     printer: &Printer,
-) -> Result<(), Error> {
+) -> Result<(), OutputError> {
     let layout_file = dir.join("oci-layout");
     let index_file = dir.join("index.json");
     let shown = format!("oci:{}", dir.display());
     let not_a_layout = || {
-        Error::Usage(format!(
+        OutputError::Usage(format!(
             "--output {shown}: the directory exists and is not an OCI layout (no oci-layout file); choose a new or empty directory",
         ))
     };
@@ -282,9 +296,9 @@ async fn write_oci_dir(
             Err(Refusal::Missing) => match fs::create_dir(&d) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(OutputError::io(&d, e).into()),
+                Err(e) => return Err(OutputError::io(&d, e)),
             },
-            Err(Refusal::Io(e)) => return Err(OutputError::io(&d, e).into()),
+            Err(Refusal::Io(e)) => return Err(OutputError::io(&d, e)),
             Err(_) => {
                 let rel = d.strip_prefix(dir).unwrap_or(&d).display().to_string();
                 return Err(OutputError::BadImage {
@@ -293,8 +307,7 @@ async fn write_oci_dir(
                         "{rel} is not a folder (a symlink?); venvimg writes a layout only into its own folders\n  hint: remove {} or write to a new directory",
                         d.display()
                     ),
-                }
-                .into());
+                });
             }
         }
     }
@@ -349,8 +362,7 @@ async fn write_oci_dir(
             return Err(OutputError::BadImage {
                 image: shown,
                 detail: format!("index.json {reason}"),
-            }
-            .into())
+            })
         }
     };
     layout::write_atomic(&index_file, &index)?;
@@ -402,7 +414,7 @@ async fn gather_layers(
     sources: &BlobSources<'_>,
     staging: &Path,
     printer: &Printer,
-) -> Result<HashMap<String, PathBuf>, Error> {
+) -> Result<HashMap<String, PathBuf>, OutputError> {
     let mut files = HashMap::new();
     let mut missing = Vec::new();
     for blob in &image.layers {
@@ -433,7 +445,7 @@ async fn fetch_blobs(
     sources: &BlobSources<'_>,
     dir: &Path,
     printer: &Printer,
-) -> Result<Vec<(String, PathBuf)>, Error> {
+) -> Result<Vec<(String, PathBuf)>, OutputError> {
     futures_util::stream::iter(blobs.iter().map(|blob| async move {
         let from = if blob.from_base {
             sources.base
@@ -449,7 +461,7 @@ async fn fetch_blobs(
             from.repository()
         ));
         fetch_blob(registry, from, blob, &path).await?;
-        Ok::<_, Error>((blob.digest.clone(), path))
+        Ok::<_, OutputError>((blob.digest.clone(), path))
     }))
     .buffer_unordered(PARALLEL_FETCHES)
     .try_collect()
@@ -461,7 +473,7 @@ async fn fetch_blob(
     from: &Reference,
     blob: &BlobRef,
     path: &Path,
-) -> Result<(), Error> {
+) -> Result<(), OutputError> {
     let client = registry.client();
     client
         .store_auth_if_needed(from.resolve_registry(), &registry.auth(from))
@@ -487,8 +499,7 @@ async fn fetch_blob(
             digest: blob.digest.clone(),
             expected: blob.size,
             actual: size,
-        }
-        .into());
+        });
     }
     Ok(())
 }
@@ -526,7 +537,7 @@ pub async fn load(
     sources: &BlobSources<'_>,
     work: &Path,
     printer: &Printer,
-) -> Result<(), Error> {
+) -> Result<(), OutputError> {
     let program = load_engine(builder);
     let archive = work.join(format!("{}.docker-archive.tar", ref_name(reference)));
     let dest = format!("docker-archive:{}", archive.display());
@@ -549,8 +560,7 @@ pub async fn load(
             archive,
             status: out.status.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).trim_end().to_string(),
-        }
-        .into());
+        });
     }
     printer.verbose(String::from_utf8_lossy(&out.stdout).trim_end());
     printer.info(format!("loaded {} into {program}", reference.whole()));
@@ -651,8 +661,8 @@ mod tests {
         );
         for bad in ["docker://x/y", "dir:/tmp/x", "oci:", "image.tar"] {
             let err = Destination::parse(bad).unwrap_err();
-            assert_eq!(err.exit_code(), 2, "{bad}");
             let msg = err.to_string();
+            assert_eq!(err.exit_code(), 2, "{bad}");
             assert!(msg.contains(bad), "{msg}");
             assert!(msg.contains(FORMS), "{msg}");
         }

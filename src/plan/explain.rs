@@ -7,11 +7,12 @@ use std::collections::BTreeMap;
 use oci_client::Reference;
 use serde_json::Value;
 
-use super::{locked, KeyDocument, Plan, SessionPlan, Status};
+use super::{KeyDocument, Plan, SessionPlan, Status};
 use crate::config::Config;
 use crate::error::Error;
 use crate::image;
 use crate::python::inputs::Discovered;
+use crate::python::locked;
 use crate::registry::Registry;
 
 /// How many earlier images of a session are compared at most (each costs two requests).

@@ -10,7 +10,6 @@
 //! hit is accepted only while those files still hash the same.
 
 pub mod explain;
-pub mod locked;
 pub mod record;
 
 use std::collections::BTreeMap;
@@ -25,10 +24,10 @@ use crate::config::{BuildMode, Config, LockedSelection, ProjectMode, SessionConf
 use crate::error::Error;
 use crate::image::BaseImage;
 use crate::layer::Compression;
-use crate::nox;
 use crate::python::dryrun::{self, DryRun};
 use crate::python::hook::{ListedSession, PlanOutput, PlanSpec, SpecExport, SpecGroup};
 use crate::python::inputs::{self, Derived, Discovered, InputFile};
+use crate::python::{locked, nox};
 use crate::registry::Registry;
 
 /// Bumped whenever venvimg changes how it turns a venv into layer bytes or what a key
@@ -443,7 +442,7 @@ pub fn key_document(
         inputs: inputs.to_vec(),
         locked,
         project_files,
-        recipe: crate::build::recipe_digest(config, session),
+        recipe: crate::engine::recipe_digest(config, session),
         discovered: None,
         opaque: None,
         refresh: None,
@@ -761,13 +760,13 @@ async fn dry_run(
             ));
         }
     }
-    let place = crate::build::builder::HookPlace::for_config(config, base);
+    let place = crate::engine::HookPlace::for_config(config, base);
     let project_dir = config.project_dir.clone();
     let workdir = config.workdir.clone();
     let envdir = config.envdir.clone();
     let locked = !spec.exports.is_empty();
     let (out, seen) = tokio::task::spawn_blocking(move || {
-        crate::build::builder::run_hook_plan(&place, &project_dir, &workdir, &envdir, &spec)
+        crate::engine::run_hook_plan(&place, &project_dir, &workdir, &envdir, &spec)
     })
     .await
     .expect("the dry run thread does not panic")?;

@@ -6,8 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::KeyDocument;
-use crate::build::venv::Package;
 use crate::python::inputs::{Discovered, RecordedCommand};
+use crate::python::venv::Package;
 
 pub const RECORD_VERSION: u32 = 2;
 

@@ -10,8 +10,8 @@
 //! a registry's token service (real registries with token auth, whose realm is a fake
 //! token service on 127.0.0.2 recording what it receives) only over HTTPS, and
 //! `--skip-tls-verify HOST[:PORT]` skips verification for the registry named only.
-use crate::support::registry_kit as kit;
 use crate::support;
+use crate::support::registry_kit as kit;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -3,9 +3,9 @@
 //! blobs go up, the tag is written last, transient failures are retried (429 waits), an
 //! interrupted upload restarts cleanly, concurrent pushes leave one image, `--chunk-size`
 //! really uploads in chunks, and 403/404/413 become errors that say what to do.
+use crate::support;
 use crate::support::fault_proxy;
 use crate::support::registry_kit as kit;
-use crate::support;
 
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};

@@ -5,8 +5,8 @@
 //! with `bash benches/push_rss.sh`, which builds it in release mode and measures it with
 //! `/usr/bin/time -v` as well. The tests check their own peak (`VmHWM`) too, so they fail,
 //! rather than report, when memory use regresses; a 160 MiB run is in the default set.
-use crate::support::registry_kit as kit;
 use crate::support;
+use crate::support::registry_kit as kit;
 
 use std::io::Write;
 use std::time::Instant;

@@ -10,8 +10,8 @@ use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::build::venv::{self, dist_info_dirs, metadata_headers, read_in_venv, VenvError};
-use crate::plan::locked::normalize;
+use crate::python::locked::normalize;
+use crate::python::venv::{self, dist_info_dirs, metadata_headers, read_in_venv, VenvError};
 use crate::untrusted::{self, join_inside, Refusal, Refused};
 
 /// A distribution at least this big (bytes on disk, bytecode included) gets its own layer.

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use oci_client::Reference;
 
-use super::OutputError;
 use crate::config::{BuilderKind, Config, Platform, DEFAULT_ENVDIR, DEFAULT_WORKDIR};
 use crate::error::Error;
+use crate::outputs::OutputError;
 use crate::printer::Printer;
 use crate::python::hook::{ListedSession, PlanSpec};
 
@@ -210,7 +210,7 @@ fn list_all_sessions(
             format!("{kind} in {image}")
         }
     ));
-    let place = crate::build::builder::HookPlace {
+    let place = crate::engine::HookPlace {
         kind,
         image,
         insecure_pull: insecure,
@@ -218,7 +218,7 @@ fn list_all_sessions(
         env: BTreeMap::new(),
     };
     let (out, _) =
-        crate::build::builder::run_hook_plan(&place, dir, DEFAULT_WORKDIR, DEFAULT_ENVDIR, &spec)?;
+        crate::engine::run_hook_plan(&place, dir, DEFAULT_WORKDIR, DEFAULT_ENVDIR, &spec)?;
     Ok(out.listing)
 }
 
@@ -238,12 +238,8 @@ fn default_builder() -> BuilderKind {
     }
 }
 
-pub fn init(
-    global: &crate::cli::GlobalArgs,
-    args: &InitArgs,
-    printer: &Printer,
-) -> Result<(), Error> {
-    let file: PathBuf = global.config.clone();
+pub fn init(config_file: &Path, args: &InitArgs, printer: &Printer) -> Result<(), Error> {
+    let file: PathBuf = config_file.to_path_buf();
     let dir = match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -294,7 +290,8 @@ pub fn init(
         .map_err(|s| OutputError::io(&dir, s))?;
     tmp.write_all(text.as_bytes())
         .map_err(|s| OutputError::io(tmp.path(), s))?;
-    super::layout::set_file_mode(tmp.as_file(), 0o644).map_err(|s| OutputError::io(&file, s))?;
+    crate::outputs::layout::set_file_mode(tmp.as_file(), 0o644)
+        .map_err(|s| OutputError::io(&file, s))?;
     if args.force {
         tmp.persist(&file)
             .map_err(|e| OutputError::io(&file, e.error))?;

@@ -1,6 +1,9 @@
 //! Builders run the session's build script: in the base image (podman / docker, pulled by
 //! digest, the project copied to `workdir`, a fresh host folder at `envdir`), or on this
 //! machine at the real envdir path (`local`, for a CI job already running in the base).
+//! The engine is the only code that starts a container; `script` is what runs in it.
+
+pub mod script;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -10,9 +13,9 @@ use std::process::{Command, Stdio};
 use crate::config::{BuilderKind, Config};
 use crate::error::Error;
 use crate::image::BaseImage;
-use crate::nox::NoxError;
 use crate::printer::Printer;
 use crate::python::hook::{self, PlanOutput, PlanSpec};
+use crate::python::nox::NoxError;
 
 /// Environment every build gets, for byte-stable output.
 pub fn reproducible_env(source_date_epoch: u64) -> BTreeMap<String, String> {
@@ -411,7 +414,7 @@ pub fn run_hook_plan(
         String::from_utf8_lossy(&out.stderr)
     );
     let failed = |code: i32| -> Error {
-        if let Some(module) = crate::nox::missing_module(&output) {
+        if let Some(module) = crate::python::nox::missing_module(&output) {
             return NoxError::MissingModule {
                 noxfile: noxfile.clone(),
                 module,
@@ -556,6 +559,41 @@ fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// sha256 of everything the builder runs for `session` besides the inputs: the build
+/// script, the editable-reinstall script shape, and the fixed build environment.
+pub fn recipe_digest(
+    config: &crate::config::Config,
+    session: &crate::config::SessionConfig,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let venv_dir = crate::python::nox::venv_dir_name(&config.envdir, &session.name);
+    let mut h = Sha256::new();
+    h.update(script::render(&script::ScriptParams {
+        session: &session.name,
+        envdir: &config.envdir,
+        venv_dir: &venv_dir,
+        workdir: &config.workdir,
+        build: session.build,
+        posargs: &session.posargs,
+    }));
+    for backend in ["uv", "pip"] {
+        h.update(script::render_editable(
+            &config.envdir,
+            &venv_dir,
+            &config.workdir,
+            backend,
+            std::slice::from_ref(&config.workdir),
+        ));
+    }
+    // The hook runs nox in every build: a change of it is a change of recipe.
+    h.update(crate::python::hook::SOURCE);
+    h.update(crate::python::hook::LAUNCHER);
+    for (k, v) in reproducible_env(crate::layer::DEFAULT_SOURCE_DATE_EPOCH) {
+        h.update(format!("{k}={v}\n"));
+    }
+    hex::encode(h.finalize())
 }
 
 #[cfg(test)]

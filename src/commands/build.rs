@@ -1,10 +1,6 @@
 //! `venvimg build`: plan, then for each miss build → check → pack → compose → push; then
 //! the all-sessions image; then the outputs asked for.
 
-pub mod builder;
-pub mod script;
-pub mod venv;
-
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -13,6 +9,7 @@ use oci_client::Reference;
 use serde::Serialize;
 
 use crate::config::{BuilderKind, Config, LayerMode, ProjectMode};
+use crate::engine::{self as builder, script};
 use crate::error::Error;
 use crate::image::{self, BaseImage, ComposedImage, LayerDescriptor};
 use crate::layer::{self, PackOptions};
@@ -20,6 +17,7 @@ use crate::plan::record::{ImageRecord, LayerRecord, SessionRecord, RECORD_VERSIO
 use crate::plan::{CheckAnnotation, Plan, SessionPlan, Status, CHECK_ANNOTATION};
 use crate::printer::{human_bytes, table, Printer};
 use crate::python::inputs::{self, Derived};
+use crate::python::venv;
 use crate::registry::{is_loopback, push, Registry};
 
 #[derive(Debug, clap::Args)]
@@ -61,66 +59,7 @@ pub struct BuildArgs {
     pub ci_output: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error("builder `{builder}` is not available: `{program} --version` failed\n  hint: {hint}")]
-    NoEngine {
-        builder: &'static str,
-        program: &'static str,
-        hint: &'static str,
-    },
-    #[error("session `{session}`: nox asked for Python {python}, which base image {base} does not have\n  hint: use a base image with that interpreter, or build only sessions whose python it has (--session)")]
-    MissingInterpreter {
-        session: String,
-        python: String,
-        base: String,
-    },
-    #[error("session `{session}`: noxfile.py failed under `nox --install-only` (a traceback from the noxfile):\n{tail}\n  hint: a noxfile that uses a command's output while installing (e.g. `session.run(..., silent=True).strip()`) cannot run install-only; set `build: run` for this session in venvimg.yaml")]
-    InstallOnlyTraceback { session: String, tail: String },
-    #[error("session `{session}`: the noxfile imports `{module}`, which base image {base} lacks\n  hint: add it to the base image next to nox (see images/README.md)")]
-    MissingPlugin {
-        session: String,
-        module: String,
-        base: String,
-    },
-    #[error("session `{session}`: the build failed (exit {code}); last lines:\n{tail}\n  full log: {log}")]
-    Failed {
-        session: String,
-        code: String,
-        tail: String,
-        log: PathBuf,
-    },
-    #[error("session `{session}`: {source}")]
-    Venv {
-        session: String,
-        source: venv::VenvError,
-    },
-    #[error("session `{session}`: the venv holds the project's own code installed non-editable ({dists}); a job would test that frozen copy, not the checkout\n  hint: set `project: editable` for this session (reinstalls it editable from {workdir}) or `project: keyed` (the key covers the project's files, so every source change rebuilds)")]
-    FrozenProject {
-        session: String,
-        dists: String,
-        workdir: String,
-    },
-    #[error("session `{session}`: installed packages are not covered by its key (locked: {selection}):\n{list}\n  hint: install them from uv.lock (add them to the session's dependency group), or drop `locked:` so the whole uv.lock keys the session")]
-    Drift {
-        session: String,
-        selection: String,
-        list: String,
-    },
-    #[error("local builder: {message}")]
-    Local { message: String },
-    #[error("session `{session}`: the build left no record of what nox ran ({path})\n  hint: the base image's nox must be importable by its own interpreter; run with -v to see the build")]
-    NoRecord { session: String, path: PathBuf },
-    #[error("session `{session}`: {files} changed on this machine while the session was built; the image would not match them\n  hint: run the build again")]
-    InputsMoved { session: String, files: String },
-    #[error(transparent)]
-    Inputs(#[from] crate::python::inputs::InputError),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
-}
+pub use crate::error::BuildError;
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
     let context = context.into();
@@ -173,8 +112,8 @@ pub async fn run(
 ) -> Result<(), Error> {
     let started = Instant::now();
     let plan = crate::plan::make_plan(config, registry, &args.sessions).await?;
-    crate::cli::flush_warnings(registry, printer);
-    crate::cli::report_plan_findings(&plan, printer);
+    crate::commands::report::flush_warnings(registry, printer);
+    crate::commands::report::report_plan_findings(&plan, printer);
     printer.info(format!(
         "base {} · {} session(s)",
         plan.base.pinned(),
@@ -409,7 +348,7 @@ pub async fn run(
             "all".into(),
             format!("{}@{}", all_ref.whole(), all_image.manifest_digest),
         ));
-        crate::cli::write_ci_output(&refs, printer)?;
+        crate::commands::report::write_ci_output(&refs, printer)?;
     }
     Ok(())
 }
@@ -448,38 +387,6 @@ fn compose_images(base: &BaseImage, layers: &[(String, SessionLayer)]) -> Compos
         );
     }
     image::compose(base, &descriptors, &labels, &annotations)
-}
-
-/// sha256 of everything the builder runs for `session` besides the inputs: the build
-/// script, the editable-reinstall script shape, and the fixed build environment.
-pub fn recipe_digest(config: &Config, session: &crate::config::SessionConfig) -> String {
-    use sha2::{Digest, Sha256};
-    let venv_dir = crate::nox::venv_dir_name(&config.envdir, &session.name);
-    let mut h = Sha256::new();
-    h.update(script::render(&script::ScriptParams {
-        session: &session.name,
-        envdir: &config.envdir,
-        venv_dir: &venv_dir,
-        workdir: &config.workdir,
-        build: session.build,
-        posargs: &session.posargs,
-    }));
-    for backend in ["uv", "pip"] {
-        h.update(script::render_editable(
-            &config.envdir,
-            &venv_dir,
-            &config.workdir,
-            backend,
-            std::slice::from_ref(&config.workdir),
-        ));
-    }
-    // The hook runs nox in every build: a change of it is a change of recipe.
-    h.update(crate::python::hook::SOURCE);
-    h.update(crate::python::hook::LAUNCHER);
-    for (k, v) in builder::reproducible_env(layer::DEFAULT_SOURCE_DATE_EPOCH) {
-        h.update(format!("{k}={v}\n"));
-    }
-    hex::encode(h.finalize())
 }
 
 /// A hit's layer, read back from its image: the last layer, its diff_id and record.
@@ -780,7 +687,7 @@ fn build_session(
         }
     }
     if let Some(locked) = &s.document.locked {
-        let drift = crate::plan::locked::drift(&facts.packages, &locked.packages);
+        let drift = crate::python::locked::drift(&facts.packages, &locked.packages);
         if !drift.is_empty() {
             let selection = serde_json::to_string(&s.config.locked).unwrap_or_default();
             if args.strict {
@@ -824,10 +731,10 @@ fn build_session(
                 .saturating_sub(plan.base.manifest.layers().len())
                 .max(1);
             Some(
-                crate::layering::split(&venv_host, cap).map_err(|e| BuildError::Io {
+                crate::python::layering::split(&venv_host, cap).map_err(|e| BuildError::Io {
                     context: format!("session `{name}`: splitting the venv by distribution"),
                     source: match e {
-                        crate::layering::LayeringError::Io { source, .. } => source,
+                        crate::python::layering::LayeringError::Io { source, .. } => source,
                     },
                 })?,
             )
@@ -848,7 +755,7 @@ fn build_session(
         }
         Some(groups) => {
             for (i, g) in groups.iter().enumerate() {
-                let keep = crate::layering::keeps(g, groups);
+                let keep = crate::python::layering::keeps(g, groups);
                 let p = layer::pack_tree_filtered(
                     &venv_host,
                     &opts,
@@ -938,7 +845,7 @@ fn what_the_build_read(
     let mut records = crate::python::hook::Records::default();
     records
         .read_into(record_path)
-        .map_err(crate::nox::NoxError::Hook)?;
+        .map_err(crate::python::nox::NoxError::Hook)?;
     let Some(events) = records.sessions.get(name) else {
         return Err(BuildError::NoRecord {
             session: name.clone(),
@@ -1192,7 +1099,7 @@ fn diagnose_failure(
             base: base.into(),
         };
     }
-    if let Some(module) = crate::nox::missing_module(out) {
+    if let Some(module) = crate::python::nox::missing_module(out) {
         return BuildError::MissingPlugin {
             session: session.into(),
             module,

@@ -11,11 +11,11 @@ use oci_client::Reference;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::layout::{MAX_CONFIG, MAX_INDEX_JSON, MAX_MANIFEST};
-use super::OutputError;
 use crate::config::Platform;
 use crate::error::Error;
 use crate::image::{self, sha256_digest, MediaTypes};
+use crate::outputs::layout::{MAX_CONFIG, MAX_INDEX_JSON, MAX_MANIFEST};
+use crate::outputs::OutputError;
 use crate::printer::{human_bytes, Printer};
 use crate::registry::{Registry, RegistryError, Transport};
 use crate::untrusted;
@@ -419,14 +419,15 @@ fn read_layout(
         .as_array()
         .ok_or_else(|| bad(name, "index.json has no `manifests` list"))?;
     let ref_of = |m: &Value| {
-        m["annotations"][super::layout::REF_NAME]
+        m["annotations"][crate::outputs::layout::REF_NAME]
             .as_str()
             .unwrap_or("")
             .to_string()
     };
     let chosen = match want {
         Some(w) => manifests.iter().find(|m| {
-            ref_of(m) == w || m["annotations"][super::layout::IMAGE_NAME].as_str() == Some(w)
+            ref_of(m) == w
+                || m["annotations"][crate::outputs::layout::IMAGE_NAME].as_str() == Some(w)
         }),
         None if manifests.len() == 1 => manifests.first(),
         None => None,
@@ -902,8 +903,8 @@ mod tests {
     /// An OCI archive whose config (with the record) is larger than the first pass keeps.
     #[test]
     fn oci_archive_with_a_large_config_is_read() {
-        use super::super::layout::{self, ImageFiles};
         use crate::image::{BlobRef, ComposedImage};
+        use crate::outputs::layout::{self, ImageFiles};
         let dir = tempfile::tempdir().unwrap();
         let mut config = record_config();
         config["padding"] = json!("x".repeat(2 << 20));
@@ -1012,7 +1013,7 @@ mod tests {
     /// A layout folder holding `blobs` (by digest) and an index.json naming `manifest`.
     fn layout_dir(dir: &Path, manifest: &Value, blobs: &[&[u8]]) {
         fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
-        fs::write(dir.join("oci-layout"), super::super::layout::OCI_LAYOUT).unwrap();
+        fs::write(dir.join("oci-layout"), crate::outputs::layout::OCI_LAYOUT).unwrap();
         for b in blobs {
             let d = sha256_digest(b);
             fs::write(dir.join("blobs/sha256").join(&d[7..]), b).unwrap();

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::build::venv::Package;
+use crate::python::venv::Package;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockedError {

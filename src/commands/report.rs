@@ -1,0 +1,115 @@
+//! What the plan and build commands report besides their tables: warnings gathered by the
+//! registry, what the plan found (floating installs, divergences), outputs for later CI
+//! jobs.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::error::Error;
+use crate::plan::Plan;
+use crate::printer::Printer;
+use crate::registry::Registry;
+
+pub fn flush_warnings(registry: &Registry, printer: &Printer) {
+    for w in registry.take_warnings() {
+        printer.warn(w);
+    }
+}
+
+/// What a plan found that the user should know besides hit or miss: floating sessions,
+/// what the dry run could not key.
+pub fn report_plan_findings(plan: &Plan, printer: &Printer) {
+    printer.verbose(format!(
+        "dry run of the noxfile: {} (nox {})",
+        plan.dry_run_source,
+        plan.nox_version.as_deref().unwrap_or("?")
+    ));
+    for s in &plan.sessions {
+        if let Some(d) = &s.document.discovered {
+            if !d.floating.is_empty() {
+                let refresh = match &s.document.refresh {
+                    Some(r) => format!("rebuilt every {} (refresh)", r.every),
+                    None => "set `refresh:` to rebuild it periodically".to_string(),
+                };
+                printer.warn(format!(
+                    "session `{}` floats: nothing pins {}; the same files may give another venv on another day ({refresh})",
+                    s.config.name,
+                    d.floating.join("; ")
+                ));
+            }
+        }
+        if let Some(why) = &s.document.opaque {
+            if s.problem.is_none() {
+                printer.warn(format!(
+                    "session `{}`: {why}; it is keyed by its settings and the noxfile, and its image is checked against what its build read",
+                    s.config.name
+                ));
+            }
+        }
+        for note in s.derived.iter().flat_map(|d| d.notes.iter()) {
+            printer.verbose(format!("session `{}`: {note}", s.config.name));
+        }
+        if printer.verbosity >= crate::printer::Verbosity::Verbose {
+            if let Some(d) = &s.document.discovered {
+                for f in &d.files {
+                    printer.verbose(format!(
+                        "session `{}`: input {} ({}) sha256:{}",
+                        s.config.name,
+                        f.path,
+                        f.via,
+                        &f.sha256[..f.sha256.len().min(12)]
+                    ));
+                }
+                for l in &d.locks {
+                    printer.verbose(format!(
+                        "session `{}`: {} entries of {} ({})",
+                        s.config.name,
+                        l.packages.len(),
+                        l.lock,
+                        l.selection.join(" ")
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Append `name=value` lines for a later CI job (`${{ needs.JOB.outputs.NAME }}`). Names
+/// are the venv directory names with `-` → `_`, which both GitHub and Forgejo accept.
+pub fn write_ci_output(refs: &[(String, String)], printer: &Printer) -> Result<(), Error> {
+    let path = std::env::var_os("GITHUB_OUTPUT")
+        .or_else(|| std::env::var_os("FORGEJO_OUTPUT"))
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| {
+            Error::Usage(
+                "--ci-output: neither GITHUB_OUTPUT nor FORGEJO_OUTPUT is set; run it inside a workflow step or set one to a file".into(),
+            )
+        })?;
+    let path = PathBuf::from(path);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+    let mut text = String::new();
+    for (name, value) in refs {
+        text.push_str(&format!("{}={}\n", ci_output_name(name), value));
+    }
+    f.write_all(text.as_bytes()).map_err(|source| Error::Io {
+        path: path.clone(),
+        source,
+    })?;
+    printer.verbose(format!(
+        "wrote {} outputs to {}",
+        refs.len(),
+        path.display()
+    ));
+    Ok(())
+}
+
+pub fn ci_output_name(venv_dir: &str) -> String {
+    venv_dir.replace('-', "_")
+}

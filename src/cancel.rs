@@ -191,6 +191,7 @@ impl Signals {
 /// On SIGINT or SIGTERM: stop the containers, remove the folders, exit. A task of its
 /// own on the runtime's workers, because the command's future may be inside a blocking
 /// container run when the signal comes and would not be polled until it returned.
+#[allow(clippy::print_stderr)] // the process's last words, from the signal task
 pub fn exit_on_signal() {
     let Some(signals) = listen() else {
         return;

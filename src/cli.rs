@@ -105,6 +105,7 @@ pub struct PlanArgs {
     pub explain: Option<String>,
 }
 
+#[allow(clippy::print_stderr)] // the last error, after the printer is gone
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,

@@ -7,6 +7,10 @@
 //! archives). [`commands`] run the stages for each subcommand; [`cli`] parses arguments.
 //! Imports point one way, down [`LAYERS`].
 
+// Output goes through `printer` (which knows terminals, CI logs and --quiet); only the
+// process's last words (a fatal error, an interrupt) are written directly.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 pub mod cancel;
 pub mod cli;
 pub mod commands;

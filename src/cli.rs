@@ -77,6 +77,10 @@ pub enum Command {
     Plan(PlanArgs),
     /// Plan, then build, pack, compose and push every miss.
     Build(crate::commands::build::BuildArgs),
+    /// Run sessions in their job images here, the checkout mounted (builds a miss first).
+    Run(crate::commands::run::RunArgs),
+    /// An interactive shell (or a command) in a session's job image, its venv on PATH.
+    Shell(crate::commands::run::ShellArgs),
     /// Sessions, keys, inputs and packages recorded in an image venvimg made.
     Inspect(crate::commands::InspectArgs),
     /// Write a commented venvimg.yaml from `nox --list --json`.
@@ -182,6 +186,18 @@ async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
                 crate::commands::report::write_ci_output(&refs, printer)?;
             }
             Ok(())
+        }
+        Command::Run(args) => {
+            crate::cancel::sweep_stale();
+            let config = Config::load(&cli.global.config)?;
+            let registry = connect(&cli.global, &config, printer)?;
+            crate::commands::run::run(&config, &registry, &args, printer).await
+        }
+        Command::Shell(args) => {
+            crate::cancel::sweep_stale();
+            let config = Config::load(&cli.global.config)?;
+            let registry = connect(&cli.global, &config, printer)?;
+            crate::commands::run::shell(&config, &registry, &args, printer).await
         }
         Command::Build(args) => {
             crate::cancel::sweep_stale();

@@ -40,6 +40,13 @@ pub enum Error {
     Output(#[from] crate::outputs::OutputError),
     #[error(transparent)]
     Inputs(#[from] crate::python::inputs::InputError),
+    /// Sessions that ran and failed in their job images (`venvimg run`); the exit code is
+    /// the first one's (nox's).
+    #[error("failed in the job image: {}", failed.iter().map(|(s, c)| format!("session `{s}` (exit {c})")).collect::<Vec<_>>().join(", "))]
+    SessionsFailed {
+        failed: Vec<(String, i32)>,
+        code: i32,
+    },
 }
 
 impl Error {
@@ -50,6 +57,7 @@ impl Error {
             | Error::UnknownSession { .. }
             | Error::Locked(crate::python::locked::LockedError::Failed { .. }) => 2,
             Error::Output(e) => e.exit_code(),
+            Error::SessionsFailed { code, .. } => *code,
             _ => 1,
         }
     }

@@ -210,7 +210,9 @@ pub async fn run(
             layers.push((s.venv_dir.clone(), layer));
             continue;
         }
-        let layer = build_session(config, &plan, s, &work_path, &build_env, args, printer)?;
+        let layer = builder::blocking(|| {
+            build_session(config, &plan, s, &work_path, &build_env, args, printer)
+        })?;
         let img = compose_images(&plan.base, &[(s.venv_dir.clone(), layer.clone())]);
         for (digest, file) in &layer.files {
             local_files.insert(digest.clone(), file.clone());

@@ -5,6 +5,7 @@ pub mod build;
 pub mod init;
 pub mod inspect;
 pub mod report;
+pub mod run;
 
 pub use init::{init, render_config, InitArgs, InitFacts};
 pub use inspect::{inspect, InspectArgs};

@@ -561,6 +561,103 @@ fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A container from a session's job image with the checkout mounted: what `venvimg run`
+/// and `venvimg shell` start.
+pub struct JobRun<'a> {
+    /// podman or docker.
+    pub engine: BuilderKind,
+    /// `name:tag@digest`.
+    pub image: &'a str,
+    pub platform: &'a str,
+    /// The registry is plain HTTP or loopback (podman pulls with --tls-verify=false).
+    pub insecure_pull: bool,
+    pub checkout: &'a Path,
+    pub workdir: &'a str,
+    pub network: bool,
+    /// Relabel the checkout mount for SELinux (`:z`).
+    pub relabel: bool,
+    pub env: Vec<(String, String)>,
+    pub command: Vec<String>,
+}
+
+/// The engine's command line for `job`. A terminal gets `-it`; a non-root caller keeps
+/// its own uid in the container (podman `--userns=keep-id`, docker `--user`), so files a
+/// session writes into the checkout are the caller's.
+pub fn job_command_line(
+    job: &JobRun,
+    name: &str,
+    interactive: bool,
+    uid: u32,
+    gid: u32,
+) -> Vec<String> {
+    let mut c = vec![
+        job.engine.as_str().to_string(),
+        "run".into(),
+        "--rm".into(),
+        "--pull=missing".into(),
+        format!("--name={name}"),
+        format!("--platform={}", job.platform),
+    ];
+    if interactive {
+        c.push("-it".into());
+    }
+    if !job.network {
+        c.push("--network=none".into());
+    }
+    if job.engine == BuilderKind::Podman && job.insecure_pull {
+        c.push("--tls-verify=false".into());
+    }
+    if uid != 0 {
+        match job.engine {
+            BuilderKind::Podman => c.push("--userns=keep-id".into()),
+            _ => c.push(format!("--user={uid}:{gid}")),
+        }
+    }
+    let label = if job.relabel { ":z" } else { "" };
+    c.push("-v".into());
+    c.push(format!("{}:{}{label}", job.checkout.display(), job.workdir));
+    c.push("-w".into());
+    c.push(job.workdir.to_string());
+    for (k, v) in &job.env {
+        c.push("-e".into());
+        c.push(format!("{k}={v}"));
+    }
+    c.push(job.image.to_string());
+    c.extend(job.command.iter().cloned());
+    c
+}
+
+/// Run `job` with this terminal (stdin, stdout, stderr inherited); the container's exit
+/// code. Registered so a cancel removes it.
+pub fn run_job(job: &JobRun, printer: &Printer) -> std::io::Result<i32> {
+    use std::io::IsTerminal;
+    let name = crate::cancel::container_name();
+    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    // SAFETY: getuid/getgid have no preconditions and cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let argv = job_command_line(job, &name, interactive, uid, gid);
+    printer.verbose(format!("$ {}", argv.join(" ")));
+    let _guard = crate::cancel::ContainerGuard::named(job.engine.as_str(), &name);
+    let status = Command::new(&argv[0]).args(&argv[1..]).status()?;
+    // A container killed by a signal has no code: the shell's convention, 128 + signal.
+    Ok(status.code().unwrap_or_else(|| {
+        use std::os::unix::process::ExitStatusExt;
+        128 + status.signal().unwrap_or(0)
+    }))
+}
+
+/// Run `f` (a container run, packing) where it does not hold up the runtime's other
+/// tasks (registry transfers, the signal handler): `block_in_place` on a multi-thread
+/// runtime, directly elsewhere (a current-thread runtime has nothing to hand over to).
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// sha256 of everything the builder runs for `session` besides the inputs: the build
 /// script, the editable-reinstall script shape, and the fixed build environment.
 pub fn recipe_digest(

@@ -766,7 +766,9 @@ async fn dry_run(
     let envdir = config.envdir.clone();
     let locked = !spec.exports.is_empty();
     let (out, seen) = tokio::task::spawn_blocking(move || {
-        crate::engine::run_hook_plan(&place, &project_dir, &workdir, &envdir, &spec)
+        crate::engine::blocking(|| {
+            crate::engine::run_hook_plan(&place, &project_dir, &workdir, &envdir, &spec)
+        })
     })
     .await
     .expect("the dry run thread does not panic")?;

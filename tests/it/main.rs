@@ -18,4 +18,5 @@ mod real_noxfiles;
 mod registry_auth;
 mod registry_push;
 mod registry_rss;
+mod run;
 mod testenv;

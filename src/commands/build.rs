@@ -44,6 +44,10 @@ pub struct BuildArgs {
     /// A CA bundle the builds trust for package downloads (mounted read-only).
     #[arg(long, value_name = "FILE")]
     pub build_ca: Option<PathBuf>,
+    /// The build containers' network (podman/docker `--network`, e.g. `host` where the
+    /// daemon has no bridge); default: the engine's own.
+    #[arg(long, value_name = "MODE")]
+    pub build_network: Option<String>,
     /// Fail (exit 1, push nothing) when a `locked:` session installs packages its key does
     /// not cover, instead of warning.
     #[arg(long)]
@@ -599,6 +603,7 @@ fn build_session(
             log,
             name: &crate::cancel::container_name(),
             secrets,
+            network: args.build_network.as_deref(),
         };
         builder::run(&job, printer)
             .map_err(io_err(format!("running the {} builder", config.builder)))

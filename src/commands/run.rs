@@ -215,15 +215,36 @@ async fn ready(
 
 fn engine_of(config: &Config, job: &JobArgs) -> Result<BuilderKind, Error> {
     match job.engine.as_deref() {
-        None => Ok(match config.builder {
-            BuilderKind::Local => BuilderKind::Podman,
-            k => k,
-        }),
+        None => match config.builder {
+            BuilderKind::Local => installed_engine(),
+            k => Ok(k),
+        },
         Some("podman") => Ok(BuilderKind::Podman),
         Some("docker") => Ok(BuilderKind::Docker),
         Some(other) => Err(Error::Usage(format!(
             "--engine `{other}`: use podman or docker"
         ))),
+    }
+}
+
+/// For `builder: local`: podman if it is installed, else docker.
+fn installed_engine() -> Result<BuilderKind, Error> {
+    let works = |program: &str| {
+        std::process::Command::new(program)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if works("podman") {
+        Ok(BuilderKind::Podman)
+    } else if works("docker") {
+        Ok(BuilderKind::Docker)
+    } else {
+        Err(Error::Usage(
+            "no container engine to run the job image: neither podman nor docker runs here\n  hint: install one (apt-get install podman) or pass --engine".into(),
+        ))
     }
 }
 

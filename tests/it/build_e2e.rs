@@ -3,85 +3,8 @@
 //! image with nox reusing the venv.
 use crate::support;
 
-use std::path::Path;
-use std::process::Output;
-
 use serde_json::Value;
-
-fn write_config(dir: &Path, repo: &str, extra: &str) {
-    let env = support::testenv();
-    std::fs::write(
-        dir.join("venvimg.yaml"),
-        format!("repository: {repo}\nbase: {}\n{extra}", env.base),
-    )
-    .unwrap();
-}
-
-/// `venvimg build --json` in `dir`; returns the parsed summary and stderr.
-fn build(dir: &Path, extra_args: &[&str]) -> (Value, String) {
-    let env = support::testenv();
-    let out = support::venvimg()
-        .current_dir(dir)
-        .args(["build", "--json", "--build-ca", env.ca_file()])
-        .args(extra_args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "venvimg build failed:\n{stderr}");
-    (
-        serde_json::from_slice(&out.stdout).expect("build --json prints JSON"),
-        stderr,
-    )
-}
-
-fn session<'a>(summary: &'a Value, name: &str) -> &'a Value {
-    summary["sessions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["session"] == name)
-        .unwrap_or_else(|| panic!("no session {name} in {summary}"))
-}
-
-/// The job: the project checked out at /src, no network, nox told to reuse.
-fn run_offline(image: &str, checkout: &Path, session: &str) -> Output {
-    support::podman()
-        .args(["run", "--rm", "--network", "none", "--pull", "missing"])
-        .args(["-v", &format!("{}:/src", checkout.display()), "-w", "/src"])
-        .args(["-e", "UV_OFFLINE=1", image])
-        .args([
-            "nox",
-            "--envdir",
-            "/opt/nox",
-            "--reuse-venv=always",
-            "--no-install",
-            "-s",
-            session,
-        ])
-        .output()
-        .expect("podman must be installed")
-}
-
-fn assert_reused_and_passed(image: &str, checkout: &Path, session: &str) {
-    let out = run_offline(image, checkout, session);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{session} failed offline in {image}:\n{text}"
-    );
-    assert!(
-        !text.contains("Creating virtual environment"),
-        "{session}: nox recreated the venv in {image}:\n{text}"
-    );
-    assert!(
-        text.contains("Reusing existing virtual environment"),
-        "{session}: nox did not say it reused the venv:\n{text}"
-    );
-}
+use support::{session, Project};
 
 fn package_version_in(image: &str, venv: &str, package: &str) -> String {
     let out = support::podman()
@@ -103,12 +26,10 @@ fn package_version_in(image: &str, venv: &str, package: &str) -> String {
 
 #[test]
 fn build_push_and_reuse_offline_then_hit_then_rebuild_on_lock_change() {
-    let project = support::copy_fixture("sample");
-    let repo = support::unique_repo("e2e");
-    write_config(project.path(), &repo, "");
+    let project = Project::fixture("sample").unique_repo("e2e").config("");
 
     // 1. Everything misses: build and push.
-    let (first, _) = build(project.path(), &[]);
+    let first = project.build(&[]);
     for name in ["tests", "lint", "compat-3.11"] {
         let s = session(&first, name);
         assert_eq!(s["outcome"], "built", "{s}");
@@ -124,34 +45,25 @@ fn build_push_and_reuse_offline_then_hit_then_rebuild_on_lock_change() {
     // a fresh copy, as CI would have.
     let checkout = support::copy_fixture("sample");
     for name in ["tests", "lint", "compat-3.11"] {
-        let image = session(&first, name)["image"].as_str().unwrap().to_string();
-        assert_reused_and_passed(&image, checkout.path(), name);
+        let image = support::image_of(&first, name);
+        support::assert_runs_offline(&image, checkout.path(), name);
     }
     // The all-sessions image holds every venv.
     let all = first["all"]["image"].as_str().unwrap().to_string();
-    assert_reused_and_passed(&all, checkout.path(), "lint");
-    assert_reused_and_passed(&all, checkout.path(), "compat-3.11");
+    support::assert_runs_offline(&all, checkout.path(), "lint");
+    support::assert_runs_offline(&all, checkout.path(), "compat-3.11");
 
     // 3. Nothing changed: every session hits and no builder runs. A `podman` first on
     // PATH that records being called proves it: any container start would go through it.
     let fakebin = tempfile::tempdir().unwrap();
     let called = fakebin.path().join("called");
-    let fake = fakebin.path().join("podman");
-    std::fs::write(
-        &fake,
-        format!("#!/bin/sh\necho \"$@\" >> {}\nexit 1\n", called.display()),
-    )
-    .unwrap();
-    let mut perms = std::fs::metadata(&fake).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(&fake, perms).unwrap();
-    let path = format!(
-        "{}:{}",
-        fakebin.path().display(),
-        std::env::var("PATH").unwrap_or_default()
+    let path = support::fake_on_path(
+        fakebin.path(),
+        "podman",
+        &format!("#!/bin/sh\necho \"$@\" >> {}\nexit 1\n", called.display()),
     );
-    let out = support::venvimg()
-        .current_dir(project.path())
+    let out = project
+        .venvimg()
         .env("PATH", path)
         .args(["build", "--json"])
         .output()
@@ -180,7 +92,7 @@ fn build_push_and_reuse_offline_then_hit_then_rebuild_on_lock_change() {
         project.path().join("uv.lock"),
     )
     .unwrap();
-    let (third, _) = build(project.path(), &[]);
+    let third = project.build(&[]);
     let s = session(&third, "tests");
     assert_eq!(s["outcome"], "built", "{s}");
     assert_ne!(s["tag"], session(&first, "tests")["tag"]);
@@ -189,14 +101,8 @@ fn build_push_and_reuse_offline_then_hit_then_rebuild_on_lock_change() {
         assert_eq!(s["outcome"], "hit", "{s}");
         assert_eq!(s["tag"], session(&first, name)["tag"]);
     }
-    let tests_image = session(&third, "tests")["image"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let old_image = session(&first, "tests")["image"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let tests_image = support::image_of(&third, "tests");
+    let old_image = support::image_of(&first, "tests");
     assert_eq!(
         package_version_in(&old_image, "tests", "iniconfig"),
         "2.3.1"
@@ -210,20 +116,18 @@ fn build_push_and_reuse_offline_then_hit_then_rebuild_on_lock_change() {
         checkout.path().join("uv.lock"),
     )
     .unwrap();
-    assert_reused_and_passed(&tests_image, checkout.path(), "tests");
+    support::assert_runs_offline(&tests_image, checkout.path(), "tests");
 }
 
 /// Two builds from clean state, at different times, into different repositories: the
 /// same manifest digest (so the same config, diff_ids and layer digests) for every session.
 #[test]
 fn two_clean_builds_are_byte_identical() {
-    let a = support::copy_fixture("sample");
-    let b = support::copy_fixture("sample");
-    write_config(a.path(), &support::unique_repo("repro-a"), "");
-    write_config(b.path(), &support::unique_repo("repro-b"), "");
-    let (first, _) = build(a.path(), &[]);
+    let a = Project::fixture("sample").unique_repo("repro-a").config("");
+    let b = Project::fixture("sample").unique_repo("repro-b").config("");
+    let first = a.build(&[]);
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let (second, _) = build(b.path(), &[]);
+    let second = b.build(&[]);
     for name in ["tests", "lint", "compat-3.11"] {
         let (x, y) = (session(&first, name), session(&second, name));
         assert_eq!(x["outcome"], "built");

@@ -6,72 +6,37 @@
 use crate::support;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use serde_json::Value;
+use support::Project;
 
-fn venvimg_in(dir: &Path, args: &[&str]) -> std::process::Output {
-    support::venvimg()
-        .current_dir(dir)
-        .args(args)
-        .output()
+/// The sessions of a plan or build summary whose `field` is `value`.
+fn sessions_with(doc: &Value, field: &str, value: &str) -> BTreeSet<String> {
+    doc["sessions"]
+        .as_array()
         .unwrap()
-}
-
-fn plan(dir: &Path) -> Value {
-    let out = venvimg_in(dir, &["plan", "--json", "-q"]);
-    assert!(
-        out.status.success(),
-        "plan failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+        .iter()
+        .filter(|s| s[field] == value)
+        .map(|s| s["session"].as_str().unwrap().to_string())
+        .collect()
 }
 
 fn misses(plan: &Value) -> BTreeSet<String> {
-    plan["sessions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["status"] == "miss")
-        .map(|s| s["session"].as_str().unwrap().to_string())
-        .collect()
-}
-
-fn build(dir: &Path, extra: &[&str]) -> Value {
-    let env = support::testenv();
-    let mut args = vec!["build", "--json", "--build-ca", env.ca_file()];
-    args.extend_from_slice(extra);
-    let out = venvimg_in(dir, &args);
-    assert!(
-        out.status.success(),
-        "build failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    sessions_with(plan, "status", "miss")
 }
 
 fn built(summary: &Value) -> BTreeSet<String> {
-    summary["sessions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["outcome"] == "built")
-        .map(|s| s["session"].as_str().unwrap().to_string())
-        .collect()
+    sessions_with(summary, "outcome", "built")
 }
 
+/// `HOST/REPO:TAG@DIGEST` of a session's image.
 fn image_of(summary: &Value, session: &str) -> String {
-    let s = summary["sessions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["session"] == session)
-        .unwrap_or_else(|| panic!("no session {session} in {summary}"));
     format!(
         "{}@{}",
-        s["image"].as_str().unwrap(),
-        s["digest"].as_str().unwrap()
+        support::image_of(summary, session),
+        support::session(summary, session)["digest"]
+            .as_str()
+            .unwrap()
     )
 }
 
@@ -87,17 +52,17 @@ fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
 
-fn replace_in(dir: &Path, file: &str, from: &str, to: &str) {
-    let p = dir.join(file);
+fn replace_in(p: &Project, file: &str, from: &str, to: &str) {
+    let p = p.path().join(file);
     let text = std::fs::read_to_string(&p).unwrap();
     assert!(text.contains(from), "{file} has no {from:?}");
     std::fs::write(&p, text.replace(from, to)).unwrap();
 }
 
 /// `venvimg init` the way a new user does it.
-fn init(dir: &Path, repo: &str) {
+fn init(p: &Project) {
     let env = support::testenv();
-    let out = venvimg_in(dir, &["init", "--repository", repo, "--base", &env.base]);
+    let out = p.run(&["init", "--repository", p.repo(), "--base", &env.base]);
     assert!(
         out.status.success(),
         "init failed:\n{}",
@@ -107,28 +72,29 @@ fn init(dir: &Path, repo: &str) {
 
 #[test]
 fn each_file_an_install_reads_keys_exactly_the_sessions_that_read_it() {
-    let dir = support::copy_fixture("discovered");
-    let d = dir.path();
-    let repo = support::unique_repo("discovered");
-    init(d, &repo);
-    let config = std::fs::read_to_string(d.join("venvimg.yaml")).unwrap();
+    let d = &Project::fixture("discovered");
+    init(d);
+    let config = std::fs::read_to_string(d.path().join("venvimg.yaml")).unwrap();
     assert!(
         !config.lines().any(|l| l.starts_with("inputs:")),
         "init writes no hand-made list of inputs:\n{config}"
     );
-    let first = build(d, &[]);
+    let first = d.build(&[]);
     assert_eq!(built(&first).len(), 6, "{first}");
-    assert!(misses(&plan(d)).is_empty(), "a second plan hits everything");
+    assert!(
+        misses(&d.plan()).is_empty(),
+        "a second plan hits everything"
+    );
 
     // Files no session's installs read: every session still hits.
-    std::fs::write(d.join("README.md"), "changed\n").unwrap();
+    std::fs::write(d.path().join("README.md"), "changed\n").unwrap();
     replace_in(d, "src/discovered/__init__.py", "42", "42  # edited");
-    assert!(misses(&plan(d)).is_empty());
+    assert!(misses(&d.plan()).is_empty());
 
     // Each file in turn: exactly the sessions that read it miss; --explain names the file;
     // the rebuilt image passes offline (its session checks the checkout's pins).
     let lint_bump = support::fixture("discovered-variants").join("lint-bump.lock");
-    type Change = Box<dyn Fn(&Path)>;
+    type Change = Box<dyn Fn(&Project)>;
     let changes: Vec<(&str, Change, &str, &str)> = vec![
         (
             "a pin in a nested -r file in a subfolder",
@@ -172,7 +138,7 @@ fn each_file_an_install_reads_keys_exactly_the_sessions_that_read_it() {
         (
             "a lint-only bump in uv.lock, no `locked:`",
             Box::new(move |d| {
-                std::fs::copy(&lint_bump, d.join("uv.lock")).unwrap();
+                std::fs::copy(&lint_bump, d.path().join("uv.lock")).unwrap();
             }),
             "lint",
             "pyflakes: 4.1.0 → 3.2.0",
@@ -180,19 +146,19 @@ fn each_file_an_install_reads_keys_exactly_the_sessions_that_read_it() {
     ];
     for (what, change, session, named) in changes {
         change(d);
-        let p = plan(d);
+        let p = d.plan();
         assert_eq!(misses(&p), set(&[session]), "{what}: {p}");
-        let out = venvimg_in(d, &["plan", "--explain", session]);
+        let out = d.run(&["plan", "--explain", session]);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             text.contains(named),
             "{what}: --explain does not name {named}:\n{text}"
         );
-        let summary = build(d, &[]);
+        let summary = d.build(&[]);
         assert_eq!(built(&summary), set(&[session]), "{what}: {summary}");
-        support::assert_runs_offline(&image_of(&summary, session), d, session);
+        d.assert_runs_offline(&image_of(&summary, session), session);
         assert!(
-            misses(&plan(d)).is_empty(),
+            misses(&d.plan()).is_empty(),
             "{what}: all hit after the build"
         );
     }
@@ -204,11 +170,11 @@ fn each_file_an_install_reads_keys_exactly_the_sessions_that_read_it() {
         "description = ",
         "keywords = [\"x\"]\ndescription = ",
     );
-    assert_eq!(misses(&plan(d)), set(&["synced", "lint"]));
+    assert_eq!(misses(&d.plan()), set(&["synced", "lint"]));
 
     // A file that vanishes is named too.
-    std::fs::remove_file(d.join("tests/requirements/base.txt")).unwrap();
-    let out = venvimg_in(d, &["plan", "--explain", "pinned"]);
+    std::fs::remove_file(d.path().join("tests/requirements/base.txt")).unwrap();
+    let out = d.run(&["plan", "--explain", "pinned"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("tests/requirements/base.txt") && text.contains("absent"),
@@ -220,18 +186,10 @@ fn each_file_an_install_reads_keys_exactly_the_sessions_that_read_it() {
 /// session state's tag (a poisoned or stale tag) is not taken.
 #[test]
 fn a_hit_must_carry_the_key_and_the_files_its_build_read() {
-    let dir = support::copy_fixture("discovered");
-    let d = dir.path();
-    let repo = support::unique_repo("checked");
-    std::fs::write(
-        d.join("venvimg.yaml"),
-        format!(
-            "repository: {repo}\nbase: {}\nsessions: [pinned]\n",
-            support::testenv().base
-        ),
-    )
-    .unwrap();
-    let first = build(d, &[]);
+    let d = &Project::fixture("discovered")
+        .unique_repo("checked")
+        .config("sessions: [pinned]\n");
+    let first = d.build(&[]);
     let old_image = by_digest(&first, "pinned");
     replace_in(
         d,
@@ -239,36 +197,27 @@ fn a_hit_must_carry_the_key_and_the_files_its_build_read() {
         "pluggy==1.5.0",
         "pluggy==1.4.0",
     );
-    let p = plan(d);
+    let p = d.plan();
     let new_ref = p["sessions"][0]["image"].as_str().unwrap().to_string();
     // Someone pushes the old image under the new key's tag.
     support::copy_tag(&old_image, &new_ref);
-    let p = plan(d);
+    let p = d.plan();
     assert_eq!(misses(&p), set(&["pinned"]), "{p}");
-    let out = venvimg_in(d, &["plan", "--explain", "pinned"]);
+    let out = d.run(&["plan", "--explain", "pinned"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("made for key"), "{text}");
     // The build replaces it with an image that passes.
-    let summary = build(d, &[]);
+    let summary = d.build(&[]);
     assert_eq!(built(&summary), set(&["pinned"]));
-    support::assert_runs_offline(&image_of(&summary, "pinned"), d, "pinned");
+    d.assert_runs_offline(&image_of(&summary, "pinned"), "pinned");
 }
 
 #[test]
 fn floating_sessions_are_named_and_refresh_puts_the_period_in_their_key() {
-    let dir = support::copy_fixture("discovered");
-    let d = dir.path();
-    let repo = support::unique_repo("floating");
-    let base = &support::testenv().base;
-    let write = |extra: &str| {
-        std::fs::write(
-            d.join("venvimg.yaml"),
-            format!("repository: {repo}\nbase: {base}\nsessions: [pinned, floating]\n{extra}"),
-        )
-        .unwrap();
-    };
+    let d = &Project::fixture("discovered").unique_repo("floating");
+    let write = |extra: &str| d.write_config(&format!("sessions: [pinned, floating]\n{extra}"));
     write("");
-    let out = venvimg_in(d, &["plan", "--json"]);
+    let out = d.run(&["plan", "--json"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("session `floating` floats: nothing pins iniconfig"),
@@ -285,7 +234,7 @@ fn floating_sessions_are_named_and_refresh_puts_the_period_in_their_key() {
         Some("iniconfig")
     );
     write("refresh: 7d\n");
-    let with = plan(d);
+    let with = d.plan();
     assert_eq!(
         with["sessions"][0]["key"], without["sessions"][0]["key"],
         "pinned does not float: no time in its key"
@@ -296,43 +245,23 @@ fn floating_sessions_are_named_and_refresh_puts_the_period_in_their_key() {
     );
     // A period of one minute: the key moves with time.
     write("refresh: 1m\n");
-    let a = plan(d)["sessions"][1]["key"].clone();
+    let a = d.plan()["sessions"][1]["key"].clone();
     std::thread::sleep(std::time::Duration::from_secs(61));
-    let b = plan(d)["sessions"][1]["key"].clone();
+    let b = d.plan()["sessions"][1]["key"].clone();
     assert_ne!(a, b, "a new period, a new key");
 }
 
 #[test]
 fn a_default_false_session_builds_when_the_config_names_it() {
-    let dir = support::copy_fixture("discovered");
-    let d = dir.path();
-    let repo = support::unique_repo("extra");
-    std::fs::write(
-        d.join("venvimg.yaml"),
-        format!(
-            "repository: {repo}\nbase: {}\nsessions: [extra]\n",
-            support::testenv().base
-        ),
-    )
-    .unwrap();
-    let summary = build(d, &[]);
+    let d = &Project::fixture("discovered")
+        .unique_repo("extra")
+        .config("sessions: [extra]\n");
+    let summary = d.build(&[]);
     assert_eq!(built(&summary), set(&["extra"]));
-    support::assert_runs_offline(&image_of(&summary, "extra"), d, "extra");
+    d.assert_runs_offline(&image_of(&summary, "extra"), "extra");
     // `-s` names it too, on a config that does not list it.
-    std::fs::write(
-        d.join("venvimg.yaml"),
-        format!("repository: {repo}\nbase: {}\n", support::testenv().base),
-    )
-    .unwrap();
-    let p = {
-        let out = venvimg_in(d, &["plan", "--json", "-q", "-s", "extra"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
-    };
+    d.write_config("");
+    let p = support::json_ok(&d.run(&["plan", "--json", "-q", "-s", "extra"]), "plan");
     assert_eq!(p["sessions"][0]["session"], "extra");
     assert_eq!(p["sessions"][0]["status"], "hit");
 }
@@ -372,66 +301,35 @@ open(f"{dest}/{f['filename']}", "wb").write(data)
         .status()
         .unwrap();
     assert!(st.success());
-    let d = work.path().join("particle-1.1.0");
-    let repo = support::unique_repo("particle");
-    std::fs::write(
-        d.join("venvimg.yaml"),
-        format!(
-            "repository: {repo}\nbase: {}\nsessions: [generate_aliases]\n",
-            support::testenv().base
-        ),
-    )
-    .unwrap();
-    let summary = build(&d, &[]);
+    let d = Project::at(work, "particle-1.1.0")
+        .unique_repo("particle")
+        .config("sessions: [generate_aliases]\n");
+    let summary = d.build(&[]);
     assert_eq!(built(&summary), set(&["generate_aliases"]));
-    support::assert_runs_offline(
-        &image_of(&summary, "generate_aliases"),
-        &d,
-        "generate_aliases",
-    );
+    d.assert_runs_offline(&image_of(&summary, "generate_aliases"), "generate_aliases");
 }
 
 /// With a container builder, nox on this machine is never run: a broken one (a pyenv
 /// shim for a Python this machine lacks exits 127) changes nothing.
 #[test]
 fn a_broken_nox_on_path_does_not_matter_to_a_container_builder() {
-    let dir = support::copy_fixture("discovered");
-    let d = dir.path();
-    std::fs::write(
-        d.join("venvimg.yaml"),
-        format!(
-            "repository: {}\nbase: {}\n",
-            support::unique_repo("shim"),
-            support::testenv().base
-        ),
-    )
-    .unwrap();
+    let d = Project::fixture("discovered")
+        .unique_repo("shim")
+        .config("");
     let bin = tempfile::tempdir().unwrap();
     let called = bin.path().join("called");
-    let nox = bin.path().join("nox");
-    std::fs::write(
-        &nox,
-        format!("#!/bin/sh\ntouch {}\nexit 127\n", called.display()),
-    )
-    .unwrap();
-    std::fs::set_permissions(&nox, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.path().display(),
-        std::env::var("PATH").unwrap_or_default()
+    let path = support::fake_on_path(
+        bin.path(),
+        "nox",
+        &format!("#!/bin/sh\ntouch {}\nexit 127\n", called.display()),
     );
-    let out = support::venvimg()
-        .current_dir(d)
+    let out = d
+        .venvimg()
         .env("PATH", path)
         .args(["plan", "--json", "-q"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let p: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = support::json_ok(&out, "plan");
     assert_eq!(p["sessions"].as_array().unwrap().len(), 6);
     assert!(!called.exists(), "the nox on PATH was run");
 }
@@ -439,26 +337,17 @@ fn a_broken_nox_on_path_does_not_matter_to_a_container_builder() {
 /// A failed build's log outlives venvimg's build folder: the path the error names exists.
 #[test]
 fn a_failed_build_names_a_log_that_still_exists() {
-    let dir = support::copy_fixture("discovered");
-    let d = dir.path();
-    let noxfile = d.join("noxfile.py");
+    let d = Project::fixture("discovered").unique_repo("broken");
+    let noxfile = d.path().join("noxfile.py");
     let mut text = std::fs::read_to_string(&noxfile).unwrap();
     text.push_str(
         "\n\n@nox.session(python=\"3.11\", default=False)\ndef broken(session):\n    session.install(\"-r\", \"tests/requirements/base.txt\")\n    session.run_install(\"python\", \"-c\", \"print('about to fail'); raise SystemExit(3)\")\n",
     );
     std::fs::write(&noxfile, text).unwrap();
-    std::fs::write(
-        d.join("venvimg.yaml"),
-        format!(
-            "repository: {}\nbase: {}\nsessions: [broken]\n",
-            support::unique_repo("broken"),
-            support::testenv().base
-        ),
-    )
-    .unwrap();
+    d.write_config("sessions: [broken]\n");
     let state = tempfile::tempdir().unwrap();
-    let out = support::venvimg()
-        .current_dir(d)
+    let out = d
+        .venvimg()
         .env("XDG_STATE_HOME", state.path())
         .args(["build", "--build-ca", support::testenv().ca_file()])
         .output()

@@ -2,9 +2,8 @@
 //! guard, and `plan --explain`, against the real registry with podman builds.
 use crate::support;
 
-use std::path::Path;
-
 use serde_json::Value;
+use support::Project;
 
 const LOCKED: &str = "sessions:
   - name: tests
@@ -13,90 +12,48 @@ const LOCKED: &str = "sessions:
     locked: {groups: [lint]}
 ";
 
-fn configure(dir: &Path, repo: &str, sessions: &str) {
-    let env = support::testenv();
-    std::fs::write(
-        dir.join("venvimg.yaml"),
-        format!("repository: {repo}\nbase: {}\n{sessions}", env.base),
-    )
-    .unwrap();
-}
-
-fn plan(dir: &Path) -> Value {
-    let out = support::venvimg()
-        .current_dir(dir)
-        .args(["plan", "--json", "-q"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn status(plan: &Value) -> Vec<(String, String)> {
-    plan["sessions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["session"].as_str().unwrap().to_string(),
-                s["status"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    support::by_session(plan, "status")
 }
 
-fn use_lock(dir: &Path, variant: &str) {
+fn use_lock(p: &Project, variant: &str) {
     std::fs::copy(
         support::fixture("groups-variants").join(variant),
-        dir.join("uv.lock"),
+        p.path().join("uv.lock"),
     )
     .unwrap();
 }
 
-fn build(dir: &Path, extra: &[&str]) -> std::process::Output {
-    let env = support::testenv();
-    support::venvimg()
-        .current_dir(dir)
-        .args(["build", "--build-ca", env.ca_file()])
-        .args(extra)
-        .output()
-        .unwrap()
+/// `venvimg build` (no `--json`) with the test CA.
+fn build(p: &Project, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["build", "--build-ca", support::testenv().ca_file()];
+    args.extend_from_slice(extra);
+    p.run(&args)
 }
 
 #[test]
 fn a_lock_change_rebuilds_only_the_sessions_it_touches() {
-    let dir = support::copy_fixture("groups");
-    configure(dir.path(), &support::unique_repo("finer"), LOCKED);
-    let out = build(dir.path(), &[]);
+    let p = Project::fixture("groups")
+        .unique_repo("finer")
+        .config(LOCKED);
+    let out = build(&p, &[]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let s = |a: &str, b: &str| (a.to_string(), b.to_string());
-    assert_eq!(
-        status(&plan(dir.path())),
-        vec![s("tests", "hit"), s("lint", "hit")]
-    );
+    assert_eq!(status(&p.plan()), vec![s("tests", "hit"), s("lint", "hit")]);
 
     // A lint-only bump: lint misses, tests still hits.
-    use_lock(dir.path(), "lint-bump.lock");
+    use_lock(&p, "lint-bump.lock");
     assert_eq!(
-        status(&plan(dir.path())),
+        status(&p.plan()),
         vec![s("tests", "hit"), s("lint", "miss")]
     );
 
     // --explain names the package with old and new versions.
-    let out = support::venvimg()
-        .current_dir(dir.path())
-        .args(["plan", "--explain", "lint"])
-        .output()
-        .unwrap();
+    let out = p.run(&["plan", "--explain", "lint"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -105,25 +62,17 @@ fn a_lock_change_rebuilds_only_the_sessions_it_touches() {
     );
     assert!(text.contains("session lint: miss"), "{text}");
     assert!(text.contains("package pyflakes: 4.1.0 → 3.1.0"), "{text}");
-    let out = support::venvimg()
-        .current_dir(dir.path())
-        .args(["plan", "--explain", "tests"])
-        .output()
-        .unwrap();
+    let out = p.run(&["plan", "--explain", "tests"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("session tests: hit"));
 
     // A runtime dependency bump: both sessions install the project's dependencies, so
     // both miss.
-    use_lock(dir.path(), "runtime-bump.lock");
+    use_lock(&p, "runtime-bump.lock");
     assert_eq!(
-        status(&plan(dir.path())),
+        status(&p.plan()),
         vec![s("tests", "miss"), s("lint", "miss")]
     );
-    let out = support::venvimg()
-        .current_dir(dir.path())
-        .args(["plan", "--explain", "tests"])
-        .output()
-        .unwrap();
+    let out = p.run(&["plan", "--explain", "tests"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("package packaging: 26.3 → 24.2"), "{text}");
 }
@@ -134,12 +83,13 @@ fn a_lock_change_rebuilds_only_the_sessions_it_touches() {
 #[test]
 fn without_locked_a_lock_change_changes_only_the_keys_of_sessions_it_touches() {
     let keys = |sessions: &str, lock: Option<&str>| -> Vec<String> {
-        let dir = support::copy_fixture("groups");
-        configure(dir.path(), &support::unique_repo("coarse"), sessions);
+        let p = Project::fixture("groups")
+            .unique_repo("coarse")
+            .config(sessions);
         if let Some(l) = lock {
-            use_lock(dir.path(), l);
+            use_lock(&p, l);
         }
-        plan(dir.path())["sessions"]
+        p.plan()["sessions"]
             .as_array()
             .unwrap()
             .iter()
@@ -159,19 +109,15 @@ fn without_locked_a_lock_change_changes_only_the_keys_of_sessions_it_touches() {
 
 #[test]
 fn unpinned_install_is_drift_and_strict_refuses_it() {
-    let dir = support::copy_fixture("groups");
-    let repo = support::unique_repo("drift");
-    configure(
-        dir.path(),
-        &repo,
-        "sessions:\n  - name: drift\n    locked: {only_groups: [lint]}\n",
-    );
-    let image = plan(dir.path())["sessions"][0]["image"]
+    let p = Project::fixture("groups")
+        .unique_repo("drift")
+        .config("sessions:\n  - name: drift\n    locked: {only_groups: [lint]}\n");
+    let image = p.plan()["sessions"][0]["image"]
         .as_str()
         .unwrap()
         .to_string();
 
-    let out = build(dir.path(), &["--strict"]);
+    let out = build(&p, &["--strict"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("session `drift`"), "{err}");
@@ -182,7 +128,7 @@ fn unpinned_install_is_drift_and_strict_refuses_it() {
         "--strict pushed {image}"
     );
 
-    let out = build(dir.path(), &[]);
+    let out = build(&p, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(

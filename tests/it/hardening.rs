@@ -83,17 +83,9 @@ fn venvimg_with(dir: &Path, args: &[&str], extra: &[(&str, &str)]) -> Run {
 
 /// The fixture with a venvimg.yaml for `sessions` (YAML list items) in a fresh repository.
 fn project(prefix: &str, sessions: &str) -> (tempfile::TempDir, String) {
-    let env = support::testenv();
     let dir = support::copy_fixture("hostile");
     let repo = support::unique_repo(prefix);
-    std::fs::write(
-        dir.path().join("venvimg.yaml"),
-        format!(
-            "repository: {repo}\nbase: {}\nsessions:\n{sessions}",
-            env.base
-        ),
-    )
-    .unwrap();
+    support::write_config(dir.path(), &repo, &format!("sessions:\n{sessions}"));
     (dir, repo)
 }
 
@@ -112,15 +104,7 @@ fn image_of(dir: &Path, session: &str) -> String {
         .next()
         .unwrap()
         .unwrap();
-    plan["sessions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["session"] == session)
-        .unwrap_or_else(|| panic!("no {session} in {plan}"))["image"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    support::image_of(&plan, session)
 }
 
 /// Every tag of `repo` (none when the registry never heard of it).

@@ -358,19 +358,18 @@ fn python_nox_image_builds_from_the_local_base_and_runs_a_session_offline() {
         ]),
         "podman push python-nox",
     );
-    let project = support::copy_fixture("sample");
-    let repo = support::unique_repo("images-e2e");
+    // Not the test base: venvimg.yaml written here.
+    let project = support::Project::fixture("sample").unique_repo("images-e2e");
     std::fs::write(
         project.path().join("venvimg.yaml"),
-        format!("repository: {repo}\nbase: {base_ref}\nsessions: [lint]\n"),
+        format!(
+            "repository: {}\nbase: {base_ref}\nsessions: [lint]\n",
+            project.repo()
+        ),
     )
     .unwrap();
     let started = Instant::now();
-    let out = support::venvimg()
-        .current_dir(project.path())
-        .args(["build", "--json", "--build-ca", env.ca_file()])
-        .output()
-        .unwrap();
+    let out = project.build_output(&[]);
     assert!(
         out.status.success(),
         "venvimg build on python-nox:\n{}",
@@ -387,35 +386,6 @@ fn python_nox_image_builds_from_the_local_base_and_runs_a_session_offline() {
         .to_string();
 
     let checkout = support::copy_fixture("sample");
-    let job = support::podman()
-        .args(["run", "--rm", "--network", "none", "--pull", "missing"])
-        .args([
-            "-v",
-            &format!("{}:/src", checkout.path().display()),
-            "-w",
-            "/src",
-        ])
-        .args(["-e", "UV_OFFLINE=1", &image])
-        .args([
-            "nox",
-            "--envdir",
-            "/opt/nox",
-            "--reuse-venv=always",
-            "--no-install",
-            "-s",
-            "lint",
-        ])
-        .output()
-        .unwrap();
-    let log = text(&job);
-    assert!(
-        job.status.success(),
-        "lint failed offline in {image}:\n{log}"
-    );
-    assert!(
-        log.contains("Reusing existing virtual environment")
-            && !log.contains("Creating virtual environment"),
-        "nox did not reuse the prebuilt venv in {image}:\n{log}"
-    );
+    support::assert_runs_offline(&image, checkout.path(), "lint");
     images.0.push(image);
 }

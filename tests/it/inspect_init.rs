@@ -28,6 +28,17 @@ fn run_ok(cmd: &mut assert_cmd::Command, what: &str) -> String {
     stdout(&out)
 }
 
+/// The names of the sessions a loaded venvimg.yaml lists.
+fn session_names(config: &Config) -> Vec<String> {
+    config
+        .sessions
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|s| s.name.clone())
+        .collect()
+}
+
 fn init_in(dir: &Path, extra: &[&str]) -> std::process::Output {
     support::venvimg()
         .current_dir(dir)
@@ -62,12 +73,7 @@ fn init_writes_a_config_that_builds_unchanged_and_inspect_reads_the_result() {
         "flags given, yet placeholders:\n{text}"
     );
     let config = Config::load(&config_file).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let sessions: Vec<String> = config
-        .sessions
-        .unwrap()
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
+    let sessions = session_names(&config);
     assert_eq!(sessions, ["tests", "lint", "compat-3.11"]);
     // No hand-made list of input files: venvimg finds what each session's installs read.
     assert!(config.inputs.is_empty(), "{text}");
@@ -230,12 +236,7 @@ fn init_lists_every_session_and_comments_out_unselected_ones() {
     );
     assert_eq!(text.matches("# CHANGE ME").count(), 2, "{text}");
     let config = Config::load(&dir.join("venvimg.yaml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let sessions: Vec<String> = config
-        .sessions
-        .unwrap()
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
+    let sessions = session_names(&config);
     assert_eq!(sessions, ["tests"]);
 }
 

@@ -9,28 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-fn configure(dir: &Path, repo: &str, extra: &str) {
-    let env = support::testenv();
-    std::fs::write(
-        dir.join("venvimg.yaml"),
-        format!("repository: {repo}\nbase: {}\n{extra}", env.base),
-    )
-    .unwrap();
-}
-
-fn build(dir: &Path, args: &[&str]) -> (Value, String) {
-    let env = support::testenv();
-    let out = support::venvimg()
-        .current_dir(dir)
-        .args(["build", "--json", "--build-ca", env.ca_file()])
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "venvimg build failed:\n{stderr}");
-    (serde_json::from_slice(&out.stdout).unwrap(), stderr)
-}
+use support::Project;
 
 /// Unpack an OCI layout's image with umoci (an independent reader) and describe every
 /// entry under `under`: type, mode, owner, link target, content digest.
@@ -95,33 +74,21 @@ fn walk(root: &Path, dir: &Path, tree: &mut BTreeMap<PathBuf, String>) {
 
 #[test]
 fn per_distribution_tree_equals_the_single_layer_tree_and_runs_offline() {
-    let single = support::copy_fixture("sample");
-    let split = support::copy_fixture("sample");
-    configure(
-        single.path(),
-        &support::unique_repo("layers-single"),
-        "sessions: [tests]\nlayers: single\n",
-    );
-    configure(
-        split.path(),
-        &support::unique_repo("layers-split"),
-        "sessions: [tests]\nlayers: per-distribution\n",
-    );
+    let single = Project::fixture("sample")
+        .unique_repo("layers-single")
+        .config("sessions: [tests]\nlayers: single\n");
+    let split = Project::fixture("sample")
+        .unique_repo("layers-split")
+        .config("sessions: [tests]\nlayers: per-distribution\n");
     let out = tempfile::tempdir().unwrap();
-    let (a, _) = build(
-        single.path(),
-        &[
-            "--output",
-            &format!("oci:{}", out.path().join("single").display()),
-        ],
-    );
-    let (b, _) = build(
-        split.path(),
-        &[
-            "--output",
-            &format!("oci:{}", out.path().join("split").display()),
-        ],
-    );
+    let a = single.build(&[
+        "--output",
+        &format!("oci:{}", out.path().join("single").display()),
+    ]);
+    let b = split.build(&[
+        "--output",
+        &format!("oci:{}", out.path().join("split").display()),
+    ]);
     assert_eq!(a["sessions"][0]["outcome"], "built");
     assert_eq!(b["sessions"][0]["outcome"], "built");
 
@@ -144,16 +111,13 @@ fn per_distribution_tree_equals_the_single_layer_tree_and_runs_offline() {
 
     // The split image has several venv layers; inspect says what each holds.
     let image = b["sessions"][0]["image"].as_str().unwrap().to_string();
-    let out = support::venvimg()
-        .args(["inspect", "--json", &image])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let doc = support::json_ok(
+        &support::venvimg()
+            .args(["inspect", "--json", &image])
+            .output()
+            .unwrap(),
+        "inspect",
     );
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     let layers = doc["sessions"][0]["layers"].as_array().unwrap();
     assert!(layers.len() >= 3, "{layers:?}");
     assert_eq!(layers[0]["group"], "skeleton");
@@ -171,32 +135,8 @@ fn per_distribution_tree_equals_the_single_layer_tree_and_runs_offline() {
 
     // And the job runs offline in it.
     let checkout = support::copy_fixture("sample");
-    let run = support::podman()
-        .args(["run", "--rm", "--network", "none"])
-        .args([
-            "-v",
-            &format!("{}:/src", checkout.path().display()),
-            "-w",
-            "/src",
-        ])
-        .args(["-e", "UV_OFFLINE=1", &image])
-        .args([
-            "nox",
-            "--envdir",
-            "/opt/nox",
-            "--reuse-venv=always",
-            "--no-install",
-            "-s",
-            "tests",
-        ])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
-    assert!(run.status.success(), "{text}");
+    let (ok, text) = support::run_offline(&image, checkout.path(), "tests");
+    assert!(ok, "{text}");
     assert!(!text.contains("Creating virtual environment"), "{text}");
 }
 
@@ -263,15 +203,12 @@ fn one_package_bump_uploads_and_pulls_only_the_changed_layers() {
         support::private_registry(&name, "log:\n  level: warn\n  accesslog: {disabled: false}");
     let registry_log = env.state_dir.join("registries").join(&name).join("log");
     let storage = env.state_dir.join("registries").join(&name).join("storage");
-    let dir = support::copy_fixture("bigstack");
-    configure(
-        dir.path(),
-        &format!("{registry}/bigstack/ci"),
-        "layers: per-distribution\n",
-    );
+    let dir = Project::fixture("bigstack")
+        .repository(&format!("{registry}/bigstack/ci"))
+        .config("layers: per-distribution\n");
 
     let before = dir_bytes(&storage);
-    let (first, _) = build(dir.path(), &[]);
+    let first = dir.build(&[]);
     let after_first = dir_bytes(&storage);
     let venv_bytes = first["sessions"][0]["layer_size"].as_u64().unwrap();
     assert!(
@@ -292,7 +229,7 @@ fn one_package_bump_uploads_and_pulls_only_the_changed_layers() {
         dir.path().join("uv.lock"),
     )
     .unwrap();
-    let (second, _) = build(dir.path(), &[]);
+    let second = dir.build(&[]);
     assert_eq!(second["sessions"][0]["outcome"], "built");
     let growth = dir_bytes(&storage) - after_first;
     assert!(

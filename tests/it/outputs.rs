@@ -67,18 +67,7 @@ fn fixture(rt: &tokio::runtime::Runtime, tag: &str) -> Fixture {
     let base = rt
         .block_on(registry.resolve_base(&base_ref, &Platform::host()))
         .unwrap();
-    let record = serde_json::json!({"sessions": [{
-        "session": "x", "venv_dir": "x", "key": "0".repeat(64), "tag": "x-0000000000000000",
-        "inputs": {"base": base.digest, "envdir": "/opt/nox",
-                   "inputs": [{"path": "noxfile.py", "sha256": "1".repeat(64)}]},
-        "python": "3.11.2", "backend": "uv", "interpreter": "/usr/bin/python3",
-        "packages": [{"name": "pyflakes", "version": "3.2.0"}],
-    }]});
-    let labels: BTreeMap<String, String> = [
-        (image::SESSIONS_LABEL.to_string(), "x".to_string()),
-        (image::RECORD_LABEL.to_string(), record.to_string()),
-    ]
-    .into();
+    let labels = support::record_labels("x", &base.digest);
     let annotations: BTreeMap<String, String> = [
         (
             "org.opencontainers.image.base.name".to_string(),
@@ -184,12 +173,13 @@ fn assert_loaded(f: &Fixture) {
     podman(&["rmi", "--force", &name]);
 }
 
-#[test]
-fn docker_archive_loads_into_podman_and_runs() {
+/// Write the image as `TRANSPORT:<dir>/FILE` (`docker-archive`, `oci-archive`); `podman
+/// load` names it and runs it.
+fn archive_loads_into_podman_and_runs(transport: &str, file: &str) {
     let rt = runtime();
-    let f = fixture(&rt, "docker-archive");
-    let file = f.dir.join("image.tar");
-    f.write(&rt, &format!("docker-archive:{}", file.display()), &f.local);
+    let f = fixture(&rt, transport);
+    let file = f.dir.join(file);
+    f.write(&rt, &format!("{transport}:{}", file.display()), &f.local);
     let out = podman(&["load", "-i", file.to_str().unwrap()]);
     assert!(
         out.contains(&f.reference.whole()),
@@ -199,17 +189,13 @@ fn docker_archive_loads_into_podman_and_runs() {
 }
 
 #[test]
+fn docker_archive_loads_into_podman_and_runs() {
+    archive_loads_into_podman_and_runs("docker-archive", "image.tar");
+}
+
+#[test]
 fn oci_archive_loads_into_podman_and_runs() {
-    let rt = runtime();
-    let f = fixture(&rt, "oci-archive");
-    let file = f.dir.join("image.oci.tar");
-    f.write(&rt, &format!("oci-archive:{}", file.display()), &f.local);
-    let out = podman(&["load", "-i", file.to_str().unwrap()]);
-    assert!(
-        out.contains(&f.reference.whole()),
-        "podman load said: {out}"
-    );
-    assert_loaded(&f);
+    archive_loads_into_podman_and_runs("oci-archive", "image.oci.tar");
 }
 
 #[test]

@@ -2,56 +2,26 @@
 //! input exits 2 with a message naming the problem, and nothing panics.
 use crate::support;
 
-use std::path::Path;
-
 use predicates::prelude::*;
+use support::Project;
 
 /// A copy of the sample project with a venvimg.yaml pointing at a fresh repository.
-fn project(extra_yaml: &str) -> (tempfile::TempDir, String) {
-    let env = support::testenv();
-    let dir = support::copy_fixture("sample");
-    let repo = support::unique_repo("plan");
-    std::fs::write(
-        dir.path().join("venvimg.yaml"),
-        format!("repository: {repo}\nbase: {}\n{extra_yaml}", env.base),
-    )
-    .unwrap();
-    (dir, repo)
-}
-
-fn plan_json(dir: &Path) -> serde_json::Value {
-    let out = support::venvimg()
-        .current_dir(dir)
-        .args(["plan", "--json", "-q"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "plan failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("plan --json prints JSON")
+fn project(extra_yaml: &str) -> Project {
+    Project::fixture("sample")
+        .unique_repo("plan")
+        .config(extra_yaml)
 }
 
 fn keys(plan: &serde_json::Value) -> Vec<(String, String)> {
-    plan["sessions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["session"].as_str().unwrap().to_string(),
-                s["key"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    support::by_session(plan, "key")
 }
 
 #[test]
 fn miss_then_hit_after_any_tool_pushes_the_tag() {
     let env = support::testenv();
-    let (dir, repo) = project("");
-    let plan = plan_json(dir.path());
+    let p = project("");
+    let repo = p.repo();
+    let plan = p.plan();
     let sessions = plan["sessions"].as_array().unwrap();
     let names: Vec<&str> = sessions
         .iter()
@@ -74,9 +44,9 @@ fn miss_then_hit_after_any_tool_pushes_the_tag() {
     // Any image pushed under lint's tag by another tool is not a hit: a hit must carry
     // the session's key and what its build read.
     let lint_image = sessions[1]["image"].as_str().unwrap().to_string();
-    assert!(lint_image.starts_with(&repo));
+    assert!(lint_image.starts_with(repo));
     support::copy_tag(&env.base, &lint_image);
-    let plan2 = plan_json(dir.path());
+    let plan2 = p.plan();
     assert_eq!(plan2["sessions"][1]["status"], "miss", "{plan2}");
     assert!(
         plan2["sessions"][1]["changed"][0]
@@ -87,26 +57,8 @@ fn miss_then_hit_after_any_tool_pushes_the_tag() {
     );
 
     // The image venvimg builds for it is: lint becomes a hit, the rest stay misses.
-    let built = support::venvimg()
-        .current_dir(dir.path())
-        .args([
-            "build",
-            "-q",
-            "--json",
-            "-s",
-            "lint",
-            "--build-ca",
-            env.ca_file(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let built: serde_json::Value = serde_json::from_slice(&built.stdout).unwrap();
-    let plan2 = plan_json(dir.path());
+    let built = p.build(&["-q", "-s", "lint"]);
+    let plan2 = p.plan();
     let status: Vec<&str> = plan2["sessions"]
         .as_array()
         .unwrap()
@@ -121,7 +73,7 @@ fn miss_then_hit_after_any_tool_pushes_the_tag() {
 
     // The table form says the same.
     support::venvimg()
-        .current_dir(dir.path())
+        .current_dir(p.path())
         .arg("plan")
         .assert()
         .success()
@@ -131,43 +83,35 @@ fn miss_then_hit_after_any_tool_pushes_the_tag() {
 
 #[test]
 fn keys_are_stable_and_follow_every_input_byte() {
-    let (dir, _) = project("");
-    let first = keys(&plan_json(dir.path()));
-    let second = keys(&plan_json(dir.path()));
+    let p = project("");
+    let first = keys(&p.plan());
+    let second = keys(&p.plan());
     assert_eq!(
         first, second,
         "an unchanged project must plan identical keys"
     );
 
     // Reordering the YAML does not change keys.
-    let yaml = std::fs::read_to_string(dir.path().join("venvimg.yaml")).unwrap();
+    let yaml = std::fs::read_to_string(p.path().join("venvimg.yaml")).unwrap();
     let mut lines: Vec<&str> = yaml.lines().collect();
     lines.reverse();
-    std::fs::write(dir.path().join("venvimg.yaml"), lines.join("\n") + "\n").unwrap();
-    assert_eq!(
-        keys(&plan_json(dir.path())),
-        first,
-        "YAML order changed a key"
-    );
+    std::fs::write(p.path().join("venvimg.yaml"), lines.join("\n") + "\n").unwrap();
+    assert_eq!(keys(&p.plan()), first, "YAML order changed a key");
 
     // A byte of uv.lock that changes none of the entries a session installs (its
     // formatting) changes no key: sessions are keyed by the entries, not the file.
-    let lock = dir.path().join("uv.lock");
+    let lock = p.path().join("uv.lock");
     let mut bytes = std::fs::read(&lock).unwrap();
     bytes.push(b'\n');
     std::fs::write(&lock, bytes).unwrap();
-    assert_eq!(
-        keys(&plan_json(dir.path())),
-        first,
-        "uv.lock formatting changed a key"
-    );
+    assert_eq!(keys(&p.plan()), first, "uv.lock formatting changed a key");
 
     // One byte of the noxfile changes every key.
-    let noxfile = dir.path().join("noxfile.py");
+    let noxfile = p.path().join("noxfile.py");
     let mut bytes = std::fs::read(&noxfile).unwrap();
     bytes.extend_from_slice(b"# edited\n");
     std::fs::write(&noxfile, bytes).unwrap();
-    let third = keys(&plan_json(dir.path()));
+    let third = keys(&p.plan());
     for ((s1, k1), (s3, k3)) in first.iter().zip(&third) {
         assert_eq!(s1, s3);
         assert_ne!(
@@ -179,11 +123,12 @@ fn keys_are_stable_and_follow_every_input_byte() {
 
 #[test]
 fn ci_output_writes_name_value_lines() {
-    let (dir, repo) = project("");
-    let out_file = dir.path().join("gh-output");
+    let p = project("");
+    let repo = p.repo();
+    let out_file = p.path().join("gh-output");
     std::fs::write(&out_file, "existing=1\n").unwrap();
     support::venvimg()
-        .current_dir(dir.path())
+        .current_dir(p.path())
         .env("GITHUB_OUTPUT", &out_file)
         .args(["plan", "--ci-output", "-q"])
         .assert()
@@ -195,7 +140,7 @@ fn ci_output_writes_name_value_lines() {
             .lines()
             .find(|l| l.starts_with(&format!("{name}=")))
             .unwrap_or_else(|| panic!("no {name}= line in {text}"));
-        assert!(line.contains(&repo), "{line}");
+        assert!(line.contains(repo), "{line}");
     }
 }
 
@@ -265,9 +210,9 @@ fn bad_inputs_exit_2_with_a_clear_message() {
 #[test]
 fn missing_base_and_unreachable_registry_exit_1() {
     let env = support::testenv();
-    let (dir, _) = project("");
+    let p = project("");
     std::fs::write(
-        dir.path().join("venvimg.yaml"),
+        p.path().join("venvimg.yaml"),
         format!(
             "repository: {}/x\nbase: {}/no/such-base:1\n",
             env.registry, env.registry
@@ -275,7 +220,7 @@ fn missing_base_and_unreachable_registry_exit_1() {
     )
     .unwrap();
     support::venvimg()
-        .current_dir(dir.path())
+        .current_dir(p.path())
         .arg("plan")
         .assert()
         .code(1)
@@ -285,7 +230,7 @@ fn missing_base_and_unreachable_registry_exit_1() {
         );
 
     std::fs::write(
-        dir.path().join("venvimg.yaml"),
+        p.path().join("venvimg.yaml"),
         "repository: registry.venvimg.invalid/acme/ci\nbase: registry.venvimg.invalid/base:1\n",
     )
     .unwrap();
@@ -294,7 +239,7 @@ fn missing_base_and_unreachable_registry_exit_1() {
         .arg("-n")
         .arg(bin)
         .arg("plan")
-        .current_dir(dir.path())
+        .current_dir(p.path())
         .output()
         .expect("unshare (util-linux) must be installed");
     let stderr = String::from_utf8_lossy(&out.stderr);

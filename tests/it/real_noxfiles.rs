@@ -7,95 +7,29 @@ use std::path::Path;
 use std::process::Output;
 
 use serde_json::Value;
-
-fn configure(dir: &Path, repo: &str, extra: &str) {
-    let env = support::testenv();
-    std::fs::write(
-        dir.join("venvimg.yaml"),
-        format!("repository: {repo}\nbase: {}\n{extra}", env.base),
-    )
-    .unwrap();
-}
-
-fn build(dir: &Path, args: &[&str]) -> Output {
-    let env = support::testenv();
-    support::venvimg()
-        .current_dir(dir)
-        .args(["build", "--json", "--build-ca", env.ca_file()])
-        .args(args)
-        .output()
-        .unwrap()
-}
+use support::{image_of, session, Project};
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn plan(dir: &Path) -> Value {
-    let out = support::venvimg()
-        .current_dir(dir)
-        .args(["plan", "--json", "-q"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "plan: {}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn planned<'a>(plan: &'a Value, session: &str) -> &'a Value {
-    plan["sessions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["session"] == session)
-        .unwrap_or_else(|| panic!("no {session} in {plan}"))
-}
-
-fn image_of(plan: &Value, session: &str) -> String {
-    planned(plan, session)["image"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
+/// [`support::run_offline_with`], which must not have recreated the venv.
 fn run_offline(image: &str, checkout: &Path, session: &str, env: &[&str]) -> (bool, String) {
-    let mut cmd = support::podman();
-    cmd.args(["run", "--rm", "--network", "none"])
-        .args(["-v", &format!("{}:/src", checkout.display()), "-w", "/src"])
-        .args(["-e", "UV_OFFLINE=1"]);
-    for e in env {
-        cmd.args(["-e", e]);
-    }
-    let out = cmd
-        .arg(image)
-        .args([
-            "nox",
-            "--envdir",
-            "/opt/nox",
-            "--reuse-venv=always",
-            "--no-install",
-            "-s",
-            session,
-        ])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, text) = support::run_offline_with(image, checkout, session, env);
     assert!(
         !text.contains("Creating virtual environment"),
         "nox recreated the venv of {session} in {image}:\n{text}"
     );
-    (out.status.success(), text)
+    (ok, text)
 }
 
 #[test]
 fn frozen_project_is_refused_by_default_and_pushes_nothing() {
-    let dir = support::copy_fixture("frozen");
-    configure(dir.path(), &support::unique_repo("frozen-refuse"), "");
-    let image = image_of(&plan(dir.path()), "tests");
-    let out = build(dir.path(), &["--session", "tests"]);
+    let dir = Project::fixture("frozen")
+        .unique_repo("frozen-refuse")
+        .config("");
+    let image = image_of(&dir.plan(), "tests");
+    let out = dir.build_output(&["--session", "tests"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("session `tests`"), "{err}");
@@ -113,15 +47,12 @@ fn frozen_project_is_refused_by_default_and_pushes_nothing() {
 
 #[test]
 fn editable_project_runs_the_checkout_so_a_bug_fails_the_job() {
-    let dir = support::copy_fixture("frozen");
-    configure(
-        dir.path(),
-        &support::unique_repo("frozen-editable"),
-        "sessions:\n  - name: tests\n    project: editable\n",
-    );
-    let out = build(dir.path(), &[]);
+    let dir = Project::fixture("frozen")
+        .unique_repo("frozen-editable")
+        .config("sessions:\n  - name: tests\n    project: editable\n");
+    let out = dir.build_output(&[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let image = image_of(&plan(dir.path()), "tests");
+    let image = image_of(&dir.plan(), "tests");
 
     let checkout = support::copy_fixture("frozen");
     let (ok, text) = run_offline(&image, checkout.path(), "tests", &[]);
@@ -146,38 +77,35 @@ fn editable_project_runs_the_checkout_so_a_bug_fails_the_job() {
 
 #[test]
 fn keyed_project_key_follows_source_files_of_that_session_only() {
-    let dir = support::copy_fixture("frozen");
-    configure(
-        dir.path(),
-        &support::unique_repo("frozen-keyed"),
-        "sessions:\n  - name: tests\n    project: keyed\n  - lint\n",
-    );
-    let before = plan(dir.path());
+    let dir = Project::fixture("frozen")
+        .unique_repo("frozen-keyed")
+        .config("sessions:\n  - name: tests\n    project: keyed\n  - lint\n");
+    let before = dir.plan();
     let src = dir.path().join("src/frozen_sample/__init__.py");
     let mut code = std::fs::read_to_string(&src).unwrap();
     code.push_str("\n# an edit\n");
     std::fs::write(&src, code).unwrap();
-    let after = plan(dir.path());
+    let after = dir.plan();
     assert_ne!(
-        planned(&before, "tests")["key"],
-        planned(&after, "tests")["key"]
+        session(&before, "tests")["key"],
+        session(&after, "tests")["key"]
     );
     assert_eq!(
-        planned(&before, "lint")["key"],
-        planned(&after, "lint")["key"]
+        session(&before, "lint")["key"],
+        session(&after, "lint")["key"]
     );
 
     // And a keyed session builds (the frozen copy is allowed: the key covers it).
-    let out = build(dir.path(), &["--session", "tests"]);
+    let out = dir.build_output(&["--session", "tests"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
 #[test]
 fn session_using_run_output_needs_build_run_and_then_works_offline() {
-    let dir = support::copy_fixture("quirks");
-    let repo = support::unique_repo("quirks-run");
-    configure(dir.path(), &repo, "sessions: [resist]\n");
-    let out = build(dir.path(), &[]);
+    let dir = Project::fixture("quirks")
+        .unique_repo("quirks-run")
+        .config("sessions: [resist]\n");
+    let out = dir.build_output(&[]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -186,14 +114,10 @@ fn session_using_run_output_needs_build_run_and_then_works_offline() {
     );
     assert!(err.contains("noxfile"), "{err}");
 
-    configure(
-        dir.path(),
-        &repo,
-        "sessions:\n  - name: resist\n    build: run\n",
-    );
-    let out = build(dir.path(), &[]);
+    dir.write_config("sessions:\n  - name: resist\n    build: run\n");
+    let out = dir.build_output(&[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let image = image_of(&plan(dir.path()), "resist");
+    let image = image_of(&dir.plan(), "resist");
     assert!(support::skopeo_inspect_digest(&image).is_some());
     let checkout = support::copy_fixture("quirks");
     let (ok, text) = run_offline(&image, checkout.path(), "resist", &[]);
@@ -206,14 +130,11 @@ fn session_using_run_output_needs_build_run_and_then_works_offline() {
 
 #[test]
 fn missing_interpreter_is_an_error_naming_the_python() {
-    let dir = support::copy_fixture("quirks");
-    configure(
-        dir.path(),
-        &support::unique_repo("quirks-py"),
-        "sessions: [future]\n",
-    );
-    let image = image_of(&plan(dir.path()), "future");
-    let out = build(dir.path(), &[]);
+    let dir = Project::fixture("quirks")
+        .unique_repo("quirks-py")
+        .config("sessions: [future]\n");
+    let image = image_of(&dir.plan(), "future");
+    let out = dir.build_output(&[]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("3.13"), "{err}");
@@ -227,13 +148,8 @@ fn missing_interpreter_is_an_error_naming_the_python() {
 
 #[test]
 fn noxfile_plugin_missing_from_the_base_is_named() {
-    let dir = support::copy_fixture("plugin");
-    configure(dir.path(), &support::unique_repo("plugin"), "");
-    let out = support::venvimg()
-        .current_dir(dir.path())
-        .arg("plan")
-        .output()
-        .unwrap();
+    let dir = Project::fixture("plugin").config("");
+    let out = dir.run(&["plan"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("`nox_uv`"), "{err}");
@@ -243,7 +159,7 @@ fn noxfile_plugin_missing_from_the_base_is_named() {
 
 #[test]
 fn vcs_version_comes_from_the_checkout_git_and_builds_reproducibly() {
-    let dir = support::copy_fixture("vcs");
+    let dir = Project::fixture("vcs");
     let git = |args: &[&str]| {
         let st = std::process::Command::new("git")
             .args(["-c", "user.email=ci@venvimg.invalid", "-c", "user.name=ci"])
@@ -258,15 +174,15 @@ fn vcs_version_comes_from_the_checkout_git_and_builds_reproducibly() {
     git(&["commit", "-qm", "init"]);
     git(&["tag", "v1.2.3"]);
     // The config is written after the commit: an untracked file, as in many checkouts.
-    configure(dir.path(), &support::unique_repo("vcs"), "");
-    let first = build(dir.path(), &[]);
+    dir.write_config("");
+    let first = dir.build_output(&[]);
     assert!(first.status.success(), "{}", stderr(&first));
-    let image = image_of(&plan(dir.path()), "tests");
+    let image = image_of(&dir.plan(), "tests");
     let (ok, text) = run_offline(&image, dir.path(), "tests", &["EXPECT_VERSION=1.2.3"]);
     assert!(ok, "{text}");
     assert!(text.contains("vcs-sample version 1.2.3"), "{text}");
 
-    let again = build(dir.path(), &["--force", "--no-push"]);
+    let again = dir.build_output(&["--force", "--no-push"]);
     assert!(again.status.success(), "{}", stderr(&again));
     let a: Value = serde_json::from_slice(&first.stdout).unwrap();
     let b: Value = serde_json::from_slice(&again.stdout).unwrap();

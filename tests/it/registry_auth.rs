@@ -204,6 +204,15 @@ fn basic(user: &str, password: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
 }
 
+/// An auth file (podman's auth.json, docker's config.json) with one `auths` entry: `key`
+/// → `USER:password`.
+fn auths(key: &str, password: &str) -> String {
+    format!(
+        r#"{{"auths": {{"{key}": {{"auth": "{}"}}}}}}"#,
+        basic(USER, password)
+    )
+}
+
 fn access() -> Access {
     Access {
         tls_ca: Some(auth_registry().ca.clone()),
@@ -387,6 +396,13 @@ impl Project {
         std::fs::write(&p, text).unwrap();
         p
     }
+
+    /// A docker config folder `name` in HOME holding `config.json`; the folder (for
+    /// `DOCKER_CONFIG`).
+    fn docker_config(&self, name: &str, config_json: &str) -> String {
+        self.write(&format!("{name}/config.json"), config_json);
+        self.home.path().join(name).to_str().unwrap().to_string()
+    }
 }
 
 fn text(out: &std::process::Output) -> String {
@@ -397,14 +413,25 @@ fn text(out: &std::process::Output) -> String {
     )
 }
 
-/// Runs plan with `envs` at every verbosity: succeeds with `PASSWORD`, never prints it.
-fn assert_accepted(p: &Project, envs: &[(&str, &str)]) {
+/// `check`s `plan --ca-file CA ARGS` with `envs`, at every verbosity (`-v`, none, `-q`):
+/// the arguments and what the run did.
+fn plan_at_every_verbosity(
+    p: &Project,
+    envs: &[(&str, &str)],
+    check: impl Fn(&[&str], &std::process::Output),
+) {
     let ca = auth_registry().ca.display().to_string();
     for verbosity in [&["-v"][..], &[][..], &["-q"][..]] {
         let mut args = vec!["--ca-file", ca.as_str()];
         args.extend(verbosity);
-        let out = p.plan(envs, &args);
-        let all = text(&out);
+        check(&args, &p.plan(envs, &args));
+    }
+}
+
+/// Runs plan with `envs` at every verbosity: succeeds with `PASSWORD`, never prints it.
+fn assert_accepted(p: &Project, envs: &[(&str, &str)]) {
+    plan_at_every_verbosity(p, envs, |args, out| {
+        let all = text(out);
         assert!(
             out.status.success(),
             "plan {args:?} with {envs:?} failed:\n{all}"
@@ -413,24 +440,16 @@ fn assert_accepted(p: &Project, envs: &[(&str, &str)]) {
             String::from_utf8_lossy(&out.stdout).contains("miss"),
             "{all}"
         );
-        assert!(!all.contains(PASSWORD), "the password was printed:\n{all}");
-        assert!(
-            !all.contains(&basic(USER, PASSWORD)),
-            "the encoded password was printed:\n{all}"
-        );
-    }
+        assert_no_secret(&all, PASSWORD);
+    });
 }
 
 /// Runs plan with `envs` at every verbosity: exit 1 naming the registry and `source`,
 /// never printing `secret`.
 fn assert_refused(p: &Project, envs: &[(&str, &str)], source: &str, secret: &str) {
     let auth = auth_registry();
-    let ca = auth.ca.display().to_string();
-    for verbosity in [&["-v"][..], &[][..], &["-q"][..]] {
-        let mut args = vec!["--ca-file", ca.as_str()];
-        args.extend(verbosity);
-        let out = p.plan(envs, &args);
-        let all = text(&out);
+    plan_at_every_verbosity(p, envs, |args, out| {
+        let all = text(out);
         assert_eq!(
             out.status.code(),
             Some(1),
@@ -444,33 +463,17 @@ fn assert_refused(p: &Project, envs: &[(&str, &str)], source: &str, secret: &str
             "names the credential source {source:?}:\n{all}"
         );
         assert!(!stderr.contains("panicked"), "{all}");
-        assert!(!all.contains(secret), "the secret was printed:\n{all}");
-        assert!(
-            !all.contains(&basic(USER, secret)),
-            "the encoded secret was printed:\n{all}"
-        );
-    }
+        assert_no_secret(&all, secret);
+    });
 }
 
 #[test]
 fn podman_auth_file_from_registry_auth_file() {
     let p = project();
     let addr = &auth_registry().addr;
-    let good = p.write(
-        "podman/auth.json",
-        &format!(
-            r#"{{"auths": {{"{addr}": {{"auth": "{}"}}}}}}"#,
-            basic(USER, PASSWORD)
-        ),
-    );
+    let good = p.write("podman/auth.json", &auths(addr, PASSWORD));
     assert_accepted(&p, &[("REGISTRY_AUTH_FILE", good.to_str().unwrap())]);
-    let bad = p.write(
-        "podman/bad.json",
-        &format!(
-            r#"{{"auths": {{"{addr}": {{"auth": "{}"}}}}}}"#,
-            basic(USER, WRONG)
-        ),
-    );
+    let bad = p.write("podman/bad.json", &auths(addr, WRONG));
     assert_refused(
         &p,
         &[("REGISTRY_AUTH_FILE", bad.to_str().unwrap())],
@@ -484,27 +487,13 @@ fn docker_config_json_from_docker_config() {
     let p = project();
     let addr = &auth_registry().addr;
     // docker writes `https://HOST` keys for some registries; both forms must match.
-    p.write(
-        "docker-good/config.json",
-        &format!(
-            r#"{{"auths": {{"https://{addr}": {{"auth": "{}"}}}}}}"#,
-            basic(USER, PASSWORD)
-        ),
-    );
-    let dir = p.home.path().join("docker-good");
-    assert_accepted(&p, &[("DOCKER_CONFIG", dir.to_str().unwrap())]);
-    let bad = p.write(
-        "docker-bad/config.json",
-        &format!(
-            r#"{{"auths": {{"{addr}": {{"auth": "{}"}}}}}}"#,
-            basic(USER, WRONG)
-        ),
-    );
-    let dir = p.home.path().join("docker-bad");
+    let dir = p.docker_config("docker-good", &auths(&format!("https://{addr}"), PASSWORD));
+    assert_accepted(&p, &[("DOCKER_CONFIG", &dir)]);
+    let dir = p.docker_config("docker-bad", &auths(addr, WRONG));
     assert_refused(
         &p,
-        &[("DOCKER_CONFIG", dir.to_str().unwrap())],
-        bad.to_str().unwrap(),
+        &[("DOCKER_CONFIG", &dir)],
+        &format!("{dir}/config.json"),
         WRONG,
     );
 }
@@ -514,23 +503,15 @@ fn install_helper(p: &Project, name: &str, secret: &str) -> String {
     let addr = &auth_registry().addr;
     let bin = p.home.path().join(format!("bin-{name}"));
     std::fs::create_dir_all(&bin).unwrap();
-    let script = bin.join(format!("docker-credential-{name}"));
-    std::fs::write(
-        &script,
-        format!(
+    support::fake_on_path(
+        &bin,
+        &format!("docker-credential-{name}"),
+        &format!(
             "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread -r server\n\
              if [ \"$server\" = \"{addr}\" ]; then\n\
              printf '{{\"ServerURL\":\"%s\",\"Username\":\"{USER}\",\"Secret\":\"{secret}\"}}\\n' \"$server\"\n\
              else echo 'credentials not found in native keychain'; exit 1; fi\n"
         ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
     )
 }
 
@@ -539,25 +520,20 @@ fn credential_helper_on_path_from_cred_helpers() {
     let p = project();
     let addr = &auth_registry().addr;
     let path = install_helper(&p, "venvimggood", PASSWORD);
-    p.write(
-        "helper-good/config.json",
+    let dir = p.docker_config(
+        "helper-good",
         &format!(r#"{{"credHelpers": {{"{addr}": "venvimggood"}}}}"#),
     );
-    let dir = p.home.path().join("helper-good");
-    assert_accepted(
-        &p,
-        &[("DOCKER_CONFIG", dir.to_str().unwrap()), ("PATH", &path)],
-    );
+    assert_accepted(&p, &[("DOCKER_CONFIG", &dir), ("PATH", &path)]);
 
     let path = install_helper(&p, "venvimgbad", WRONG);
-    p.write(
-        "helper-bad/config.json",
+    let dir = p.docker_config(
+        "helper-bad",
         &format!(r#"{{"credHelpers": {{"{addr}": "venvimgbad"}}}}"#),
     );
-    let dir = p.home.path().join("helper-bad");
     assert_refused(
         &p,
-        &[("DOCKER_CONFIG", dir.to_str().unwrap()), ("PATH", &path)],
+        &[("DOCKER_CONFIG", &dir), ("PATH", &path)],
         "docker-credential-venvimgbad",
         WRONG,
     );
@@ -567,19 +543,15 @@ fn credential_helper_on_path_from_cred_helpers() {
 fn a_missing_helper_warns_and_falls_through_to_the_file() {
     let p = project();
     let addr = &auth_registry().addr;
-    p.write(
-        "fallthrough/config.json",
+    let dir = p.docker_config(
+        "fallthrough",
         &format!(
             r#"{{"credHelpers": {{"{addr}": "venvimg-not-installed"}}, "auths": {{"{addr}": {{"auth": "{}"}}}}}}"#,
             basic(USER, PASSWORD)
         ),
     );
-    let dir = p.home.path().join("fallthrough");
     let ca = auth_registry().ca.display().to_string();
-    let out = p.plan(
-        &[("DOCKER_CONFIG", dir.to_str().unwrap())],
-        &["--ca-file", &ca],
-    );
+    let out = p.plan(&[("DOCKER_CONFIG", &dir)], &["--ca-file", &ca]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     assert!(
@@ -604,13 +576,7 @@ fn venvimg_username_and_password_and_password_stdin() {
     );
     // Explicit credentials win over a file's.
     let addr = &auth_registry().addr;
-    let file = p.write(
-        "podman/wrong.json",
-        &format!(
-            r#"{{"auths": {{"{addr}": {{"auth": "{}"}}}}}}"#,
-            basic(USER, WRONG)
-        ),
-    );
+    let file = p.write("podman/wrong.json", &auths(addr, WRONG));
     assert_accepted(
         &p,
         &[
@@ -920,20 +886,7 @@ fn push_inspectable(registry: &str, repo_tag: &str) {
     let base = rt
         .block_on(reg.resolve_base(&kit::reference(&env.base), &kit::platform()))
         .unwrap();
-    let record = serde_json::json!({"sessions": [{
-        "session": "lint", "venv_dir": "lint", "key": "0".repeat(64), "tag": "lint-0000000000000000",
-        "inputs": {"base": base.digest, "envdir": "/opt/nox",
-                   "inputs": [{"path": "noxfile.py", "sha256": "1".repeat(64)}]},
-        "python": "3.11.2", "backend": "uv", "interpreter": "/usr/bin/python3",
-        "packages": [{"name": "pyflakes", "version": "3.2.0"}],
-    }]});
-    let labels = std::collections::BTreeMap::from([
-        (
-            venvimg::image::SESSIONS_LABEL.to_string(),
-            "lint".to_string(),
-        ),
-        (venvimg::image::RECORD_LABEL.to_string(), record.to_string()),
-    ]);
+    let labels = support::record_labels("lint", &base.digest);
     let dir = tempfile::tempdir().unwrap();
     let img = compose_labeled(base, &[small_layer(dir.path(), "lint", 71, 1024)], &labels);
     push(&rt, &reg, &format!("{registry}/{repo_tag}"), &img).expect("push with credentials");

@@ -6,9 +6,12 @@
 #![allow(dead_code)]
 
 pub mod fault_proxy;
+pub mod project;
 pub mod registry_kit;
 
-use std::collections::HashMap;
+pub use project::{by_session, image_of, json_ok, session, write_config, Project};
+
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Stdio};
@@ -332,10 +335,25 @@ pub fn copy_tree(src: &Path, dst: &Path) {
 /// `UV_OFFLINE=1 nox --envdir /opt/nox --reuse-venv=always --no-install -s SESSION`.
 /// Returns (success, stdout + stderr).
 pub fn run_offline(image: &str, checkout: &Path, session: &str) -> (bool, String) {
-    let out = podman()
-        .args(["run", "--rm", "--network", "none", "--pull", "missing"])
+    run_offline_with(image, checkout, session, &[])
+}
+
+/// [`run_offline`] with `env` (`NAME=value`) set in the container too.
+pub fn run_offline_with(
+    image: &str,
+    checkout: &Path,
+    session: &str,
+    env: &[&str],
+) -> (bool, String) {
+    let mut cmd = podman();
+    cmd.args(["run", "--rm", "--network", "none", "--pull", "missing"])
         .args(["-v", &format!("{}:/src", checkout.display()), "-w", "/src"])
-        .args(["-e", "UV_OFFLINE=1", image])
+        .args(["-e", "UV_OFFLINE=1"]);
+    for e in env {
+        cmd.args(["-e", e]);
+    }
+    let out = cmd
+        .arg(image)
         .args([
             "nox",
             "--envdir",
@@ -368,4 +386,39 @@ pub fn assert_runs_offline(image: &str, checkout: &Path, session: &str) {
         text.contains("Reusing existing virtual environment"),
         "{session}: nox did not say it reused the venv:\n{text}"
     );
+}
+
+/// An executable `dir/name` holding `script`; returns `$PATH` with `dir` first, so that
+/// a command run with it finds this `name` before any other.
+pub fn fake_on_path(dir: &Path, name: &str, script: &str) -> String {
+    let file = dir.join(name);
+    fs::write(&file, script).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
+    fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod 755");
+    format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// Image config labels carrying a venvimg record for one session `session` built on
+/// `base_digest` (pyflakes 3.2.0 on Python 3.11.2), so that `venvimg inspect` reads the
+/// image.
+pub fn record_labels(session: &str, base_digest: &str) -> BTreeMap<String, String> {
+    let record = serde_json::json!({"sessions": [{
+        "session": session, "venv_dir": session, "key": "0".repeat(64),
+        "tag": format!("{session}-0000000000000000"),
+        "inputs": {"base": base_digest, "envdir": "/opt/nox",
+                   "inputs": [{"path": "noxfile.py", "sha256": "1".repeat(64)}]},
+        "python": "3.11.2", "backend": "uv", "interpreter": "/usr/bin/python3",
+        "packages": [{"name": "pyflakes", "version": "3.2.0"}],
+    }]});
+    BTreeMap::from([
+        (
+            venvimg::image::SESSIONS_LABEL.to_string(),
+            session.to_string(),
+        ),
+        (venvimg::image::RECORD_LABEL.to_string(), record.to_string()),
+    ])
 }

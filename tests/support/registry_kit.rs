@@ -116,6 +116,17 @@ pub fn compose_on(
 }
 
 pub fn compose_with(base: BaseImage, layers: &[PackedLayer]) -> TestImage {
+    let labels = BTreeMap::from([("dev.venvimg.test".to_string(), "registry".to_string())]);
+    compose_labeled(base, layers, &labels)
+}
+
+/// [`compose_with`], with the image config labels given (e.g. a venvimg record, so that
+/// `venvimg inspect` reads the image).
+pub fn compose_labeled(
+    base: BaseImage,
+    layers: &[PackedLayer],
+    labels: &BTreeMap<String, String>,
+) -> TestImage {
     let descriptors: Vec<LayerDescriptor> = layers
         .iter()
         .map(|l| LayerDescriptor {
@@ -126,8 +137,7 @@ pub fn compose_with(base: BaseImage, layers: &[PackedLayer]) -> TestImage {
             created_by: "venvimg registry test".into(),
         })
         .collect();
-    let labels = BTreeMap::from([("dev.venvimg.test".to_string(), "registry".to_string())]);
-    let image = compose(&base, &descriptors, &labels, &BTreeMap::new());
+    let image = compose(&base, &descriptors, labels, &BTreeMap::new());
     let local = layers
         .iter()
         .map(|l| (l.digest.clone(), l.path.clone()))
@@ -297,28 +307,6 @@ pub fn assert_repository_complete(
         out.insert(tag, digest);
     }
     out
-}
-
-/// [`compose_with`], with the image config labels given (e.g. a venvimg record, so that
-/// `venvimg inspect` reads the image).
-pub fn compose_labeled(
-    base: BaseImage,
-    layers: &[PackedLayer],
-    labels: &BTreeMap<String, String>,
-) -> TestImage {
-    let mut img = compose_with(base, layers);
-    let descriptors: Vec<LayerDescriptor> = layers
-        .iter()
-        .map(|l| LayerDescriptor {
-            media_type: l.media_type().to_string(),
-            digest: l.digest.clone(),
-            size: l.size,
-            diff_id: l.diff_id.clone(),
-            created_by: "venvimg registry test".into(),
-        })
-        .collect();
-    img.image = compose(&img.base, &descriptors, labels, &BTreeMap::new());
-    img
 }
 
 /// A plain-HTTP reverse proxy on loopback in front of `upstream` (`127.0.0.1:PORT`, plain

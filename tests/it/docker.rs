@@ -4,11 +4,8 @@
 //! podman's; the job image runs offline under docker; `--load` puts it into docker; a
 //! zstd image meets a clear error instead of docker's bare tar error.
 
-use std::path::Path;
-
-use serde_json::Value;
-
 use crate::support;
+use crate::support::project::Project;
 
 fn docker() -> std::process::Command {
     let env = support::testenv();
@@ -17,51 +14,23 @@ fn docker() -> std::process::Command {
     c
 }
 
-fn project(builder: &str, extra: &str) -> tempfile::TempDir {
-    let env = support::testenv();
-    let dir = support::copy_fixture("runner");
-    let repo = support::unique_repo(&format!("docker-{builder}"));
-    std::fs::write(
-        dir.path().join("venvimg.yaml"),
-        format!(
-            "repository: {repo}\nbase: {}\nbuilder: {builder}\nsessions: [check]\n{extra}",
-            env.base
-        ),
-    )
-    .unwrap();
-    dir
+fn project(builder: &str, extra: &str) -> Project {
+    Project::fixture("runner")
+        .unique_repo(&format!("docker-{builder}"))
+        .config(&format!("builder: {builder}\nsessions: [check]\n{extra}"))
 }
 
-fn venvimg(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
-    let out = support::venvimg()
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("cannot run venvimg");
-    (
-        out.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-fn build(dir: &Path, extra: &[&str]) -> String {
+fn build(p: &Project, extra: &[&str]) -> String {
     let env = support::testenv();
     let mut args = vec!["build", "--build-ca", env.ca_file()];
     args.extend_from_slice(extra);
-    let (code, text) = venvimg(dir, &args);
+    let (code, text) = p.outcome(&args);
     assert_eq!(code, Some(0), "{text}");
     text
 }
 
-fn image(dir: &Path) -> String {
-    let (code, text) = venvimg(dir, &["plan", "--json", "-q"]);
-    assert_eq!(code, Some(0), "{text}");
-    let plan: Value = serde_json::from_str(&text).unwrap();
-    plan["sessions"][0]["image"].as_str().unwrap().to_string()
+fn image(p: &Project) -> String {
+    support::project::image_of(&p.plan(), "check")
 }
 
 fn layer_digests(image: &str) -> Vec<String> {
@@ -87,12 +56,12 @@ fn docker_builds_podmans_layers_and_its_job_image_runs_offline_under_docker() {
     );
 
     let with_podman = project("podman", "");
-    build(with_podman.path(), &[]);
+    build(&with_podman, &[]);
     let with_docker = project("docker", "");
-    let text = build(with_docker.path(), &["--build-network", "host", "--load"]);
+    let text = build(&with_docker, &["--build-network", "host", "--load"]);
     assert!(text.contains("building with docker"), "{text}");
     // Byte-identical venv layers from both engines (the base's layers are shared too).
-    let (p, d) = (image(with_podman.path()), image(with_docker.path()));
+    let (p, d) = (image(&with_podman), image(&with_docker));
     assert_eq!(layer_digests(&p), layer_digests(&d), "{p} vs {d}");
 
     // --load put the all-sessions image into docker.
@@ -108,19 +77,16 @@ fn docker_builds_podmans_layers_and_its_job_image_runs_offline_under_docker() {
     );
 
     // The job image runs offline under docker, reusing its venv.
-    let (code, text) = venvimg(
-        with_docker.path(),
-        &[
-            "run",
-            "--engine",
-            "docker",
-            "--no-build",
-            "-s",
-            "check",
-            "--",
-            "0",
-        ],
-    );
+    let (code, text) = with_docker.outcome(&[
+        "run",
+        "--engine",
+        "docker",
+        "--no-build",
+        "-s",
+        "check",
+        "--",
+        "0",
+    ]);
     assert_eq!(code, Some(0), "{text}");
     assert!(
         text.contains("Reusing existing virtual environment"),
@@ -137,13 +103,13 @@ fn docker_builds_podmans_layers_and_its_job_image_runs_offline_under_docker() {
 fn a_zstd_image_under_docker_20_gets_a_clear_error() {
     // The build warns (the layers are fine: another engine runs them)...
     let dir = project("docker", "compression: zstd\n");
-    let text = build(dir.path(), &["--build-network", "host"]);
+    let text = build(&dir, &["--build-network", "host"]);
     assert!(
         text.contains("Docker 20.10 cannot pull zstd layers (Docker 23 and later can)"),
         "{text}"
     );
     // ...and `run` under that docker stops with what to do.
-    let (code, text) = venvimg(dir.path(), &["run", "--no-build", "-s", "check"]);
+    let (code, text) = dir.outcome(&["run", "--no-build", "-s", "check"]);
     assert_eq!(code, Some(2), "{text}");
     assert!(
         text.contains("`compression: zstd`, but Docker 20.10 cannot pull zstd layers"),

@@ -96,6 +96,19 @@ impl Project {
         self.venvimg().args(args).output().unwrap()
     }
 
+    /// `venvimg ARGS` in the project: its exit code and stdout followed by stderr.
+    pub fn outcome(&self, args: &[&str]) -> (Option<i32>, String) {
+        let out = self.run(args);
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
     /// `venvimg plan --json -q`, which must succeed; the plan, parsed.
     pub fn plan(&self) -> Value {
         json_ok(&self.run(&["plan", "--json", "-q"]), "plan")

@@ -223,19 +223,7 @@ fn list_all_sessions(
 }
 
 fn default_builder() -> BuilderKind {
-    let works = |program: &str| {
-        std::process::Command::new(program)
-            .arg("--version")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !works("podman") && works("docker") {
-        BuilderKind::Docker
-    } else {
-        BuilderKind::Podman
-    }
+    crate::engine::installed_engine().unwrap_or(BuilderKind::Podman)
 }
 
 pub fn init(config_file: &Path, args: &InitArgs, printer: &Printer) -> Result<(), Error> {

@@ -229,23 +229,11 @@ fn engine_of(config: &Config, job: &JobArgs) -> Result<BuilderKind, Error> {
 
 /// For `builder: local`: podman if it is installed, else docker.
 fn installed_engine() -> Result<BuilderKind, Error> {
-    let works = |program: &str| {
-        std::process::Command::new(program)
-            .arg("--version")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if works("podman") {
-        Ok(BuilderKind::Podman)
-    } else if works("docker") {
-        Ok(BuilderKind::Docker)
-    } else {
-        Err(Error::Usage(
+    engine::installed_engine().ok_or_else(|| {
+        Error::Usage(
             "no container engine to run the job image: neither podman nor docker runs here\n  hint: install one (apt-get install podman) or pass --engine".into(),
-        ))
-    }
+        )
+    })
 }
 
 /// `name:tag@digest` of a hit.

@@ -651,6 +651,26 @@ pub fn run_job(job: &JobRun, printer: &Printer) -> std::io::Result<i32> {
     }))
 }
 
+/// The container engine installed here: podman if `podman --version` works, else docker
+/// if `docker --version` does; None when neither runs.
+pub fn installed_engine() -> Option<BuilderKind> {
+    let works = |program: &str| {
+        Command::new(program)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if works("podman") {
+        Some(BuilderKind::Podman)
+    } else if works("docker") {
+        Some(BuilderKind::Docker)
+    } else {
+        None
+    }
+}
+
 /// The Docker daemon's version (`docker version`), as (major, minor); None when it does
 /// not answer.
 pub fn docker_server_version() -> Option<(u32, u32)> {

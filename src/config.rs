@@ -87,6 +87,17 @@ impl BuilderKind {
             BuilderKind::Local => "local",
         }
     }
+
+    /// The builder as keys see it. podman and docker run the same script in the same
+    /// base image and give byte-identical layers (tested against both), so they share
+    /// keys and images: a docker build is a hit for a podman-built image. The local
+    /// builder runs this machine's nox and python, so it keys apart.
+    pub fn key_name(self) -> &'static str {
+        match self {
+            BuilderKind::Podman | BuilderKind::Docker => "container",
+            BuilderKind::Local => "local",
+        }
+    }
 }
 
 impl fmt::Display for BuilderKind {

@@ -20,7 +20,7 @@ use crate::python::inputs::{self, Derived};
 use crate::python::venv;
 use crate::registry::{is_loopback, push, Registry};
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Default, clap::Args)]
 pub struct BuildArgs {
     /// Only these sessions (repeatable).
     #[arg(long = "session", short = 's', value_name = "NAME")]
@@ -37,6 +37,11 @@ pub struct BuildArgs {
     /// Load the all-sessions image into local podman (or docker) storage.
     #[arg(long)]
     pub load: bool,
+    /// podman or docker: the engine of the build containers (for `builder: podman` or
+    /// `docker`; both give the same bytes and tags) and of `--load` (default: the
+    /// builder; for `builder: local`, whichever is installed).
+    #[arg(long, value_name = "ENGINE")]
+    pub engine: Option<String>,
     /// Extra environment for the builds (repeatable): NAME=VALUE, or NAME to take the
     /// value from venvimg's environment (keeps a secret off the command line).
     #[arg(long = "build-env", value_name = "NAME[=VALUE]")]
@@ -115,6 +120,17 @@ pub async fn run(
     printer: &Printer,
 ) -> Result<(), Error> {
     let started = Instant::now();
+    let overridden;
+    let config = match super::engine_flag(args.engine.as_deref())? {
+        Some(engine) if config.builder != BuilderKind::Local && engine != config.builder => {
+            overridden = Config {
+                builder: engine,
+                ..config.clone()
+            };
+            &overridden
+        }
+        _ => config,
+    };
     let plan = crate::plan::make_plan(config, registry, &args.sessions).await?;
     crate::commands::report::flush_warnings(registry, printer);
     crate::commands::report::report_plan_findings(&plan, printer);
@@ -154,6 +170,16 @@ pub async fn run(
             },
         }
         .into());
+    }
+
+    if !to_build.is_empty() {
+        let checkout = std::fs::canonicalize(&config.project_dir).map_err(io_err(format!(
+            "resolving {}",
+            config.project_dir.display()
+        )))?;
+        if let Some(why) = crate::engine::unmountable(config.builder, &checkout) {
+            return Err(Error::Usage(why));
+        }
     }
 
     let work = crate::cancel::tempdir("build")
@@ -328,7 +354,7 @@ pub async fn run(
     }
     if args.load {
         crate::outputs::load(
-            config.builder,
+            super::job_engine(config.builder, args.engine.as_deref())?,
             registry,
             &all_ref,
             &all_image,

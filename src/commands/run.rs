@@ -14,7 +14,8 @@ use crate::registry::{is_loopback, Registry};
 /// What `run` and `shell` share.
 #[derive(Debug, clap::Args)]
 pub struct JobArgs {
-    /// podman or docker (default: the builder of venvimg.yaml; podman for `builder: local`).
+    /// podman or docker (default: the builder of venvimg.yaml; for `builder: local`,
+    /// whichever is installed, podman first).
     #[arg(long, value_name = "ENGINE")]
     pub engine: Option<String>,
     /// Give the container the network (default: none, with UV_OFFLINE=1, as in CI).
@@ -164,7 +165,10 @@ async fn ready(
     job: &JobArgs,
     printer: &Printer,
 ) -> Result<Plan, Error> {
-    engine_of(config, job)?;
+    let engine = engine_of(config, job)?;
+    if let Some(why) = engine::unmountable(engine, &checkout(config)?) {
+        return Err(Error::Usage(why));
+    }
     let plan = crate::plan::make_plan(config, registry, sessions).await?;
     crate::commands::report::flush_warnings(registry, printer);
     let misses: Vec<String> = plan
@@ -186,17 +190,10 @@ async fn ready(
     printer.info(format!("building first: {}", misses.join(", ")));
     let build = crate::commands::build::BuildArgs {
         sessions: misses,
-        force: false,
-        no_push: false,
-        output: Vec::new(),
-        load: false,
-        build_env: Vec::new(),
+        engine: job.engine.clone(),
         build_ca: job.build_ca.clone(),
         build_network: job.build_network.clone(),
-        strict: false,
-        keep: false,
-        json: false,
-        ci_output: false,
+        ..Default::default()
     };
     crate::commands::build::run(config, registry, &build, printer).await?;
     let plan = crate::plan::make_plan(config, registry, sessions).await?;
@@ -214,25 +211,14 @@ async fn ready(
 }
 
 fn engine_of(config: &Config, job: &JobArgs) -> Result<BuilderKind, Error> {
-    match job.engine.as_deref() {
-        None => match config.builder {
-            BuilderKind::Local => installed_engine(),
-            k => Ok(k),
-        },
-        Some("podman") => Ok(BuilderKind::Podman),
-        Some("docker") => Ok(BuilderKind::Docker),
-        Some(other) => Err(Error::Usage(format!(
-            "--engine `{other}`: use podman or docker"
-        ))),
-    }
+    super::job_engine(config.builder, job.engine.as_deref())
 }
 
-/// For `builder: local`: podman if it is installed, else docker.
-fn installed_engine() -> Result<BuilderKind, Error> {
-    engine::installed_engine().ok_or_else(|| {
-        Error::Usage(
-            "no container engine to run the job image: neither podman nor docker runs here\n  hint: install one (apt-get install podman) or pass --engine".into(),
-        )
+/// The checkout's absolute path, as the engine mounts it.
+fn checkout(config: &Config) -> Result<PathBuf, Error> {
+    std::fs::canonicalize(&config.project_dir).map_err(|source| Error::Io {
+        path: config.project_dir.clone(),
+        source,
     })
 }
 
@@ -262,10 +248,7 @@ fn start(
         }
     }
     let host = config.repository.resolve_registry();
-    let checkout = std::fs::canonicalize(&config.project_dir).map_err(|source| Error::Io {
-        path: config.project_dir.clone(),
-        source,
-    })?;
+    let checkout = checkout(config)?;
     let mut env = Vec::new();
     if !job.network {
         env.push(("UV_OFFLINE".to_string(), "1".to_string()));

@@ -353,6 +353,9 @@ pub fn run_hook_plan(
             .map_err(|e| io("preparing the output folder", e))?;
     }
     let abs = std::fs::canonicalize(project_dir).map_err(|e| io("resolving the project", e))?;
+    if let Some(why) = unmountable(place.kind, &abs) {
+        return Err(Error::Usage(why));
+    }
     // Registered while the container runs, so a cancel stops it.
     let mut container: Option<crate::cancel::ContainerGuard> = None;
     let (mut cmd, seen_workdir) = match place.kind {
@@ -669,6 +672,38 @@ pub fn installed_engine() -> Option<BuilderKind> {
     } else {
         None
     }
+}
+
+/// Why `engine` cannot bind-mount the checkout `path` into a container, or None when it
+/// can. Both engines split `-v SRC:DST[:OPTS]` on `:` (and podman's `--mount` on `,`), so
+/// such a path would mount the wrong folder or fail with a parse error naming neither;
+/// and a Docker daemon reached over TCP or SSH mounts a folder of *its* host, so the
+/// container would see an empty checkout.
+pub fn unmountable(engine: BuilderKind, path: &Path) -> Option<String> {
+    if engine == BuilderKind::Local {
+        return None;
+    }
+    let text = path.to_string_lossy();
+    if let Some(c) = text.chars().find(|c| matches!(c, ':' | ',' | '\n')) {
+        return Some(format!(
+            "the checkout {} holds {c:?}, which {} cannot bind-mount (it splits volume specs on it)\n  hint: move or rename the checkout folder so its path has no {c:?}",
+            path.display(),
+            engine.as_str()
+        ));
+    }
+    if engine == BuilderKind::Docker {
+        if let Ok(host) = std::env::var("DOCKER_HOST") {
+            let scheme = host.split("://").next().unwrap_or_default();
+            if !host.is_empty() && scheme != "unix" && scheme != "npipe" {
+                // Only the scheme: the rest of DOCKER_HOST may carry a user name.
+                return Some(format!(
+                    "DOCKER_HOST names a {scheme}:// daemon: it would mount a folder of its own host, not the checkout {}\n  hint: run venvimg on the daemon's host, or use a local engine (unset DOCKER_HOST, or --engine podman)",
+                    path.display()
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// The Docker daemon's version (`docker version`), as (major, minor); None when it does

@@ -415,7 +415,7 @@ pub fn key_document(
         envdir: config.envdir.clone(),
         workdir: config.workdir.clone(),
         session: session.name.clone(),
-        builder: config.builder.as_str().to_string(),
+        builder: config.builder.key_name().to_string(),
         compression: compression_name(config.compression).to_string(),
         layers: match config.layers {
             crate::config::LayerMode::Single => "single".into(),
@@ -845,7 +845,7 @@ mod tests {
             envdir: "/opt/nox".into(),
             workdir: "/src".into(),
             session: "tests".into(),
-            builder: "podman".into(),
+            builder: "container".into(),
             compression: "gzip".into(),
             layers: "single".into(),
             owner: "0:0".into(),

@@ -63,6 +63,13 @@ fn docker_builds_podmans_layers_and_its_job_image_runs_offline_under_docker() {
     // Byte-identical venv layers from both engines (the base's layers are shared too).
     let (p, d) = (image(&with_podman), image(&with_docker));
     assert_eq!(layer_digests(&p), layer_digests(&d), "{p} vs {d}");
+    // And the same key (tag) and the same image: the engine is not in the bytes.
+    assert_eq!(p.rsplit_once(':').unwrap().1, d.rsplit_once(':').unwrap().1);
+    assert_eq!(
+        support::skopeo_inspect_digest(&p).expect("pushed"),
+        support::skopeo_inspect_digest(&d).expect("pushed"),
+        "{p} vs {d}"
+    );
 
     // --load put the all-sessions image into docker.
     let repo = d.rsplit_once(':').unwrap().0;
@@ -117,4 +124,161 @@ fn a_zstd_image_under_docker_20_gets_a_clear_error() {
     );
     assert!(text.contains("--engine podman"), "{text}");
     assert!(!text.contains("invalid tar header"), "{text}");
+}
+
+/// Removes a docker container when the test ends, passed or not.
+struct DockerContainer(String);
+
+impl Drop for DockerContainer {
+    fn drop(&mut self) {
+        let _ = docker().args(["rm", "--force", &self.0]).output();
+    }
+}
+
+/// `docker ARGS`, which must succeed; its stdout and stderr.
+#[track_caller]
+fn docker_ok(args: &[&str]) -> String {
+    let out = docker().args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "docker {}: {text}", args.join(" "));
+    text
+}
+
+#[test]
+fn a_container_job_started_like_githubs_and_forgejos_runners_runs_the_session_offline() {
+    // GitHub's runner (and Forgejo's, through act) creates the job container with the
+    // work folder mounted and `tail -f /dev/null` as its process, checks the repository
+    // out into the mount, then runs each step with `docker exec`.
+    let workspace = "/__w/app/app";
+    let p = Project::fixture("runner")
+        .unique_repo("docker-runner")
+        .config(&format!("workdir: {workspace}\nsessions: [check]\n"));
+    build(&p, &[]);
+    let image = image(&p);
+    let work = tempfile::tempdir().unwrap();
+    let name = format!("venvimg-test-runner-{}", std::process::id());
+    let _container = DockerContainer(name.clone());
+    let volume = format!("{}:/__w", work.path().display());
+    docker_ok(&[
+        "create",
+        "--name",
+        &name,
+        "--workdir",
+        workspace,
+        "-v",
+        &volume,
+        "-e",
+        "HOME=/github/home",
+        "-e",
+        "CI=true",
+        "-e",
+        "GITHUB_ACTIONS=true",
+        "--network",
+        "none",
+        "--entrypoint",
+        "tail",
+        &image,
+        "-f",
+        "/dev/null",
+    ]);
+    docker_ok(&["start", &name]);
+    // actions/checkout, through the mount.
+    let checkout = work.path().join("app/app");
+    std::fs::create_dir_all(&checkout).unwrap();
+    support::copy_tree(p.path(), &checkout);
+    // The example pipeline's step.
+    let text = docker_ok(&[
+        "exec",
+        "--workdir",
+        workspace,
+        "-e",
+        "UV_OFFLINE=1",
+        &name,
+        "sh",
+        "-e",
+        "-c",
+        "nox --envdir /opt/nox --reuse-venv=always --no-install -s check -- 0",
+    ]);
+    assert!(
+        text.contains("Reusing existing virtual environment"),
+        "{text}"
+    );
+    assert!(!text.contains("Creating virtual environment"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(checkout.join("written-by-session.txt")).unwrap(),
+        "3.2.0"
+    );
+}
+
+#[test]
+fn build_engine_docker_loads_into_docker_and_its_docker_archive_loads_there_too() {
+    // `builder: podman` in the file; `--engine docker` builds with docker and loads into
+    // it. The image is podman's, byte for byte: a podman build before makes it a hit.
+    let p = project("podman", "");
+    build(&p, &[]);
+    let podman_built = image(&p);
+    let pushed = support::skopeo_inspect_digest(&podman_built).expect("pushed");
+    let archive = tempfile::tempdir().unwrap();
+    let archive = archive.path().join("all.tar");
+    let text = build(
+        &p,
+        &[
+            "--engine",
+            "docker",
+            "--build-network",
+            "host",
+            "--force",
+            "--load",
+            "--output",
+            &format!("docker-archive:{}", archive.display()),
+        ],
+    );
+    assert!(text.contains("building with docker"), "{text}");
+    assert_eq!(image(&p), podman_built);
+    assert_eq!(
+        support::skopeo_inspect_digest(&podman_built).as_deref(),
+        Some(pushed.as_str()),
+        "the docker build pushed other bytes"
+    );
+    let repo = podman_built.rsplit_once(':').unwrap().0.to_string();
+    let all = docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}", &repo]);
+    let all = all
+        .lines()
+        .find(|l| l.starts_with(&format!("{repo}:all-")))
+        .unwrap_or_else(|| panic!("--load put no {repo}:all-* into docker: {all}"))
+        .to_string();
+
+    // The archive loads into docker as that image, and runs the session offline.
+    docker_ok(&["rmi", &all]);
+    let loaded = docker_ok(&["load", "-i", archive.to_str().unwrap()]);
+    assert!(loaded.contains(&all), "{loaded}");
+    let checkout = p.path().display().to_string();
+    let text = docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &format!("{checkout}:/src"),
+        "-w",
+        "/src",
+        "-e",
+        "UV_OFFLINE=1",
+        &all,
+        "nox",
+        "--envdir",
+        "/opt/nox",
+        "--reuse-venv=always",
+        "--no-install",
+        "-s",
+        "check",
+        "--",
+        "0",
+    ]);
+    assert!(!text.contains("Creating virtual environment"), "{text}");
+    docker_ok(&["rmi", &all]);
 }

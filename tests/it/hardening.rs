@@ -11,10 +11,11 @@
 //! - an envdir under /tmp leaves the base's /tmp alone; a cancelled build leaves no
 //!   container and no folder.
 use crate::support;
+use crate::support::background::Background;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -36,48 +37,11 @@ fn venvimg(dir: &Path, args: &[&str]) -> Run {
 
 /// `venvimg ARGS` with `extra` variables in its environment.
 fn venvimg_with(dir: &Path, args: &[&str], extra: &[(&str, &str)]) -> Run {
-    let env = support::testenv();
-    let logs = tempfile::tempdir().unwrap();
-    let (out, err) = (logs.path().join("out"), logs.path().join("err"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_venvimg"))
-        .envs(env.envs.iter().map(|(k, v)| (k, v)))
-        .envs(extra.iter().copied())
-        .current_dir(dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .expect("cannot run venvimg");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > BUILD_TIMEOUT {
-            // SIGTERM first: venvimg stops the containers it started.
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            std::thread::sleep(Duration::from_secs(20));
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "venvimg {} hung for {BUILD_TIMEOUT:?}:\n{}{}",
-                args.join(" "),
-                std::fs::read_to_string(&out).unwrap_or_default(),
-                std::fs::read_to_string(&err).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let mut run = Background::venvimg(dir, args, extra);
+    let status = run.wait(BUILD_TIMEOUT);
     Run {
         code: status.code(),
-        text: format!(
-            "{}{}",
-            std::fs::read_to_string(&out).unwrap(),
-            std::fs::read_to_string(&err).unwrap()
-        ),
+        text: run.text(),
     }
 }
 
@@ -658,37 +622,13 @@ fn sigint_mid_build_stops_the_container_and_removes_the_build_folder() {
     let (dir, repo) = project("hardening-cancel", "  - slow\n");
     let image = image_of(dir.path(), "slow");
     let tmp = tempfile::tempdir().unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    let out = logs.path().join("out");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_venvimg"))
-        .envs(env.envs.iter().map(|(k, v)| (k, v)))
-        .env("TMPDIR", tmp.path())
-        .current_dir(dir.path())
-        .args(["build", "-v", "--build-ca", env.ca_file()])
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(logs.path().join("err")).unwrap())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let text = || {
-        std::fs::read_to_string(&out).unwrap_or_default()
-            + &std::fs::read_to_string(logs.path().join("err")).unwrap_or_default()
-    };
-    let started = Instant::now();
-    while !text().contains("hostile-slow-started") {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "the build ended before the install started ({status}):\n{}",
-                text()
-            );
-        }
-        if started.elapsed() > BUILD_TIMEOUT {
-            let _ = child.kill();
-            panic!("the install never started:\n{}", text());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut build = Background::venvimg(
+        dir.path(),
+        &["build", "-v", "--build-ca", env.ca_file()],
+        &[("TMPDIR", tmp.path().to_str().unwrap())],
+    );
+    let pid = build.pid();
+    build.wait_for("hostile-slow-started", BUILD_TIMEOUT);
     let containers = || {
         let out = support::podman()
             .args(["ps", "--all", "--format", "{{.Names}}"])
@@ -707,24 +647,11 @@ fn sigint_mid_build_stops_the_container_and_removes_the_build_folder() {
             .collect()
     };
     assert!(!ours(tmp.path()).is_empty(), "no build folder in $TMPDIR");
-    let interrupted = Instant::now();
-    assert!(Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if interrupted.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("venvimg still running 60 s after SIGINT:\n{}", text());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(status.code(), Some(130), "{}", text());
-    assert!(text().contains("interrupted"), "{}", text());
+    build.signal("INT");
+    let status = build.wait(Duration::from_secs(60));
+    let text = build.text();
+    assert_eq!(status.code(), Some(130), "{text}");
+    assert!(text.contains("interrupted"), "{text}");
     assert_eq!(containers(), "", "a container outlived the cancel");
     assert_eq!(
         ours(tmp.path()),

@@ -133,10 +133,17 @@ fn per_distribution_tree_equals_the_single_layer_tree_and_runs_offline() {
         );
     }
 
-    // And the job runs offline in it.
+    // And the job runs offline in it, pulled by podman and by docker.
     let checkout = support::copy_fixture("sample");
     let (ok, text) = support::run_offline(&image, checkout.path(), "tests");
     assert!(ok, "{text}");
+    assert!(!text.contains("Creating virtual environment"), "{text}");
+    let (code, text) = split.outcome(&["run", "--engine", "docker", "--no-build", "-s", "tests"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("Reusing existing virtual environment"),
+        "{text}"
+    );
     assert!(!text.contains("Creating virtual environment"), "{text}");
 }
 

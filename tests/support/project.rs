@@ -98,7 +98,17 @@ impl Project {
 
     /// `venvimg ARGS` in the project: its exit code and stdout followed by stderr.
     pub fn outcome(&self, args: &[&str]) -> (Option<i32>, String) {
-        let out = self.run(args);
+        self.outcome_with(args, &[])
+    }
+
+    /// [`Project::outcome`] with `extra` variables in venvimg's environment.
+    pub fn outcome_with(&self, args: &[&str], extra: &[(&str, &str)]) -> (Option<i32>, String) {
+        let out = self
+            .venvimg()
+            .args(args)
+            .envs(extra.iter().copied())
+            .output()
+            .unwrap();
         (
             out.status.code(),
             format!(

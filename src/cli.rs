@@ -7,8 +7,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::plan::{Plan, Status};
-use crate::printer::{table, Printer, Verbosity};
+use crate::printer::{Printer, Verbosity};
 use crate::registry::auth::ExplicitCredentials;
 use crate::registry::{Level, Notes, Registry, Transport};
 
@@ -74,7 +73,7 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// For each session: key, tag, image reference, hit or miss.
-    Plan(PlanArgs),
+    Plan(crate::commands::plan::PlanArgs),
     /// Plan, then build, pack, compose and push every miss.
     Build(crate::commands::build::BuildArgs),
     /// Run sessions in their job images here, the checkout mounted (builds a miss first).
@@ -90,23 +89,6 @@ pub enum Command {
         /// bash, zsh, fish, elvish or powershell
         shell: clap_complete::Shell,
     },
-}
-
-#[derive(Debug, Args)]
-pub struct PlanArgs {
-    /// Only these sessions (repeatable).
-    #[arg(long = "session", short = 's', value_name = "NAME")]
-    pub sessions: Vec<String>,
-    /// Print the plan as JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// Append `name=value` lines with each session's image to $GITHUB_OUTPUT or
-    /// $FORGEJO_OUTPUT.
-    #[arg(long)]
-    pub ci_output: bool,
-    /// Why SESSION hits or misses: what changed since the closest earlier image of it.
-    #[arg(long, value_name = "SESSION")]
-    pub explain: Option<String>,
 }
 
 #[allow(clippy::print_stderr)] // the last error, after the printer is gone
@@ -167,25 +149,7 @@ async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
             crate::cancel::sweep_stale();
             let config = Config::load(&cli.global.config)?;
             let registry = connect(&cli.global, &config, printer)?;
-            let plan = crate::plan::make_plan(&config, &registry, &args.sessions).await?;
-            crate::commands::report::flush_warnings(&registry, printer);
-            if let Some(session) = &args.explain {
-                let text =
-                    crate::plan::explain::explain(&config, &registry, &plan, session).await?;
-                printer.out(text.trim_end());
-                return Ok(());
-            }
-            crate::commands::report::report_plan_findings(&plan, printer);
-            print_plan(&plan, &config, args.json, printer);
-            if args.ci_output {
-                let refs: Vec<(String, String)> = plan
-                    .sessions
-                    .iter()
-                    .map(|s| (s.venv_dir.clone(), s.image.whole()))
-                    .collect();
-                crate::commands::report::write_ci_output(&refs, printer)?;
-            }
-            Ok(())
+            crate::commands::plan::plan(&config, &registry, &args, printer).await
         }
         Command::Run(args) => {
             crate::cancel::sweep_stale();
@@ -337,67 +301,6 @@ pub fn connect(g: &GlobalArgs, config: &Config, printer: &Printer) -> Result<Reg
             config.base.resolve_registry(),
         ],
     )?)
-}
-
-fn print_plan(plan: &Plan, config: &Config, json: bool, printer: &Printer) {
-    if json {
-        let sessions: Vec<serde_json::Value> = plan
-            .sessions
-            .iter()
-            .map(|s| {
-                serde_json::json!({
-                    "session": s.config.name,
-                    "venv_dir": s.venv_dir,
-                    "key": s.key,
-                    "tag": s.tag,
-                    "image": s.image.whole(),
-                    "status": match &s.status { Status::Hit { .. } => "hit", Status::Miss => "miss" },
-                    "digest": match &s.status { Status::Hit { digest } => Some(digest), Status::Miss => None },
-                    "inputs": s.document.inputs,
-                    "discovered": s.document.discovered,
-                    "opaque": s.document.opaque,
-                    "floating": s.document.discovered.as_ref().map(|d| d.floating.clone()).unwrap_or_default(),
-                    "changed": s.changed,
-                    "problem": s.problem.as_ref().map(|p| match p {
-                        crate::plan::Problem::MissingInterpreter { python } => format!("the base image has no Python {python}"),
-                    }),
-                })
-            })
-            .collect();
-        let doc = serde_json::json!({
-            "repository": format!("{}/{}", config.repository.resolve_registry(), config.repository.repository()),
-            "base": plan.base.pinned(),
-            "platform": config.platform.to_string(),
-            "envdir": config.envdir,
-            "workdir": config.workdir,
-            "sessions": sessions,
-        });
-        printer.out(serde_json::to_string_pretty(&doc).expect("JSON serialises"));
-        return;
-    }
-    let rows: Vec<Vec<String>> = plan
-        .sessions
-        .iter()
-        .map(|s| {
-            vec![
-                s.config.name.clone(),
-                s.venv_dir.clone(),
-                s.tag.clone(),
-                match (&s.status, &s.problem) {
-                    (Status::Hit { .. }, _) => "hit".into(),
-                    (Status::Miss, Some(crate::plan::Problem::MissingInterpreter { python })) => {
-                        format!("miss (no Python {python} in the base image)")
-                    }
-                    (Status::Miss, None) if !s.changed.is_empty() => {
-                        format!("miss ({})", s.changed.join(", "))
-                    }
-                    (Status::Miss, None) => "miss".into(),
-                },
-            ]
-        })
-        .collect();
-    printer.info(format!("base {}", plan.base.pinned()));
-    printer.out(table(&["SESSION", "VENV", "TAG", "STATUS"], &rows));
 }
 
 /// The CI output name of a venv directory (kept here for the tests' convenience).

@@ -366,31 +366,23 @@ pub async fn run(
     }
 
     let push_stats = registry.stats.snapshot();
-    print_summary(
-        &results,
-        &all_ref,
-        &all_image,
-        args.json,
-        started,
-        &push_stats,
-        printer,
-    );
+    let report = BuildReport {
+        sessions: &results,
+        all: AllImage {
+            image: all_ref.whole(),
+            digest: &all_image.manifest_digest,
+        },
+        seconds: started.elapsed().as_secs_f64(),
+        push: push_stats,
+    };
+    if args.json {
+        printer.out(report.json());
+    } else {
+        printer.out(report.table());
+        printer.info(report.summary_line());
+    }
     if args.ci_output {
-        let mut refs: Vec<(String, String)> = results
-            .iter()
-            .map(|r| {
-                let reference = match &r.digest {
-                    Some(d) if !args.no_push => format!("{}@{}", r.image, d),
-                    _ => r.image.clone(),
-                };
-                (r.venv_dir.clone(), reference)
-            })
-            .collect();
-        refs.push((
-            "all".into(),
-            format!("{}@{}", all_ref.whole(), all_image.manifest_digest),
-        ));
-        crate::commands::report::write_ci_output(&refs, printer)?;
+        crate::commands::report::write_ci_output(&report.ci_outputs(!args.no_push), printer)?;
     }
     Ok(())
 }
@@ -1193,51 +1185,76 @@ fn missing_interpreter(out: &str) -> Option<String> {
     None
 }
 
-fn print_summary(
-    results: &[SessionResult],
-    all_ref: &Reference,
-    all: &ComposedImage,
-    json: bool,
-    started: Instant,
-    push_stats: &push::StatsSnapshot,
-    printer: &Printer,
-) {
-    if json {
-        let doc = serde_json::json!({
-            "sessions": results,
-            "all": { "image": all_ref.whole(), "digest": all.manifest_digest },
-            "seconds": started.elapsed().as_secs_f64(),
-            // What the push moved: the measure of what a dependency bump costs.
-            "push": push_stats,
-        });
-        printer.out(serde_json::to_string_pretty(&doc).expect("JSON serialises"));
-        return;
+/// What `build` reports (`--json` prints it as is).
+#[derive(Debug, Serialize)]
+pub struct BuildReport<'a> {
+    pub sessions: &'a [SessionResult],
+    /// The all-sessions image.
+    pub all: AllImage<'a>,
+    pub seconds: f64,
+    /// What the push moved: the measure of what a dependency bump costs.
+    pub push: push::StatsSnapshot,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AllImage<'a> {
+    /// `registry/name:tag`.
+    pub image: String,
+    pub digest: &'a str,
+}
+
+impl BuildReport<'_> {
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("the build report serialises")
     }
-    let rows: Vec<Vec<String>> = results
-        .iter()
-        .map(|r| {
-            vec![
-                r.session.clone(),
-                r.outcome.to_string(),
-                r.layer_size.map(human_bytes).unwrap_or_default(),
-                format!("{:.1}s", r.seconds),
-                match &r.digest {
-                    Some(d) => format!("{}@{d}", r.image),
-                    None => r.image.clone(),
-                },
-            ]
-        })
-        .collect();
-    printer.out(table(
-        &["SESSION", "RESULT", "LAYER", "TIME", "IMAGE"],
-        &rows,
-    ));
-    printer.info(format!(
-        "all sessions: {}@{} · done in {:.1}s",
-        all_ref.whole(),
-        all.manifest_digest,
-        started.elapsed().as_secs_f64()
-    ));
+
+    pub fn table(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .sessions
+            .iter()
+            .map(|r| {
+                vec![
+                    r.session.clone(),
+                    r.outcome.to_string(),
+                    r.layer_size.map(human_bytes).unwrap_or_default(),
+                    format!("{:.1}s", r.seconds),
+                    match &r.digest {
+                        Some(d) => format!("{}@{d}", r.image),
+                        None => r.image.clone(),
+                    },
+                ]
+            })
+            .collect();
+        table(&["SESSION", "RESULT", "LAYER", "TIME", "IMAGE"], &rows)
+    }
+
+    pub fn summary_line(&self) -> String {
+        format!(
+            "all sessions: {}@{} · done in {:.1}s",
+            self.all.image, self.all.digest, self.seconds
+        )
+    }
+
+    /// `(venv dir, image)` for `--ci-output`, each session by digest when `pushed`, and
+    /// `all`.
+    pub fn ci_outputs(&self, pushed: bool) -> Vec<(String, String)> {
+        let mut refs: Vec<(String, String)> = self
+            .sessions
+            .iter()
+            .map(|r| {
+                let reference = match &r.digest {
+                    Some(d) if pushed => format!("{}@{}", r.image, d),
+                    _ => r.image.clone(),
+                };
+                (r.venv_dir.clone(), reference)
+            })
+            .collect();
+        refs.push((
+            "all".into(),
+            format!("{}@{}", self.all.image, self.all.digest),
+        ));
+        refs
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 pub mod build;
 pub mod init;
 pub mod inspect;
+pub mod plan;
 pub mod report;
 pub mod run;
 

@@ -1,0 +1,182 @@
+//! `venvimg plan`: for each session its venv dir, key, tag and whether the registry has
+//! the image. One typed report, rendered as the table, `--json` and `--ci-output`.
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::plan::{InputDigest, Plan, Problem, Status};
+use crate::printer::{table, Printer};
+use crate::python::inputs::Discovered;
+use crate::registry::Registry;
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// Only these sessions (repeatable).
+    #[arg(long = "session", short = 's', value_name = "NAME")]
+    pub sessions: Vec<String>,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Append `name=value` lines with each session's image to $GITHUB_OUTPUT or
+    /// $FORGEJO_OUTPUT.
+    #[arg(long)]
+    pub ci_output: bool,
+    /// Why SESSION hits or misses: what changed since the closest earlier image of it.
+    #[arg(long, value_name = "SESSION")]
+    pub explain: Option<String>,
+}
+
+/// What `plan` reports (`--json` prints it as is).
+#[derive(Debug, Serialize)]
+pub struct PlanReport<'a> {
+    /// `registry/name` the session images go to.
+    pub repository: String,
+    /// The base image, by digest.
+    pub base: String,
+    pub platform: String,
+    pub envdir: &'a str,
+    pub workdir: &'a str,
+    pub sessions: Vec<SessionRow<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SessionRow<'a> {
+    pub session: &'a str,
+    pub venv_dir: &'a str,
+    pub key: &'a str,
+    pub tag: &'a str,
+    /// `registry/name:tag`.
+    pub image: String,
+    pub status: HitOrMiss,
+    /// The manifest digest of a hit.
+    pub digest: Option<&'a str>,
+    pub inputs: &'a [InputDigest],
+    pub discovered: Option<&'a Discovered>,
+    pub opaque: Option<&'a str>,
+    pub floating: &'a [String],
+    /// Files its build read that changed since the image at the tag was made.
+    pub changed: &'a [String],
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HitOrMiss {
+    Hit,
+    Miss,
+}
+
+impl<'a> PlanReport<'a> {
+    pub fn new(plan: &'a Plan, config: &'a Config) -> Self {
+        let sessions = plan
+            .sessions
+            .iter()
+            .map(|s| SessionRow {
+                session: &s.config.name,
+                venv_dir: &s.venv_dir,
+                key: &s.key,
+                tag: &s.tag,
+                image: s.image.whole(),
+                status: match s.status {
+                    Status::Hit { .. } => HitOrMiss::Hit,
+                    Status::Miss => HitOrMiss::Miss,
+                },
+                digest: match &s.status {
+                    Status::Hit { digest } => Some(digest.as_str()),
+                    Status::Miss => None,
+                },
+                inputs: &s.document.inputs,
+                discovered: s.document.discovered.as_ref(),
+                opaque: s.document.opaque.as_deref(),
+                floating: s
+                    .document
+                    .discovered
+                    .as_ref()
+                    .map(|d| d.floating.as_slice())
+                    .unwrap_or_default(),
+                changed: &s.changed,
+                problem: s.problem.as_ref().map(|p| match p {
+                    Problem::MissingInterpreter { python } => {
+                        format!("the base image has no Python {python}")
+                    }
+                }),
+            })
+            .collect();
+        PlanReport {
+            repository: format!(
+                "{}/{}",
+                config.repository.resolve_registry(),
+                config.repository.repository()
+            ),
+            base: plan.base.pinned(),
+            platform: config.platform.to_string(),
+            envdir: &config.envdir,
+            workdir: &config.workdir,
+            sessions,
+        }
+    }
+
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("the plan report serialises")
+    }
+
+    pub fn table(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .sessions
+            .iter()
+            .map(|s| {
+                let status = match (s.status, &s.problem) {
+                    (HitOrMiss::Hit, _) => "hit".to_string(),
+                    (HitOrMiss::Miss, Some(problem)) => format!("miss ({problem})"),
+                    (HitOrMiss::Miss, None) if !s.changed.is_empty() => {
+                        format!("miss ({})", s.changed.join(", "))
+                    }
+                    (HitOrMiss::Miss, None) => "miss".into(),
+                };
+                vec![
+                    s.session.to_string(),
+                    s.venv_dir.to_string(),
+                    s.tag.to_string(),
+                    status,
+                ]
+            })
+            .collect();
+        table(&["SESSION", "VENV", "TAG", "STATUS"], &rows)
+    }
+
+    /// `(venv dir, image)` for `--ci-output`.
+    pub fn ci_outputs(&self) -> Vec<(String, String)> {
+        self.sessions
+            .iter()
+            .map(|s| (s.venv_dir.to_string(), s.image.clone()))
+            .collect()
+    }
+}
+
+pub async fn plan(
+    config: &Config,
+    registry: &Registry,
+    args: &PlanArgs,
+    printer: &Printer,
+) -> Result<(), Error> {
+    let plan = crate::plan::make_plan(config, registry, &args.sessions).await?;
+    super::report::flush_warnings(registry, printer);
+    if let Some(session) = &args.explain {
+        let text = crate::plan::explain::explain(config, registry, &plan, session).await?;
+        printer.out(text.trim_end());
+        return Ok(());
+    }
+    super::report::report_plan_findings(&plan, printer);
+    let report = PlanReport::new(&plan, config);
+    if args.json {
+        printer.out(report.json());
+    } else {
+        printer.info(format!("base {}", report.base));
+        printer.out(report.table());
+    }
+    if args.ci_output {
+        super::report::write_ci_output(&report.ci_outputs(), printer)?;
+    }
+    Ok(())
+}

@@ -136,6 +136,10 @@ pub struct Registry {
     creds: Arc<Mutex<CredState>>,
     pub stats: Arc<push::Stats>,
     warnings: Arc<Mutex<Vec<String>>>,
+    /// `registry/repository@digest` of blobs this invocation saw in, or put into, a
+    /// repository: the session images and the all-sessions image of one build share most
+    /// blobs (the base's, each session's layer), checked or sent once.
+    present: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 #[derive(Default)]
@@ -334,6 +338,14 @@ fn loopback_speaks_tls(registry: &str) -> bool {
     hung_up == 3
 }
 
+fn blob_key(target: &Reference, digest: &str) -> String {
+    format!(
+        "{}/{}@{digest}",
+        target.resolve_registry(),
+        target.repository()
+    )
+}
+
 pub fn is_loopback(registry: &str) -> bool {
     let host = if let Some(rest) = registry.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
@@ -402,7 +414,23 @@ impl Registry {
             creds: Arc::default(),
             stats: Arc::default(),
             warnings: Arc::default(),
+            present: Arc::default(),
         })
+    }
+
+    /// `digest` is in `target`'s repository: this invocation saw or put it there.
+    pub(crate) fn known_present(&self, target: &Reference, digest: &str) -> bool {
+        self.present
+            .lock()
+            .expect("present-blob set poisoned")
+            .contains(&blob_key(target, digest))
+    }
+
+    pub(crate) fn mark_present(&self, target: &Reference, digest: &str) {
+        self.present
+            .lock()
+            .expect("present-blob set poisoned")
+            .insert(blob_key(target, digest));
     }
 
     /// oci-client, routed per call to the client for the registry and credential at hand.

@@ -169,7 +169,27 @@ fn manifest_blob_unknown(err: &OciDistributionError) -> bool {
     }
 }
 
+/// Make sure `blob` is in `target`'s repository. The first round trusts what this
+/// invocation already checked or sent there (another image of the same build); a later
+/// round, after the registry refused the manifest, asks again.
 async fn push_blob(
+    reg: &Registry,
+    target: &Reference,
+    base: &BaseImage,
+    blob: &BlobRef,
+    local: &HashMap<String, PathBuf>,
+    inline: Option<Vec<u8>>,
+    round: u32,
+) -> Result<(), RegistryError> {
+    if round == 1 && reg.known_present(target, &blob.digest) {
+        return Ok(());
+    }
+    ensure_blob(reg, target, base, blob, local, inline, round).await?;
+    reg.mark_present(target, &blob.digest);
+    Ok(())
+}
+
+async fn ensure_blob(
     reg: &Registry,
     target: &Reference,
     base: &BaseImage,

@@ -28,8 +28,16 @@ fn package_version_in(image: &str, venv: &str, package: &str) -> String {
 fn build_push_and_reuse_offline_then_hit_then_rebuild_on_lock_change() {
     let project = Project::fixture("sample").unique_repo("e2e").config("");
 
-    // 1. Everything misses: build and push.
+    // 1. Everything misses: build and push. Three session images and the all-sessions
+    // image share the base's layers and each session's layer: each blob is checked (or
+    // mounted, or sent) once for the whole build, none found present twice.
     let first = project.build(&[]);
+    assert_eq!(first["push"]["blobs_present"], 0, "{}", first["push"]);
+    assert!(
+        first["push"]["blobs_uploaded"].as_u64().unwrap() >= 4,
+        "{}",
+        first["push"]
+    );
     for name in ["tests", "lint", "compat-3.11"] {
         let s = session(&first, name);
         assert_eq!(s["outcome"], "built", "{s}");

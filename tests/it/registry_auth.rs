@@ -259,7 +259,9 @@ fn push_over_tls_with_basic_auth_then_a_second_push_uploads_nothing() {
         3,
         "base layer + layer + config: {first:?}"
     );
-    let (_, second) = push(&rt, &reg, &target, &img).expect("second push");
+    // Another job (a fresh registry session) finds every blob there.
+    let later = Registry::new(transport(Some(PASSWORD)), &[&auth.addr, &env.registry]).unwrap();
+    let (_, second) = push(&rt, &later, &target, &img).expect("second push");
     assert_eq!(second.blobs_uploaded, 0, "{second:?}");
     assert_eq!(second.bytes_uploaded, 0, "{second:?}");
     assert_eq!(second.blobs_present, 3, "{second:?}");

@@ -72,8 +72,10 @@ fn second_push_uploads_nothing_and_the_tag_is_written_last() {
         "blobs ({last_blob}) < manifest by digest ({by_digest}) < tag ({by_tag})"
     );
 
+    // Another job (a fresh registry session) checks every blob and sends none.
     let before = proxy.log().len();
-    let (digest2, second) = push(&rt, &reg, &target, &img).expect("second push");
+    let later = Registry::new(plain_transport(), &[&proxy.addr]).unwrap();
+    let (digest2, second) = push(&rt, &later, &target, &img).expect("second push");
     assert_eq!(digest2, digest);
     assert_eq!(second.blobs_uploaded, 0, "{second:?}");
     assert_eq!(second.bytes_uploaded, 0, "{second:?}");
@@ -85,6 +87,18 @@ fn second_push_uploads_nothing_and_the_tag_is_written_last() {
         .map(|l| format!("{} {}", l.head.method, l.head.target))
         .collect();
     assert!(writes.is_empty(), "second push wrote blobs: {writes:?}");
+
+    // The same session pushing it again (the all-sessions image after the session
+    // images, in one build) does not even ask: it checked or sent each blob already.
+    let before = proxy.log().len();
+    let (_, third) = push(&rt, &reg, &target, &img).expect("third push");
+    assert_eq!(third.blobs_uploaded + third.blobs_present, 0, "{third:?}");
+    let blob_requests: Vec<_> = proxy.log()[before..]
+        .iter()
+        .filter(|l| l.head.target.contains("/blobs/"))
+        .map(|l| format!("{} {}", l.head.method, l.head.target))
+        .collect();
+    assert!(blob_requests.is_empty(), "{blob_requests:?}");
 
     let tags = assert_repository_complete(&Access::default(), &env.registry, &repo_of(&repo));
     assert_eq!(tags.get("ci"), Some(&digest));

@@ -8,9 +8,9 @@ use oci_client::Reference;
 use oci_spec::image::{ImageIndex, ImageManifest};
 use serde::Serialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use crate::config::Platform;
+use crate::model::Digest;
 
 pub struct MediaTypes;
 
@@ -182,17 +182,6 @@ pub struct BlobRef {
     pub from_base: bool,
 }
 
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-/// `sha256:` and 64 lower-case hex digits: the only digests venvimg turns into requests
-/// or paths.
-pub fn valid_digest(d: &str) -> bool {
-    d.strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-}
-
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ManifestOut<'a> {
@@ -265,7 +254,7 @@ pub fn compose(
     }
     // serde_json's map is ordered by key: the serialisation is canonical.
     let config_bytes = serde_json::to_vec(&config).expect("JSON values serialise");
-    let config_digest = sha256_digest(&config_bytes);
+    let config_digest = Digest::of(&config_bytes).into_string();
 
     let mut blobs: Vec<BlobRef> = base
         .manifest
@@ -305,7 +294,7 @@ pub fn compose(
         annotations: annotations.clone(),
     };
     let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serialises");
-    let manifest_digest = sha256_digest(&manifest_bytes);
+    let manifest_digest = Digest::of(&manifest_bytes).into_string();
     ComposedImage {
         config: config_bytes,
         config_digest,

@@ -1,5 +1,5 @@
-//! Plain values every stage shares, with no behaviour of their own: the bottom of the
-//! import order (see `lib.rs`).
+//! Plain values every stage shares, with no behaviour of their own beyond computing and
+//! checking them: the bottom of the import order (see `lib.rs`).
 
 /// Layer compression.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -15,5 +15,216 @@ impl Compression {
             Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
             Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
         }
+    }
+}
+
+/// An OCI content digest, always `sha256:` and 64 lowercase hex digits: the only form
+/// venvimg computes, and the only one it turns into a request or a path (so
+/// `sha256:../../etc/hostname` is never one). Serialised as that plain string.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(String);
+
+/// A string that is not a digest venvimg accepts (see [`Digest::parse`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a sha256 digest (sha256: and 64 lowercase hex)")]
+pub struct DigestError(pub String);
+
+impl Digest {
+    /// What every digest starts with.
+    pub const PREFIX: &'static str = "sha256:";
+
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Digest {
+        use sha2::Digest as _;
+        Digest::from_hasher(sha2::Sha256::new_with_prefix(bytes))
+    }
+
+    /// The digest of what `hasher` has seen (for bytes hashed as they stream past).
+    pub fn from_hasher(hasher: sha2::Sha256) -> Digest {
+        use sha2::Digest as _;
+        Digest(format!(
+            "{}{}",
+            Self::PREFIX,
+            hex::encode(hasher.finalize())
+        ))
+    }
+
+    /// `s` as a digest, if it is `sha256:` and exactly 64 lowercase hex digits.
+    pub fn parse(s: &str) -> Result<Digest, DigestError> {
+        Self::hex_of(s).map(|_| Digest(s.to_string()))
+    }
+
+    /// The 64 hex digits of `s`, if it is a well-formed digest (the one check behind
+    /// [`parse`](Self::parse)): safe as a file name, borrowed from `s`.
+    pub fn hex_of(s: &str) -> Result<&str, DigestError> {
+        s.strip_prefix(Self::PREFIX)
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .ok_or_else(|| DigestError(s.to_string()))
+    }
+
+    /// `s` without a leading `sha256:` (as it is when it has none), for showing recorded
+    /// values that may be in either form. Validates nothing.
+    pub fn hex_part(s: &str) -> &str {
+        s.strip_prefix(Self::PREFIX).unwrap_or(s)
+    }
+
+    /// The full form, `sha256:<hex>`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The 64 hex digits.
+    pub fn hex(&self) -> &str {
+        &self.0[Self::PREFIX.len()..]
+    }
+
+    /// Where an OCI layout keeps this blob: `blobs/sha256/<hex>`.
+    pub fn blob_path(&self) -> String {
+        format!("blobs/sha256/{}", self.hex())
+    }
+
+    /// The full form cut to 12 hex digits, `sha256:0123456789ab`: enough to tell values
+    /// apart without showing (or recording) all of it.
+    pub fn short(&self) -> &str {
+        &self.0[..Self::PREFIX.len() + 12]
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for Digest {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Digest {
+    type Err = DigestError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Digest::parse(s)
+    }
+}
+
+impl From<Digest> for String {
+    fn from(d: Digest) -> String {
+        d.0
+    }
+}
+
+impl PartialEq<str> for Digest {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Digest {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for Digest {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
+    }
+}
+
+impl PartialEq<Digest> for str {
+    fn eq(&self, other: &Digest) -> bool {
+        self == other.0
+    }
+}
+
+impl PartialEq<Digest> for &str {
+    fn eq(&self, other: &Digest) -> bool {
+        *self == other.0
+    }
+}
+
+impl PartialEq<Digest> for String {
+    fn eq(&self, other: &Digest) -> bool {
+        *self == other.0
+    }
+}
+
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Digest::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ABC: &str = "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    #[test]
+    fn of_and_parts() {
+        let d = Digest::of(b"abc");
+        assert_eq!(d, ABC);
+        assert_eq!(d.to_string(), ABC);
+        assert_eq!(d.hex(), &ABC[7..]);
+        assert_eq!(d.short(), "sha256:ba7816bf8f01");
+        assert_eq!(d.blob_path(), format!("blobs/sha256/{}", &ABC[7..]));
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(b"a");
+        h.update(b"bc");
+        assert_eq!(Digest::from_hasher(h), d);
+    }
+
+    #[test]
+    fn parse_accepts_only_sha256_and_64_lowercase_hex() {
+        assert_eq!(Digest::parse(ABC).unwrap(), ABC);
+        assert_eq!(Digest::hex_of(ABC).unwrap(), &ABC[7..]);
+        let hex = &ABC[7..];
+        for bad in [
+            format!("sha512:{hex}"),
+            format!("SHA256:{hex}"),
+            hex.to_string(),
+            format!("sha256:{}", hex.to_uppercase()),
+            format!("sha256:{}", &hex[..63]),
+            format!("sha256:{hex}0"),
+            "sha256:".to_string(),
+            "sha256:aa".to_string(),
+            "sha256:../../x".to_string(),
+            format!("sha256:../../{}", &hex[6..]),
+            format!("sha256:{}/", &hex[..63]),
+            String::new(),
+        ] {
+            assert_eq!(Digest::parse(&bad), Err(DigestError(bad.clone())), "{bad}");
+        }
+    }
+
+    #[test]
+    fn serde_is_the_plain_string_and_checks_it() {
+        let d = Digest::parse(ABC).unwrap();
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(json, format!("\"{ABC}\""));
+        assert_eq!(serde_json::from_str::<Digest>(&json).unwrap(), d);
+        assert!(serde_json::from_str::<Digest>("\"sha256:../../x\"").is_err());
+    }
+
+    #[test]
+    fn hex_part_strips_only_a_leading_prefix() {
+        assert_eq!(Digest::hex_part("sha256:aa"), "aa");
+        assert_eq!(Digest::hex_part("aa"), "aa");
     }
 }

@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 
 use crate::config::Platform;
 use crate::error::Error;
-use crate::image::{self, sha256_digest, MediaTypes};
+use crate::image::{self, MediaTypes};
+use crate::model::Digest;
 use crate::outputs::layout::{MAX_CONFIG, MAX_INDEX_JSON, MAX_MANIFEST};
 use crate::outputs::OutputError;
 use crate::printer::{human_bytes, Printer};
@@ -162,7 +163,7 @@ fn parse_image_manifest(name: &str, bytes: &[u8]) -> Result<(Descriptor, ImageDa
         })
         .unwrap_or_default();
     let data = ImageData {
-        manifest_digest: Some(sha256_digest(bytes)),
+        manifest_digest: Some(Digest::of(bytes).into_string()),
         config_digest,
         annotations,
         layers,
@@ -201,7 +202,7 @@ async fn read_registry(transport: Transport, r: &Reference) -> Result<ImageData,
     let (config, mut data) = parse_image_manifest(&r.whole(), &bytes)?;
     let config = registry.blob_bytes(r, &config.digest).await?;
     data.config = parse_config(&r.whole(), &config)?;
-    data.config_digest = sha256_digest(&config);
+    data.config_digest = Digest::of(&config).into_string();
     Ok(data)
 }
 
@@ -371,12 +372,12 @@ fn read_blob(
     cap: u64,
 ) -> Result<Vec<u8>, OutputError> {
     let digest = desc.digest.as_str();
-    if !image::valid_digest(digest) {
+    let Ok(checked) = Digest::parse(digest) else {
         return Err(bad(
             name,
             format!("the layout names blob `{digest}`, which is not a sha256 digest (sha256: and 64 lowercase hex); refusing to look it up\n  hint: the layout is corrupt or was made to mislead; write it again with venvimg, skopeo or podman"),
         ));
-    }
+    };
     let max = match desc.size {
         Some(size) if size > cap => {
             return Err(bad(
@@ -387,7 +388,7 @@ fn read_blob(
         Some(size) => size,
         None => cap,
     };
-    let bytes = files.read(&format!("blobs/sha256/{}", &digest["sha256:".len()..]), max)?;
+    let bytes = files.read(&checked.blob_path(), max)?;
     if desc.size.is_some_and(|s| s != bytes.len() as u64) {
         return Err(bad(
             name,
@@ -397,7 +398,7 @@ fn read_blob(
             ),
         ));
     }
-    if sha256_digest(&bytes) != digest {
+    if Digest::of(&bytes) != checked {
         return Err(bad(
             name,
             format!("blob {digest} does not match its digest; the layout is corrupt"),
@@ -532,7 +533,7 @@ fn read_docker_archive(
         .unwrap_or_default();
     Ok(ImageData {
         manifest_digest: None,
-        config_digest: sha256_digest(&config_bytes),
+        config_digest: Digest::of(&config_bytes).into_string(),
         annotations: BTreeMap::new(),
         layers,
         config,
@@ -769,10 +770,11 @@ fn render_text(doc: &Value) -> String {
         for (i, input) in inputs.iter().enumerate() {
             let via = str_of(&input["via"]);
             out.push(format!(
-                "  {:<9} {:<width$}  sha256:{}{}",
+                "  {:<9} {:<width$}  {}{}{}",
                 if i == 0 { "inputs" } else { "" },
                 str_of(&input["path"]),
-                str_of(&input["sha256"]).trim_start_matches("sha256:"),
+                Digest::PREFIX,
+                str_of(&input["sha256"]).trim_start_matches(Digest::PREFIX),
                 if via.is_empty() {
                     String::new()
                 } else {
@@ -914,7 +916,7 @@ mod tests {
         fs::write(&layer_path, &layer_bytes).unwrap();
         let layers: Vec<BlobRef> = (0..3)
             .map(|_| BlobRef {
-                digest: sha256_digest(&layer_bytes),
+                digest: Digest::of(&layer_bytes).into_string(),
                 size: 5000,
                 media_type: MediaTypes::OCI_LAYER_GZIP.into(),
                 from_base: false,
@@ -923,15 +925,15 @@ mod tests {
         let manifest = serde_json::to_vec(&json!({
             "schemaVersion": 2,
             "mediaType": MediaTypes::OCI_MANIFEST,
-            "config": {"mediaType": MediaTypes::OCI_CONFIG, "digest": sha256_digest(&config), "size": config.len()},
+            "config": {"mediaType": MediaTypes::OCI_CONFIG, "digest": Digest::of(&config), "size": config.len()},
             "layers": layers.iter().map(|l| json!({"mediaType": l.media_type, "digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
             "annotations": {"org.opencontainers.image.base.digest": "sha256:fromannotation"},
         }))
         .unwrap();
         let image = ComposedImage {
-            config_digest: sha256_digest(&config),
+            config_digest: Digest::of(&config).into_string(),
             config,
-            manifest_digest: sha256_digest(&manifest),
+            manifest_digest: Digest::of(&manifest).into_string(),
             manifest,
             layers,
         };
@@ -945,10 +947,9 @@ mod tests {
         drop(out);
 
         let files = ArchiveFiles::scan("a", &archive).unwrap();
-        assert!(!files.files.contains_key(&format!(
-            "blobs/sha256/{}",
-            image.config_digest.trim_start_matches("sha256:")
-        )));
+        assert!(!files
+            .files
+            .contains_key(&Digest::parse(&image.config_digest).unwrap().blob_path()));
         let data = read_layout("a", &files, None).unwrap();
         assert_eq!(
             data.manifest_digest.as_deref(),
@@ -1015,8 +1016,7 @@ mod tests {
         fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
         fs::write(dir.join("oci-layout"), crate::outputs::layout::OCI_LAYOUT).unwrap();
         for b in blobs {
-            let d = sha256_digest(b);
-            fs::write(dir.join("blobs/sha256").join(&d[7..]), b).unwrap();
+            fs::write(dir.join(Digest::of(b).blob_path()), b).unwrap();
         }
         let index = json!({"schemaVersion": 2, "manifests": [manifest]});
         fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
@@ -1057,7 +1057,7 @@ mod tests {
         .unwrap();
         layout_dir(
             &layout,
-            &json!({"digest": sha256_digest(&manifest), "size": manifest.len()}),
+            &json!({"digest": Digest::of(&manifest), "size": manifest.len()}),
             &[&manifest],
         );
         let err = read_dir_layout(&layout).unwrap_err().to_string();
@@ -1070,8 +1070,8 @@ mod tests {
         let layout = t.path().join("layout");
         let manifest =
             br#"{"schemaVersion":2,"config":{"digest":"sha256:00","size":1},"layers":[]}"#;
-        let digest = sha256_digest(manifest);
-        let blob = layout.join("blobs/sha256").join(&digest[7..]);
+        let digest = Digest::of(manifest);
+        let blob = layout.join(digest.blob_path());
 
         // Bigger than the index says: refused before the whole file is read.
         layout_dir(&layout, &json!({"digest": digest, "size": 10}), &[manifest]);
@@ -1079,7 +1079,7 @@ mod tests {
         assert!(
             err.contains(&format!(
                 "blobs/sha256/{} is {} bytes, more than the 10",
-                &digest[7..],
+                digest.hex(),
                 manifest.len()
             )),
             "{err}"
@@ -1097,7 +1097,7 @@ mod tests {
         assert!(err.contains("is a symlink; refusing to read it"), "{err}");
         let other = t.path().join("other");
         fs::create_dir_all(&other).unwrap();
-        fs::write(other.join(&digest[7..]), manifest).unwrap();
+        fs::write(other.join(digest.hex()), manifest).unwrap();
         fs::remove_dir_all(layout.join("blobs/sha256")).unwrap();
         std::os::unix::fs::symlink(&other, layout.join("blobs/sha256")).unwrap();
         let err = read_dir_layout(&layout).unwrap_err().to_string();

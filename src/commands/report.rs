@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use crate::error::Error;
+use crate::model::Digest;
 use crate::plan::Plan;
 use crate::printer::Printer;
 use crate::registry::Registry;
@@ -53,10 +54,11 @@ pub fn report_plan_findings(plan: &Plan, printer: &Printer) {
             if let Some(d) = &s.document.discovered {
                 for f in &d.files {
                     printer.verbose(format!(
-                        "session `{}`: input {} ({}) sha256:{}",
+                        "session `{}`: input {} ({}) {}{}",
                         s.config.name,
                         f.path,
                         f.via,
+                        Digest::PREFIX,
                         &f.sha256[..f.sha256.len().min(12)]
                     ));
                 }

@@ -3,7 +3,9 @@
 
 use std::io::{self, Write};
 
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
+
+use crate::model::Digest;
 
 /// A writer that forwards everything to `inner` and hashes and counts what `inner`
 /// accepted.
@@ -23,9 +25,8 @@ impl<W: Write> HashingWriter<W> {
     }
 
     /// Returns the inner writer, the OCI digest and the number of bytes written.
-    pub(crate) fn finish(self) -> (W, String, u64) {
-        let digest = format!("sha256:{}", hex::encode(self.hasher.finalize()));
-        (self.inner, digest, self.len)
+    pub(crate) fn finish(self) -> (W, Digest, u64) {
+        (self.inner, Digest::from_hasher(self.hasher), self.len)
     }
 }
 

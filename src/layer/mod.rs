@@ -264,8 +264,8 @@ fn pack_into(
     file.into_inner().map_err(|e| write_error(e.into_error()))?;
     Ok(PackedLayer {
         path: out.to_path_buf(),
-        digest,
-        diff_id,
+        digest: digest.into_string(),
+        diff_id: diff_id.into_string(),
         size,
         uncompressed_size,
         compression: opts.compression,

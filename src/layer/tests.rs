@@ -6,12 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sha2::{Digest, Sha256};
-
 use crate::layer::{
     pack_tree, pack_tree_filtered, pack_with_block_size, BaseDir, Compression, LayerError,
     PackOptions, PackedLayer, BLOCK_SIZE, DEFAULT_SOURCE_DATE_EPOCH,
 };
+use crate::model::Digest;
 
 const PREFIX: &str = "/opt/nox/tests-3-12";
 const ROOT: &str = "opt/nox/tests-3-12/";
@@ -176,16 +175,10 @@ struct Entry {
 fn read_layer(layer: &PackedLayer) -> Vec<Entry> {
     let tar_bytes = decompress(layer);
     assert_eq!(tar_bytes.len() as u64, layer.uncompressed_size);
-    assert_eq!(
-        format!("sha256:{}", hex::encode(Sha256::digest(&tar_bytes))),
-        layer.diff_id
-    );
+    assert_eq!(Digest::of(&tar_bytes), layer.diff_id);
     let blob = fs::read(&layer.path).unwrap();
     assert_eq!(blob.len() as u64, layer.size);
-    assert_eq!(
-        format!("sha256:{}", hex::encode(Sha256::digest(&blob))),
-        layer.digest
-    );
+    assert_eq!(Digest::of(&blob), layer.digest);
 
     let mut archive = tar::Archive::new(&tar_bytes[..]);
     let mut entries = Vec::new();

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use super::OutputError;
 use crate::image::{BlobRef, ComposedImage, MediaTypes};
 use crate::layer::DEFAULT_SOURCE_DATE_EPOCH;
+use crate::model::Digest;
 
 /// The `oci-layout` file of every layout we write.
 pub const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
@@ -73,12 +74,18 @@ impl ImageFiles<'_> {
 /// `sha256:abc…` → `abc…`, only for a well-formed digest (64 lowercase hex): what comes
 /// back is safe to use as a file name under `blobs/sha256/`.
 pub fn hex_of(digest: &str) -> Result<&str, OutputError> {
-    if !crate::image::valid_digest(digest) {
-        return Err(OutputError::BadDigest {
+    Digest::hex_of(digest).map_err(|_| OutputError::BadDigest {
+        digest: digest.to_string(),
+    })
+}
+
+/// `blobs/sha256/<hex>`, only for a well-formed digest (see [`hex_of`]).
+fn blob_path(digest: &str) -> Result<String, OutputError> {
+    Digest::parse(digest)
+        .map(|d| d.blob_path())
+        .map_err(|_| OutputError::BadDigest {
             digest: digest.to_string(),
-        });
-    }
-    Ok(&digest["sha256:".len()..])
+        })
 }
 
 /// The most of `index.json` venvimg reads: thousands of tags fit.
@@ -234,20 +241,17 @@ pub fn write_oci_archive(
         ("oci-layout".into(), Content::Bytes(OCI_LAYOUT)),
         ("index.json".into(), Content::Bytes(&index)),
         (
-            format!("blobs/sha256/{}", hex_of(&image.manifest_digest)?),
+            blob_path(&image.manifest_digest)?,
             Content::Bytes(&image.manifest),
         ),
         (
-            format!("blobs/sha256/{}", hex_of(&image.config_digest)?),
+            blob_path(&image.config_digest)?,
             Content::Bytes(&image.config),
         ),
     ];
     for blob in files.unique_layers() {
         let path = files.layer_file(blob)?;
-        entries.push((
-            format!("blobs/sha256/{}", hex_of(&blob.digest)?),
-            Content::File(path, blob.size),
-        ));
+        entries.push((blob_path(&blob.digest)?, Content::File(path, blob.size)));
     }
     write_tar(entries, out, out_path)
 }
@@ -412,7 +416,6 @@ pub fn small_blobs(image: &ComposedImage) -> Result<BTreeMap<String, &[u8]>, Out
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::image::sha256_digest;
 
     /// A two-layer image whose blobs are files in `dir`; its manifest and config are
     /// fixed bytes, so archive digests below depend on the writers alone.
@@ -422,7 +425,7 @@ pub(crate) mod tests {
         let mut layers = Vec::new();
         let mut files = HashMap::new();
         for (i, bytes) in [layer_a, layer_b].into_iter().enumerate() {
-            let digest = sha256_digest(&bytes);
+            let digest = Digest::of(&bytes).into_string();
             let path = dir.join(format!("layer{i}"));
             fs::write(&path, &bytes).unwrap();
             files.insert(digest.clone(), path);
@@ -440,15 +443,15 @@ pub(crate) mod tests {
             r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"{}","digest":"{}","size":{}}},"layers":[]}}"#,
             MediaTypes::OCI_MANIFEST,
             MediaTypes::OCI_CONFIG,
-            sha256_digest(&config),
+            Digest::of(&config),
             config.len()
         )
         .into_bytes();
         (
             ComposedImage {
-                config_digest: sha256_digest(&config),
+                config_digest: Digest::of(&config).into_string(),
                 config,
-                manifest_digest: sha256_digest(&manifest),
+                manifest_digest: Digest::of(&manifest).into_string(),
                 manifest,
                 layers,
             },
@@ -513,7 +516,7 @@ pub(crate) mod tests {
             assert_eq!((*uid, *gid), (0, 0), "{name}");
             assert!(*mode == 0o644 || *mode == 0o755, "{name} {mode:o}");
             if let Some(hex) = name.strip_prefix("blobs/sha256/").filter(|h| !h.is_empty()) {
-                assert_eq!(sha256_digest(data), format!("sha256:{hex}"), "{name}");
+                assert_eq!(Digest::of(data).hex(), hex, "{name}");
             }
         }
         let index: Value =
@@ -534,11 +537,11 @@ pub(crate) mod tests {
         assert_eq!(docker, archive("docker", d2.path()));
         // Golden digests: a change here changes every archive users have compared.
         assert_eq!(
-            sha256_digest(&oci),
+            Digest::of(&oci),
             "sha256:91c88cc39a73f7f97af02232a768630fec6ee3f6e086d46768507f5579e944c8"
         );
         assert_eq!(
-            sha256_digest(&docker),
+            Digest::of(&docker),
             "sha256:32d8ff6a6c389d90ff127898586d16c068656bab105191afe3be0ed4786ea8aa"
         );
     }

@@ -16,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::config::BuilderKind;
 use crate::image::{BlobRef, ComposedImage};
+use crate::model::Digest;
 use crate::printer::{human_bytes, Printer};
 use crate::registry::{retry, Registry};
 use crate::untrusted::{self, Refusal};
@@ -376,7 +377,7 @@ fn blob_file_matches(path: &Path, blob: &BlobRef) -> Result<bool, OutputError> {
     match untrusted::check_regular(path) {
         Ok(m) if m.len() == blob.size => {
             let digest = untrusted::sha256(path).map_err(|s| OutputError::io(path, s))?;
-            Ok(format!("sha256:{digest}") == blob.digest)
+            Ok(Digest::hex_of(&blob.digest).is_ok_and(|hex| hex == digest))
         }
         Err(Refusal::Io(e)) => Err(OutputError::io(path, e)),
         _ => Ok(false),
@@ -623,7 +624,7 @@ mod tests {
         assert_eq!(first["oci-layout"].0, layout::OCI_LAYOUT);
         for (name, (bytes, _)) in &first {
             if let Some(hex) = name.strip_prefix("blobs/sha256/") {
-                assert_eq!(crate::image::sha256_digest(bytes), format!("sha256:{hex}"));
+                assert_eq!(Digest::of(bytes).hex(), hex);
             }
         }
 

@@ -11,6 +11,7 @@ use super::{KeyDocument, Plan, SessionPlan, Status};
 use crate::config::Config;
 use crate::error::Error;
 use crate::image;
+use crate::model::Digest;
 use crate::python::inputs::Discovered;
 use crate::python::locked;
 use crate::registry::Registry;
@@ -150,8 +151,7 @@ pub fn record_document(config_json: &[u8], session: &str) -> Option<KeyDocument>
 }
 
 fn short(s: &str) -> String {
-    let s = s.strip_prefix("sha256:").unwrap_or(s);
-    s.chars().take(12).collect()
+    Digest::hex_part(s).chars().take(12).collect()
 }
 
 /// What changed between two key documents, one line each.
@@ -318,7 +318,7 @@ fn discovered_differences(old: &Discovered, new: &Discovered) -> Vec<String> {
 
 fn compact(v: &Value) -> String {
     match v {
-        Value::String(s) if s.starts_with("sha256:") || s.len() == 64 => short(s),
+        Value::String(s) if s.starts_with(Digest::PREFIX) || s.len() == 64 => short(s),
         Value::String(s) => s.clone(),
         Value::Null => "(none)".into(),
         other => other.to_string(),

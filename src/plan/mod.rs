@@ -24,6 +24,7 @@ use crate::config::{BuildMode, Config, LockedSelection, ProjectMode, SessionConf
 use crate::error::Error;
 use crate::image::BaseImage;
 use crate::layer::Compression;
+use crate::model;
 use crate::python::dryrun::{self, DryRun};
 use crate::python::hook::{ListedSession, PlanOutput, PlanSpec, SpecExport, SpecGroup};
 use crate::python::inputs::{self, Derived, Discovered, InputFile};
@@ -389,7 +390,7 @@ pub fn plan_spec(config: &Config, only: &[String]) -> PlanSpec {
 }
 
 fn hashed(value: &str) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(value.as_bytes())))
+    model::Digest::of(value.as_bytes()).into_string()
 }
 
 /// The parts of a key document that do not come from the dry run.

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::hook::{Event, OutsideFile, SessionEvents};
 use super::installs::{self, Install, ReqLine, Role};
-use crate::untrusted;
+use crate::{model, untrusted};
 
 /// The digest recorded for a file an install names that does not exist (yet): if it
 /// appears later, the key changes.
@@ -1004,7 +1004,7 @@ pub fn derive(
                                 {
                                     mask(v, ctx.secrets)
                                 } else {
-                                    format!("sha256:{}", &sha256_hex(v.as_bytes())[..12])
+                                    model::Digest::of(v.as_bytes()).short().to_string()
                                 },
                             )
                         })

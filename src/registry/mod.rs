@@ -21,6 +21,7 @@ use oci_client::{Client, Reference};
 
 use crate::config::Platform;
 use crate::image::{BaseImage, MediaTypes};
+use crate::model::Digest;
 use auth::{Credential, CredentialSource, ExplicitCredentials};
 use challenge::{same_registry, Challenge, Verdict};
 
@@ -746,8 +747,8 @@ impl Registry {
         retry(|| client.auth(target, &auth, oci_client::RegistryOperation::Push))
             .await
             .map_err(|e| self.explain(target, "push to", e))?;
-        let data_digest = crate::image::sha256_digest(&data);
-        let empty_digest = crate::image::sha256_digest(EMPTY);
+        let data_digest = Digest::of(&data).into_string();
+        let empty_digest = Digest::of(EMPTY).into_string();
         for (bytes, digest) in [
             (EMPTY.to_vec(), &empty_digest),
             (data.clone(), &data_digest),
@@ -779,7 +780,7 @@ impl Registry {
         retry(|| client.push_manifest_raw(target, manifest.clone(), content_type.clone()))
             .await
             .map_err(|e| self.explain(target, "push tag to", e))?;
-        Ok(crate::image::sha256_digest(&manifest))
+        Ok(Digest::of(&manifest).into_string())
     }
 
     /// The blob of an artifact [`push_artifact`](Self::push_artifact) made, if `target`
@@ -807,11 +808,14 @@ impl Registry {
         ) else {
             return Ok(None);
         };
-        if mt != media_type || size > cap || !crate::image::valid_digest(digest) {
+        let Ok(digest) = Digest::parse(digest) else {
+            return Ok(None);
+        };
+        if mt != media_type || size > cap {
             return Ok(None);
         }
-        let blob = self.blob_bytes(target, digest).await?;
-        if blob.len() as u64 != size || crate::image::sha256_digest(&blob) != digest {
+        let blob = self.blob_bytes(target, digest.as_str()).await?;
+        if blob.len() as u64 != size || Digest::of(&blob) != digest {
             return Ok(None);
         }
         Ok(Some(blob))

@@ -147,7 +147,7 @@ fn auth_registry() -> &'static AuthRegistry {
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::rename(&tmp, &dir).unwrap();
         }
-        let fingerprint = venvimg::image::sha256_digest(&std::fs::read(dir.join("ca.pem")).unwrap());
+        let fingerprint = venvimg::model::Digest::of(&std::fs::read(dir.join("ca.pem")).unwrap());
         let yaml = format!(
             "# ca {fingerprint}\nauth:\n  htpasswd:\n    realm: venvimg-test\n    path: {d}/htpasswd\n\
              http:\n  tls:\n    certificate: {d}/server.pem\n    key: {d}/server.key\n",
@@ -681,7 +681,7 @@ fn material_dir() -> PathBuf {
 fn ca_fingerprint_comment() -> String {
     format!(
         "# ca {}\n",
-        venvimg::image::sha256_digest(&std::fs::read(&auth_registry().ca).unwrap())
+        venvimg::model::Digest::of(&std::fs::read(&auth_registry().ca).unwrap())
     )
 }
 

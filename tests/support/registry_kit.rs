@@ -274,7 +274,7 @@ pub fn skopeo_manifest(access: &Access, image_ref: &str) -> (serde_json::Value, 
         "skopeo inspect --raw {image_ref}: {}",
         String::from_utf8_lossy(&raw.stderr)
     );
-    let digest = venvimg::image::sha256_digest(&raw.stdout);
+    let digest = venvimg::model::Digest::of(&raw.stdout).into_string();
     (
         serde_json::from_slice(&raw.stdout).expect("manifest is JSON"),
         digest,

@@ -120,6 +120,13 @@ pub fn main() -> i32 {
             return 1;
         }
     };
+    // A `--json` caller parses stdout: on failure it gets an error object there too.
+    let json = match &cli.command {
+        Command::Plan(a) => a.json,
+        Command::Build(a) => a.json,
+        Command::Inspect(a) => a.json,
+        _ => false,
+    };
     let outcome = runtime.block_on(async {
         crate::cancel::exit_on_signal();
         run(cli, &printer).await
@@ -128,9 +135,40 @@ pub fn main() -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");
+            if json {
+                printer.out(
+                    serde_json::json!({"error": e.to_string(), "exit_code": e.exit_code()})
+                        .to_string(),
+                );
+            }
             e.exit_code()
         }
     }
+}
+
+/// venvimg.yaml, with `repository` taken from VENVIMG_REPOSITORY when set (a fork's or a
+/// trial run's own registry, like ko's KO_DOCKER_REPO); refused, before any request,
+/// while it still holds `venvimg init`'s placeholders.
+fn load_config(g: &GlobalArgs) -> Result<Config, Error> {
+    let mut config = Config::load(&g.config)?;
+    if let Some(value) = std::env::var("VENVIMG_REPOSITORY")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    {
+        config.override_repository("VENVIMG_REPOSITORY", value.trim())?;
+    }
+    let fields = config.placeholders();
+    if !fields.is_empty() {
+        return Err(Error::Usage(format!(
+            "{}: {} still hold{} the placeholder `venvimg init` wrote (registry.example.com/change-me/...); nothing was sent\n  hint: set {} in the file (or rerun `venvimg init --repository REF --base REF --force`){}",
+            config.file.display(),
+            fields.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(" and "),
+            if fields.len() == 1 { "s" } else { "" },
+            if fields.len() == 1 { "it" } else { "them" },
+            if fields.contains(&"repository") { "; VENVIMG_REPOSITORY overrides `repository`" } else { "" },
+        )));
+    }
+    Ok(config)
 }
 
 async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
@@ -147,25 +185,25 @@ async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
         }
         Command::Plan(args) => {
             crate::cancel::sweep_stale();
-            let config = Config::load(&cli.global.config)?;
+            let config = load_config(&cli.global)?;
             let registry = connect(&cli.global, &config, printer)?;
             crate::commands::plan::plan(&config, &registry, &args, printer).await
         }
         Command::Run(args) => {
             crate::cancel::sweep_stale();
-            let config = Config::load(&cli.global.config)?;
+            let config = load_config(&cli.global)?;
             let registry = connect(&cli.global, &config, printer)?;
             crate::commands::run::run(&config, &registry, &args, printer).await
         }
         Command::Shell(args) => {
             crate::cancel::sweep_stale();
-            let config = Config::load(&cli.global.config)?;
+            let config = load_config(&cli.global)?;
             let registry = connect(&cli.global, &config, printer)?;
             crate::commands::run::shell(&config, &registry, &args, printer).await
         }
         Command::Build(args) => {
             crate::cancel::sweep_stale();
-            let config = Config::load(&cli.global.config)?;
+            let config = load_config(&cli.global)?;
             let registry = connect(&cli.global, &config, printer)?;
             crate::commands::build::run(&config, &registry, &args, printer).await
         }

@@ -352,6 +352,12 @@ impl Platform {
     }
 }
 
+/// `venvimg init` writes these when it is not told the registry and base; every command
+/// that would contact them refuses them first.
+pub const PLACEHOLDER_REGISTRY: &str = "registry.example.com";
+pub const REPOSITORY_PLACEHOLDER: &str = "registry.example.com/change-me/ci";
+pub const BASE_PLACEHOLDER: &str = "registry.example.com/change-me/python-nox:3.12";
+
 /// The resolved configuration: defaults applied, paths checked, references parsed.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -385,6 +391,27 @@ pub struct Config {
 }
 
 impl Config {
+    /// `repository` from `source` (an environment variable) instead of the file.
+    pub fn override_repository(&mut self, source: &str, value: &str) -> Result<(), ConfigError> {
+        self.repository = parse_repository(Path::new(source), value)?;
+        Ok(())
+    }
+
+    /// The fields that still hold `venvimg init`'s placeholders.
+    pub fn placeholders(&self) -> Vec<&'static str> {
+        let placeholder = |r: &Reference| {
+            r.registry() == PLACEHOLDER_REGISTRY && r.repository().starts_with("change-me/")
+        };
+        let mut fields = Vec::new();
+        if placeholder(&self.repository) {
+            fields.push("repository");
+        }
+        if placeholder(&self.base) {
+            fields.push("base");
+        }
+        fields
+    }
+
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
             file: file.to_path_buf(),
@@ -411,15 +438,7 @@ impl Config {
                 "missing; set it to where job images go, e.g. `repository: registry.example.com/acme/app/ci`",
             )
         })?;
-        let repository = parse_reference(f, "repository", &repository_s)?;
-        if repository_s.contains('@') || repository_s.rsplit('/').next().unwrap_or("").contains(':')
-        {
-            return Err(ConfigError::field(
-                f,
-                "repository",
-                format!("`{repository_s}` names a tag or digest; give the repository only (venvimg chooses the tags)"),
-            ));
-        }
+        let repository = parse_repository(f, &repository_s)?;
         let base_s = raw.base.ok_or_else(|| {
             ConfigError::field(
                 f,
@@ -640,6 +659,21 @@ fn syntax_message(e: &serde_yaml::Error) -> String {
         );
     }
     msg
+}
+
+/// `repository`: a reference without a tag or digest (venvimg chooses the tags).
+fn parse_repository(file: &Path, s: &str) -> Result<Reference, ConfigError> {
+    let repository = parse_reference(file, "repository", s)?;
+    if s.contains('@') || s.rsplit('/').next().unwrap_or("").contains(':') {
+        return Err(ConfigError::field(
+            file,
+            "repository",
+            format!(
+                "`{s}` names a tag or digest; give the repository only (venvimg chooses the tags)"
+            ),
+        ));
+    }
+    Ok(repository)
 }
 
 fn parse_reference(file: &Path, field: &str, s: &str) -> Result<Reference, ConfigError> {

@@ -13,7 +13,7 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error("{0}")]
     Usage(String),
-    #[error("{file}: unknown session `{name}`; the noxfile defines: {}\n  hint: use a name from `nox --list`", if available.is_empty() { "(none)".to_string() } else { available.join(", ") })]
+    #[error("{file}: unknown session `{name}`{}; the noxfile defines: {}\n  hint: use a name from `nox --list`", did_you_mean(name, available), if available.is_empty() { "(none)".to_string() } else { available.join(", ") })]
     UnknownSession {
         file: PathBuf,
         name: String,
@@ -129,4 +129,58 @@ pub enum BuildError {
         context: String,
         source: std::io::Error,
     },
+}
+
+/// `; did you mean `tests`?` when one known name is close to `name` (a typo, a missing
+/// or extra letter, a prefix), else nothing.
+fn did_you_mean(name: &str, known: &[String]) -> String {
+    let close = known
+        .iter()
+        .map(|k| (edit_distance(name, k), k))
+        .filter(|(d, k)| {
+            *d <= (name.chars().count().max(k.chars().count()) / 3).max(2)
+                || (name.len() >= 3 && k.starts_with(name))
+        })
+        .min_by_key(|(d, _)| *d);
+    match close {
+        Some((_, k)) => format!("; did you mean `{k}`?"),
+        None => String::new(),
+    }
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_the_closest_session() {
+        let known: Vec<String> = ["tests", "lint", "tests-3.12", "docs"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(did_you_mean("test", &known), "; did you mean `tests`?");
+        assert_eq!(did_you_mean("lnit", &known), "; did you mean `lint`?");
+        assert_eq!(did_you_mean("doc", &known), "; did you mean `docs`?");
+        assert_eq!(did_you_mean("typing", &known), "");
+        assert_eq!(did_you_mean("x", &[]), "");
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
 }

@@ -22,8 +22,9 @@ use crate::registry::{is_loopback, push, Registry};
 
 #[derive(Debug, Default, clap::Args)]
 pub struct BuildArgs {
-    /// Only these sessions (repeatable).
-    #[arg(long = "session", short = 's', value_name = "NAME")]
+    /// Only these sessions, as nox takes them: `-s tests lint`, repeatable; a function name
+    /// stands for all its parametrizations. (NOXSESSION is not read.)
+    #[arg(long = "session", short = 's', value_name = "NAME", num_args = 1..)]
     pub sessions: Vec<String>,
     /// Rebuild sessions whose image already exists.
     #[arg(long)]

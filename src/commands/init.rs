@@ -34,8 +34,7 @@ pub struct InitArgs {
     pub force: bool,
 }
 
-const REPOSITORY_PLACEHOLDER: &str = "registry.example.com/change-me/ci";
-const BASE_PLACEHOLDER: &str = "registry.example.com/change-me/python-nox:3.12";
+use crate::config::{BASE_PLACEHOLDER, REPOSITORY_PLACEHOLDER};
 
 /// Everything the written file depends on, gathered before anything is written.
 #[derive(Debug, Clone)]

@@ -12,8 +12,9 @@ use crate::registry::Registry;
 
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
-    /// Only these sessions (repeatable).
-    #[arg(long = "session", short = 's', value_name = "NAME")]
+    /// Only these sessions, as nox takes them: `-s tests lint`, repeatable; a function name
+    /// stands for all its parametrizations. (NOXSESSION is not read.)
+    #[arg(long = "session", short = 's', value_name = "NAME", num_args = 1..)]
     pub sessions: Vec<String>,
     /// Print the plan as JSON.
     #[arg(long)]
@@ -160,7 +161,14 @@ pub async fn plan(
     args: &PlanArgs,
     printer: &Printer,
 ) -> Result<(), Error> {
-    let plan = crate::plan::make_plan(config, registry, &args.sessions).await?;
+    // `--explain S -s T`: S is planned too.
+    let mut only = args.sessions.clone();
+    if let Some(s) = &args.explain {
+        if !only.is_empty() && !only.contains(s) {
+            only.push(s.clone());
+        }
+    }
+    let plan = crate::plan::make_plan(config, registry, &only).await?;
     super::report::flush_warnings(registry, printer);
     if let Some(session) = &args.explain {
         let text = crate::plan::explain::explain(config, registry, &plan, session).await?;

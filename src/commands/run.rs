@@ -37,9 +37,9 @@ pub struct JobArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Sessions to run, one after another (repeatable; default: every session of
-    /// venvimg.yaml).
-    #[arg(long = "session", short = 's', value_name = "NAME")]
+    /// Sessions to run, one after another, as nox takes them (`-s tests lint`,
+    /// repeatable; default: every session of venvimg.yaml; NOXSESSION is not read).
+    #[arg(long = "session", short = 's', value_name = "NAME", num_args = 1..)]
     pub sessions: Vec<String>,
     #[command(flatten)]
     pub job: JobArgs,

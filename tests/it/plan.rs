@@ -161,6 +161,11 @@ fn bad_inputs_exit_2_with_a_clear_message() {
         ("bad platform", format!("repository: {reg}/x\nbase: {base}\nplatform: linux/sparc\n"), "`platform`"),
         ("bad session option", format!("repository: {reg}/x\nbase: {base}\nsessions:\n  - name: tests\n    project: frozen\n"), "sessions[0].project"),
         ("repository with tag", format!("repository: {reg}/x:latest\nbase: {base}\n"), "`repository`"),
+        ("a typo in a session name", format!("repository: {reg}/x\nbase: {base}\nsessions: [test]\n"), "unknown session `test`; did you mean `tests`?"),
+        // Refused before any request: the name would not resolve here anyway, but the
+        // message says what to edit instead of a DNS error.
+        ("init's placeholders", "repository: registry.example.com/change-me/ci\nbase: registry.example.com/change-me/python-nox:3.12\n".to_string(), "`repository` and `base` still hold the placeholder `venvimg init` wrote"),
+        ("init's base placeholder", format!("repository: {reg}/x\nbase: registry.example.com/change-me/python-nox:3.12\n"), "`base` still holds the placeholder"),
     ];
     for (what, yaml, needle) in cases {
         let dir = support::copy_fixture("sample");
@@ -246,4 +251,55 @@ fn missing_base_and_unreachable_registry_exit_1() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("registry.venvimg.invalid"), "{stderr}");
     assert!(stderr.contains("cannot reach"), "{stderr}");
+}
+
+#[test]
+fn sessions_are_selected_as_nox_takes_them_and_json_callers_get_errors_as_json() {
+    let env = support::testenv();
+    let p = project("");
+    // `-s tests lint`: several names after one flag, as nox takes them.
+    let out = p.run(&["plan", "--json", "-q", "-s", "tests", "lint"]);
+    let doc = support::project::json_ok(&out, "plan -s tests lint");
+    let mut names: Vec<_> = keys(&doc).into_iter().map(|(n, _)| n).collect();
+    names.sort();
+    assert_eq!(names, ["lint", "tests"], "{doc}");
+    // `--explain S -s T` explains S (it is planned too).
+    let (code, text) = p.outcome(&["plan", "--explain", "tests", "-s", "lint"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("tests"), "{text}");
+    // A failure under --json: an error object on stdout, with the exit code.
+    let out = p.run(&["plan", "--json", "-s", "test"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON on stdout ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(err["exit_code"], 2, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean `tests`?"),
+        "{err}"
+    );
+    // VENVIMG_REPOSITORY overrides `repository` (a fork's own registry), also over init's
+    // placeholder; it is checked like the field.
+    p.write_config_raw(&format!(
+        "repository: registry.example.com/change-me/ci\nbase: {}\n",
+        env.base
+    ));
+    let fork = format!("{}/fork-{}", env.registry, std::process::id());
+    let out = p
+        .venvimg()
+        .args(["plan", "--json", "-q", "-s", "tests"])
+        .env("VENVIMG_REPOSITORY", &fork)
+        .output()
+        .unwrap();
+    let doc = support::project::json_ok(&out, "plan with VENVIMG_REPOSITORY");
+    assert_eq!(doc["repository"], fork.as_str(), "{doc}");
+    let (code, text) = p.outcome_with(&["plan"], &[("VENVIMG_REPOSITORY", "Not A/Ref!!")]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("VENVIMG_REPOSITORY"), "{text}");
 }

@@ -76,6 +76,11 @@ impl Project {
         write_config(&self.dir, &self.repo, extra);
     }
 
+    /// Write `text` as venvimg.yaml, as is.
+    pub fn write_config_raw(&self, text: &str) {
+        std::fs::write(self.dir.join("venvimg.yaml"), text).unwrap();
+    }
+
     pub fn path(&self) -> &Path {
         &self.dir
     }

@@ -135,7 +135,8 @@ pub fn main() -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");
-            if json {
+            // A build's report (on stdout already) carries its failed sessions.
+            if json && !matches!(e, Error::BuildsFailed { .. }) {
                 printer.out(
                     serde_json::json!({"error": e.to_string(), "exit_code": e.exit_code()})
                         .to_string(),

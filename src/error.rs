@@ -47,6 +47,13 @@ pub enum Error {
         failed: Vec<(String, i32)>,
         code: i32,
     },
+    /// Sessions whose build failed (each reported when it failed); the others were built
+    /// and pushed.
+    #[error("{} of {total} session(s) failed to build: {}\n  hint: the error of each is above; the others were pushed (--fail-fast stops at the first failure)", failed.len(), failed.iter().map(|(s, why)| format!("`{s}` ({why})")).collect::<Vec<_>>().join("; "))]
+    BuildsFailed {
+        failed: Vec<(String, String)>,
+        total: usize,
+    },
 }
 
 impl Error {

@@ -61,6 +61,12 @@ impl Printer {
         self.line(&format!("warning: {}", msg.as_ref()));
     }
 
+    /// An error that does not end the command (one session of several); shown even with
+    /// -q.
+    pub fn error(&self, msg: impl AsRef<str>) {
+        self.line(&format!("error: {}", msg.as_ref()));
+    }
+
     /// Data for stdout (tables, JSON, image references).
     pub fn out(&self, s: impl AsRef<str>) {
         let mut out = std::io::stdout().lock();

@@ -61,6 +61,10 @@ pub struct BuildArgs {
     /// Keep the build folders (venvs, layers, logs) for debugging.
     #[arg(long)]
     pub keep: bool,
+    /// Stop at the first session that fails to build (default: build the others, push
+    /// them, report each failure, exit 1).
+    #[arg(long)]
+    pub fail_fast: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -90,10 +94,13 @@ pub struct SessionResult {
     pub tag: String,
     pub image: String,
     pub digest: Option<String>,
-    /// "hit" or "built".
+    /// "hit", "built" or "failed".
     pub outcome: &'static str,
     pub layer_size: Option<u64>,
     pub seconds: f64,
+    /// Why it failed: the first line of the error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A session's layers (one, or one per distribution group), wherever they are: packed
@@ -224,6 +231,7 @@ pub async fn run(
     let mut layers: Vec<(String, SessionLayer)> = Vec::new();
     let mut composed: Vec<(Reference, ComposedImage)> = Vec::new();
     let mut local_files: HashMap<String, PathBuf> = HashMap::new();
+    let mut failed: Vec<(String, String)> = Vec::new();
 
     for s in &plan.sessions {
         let t0 = Instant::now();
@@ -247,13 +255,36 @@ pub async fn run(
                 outcome: "hit",
                 layer_size: Some(layer.size()),
                 seconds: t0.elapsed().as_secs_f64(),
+                error: None,
             });
             layers.push((s.venv_dir.clone(), layer));
             continue;
         }
-        let layer = builder::blocking(|| {
+        let built = builder::blocking(|| {
             build_session(config, &plan, s, &work_path, &build_env, args, printer)
-        })?;
+        });
+        let layer = match built {
+            Ok(layer) => layer,
+            Err(e) if args.fail_fast => return Err(e),
+            // The other sessions still build and push, as nox runs every session.
+            Err(e) => {
+                printer.error(e.to_string());
+                let cause = e.to_string().lines().next().unwrap_or_default().to_string();
+                failed.push((s.config.name.clone(), cause.clone()));
+                results.push(SessionResult {
+                    session: s.config.name.clone(),
+                    venv_dir: s.venv_dir.clone(),
+                    tag: s.tag.clone(),
+                    image: s.image.whole(),
+                    digest: None,
+                    outcome: "failed",
+                    layer_size: None,
+                    seconds: t0.elapsed().as_secs_f64(),
+                    error: Some(cause),
+                });
+                continue;
+            }
+        };
         let img = compose_images(&plan.base, &[(s.venv_dir.clone(), layer.clone())]);
         for (digest, file) in &layer.files {
             local_files.insert(digest.clone(), file.clone());
@@ -267,6 +298,7 @@ pub async fn run(
             outcome: "built",
             layer_size: Some(layer.size()),
             seconds: t0.elapsed().as_secs_f64(),
+            error: None,
         });
         composed.push((s.image.clone(), img));
         layers.push((s.venv_dir.clone(), layer));
@@ -283,7 +315,15 @@ pub async fn run(
     // Every session's layers on one base may exceed what overlay filesystems accept; the
     // per-session images are what CI needs, so the combined one is skipped, loudly.
     let all_fits = all_image.layers.len() <= config.max_layers;
-    if !all_fits {
+    // Only an image of every selected session is the all-sessions image.
+    let all_wanted = failed.is_empty();
+    if !all_wanted {
+        printer.warn(format!(
+            "no all-sessions image: {} of {} session(s) failed",
+            failed.len(),
+            plan.sessions.len()
+        ));
+    } else if !all_fits {
         let msg = format!(
             "the all-sessions image would have {} layers, more than max_layers ({})",
             all_image.layers.len(),
@@ -316,7 +356,7 @@ pub async fn run(
             p.finish();
             printer.info(format!("pushed {}@{}", target.whole(), img.manifest_digest));
         }
-        let all_exists = if all_fits {
+        let all_exists = if all_fits && all_wanted {
             registry.manifest_digest(&all_ref).await?
         } else {
             Some(all_image.manifest_digest.clone())
@@ -349,11 +389,11 @@ pub async fn run(
         base: &plan.base.reference,
         repository: &all_ref,
     };
-    for dest in &args.output {
+    for dest in args.output.iter().filter(|_| all_wanted) {
         crate::outputs::write_output(registry, dest, &all_ref, &all_image, &sources, printer)
             .await?;
     }
-    if args.load {
+    if args.load && all_wanted {
         crate::outputs::load(
             super::job_engine(config.builder, args.engine.as_deref())?,
             registry,
@@ -369,10 +409,10 @@ pub async fn run(
     let push_stats = registry.stats.snapshot();
     let report = BuildReport {
         sessions: &results,
-        all: AllImage {
+        all: all_wanted.then(|| AllImage {
             image: all_ref.whole(),
             digest: &all_image.manifest_digest,
-        },
+        }),
         seconds: started.elapsed().as_secs_f64(),
         push: push_stats,
     };
@@ -385,7 +425,14 @@ pub async fn run(
     if args.ci_output {
         crate::commands::report::write_ci_output(&report.ci_outputs(!args.no_push), printer)?;
     }
-    Ok(())
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::BuildsFailed {
+            failed,
+            total: plan.sessions.len(),
+        })
+    }
 }
 
 /// Compose `layers` on the base. A session's own image (one session) carries the check
@@ -1190,8 +1237,8 @@ fn missing_interpreter(out: &str) -> Option<String> {
 #[derive(Debug, Serialize)]
 pub struct BuildReport<'a> {
     pub sessions: &'a [SessionResult],
-    /// The all-sessions image.
-    pub all: AllImage<'a>,
+    /// The all-sessions image; none when a session failed.
+    pub all: Option<AllImage<'a>>,
     pub seconds: f64,
     /// What the push moved: the measure of what a dependency bump costs.
     pub push: push::StatsSnapshot,
@@ -1230,10 +1277,13 @@ impl BuildReport<'_> {
     }
 
     pub fn summary_line(&self) -> String {
-        format!(
-            "all sessions: {}@{} · done in {:.1}s",
-            self.all.image, self.all.digest, self.seconds
-        )
+        match &self.all {
+            Some(all) => format!(
+                "all sessions: {}@{} · done in {:.1}s",
+                all.image, all.digest, self.seconds
+            ),
+            None => format!("done in {:.1}s", self.seconds),
+        }
     }
 
     /// `(venv dir, image)` for `--ci-output`, each session by digest when `pushed`, and
@@ -1242,6 +1292,7 @@ impl BuildReport<'_> {
         let mut refs: Vec<(String, String)> = self
             .sessions
             .iter()
+            .filter(|r| r.digest.is_some())
             .map(|r| {
                 let reference = match &r.digest {
                     Some(d) if pushed => format!("{}@{}", r.image, d),
@@ -1250,10 +1301,9 @@ impl BuildReport<'_> {
                 (r.venv_dir.clone(), reference)
             })
             .collect();
-        refs.push((
-            "all".into(),
-            format!("{}@{}", self.all.image, self.all.digest),
-        ));
+        if let Some(all) = &self.all {
+            refs.push(("all".into(), format!("{}@{}", all.image, all.digest)));
+        }
         refs
     }
 }

@@ -146,3 +146,43 @@ fn two_clean_builds_are_byte_identical() {
     }
     assert_eq!(first["all"]["digest"], second["all"]["digest"]);
 }
+
+#[test]
+fn one_failing_session_does_not_throw_away_the_others() {
+    // `newer` asks for a Python the base image lacks; `check` still builds and is pushed,
+    // the report names the failure, no all-sessions image is made, exit 1 — as nox runs
+    // every session and summarises.
+    let p = Project::fixture("runner")
+        .unique_repo("build-partial")
+        .config("sessions: [check, newer]\n");
+    let out = p.build_output(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("the report is not JSON ({e}): {stdout}{stderr}"));
+    let check = support::project::session(&report, "check");
+    assert_eq!(check["outcome"], "built", "{report}");
+    assert_eq!(
+        support::skopeo_inspect_digest(check["image"].as_str().unwrap()).as_deref(),
+        check["digest"].as_str(),
+        "check was not pushed"
+    );
+    let newer = support::project::session(&report, "newer");
+    assert_eq!(newer["outcome"], "failed", "{report}");
+    assert!(
+        newer["error"].as_str().unwrap().contains("3.13"),
+        "{report}"
+    );
+    assert!(report["all"].is_null(), "{report}");
+    assert!(
+        stderr.contains("1 of 2 session(s) failed to build: `newer`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("no all-sessions image"), "{stderr}");
+
+    // --fail-fast stops at the first failure.
+    let (code, text) = p.outcome(&["build", "--fail-fast", "--force", "-s", "newer", "check"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(!text.contains("failed to build:"), "{text}");
+}

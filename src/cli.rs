@@ -30,9 +30,10 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// The configuration file; inputs and the noxfile are found next to it.
-    #[arg(long, global = true, default_value = crate::config::DEFAULT_CONFIG_FILE)]
-    pub config: PathBuf,
+    /// The configuration file; inputs and the noxfile are found next to it (default:
+    /// venvimg.yaml here or in the nearest folder above, as uv and cargo find theirs).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// More detail (each step, each request kind).
     #[arg(short, long, global = true, conflicts_with = "quiet")]
     pub verbose: bool,
@@ -151,7 +152,7 @@ pub fn main() -> i32 {
 /// trial run's own registry, like ko's KO_DOCKER_REPO); refused, before any request,
 /// while it still holds `venvimg init`'s placeholders.
 fn load_config(g: &GlobalArgs) -> Result<Config, Error> {
-    let mut config = Config::load(&g.config)?;
+    let mut config = Config::load(&g.config_file())?;
     if let Some(value) = std::env::var("VENVIMG_REPOSITORY")
         .ok()
         .filter(|v| !v.trim().is_empty())
@@ -179,7 +180,15 @@ async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
             clap_complete::generate(shell, &mut cmd, "venvimg", &mut std::io::stdout());
             Ok(())
         }
-        Command::Init(args) => crate::commands::init(&cli.global.config, &args, printer),
+        Command::Init(args) => {
+            // init writes here unless told where: it never edits a parent's file.
+            let file = cli
+                .global
+                .config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_CONFIG_FILE));
+            crate::commands::init(&file, &args, printer)
+        }
         Command::Inspect(args) => {
             let transport = inspect_transport(&cli.global, &args.image, printer)?;
             crate::commands::inspect(transport, &args, printer).await
@@ -208,6 +217,30 @@ async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
             let registry = connect(&cli.global, &config, printer)?;
             crate::commands::build::run(&config, &registry, &args, printer).await
         }
+    }
+}
+
+impl GlobalArgs {
+    /// `--config`, else the nearest venvimg.yaml from the working folder up, else
+    /// venvimg.yaml here (whose absence the loader reports).
+    pub fn config_file(&self) -> PathBuf {
+        if let Some(file) = &self.config {
+            return file.clone();
+        }
+        let name = crate::config::DEFAULT_CONFIG_FILE;
+        let here = PathBuf::from(name);
+        if here.is_file() {
+            return here;
+        }
+        std::env::current_dir()
+            .ok()
+            .and_then(|cwd| {
+                cwd.ancestors()
+                    .skip(1)
+                    .map(|dir| dir.join(name))
+                    .find(|candidate| candidate.is_file())
+            })
+            .unwrap_or(here)
     }
 }
 
@@ -298,13 +331,14 @@ fn inspect_transport(g: &GlobalArgs, image: &str, printer: &Printer) -> Result<T
     if flags.is_complete() {
         return transport(g, flags, target, printer);
     }
-    let configured = if g.config.is_file() {
-        match Config::load(&g.config) {
+    let config_file = g.config_file();
+    let configured = if config_file.is_file() {
+        match Config::load(&config_file) {
             Ok(c) => Some(c.repository.resolve_registry().to_string()),
             Err(e) => {
                 printer.verbose(format!(
                     "{} does not load ({e}); VENVIMG_USERNAME/VENVIMG_PASSWORD are not used",
-                    g.config.display()
+                    config_file.display()
                 ));
                 None
             }
@@ -318,8 +352,8 @@ fn inspect_transport(g: &GlobalArgs, image: &str, printer: &Printer) -> Result<T
             return Err(Error::Usage(format!(
                 "inspect `{image}`: give both --username and --password-stdin for {t}; VENVIMG_USERNAME/VENVIMG_PASSWORD are only for {}",
                 match &configured {
-                    Some(c) => format!("{c} (the registry of `repository:` in {})", g.config.display()),
-                    None => format!("the registry of venvimg.yaml's `repository:` (no {} here)", g.config.display()),
+                    Some(c) => format!("{c} (the registry of `repository:` in {})", config_file.display()),
+                    None => format!("the registry of venvimg.yaml's `repository:` (no {} here)", config_file.display()),
                 }
             )));
         }

@@ -128,6 +128,9 @@ pub async fn run(
     printer: &Printer,
 ) -> Result<(), Error> {
     let started = Instant::now();
+    if args.ci_output {
+        super::report::ci_output_file()?;
+    }
     let overridden;
     let config = match super::engine_flag(args.engine.as_deref())? {
         Some(engine) if config.builder != BuilderKind::Local && engine != config.builder => {
@@ -414,6 +417,7 @@ pub async fn run(
             digest: &all_image.manifest_digest,
         }),
         seconds: started.elapsed().as_secs_f64(),
+        pushed: !args.no_push,
         push: push_stats,
     };
     if args.json {
@@ -1240,6 +1244,8 @@ pub struct BuildReport<'a> {
     /// The all-sessions image; none when a session failed.
     pub all: Option<AllImage<'a>>,
     pub seconds: f64,
+    /// false with --no-push: the references name where the images would go.
+    pub pushed: bool,
     /// What the push moved: the measure of what a dependency bump costs.
     pub push: push::StatsSnapshot,
 }
@@ -1279,8 +1285,15 @@ impl BuildReport<'_> {
     pub fn summary_line(&self) -> String {
         match &self.all {
             Some(all) => format!(
-                "all sessions: {}@{} · done in {:.1}s",
-                all.image, all.digest, self.seconds
+                "all sessions: {}@{}{} · done in {:.1}s",
+                all.image,
+                all.digest,
+                if self.pushed {
+                    ""
+                } else {
+                    " (not pushed: --no-push)"
+                },
+                self.seconds
             ),
             None => format!("done in {:.1}s", self.seconds),
         }

@@ -161,6 +161,9 @@ pub async fn plan(
     args: &PlanArgs,
     printer: &Printer,
 ) -> Result<(), Error> {
+    if args.ci_output {
+        super::report::ci_output_file()?;
+    }
     // `--explain S -s T`: S is planned too.
     let mut only = args.sessions.clone();
     if let Some(s) = &args.explain {

@@ -79,15 +79,7 @@ pub fn report_plan_findings(plan: &Plan, printer: &Printer) {
 /// Append `name=value` lines for a later CI job (`${{ needs.JOB.outputs.NAME }}`). Names
 /// are the venv directory names with `-` → `_`, which both GitHub and Forgejo accept.
 pub fn write_ci_output(refs: &[(String, String)], printer: &Printer) -> Result<(), Error> {
-    let path = std::env::var_os("GITHUB_OUTPUT")
-        .or_else(|| std::env::var_os("FORGEJO_OUTPUT"))
-        .filter(|p| !p.is_empty())
-        .ok_or_else(|| {
-            Error::Usage(
-                "--ci-output: neither GITHUB_OUTPUT nor FORGEJO_OUTPUT is set; run it inside a workflow step or set one to a file".into(),
-            )
-        })?;
-    let path = PathBuf::from(path);
+    let path = ci_output_file()?;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -110,6 +102,20 @@ pub fn write_ci_output(refs: &[(String, String)], printer: &Printer) -> Result<(
         path.display()
     ));
     Ok(())
+}
+
+/// Where `--ci-output` appends: $GITHUB_OUTPUT, else $FORGEJO_OUTPUT. Commands ask before
+/// any work, so a step without it fails at once, not after the build.
+pub fn ci_output_file() -> Result<PathBuf, Error> {
+    std::env::var_os("GITHUB_OUTPUT")
+        .or_else(|| std::env::var_os("FORGEJO_OUTPUT"))
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            Error::Usage(
+                "--ci-output: neither GITHUB_OUTPUT nor FORGEJO_OUTPUT is set; run it inside a workflow step or set one to a file".into(),
+            )
+        })
 }
 
 pub fn ci_output_name(venv_dir: &str) -> String {

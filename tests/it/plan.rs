@@ -303,3 +303,35 @@ fn sessions_are_selected_as_nox_takes_them_and_json_callers_get_errors_as_json()
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("VENVIMG_REPOSITORY"), "{text}");
 }
+
+#[test]
+fn the_config_is_found_from_a_subfolder_and_ci_output_is_checked_before_any_work() {
+    // Run from `tests/` of the checkout: venvimg.yaml above is found (as uv and cargo
+    // find theirs), inputs resolve next to it, and the keys equal those from the root.
+    let p = project("");
+    let from_root = keys(&p.plan());
+    let out = support::venvimg()
+        .current_dir(p.path().join("tests"))
+        .args(["plan", "--json", "-q"])
+        .output()
+        .unwrap();
+    let from_sub = support::project::json_ok(&out, "plan from a subfolder");
+    assert_eq!(keys(&from_sub), from_root);
+
+    // --ci-output outside a workflow step: exit 2 at once, nothing built or pushed.
+    let out = p
+        .venvimg()
+        .args(["build", "--ci-output"])
+        .env_remove("GITHUB_OUTPUT")
+        .env_remove("FORGEJO_OUTPUT")
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("neither GITHUB_OUTPUT nor FORGEJO_OUTPUT"),
+        "{text}"
+    );
+    assert!(!text.contains("base "), "it planned first: {text}");
+}

@@ -201,13 +201,15 @@ struct DescOut<'a> {
     size: u64,
 }
 
-/// Append `layers` to `base`, with `labels` merged into the config's labels. Pure: the
-/// same arguments give the same bytes.
+/// Append `layers` to `base`, with `labels` merged into the config's labels and, when
+/// given, `working_dir` as the image's working directory. Pure: the same arguments give
+/// the same bytes.
 pub fn compose(
     base: &BaseImage,
     layers: &[LayerDescriptor],
     labels: &BTreeMap<String, String>,
     annotations: &BTreeMap<String, String>,
+    working_dir: Option<&str>,
 ) -> ComposedImage {
     let mut config = base.config.clone();
     let obj = config.as_object_mut().expect("checked in BaseImage::new");
@@ -218,6 +220,11 @@ pub fn compose(
         let cfg = obj.entry("config").or_insert_with(|| json!({}));
         if !cfg.is_object() {
             *cfg = json!({});
+        }
+        if let Some(dir) = working_dir {
+            cfg.as_object_mut()
+                .expect("made an object above")
+                .insert("WorkingDir".into(), json!(dir));
         }
         let lbl = cfg
             .as_object_mut()

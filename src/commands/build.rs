@@ -288,7 +288,11 @@ pub async fn run(
                 continue;
             }
         };
-        let img = compose_images(&plan.base, &[(s.venv_dir.clone(), layer.clone())]);
+        let img = compose_images(
+            &plan.base,
+            &[(s.venv_dir.clone(), layer.clone())],
+            &config.workdir,
+        );
         for (digest, file) in &layer.files {
             local_files.insert(digest.clone(), file.clone());
         }
@@ -314,7 +318,7 @@ pub async fn run(
         config.repository.repository().to_string(),
         all_tag,
     );
-    let all_image = compose_images(&plan.base, &layers);
+    let all_image = compose_images(&plan.base, &layers, &config.workdir);
     // Every session's layers on one base may exceed what overlay filesystems accept; the
     // per-session images are what CI needs, so the combined one is skipped, loudly.
     let all_fits = all_image.layers.len() <= config.max_layers;
@@ -441,7 +445,13 @@ pub async fn run(
 
 /// Compose `layers` on the base. A session's own image (one session) carries the check
 /// annotation plans read; the all-sessions image does not need one.
-fn compose_images(base: &BaseImage, layers: &[(String, SessionLayer)]) -> ComposedImage {
+/// The image's working directory is `workdir`, where the venvs expect the checkout: a
+/// plain `docker run -v "$PWD:WORKDIR" IMAGE nox -s S` then runs at the right path.
+fn compose_images(
+    base: &BaseImage,
+    layers: &[(String, SessionLayer)],
+    workdir: &str,
+) -> ComposedImage {
     let descriptors: Vec<LayerDescriptor> = layers
         .iter()
         .flat_map(|(_, l)| l.descriptors.iter().cloned())
@@ -472,7 +482,7 @@ fn compose_images(base: &BaseImage, layers: &[(String, SessionLayer)]) -> Compos
             serde_json::to_string(&only.check).expect("check serialises"),
         );
     }
-    image::compose(base, &descriptors, &labels, &annotations)
+    image::compose(base, &descriptors, &labels, &annotations, Some(workdir))
 }
 
 /// A hit's layer, read back from its image: the last layer, its diff_id and record.

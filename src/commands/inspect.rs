@@ -640,6 +640,8 @@ fn describe(name: &str, data: &ImageData) -> Result<Value, OutputError> {
                 "session": s.session,
                 "venv_dir": s.venv_dir,
                 "venv_path": if envdir.is_empty() { s.venv_dir.clone() } else { format!("{envdir}/{}", s.venv_dir) },
+                // Where the checkout must be mounted for the venv to match it.
+                "workdir": s.inputs["workdir"],
                 "key": s.key,
                 "tag": s.tag,
                 "python": s.python,
@@ -733,6 +735,10 @@ fn render_text(doc: &Value) -> String {
         out.push(String::new());
         out.push(format!("session {}", str_of(&s["session"])));
         out.push(format!("  venv      {}", str_of(&s["venv_path"])));
+        out.push(format!(
+            "  workdir   {} (mount the checkout here)",
+            str_of(&s["workdir"])
+        ));
         out.push(format!("  key       {}", str_of(&s["key"])));
         out.push(format!("  tag       {}", str_of(&s["tag"])));
         out.push(format!(

@@ -56,6 +56,27 @@ fn build_push_and_reuse_offline_then_hit_then_rebuild_on_lock_change() {
         let image = support::image_of(&first, name);
         support::assert_runs_offline(&image, checkout.path(), name);
     }
+    // The image's working directory is `workdir` (a plain run starts where the checkout
+    // goes), and inspect says so.
+    let tests_image = support::image_of(&first, "tests");
+    let out = support::podman()
+        .args(["run", "--rm", "--network", "none", &tests_image, "pwd"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "/src",
+        "{out:?}"
+    );
+    let out = support::venvimg()
+        .args(["inspect", &tests_image])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("workdir   /src (mount the checkout here)"),
+        "{text}"
+    );
     // The all-sessions image holds every venv.
     let all = first["all"]["image"].as_str().unwrap().to_string();
     support::assert_runs_offline(&all, checkout.path(), "lint");

@@ -90,6 +90,7 @@ fn fixture(rt: &tokio::runtime::Runtime, tag: &str) -> Fixture {
         }],
         &labels,
         &annotations,
+        None,
     );
     let reference: Reference = format!("{}:{tag}", support::unique_repo("outputs"))
         .parse()

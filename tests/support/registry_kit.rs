@@ -137,7 +137,7 @@ pub fn compose_labeled(
             created_by: "venvimg registry test".into(),
         })
         .collect();
-    let image = compose(&base, &descriptors, labels, &BTreeMap::new());
+    let image = compose(&base, &descriptors, labels, &BTreeMap::new(), None);
     let local = layers
         .iter()
         .map(|l| (l.digest.clone(), l.path.clone()))

@@ -49,7 +49,7 @@ pub enum Error {
     },
     /// Sessions whose build failed (each reported when it failed); the others were built
     /// and pushed.
-    #[error("{} of {total} session(s) failed to build: {}\n  hint: the error of each is above; the others were pushed (--fail-fast stops at the first failure)", failed.len(), failed.iter().map(|(s, why)| format!("`{s}` ({why})")).collect::<Vec<_>>().join("; "))]
+    #[error("{} of {total} session(s) failed to build: {}\n  hint: the error of each is above{}", failed.len(), failed.iter().map(|(s, why)| format!("`{s}` ({why})")).collect::<Vec<_>>().join("; "), if failed.len() < *total { "; the others were built (--fail-fast stops at the first failure)" } else { "" })]
     BuildsFailed {
         failed: Vec<(String, String)>,
         total: usize,
@@ -98,6 +98,12 @@ pub enum BuildError {
         session: String,
         module: String,
         base: String,
+    },
+    #[error("session `{session}`: the build could not verify the package index's TLS certificate; last lines:\n{tail}\n  full log: {log}\n  hint: behind a TLS-inspecting proxy, give the build containers its CA: `--build-ca /etc/ssl/certs/ca-certificates.crt` (or a PEM file), or `build_env: {{SSL_CERT_FILE: ...}}` for a file already in the base image")]
+    UntrustedIndex {
+        session: String,
+        tail: String,
+        log: PathBuf,
     },
     #[error("session `{session}`: the build failed (exit {code}); last lines:\n{tail}\n  full log: {log}")]
     Failed {

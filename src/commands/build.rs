@@ -272,7 +272,12 @@ pub async fn run(
             // The other sessions still build and push, as nox runs every session.
             Err(e) => {
                 printer.error(e.to_string());
-                let cause = e.to_string().lines().next().unwrap_or_default().to_string();
+                let text = e.to_string();
+                let first = text.lines().next().unwrap_or_default();
+                let cause = first
+                    .trim_end_matches("; last lines:")
+                    .trim_end_matches(':')
+                    .to_string();
                 failed.push((s.config.name.clone(), cause.clone()));
                 results.push(SessionResult {
                     session: s.config.name.clone(),
@@ -1209,6 +1214,14 @@ fn diagnose_failure(
             tail: tail(out, 12),
         };
     }
+    // uv: "invalid peer certificate: UnknownIssuer"; pip: "CERTIFICATE_VERIFY_FAILED".
+    if out.contains("invalid peer certificate") || out.contains("CERTIFICATE_VERIFY_FAILED") {
+        return BuildError::UntrustedIndex {
+            session: session.into(),
+            tail: tail(out, 12),
+            log: log.to_path_buf(),
+        };
+    }
     BuildError::Failed {
         session: session.into(),
         code: o
@@ -1341,6 +1354,19 @@ mod tests {
             "error: Request failed after 3 retries\n  cause: error sending request for url (https://pypi.org/simple/x/)"
         ));
         assert!(!network_failure("AssertionError: 3 != 2"));
+    }
+
+    #[test]
+    fn an_untrusted_index_certificate_points_at_build_ca() {
+        let o = builder::BuildOutcome {
+            success: false,
+            code: Some(1),
+            output: "error: Request failed after 3 retries\n  Caused by: invalid peer certificate: UnknownIssuer\n".into(),
+        };
+        let e = diagnose_failure("tests", "base@sha256:00", &o, Path::new("/tmp/log"));
+        let text = e.to_string();
+        assert!(text.contains("--build-ca"), "{text}");
+        assert!(text.contains("UnknownIssuer"), "{text}");
     }
 
     #[test]

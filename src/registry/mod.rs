@@ -68,13 +68,19 @@ pub struct Transport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("cannot reach registry {registry} for {reference}: {detail}\n  hint: check the address and that the registry is up; a plain-HTTP registry must be listed in `insecure_registries` (or --insecure-registry)")]
+    #[error(
+        "cannot reach registry {registry} for {reference}: {detail}\n  hint: {}",
+        unreachable_hint(registry, detail)
+    )]
     Unreachable {
         registry: String,
         reference: String,
         detail: String,
     },
-    #[error("cannot reach registry {registry} for {reference} over TLS: {detail}\n  hint: trust the registry's certificate with --ca-file FILE (or SSL_CERT_FILE), or, for a test registry only, --skip-tls-verify {registry}")]
+    #[error(
+        "cannot reach registry {registry} for {reference} over TLS: {detail}\n  hint: {}",
+        tls_hint(registry, detail)
+    )]
     Tls {
         registry: String,
         reference: String,
@@ -96,8 +102,12 @@ pub enum RegistryError {
         source_: Box<CredentialSource>,
         hint: String,
     },
-    #[error("{reference} does not exist on {registry}\n  hint: check the image name and tag; push the base image first if it is yours")]
-    NotFound { registry: String, reference: String },
+    #[error("{reference} does not exist on {registry}\n  hint: {hint}")]
+    NotFound {
+        registry: String,
+        reference: String,
+        hint: &'static str,
+    },
     #[error("registry {registry} refused a push to {reference}: 404{}, the repository name is unknown to it\n  hint: check `repository:` in venvimg.yaml; registries such as Forgejo/Gitea, GitLab, Harbor or ECR need the owner, project or repository to exist (and the account to be allowed to push there) before a push", if *name_unknown { " NAME_UNKNOWN" } else { "" })]
     NameUnknown {
         registry: String,
@@ -664,6 +674,7 @@ impl Registry {
                 return RegistryError::NotFound {
                     registry,
                     reference,
+                    hint: "check the image name and tag (`venvimg plan` shows the tags of the current keys; `venvimg build` makes a missing one)",
                 }
             }
             Some(413) => {
@@ -840,7 +851,18 @@ impl Registry {
         base: &Reference,
         platform: &Platform,
     ) -> Result<BaseImage, RegistryError> {
-        let (bytes, digest) = self.manifest_raw(base).await?;
+        let (bytes, digest) = self.manifest_raw(base).await.map_err(|e| match e {
+            RegistryError::NotFound {
+                registry,
+                reference,
+                ..
+            } => RegistryError::NotFound {
+                registry,
+                reference,
+                hint: "check `base:` in venvimg.yaml; push the base image first if it is yours",
+            },
+            e => e,
+        })?;
         let (manifest_bytes, manifest_digest) = match crate::image::pick_platform(&bytes, platform)
             .map_err(|detail| RegistryError::BadManifest {
                 reference: base.whole(),
@@ -944,6 +966,36 @@ fn is_name_unknown(err: &OciDistributionError) -> bool {
         OciDistributionError::ServerError { message, .. } => message.contains("NAME_UNKNOWN"),
         _ => false,
     }
+}
+
+/// What to do when `registry` cannot be reached, by how it failed.
+fn unreachable_hint(registry: &str, detail: &str) -> String {
+    let d = detail.to_ascii_lowercase();
+    if d.contains("connection refused") {
+        format!("nothing listens at {registry}: start the registry, or check the host and port")
+    } else if d.contains("timed out") || d.contains("timeout") {
+        format!("{registry} did not answer in time: check the address, the network and any proxy (HTTPS_PROXY/NO_PROXY)")
+    } else if d.contains("dns") || d.contains("resolve") || d.contains("name or service") {
+        format!("the name of {registry} does not resolve: check the host in the image reference")
+    } else {
+        "check the address and that the registry is up".to_string()
+    }
+}
+
+/// What to do about a TLS failure: a plain-HTTP registry answering an HTTPS request, or
+/// a certificate this machine does not trust.
+fn tls_hint(registry: &str, detail: &str) -> String {
+    if speaks_plain_http(detail) {
+        format!("{registry} answers in plain HTTP: list it in `insecure_registries` (or pass --insecure-registry {registry})")
+    } else {
+        format!("trust the registry's certificate with --ca-file FILE (or SSL_CERT_FILE), or, for a test registry only, --skip-tls-verify {registry}")
+    }
+}
+
+/// rustls's words for an HTTP answer to its handshake.
+fn speaks_plain_http(detail: &str) -> bool {
+    let d = detail.to_ascii_lowercase();
+    d.contains("corrupt message") || d.contains("invalidcontenttype")
 }
 
 /// Certificate and handshake failures, as rustls words them inside reqwest's error chain.

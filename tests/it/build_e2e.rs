@@ -207,3 +207,43 @@ fn one_failing_session_does_not_throw_away_the_others() {
     assert_eq!(code, Some(1), "{text}");
     assert!(!text.contains("failed to build:"), "{text}");
 }
+
+#[test]
+fn a_build_that_cannot_verify_the_index_certificate_points_at_build_ca() {
+    // The build containers trust only a CA that signed nothing the index serves (the test
+    // registry's own), as a build behind a TLS-inspecting proxy without its CA would:
+    // uv's UnknownIssuer gets venvimg's hint.
+    let ca_dir = tempfile::tempdir().unwrap();
+    let unrelated_ca = ca_dir.path().join("unrelated-ca.pem");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=venvimg test: signs nothing"])
+        .arg("-keyout")
+        .arg(ca_dir.path().join("key.pem"))
+        .arg("-out")
+        .arg(&unrelated_ca)
+        .output()
+        .expect("openssl must be installed (apt-get install openssl)");
+    assert!(made.status.success(), "{made:?}");
+    let unrelated_ca = unrelated_ca.to_str().unwrap();
+    let p = Project::fixture("runner")
+        .unique_repo("build-tls")
+        .config("sessions: [check]\n");
+    let (code, text) = p.outcome(&["build", "--build-ca", unrelated_ca]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("could not verify the package index's TLS certificate"),
+        "{text}"
+    );
+    assert!(
+        text.contains("--build-ca /etc/ssl/certs/ca-certificates.crt"),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 of 1 session(s) failed to build: `check`"),
+        "{text}"
+    );
+    assert!(!text.contains("the others were built"), "{text}");
+}

@@ -231,8 +231,46 @@ fn missing_base_and_unreachable_registry_exit_1() {
         .code(1)
         .stderr(
             predicate::str::contains("no/such-base")
-                .and(predicate::str::contains("does not exist")),
+                .and(predicate::str::contains("does not exist"))
+                .and(predicate::str::contains("check `base:` in venvimg.yaml")),
         );
+
+    // A job image tag that does not exist: not the base's hint.
+    let missing = format!("{}/x:tests-0000000000000000", env.registry);
+    let out = support::venvimg()
+        .current_dir(p.path())
+        .args(["inspect", &missing])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert!(stderr.contains("venvimg build"), "{stderr}");
+    assert!(!stderr.contains("base image first"), "{stderr}");
+
+    // A loopback port nothing listens on: said so, not the plain-HTTP hint.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        p.path().join("venvimg.yaml"),
+        format!("repository: 127.0.0.1:{port}/x\nbase: 127.0.0.1:{port}/base:1\n"),
+    )
+    .unwrap();
+    let out = support::venvimg()
+        .current_dir(p.path())
+        .arg("plan")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("nothing listens at 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("insecure_registries"), "{stderr}");
 
     std::fs::write(
         p.path().join("venvimg.yaml"),
@@ -251,6 +289,7 @@ fn missing_base_and_unreachable_registry_exit_1() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("registry.venvimg.invalid"), "{stderr}");
     assert!(stderr.contains("cannot reach"), "{stderr}");
+    assert!(stderr.contains("does not resolve"), "{stderr}");
 }
 
 #[test]

@@ -256,29 +256,8 @@ fn build_engine_docker_loads_into_docker_and_its_docker_archive_loads_there_too(
     docker_ok(&["rmi", &all]);
     let loaded = docker_ok(&["load", "-i", archive.to_str().unwrap()]);
     assert!(loaded.contains(&all), "{loaded}");
-    let checkout = p.path().display().to_string();
-    let text = docker_ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        &format!("{checkout}:/src"),
-        "-w",
-        "/src",
-        "-e",
-        "UV_OFFLINE=1",
-        &all,
-        "nox",
-        "--envdir",
-        "/opt/nox",
-        "--reuse-venv=always",
-        "--no-install",
-        "-s",
-        "check",
-        "--",
-        "0",
-    ]);
+    let (ok, text) = support::run_offline_in(docker(), &all, p.path(), "check", &[]);
+    assert!(ok, "{text}");
     assert!(!text.contains("Creating virtual environment"), "{text}");
     docker_ok(&["rmi", &all]);
 }

@@ -346,7 +346,17 @@ pub fn run_offline_with(
     session: &str,
     env: &[&str],
 ) -> (bool, String) {
-    let mut cmd = podman();
+    run_offline_in(podman(), image, checkout, session, env)
+}
+
+/// [`run_offline_with`] under `engine` (`podman()`, or a `docker` command).
+pub fn run_offline_in(
+    mut cmd: StdCommand,
+    image: &str,
+    checkout: &Path,
+    session: &str,
+    env: &[&str],
+) -> (bool, String) {
     cmd.args(["run", "--rm", "--network", "none", "--pull", "missing"])
         .args(["-v", &format!("{}:/src", checkout.display()), "-w", "/src"])
         .args(["-e", "UV_OFFLINE=1"]);
@@ -365,7 +375,7 @@ pub fn run_offline_with(
             session,
         ])
         .output()
-        .expect("cannot run podman (apt-get install -y podman)");
+        .expect("cannot run the engine (apt-get install -y podman docker.io)");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -145,6 +145,7 @@ pub async fn run(
     let plan = crate::plan::make_plan(config, registry, &args.sessions).await?;
     crate::commands::report::flush_warnings(registry, printer);
     crate::commands::report::report_plan_findings(&plan, printer);
+    crate::commands::report::report_left_out(config, &plan, &args.sessions, printer);
     printer.info(format!(
         "base {} · {} session(s)",
         plan.base.pinned(),

@@ -179,6 +179,7 @@ pub async fn plan(
         return Ok(());
     }
     super::report::report_plan_findings(&plan, printer);
+    super::report::report_left_out(config, &plan, &args.sessions, printer);
     let report = PlanReport::new(&plan, config);
     if args.json {
         printer.out(report.json());

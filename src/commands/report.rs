@@ -11,6 +11,30 @@ use crate::plan::Plan;
 use crate::printer::Printer;
 use crate::registry::Registry;
 
+/// Warn about sessions the noxfile runs by default that venvimg.yaml leaves out (only
+/// when no `--session` narrows the run).
+pub fn report_left_out(
+    config: &crate::config::Config,
+    plan: &Plan,
+    only: &[String],
+    printer: &Printer,
+) {
+    if !only.is_empty() {
+        return;
+    }
+    let left = crate::plan::left_out(config, &plan.listing);
+    if !left.is_empty() {
+        printer.warn(format!(
+            "{}: `sessions:` leaves out {} that nox runs by default ({}): {} no image; add {} to `sessions:`, or drop `sessions:` to follow the noxfile",
+            config.file.display(),
+            if left.len() == 1 { "a session" } else { "sessions" },
+            left.join(", "),
+            if left.len() == 1 { "it gets" } else { "they get" },
+            if left.len() == 1 { "it" } else { "them" },
+        ));
+    }
+}
+
 pub fn flush_warnings(registry: &Registry, printer: &Printer) {
     for w in registry.take_warnings() {
         printer.warn(w);

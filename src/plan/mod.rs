@@ -251,6 +251,20 @@ fn matches(name: &str, s: &ListedSession) -> bool {
     name == s.session || name == s.name || s.signatures.iter().any(|g| g == name)
 }
 
+/// Sessions nox runs by default that `sessions:` in venvimg.yaml leaves out: they get no
+/// image, and a CI job that expects one finds an empty output. None when the config
+/// lists no sessions (then nox's own selection is followed).
+pub fn left_out(config: &Config, listing: &[ListedSession]) -> Vec<String> {
+    let Some(configured) = &config.sessions else {
+        return Vec::new();
+    };
+    listing
+        .iter()
+        .filter(|l| l.selected && !configured.iter().any(|c| matches(&c.name, l)))
+        .map(|l| l.session.clone())
+        .collect()
+}
+
 /// Which sessions this run covers: those configured (checked against every session the
 /// noxfile defines, `default=False` ones included; a function name stands for all its
 /// signatures), or what nox selects by default; narrowed by `--session`.

@@ -374,3 +374,29 @@ fn the_config_is_found_from_a_subfolder_and_ci_output_is_checked_before_any_work
     );
     assert!(!text.contains("base "), "it planned first: {text}");
 }
+
+#[test]
+fn sessions_the_config_leaves_out_are_named() {
+    // `sessions: [tests]` while nox runs lint and compat-3.11 by default too: plan says
+    // which get no image (a CI job expecting one would find an empty output).
+    let p = project("sessions: [tests]\n");
+    let (code, text) = p.outcome(&["plan"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("`sessions:` leaves out sessions that nox runs by default"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lint") && text.contains("compat-3.11"),
+        "{text}"
+    );
+    // Narrowed with -s on purpose: nothing to say.
+    let (code, text) = p.outcome(&["plan", "-s", "tests"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("leaves out"), "{text}");
+    // Following the noxfile (no `sessions:`): nothing left out.
+    p.write_config("");
+    let (code, text) = p.outcome(&["plan"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("leaves out"), "{text}");
+}

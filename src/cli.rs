@@ -65,9 +65,9 @@ pub struct GlobalArgs {
     /// `repository:` (and its base image when it is on the same registry).
     #[arg(long, global = true)]
     pub password_stdin: bool,
-    /// Upload blobs in chunks of this many MiB (1-4; more is sent as 4) instead of one
-    /// request each, for proxies that limit request bodies.
-    #[arg(long, global = true, value_name = "MIB")]
+    /// Upload blobs in chunks of this many MiB (1-4: oci-client sends at most 4 MiB per
+    /// PATCH) instead of one request each, for proxies that limit request bodies.
+    #[arg(long, global = true, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=4))]
     pub chunk_size: Option<u64>,
 }
 

@@ -390,6 +390,10 @@ fn sessions_the_config_leaves_out_are_named() {
         text.contains("lint") && text.contains("compat-3.11"),
         "{text}"
     );
+    // --chunk-size beyond what oci-client sends per request is refused, not capped.
+    let (code, text) = p.outcome(&["plan", "--chunk-size", "16"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("1..=4"), "{text}");
     // Narrowed with -s on purpose: nothing to say.
     let (code, text) = p.outcome(&["plan", "-s", "tests"]);
     assert_eq!(code, Some(0), "{text}");

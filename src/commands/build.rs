@@ -54,8 +54,9 @@ pub struct BuildArgs {
     /// daemon has no bridge); default: the engine's own.
     #[arg(long, value_name = "MODE")]
     pub build_network: Option<String>,
-    /// Fail (exit 1, push nothing) when a `locked:` session installs packages its key does
-    /// not cover, instead of warning.
+    /// For CI: refuse to build (exit 2) when uv.lock does not match pyproject.toml or
+    /// `sessions:` leaves out a session nox runs by default, and fail (exit 1, push
+    /// nothing) when a `locked:` session installs packages its key does not cover.
     #[arg(long)]
     pub strict: bool,
     /// Keep the build folders (venvs, layers, logs) for debugging.
@@ -145,7 +146,7 @@ pub async fn run(
     let plan = crate::plan::make_plan(config, registry, &args.sessions).await?;
     crate::commands::report::flush_warnings(registry, printer);
     crate::commands::report::report_plan_findings(&plan, printer);
-    crate::commands::report::report_left_out(config, &plan, &args.sessions, printer);
+    crate::commands::report::check_project(config, &plan, &args.sessions, args.strict, printer)?;
     printer.info(format!(
         "base {} · {} session(s)",
         plan.base.pinned(),

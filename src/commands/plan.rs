@@ -23,6 +23,10 @@ pub struct PlanArgs {
     /// $FORGEJO_OUTPUT.
     #[arg(long)]
     pub ci_output: bool,
+    /// For CI: exit 2 when uv.lock does not match pyproject.toml or `sessions:` leaves
+    /// out a session nox runs by default (otherwise warnings).
+    #[arg(long)]
+    pub strict: bool,
     /// Why SESSION hits or misses: what changed since the closest earlier image of it.
     #[arg(long, value_name = "SESSION")]
     pub explain: Option<String>,
@@ -179,7 +183,7 @@ pub async fn plan(
         return Ok(());
     }
     super::report::report_plan_findings(&plan, printer);
-    super::report::report_left_out(config, &plan, &args.sessions, printer);
+    super::report::check_project(config, &plan, &args.sessions, args.strict, printer)?;
     let report = PlanReport::new(&plan, config);
     if args.json {
         printer.out(report.json());

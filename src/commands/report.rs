@@ -9,22 +9,28 @@ use crate::error::Error;
 use crate::model::Digest;
 use crate::plan::Plan;
 use crate::printer::Printer;
+use crate::python::lockcheck::LockState;
 use crate::registry::Registry;
 
-/// Warn about sessions the noxfile runs by default that venvimg.yaml leaves out (only
-/// when no `--session` narrows the run).
-pub fn report_left_out(
+/// What the project's own files disagree on: sessions nox runs by default that
+/// venvimg.yaml's `sessions:` leaves out (only when no `--session` narrows the run), and a
+/// uv.lock that no longer answers pyproject.toml. Warnings, or with `--strict` (for CI) an
+/// error before anything is built.
+pub fn check_project(
     config: &crate::config::Config,
     plan: &Plan,
     only: &[String],
+    strict: bool,
     printer: &Printer,
-) {
-    if !only.is_empty() {
-        return;
-    }
-    let left = crate::plan::left_out(config, &plan.listing);
+) -> Result<(), Error> {
+    let mut problems = Vec::new();
+    let left = if only.is_empty() {
+        crate::plan::left_out(config, &plan.listing)
+    } else {
+        Vec::new()
+    };
     if !left.is_empty() {
-        printer.warn(format!(
+        problems.push(format!(
             "{}: `sessions:` leaves out {} that nox runs by default ({}): {} no image; add {} to `sessions:`, or drop `sessions:` to follow the noxfile",
             config.file.display(),
             if left.len() == 1 { "a session" } else { "sessions" },
@@ -33,6 +39,27 @@ pub fn report_left_out(
             if left.len() == 1 { "it" } else { "them" },
         ));
     }
+    match &plan.lock {
+        Some(LockState::Stale(why)) => problems.push(format!(
+            "{}: uv.lock does not match pyproject.toml: {}; sessions that install from the lock as it is (`--frozen`) would miss that\n  hint: run `uv lock` and commit uv.lock (`uv lock --check` confirms)",
+            config.project_dir.join("uv.lock").display(),
+            why.join("; ")
+        )),
+        Some(LockState::Unchecked(why)) => {
+            printer.verbose(format!("uv.lock not compared with pyproject.toml: {why}"))
+        }
+        Some(LockState::Matches) | None => {}
+    }
+    if strict && !problems.is_empty() {
+        return Err(Error::Usage(format!(
+            "--strict: {}",
+            problems.join("\nerror: --strict: ")
+        )));
+    }
+    for p in problems {
+        printer.warn(p);
+    }
+    Ok(())
 }
 
 pub fn flush_warnings(registry: &Registry, printer: &Printer) {

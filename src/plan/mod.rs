@@ -195,6 +195,8 @@ pub struct Plan {
     pub dry_run_source: &'static str,
     /// A dry run made by this plan that `build` saves in the repository for other runners.
     pub dry_run_to_share: Option<(Reference, DryRun)>,
+    /// Whether uv.lock still answers pyproject.toml (`None`: no uv.lock).
+    pub lock: Option<crate::python::lockcheck::LockState>,
 }
 
 impl Plan {
@@ -720,6 +722,7 @@ pub async fn make_plan(
         nox_version: hook_out.nox_version,
         dry_run_source,
         dry_run_to_share,
+        lock: crate::python::lockcheck::check(&config.project_dir),
     })
 }
 

@@ -8,6 +8,7 @@ pub mod hook;
 pub mod inputs;
 pub mod installs;
 pub mod layering;
+pub mod lockcheck;
 pub mod locked;
 pub mod nox;
 pub mod venv;

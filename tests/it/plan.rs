@@ -404,3 +404,47 @@ fn sessions_the_config_leaves_out_are_named() {
     assert_eq!(code, Some(0), "{text}");
     assert!(!text.contains("leaves out"), "{text}");
 }
+
+#[test]
+fn a_lock_that_no_longer_matches_pyproject_is_named_and_strict_refuses_it() {
+    let p = project("");
+    // Matching lock: --strict has nothing to refuse.
+    let (code, text) = p.outcome(&["plan", "--strict"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("uv.lock does not match"), "{text}");
+
+    // What a user does by mistake: add a dependency without updating the lock.
+    let out = std::process::Command::new("uv")
+        .args(["add", "--frozen", "--group", "test", "coverage"])
+        .current_dir(p.path())
+        .output()
+        .expect("uv runs (install it: pip install uv)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let (code, text) = p.outcome(&["plan"]);
+    assert_eq!(code, Some(0), "a warning, not an error: {text}");
+    assert!(
+        text.contains("uv.lock does not match pyproject.toml"),
+        "{text}"
+    );
+    assert!(
+        text.contains("`coverage` is in pyproject.toml's group `test` but not in uv.lock"),
+        "{text}"
+    );
+    assert!(text.contains("run `uv lock`"), "{text}");
+
+    // In CI, --strict stops the build before anything is built or pushed.
+    let (code, text) = p.outcome(&["build", "--strict"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("--strict: ") && text.contains("`coverage`"),
+        "{text}"
+    );
+    assert!(!text.contains("session(s)"), "it went on to build: {text}");
+    let (code, _) = p.outcome(&["plan", "--strict"]);
+    assert_eq!(code, Some(2));
+}

@@ -34,6 +34,11 @@ pub struct GlobalArgs {
     /// venvimg.yaml here or in the nearest folder above, as uv and cargo find theirs).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Push to and look up images in this repository (REGISTRY/NAME) instead of
+    /// venvimg.yaml's `repository:`; VENVIMG_REPOSITORY does the same from the environment
+    /// (a fork's or a trial run's own registry, like ko's KO_DOCKER_REPO). The flag wins.
+    #[arg(long, global = true, value_name = "REF")]
+    pub repository: Option<String>,
     /// More detail (each step, each request kind).
     #[arg(short, long, global = true, conflicts_with = "quiet")]
     pub verbose: bool,
@@ -148,15 +153,17 @@ pub fn main() -> i32 {
     }
 }
 
-/// venvimg.yaml, with `repository` taken from VENVIMG_REPOSITORY when set (a fork's or a
-/// trial run's own registry, like ko's KO_DOCKER_REPO); refused, before any request,
-/// while it still holds `venvimg init`'s placeholders.
+/// venvimg.yaml, with `repository` taken from `--repository` or VENVIMG_REPOSITORY when
+/// set (a fork's or a trial run's own registry, like ko's KO_DOCKER_REPO); refused,
+/// before any request, while it still holds `venvimg init`'s placeholders.
 fn load_config(g: &GlobalArgs) -> Result<Config, Error> {
     let mut config = Config::load(&g.config_file())?;
-    if let Some(value) = std::env::var("VENVIMG_REPOSITORY")
+    let from_env = std::env::var("VENVIMG_REPOSITORY")
         .ok()
-        .filter(|v| !v.trim().is_empty())
-    {
+        .filter(|v| !v.trim().is_empty());
+    if let Some(value) = &g.repository {
+        config.override_repository("--repository", value.trim())?;
+    } else if let Some(value) = from_env {
         config.override_repository("VENVIMG_REPOSITORY", value.trim())?;
     }
     let fields = config.placeholders();
@@ -167,7 +174,7 @@ fn load_config(g: &GlobalArgs) -> Result<Config, Error> {
             fields.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(" and "),
             if fields.len() == 1 { "s" } else { "" },
             if fields.len() == 1 { "it" } else { "them" },
-            if fields.contains(&"repository") { "; VENVIMG_REPOSITORY overrides `repository`" } else { "" },
+            if fields.contains(&"repository") { "; --repository or VENVIMG_REPOSITORY overrides `repository`" } else { "" },
         )));
     }
     Ok(config)

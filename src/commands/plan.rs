@@ -27,7 +27,8 @@ pub struct PlanArgs {
     /// out a session nox runs by default (otherwise warnings).
     #[arg(long)]
     pub strict: bool,
-    /// Why SESSION hits or misses: what changed since the closest earlier image of it.
+    /// Why SESSION hits or misses: what changed since the closest earlier image of it
+    /// (with --json, as an object).
     #[arg(long, value_name = "SESSION")]
     pub explain: Option<String>,
 }
@@ -178,8 +179,12 @@ pub async fn plan(
     let plan = crate::plan::make_plan(config, registry, &only).await?;
     super::report::flush_warnings(registry, printer);
     if let Some(session) = &args.explain {
-        let text = crate::plan::explain::explain(config, registry, &plan, session).await?;
-        printer.out(text.trim_end());
+        let why = crate::plan::explain::explain(config, registry, &plan, session).await?;
+        if args.json {
+            printer.out(serde_json::to_string_pretty(&why).expect("the explanation serialises"));
+        } else {
+            printer.out(why.text().trim_end());
+        }
         return Ok(());
     }
     super::report::report_plan_findings(&plan, printer);

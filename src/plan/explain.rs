@@ -19,12 +19,87 @@ use crate::registry::Registry;
 /// How many earlier images of a session are compared at most (each costs two requests).
 const MAX_CANDIDATES: usize = 30;
 
+/// Why a session hits or misses: what `--explain` prints, as text or (`--json`) as is.
+#[derive(Debug, serde::Serialize)]
+pub struct Explanation {
+    pub session: String,
+    /// `hit` or `miss`.
+    pub status: &'static str,
+    pub key: String,
+    pub tag: String,
+    /// `registry/name:tag`.
+    pub image: String,
+    /// The manifest digest of a hit.
+    pub digest: Option<String>,
+    /// The Python nox finds missing in the base image (the session is skipped there).
+    pub missing_python: Option<String>,
+    /// An image exists at this tag, but these files its build read changed since.
+    pub changed_at_tag: Vec<String>,
+    /// The closest earlier image of the session, and what changed since it.
+    pub closest_earlier: Option<Earlier>,
+    /// `registry/name` searched for earlier images.
+    pub repository: String,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Earlier {
+    pub tag: String,
+    pub changes: Vec<String>,
+}
+
+impl Explanation {
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "session {}: {} (key {}, tag {})\n",
+            self.session,
+            self.status,
+            &self.key[..16],
+            self.tag
+        );
+        if let Some(digest) = &self.digest {
+            out.push_str(&format!(
+                "  the image for this key exists: {}@{digest}\n",
+                self.image
+            ));
+            return out;
+        }
+        if let Some(python) = &self.missing_python {
+            out.push_str(&format!(
+                "  nox skips it in the base image: no Python {python} there\n"
+            ));
+        }
+        if !self.changed_at_tag.is_empty() {
+            out.push_str("  an image exists at this tag, but what its build read changed since:\n");
+            for c in &self.changed_at_tag {
+                out.push_str(&format!("    {c}\n"));
+            }
+            return out;
+        }
+        match &self.closest_earlier {
+            None => out.push_str(&format!(
+                "  no earlier image of this session in {}: first build\n",
+                self.repository
+            )),
+            Some(e) => {
+                out.push_str(&format!(
+                    "  closest earlier image: tag {}\n  changed since:\n",
+                    e.tag
+                ));
+                for c in &e.changes {
+                    out.push_str(&format!("    {c}\n"));
+                }
+            }
+        }
+        out
+    }
+}
+
 pub async fn explain(
     config: &Config,
     registry: &Registry,
     plan: &Plan,
     session: &str,
-) -> Result<String, Error> {
+) -> Result<Explanation, Error> {
     let s = plan
         .sessions
         .iter()
@@ -38,58 +113,42 @@ pub async fn explain(
                 .map(|s| s.config.name.clone())
                 .collect(),
         })?;
-    let mut out = format!(
-        "session {}: {} (key {}, tag {})\n",
-        s.config.name,
-        match &s.status {
+    let mut e = Explanation {
+        session: s.config.name.clone(),
+        status: match &s.status {
             Status::Hit { .. } => "hit",
             Status::Miss => "miss",
         },
-        &s.key[..16],
-        s.tag
-    );
-    if let Status::Hit { digest } = &s.status {
-        out.push_str(&format!(
-            "  the image for this key exists: {}@{digest}\n",
-            s.image.whole()
-        ));
-        return Ok(out);
-    }
-    if let Some(super::Problem::MissingInterpreter { python }) = &s.problem {
-        out.push_str(&format!(
-            "  nox skips it in the base image: no Python {python} there\n"
-        ));
-    }
-    if !s.changed.is_empty() {
-        out.push_str("  an image exists at this tag, but what its build read changed since:\n");
-        for c in &s.changed {
-            out.push_str(&format!("    {c}\n"));
-        }
-        return Ok(out);
+        key: s.key.clone(),
+        tag: s.tag.clone(),
+        image: s.image.whole(),
+        digest: match &s.status {
+            Status::Hit { digest } => Some(digest.to_string()),
+            Status::Miss => None,
+        },
+        missing_python: s.problem.as_ref().map(|p| match p {
+            super::Problem::MissingInterpreter { python } => python.clone(),
+        }),
+        changed_at_tag: s.changed.clone(),
+        closest_earlier: None,
+        repository: format!(
+            "{}/{}",
+            config.repository.resolve_registry(),
+            config.repository.repository()
+        ),
+    };
+    if e.digest.is_some() || !e.changed_at_tag.is_empty() {
+        return Ok(e);
     }
     let earlier = earlier_documents(registry, s).await?;
-    let Some((tag, changes)) = earlier
+    e.closest_earlier = earlier
         .into_iter()
         .map(|(tag, doc)| {
             let changes = differences(&doc, &s.document);
-            (tag, changes)
+            Earlier { tag, changes }
         })
-        .min_by_key(|(_, c)| c.len())
-    else {
-        out.push_str(&format!(
-            "  no earlier image of this session in {}/{}: first build\n",
-            config.repository.resolve_registry(),
-            config.repository.repository()
-        ));
-        return Ok(out);
-    };
-    out.push_str(&format!(
-        "  closest earlier image: tag {tag}\n  changed since:\n"
-    ));
-    for c in changes {
-        out.push_str(&format!("    {c}\n"));
-    }
-    Ok(out)
+        .min_by_key(|e| e.changes.len());
+    Ok(e)
 }
 
 /// Key documents of this session's other tags in the repository.

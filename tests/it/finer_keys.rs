@@ -64,6 +64,29 @@ fn a_lock_change_rebuilds_only_the_sessions_it_touches() {
     assert!(text.contains("package pyflakes: 4.1.0 → 3.1.0"), "{text}");
     let out = p.run(&["plan", "--explain", "tests"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("session tests: hit"));
+    // The same, for a script: --json.
+    let out = p.run(&["plan", "--explain", "lint", "--json", "-q"]);
+    let why = support::project::json_ok(&out, "plan --explain lint --json");
+    assert_eq!(why["status"], "miss", "{why}");
+    let changes: Vec<&str> = why["closest_earlier"]["changes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no closest_earlier.changes: {why}"))
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.contains("package pyflakes: 4.1.0 → 3.1.0")),
+        "{why}"
+    );
+    let out = p.run(&["plan", "--explain", "tests", "--json", "-q"]);
+    let why = support::project::json_ok(&out, "plan --explain tests --json");
+    assert_eq!(why["status"], "hit", "{why}");
+    assert!(
+        why["digest"].as_str().unwrap_or("").starts_with("sha256:"),
+        "{why}"
+    );
 
     // A runtime dependency bump: both sessions install the project's dependencies, so
     // both miss.
@@ -117,7 +140,9 @@ fn unpinned_install_is_drift_and_strict_refuses_it() {
         .unwrap()
         .to_string();
 
-    let out = build(&p, &["--strict"]);
+    // `-s`: the config names one session on purpose (a bare --strict would refuse the
+    // sessions it leaves out before building).
+    let out = build(&p, &["--strict", "-s", "drift"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("session `drift`"), "{err}");

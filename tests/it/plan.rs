@@ -341,6 +341,27 @@ fn sessions_are_selected_as_nox_takes_them_and_json_callers_get_errors_as_json()
     let (code, text) = p.outcome_with(&["plan"], &[("VENVIMG_REPOSITORY", "Not A/Ref!!")]);
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("VENVIMG_REPOSITORY"), "{text}");
+    // The flag does the same and wins over the environment.
+    let flagged = format!("{}/flag-{}", env.registry, std::process::id());
+    let out = p
+        .venvimg()
+        .args([
+            "plan",
+            "--json",
+            "-q",
+            "-s",
+            "tests",
+            "--repository",
+            &flagged,
+        ])
+        .env("VENVIMG_REPOSITORY", &fork)
+        .output()
+        .unwrap();
+    let doc = support::project::json_ok(&out, "plan with --repository");
+    assert_eq!(doc["repository"], flagged.as_str(), "{doc}");
+    let (code, text) = p.outcome(&["plan", "--repository", "Not A/Ref!!"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("--repository"), "{text}");
 }
 
 #[test]

@@ -30,10 +30,16 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// The configuration file; inputs and the noxfile are found next to it (default:
-    /// venvimg.yaml here or in the nearest folder above, as uv and cargo find theirs).
+    /// The configuration file (default: venvimg.yaml here or in the nearest folder above,
+    /// as uv and cargo find theirs). Inputs and the noxfile are found next to it, or in
+    /// its `root:` folder.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The project's root folder (noxfile, pyproject.toml, inputs), as uv's --project:
+    /// venvimg.yaml is looked for from there, and the project is there wherever the
+    /// config file lives (over its `root:`).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub project: Option<PathBuf>,
     /// Push to and look up images in this repository (REGISTRY/NAME) instead of
     /// venvimg.yaml's `repository:`; VENVIMG_REPOSITORY does the same from the environment
     /// (a fork's or a trial run's own registry, like ko's KO_DOCKER_REPO). The flag wins.
@@ -157,7 +163,16 @@ pub fn main() -> i32 {
 /// set (a fork's or a trial run's own registry, like ko's KO_DOCKER_REPO); refused,
 /// before any request, while it still holds `venvimg init`'s placeholders.
 fn load_config(g: &GlobalArgs) -> Result<Config, Error> {
-    let mut config = Config::load(&g.config_file())?;
+    if let Some(dir) = &g.project {
+        if !dir.join(crate::config::NOXFILE).is_file() {
+            return Err(Error::Usage(format!(
+                "--project {}: no {} there; name the project's root folder",
+                dir.display(),
+                crate::config::NOXFILE
+            )));
+        }
+    }
+    let mut config = Config::load_for(&g.config_file(), g.project.as_deref())?;
     let from_env = std::env::var("VENVIMG_REPOSITORY")
         .ok()
         .filter(|v| !v.trim().is_empty());
@@ -189,12 +204,14 @@ async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
         }
         Command::Init(args) => {
             // init writes here unless told where: it never edits a parent's file.
-            let file = cli
-                .global
-                .config
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_CONFIG_FILE));
-            crate::commands::init(&file, &args, printer)
+            let file = cli.global.config.clone().unwrap_or_else(|| {
+                cli.global
+                    .project
+                    .clone()
+                    .unwrap_or_default()
+                    .join(crate::config::DEFAULT_CONFIG_FILE)
+            });
+            crate::commands::init(&file, cli.global.project.as_deref(), &args, printer)
         }
         Command::Inspect(args) => {
             let transport = inspect_transport(&cli.global, &args.image, printer)?;
@@ -235,14 +252,19 @@ impl GlobalArgs {
             return file.clone();
         }
         let name = crate::config::DEFAULT_CONFIG_FILE;
-        let here = PathBuf::from(name);
+        let start = self.project.clone().unwrap_or_default();
+        let here = start.join(name);
         if here.is_file() {
             return here;
         }
-        std::env::current_dir()
-            .ok()
-            .and_then(|cwd| {
-                cwd.ancestors()
+        let from = if start.as_os_str().is_empty() {
+            std::env::current_dir()
+        } else {
+            std::path::absolute(&start)
+        };
+        from.ok()
+            .and_then(|dir| {
+                dir.ancestors()
                     .skip(1)
                     .map(|dir| dir.join(name))
                     .find(|candidate| candidate.is_file())

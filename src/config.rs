@@ -62,6 +62,7 @@ struct RawConfig {
     compression: Option<String>,
     owner: Option<String>,
     project: Option<String>,
+    root: Option<String>,
     build: Option<String>,
     layers: Option<String>,
     max_layers: Option<usize>,
@@ -362,7 +363,9 @@ pub const BASE_PLACEHOLDER: &str = "registry.example.com/change-me/python-nox:3.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub file: PathBuf,
-    /// Directory the config file lives in; inputs and the noxfile are relative to it.
+    /// The project's root: where the noxfile, pyproject.toml and inputs are, and what a
+    /// job mounts as the checkout. The config file's folder, unless `root:` (relative to
+    /// that folder) or `--project` names another.
     pub project_dir: PathBuf,
     pub repository: Reference,
     pub base: Reference,
@@ -413,23 +416,57 @@ impl Config {
     }
 
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        Self::load_for(file, None)
+    }
+
+    /// The config file, for the project at `project` when given (`--project`), else at
+    /// its `root:`, else in its own folder.
+    pub fn load_for(file: &Path, project: Option<&Path>) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
             file: file.to_path_buf(),
             source,
         })?;
-        let project_dir = match file.parent() {
+        let config_dir = match file.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        Self::parse(&text, file, &project_dir)
+        Self::parse_at(&text, file, &config_dir, project)
     }
 
-    pub fn parse(text: &str, file: &Path, project_dir: &Path) -> Result<Config, ConfigError> {
+    pub fn parse(text: &str, file: &Path, config_dir: &Path) -> Result<Config, ConfigError> {
+        Self::parse_at(text, file, config_dir, None)
+    }
+
+    fn parse_at(
+        text: &str,
+        file: &Path,
+        config_dir: &Path,
+        project: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
         let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
             file: file.to_path_buf(),
             message: syntax_message(&e),
         })?;
         let f = file;
+        let project_dir = match (project, raw.root.as_deref()) {
+            (Some(p), _) => p.to_path_buf(),
+            (None, Some(root)) => {
+                let dir = config_dir.join(root);
+                if !dir.join(NOXFILE).is_file() {
+                    return Err(ConfigError::field(
+                        f,
+                        "root",
+                        format!(
+                            "`{root}` (relative to the file's folder: {}) has no {NOXFILE}; name the project's root folder, the one with {NOXFILE} and pyproject.toml",
+                            dir.display()
+                        ),
+                    ));
+                }
+                dir
+            }
+            (None, None) => config_dir.to_path_buf(),
+        };
+        let project_dir = project_dir.as_path();
 
         let repository_s = raw.repository.ok_or_else(|| {
             ConfigError::field(

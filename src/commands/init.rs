@@ -43,6 +43,8 @@ pub struct InitFacts {
     pub base: Option<String>,
     pub builder: BuilderKind,
     pub workdir: String,
+    /// `root:`, when the file is written outside the project's root (`--project`).
+    pub root: Option<String>,
     /// Every session the noxfile defines, `default=False` ones included, each saying
     /// whether nox selects it by default.
     pub sessions: Vec<ListedSession>,
@@ -67,6 +69,32 @@ fn yaml_scalar(s: &str) -> String {
     } else {
         serde_json::to_string(s).expect("strings serialise")
     }
+}
+
+/// `root:` for a config file in `config_dir` and the project at `project`: `None` when
+/// they are the same folder, `..`-steps when the file is below the project (`ci/`), the
+/// path down when it is above.
+fn relative_root(config_dir: &Path, project: &Path) -> Result<Option<String>, Error> {
+    let canon = |p: &Path| {
+        std::fs::canonicalize(p)
+            .map_err(|e| Error::Usage(format!("{}: {e}; create the folder first", p.display())))
+    };
+    let (c, p) = (canon(config_dir)?, canon(project)?);
+    if c == p {
+        return Ok(None);
+    }
+    if let Ok(down) = p.strip_prefix(&c) {
+        return Ok(Some(down.to_string_lossy().into_owned()));
+    }
+    if let Ok(up) = c.strip_prefix(&p) {
+        let steps = vec![".."; up.components().count()];
+        return Ok(Some(steps.join("/")));
+    }
+    Err(Error::Usage(format!(
+        "{} is neither inside nor above the project {}; put venvimg.yaml in the project",
+        config_dir.display(),
+        project.display()
+    )))
 }
 
 /// The first line of a session's docstring, for a comment.
@@ -102,6 +130,10 @@ pub fn render_config(facts: &InitFacts) -> String {
             line("# CHANGE ME: a placeholder; set the image your CI jobs run in (or rerun `venvimg init --base REF --force`).");
             line(&format!("base: {BASE_PLACEHOLDER}"));
         }
+    }
+    if let Some(root) = &facts.root {
+        line("# The project's root (noxfile, pyproject.toml, inputs), relative to this file's folder.");
+        line(&format!("root: {}", yaml_scalar(root)));
     }
     line("# Platform of the images, OS/ARCH[/VARIANT]; unset means this machine's (uncomment to pin it).");
     line(&format!("# platform: {}", Platform::host()));
@@ -225,11 +257,22 @@ fn default_builder() -> BuilderKind {
     crate::engine::installed_engine().unwrap_or(BuilderKind::Podman)
 }
 
-pub fn init(config_file: &Path, args: &InitArgs, printer: &Printer) -> Result<(), Error> {
+/// Write `config_file` for the project at `project` (default: the file's folder); a file
+/// outside the project's root gets a `root:` pointing back to it.
+pub fn init(
+    config_file: &Path,
+    project: Option<&Path>,
+    args: &InitArgs,
+    printer: &Printer,
+) -> Result<(), Error> {
     let file: PathBuf = config_file.to_path_buf();
-    let dir = match file.parent() {
+    let config_dir = match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
+    };
+    let (dir, root) = match project {
+        None => (config_dir.clone(), None),
+        Some(p) => (p.to_path_buf(), relative_root(&config_dir, p)?),
     };
     if file.exists() && !args.force {
         return Err(Error::Usage(format!(
@@ -265,16 +308,17 @@ pub fn init(config_file: &Path, args: &InitArgs, printer: &Printer) -> Result<()
         base: args.base.clone(),
         builder,
         workdir: args.workdir.clone(),
+        root,
         sessions,
     };
     let text = render_config(&facts);
     // What we write must load: check it the way every command will read it.
-    Config::parse(&text, &file, &dir)?;
+    Config::parse(&text, &file, &config_dir)?;
 
     let mut tmp = tempfile::Builder::new()
         .prefix(".venvimg-")
-        .tempfile_in(&dir)
-        .map_err(|s| OutputError::io(&dir, s))?;
+        .tempfile_in(&config_dir)
+        .map_err(|s| OutputError::io(&config_dir, s))?;
     tmp.write_all(text.as_bytes())
         .map_err(|s| OutputError::io(tmp.path(), s))?;
     crate::outputs::layout::set_file_mode(tmp.as_file(), 0o644)
@@ -347,6 +391,7 @@ mod tests {
             base: Some("127.0.0.1:5000/base/python-nox:bookworm".into()),
             builder: BuilderKind::Local,
             workdir: "/__w/app/app".into(),
+            root: None,
             sessions: vec![
                 session("tests-3.12", Some("Run the tests.\n\nMore text."), true),
                 session("tests(django='4.2')", None, true),

@@ -469,3 +469,74 @@ fn a_lock_that_no_longer_matches_pyproject_is_named_and_strict_refuses_it() {
     let (code, _) = p.outcome(&["plan", "--strict"]);
     assert_eq!(code, Some(2));
 }
+
+#[test]
+fn a_config_outside_the_root_names_the_project_with_root_or_project() {
+    let env = support::testenv();
+    let p = project("");
+    let from_root = keys(&p.plan());
+    let ci = p.path().join("ci");
+    std::fs::create_dir(&ci).unwrap();
+    std::fs::rename(p.path().join("venvimg.yaml"), ci.join("venvimg.yaml")).unwrap();
+    let plan_json = |args: &[&str], what: &str| {
+        let out = p
+            .venvimg()
+            .args(args)
+            .args(["plan", "--json", "-q"])
+            .output()
+            .unwrap();
+        keys(&support::project::json_ok(&out, what))
+    };
+
+    // `--project .`: the project is here though the file is in ci/; same keys.
+    assert_eq!(
+        plan_json(
+            &["--config", "ci/venvimg.yaml", "--project", "."],
+            "--project"
+        ),
+        from_root
+    );
+    // `root: ..` in the file does the same, from anywhere below the project.
+    let yaml = std::fs::read_to_string(ci.join("venvimg.yaml")).unwrap();
+    std::fs::write(ci.join("venvimg.yaml"), format!("{yaml}root: ..\n")).unwrap();
+    assert_eq!(
+        plan_json(&["--config", "ci/venvimg.yaml"], "root: .."),
+        from_root
+    );
+    // A root without a noxfile: exit 2 naming the field.
+    std::fs::write(ci.join("venvimg.yaml"), format!("{yaml}root: nowhere\n")).unwrap();
+    let (code, text) = p.outcome(&["--config", "ci/venvimg.yaml", "plan"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("root") && text.contains("has no noxfile.py"),
+        "{text}"
+    );
+    let (code, text) = p.outcome(&["--project", "ci", "plan"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("--project ci: no noxfile.py there"), "{text}");
+
+    // init writes `root:` when told the project is elsewhere.
+    std::fs::remove_file(ci.join("venvimg.yaml")).unwrap();
+    let out = p
+        .venvimg()
+        .args(["--config", "ci/venvimg.yaml", "--project", ".", "init"])
+        .args(["--repository", p.repo(), "--base", &env.base])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = std::fs::read_to_string(ci.join("venvimg.yaml")).unwrap();
+    assert!(written.contains("\nroot: \"..\"\n"), "{written}");
+    let out = support::venvimg()
+        .current_dir(&ci)
+        .args(["plan", "--json", "-q"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        keys(&support::project::json_ok(&out, "plan in ci/")),
+        from_root
+    );
+}

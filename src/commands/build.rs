@@ -319,7 +319,7 @@ pub async fn run(
     }
 
     // The all-sessions image, for local use: every session's layer on one base.
-    let all_tag = plan.all_sessions_tag();
+    let all_tag = plan.combined_tag();
     let all_ref = Reference::with_tag(
         config.repository.resolve_registry().to_string(),
         config.repository.repository().to_string(),
@@ -378,7 +378,12 @@ pub async fn run(
         if all_exists.as_deref() != Some(all_image.manifest_digest.as_str()) {
             push::push_image(registry, &all_ref, &all_image, &plan.base, &local_files).await?;
             printer.info(format!(
-                "pushed all-sessions image {}@{}",
+                "pushed {} {}@{}",
+                if plan.complete {
+                    "the all-sessions image"
+                } else {
+                    "the combined image of the selected sessions"
+                },
                 all_ref.whole(),
                 all_image.manifest_digest
             ));
@@ -426,6 +431,12 @@ pub async fn run(
         all: all_wanted.then(|| AllImage {
             image: all_ref.whole(),
             digest: &all_image.manifest_digest,
+            complete: plan.complete,
+            sessions: plan
+                .sessions
+                .iter()
+                .map(|s| s.config.name.as_str())
+                .collect(),
         }),
         seconds: started.elapsed().as_secs_f64(),
         pushed: !args.no_push,
@@ -1280,6 +1291,11 @@ pub struct AllImage<'a> {
     /// `registry/name:tag`.
     pub image: String,
     pub digest: &'a str,
+    /// It holds every session of the config (`all-…`), not a `--session` pick
+    /// (`sessions-…`); only then is it the `all` CI output.
+    pub complete: bool,
+    /// The sessions whose venvs it holds.
+    pub sessions: Vec<&'a str>,
 }
 
 impl BuildReport<'_> {
@@ -1339,8 +1355,13 @@ impl BuildReport<'_> {
                 (r.venv_dir.clone(), reference)
             })
             .collect();
-        if let Some(all) = &self.all {
-            refs.push(("all".into(), format!("{}@{}", all.image, all.digest)));
+        if let Some(all) = self.all.as_ref().filter(|a| a.complete) {
+            let reference = if pushed {
+                format!("{}@{}", all.image, all.digest)
+            } else {
+                all.image.clone()
+            };
+            refs.push(("all".into(), reference));
         }
         refs
     }

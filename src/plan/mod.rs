@@ -195,13 +195,17 @@ pub struct Plan {
     pub dry_run_source: &'static str,
     /// A dry run made by this plan that `build` saves in the repository for other runners.
     pub dry_run_to_share: Option<(Reference, DryRun)>,
+    /// The sessions are exactly those of the config (no `--session` narrowed or widened
+    /// them): only then is the combined image the all-sessions image.
+    pub complete: bool,
     /// Whether uv.lock still answers pyproject.toml (`None`: no uv.lock).
     pub lock: Option<crate::python::lockcheck::LockState>,
 }
 
 impl Plan {
-    /// The tag of the all-sessions image: a hash of every session's key.
-    pub fn all_sessions_tag(&self) -> String {
+    /// The tag of the image holding every planned session's venv: a hash of their keys,
+    /// `all-…` when they are the config's sessions, `sessions-…` for a `--session` pick.
+    pub fn combined_tag(&self) -> String {
         let mut h = Sha256::new();
         let mut keys: Vec<&str> = self.sessions.iter().map(|s| s.key.as_str()).collect();
         keys.sort_unstable();
@@ -209,7 +213,8 @@ impl Plan {
             h.update(k.as_bytes());
             h.update(b"\n");
         }
-        format!("all-{}", &hex::encode(h.finalize())[..16])
+        let prefix = if self.complete { "all" } else { "sessions" };
+        format!("{prefix}-{}", &hex::encode(h.finalize())[..16])
     }
 }
 
@@ -628,6 +633,15 @@ pub async fn make_plan(
     let (hook_out, seen_workdir, dry_run_source, dry_run_to_share) =
         dry_run(config, registry, &base, spec, &noxfile_sha).await?;
     let selected = select_sessions(config, only, &hook_out.listing)?;
+    let complete = only.is_empty()
+        || select_sessions(config, &[], &hook_out.listing).is_ok_and(|all| {
+            let names = |v: &[SessionConfig]| {
+                let mut n: Vec<String> = v.iter().map(|s| s.name.clone()).collect();
+                n.sort();
+                n
+            };
+            names(&all) == names(&selected)
+        });
     let secrets = secret_values(config, &BTreeMap::new());
 
     let mut sessions = Vec::with_capacity(selected.len());
@@ -722,6 +736,7 @@ pub async fn make_plan(
         nox_version: hook_out.nox_version,
         dry_run_source,
         dry_run_to_share,
+        complete,
         lock: crate::python::lockcheck::check(&config.project_dir),
     })
 }

@@ -112,6 +112,59 @@ fn build_push_and_reuse_offline_then_hit_then_rebuild_on_lock_change() {
         std::fs::read_to_string(&called).unwrap_or_default()
     );
     assert_eq!(second["all"]["digest"], first["all"]["digest"]);
+    assert_eq!(first["all"]["complete"], true, "{first}");
+    assert!(
+        first["all"]["image"].as_str().unwrap().contains(":all-"),
+        "{first}"
+    );
+
+    // `--ci-output` (all hits, no builder): each session pinned by digest, and `all=` for
+    // the all-sessions image, pinned too. A `-s` pick is no all-sessions image: its
+    // combined image is `sessions-…`, and it writes no `all=`.
+    let outputs = tempfile::NamedTempFile::new().unwrap();
+    let ci = |args: &[&str]| -> (Value, String) {
+        std::fs::write(outputs.path(), "").unwrap();
+        let out = project
+            .venvimg()
+            .env("GITHUB_OUTPUT", outputs.path())
+            .args(["build", "--json", "--ci-output"])
+            .args(args)
+            .output()
+            .unwrap();
+        let report = support::project::json_ok(&out, "build --ci-output");
+        (report, std::fs::read_to_string(outputs.path()).unwrap())
+    };
+    let (report, lines) = ci(&[]);
+    let all_line = format!(
+        "all={}@{}\n",
+        report["all"]["image"].as_str().unwrap(),
+        report["all"]["digest"].as_str().unwrap()
+    );
+    assert!(lines.contains(&all_line), "{lines}");
+    assert!(
+        lines.contains(&format!(
+            "tests={}@{}\n",
+            session(&first, "tests")["image"].as_str().unwrap(),
+            session(&first, "tests")["digest"].as_str().unwrap()
+        )),
+        "{lines}"
+    );
+    let (report, lines) = ci(&["-s", "tests"]);
+    assert_eq!(report["all"]["complete"], false, "{report}");
+    assert_eq!(
+        report["all"]["sessions"],
+        serde_json::json!(["tests"]),
+        "{report}"
+    );
+    assert!(
+        report["all"]["image"]
+            .as_str()
+            .unwrap()
+            .contains(":sessions-"),
+        "{report}"
+    );
+    assert!(!lines.contains("all="), "{lines}");
+    assert!(lines.starts_with("tests="), "{lines}");
 
     // 4. A dependency bump in uv.lock: the session that installs from the lock (`tests`,
     // `uv sync`) misses and rebuilds, the two that install pinned packages do not read

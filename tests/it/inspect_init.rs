@@ -110,6 +110,8 @@ fn init_writes_a_config_that_builds_unchanged_and_inspect_reads_the_result() {
     .unwrap();
     let pushed = built["sessions"][0]["image"].as_str().unwrap().to_string();
     let all = built["all"]["image"].as_str().unwrap().to_string();
+    // A `--session` pick: the combined image is named for what it holds.
+    assert!(all.contains(":sessions-"), "{built}");
 
     for image in [
         pushed.clone(),

@@ -13,11 +13,13 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error("{0}")]
     Usage(String),
-    #[error("{file}: unknown session `{name}`{}; the noxfile defines: {}\n  hint: use a name from `nox --list`", did_you_mean(name, available), if available.is_empty() { "(none)".to_string() } else { available.join(", ") })]
+    #[error("{file}: unknown session `{name}`{}; the noxfile defines: {}\n  hint: use a name from `nox --list`", did_you_mean(name, &[available.as_slice(), functions.as_slice()].concat()), if available.is_empty() { "(none)".to_string() } else { available.join(", ") })]
     UnknownSession {
         file: PathBuf,
         name: String,
         available: Vec<String>,
+        /// The noxfile's function names (each stands for its sessions): suggested too.
+        functions: Vec<String>,
     },
     #[error(transparent)]
     Nox(#[from] NoxError),

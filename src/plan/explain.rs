@@ -112,6 +112,7 @@ pub async fn explain(
                 .iter()
                 .map(|s| s.config.name.clone())
                 .collect(),
+            functions: Vec::new(),
         })?;
     let mut e = Explanation {
         session: s.config.name.clone(),

@@ -290,6 +290,11 @@ pub fn select_sessions(
         },
         name: name.to_string(),
         available: listing.iter().map(|d| d.session.clone()).collect(),
+        functions: {
+            let mut f: Vec<String> = listing.iter().map(|d| d.name.clone()).collect();
+            f.dedup();
+            f
+        },
     };
     let mut sessions: Vec<SessionConfig> = Vec::new();
     match &config.sessions {

@@ -540,3 +540,61 @@ fn a_config_outside_the_root_names_the_project_with_root_or_project() {
         from_root
     );
 }
+
+#[test]
+fn a_function_name_selects_every_python_and_parametrization_as_nox_does() {
+    let p = project("");
+    let noxfile = p.path().join("noxfile.py");
+    let mut text = std::fs::read_to_string(&noxfile).unwrap();
+    text.push_str(
+        r#"
+
+@nox.session(python=["3.11", "3.13"], venv_backend="uv", default=False)
+def multi(session: nox.Session) -> None:
+    session.install("packaging==25.0")
+
+
+@nox.session(python="3.11", venv_backend="uv", default=False)
+@nox.parametrize("flavour", ["plain", "extra"])
+def param(session: nox.Session, flavour: str) -> None:
+    session.install("packaging==25.0")
+"#,
+    );
+    std::fs::write(&noxfile, text).unwrap();
+    let names = |args: &[&str]| -> Vec<String> {
+        let out = p
+            .venvimg()
+            .args(["plan", "--json", "-q"])
+            .args(args)
+            .output()
+            .unwrap();
+        let mut n: Vec<String> = keys(&support::project::json_ok(&out, &args.join(" ")))
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        n.sort();
+        n
+    };
+    // A function name: every python of it, every parametrization.
+    assert_eq!(names(&["-s", "multi"]), ["multi-3.11", "multi-3.13"]);
+    assert_eq!(
+        names(&["-s", "param"]),
+        ["param(flavour='extra')", "param(flavour='plain')"]
+    );
+    // One signature, and several names after one flag mixing both kinds.
+    assert_eq!(
+        names(&["-s", "param(flavour='plain')"]),
+        ["param(flavour='plain')"]
+    );
+    assert_eq!(
+        names(&["-s", "multi-3.13", "param(flavour='extra')", "lint"]),
+        ["lint", "multi-3.13", "param(flavour='extra')"]
+    );
+    // default=False sessions stay out of a plain plan, as nox leaves them out.
+    assert_eq!(names(&[]), ["compat-3.11", "lint", "tests"]);
+    // A near miss gets a suggestion, naming the noxfile.
+    let (code, text) = p.outcome(&["plan", "-s", "mult"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("did you mean `multi`"), "{text}");
+    assert!(text.contains("noxfile.py"), "{text}");
+}

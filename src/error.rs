@@ -72,6 +72,28 @@ impl Error {
     }
 }
 
+impl Error {
+    /// One line for a results table or a `--json` field: the first line of the message,
+    /// without the log tail a build failure carries below it.
+    pub fn summary(&self) -> String {
+        match self {
+            Error::Build(BuildError::Failed { session, code, .. }) => {
+                format!("session `{session}`: the build failed (exit {code})")
+            }
+            Error::Build(BuildError::UntrustedIndex { session, .. }) => format!(
+                "session `{session}`: the build could not verify the package index's TLS certificate (--build-ca)"
+            ),
+            other => other
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches(':')
+                .to_string(),
+        }
+    }
+}
+
 impl From<RegistryError> for Error {
     fn from(e: RegistryError) -> Self {
         Error::Registry(Box::new(e))
@@ -184,6 +206,23 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_summary_is_one_line_without_the_log_tail() {
+        let e: Error = BuildError::Failed {
+            session: "tests".into(),
+            code: "1".into(),
+            tail: "line one\nline two".into(),
+            log: PathBuf::from("/tmp/log"),
+        }
+        .into();
+        assert!(e.to_string().contains("line two"));
+        assert_eq!(e.summary(), "session `tests`: the build failed (exit 1)");
+        let e = Error::Usage("first: \nsecond".into());
+        assert_eq!(e.summary(), "first: ");
+        let e = Error::Usage("no colon at the end:\nsecond".into());
+        assert_eq!(e.summary(), "no colon at the end");
+    }
 
     #[test]
     fn suggests_the_closest_session() {

@@ -186,13 +186,7 @@ pub async fn run(
     }
 
     if !to_build.is_empty() {
-        let checkout = std::fs::canonicalize(&config.project_dir).map_err(io_err(format!(
-            "resolving {}",
-            config.project_dir.display()
-        )))?;
-        if let Some(why) = crate::engine::unmountable(config.builder, &checkout) {
-            return Err(Error::Usage(why));
-        }
+        crate::engine::mountable_checkout(config.builder, &config.project_dir)?;
     }
 
     let work = crate::cancel::tempdir("build")
@@ -274,12 +268,7 @@ pub async fn run(
             // The other sessions still build and push, as nox runs every session.
             Err(e) => {
                 printer.error(e.to_string());
-                let text = e.to_string();
-                let first = text.lines().next().unwrap_or_default();
-                let cause = first
-                    .trim_end_matches("; last lines:")
-                    .trim_end_matches(':')
-                    .to_string();
+                let cause = e.summary();
                 failed.push((s.config.name.clone(), cause.clone()));
                 results.push(SessionResult {
                     session: s.config.name.clone(),

@@ -65,7 +65,7 @@ pub async fn run(
     args: &RunArgs,
     printer: &Printer,
 ) -> Result<(), Error> {
-    let plan = ready(config, registry, &args.sessions, &args.job, printer).await?;
+    let (plan, target) = ready(config, registry, &args.sessions, &args.job, printer).await?;
     let mut failed = Vec::new();
     let total = plan.sessions.len();
     for s in &plan.sessions {
@@ -86,7 +86,7 @@ pub async fn run(
             command.extend(args.posargs.iter().cloned());
         }
         printer.info(format!("{}: running nox in {}", s.config.name, pinned(s)));
-        let code = start(config, s, &args.job, command, printer)?;
+        let code = start(config, s, &target, &args.job, command, printer)?;
         if code != 0 {
             failed.push((s.config.name.clone(), code));
         }
@@ -121,7 +121,7 @@ pub async fn shell(
     args: &ShellArgs,
     printer: &Printer,
 ) -> Result<(), Error> {
-    let plan = ready(
+    let (plan, target) = ready(
         config,
         registry,
         std::slice::from_ref(&args.session),
@@ -145,7 +145,7 @@ exec sh"#
         venv,
     ];
     command.extend(args.command.iter().cloned());
-    let code = start(config, s, &args.job, command, printer)?;
+    let code = start(config, s, &target, &args.job, command, printer)?;
     if code == 0 {
         Ok(())
     } else {
@@ -157,18 +157,15 @@ exec sh"#
 }
 
 /// Plan `sessions`; build the misses (unless `--no-build`); plan again so every session
-/// is a hit with its digest.
+/// is a hit with its digest; and where the sessions will run.
 async fn ready(
     config: &Config,
     registry: &Registry,
     sessions: &[String],
     job: &JobArgs,
     printer: &Printer,
-) -> Result<Plan, Error> {
-    let engine = engine_of(config, job)?;
-    if let Some(why) = engine::unmountable(engine, &checkout(config)?) {
-        return Err(Error::Usage(why));
-    }
+) -> Result<(Plan, Target), Error> {
+    let target = Target::resolve(config, job)?;
     let plan = crate::plan::make_plan(config, registry, sessions).await?;
     crate::commands::report::flush_warnings(registry, printer);
     let misses: Vec<String> = plan
@@ -178,7 +175,7 @@ async fn ready(
         .map(|s| s.config.name.clone())
         .collect();
     if misses.is_empty() {
-        return Ok(plan);
+        return Ok((plan, target));
     }
     if job.no_build {
         return Err(Error::Usage(format!(
@@ -207,19 +204,31 @@ async fn ready(
             s.config.name, s.config.name
         )));
     }
-    Ok(plan)
+    Ok((plan, target))
 }
 
-fn engine_of(config: &Config, job: &JobArgs) -> Result<BuilderKind, Error> {
-    super::job_engine(config.builder, job.engine.as_deref())
+/// Where the sessions run, resolved once before planning: the engine, and the checkout
+/// as it mounts it (refused up front when it cannot).
+struct Target {
+    engine: BuilderKind,
+    checkout: PathBuf,
 }
 
-/// The checkout's absolute path, as the engine mounts it.
-fn checkout(config: &Config) -> Result<PathBuf, Error> {
-    std::fs::canonicalize(&config.project_dir).map_err(|source| Error::Io {
-        path: config.project_dir.clone(),
-        source,
-    })
+impl Target {
+    fn resolve(config: &Config, job: &JobArgs) -> Result<Target, Error> {
+        let engine = super::job_engine(config.builder, job.engine.as_deref())?;
+        if engine == BuilderKind::Docker && config.compression == crate::model::Compression::Zstd {
+            // Docker before 23 fails such a pull with a bare "archive/tar: invalid tar header".
+            if let Some((major, minor)) = engine::docker_server_version().filter(|v| v.0 < 23) {
+                return Err(Error::Usage(format!(
+                    "{}: `compression: zstd`, but Docker {major}.{minor} cannot pull zstd layers (Docker 23 and later can)\n  hint: use `compression: gzip` for images Docker {major}.{minor} runs, run them with --engine podman, or upgrade Docker",
+                    config.file.display()
+                )));
+            }
+        }
+        let checkout = engine::mountable_checkout(engine, &config.project_dir)?;
+        Ok(Target { engine, checkout })
+    }
 }
 
 /// `name:tag@digest` of a hit.
@@ -233,22 +242,14 @@ fn pinned(s: &SessionPlan) -> String {
 fn start(
     config: &Config,
     s: &SessionPlan,
+    target: &Target,
     job: &JobArgs,
     command: Vec<String>,
     printer: &Printer,
 ) -> Result<i32, Error> {
-    let engine = engine_of(config, job)?;
-    if engine == BuilderKind::Docker && config.compression == crate::model::Compression::Zstd {
-        // Docker before 23 fails such a pull with a bare "archive/tar: invalid tar header".
-        if let Some((major, minor)) = engine::docker_server_version().filter(|v| v.0 < 23) {
-            return Err(Error::Usage(format!(
-                "{}: `compression: zstd`, but Docker {major}.{minor} cannot pull zstd layers (Docker 23 and later can)\n  hint: use `compression: gzip` for images Docker {major}.{minor} runs, run them with --engine podman, or upgrade Docker",
-                config.file.display()
-            )));
-        }
-    }
+    let Target { engine, checkout } = target;
+    let engine = *engine;
     let host = config.repository.resolve_registry();
-    let checkout = checkout(config)?;
     let mut env = Vec::new();
     if !job.network {
         env.push(("UV_OFFLINE".to_string(), "1".to_string()));
@@ -260,7 +261,7 @@ fn start(
         image: &image,
         platform: &platform,
         insecure_pull: is_loopback(host) || config.insecure_registries.iter().any(|r| r == host),
-        checkout: &checkout,
+        checkout,
         workdir: &config.workdir,
         network: job.network,
         relabel: job.relabel,

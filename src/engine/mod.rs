@@ -352,10 +352,7 @@ pub fn run_hook_plan(
         std::fs::set_permissions(&out_dir, std::fs::Permissions::from_mode(0o777))
             .map_err(|e| io("preparing the output folder", e))?;
     }
-    let abs = std::fs::canonicalize(project_dir).map_err(|e| io("resolving the project", e))?;
-    if let Some(why) = unmountable(place.kind, &abs) {
-        return Err(Error::Usage(why));
-    }
+    let abs = mountable_checkout(place.kind, project_dir)?;
     // Registered while the container runs, so a cancel stops it.
     let mut container: Option<crate::cancel::ContainerGuard> = None;
     let (mut cmd, seen_workdir) = match place.kind {
@@ -671,6 +668,20 @@ pub fn installed_engine() -> Option<BuilderKind> {
         Some(BuilderKind::Docker)
     } else {
         None
+    }
+}
+
+/// The checkout `dir`, resolved, that `engine` will bind-mount: a usage error (exit 2)
+/// when it cannot (see [`unmountable`]), an I/O error naming the folder when it does not
+/// resolve. Every command checks here before it plans or starts a container.
+pub fn mountable_checkout(engine: BuilderKind, dir: &Path) -> Result<PathBuf, Error> {
+    let abs = std::fs::canonicalize(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    match unmountable(engine, &abs) {
+        Some(why) => Err(Error::Usage(why)),
+        None => Ok(abs),
     }
 }
 

@@ -505,33 +505,12 @@ async fn fetch_blob(
     Ok(())
 }
 
-/// The engine `--load` loads into: the builder's, or for the local builder podman when
-/// it is installed, else docker.
-pub fn load_engine(builder: BuilderKind) -> &'static str {
-    match builder {
-        BuilderKind::Podman => "podman",
-        BuilderKind::Docker => "docker",
-        BuilderKind::Local => {
-            let podman = std::process::Command::new("podman")
-                .arg("--version")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if podman {
-                "podman"
-            } else {
-                "docker"
-            }
-        }
-    }
-}
-
 /// Load `image` into local podman or docker storage as `reference`: a docker-archive in
-/// `work`, then `podman load -i` (or `docker load -i`).
+/// `work`, then `podman load -i` (or `docker load -i`). `engine` is podman or docker, as
+/// `commands::job_engine` resolved it (the local builder is no engine).
 #[allow(clippy::too_many_arguments)]
 pub async fn load(
-    builder: BuilderKind,
+    engine: BuilderKind,
     registry: &Registry,
     reference: &Reference,
     image: &ComposedImage,
@@ -539,7 +518,11 @@ pub async fn load(
     work: &Path,
     printer: &Printer,
 ) -> Result<(), OutputError> {
-    let program = load_engine(builder);
+    debug_assert!(
+        engine != BuilderKind::Local,
+        "--load needs podman or docker"
+    );
+    let program = engine.as_str();
     let archive = work.join(format!("{}.docker-archive.tar", ref_name(reference)));
     let dest = format!("docker-archive:{}", archive.display());
     write_output(registry, &dest, reference, image, sources, printer).await?;

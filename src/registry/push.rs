@@ -111,12 +111,19 @@ pub async fn push_image(
     let content_type: http::HeaderValue = MediaTypes::OCI_MANIFEST
         .parse()
         .expect("static media type is a valid header");
+    let dest = BlobPush {
+        reg,
+        target,
+        base,
+        local,
+    };
+    let dest = &dest;
     let mut round = 0;
     loop {
         round += 1;
         futures_util::stream::iter(all.iter().map(|blob| {
             let config_bytes = (blob.digest == image.config_digest).then(|| image.config.clone());
-            async move { push_blob(reg, target, base, blob, local, config_bytes, round).await }
+            async move { dest.push(blob, config_bytes, round).await }
         }))
         .buffer_unordered(PARALLEL_UPLOADS)
         .try_collect::<Vec<()>>()
@@ -169,35 +176,48 @@ fn manifest_blob_unknown(err: &OciDistributionError) -> bool {
     }
 }
 
-/// Make sure `blob` is in `target`'s repository. The first round trusts what this
-/// invocation already checked or sent there (another image of the same build); a later
-/// round, after the registry refused the manifest, asks again.
-async fn push_blob(
-    reg: &Registry,
-    target: &Reference,
-    base: &BaseImage,
-    blob: &BlobRef,
-    local: &HashMap<String, PathBuf>,
-    inline: Option<Vec<u8>>,
-    round: u32,
-) -> Result<(), RegistryError> {
-    if round == 1 && reg.known_present(target, &blob.digest) {
-        return Ok(());
+/// Where an image's blobs go and where they come from: the target repository, the
+/// base image (mounted or copied from), the files packed here.
+#[derive(Clone, Copy)]
+struct BlobPush<'a> {
+    reg: &'a Registry,
+    target: &'a Reference,
+    base: &'a BaseImage,
+    local: &'a HashMap<String, PathBuf>,
+}
+
+impl BlobPush<'_> {
+    /// Make sure `blob` is in the target repository. The first round trusts what this
+    /// invocation already checked or sent there (another image of the same build); a
+    /// later round, after the registry refused the manifest, asks again. `inline`: the
+    /// config's bytes.
+    async fn push(
+        &self,
+        blob: &BlobRef,
+        inline: Option<Vec<u8>>,
+        round: u32,
+    ) -> Result<(), RegistryError> {
+        if round == 1 && self.reg.known_present(self.target, &blob.digest) {
+            return Ok(());
+        }
+        ensure_blob(*self, blob, inline, round).await?;
+        self.reg.mark_present(self.target, &blob.digest);
+        Ok(())
     }
-    ensure_blob(reg, target, base, blob, local, inline, round).await?;
-    reg.mark_present(target, &blob.digest);
-    Ok(())
 }
 
 async fn ensure_blob(
-    reg: &Registry,
-    target: &Reference,
-    base: &BaseImage,
+    dest: BlobPush<'_>,
     blob: &BlobRef,
-    local: &HashMap<String, PathBuf>,
     inline: Option<Vec<u8>>,
     round: u32,
 ) -> Result<(), RegistryError> {
+    let BlobPush {
+        reg,
+        target,
+        base,
+        local,
+    } = dest;
     // The target's client; the base's registry may be reached with another one (its own
     // TLS verification and credential).
     let client = reg.client_for(target);

@@ -8,8 +8,8 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use oci_client::Reference;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::config::Platform;
 use crate::error::Error;
@@ -17,7 +17,10 @@ use crate::image::{self, MediaTypes};
 use crate::model::Digest;
 use crate::outputs::layout::{MAX_CONFIG, MAX_INDEX_JSON, MAX_MANIFEST};
 use crate::outputs::OutputError;
+use crate::plan::record::ImageRecord;
+use crate::plan::KeyDocument;
 use crate::printer::{human_bytes, Printer};
+use crate::python::venv::Package;
 use crate::registry::{Registry, RegistryError, Transport};
 use crate::untrusted;
 
@@ -540,33 +543,79 @@ fn read_docker_archive(
     })
 }
 
-/// One session as venvimg recorded it (`dev.venvimg.record`), tolerant of missing fields.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(default)]
-struct SessionRecord {
-    session: String,
-    venv_dir: String,
-    key: String,
-    tag: String,
-    /// The key document (plan's `KeyDocument`).
-    inputs: Value,
-    python: String,
-    backend: String,
-    interpreter: String,
-    packages: Vec<Value>,
-    /// One entry per layer of the session (`layers: per-distribution` makes several);
-    /// absent in single-layer records of older images.
-    #[serde(default)]
-    layers: Vec<Value>,
+/// What `inspect` reports: `--json` prints it as is, the text form shows the same.
+#[derive(Debug, Serialize)]
+pub struct InspectReport {
+    pub image: String,
+    /// Not for docker archives, which have no manifest.
+    pub manifest_digest: Option<String>,
+    /// The image ID podman and docker show.
+    pub config_digest: String,
+    pub base: BaseInfo,
+    pub sessions: Vec<SessionInfo>,
 }
 
-#[derive(Debug, Deserialize)]
-struct Record {
-    sessions: Vec<SessionRecord>,
+#[derive(Debug, Clone, Serialize)]
+pub struct BaseInfo {
+    pub name: Option<String>,
+    pub digest: Option<String>,
 }
 
-/// The document `inspect --json` prints; the text form shows the same things.
-fn describe(name: &str, data: &ImageData) -> Result<Value, OutputError> {
+impl BaseInfo {
+    fn text(&self) -> String {
+        match (&self.name, &self.digest) {
+            (Some(n), Some(d)) => format!("{n} ({d})"),
+            (Some(n), None) => n.clone(),
+            (None, Some(d)) => d.clone(),
+            (None, None) => "unknown".into(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct SessionInfo {
+    pub session: String,
+    pub venv_dir: String,
+    /// envdir/venv_dir: where the venv is in the image.
+    pub venv_path: String,
+    /// Where the checkout must be mounted for the venv to match it.
+    pub workdir: String,
+    pub key: String,
+    pub tag: String,
+    pub python: String,
+    pub backend: String,
+    pub interpreter: String,
+    pub base: BaseInfo,
+    /// The session's first layer (its only one unless `layers: per-distribution`).
+    pub layer: Option<LayerInfo>,
+    pub layers: Vec<LayerInfo>,
+    /// Every file the key covers.
+    pub inputs: Vec<RecordedInput>,
+    pub floating: Vec<String>,
+    pub key_document: KeyDocument,
+    pub packages: Vec<Package>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerInfo {
+    pub digest: Option<String>,
+    pub diff_id: Option<String>,
+    pub media_type: Option<String>,
+    pub size: u64,
+    pub group: Option<String>,
+    pub distributions: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordedInput {
+    pub path: String,
+    pub sha256: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub via: String,
+}
+
+/// The report for the image `name` read as `data`, from the record venvimg wrote into it.
+fn describe(name: &str, data: &ImageData) -> Result<InspectReport, OutputError> {
     let labels = &data.config["config"]["Labels"];
     let Some(raw) = labels[image::RECORD_LABEL].as_str() else {
         return Err(OutputError::NotVenvimg {
@@ -574,7 +623,7 @@ fn describe(name: &str, data: &ImageData) -> Result<Value, OutputError> {
             label: image::RECORD_LABEL,
         });
     };
-    let record: Record = serde_json::from_str(raw).map_err(|e| {
+    let record: ImageRecord = serde_json::from_str(raw).map_err(|e| {
         bad(
             name,
             format!("the {} label does not parse: {e}", image::RECORD_LABEL),
@@ -593,12 +642,7 @@ fn describe(name: &str, data: &ImageData) -> Result<Value, OutputError> {
         .annotations
         .get("org.opencontainers.image.base.digest")
         .cloned()
-        .or_else(|| {
-            record
-                .sessions
-                .first()
-                .and_then(|s| s.inputs["base"].as_str().map(str::to_string))
-        });
+        .or_else(|| record.sessions.first().map(|s| s.inputs.base.clone()));
     // Session layers are the image's last layers, in record order: one per session, or
     // as many as the session's record lists.
     let counts: Vec<usize> = record
@@ -607,197 +651,201 @@ fn describe(name: &str, data: &ImageData) -> Result<Value, OutputError> {
         .map(|s| s.layers.len().max(1))
         .collect();
     let first_session_layer = data.layers.len().checked_sub(counts.iter().sum());
-    let offsets: Vec<usize> = counts
-        .iter()
-        .scan(0usize, |acc, c| {
-            let o = *acc;
-            *acc += c;
-            Some(o)
-        })
-        .collect();
-    let sessions: Vec<Value> = record
-        .sessions
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let describe_layer = |f: usize, j: usize| {
-                let l = &data.layers[f + offsets[i] + j];
-                json!({
-                    "digest": l.digest,
-                    "diff_id": diff_ids.get(f + offsets[i] + j),
-                    "media_type": l.media_type.as_deref().map(MediaTypes::oci_layer_type),
-                    "size": l.size,
-                    "group": s.layers.get(j).and_then(|r| r.get("group")).cloned(),
-                    "distributions": s.layers.get(j).and_then(|r| r.get("distributions")).cloned(),
-                })
-            };
-            let layer = first_session_layer.map(|f| describe_layer(f, 0));
-            let layers: Vec<Value> = first_session_layer
-                .map(|f| (0..counts[i]).map(|j| describe_layer(f, j)).collect())
-                .unwrap_or_default();
-            let envdir = s.inputs["envdir"].as_str().unwrap_or("");
-            json!({
-                "session": s.session,
-                "venv_dir": s.venv_dir,
-                "venv_path": if envdir.is_empty() { s.venv_dir.clone() } else { format!("{envdir}/{}", s.venv_dir) },
-                // Where the checkout must be mounted for the venv to match it.
-                "workdir": s.inputs["workdir"],
-                "key": s.key,
-                "tag": s.tag,
-                "python": s.python,
-                "backend": s.backend,
-                "interpreter": s.interpreter,
-                "base": {
-                    "name": base_name,
-                    "digest": s.inputs["base"].as_str().map(str::to_string).or_else(|| base_digest.clone()),
-                },
-                "layer": layer,
-                "layers": layers,
-                "inputs": recorded_inputs(&s.inputs),
-                "floating": s.inputs["discovered"]["floating"],
-                "key_document": s.inputs,
-                "packages": s.packages,
+    let mut offset = 0;
+    let mut sessions = Vec::with_capacity(record.sessions.len());
+    for (s, count) in record.sessions.into_iter().zip(counts) {
+        let layers: Vec<LayerInfo> = first_session_layer
+            .map(|f| {
+                (0..count)
+                    .map(|j| {
+                        let at = f + offset + j;
+                        let l = &data.layers[at];
+                        let recorded = s.layers.get(j);
+                        LayerInfo {
+                            digest: l.digest.clone(),
+                            diff_id: diff_ids.get(at).map(|d| d.to_string()),
+                            media_type: l
+                                .media_type
+                                .as_deref()
+                                .map(|m| MediaTypes::oci_layer_type(m).to_string()),
+                            size: l.size,
+                            group: recorded.and_then(|r| r.group.clone()),
+                            distributions: recorded.map(|r| r.distributions.clone()),
+                        }
+                    })
+                    .collect()
             })
-        })
-        .collect();
-    Ok(json!({
-        "image": name,
-        "manifest_digest": data.manifest_digest,
-        "config_digest": data.config_digest,
-        "base": { "name": base_name, "digest": base_digest },
-        "sessions": sessions,
-    }))
+            .unwrap_or_default();
+        offset += count;
+        let doc = &s.inputs;
+        let venv_path = if doc.envdir.is_empty() {
+            s.venv_dir.clone()
+        } else {
+            format!("{}/{}", doc.envdir, s.venv_dir)
+        };
+        sessions.push(SessionInfo {
+            venv_path,
+            workdir: doc.workdir.clone(),
+            base: BaseInfo {
+                name: base_name.clone(),
+                digest: Some(doc.base.clone())
+                    .filter(|d| !d.is_empty())
+                    .or_else(|| base_digest.clone()),
+            },
+            layer: layers.first().cloned(),
+            layers,
+            inputs: recorded_inputs(doc),
+            floating: doc
+                .discovered
+                .as_ref()
+                .map(|d| d.floating.clone())
+                .unwrap_or_default(),
+            key_document: s.inputs.clone(),
+            session: s.session,
+            venv_dir: s.venv_dir,
+            key: s.key,
+            tag: s.tag,
+            python: s.python,
+            backend: s.backend,
+            interpreter: s.interpreter,
+            packages: s.packages,
+        });
+    }
+    Ok(InspectReport {
+        image: name.to_string(),
+        manifest_digest: data.manifest_digest.clone(),
+        config_digest: data.config_digest.clone(),
+        base: BaseInfo {
+            name: base_name,
+            digest: base_digest,
+        },
+        sessions,
+    })
 }
 
 /// Every file a session's key covers, as the image recorded it: the noxfile and listed
 /// inputs, what its installs read, the lock entries it installs, files it made itself.
-fn recorded_inputs(doc: &Value) -> Value {
-    let mut out: Vec<Value> = doc["inputs"].as_array().cloned().unwrap_or_default();
-    let d = &doc["discovered"];
-    for list in ["files", "generated", "noxfile_reads"] {
-        out.extend(d[list].as_array().cloned().unwrap_or_default());
+fn recorded_inputs(doc: &KeyDocument) -> Vec<RecordedInput> {
+    let mut out: Vec<RecordedInput> = doc
+        .inputs
+        .iter()
+        .map(|i| RecordedInput {
+            path: i.path.clone(),
+            sha256: i.sha256.clone(),
+            via: String::new(),
+        })
+        .collect();
+    if let Some(d) = &doc.discovered {
+        for f in d.files.iter().chain(&d.generated).chain(&d.noxfile_reads) {
+            out.push(RecordedInput {
+                path: f.path.clone(),
+                sha256: f.sha256.clone(),
+                via: f.via.clone(),
+            });
+        }
+        for l in &d.locks {
+            out.push(RecordedInput {
+                path: l.lock.clone(),
+                sha256: l.sha256.clone(),
+                via: format!(
+                    "{} entries installed ({})",
+                    l.packages.len(),
+                    l.selection.join(" ")
+                ),
+            });
+        }
     }
-    for l in d["locks"].as_array().into_iter().flatten() {
-        let sel: Vec<&str> = l["selection"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        out.push(json!({
-            "path": l["lock"],
-            "sha256": l["sha256"],
-            "via": format!(
-                "{} entries installed ({})",
-                l["packages"].as_array().map(Vec::len).unwrap_or(0),
-                sel.join(" ")
-            ),
-        }));
-    }
-    Value::Array(out)
+    out
 }
 
-fn package_line(p: &Value) -> String {
-    let mut s = format!(
-        "{}=={}",
-        p["name"].as_str().unwrap_or("?"),
-        p["version"].as_str().unwrap_or("?")
-    );
-    if p["editable"].as_bool() == Some(true) {
-        s.push_str(" (editable");
-        if let Some(u) = p["local_url"].as_str() {
-            s.push_str(&format!(", {u}"));
-        }
-        s.push(')');
-    } else if let Some(u) = p["local_url"].as_str() {
-        s.push_str(&format!(" ({u})"));
+fn package_line(p: &Package) -> String {
+    let mut s = format!("{}=={}", p.name, p.version);
+    match (&p.local_url, p.editable) {
+        (Some(u), true) => s.push_str(&format!(" (editable, {u})")),
+        (None, true) => s.push_str(" (editable)"),
+        (Some(u), false) => s.push_str(&format!(" ({u})")),
+        (None, false) => {}
     }
     s
 }
 
-/// The text form of [`describe`]'s document.
-fn render_text(doc: &Value) -> String {
-    let str_of = |v: &Value| v.as_str().unwrap_or("").to_string();
-    let base_of = |b: &Value| match (b["name"].as_str(), b["digest"].as_str()) {
-        (Some(n), Some(d)) => format!("{n} ({d})"),
-        (Some(n), None) => n.to_string(),
-        (None, Some(d)) => d.to_string(),
-        (None, None) => "unknown".to_string(),
-    };
-    let mut out = Vec::new();
-    out.push(format!("image     {}", str_of(&doc["image"])));
-    if let Some(d) = doc["manifest_digest"].as_str() {
-        out.push(format!("digest    {d}"));
+impl InspectReport {
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("the inspect report serialises")
     }
-    out.push(format!("id        {}", str_of(&doc["config_digest"])));
-    out.push(format!("base      {}", base_of(&doc["base"])));
-    let sessions = doc["sessions"].as_array().cloned().unwrap_or_default();
-    out.push(format!("sessions  {}", sessions.len()));
-    for s in &sessions {
-        out.push(String::new());
-        out.push(format!("session {}", str_of(&s["session"])));
-        out.push(format!("  venv      {}", str_of(&s["venv_path"])));
-        out.push(format!(
-            "  workdir   {} (mount the checkout here)",
-            str_of(&s["workdir"])
-        ));
-        out.push(format!("  key       {}", str_of(&s["key"])));
-        out.push(format!("  tag       {}", str_of(&s["tag"])));
-        out.push(format!(
-            "  python    {} ({} backend, {})",
-            str_of(&s["python"]),
-            str_of(&s["backend"]),
-            str_of(&s["interpreter"])
-        ));
-        out.push(format!("  base      {}", base_of(&s["base"])));
-        for layer in s["layers"].as_array().into_iter().flatten() {
-            let id = layer["digest"]
-                .as_str()
-                .or_else(|| layer["diff_id"].as_str())
-                .unwrap_or("");
-            let holds = match &layer["distributions"] {
-                Value::Array(d) if !d.is_empty() => format!(
-                    " ({}: {})",
-                    str_of(&layer["group"]),
-                    d.iter().map(str_of).collect::<Vec<_>>().join(", ")
-                ),
-                _ if layer["group"].is_string() => format!(" ({})", str_of(&layer["group"])),
-                _ => String::new(),
-            };
+
+    pub fn text(&self) -> String {
+        let mut out = Vec::new();
+        out.push(format!("image     {}", self.image));
+        if let Some(d) = &self.manifest_digest {
+            out.push(format!("digest    {d}"));
+        }
+        out.push(format!("id        {}", self.config_digest));
+        out.push(format!("base      {}", self.base.text()));
+        out.push(format!("sessions  {}", self.sessions.len()));
+        for s in &self.sessions {
+            out.push(String::new());
+            out.push(format!("session {}", s.session));
+            out.push(format!("  venv      {}", s.venv_path));
             out.push(format!(
-                "  layer     {} {id}{holds}",
-                human_bytes(layer["size"].as_u64().unwrap_or(0))
+                "  workdir   {} (mount the checkout here)",
+                s.workdir
             ));
-        }
-        let inputs = s["inputs"].as_array().cloned().unwrap_or_default();
-        let width = inputs
-            .iter()
-            .map(|i| str_of(&i["path"]).len())
-            .max()
-            .unwrap_or(0);
-        for (i, input) in inputs.iter().enumerate() {
-            let via = str_of(&input["via"]);
+            out.push(format!("  key       {}", s.key));
+            out.push(format!("  tag       {}", s.tag));
             out.push(format!(
-                "  {:<9} {:<width$}  {}{}{}",
-                if i == 0 { "inputs" } else { "" },
-                str_of(&input["path"]),
-                Digest::PREFIX,
-                str_of(&input["sha256"]).trim_start_matches(Digest::PREFIX),
-                if via.is_empty() {
-                    String::new()
-                } else {
-                    format!("  ({via})")
-                },
+                "  python    {} ({} backend, {})",
+                s.python, s.backend, s.interpreter
             ));
+            out.push(format!("  base      {}", s.base.text()));
+            for layer in &s.layers {
+                let id = layer
+                    .digest
+                    .as_deref()
+                    .or(layer.diff_id.as_deref())
+                    .unwrap_or("");
+                let group = layer.group.as_deref().unwrap_or("");
+                let holds = match &layer.distributions {
+                    Some(Value::Array(d)) if !d.is_empty() => format!(
+                        " ({group}: {})",
+                        d.iter()
+                            .map(|x| x.as_str().unwrap_or("").to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    _ if layer.group.is_some() => format!(" ({group})"),
+                    _ => String::new(),
+                };
+                out.push(format!(
+                    "  layer     {} {id}{holds}",
+                    human_bytes(layer.size)
+                ));
+            }
+            let width = s.inputs.iter().map(|i| i.path.len()).max().unwrap_or(0);
+            for (i, input) in s.inputs.iter().enumerate() {
+                out.push(format!(
+                    "  {:<9} {:<width$}  {}{}{}",
+                    if i == 0 { "inputs" } else { "" },
+                    input.path,
+                    Digest::PREFIX,
+                    input.sha256.trim_start_matches(Digest::PREFIX),
+                    if input.via.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  ({})", input.via)
+                    },
+                ));
+            }
+            for f in &s.floating {
+                out.push(format!("  floating  {f}"));
+            }
+            out.push(format!("  packages  {}", s.packages.len()));
+            for p in &s.packages {
+                out.push(format!("    {}", package_line(p)));
+            }
         }
-        for f in s["floating"].as_array().into_iter().flatten() {
-            out.push(format!("  floating  {}", str_of(f)));
-        }
-        let packages = s["packages"].as_array().cloned().unwrap_or_default();
-        out.push(format!("  packages  {}", packages.len()));
-        for p in &packages {
-            out.push(format!("    {}", package_line(p)));
-        }
+        out.join("\n")
     }
-    out.join("\n")
 }
 
 pub async fn inspect(
@@ -830,11 +878,11 @@ pub async fn inspect(
             read_docker_archive(name, &files, want.as_deref())?
         }
     };
-    let doc = describe(name, &data)?;
+    let report = describe(name, &data)?;
     if args.json {
-        printer.out(serde_json::to_string_pretty(&doc).expect("JSON serialises"));
+        printer.out(report.json());
     } else {
-        printer.out(render_text(&doc));
+        printer.out(report.text());
     }
     Ok(())
 }
@@ -842,19 +890,62 @@ pub async fn inspect(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn record_config() -> Value {
-        let record = json!({"sessions": [
-            {"session": "tests-3.12", "venv_dir": "tests-3-12", "key": "ab".repeat(32), "tag": "tests-3-12-abababababababab",
-             "inputs": {"base": "sha256:base", "envdir": "/opt/nox", "inputs": [{"path": "uv.lock", "sha256": "11".repeat(32)}]},
-             "python": "3.12.1", "backend": "uv", "interpreter": "/usr/bin/python3.12",
-             "packages": [{"name": "attrs", "version": "23.2.0"}, {"name": "app", "version": "1.0", "editable": true, "local_url": "file:///src"}]},
-            {"session": "lint", "venv_dir": "lint", "key": "cd".repeat(32), "tag": "lint-cdcdcdcdcdcdcdcd",
-             "inputs": {"base": "sha256:base", "envdir": "/opt/nox", "inputs": []},
-             "python": "3.12.1", "backend": "uv", "interpreter": "/usr/bin/python3.12", "packages": []}
-        ]});
+        use crate::plan::record::SessionRecord;
+        use crate::plan::InputDigest;
+        let session =
+            |name: &str, venv_dir: &str, key: &str, inputs: Vec<InputDigest>| SessionRecord {
+                session: name.into(),
+                venv_dir: venv_dir.into(),
+                key: key.repeat(32),
+                tag: format!("{venv_dir}-{}", key.repeat(8)),
+                inputs: KeyDocument {
+                    base: "sha256:base".into(),
+                    envdir: "/opt/nox".into(),
+                    workdir: "/src".into(),
+                    inputs,
+                    ..Default::default()
+                },
+                python: "3.12.1".into(),
+                backend: "uv".into(),
+                interpreter: "/usr/bin/python3.12".into(),
+                packages: Vec::new(),
+                layers: Vec::new(),
+                commands: Vec::new(),
+                build_read: None,
+                notes: Vec::new(),
+            };
+        let mut tests = session(
+            "tests-3.12",
+            "tests-3-12",
+            "ab",
+            vec![InputDigest {
+                path: "uv.lock".into(),
+                sha256: "11".repeat(32),
+            }],
+        );
+        tests.packages = vec![
+            Package {
+                name: "attrs".into(),
+                version: "23.2.0".into(),
+                local_url: None,
+                editable: false,
+            },
+            Package {
+                name: "app".into(),
+                version: "1.0".into(),
+                local_url: Some("file:///src".into()),
+                editable: true,
+            },
+        ];
+        let record = ImageRecord {
+            version: crate::plan::record::RECORD_VERSION,
+            sessions: vec![tests, session("lint", "lint", "cd", Vec::new())],
+        };
         json!({
-            "config": {"Labels": {image::RECORD_LABEL: record.to_string()}},
+            "config": {"Labels": {image::RECORD_LABEL: record.to_label()}},
             "rootfs": {"type": "layers", "diff_ids": ["sha256:d0", "sha256:d1", "sha256:d2"]},
         })
     }
@@ -884,7 +975,8 @@ mod tests {
             layers: layers(&[100, 2048, 4096]),
             config: record_config(),
         };
-        let doc = describe("x", &data).unwrap();
+        let report = describe("x", &data).unwrap();
+        let doc: Value = serde_json::from_str(&report.json()).unwrap();
         let s = &doc["sessions"];
         assert_eq!(s[0]["layer"]["digest"], "sha256:l1");
         assert_eq!(s[0]["layer"]["diff_id"], "sha256:d1");
@@ -894,7 +986,8 @@ mod tests {
         // the digest the session was keyed on; the image's, when no annotation says
         assert_eq!(s[0]["base"]["digest"], "sha256:base");
         assert_eq!(doc["base"]["digest"], "sha256:base");
-        let text = render_text(&doc);
+        assert_eq!(s[0]["workdir"], "/src");
+        let text = report.text();
         for want in [
             "session tests-3.12",
             "attrs==23.2.0",
@@ -962,9 +1055,9 @@ mod tests {
             Some(image.manifest_digest.as_str())
         );
         assert_eq!(data.config_digest, image.config_digest);
-        let doc = describe("a", &data).unwrap();
-        assert_eq!(doc["sessions"][1]["layer"]["size"], 5000);
-        assert_eq!(doc["base"]["digest"], "sha256:fromannotation");
+        let report = describe("a", &data).unwrap();
+        assert_eq!(report.sessions[1].layer.as_ref().unwrap().size, 5000);
+        assert_eq!(report.base.digest.as_deref(), Some("sha256:fromannotation"));
         assert!(read_layout("a", &files, Some("v2"))
             .unwrap_err()
             .to_string()

@@ -69,7 +69,7 @@ pub struct RefreshKey {
 /// Everything that decides a session layer's bytes, in a fixed field order. Its JSON
 /// serialisation is the canonical document the key hashes; it is also stored in the
 /// image's record so `plan --explain` and `inspect` can show it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct KeyDocument {
     pub format: u32,
     pub base: String,

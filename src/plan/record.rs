@@ -41,6 +41,9 @@ pub struct SessionRecord {
     pub backend: String,
     pub interpreter: String,
     pub packages: Vec<Package>,
+    /// One per layer of the session (several with `layers: per-distribution`); absent in
+    /// the records of the first images.
+    #[serde(default)]
     pub layers: Vec<LayerRecord>,
     /// The commands the build ran (secrets masked).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -472,9 +472,9 @@ pub fn engine_available(kind: BuilderKind) -> bool {
 pub fn copy_project(src: &Path, dst: &Path) -> std::io::Result<()> {
     copy_tree(src, dst)?;
     let config = dst.join(".git/config");
-    if std::fs::symlink_metadata(&config).is_ok_and(|m| m.is_file()) {
-        let text = std::fs::read_to_string(&config)?;
-        std::fs::write(&config, scrub_git_config(&text))?;
+    if fs_err::symlink_metadata(&config).is_ok_and(|m| m.is_file()) {
+        let text = fs_err::read_to_string(&config)?;
+        fs_err::write(&config, scrub_git_config(&text))?;
     }
     Ok(())
 }
@@ -544,8 +544,8 @@ fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
         "target",
         "node_modules",
     ];
-    std::fs::create_dir_all(dst)?;
-    for entry in std::fs::read_dir(src)? {
+    fs_err::create_dir_all(dst)?;
+    for entry in fs_err::read_dir(src)? {
         let entry = entry?;
         let name = entry.file_name();
         if SKIP.iter().any(|s| name == *s) {
@@ -557,10 +557,10 @@ fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
         if ft.is_dir() {
             copy_tree(&from, &to)?;
         } else if ft.is_symlink() {
-            let target = std::fs::read_link(&from)?;
-            std::os::unix::fs::symlink(target, &to)?;
+            let target = fs_err::read_link(&from)?;
+            fs_err::os::unix::fs::symlink(target, &to)?;
         } else if ft.is_file() {
-            std::fs::copy(&from, &to)?;
+            fs_err::copy(&from, &to)?;
         }
     }
     Ok(())
@@ -783,6 +783,17 @@ pub fn recipe_digest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_project_copy_names_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("no-such-project");
+        let err = copy_project(&missing, &tmp.path().join("copy")).unwrap_err();
+        assert!(
+            err.to_string().contains(&missing.display().to_string()),
+            "{err}"
+        );
+    }
 
     #[test]
     fn docker_and_podman_command_shapes() {

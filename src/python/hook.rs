@@ -311,15 +311,15 @@ pub fn write_files(dir: &Path, spec: Option<&PlanSpec>) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     for (name, text) in [(HOOK_FILE, SOURCE), (LAUNCHER_FILE, LAUNCHER)] {
         let p = dir.join(name);
-        std::fs::write(&p, text)?;
+        fs_err::write(&p, text)?;
         // World-readable: a rootful docker daemon's container reads them as root, a
         // rootless podman one as the caller; nothing in them is secret.
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))?;
+        fs_err::set_permissions(&p, std::fs::Permissions::from_mode(0o644))?;
     }
     if let Some(spec) = spec {
         let p = dir.join(SPEC_FILE);
-        std::fs::write(&p, serde_json::to_vec(spec).expect("spec serialises"))?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))?;
+        fs_err::write(&p, serde_json::to_vec(spec).expect("spec serialises"))?;
+        fs_err::set_permissions(&p, std::fs::Permissions::from_mode(0o644))?;
     }
     Ok(())
 }

@@ -603,6 +603,9 @@ async fn layer_from_registry(
     })
 }
 
+/// One session's build: prepare its folder → install (nox in the builder) → check the
+/// venv (the project's own code, drift) → pack its layers → the record its image
+/// carries. Runs on a blocking thread.
 fn build_session(
     config: &Config,
     plan: &Plan,
@@ -612,150 +615,316 @@ fn build_session(
     args: &BuildArgs,
     printer: &Printer,
 ) -> Result<SessionLayer, Error> {
-    let (extra_env, secrets) = (&build_env.extra, &build_env.secrets);
     let name = &s.config.name;
-    let dir = work.join(&s.venv_dir);
-    std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
-    let envdir_host = match config.builder {
-        BuilderKind::Local => PathBuf::from(&config.envdir),
-        _ => dir.join("envdir"),
-    };
-    let project = match config.builder {
-        BuilderKind::Local => local_project_dir(config)?,
-        _ => {
-            let p = dir.join("project");
-            builder::copy_project(&config.project_dir, &p)
-                .map_err(io_err(format!("copying the project to {}", p.display())))?;
-            p
-        }
-    };
-    let venv_host = envdir_host.join(&s.venv_dir);
-    // The local builder writes the real envdir: two venvimg builds there would delete
-    // each other's venv mid-install, so they take turns (held until this session ends).
-    let _envdir_lock = match config.builder {
-        BuilderKind::Local => Some(lock_envdir(&envdir_host, printer)?),
-        _ => None,
-    };
-    prepare_envdir(config.builder, &envdir_host, &venv_host)?;
-
-    // The scripts and venvimg's hook (mounted read-only), and where the hook records the
-    // commands nox runs (the one folder the build writes besides the venv).
-    let hook_dir = dir.join("hook");
-    let out_dir = dir.join("out");
-    for d in [&hook_dir, &out_dir] {
-        std::fs::create_dir_all(d).map_err(io_err(format!("creating {}", d.display())))?;
-    }
-    crate::python::hook::write_files(&hook_dir, None).map_err(io_err(format!(
-        "writing the hook into {}",
-        hook_dir.display()
-    )))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        // The container's user writes the record; the 0700 build folder keeps others out.
-        std::fs::set_permissions(&out_dir, std::fs::Permissions::from_mode(0o777))
-            .map_err(io_err(format!("preparing {}", out_dir.display())))?;
-    }
-    let script_path = hook_dir.join("build.sh");
-    let script = script::render(&script::ScriptParams {
-        session: name,
-        envdir: &config.envdir,
-        venv_dir: &s.venv_dir,
-        workdir: &config.workdir,
-        build: s.config.build,
-        posargs: &s.config.posargs,
-    });
-    std::fs::write(&script_path, script)
-        .map_err(io_err(format!("writing {}", script_path.display())))?;
-
-    let mut env = builder::reproducible_env(layer::DEFAULT_SOURCE_DATE_EPOCH);
-    env.extend(extra_env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    env.extend(s.config.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let base_pinned = plan.base.pinned();
-    let base_registry = config.base.resolve_registry();
-    let log = dir.join("build.log");
-    let env_file = dir.join("build.env");
-    let platform = config.platform.to_string();
-    let insecure_pull = is_loopback(base_registry)
-        || config
-            .insecure_registries
-            .iter()
-            .any(|r| r == base_registry);
-    // One builder invocation: the same mounts and environment for every script.
-    let run_script = |script: &str, log: &Path| {
-        let job = builder::BuildJob {
-            kind: config.builder,
-            image: &base_pinned,
-            insecure_pull,
-            platform: &platform,
-            project: &project,
-            workdir: &config.workdir,
-            envdir_host: &envdir_host,
-            envdir: &config.envdir,
-            hook_dir: &hook_dir,
-            script,
-            out_dir: &out_dir,
-            env_file: &env_file,
-            env: env.clone(),
-            ca_file: args.build_ca.as_deref(),
-            log,
-            name: &crate::cancel::container_name(),
-            secrets,
-            network: args.build_network.as_deref(),
-        };
-        builder::run(&job, printer)
-            .map_err(io_err(format!("running the {} builder", config.builder)))
-    };
+    let ws = Workspace::prepare(config, s, work, printer)?;
+    let runner = ScriptRunner::new(config, plan, s, &ws, build_env, args, printer);
     let progress = printer.spinner(format!("{name}: building with {}", config.builder));
     let build_started = Instant::now();
-    let record_path = out_dir.join(script::RECORD_FILE);
-    let mut outcome = run_script("build.sh", &log)?;
-    if !outcome.success && network_failure(&outcome.output) {
-        // Package indexes time out now and then, most on loaded CI runners: one more
-        // try, from a fresh venv, before calling the build failed.
-        printer.warn(format!(
-            "session `{name}`: the package index failed to answer; building once more"
-        ));
-        prepare_envdir(config.builder, &envdir_host, &venv_host)?;
-        let _ = std::fs::remove_file(&record_path);
-        outcome = run_script("build.sh", &log)?;
-    }
+    runner.install()?;
     progress.finish();
-    if !outcome.success {
-        let kept = keep_log(name, &log);
-        return Err(diagnose_failure(name, &base_pinned, &outcome, &kept).into());
-    }
-    let build_read = what_the_build_read(config, s, &record_path, secrets)?;
+    let build_read = what_the_build_read(
+        config,
+        s,
+        &ws.out_dir.join(script::RECORD_FILE),
+        &build_env.secrets,
+    )?;
     report_divergence(s, &build_read, printer);
-
-    let read = || {
-        venv::read_facts(&venv_host).map_err(|source| BuildError::Venv {
-            session: name.clone(),
-            source,
-        })
-    };
-    let mut facts = read()?;
-    let frozen_error = |frozen: &[&venv::Package]| BuildError::FrozenProject {
+    let facts = runner.settle_project_code()?;
+    check_drift(s, &facts, args.strict, printer)?;
+    printer.info(format!(
+        "{name}: venv built in {:.1}s ({} backend, python {}, {} packages)",
+        build_started.elapsed().as_secs_f64(),
+        facts.backend,
+        facts.python,
+        facts.packages.len()
+    ));
+    let packed = pack_session(config, plan, s, &ws, printer)?;
+    let record = SessionRecord {
         session: name.clone(),
-        dists: frozen
-            .iter()
-            .map(|p| format!("{} {}", p.name, p.version))
-            .collect::<Vec<_>>()
-            .join(", "),
-        workdir: config.workdir.clone(),
+        venv_dir: s.venv_dir.clone(),
+        key: s.key.clone(),
+        tag: s.tag.clone(),
+        inputs: s.document.clone(),
+        python: facts.python.clone(),
+        backend: facts.backend.clone(),
+        interpreter: facts.interpreter.clone(),
+        packages: facts.packages.clone(),
+        layers: packed.records,
+        commands: build_read.commands.clone(),
+        build_read: (Some(&build_read.discovered) != s.document.discovered.as_ref())
+            .then(|| build_read.discovered.clone()),
+        notes: build_read.notes.clone(),
     };
-    let frozen = venv::frozen_project_code(&facts, &config.workdir);
-    if !frozen.is_empty() {
-        match s.config.project {
-            ProjectMode::Refuse => return Err(frozen_error(&frozen).into()),
+    let check = CheckAnnotation {
+        key: s.key.clone(),
+        files: build_read.discovered.checked_files().cloned().collect(),
+    };
+    let at = format!("{}/{}", config.envdir, s.venv_dir);
+    Ok(SessionLayer {
+        descriptors: packed
+            .layers
+            .iter()
+            .map(|(label, p)| LayerDescriptor {
+                media_type: p.media_type().to_string(),
+                digest: p.digest.clone(),
+                size: p.size,
+                diff_id: p.diff_id.clone(),
+                created_by: if packed.grouped {
+                    format!("venvimg: nox session {name} at {at} ({label})")
+                } else {
+                    format!("venvimg: nox session {name} at {at}")
+                },
+            })
+            .collect(),
+        files: packed
+            .layers
+            .iter()
+            .map(|(_, p)| (p.digest.clone(), p.path.clone()))
+            .collect(),
+        record,
+        check,
+    })
+}
+
+/// A session's build folder on this machine: the project (a copy, for container
+/// builders), the envdir the venv is built in, venvimg's hook and scripts, and where the
+/// hook records what the build ran.
+struct Workspace {
+    dir: PathBuf,
+    project: PathBuf,
+    envdir_host: PathBuf,
+    venv_host: PathBuf,
+    hook_dir: PathBuf,
+    out_dir: PathBuf,
+    /// The local builder writes the real envdir: two venvimg builds there would delete
+    /// each other's venv mid-install, so they take turns (held until the session ends).
+    _envdir_lock: Option<crate::outputs::layout::LayoutLock>,
+}
+
+impl Workspace {
+    fn prepare(
+        config: &Config,
+        s: &SessionPlan,
+        work: &Path,
+        printer: &Printer,
+    ) -> Result<Workspace, Error> {
+        let dir = work.join(&s.venv_dir);
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let envdir_host = match config.builder {
+            BuilderKind::Local => PathBuf::from(&config.envdir),
+            _ => dir.join("envdir"),
+        };
+        let project = match config.builder {
+            BuilderKind::Local => local_project_dir(config)?,
+            _ => {
+                let p = dir.join("project");
+                builder::copy_project(&config.project_dir, &p)
+                    .map_err(io_err(format!("copying the project to {}", p.display())))?;
+                p
+            }
+        };
+        let venv_host = envdir_host.join(&s.venv_dir);
+        let envdir_lock = match config.builder {
+            BuilderKind::Local => Some(lock_envdir(&envdir_host, printer)?),
+            _ => None,
+        };
+        prepare_envdir(config.builder, &envdir_host, &venv_host)?;
+
+        // The scripts and venvimg's hook (mounted read-only), and where the hook records
+        // the commands nox runs (the one folder the build writes besides the venv).
+        let hook_dir = dir.join("hook");
+        let out_dir = dir.join("out");
+        for d in [&hook_dir, &out_dir] {
+            std::fs::create_dir_all(d).map_err(io_err(format!("creating {}", d.display())))?;
+        }
+        crate::python::hook::write_files(&hook_dir, None).map_err(io_err(format!(
+            "writing the hook into {}",
+            hook_dir.display()
+        )))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // The container's user writes the record; the 0700 build folder keeps others
+            // out.
+            std::fs::set_permissions(&out_dir, std::fs::Permissions::from_mode(0o777))
+                .map_err(io_err(format!("preparing {}", out_dir.display())))?;
+        }
+        let script_path = hook_dir.join("build.sh");
+        let script = script::render(&script::ScriptParams {
+            session: &s.config.name,
+            envdir: &config.envdir,
+            venv_dir: &s.venv_dir,
+            workdir: &config.workdir,
+            build: s.config.build,
+            posargs: &s.config.posargs,
+        });
+        std::fs::write(&script_path, script)
+            .map_err(io_err(format!("writing {}", script_path.display())))?;
+        Ok(Workspace {
+            dir,
+            project,
+            envdir_host,
+            venv_host,
+            hook_dir,
+            out_dir,
+            _envdir_lock: envdir_lock,
+        })
+    }
+}
+
+/// Runs a session's scripts in the builder: the same image, mounts and environment for
+/// each (the install, and the editable reinstall of the project's own code).
+struct ScriptRunner<'a> {
+    config: &'a Config,
+    s: &'a SessionPlan,
+    ws: &'a Workspace,
+    base_pinned: String,
+    insecure_pull: bool,
+    platform: String,
+    env: BTreeMap<String, String>,
+    secrets: &'a [String],
+    args: &'a BuildArgs,
+    printer: &'a Printer,
+}
+
+impl<'a> ScriptRunner<'a> {
+    fn new(
+        config: &'a Config,
+        plan: &Plan,
+        s: &'a SessionPlan,
+        ws: &'a Workspace,
+        build_env: &'a BuildEnv,
+        args: &'a BuildArgs,
+        printer: &'a Printer,
+    ) -> ScriptRunner<'a> {
+        let mut env = builder::reproducible_env(layer::DEFAULT_SOURCE_DATE_EPOCH);
+        env.extend(build_env.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend(s.config.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let base_registry = config.base.resolve_registry();
+        ScriptRunner {
+            config,
+            s,
+            ws,
+            base_pinned: plan.base.pinned(),
+            insecure_pull: is_loopback(base_registry)
+                || config
+                    .insecure_registries
+                    .iter()
+                    .any(|r| r == base_registry),
+            platform: config.platform.to_string(),
+            env,
+            secrets: &build_env.secrets,
+            args,
+            printer,
+        }
+    }
+
+    fn run(&self, script: &str, log: &Path) -> Result<builder::BuildOutcome, Error> {
+        let job = builder::BuildJob {
+            kind: self.config.builder,
+            image: &self.base_pinned,
+            insecure_pull: self.insecure_pull,
+            platform: &self.platform,
+            project: &self.ws.project,
+            workdir: &self.config.workdir,
+            envdir_host: &self.ws.envdir_host,
+            envdir: &self.config.envdir,
+            hook_dir: &self.ws.hook_dir,
+            script,
+            out_dir: &self.ws.out_dir,
+            env_file: &self.ws.dir.join("build.env"),
+            env: self.env.clone(),
+            ca_file: self.args.build_ca.as_deref(),
+            log,
+            name: &crate::cancel::container_name(),
+            secrets: self.secrets,
+            network: self.args.build_network.as_deref(),
+        };
+        Ok(builder::run(&job, self.printer).map_err(io_err(format!(
+            "running the {} builder",
+            self.config.builder
+        )))?)
+    }
+
+    /// `script` ran; its failure diagnosed, the log kept.
+    fn run_ok(&self, script: &str, log: &Path) -> Result<(), Error> {
+        let outcome = self.run(script, log)?;
+        self.check(&outcome, log)
+    }
+
+    fn check(&self, outcome: &builder::BuildOutcome, log: &Path) -> Result<(), Error> {
+        if outcome.success {
+            return Ok(());
+        }
+        let name = &self.s.config.name;
+        let kept = keep_log(name, log);
+        Err(diagnose_failure(name, &self.base_pinned, outcome, &kept).into())
+    }
+
+    /// nox installs the session's venv (build.sh). Package indexes time out now and
+    /// then, most on loaded CI runners: one more try, from a fresh venv, before calling
+    /// the build failed.
+    fn install(&self) -> Result<(), Error> {
+        let log = self.ws.dir.join("build.log");
+        let mut outcome = self.run("build.sh", &log)?;
+        if !outcome.success && network_failure(&outcome.output) {
+            self.printer.warn(format!(
+                "session `{}`: the package index failed to answer; building once more",
+                self.s.config.name
+            ));
+            prepare_envdir(
+                self.config.builder,
+                &self.ws.envdir_host,
+                &self.ws.venv_host,
+            )?;
+            let _ = std::fs::remove_file(self.ws.out_dir.join(script::RECORD_FILE));
+            outcome = self.run("build.sh", &log)?;
+        }
+        self.check(&outcome, &log)
+    }
+
+    fn facts(&self) -> Result<venv::VenvFacts, Error> {
+        venv::read_facts(&self.ws.venv_host).map_err(|source| {
+            BuildError::Venv {
+                session: self.s.config.name.clone(),
+                source,
+            }
+            .into()
+        })
+    }
+
+    /// The venv's facts, after applying `project:` to the project's own code installed
+    /// non-editable: refuse, key it (nothing to do), or reinstall it editable from
+    /// workdir.
+    fn settle_project_code(&self) -> Result<venv::VenvFacts, Error> {
+        let (config, name) = (self.config, &self.s.config.name);
+        let facts = self.facts()?;
+        let frozen_error = |frozen: &[&venv::Package]| -> Error {
+            BuildError::FrozenProject {
+                session: name.clone(),
+                dists: frozen
+                    .iter()
+                    .map(|p| format!("{} {}", p.name, p.version))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                workdir: config.workdir.clone(),
+            }
+            .into()
+        };
+        let frozen = venv::frozen_project_code(&facts, &config.workdir);
+        if frozen.is_empty() {
+            return Ok(facts);
+        }
+        match self.s.config.project {
+            ProjectMode::Refuse => Err(frozen_error(&frozen)),
             // The key covers the project's files: any source change is a new image.
-            ProjectMode::Keyed => {}
+            ProjectMode::Keyed => Ok(facts),
             ProjectMode::Editable => {
                 let paths: Vec<String> = frozen
                     .iter()
                     .filter_map(|p| p.local_url.as_deref())
                     .map(|u| u.trim_start_matches("file://").to_string())
                     .collect();
-                printer.info(format!(
+                self.printer.info(format!(
                     "{name}: reinstalling {} editable from {}",
                     frozen
                         .iter()
@@ -764,65 +933,84 @@ fn build_session(
                         .join(", "),
                     config.workdir
                 ));
-                let script = hook_dir.join("editable.sh");
+                let script = self.ws.hook_dir.join("editable.sh");
                 std::fs::write(
                     &script,
                     script::render_editable(
                         &config.envdir,
-                        &s.venv_dir,
+                        &self.s.venv_dir,
                         &config.workdir,
                         &facts.backend,
                         &paths,
                     ),
                 )
                 .map_err(io_err(format!("writing {}", script.display())))?;
-                let log2 = dir.join("editable.log");
-                let outcome = run_script("editable.sh", &log2)?;
-                if !outcome.success {
-                    let kept = keep_log(name, &log2);
-                    return Err(diagnose_failure(name, &base_pinned, &outcome, &kept).into());
-                }
-                facts = read()?;
+                self.run_ok("editable.sh", &self.ws.dir.join("editable.log"))?;
+                let facts = self.facts()?;
                 let still = venv::frozen_project_code(&facts, &config.workdir);
-                if !still.is_empty() {
-                    return Err(frozen_error(&still).into());
+                if still.is_empty() {
+                    Ok(facts)
+                } else {
+                    Err(frozen_error(&still))
                 }
             }
         }
     }
-    if let Some(locked) = &s.document.locked {
-        let drift = crate::python::locked::drift(&facts.packages, &locked.packages);
-        if !drift.is_empty() {
-            let selection = serde_json::to_string(&s.config.locked).unwrap_or_default();
-            if args.strict {
-                return Err(BuildError::Drift {
-                    session: name.clone(),
-                    selection,
-                    list: drift
-                        .iter()
-                        .map(|d| format!("    {d}"))
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                }
-                .into());
-            }
-            for d in &drift {
-                printer.warn(format!(
-                    "session `{name}`: drift: {d}; the key does not cover it (--strict makes this an error)"
-                ));
-            }
-        }
-    }
-    printer.info(format!(
-        "{name}: venv built in {:.1}s ({} backend, python {}, {} packages)",
-        build_started.elapsed().as_secs_f64(),
-        facts.backend,
-        facts.python,
-        facts.packages.len()
-    ));
+}
 
+/// A `locked:` session's packages its key does not cover: warnings, or with `--strict`
+/// an error (nothing of it pushed).
+fn check_drift(
+    s: &SessionPlan,
+    facts: &venv::VenvFacts,
+    strict: bool,
+    printer: &Printer,
+) -> Result<(), Error> {
+    let Some(locked) = &s.document.locked else {
+        return Ok(());
+    };
+    let name = &s.config.name;
+    let drift = crate::python::locked::drift(&facts.packages, &locked.packages);
+    if drift.is_empty() {
+        return Ok(());
+    }
+    if strict {
+        return Err(BuildError::Drift {
+            session: name.clone(),
+            selection: serde_json::to_string(&s.config.locked).unwrap_or_default(),
+            list: drift
+                .iter()
+                .map(|d| format!("    {d}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+        .into());
+    }
+    for d in &drift {
+        printer.warn(format!(
+            "session `{name}`: drift: {d}; the key does not cover it (--strict makes this an error)"
+        ));
+    }
+    Ok(())
+}
+
+/// A session's packed layers: one for the venv, or one per distribution group.
+struct PackedSession {
+    layers: Vec<(String, layer::PackedLayer)>,
+    records: Vec<LayerRecord>,
+    grouped: bool,
+}
+
+fn pack_session(
+    config: &Config,
+    plan: &Plan,
+    s: &SessionPlan,
+    ws: &Workspace,
+    printer: &Printer,
+) -> Result<PackedSession, Error> {
+    let name = &s.config.name;
     let mut opts = PackOptions::new(format!("{}/{}", config.envdir, s.venv_dir));
-    opts.base_dirs = base_dirs(&out_dir.join(script::BASE_DIRS_FILE), &config.envdir);
+    opts.base_dirs = base_dirs(&ws.out_dir.join(script::BASE_DIRS_FILE), &config.envdir);
     opts.uid = config.owner.uid;
     opts.gid = config.owner.gid;
     opts.compression = config.compression;
@@ -835,7 +1023,7 @@ fn build_session(
                 .saturating_sub(plan.base.manifest.layers().len())
                 .max(1);
             Some(
-                crate::python::layering::split(&venv_host, cap).map_err(|e| BuildError::Io {
+                crate::python::layering::split(&ws.venv_host, cap).map_err(|e| BuildError::Io {
                     context: format!("session `{name}`: splitting the venv by distribution"),
                     source: match e {
                         crate::python::layering::LayeringError::Io { source, .. } => source,
@@ -844,95 +1032,52 @@ fn build_session(
             )
         }
     };
-    let mut packed = Vec::new();
-    let mut layer_records = Vec::new();
+    let mut layers = Vec::new();
+    let mut records = Vec::new();
     match &groups {
         None => {
-            let p = layer::pack_tree(&venv_host, &opts, &dir.join("layer.tar"))?;
-            layer_records.push(LayerRecord {
+            let p = layer::pack_tree(&ws.venv_host, &opts, &ws.dir.join("layer.tar"))?;
+            records.push(LayerRecord {
                 digest: p.digest.clone(),
                 size: p.size,
                 group: None,
                 distributions: serde_json::json!("*"),
             });
-            packed.push(("venv".to_string(), p));
+            layers.push(("venv".to_string(), p));
         }
         Some(groups) => {
             for (i, g) in groups.iter().enumerate() {
                 let keep = crate::python::layering::keeps(g, groups);
                 let p = layer::pack_tree_filtered(
-                    &venv_host,
+                    &ws.venv_host,
                     &opts,
-                    &dir.join(format!("layer-{i:02}.tar")),
+                    &ws.dir.join(format!("layer-{i:02}.tar")),
                     &keep,
                 )?;
-                layer_records.push(LayerRecord {
+                records.push(LayerRecord {
                     digest: p.digest.clone(),
                     size: p.size,
                     group: Some(g.label.clone()),
                     distributions: serde_json::json!(g.distributions),
                 });
-                packed.push((g.label.clone(), p));
+                layers.push((g.label.clone(), p));
             }
         }
     }
     printer.info(format!(
         "{name}: packed {} → {} in {} layer(s) in {:.1}s",
-        human_bytes(packed.iter().map(|(_, p)| p.uncompressed_size).sum()),
-        human_bytes(packed.iter().map(|(_, p)| p.size).sum()),
-        packed.len(),
+        human_bytes(layers.iter().map(|(_, p)| p.uncompressed_size).sum()),
+        human_bytes(layers.iter().map(|(_, p)| p.size).sum()),
+        layers.len(),
         t.elapsed().as_secs_f64(),
     ));
-    for (label, p) in &packed {
+    for (label, p) in &layers {
         printer.verbose(format!("  {label}: {} {}", human_bytes(p.size), p.digest));
     }
-    let record = SessionRecord {
-        session: name.clone(),
-        venv_dir: s.venv_dir.clone(),
-        key: s.key.clone(),
-        tag: s.tag.clone(),
-        inputs: s.document.clone(),
-        python: facts.python.clone(),
-        backend: facts.backend.clone(),
-        interpreter: facts.interpreter.clone(),
-        packages: facts.packages.clone(),
-        layers: layer_records,
-        commands: build_read.commands.clone(),
-        build_read: (Some(&build_read.discovered) != s.document.discovered.as_ref())
-            .then(|| build_read.discovered.clone()),
-        notes: build_read.notes.clone(),
-    };
-    let check = CheckAnnotation {
-        key: s.key.clone(),
-        files: build_read.discovered.checked_files().cloned().collect(),
-    };
-    Ok(SessionLayer {
-        descriptors: packed
-            .iter()
-            .map(|(label, p)| LayerDescriptor {
-                media_type: p.media_type().to_string(),
-                digest: p.digest.clone(),
-                size: p.size,
-                diff_id: p.diff_id.clone(),
-                created_by: if groups.is_some() {
-                    format!(
-                        "venvimg: nox session {name} at {}/{} ({label})",
-                        config.envdir, s.venv_dir
-                    )
-                } else {
-                    format!(
-                        "venvimg: nox session {name} at {}/{}",
-                        config.envdir, s.venv_dir
-                    )
-                },
-            })
-            .collect(),
-        files: packed
-            .iter()
-            .map(|(_, p)| (p.digest.clone(), p.path.clone()))
-            .collect(),
-        record,
-        check,
+    Ok(PackedSession {
+        layers,
+        records,
+        grouped: groups.is_some(),
     })
 }
 

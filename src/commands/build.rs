@@ -359,7 +359,10 @@ pub async fn run(
             p.finish();
             printer.info(format!("pushed {}@{}", target.whole(), img.manifest_digest));
         }
-        let all_exists = if all_fits && all_wanted {
+        // A `--session` pick's combined image is for --output/--load only: pushing it
+        // would leave a tag per pick (a CI matrix of single-session builds) that no plan
+        // ever looks up.
+        let all_exists = if all_fits && all_wanted && plan.complete {
             registry.manifest_digest(&all_ref).await?
         } else {
             Some(all_image.manifest_digest.clone())
@@ -367,12 +370,7 @@ pub async fn run(
         if all_exists.as_deref() != Some(all_image.manifest_digest.as_str()) {
             push::push_image(registry, &all_ref, &all_image, &plan.base, &local_files).await?;
             printer.info(format!(
-                "pushed {} {}@{}",
-                if plan.complete {
-                    "the all-sessions image"
-                } else {
-                    "the combined image of the selected sessions"
-                },
+                "pushed the all-sessions image {}@{}",
                 all_ref.whole(),
                 all_image.manifest_digest
             ));
@@ -417,10 +415,9 @@ pub async fn run(
     let push_stats = registry.stats.snapshot();
     let report = BuildReport {
         sessions: &results,
-        all: all_wanted.then(|| AllImage {
+        all: (all_wanted && plan.complete).then(|| AllImage {
             image: all_ref.whole(),
             digest: &all_image.manifest_digest,
-            complete: plan.complete,
             sessions: plan
                 .sessions
                 .iter()
@@ -1411,7 +1408,8 @@ fn missing_interpreter(out: &str) -> Option<String> {
 #[derive(Debug, Serialize)]
 pub struct BuildReport<'a> {
     pub sessions: &'a [SessionResult],
-    /// The all-sessions image; none when a session failed.
+    /// The all-sessions image; none when a session failed or `--session` picked some
+    /// (a pick's combined image, `sessions-…`, goes only to --output/--load).
     pub all: Option<AllImage<'a>>,
     pub seconds: f64,
     /// false with --no-push: the references name where the images would go.
@@ -1425,10 +1423,7 @@ pub struct AllImage<'a> {
     /// `registry/name:tag`.
     pub image: String,
     pub digest: &'a str,
-    /// It holds every session of the config (`all-…`), not a `--session` pick
-    /// (`sessions-…`); only then is it the `all` CI output.
-    pub complete: bool,
-    /// The sessions whose venvs it holds.
+    /// The sessions whose venvs it holds: every session of the config.
     pub sessions: Vec<&'a str>,
 }
 
@@ -1489,7 +1484,7 @@ impl BuildReport<'_> {
                 (r.venv_dir.clone(), reference)
             })
             .collect();
-        if let Some(all) = self.all.as_ref().filter(|a| a.complete) {
+        if let Some(all) = &self.all {
             let reference = if pushed {
                 format!("{}@{}", all.image, all.digest)
             } else {

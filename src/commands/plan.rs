@@ -23,6 +23,12 @@ pub struct PlanArgs {
     /// $FORGEJO_OUTPUT.
     #[arg(long)]
     pub ci_output: bool,
+    /// The misses as a CI matrix, one line of JSON: `{"include": [{"session", "venv",
+    /// "tag", "image"}]}` for GitHub/Forgejo `strategy.matrix` (one runner per miss runs
+    /// `venvimg build -s SESSION`; a last `venvimg build` then composes the all-sessions
+    /// image from the pushed session images). With --ci-output, also `matrix=` there.
+    #[arg(long, conflicts_with_all = ["json", "explain"])]
+    pub matrix: bool,
     /// For CI: exit 2 when uv.lock does not match pyproject.toml or `sessions:` leaves
     /// out a session nox runs by default (otherwise warnings).
     #[arg(long)]
@@ -151,6 +157,24 @@ impl<'a> PlanReport<'a> {
         table(&["SESSION", "VENV", "TAG", "STATUS"], &rows)
     }
 
+    /// `{"include": [...]}`: one entry per miss.
+    pub fn matrix(&self) -> String {
+        let include: Vec<serde_json::Value> = self
+            .sessions
+            .iter()
+            .filter(|s| s.status == HitOrMiss::Miss)
+            .map(|s| {
+                serde_json::json!({
+                    "session": s.session,
+                    "venv": super::report::ci_output_name(s.venv_dir),
+                    "tag": s.tag,
+                    "image": s.image,
+                })
+            })
+            .collect();
+        serde_json::json!({ "include": include }).to_string()
+    }
+
     /// `(venv dir, image)` for `--ci-output`.
     pub fn ci_outputs(&self) -> Vec<(String, String)> {
         self.sessions
@@ -190,14 +214,20 @@ pub async fn plan(
     super::report::report_plan_findings(&plan, printer);
     super::report::check_project(config, &plan, &args.sessions, args.strict, printer)?;
     let report = PlanReport::new(&plan, config);
-    if args.json {
+    if args.matrix {
+        printer.out(report.matrix());
+    } else if args.json {
         printer.out(report.json());
     } else {
         printer.info(format!("base {}", report.base));
         printer.out(report.table());
     }
     if args.ci_output {
-        super::report::write_ci_output(&report.ci_outputs(), printer)?;
+        let mut lines = report.ci_outputs();
+        if args.matrix {
+            lines.push(("matrix".into(), report.matrix()));
+        }
+        super::report::write_ci_output(&lines, printer)?;
     }
     Ok(())
 }

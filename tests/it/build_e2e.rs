@@ -112,7 +112,6 @@ fn build_push_and_reuse_offline_then_hit_then_rebuild_on_lock_change() {
         std::fs::read_to_string(&called).unwrap_or_default()
     );
     assert_eq!(second["all"]["digest"], first["all"]["digest"]);
-    assert_eq!(first["all"]["complete"], true, "{first}");
     assert!(
         first["all"]["image"].as_str().unwrap().contains(":all-"),
         "{first}"
@@ -149,20 +148,16 @@ fn build_push_and_reuse_offline_then_hit_then_rebuild_on_lock_change() {
         )),
         "{lines}"
     );
-    let (report, lines) = ci(&["-s", "tests"]);
-    assert_eq!(report["all"]["complete"], false, "{report}");
     assert_eq!(
         report["all"]["sessions"],
-        serde_json::json!(["tests"]),
+        serde_json::json!(["tests", "lint", "compat-3.11"]),
         "{report}"
     );
-    assert!(
-        report["all"]["image"]
-            .as_str()
-            .unwrap()
-            .contains(":sessions-"),
-        "{report}"
-    );
+    let (report, lines) = ci(&["-s", "tests"]);
+    assert!(report["all"].is_null(), "{report}");
+    // Nothing pushed for the pick's combined image: no tag a plan never looks up.
+    let tags = support::list_tags(project.repo());
+    assert!(!tags.iter().any(|t| t.starts_with("sessions-")), "{tags:?}");
     assert!(!lines.contains("all="), "{lines}");
     assert!(lines.starts_with("tests="), "{lines}");
 
@@ -299,4 +294,77 @@ fn a_build_that_cannot_verify_the_index_certificate_points_at_build_ca() {
         "{text}"
     );
     assert!(!text.contains("the others were built"), "{text}");
+}
+
+/// What a repository holds, as anyone pulling sees it: each tag's manifest digest (the
+/// dry-run artifacts, which hold where the plan ran, left out).
+fn registry_state(repo: &str) -> std::collections::BTreeMap<String, String> {
+    support::list_tags(repo)
+        .into_iter()
+        .filter(|t| !t.starts_with("venvimg-dryrun-"))
+        .map(|t| {
+            let digest = support::skopeo_inspect_digest(&format!("{repo}:{t}"))
+                .unwrap_or_else(|| panic!("{repo}:{t} listed but not readable"));
+            (t, digest)
+        })
+        .collect()
+}
+
+#[test]
+fn a_ci_matrix_of_single_session_builds_leaves_what_a_serial_build_leaves() {
+    use crate::support::background::Background;
+    let matrix = Project::fixture("sample").unique_repo("matrix").config("");
+    let serial = Project::fixture("sample").unique_repo("serial").config("");
+
+    // The plan job: the misses as a matrix, also written for later jobs.
+    let outputs = tempfile::NamedTempFile::new().unwrap();
+    let out = matrix
+        .venvimg()
+        .env("GITHUB_OUTPUT", outputs.path())
+        .args(["plan", "--matrix", "--ci-output", "-q"])
+        .output()
+        .unwrap();
+    let m = support::project::json_ok(&out, "plan --matrix");
+    let written = std::fs::read_to_string(outputs.path()).unwrap();
+    assert!(written.contains(&format!("matrix={m}\n")), "{written}");
+    let mut sessions: Vec<String> = m["include"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["session"].as_str().unwrap().to_string())
+        .collect();
+    sessions.sort();
+    assert_eq!(sessions, ["compat-3.11", "lint", "tests"], "{m}");
+    assert_eq!(m["include"][0]["venv"], "tests", "{m}");
+
+    // One runner per entry, all at once, against the one registry.
+    let ca = support::testenv().ca_file().to_string();
+    let mut runners: Vec<Background> = sessions
+        .iter()
+        .map(|s| Background::venvimg(matrix.path(), &["build", "--build-ca", &ca, "-s", s], &[]))
+        .collect();
+    for r in &mut runners {
+        let status = r.wait(std::time::Duration::from_secs(600));
+        assert!(status.success(), "{}", r.text());
+    }
+    // The final job: every session a hit, the all-sessions image composed, no build.
+    let last = matrix.build(&[]);
+    for s in last["sessions"].as_array().unwrap() {
+        assert_eq!(s["outcome"], "hit", "{last}");
+    }
+    let out = matrix.run(&["plan", "--matrix", "-q"]);
+    assert_eq!(
+        support::project::json_ok(&out, "plan --matrix after"),
+        serde_json::json!({"include": []})
+    );
+
+    // The same project built serially: the same tags, the same bytes.
+    serial.build(&[]);
+    let (a, b) = (registry_state(matrix.repo()), registry_state(serial.repo()));
+    assert_eq!(
+        a.len(),
+        4,
+        "three sessions and the all-sessions image: {a:?}"
+    );
+    assert_eq!(a, b);
 }

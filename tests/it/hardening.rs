@@ -71,36 +71,10 @@ fn image_of(dir: &Path, session: &str) -> String {
     support::image_of(&plan, session)
 }
 
-/// Every tag of `repo` (none when the registry never heard of it).
-fn tags(repo: &str) -> Vec<String> {
-    let out = support::skopeo()
-        .args(["list-tags", "--tls-verify=false"])
-        .arg(format!("docker://{repo}"))
-        .output()
-        .expect("cannot run skopeo");
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("name unknown")
-                || err.contains("NAME_UNKNOWN")
-                || err.contains("status code from registry 404"),
-            "skopeo list-tags {repo}: {err}"
-        );
-        return Vec::new();
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["Tags"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t.as_str().map(str::to_string))
-        .collect()
-}
-
 /// Manifest and config of every image in `repo`, as text: what anyone pulling sees.
 fn pushed_records(repo: &str) -> String {
     let mut all = String::new();
-    for tag in tags(repo) {
+    for tag in support::list_tags(repo) {
         let image = format!("docker://{repo}:{tag}");
         for extra in [&["--raw"][..], &["--config"][..]] {
             let out = support::skopeo()
@@ -176,7 +150,7 @@ fn refused(prefix: &str, session: &str, extra_config: &str, expected: &[&str], s
         None,
         "{image} was pushed"
     );
-    let pushed: Vec<String> = tags(&repo)
+    let pushed: Vec<String> = support::list_tags(&repo)
         .into_iter()
         .filter(|t| !t.starts_with("venvimg-dryrun-"))
         .collect();
@@ -664,9 +638,11 @@ fn sigint_mid_build_stops_the_container_and_removes_the_build_folder() {
         "{image} was pushed"
     );
     assert!(
-        tags(&repo).iter().all(|t| t.starts_with("venvimg-dryrun-")),
+        support::list_tags(&repo)
+            .iter()
+            .all(|t| t.starts_with("venvimg-dryrun-")),
         "{:?}",
-        tags(&repo)
+        support::list_tags(&repo)
     );
 }
 

@@ -44,7 +44,7 @@ fn the_tutorial_runs_as_written() {
         script.contains(BUILD_LINE),
         "the tutorial's build line changed; update BUILD_LINE:\n{script}"
     );
-    let bin = assert_cmd::cargo::cargo_bin("venvimg");
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_venvimg"));
     let script = script.replace(
         BUILD_LINE,
         &format!("export PATH={}:$PATH", bin.parent().unwrap().display()),

@@ -433,3 +433,29 @@ pub fn record_labels(session: &str, base_digest: &str) -> BTreeMap<String, Strin
         (venvimg::image::RECORD_LABEL.to_string(), record.to_string()),
     ])
 }
+
+/// Every tag of `repo` (none when the registry never heard of it).
+pub fn list_tags(repo: &str) -> Vec<String> {
+    let out = skopeo()
+        .args(["list-tags", "--tls-verify=false"])
+        .arg(format!("docker://{repo}"))
+        .output()
+        .expect("cannot run skopeo");
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("name unknown")
+                || err.contains("NAME_UNKNOWN")
+                || err.contains("status code from registry 404"),
+            "skopeo list-tags {repo}: {err}"
+        );
+        return Vec::new();
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["Tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().map(str::to_string))
+        .collect()
+}

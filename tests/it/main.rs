@@ -22,3 +22,4 @@ mod registry_push;
 mod registry_rss;
 mod run;
 mod testenv;
+mod wheel;

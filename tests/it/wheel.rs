@@ -1,0 +1,93 @@
+//! The PyPI wheel: maturin packs the static musl binary (pyproject.toml at the top), the
+//! wheel installs into a fresh venv with no index, and the installed `venvimg` plans the
+//! sample against the real registry.
+
+use std::process::Command;
+
+use crate::support::{self, Project};
+
+fn run(cmd: &mut Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {what} ({e}): `bash tests/support/testenv.sh deps` installs uv and maturin (pip install uv maturin)")
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{what} failed:\n{text}");
+    text
+}
+
+#[test]
+fn the_wheel_installs_into_a_fresh_venv_and_its_venvimg_plans() {
+    let root = support::manifest_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let wheels = tmp.path().join("wheels");
+    // The same target and profile as `.ci/run`'s release build, so maturin reuses its
+    // artifacts (in a tree without that build, this compiles it: minutes).
+    run(
+        Command::new("maturin")
+            .args(["build", "--release"])
+            .args(["--target", "x86_64-unknown-linux-musl"])
+            // A static binary: installable on glibc and musl systems alike.
+            .args([
+                "--compatibility",
+                "manylinux_2_17",
+                "musllinux_1_2",
+                "--out",
+            ])
+            .arg(&wheels)
+            .current_dir(&root),
+        "maturin build",
+    );
+    let wheel = std::fs::read_dir(&wheels)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .expect("maturin wrote no wheel");
+    let name = wheel.file_name().unwrap().to_string_lossy().into_owned();
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        name.starts_with(&format!("venvimg-{version}-py3-none-"))
+            && name.contains("manylinux_2_17_x86_64")
+            && name.contains("musllinux_1_2_x86_64"),
+        "{name}"
+    );
+
+    let venv = tmp.path().join("venv");
+    // Offline, this machine's python: nothing downloaded.
+    run(
+        Command::new("uv")
+            .args(["venv", "--offline", "--python", "python3"])
+            .arg(&venv)
+            .env("UV_PYTHON_DOWNLOADS", "never"),
+        "uv venv",
+    );
+    run(
+        Command::new("uv")
+            .args(["pip", "install", "--offline", "--no-index", "--python"])
+            .arg(venv.join("bin/python"))
+            .arg(&wheel),
+        "uv pip install WHEEL",
+    );
+    let installed = venv.join("bin/venvimg");
+    let text = run(
+        Command::new(&installed).arg("--version"),
+        "venvimg --version",
+    );
+    assert_eq!(text.trim(), format!("venvimg {version}"));
+
+    let p = Project::fixture("sample").unique_repo("wheel").config("");
+    let env = support::testenv();
+    let out = Command::new(&installed)
+        .envs(env.envs.iter().map(|(k, v)| (k, v)))
+        .current_dir(p.path())
+        .args(["plan", "--json", "-q"])
+        .output()
+        .unwrap();
+    let plan = support::project::json_ok(&out, "the wheel's venvimg plan");
+    assert_eq!(plan["sessions"].as_array().map(Vec::len), Some(3), "{plan}");
+}

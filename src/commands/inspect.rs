@@ -1066,6 +1066,22 @@ mod tests {
     }
 
     #[test]
+    fn a_record_with_fields_missing_is_read() {
+        // What an older venvimg (or a hand-made image) wrote: no format, no layers.
+        let record = json!({"sessions": [{"session": "lint", "venv_dir": "lint",
+            "inputs": {"base": "sha256:b", "envdir": "/opt/nox"}, "python": "3.11.2"}]});
+        let data = ImageData {
+            config: json!({"config": {"Labels": {image::RECORD_LABEL: record.to_string()}}}),
+            layers: layers(&[10, 20]),
+            ..Default::default()
+        };
+        let report = describe("old", &data).unwrap();
+        assert_eq!(report.sessions[0].venv_path, "/opt/nox/lint");
+        assert_eq!(report.sessions[0].python, "3.11.2");
+        assert_eq!(report.sessions[0].layer.as_ref().unwrap().size, 20);
+    }
+
+    #[test]
     fn an_image_without_the_record_is_not_venvimgs() {
         let data = ImageData {
             config: json!({"config": {"Labels": {"other": "x"}}}),

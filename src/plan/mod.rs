@@ -70,6 +70,8 @@ pub struct RefreshKey {
 /// serialisation is the canonical document the key hashes; it is also stored in the
 /// image's record so `plan --explain` and `inspect` can show it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+// Read back from images (explain, inspect) tolerantly; written whole.
+#[serde(default)]
 pub struct KeyDocument {
     pub format: u32,
     pub base: String,

@@ -29,7 +29,10 @@ pub struct LayerRecord {
     pub distributions: serde_json::Value,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// Read tolerantly (every field defaults): `inspect` shows what an older or hand-made
+/// record holds rather than refusing it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
 pub struct SessionRecord {
     pub session: String,
     pub venv_dir: String,

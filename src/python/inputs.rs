@@ -813,7 +813,8 @@ pub fn project_dependencies(
     Some(out)
 }
 
-fn strings(v: Option<&toml::Value>) -> Vec<String> {
+/// The strings of a TOML array (none when `v` is absent or not an array).
+pub fn strings(v: Option<&toml::Value>) -> Vec<String> {
     v.and_then(|d| d.as_array())
         .map(|a| {
             a.iter()
@@ -861,9 +862,14 @@ pub fn dependency_group(pyproject: &str, group: &str) -> Vec<String> {
     let Ok(v) = toml::from_str::<toml::Table>(pyproject) else {
         return Vec::new();
     };
-    let Some(groups) = v.get("dependency-groups").and_then(|g| g.as_table()) else {
-        return Vec::new();
-    };
+    match v.get("dependency-groups").and_then(|g| g.as_table()) {
+        Some(groups) => group_requirements(groups, group),
+        None => Vec::new(),
+    }
+}
+
+/// [`dependency_group`] on an already parsed `[dependency-groups]` table.
+pub fn group_requirements(groups: &toml::Table, group: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     fn walk(groups: &toml::Table, g: &str, out: &mut Vec<String>, seen: &mut HashSet<String>) {

@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
+use super::inputs::{group_requirements, strings};
 use super::installs::normalize;
 
 /// What the comparison found.
@@ -261,30 +262,11 @@ fn extra_of(entry: &toml::Value) -> Option<String> {
 fn expand_groups(py: &toml::Table) -> BTreeMap<String, Vec<String>> {
     let table = py.get("dependency-groups").and_then(|g| g.as_table());
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    fn walk(groups: &toml::Table, name: &str, out: &mut Vec<String>, seen: &mut HashSet<String>) {
-        if !seen.insert(normalize(name)) {
-            return;
-        }
-        let Some((_, list)) = groups.iter().find(|(k, _)| normalize(k) == normalize(name)) else {
-            return;
-        };
-        for item in entries(list) {
-            match item {
-                toml::Value::String(s) => out.push(s.clone()),
-                toml::Value::Table(t) => {
-                    if let Some(inc) = t.get("include-group").and_then(|i| i.as_str()) {
-                        walk(groups, inc, out, seen);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
     if let Some(groups) = table {
         for name in groups.keys() {
-            let mut reqs = Vec::new();
-            walk(groups, name, &mut reqs, &mut HashSet::new());
-            out.entry(normalize(name)).or_default().extend(reqs);
+            out.entry(normalize(name))
+                .or_default()
+                .extend(group_requirements(groups, name));
         }
     }
     let legacy = strings(
@@ -296,16 +278,6 @@ fn expand_groups(py: &toml::Table) -> BTreeMap<String, Vec<String>> {
         out.entry("dev".into()).or_default().extend(legacy);
     }
     out
-}
-
-fn strings(v: Option<&toml::Value>) -> Vec<String> {
-    entries_opt(v)
-        .filter_map(|x| x.as_str().map(str::to_string))
-        .collect()
-}
-
-fn entries_opt(v: Option<&toml::Value>) -> impl Iterator<Item = &toml::Value> {
-    v.and_then(|v| v.as_array()).into_iter().flatten()
 }
 
 #[derive(Debug, PartialEq, Eq)]

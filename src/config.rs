@@ -395,6 +395,15 @@ pub struct Config {
 
 impl Config {
     /// `repository` from `source` (an environment variable) instead of the file.
+    /// `registry/name` of `repository:`, as reports show where the images go.
+    pub fn repository_path(&self) -> String {
+        format!(
+            "{}/{}",
+            self.repository.resolve_registry(),
+            self.repository.repository()
+        )
+    }
+
     pub fn override_repository(&mut self, source: &str, value: &str) -> Result<(), ConfigError> {
         self.repository = parse_repository(Path::new(source), value)?;
         Ok(())

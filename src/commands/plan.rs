@@ -116,11 +116,7 @@ impl<'a> PlanReport<'a> {
             })
             .collect();
         PlanReport {
-            repository: format!(
-                "{}/{}",
-                config.repository.resolve_registry(),
-                config.repository.repository()
-            ),
+            repository: config.repository_path(),
             base: plan.base.pinned(),
             platform: config.platform.to_string(),
             envdir: &config.envdir,

@@ -132,11 +132,7 @@ pub async fn explain(
         }),
         changed_at_tag: s.changed.clone(),
         closest_earlier: None,
-        repository: format!(
-            "{}/{}",
-            config.repository.resolve_registry(),
-            config.repository.repository()
-        ),
+        repository: config.repository_path(),
     };
     if e.digest.is_some() || !e.changed_at_tag.is_empty() {
         return Ok(e);

@@ -549,9 +549,7 @@ class Bench:
 
     # ---- 2. hit path -------------------------------------------------------------------
     def section_hit(self):
-        proj = self.work / "hitpath"
-        proj.mkdir()
-        (proj / "noxfile.py").write_text(hitpath_noxfile())
+        proj = self.hitpath_project()
         counts = (1, 5, 20)
         for c in counts:
             names = ", ".join(f"s{i:02d}" for i in range(1, c + 1))
@@ -588,6 +586,35 @@ class Bench:
         self.results["hit_requests"] = {str(k): v for k, v in reqs.items()}
         log("hit path: " + ", ".join(f"{c}: {median(self.results['samples'][f'hit.{c}.wall']):.2f}s "
                                      f"{reqs[c]['total']} requests" for c in counts))
+
+    def hitpath_project(self) -> Path:
+        proj = self.work / "hitpath"
+        if not proj.exists():
+            proj.mkdir()
+            (proj / "noxfile.py").write_text(hitpath_noxfile())
+            names = ", ".join(f"s{i:02d}" for i in range(1, 21))
+            (proj / "venvimg-20.yaml").write_text(
+                f"repository: {self.main.addr}/bench/hitpath\nbase: {self.main_base}\n"
+                f"inputs: [noxfile.py]\nsessions: [{names}]\n")
+        return proj
+
+    def section_parallel(self):
+        """20 small misses (the hit path's sessions, --force, nothing pushed): one at a
+        time (--jobs 1) against venvimg's default, side by side in each round."""
+        proj = self.hitpath_project()
+        for rep in range(self.n):
+            log(f"parallel misses: round {rep + 1}/{self.n}")
+            for label, extra in (("serial", ["--jobs", "1"]), ("auto", [])):
+                r = run([self.venvimg, "--config", "venvimg-20.yaml", "build", "--force", "--no-push",
+                         "--build-ca", self.ca, "--json", "-q", *extra], cwd=proj, env=self.env)
+                doc = json.loads(r.out)
+                if [s["outcome"] for s in doc["sessions"]] != ["built"] * 20:
+                    die(f"parallel ({label}): expected 20 builds, got {[s['outcome'] for s in doc['sessions']]}")
+                self.sample(f"parallel.{label}.wall", r.wall)
+                self.sample(f"parallel.{label}.cpu", r.cpu)
+        log("parallel misses: serial %.0fs, default %.0fs" % (
+            median(self.results["samples"]["parallel.serial.wall"]),
+            median(self.results["samples"]["parallel.auto.wall"])))
 
     # ---- 3-5. miss path, pack, push, memory, sizes -------------------------------------
     def miss_run(self, rep: int, comp: str) -> dict:
@@ -759,7 +786,7 @@ class Bench:
 
     def main(self):
         self.load_start = Path("/proc/loadavg").read_text().split()[:3]
-        sections = self.args.only.split(",") if self.args.only else ["jobstart", "hit", "miss"]
+        sections = self.args.only.split(",") if self.args.only else ["jobstart", "hit", "parallel", "miss"]
         t0 = time.monotonic()
         try:
             self.setup()
@@ -770,14 +797,17 @@ class Bench:
             self.teardown()
         self.results["machine"] = self.machine()
         self.results["sections"] = sections
+        self.results["only"] = self.args.only
         self.results["duration_s"] = round(time.monotonic() - t0, 1)
         self.results["medians"] = {k: median(v) for k, v in self.results["samples"].items()}
         md = report(self.results)
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "latest.json").write_text(json.dumps(self.results, indent=2, sort_keys=True) + "\n")
-        (RESULTS / "latest.md").write_text(md)
+        # A run of some sections does not replace the full report: it has its own files.
+        stem = f"only-{'-'.join(sections)}" if self.args.only else "latest"
+        (RESULTS / f"{stem}.json").write_text(json.dumps(self.results, indent=2, sort_keys=True) + "\n")
+        (RESULTS / f"{stem}.md").write_text(md)
         print(md)
-        log(f"done in {self.results['duration_s']:.0f}s; wrote {RESULTS / 'latest.md'} and latest.json")
+        log(f"done in {self.results['duration_s']:.0f}s; wrote {RESULTS / stem}.md and {stem}.json")
 
 
 def hitpath_noxfile(n: int = 20) -> str:
@@ -824,7 +854,8 @@ def report(res: dict) -> str:
                f"start, {' '.join(mach['loadavg_end'])} at end (a shared machine). {mach['venvimg']} "
                f"({mach['commit']}), {mach['podman']}, {mach['skopeo']}, {mach['uv']}, nox {mach['nox']}. "
                f"Medians of {mach['repetitions']} run(s), contenders interleaved round by round; "
-               f"`bash benches/run.sh{'' if mach['repetitions'] == 3 else ' -n ' + str(mach['repetitions'])}` "
+               f"`bash benches/run.sh{'' if mach['repetitions'] == 3 else ' -n ' + str(mach['repetitions'])}"
+               f"{' --only ' + res['only'] if res.get('only') else ''}` "
                f"reproduces it ({res['duration_s'] / 60:.0f} min).")
     out.append("")
     targets = []
@@ -909,6 +940,19 @@ def report(res: dict) -> str:
         out.append("")
         targets.append(("hit path, 20 sessions", "< 0.5 s", fmt_s(get("hit.20.wall"), 2),
                         None if get("hit.20.wall") is None else get("hit.20.wall") < 0.5))
+
+    if "parallel" in res.get("sections", []):
+        ser, par = get("parallel.serial.wall"), get("parallel.auto.wall")
+        out.append(f"**Parallel misses** — `venvimg build --force --no-push` of the hit path's 20 small sessions "
+                   f"({res.get('machine', {}).get('nproc', '?')} cores)")
+        out.append("")
+        out.append("| sessions at a time | wall | CPU |")
+        out.append("|---|---|---|")
+        out.append(f"| 1 (`--jobs 1`) | {fmt_s(ser)} | {fmt_s(get('parallel.serial.cpu'))} |")
+        out.append(f"| default (one per core, as memory allows) | {fmt_s(par)} | {fmt_s(get('parallel.auto.cpu'))} |")
+        out.append("")
+        targets.append(("20 small misses: default ÷ one at a time", "≤ 0.6×", ratio(par, ser, 2),
+                        None if par is None or ser is None else par <= 0.6 * ser))
 
     if "miss" in res["sections"]:
         out.append("**Miss path** — `venvimg build` of bigstack into an empty registry (base already there), "
@@ -1023,7 +1067,7 @@ def main():
     ap.add_argument("--state", help="state folder: registry storage, work folders (benches/run.sh passes it)")
     ap.add_argument("--quick", action="store_true", help="every contender once")
     ap.add_argument("-n", type=int, default=0, help="repetitions (default 3, --quick 1)")
-    ap.add_argument("--only", default="", help="comma-separated sections: jobstart,hit,miss")
+    ap.add_argument("--only", default="", help="comma-separated sections: jobstart,hit,parallel,miss")
     ap.add_argument("--no-split", action="store_true",
                     help="skip the `layers: per-distribution` job image (for venvimg builds without it)")
     ap.add_argument("--report-only", action="store_true", help="re-render latest.md from latest.json")
@@ -1037,8 +1081,8 @@ def main():
     if not args.venvimg or not args.state:
         die("--venvimg and --state are required; run through benches/run.sh")
     for s in (args.only.split(",") if args.only else []):
-        if s not in ("jobstart", "hit", "miss"):
-            die(f"--only: unknown section {s!r} (jobstart, hit, miss)")
+        if s not in ("jobstart", "hit", "parallel", "miss"):
+            die(f"--only: unknown section {s!r} (jobstart, hit, parallel, miss)")
     b = Bench(args)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     b.main()

@@ -96,6 +96,98 @@ pub struct Progress {
     bar: Option<ProgressBar>,
 }
 
+/// The kinds of line a [`Reporter`] emits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Verbose,
+    Warn,
+    Error,
+}
+
+/// Where the stages (the engine's runs, outputs, a session's build) send their progress.
+/// The commands own a [`Printer`] and hand the stages `&dyn Reporter`: the CLI's printer,
+/// or a [`Prefixed`] one that names the session each line belongs to when sessions build
+/// side by side. Call it through `info`/`verbose`/`warn`/`error`/`spinner`, as a printer.
+pub trait Reporter: Sync {
+    fn verbosity(&self) -> Verbosity;
+    fn emit(&self, level: Level, msg: &str);
+    /// A spinner where one can be drawn; otherwise a line when it starts.
+    fn start(&self, msg: String) -> Progress;
+}
+
+impl dyn Reporter + '_ {
+    pub fn info(&self, msg: impl AsRef<str>) {
+        self.emit(Level::Info, msg.as_ref());
+    }
+    pub fn verbose(&self, msg: impl AsRef<str>) {
+        self.emit(Level::Verbose, msg.as_ref());
+    }
+    pub fn warn(&self, msg: impl AsRef<str>) {
+        self.emit(Level::Warn, msg.as_ref());
+    }
+    pub fn error(&self, msg: impl AsRef<str>) {
+        self.emit(Level::Error, msg.as_ref());
+    }
+    pub fn spinner(&self, msg: impl Into<String>) -> Progress {
+        self.start(msg.into())
+    }
+}
+
+impl Reporter for Printer {
+    fn verbosity(&self) -> Verbosity {
+        self.verbosity
+    }
+    fn emit(&self, level: Level, msg: &str) {
+        match level {
+            Level::Info => self.info(msg),
+            Level::Verbose => self.verbose(msg),
+            Level::Warn => self.warn(msg),
+            Level::Error => self.error(msg),
+        }
+    }
+    fn start(&self, msg: String) -> Progress {
+        self.spinner(msg)
+    }
+}
+
+/// A reporter for one of several sessions building at once: each line names its session
+/// (unless it already starts with the name), and no spinner is drawn — several would
+/// overwrite each other on one terminal.
+pub struct Prefixed<'a> {
+    inner: &'a dyn Reporter,
+    tag: String,
+}
+
+impl<'a> Prefixed<'a> {
+    pub fn new(inner: &'a dyn Reporter, tag: impl Into<String>) -> Prefixed<'a> {
+        Prefixed {
+            inner,
+            tag: tag.into(),
+        }
+    }
+
+    fn tagged(&self, msg: &str) -> String {
+        match msg.strip_prefix(self.tag.as_str()) {
+            Some(rest) if rest.starts_with(':') => msg.to_string(),
+            _ => format!("{}: {msg}", self.tag),
+        }
+    }
+}
+
+impl Reporter for Prefixed<'_> {
+    fn verbosity(&self) -> Verbosity {
+        self.inner.verbosity()
+    }
+    fn emit(&self, level: Level, msg: &str) {
+        self.inner.emit(level, &self.tagged(msg));
+    }
+    fn start(&self, msg: String) -> Progress {
+        self.inner.info(self.tagged(&msg));
+        Progress { bar: None }
+    }
+}
+
 impl Progress {
     pub fn set_message(&self, msg: impl Into<String>) {
         if let Some(b) = &self.bar {
@@ -148,5 +240,51 @@ pub fn human_bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Keeps what it is sent, to read back.
+    struct Recorder(Mutex<Vec<(Level, String)>>);
+
+    impl Reporter for Recorder {
+        fn verbosity(&self) -> Verbosity {
+            Verbosity::Verbose
+        }
+        fn emit(&self, level: Level, msg: &str) {
+            self.0.lock().unwrap().push((level, msg.to_string()));
+        }
+        fn start(&self, msg: String) -> Progress {
+            self.emit(Level::Info, &format!("spinner {msg}"));
+            Progress { bar: None }
+        }
+    }
+
+    #[test]
+    fn a_prefixed_reporter_names_the_session_once_and_draws_no_spinner() {
+        let rec = Recorder(Mutex::new(Vec::new()));
+        let p = Prefixed::new(&rec, "tests-3.11");
+        let r: &dyn Reporter = &p;
+        r.info("tests-3.11: venv built");
+        r.verbose("  | Collecting numpy");
+        r.warn("tests-3.11x is not this session");
+        let progress = r.spinner("building with podman");
+        progress.finish();
+        assert_eq!(
+            rec.0.into_inner().unwrap(),
+            vec![
+                (Level::Info, "tests-3.11: venv built".to_string()),
+                (Level::Verbose, "tests-3.11:   | Collecting numpy".to_string()),
+                (
+                    Level::Warn,
+                    "tests-3.11: tests-3.11x is not this session".to_string()
+                ),
+                (Level::Info, "tests-3.11: building with podman".to_string()),
+            ]
+        );
     }
 }

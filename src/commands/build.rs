@@ -15,7 +15,7 @@ use crate::image::{self, BaseImage, ComposedImage, LayerDescriptor};
 use crate::layer::{self, PackOptions};
 use crate::plan::record::{ImageRecord, LayerRecord, SessionRecord, RECORD_VERSION};
 use crate::plan::{CheckAnnotation, Plan, SessionPlan, Status, CHECK_ANNOTATION};
-use crate::printer::{human_bytes, table, Printer};
+use crate::printer::{human_bytes, table, Printer, Reporter};
 use crate::python::inputs::{self, Derived};
 use crate::python::venv;
 use crate::registry::{is_loopback, push, Registry};
@@ -66,6 +66,10 @@ pub struct BuildArgs {
     /// them, report each failure, exit 1).
     #[arg(long)]
     pub fail_fast: bool,
+    /// How many sessions build at once (default: one per core, as memory allows; 1 for
+    /// `builder: local`, whose builds share the envdir). Each line then names its session.
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -232,6 +236,27 @@ pub async fn run(
     let mut local_files: HashMap<String, PathBuf> = HashMap::new();
     let mut failed: Vec<(String, String)> = Vec::new();
 
+    let jobs = parallel_jobs(args.jobs, config.builder, to_build.len());
+    if jobs > 1 {
+        printer.info(format!(
+            "building {} session(s), {jobs} at a time",
+            to_build.len()
+        ));
+    }
+    let mut built = builder::blocking(|| {
+        build_all(
+            config,
+            &plan,
+            &to_build,
+            &work_path,
+            &build_env,
+            args,
+            printer,
+            jobs,
+        )
+    })
+    .into_iter();
+
     for s in &plan.sessions {
         let t0 = Instant::now();
         let rebuild = args.force || matches!(s.status, Status::Miss);
@@ -259,10 +284,11 @@ pub async fn run(
             layers.push((s.venv_dir.clone(), layer));
             continue;
         }
-        let built = builder::blocking(|| {
-            build_session(config, &plan, s, &work_path, &build_env, args, printer)
-        });
-        let layer = match built {
+        // Misses come back in plan order; none left means a --fail-fast stop before it.
+        let Some(Some((outcome, seconds))) = built.next() else {
+            continue;
+        };
+        let layer = match outcome {
             Ok(layer) => layer,
             Err(e) if args.fail_fast => return Err(e),
             // The other sessions still build and push, as nox runs every session.
@@ -278,7 +304,7 @@ pub async fn run(
                     digest: None,
                     outcome: "failed",
                     layer_size: None,
-                    seconds: t0.elapsed().as_secs_f64(),
+                    seconds,
                     error: Some(cause),
                 });
                 continue;
@@ -300,7 +326,7 @@ pub async fn run(
             digest: Some(img.manifest_digest.clone()),
             outcome: "built",
             layer_size: Some(layer.size()),
-            seconds: t0.elapsed().as_secs_f64(),
+            seconds,
             error: None,
         });
         composed.push((s.image.clone(), img));
@@ -600,6 +626,97 @@ async fn layer_from_registry(
     })
 }
 
+/// How many sessions build at once: `--jobs`, else one per core, bounded by memory
+/// (about 1 GiB a build: uv, nox and packing) and by the misses. The local builder
+/// builds in the one envdir, where builds take turns anyway.
+fn parallel_jobs(flag: Option<u16>, builder: BuilderKind, misses: usize) -> usize {
+    if builder == BuilderKind::Local {
+        return 1;
+    }
+    let wanted = match flag {
+        Some(n) => usize::from(n),
+        None => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let by_memory = available_memory_gib().unwrap_or(1).max(1);
+            cores.min(by_memory)
+        }
+    };
+    wanted.min(misses).max(1)
+}
+
+/// MemAvailable from /proc/meminfo, in whole GiB.
+fn available_memory_gib() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / (1024 * 1024))
+}
+
+/// A session's build and the seconds it took.
+type Built = (Result<SessionLayer, Error>, f64);
+
+/// The misses' builds, `jobs` at a time, each result (and its seconds) in `misses`'
+/// order. With `--fail-fast` no build starts after one failed: those are `None`.
+/// Sessions build independently (their own folder, container and envdir), so the only
+/// shared thing is the output: with more than one at a time each line names its session.
+#[allow(clippy::too_many_arguments)]
+fn build_all(
+    config: &Config,
+    plan: &Plan,
+    misses: &[&SessionPlan],
+    work: &Path,
+    build_env: &BuildEnv,
+    args: &BuildArgs,
+    printer: &dyn Reporter,
+    jobs: usize,
+) -> Vec<Option<Built>> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let slots: Vec<Mutex<Option<Built>>> = misses.iter().map(|_| Mutex::new(None)).collect();
+    let worker = || loop {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let i = next.fetch_add(1, Ordering::SeqCst);
+        let Some(s) = misses.get(i) else {
+            break;
+        };
+        let t0 = Instant::now();
+        let result = if jobs > 1 {
+            let tagged = crate::printer::Prefixed::new(printer, s.config.name.clone());
+            build_session(config, plan, s, work, build_env, args, &tagged)
+        } else {
+            build_session(config, plan, s, work, build_env, args, printer)
+        };
+        if result.is_err() && args.fail_fast {
+            stop.store(true, Ordering::SeqCst);
+        }
+        *slots[i].lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((result, t0.elapsed().as_secs_f64()));
+    };
+    if jobs <= 1 {
+        worker();
+    } else {
+        std::thread::scope(|scope| {
+            for _ in 0..jobs {
+                scope.spawn(worker);
+            }
+        });
+    }
+    slots
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .collect()
+}
+
 /// One session's build: prepare its folder → install (nox in the builder) → check the
 /// venv (the project's own code, drift) → pack its layers → the record its image
 /// carries. Runs on a blocking thread.
@@ -610,7 +727,7 @@ fn build_session(
     work: &Path,
     build_env: &BuildEnv,
     args: &BuildArgs,
-    printer: &Printer,
+    printer: &dyn Reporter,
 ) -> Result<SessionLayer, Error> {
     let name = &s.config.name;
     let ws = Workspace::prepare(config, s, work, printer)?;
@@ -703,7 +820,7 @@ impl Workspace {
         config: &Config,
         s: &SessionPlan,
         work: &Path,
-        printer: &Printer,
+        printer: &dyn Reporter,
     ) -> Result<Workspace, Error> {
         let dir = work.join(&s.venv_dir);
         std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
@@ -780,7 +897,7 @@ struct ScriptRunner<'a> {
     env: BTreeMap<String, String>,
     secrets: &'a [String],
     args: &'a BuildArgs,
-    printer: &'a Printer,
+    printer: &'a dyn Reporter,
 }
 
 impl<'a> ScriptRunner<'a> {
@@ -791,7 +908,7 @@ impl<'a> ScriptRunner<'a> {
         ws: &'a Workspace,
         build_env: &'a BuildEnv,
         args: &'a BuildArgs,
-        printer: &'a Printer,
+        printer: &'a dyn Reporter,
     ) -> ScriptRunner<'a> {
         let mut env = builder::reproducible_env(layer::DEFAULT_SOURCE_DATE_EPOCH);
         env.extend(build_env.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -961,7 +1078,7 @@ fn check_drift(
     s: &SessionPlan,
     facts: &venv::VenvFacts,
     strict: bool,
-    printer: &Printer,
+    printer: &dyn Reporter,
 ) -> Result<(), Error> {
     let Some(locked) = &s.document.locked else {
         return Ok(());
@@ -1003,7 +1120,7 @@ fn pack_session(
     plan: &Plan,
     s: &SessionPlan,
     ws: &Workspace,
-    printer: &Printer,
+    printer: &dyn Reporter,
 ) -> Result<PackedSession, Error> {
     let name = &s.config.name;
     let mut opts = PackOptions::new(format!("{}/{}", config.envdir, s.venv_dir));
@@ -1132,7 +1249,7 @@ fn what_the_build_read(
 
 /// The dry run foresaw the build exactly, or the image records what the build read
 /// besides (and plans check those files too); say which.
-fn report_divergence(s: &SessionPlan, build: &Derived, printer: &Printer) {
+fn report_divergence(s: &SessionPlan, build: &Derived, printer: &dyn Reporter) {
     let Some(planned) = &s.document.discovered else {
         printer.info(format!(
             "{}: keyed by its settings alone ({}); each plan checks the {} file(s) its build read",
@@ -1289,7 +1406,7 @@ fn base_dirs(file: &Path, envdir: &str) -> BTreeMap<String, layer::BaseDir> {
 
 fn lock_envdir(
     envdir: &Path,
-    printer: &Printer,
+    printer: &dyn Reporter,
 ) -> Result<crate::outputs::layout::LayoutLock, Error> {
     use crate::outputs::layout::LayoutLock;
     std::fs::create_dir_all(envdir).map_err(io_err(format!("creating {}", envdir.display())))?;
@@ -1519,6 +1636,17 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("--build-ca"), "{text}");
         assert!(text.contains("UnknownIssuer"), "{text}");
+    }
+
+    #[test]
+    fn sessions_build_side_by_side_up_to_the_flag_the_misses_and_never_locally() {
+        assert_eq!(parallel_jobs(Some(4), BuilderKind::Podman, 20), 4);
+        assert_eq!(parallel_jobs(Some(4), BuilderKind::Docker, 3), 3);
+        assert_eq!(parallel_jobs(Some(4), BuilderKind::Local, 20), 1);
+        assert_eq!(parallel_jobs(None, BuilderKind::Podman, 0), 1);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let auto = parallel_jobs(None, BuilderKind::Podman, 1000);
+        assert!((1..=cores).contains(&auto), "{auto} of {cores} cores");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use crate::config::{BuilderKind, Config};
 use crate::error::Error;
 use crate::image::BaseImage;
-use crate::printer::Printer;
+use crate::printer::Reporter;
 use crate::python::hook::{self, PlanOutput, PlanSpec};
 use crate::python::nox::NoxError;
 
@@ -184,7 +184,7 @@ fn write_env_file(path: &Path, env: &BTreeMap<String, String>) -> std::io::Resul
 }
 
 /// Run the build, streaming its output to the log file (and to stderr with -v).
-pub fn run(job: &BuildJob, printer: &Printer) -> std::io::Result<BuildOutcome> {
+pub fn run(job: &BuildJob, printer: &dyn Reporter) -> std::io::Result<BuildOutcome> {
     let argv = command_line(job);
     let env = job.full_env();
     printer.verbose(format!(
@@ -634,7 +634,7 @@ pub fn job_command_line(
 
 /// Run `job` with this terminal (stdin, stdout, stderr inherited); the container's exit
 /// code. Registered so a cancel removes it.
-pub fn run_job(job: &JobRun, printer: &Printer) -> std::io::Result<i32> {
+pub fn run_job(job: &JobRun, printer: &dyn Reporter) -> std::io::Result<i32> {
     use std::io::IsTerminal;
     let name = crate::cancel::container_name();
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();

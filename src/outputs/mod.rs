@@ -17,7 +17,7 @@ use tokio::io::AsyncWriteExt;
 use crate::config::BuilderKind;
 use crate::image::{BlobRef, ComposedImage};
 use crate::model::Digest;
-use crate::printer::{human_bytes, Printer};
+use crate::printer::{human_bytes, Reporter};
 use crate::registry::{retry, Registry};
 use crate::untrusted::{self, Refusal};
 use layout::ImageFiles;
@@ -152,7 +152,7 @@ pub async fn write_output(
     reference: &Reference,
     image: &ComposedImage,
     sources: &BlobSources<'_>,
-    printer: &Printer,
+    printer: &dyn Reporter,
 ) -> Result<(), OutputError> {
     let dest = Destination::parse(dest)?;
     let progress = printer.spinner(format!("writing {dest}"));
@@ -188,7 +188,7 @@ async fn write_archive(
     reference: &Reference,
     image: &ComposedImage,
     sources: &BlobSources<'_>,
-    printer: &Printer,
+    printer: &dyn Reporter,
 ) -> Result<(), OutputError> {
     if file.is_dir() {
         return Err(OutputError::Usage(format!(
@@ -245,7 +245,7 @@ async fn write_oci_dir(
     reference: &Reference,
     image: &ComposedImage,
     sources: &BlobSources<'_>,
-    printer: &Printer,
+    printer: &dyn Reporter,
 ) -> Result<(), OutputError> {
     let layout_file = dir.join("oci-layout");
     let index_file = dir.join("index.json");
@@ -414,7 +414,7 @@ async fn gather_layers(
     image: &ComposedImage,
     sources: &BlobSources<'_>,
     staging: &Path,
-    printer: &Printer,
+    printer: &dyn Reporter,
 ) -> Result<HashMap<String, PathBuf>, OutputError> {
     let mut files = HashMap::new();
     let mut missing = Vec::new();
@@ -445,7 +445,7 @@ async fn fetch_blobs(
     blobs: &[BlobRef],
     sources: &BlobSources<'_>,
     dir: &Path,
-    printer: &Printer,
+    printer: &dyn Reporter,
 ) -> Result<Vec<(String, PathBuf)>, OutputError> {
     futures_util::stream::iter(blobs.iter().map(|blob| async move {
         let from = if blob.from_base {
@@ -516,7 +516,7 @@ pub async fn load(
     image: &ComposedImage,
     sources: &BlobSources<'_>,
     work: &Path,
-    printer: &Printer,
+    printer: &dyn Reporter,
 ) -> Result<(), OutputError> {
     debug_assert!(
         engine != BuilderKind::Local,
@@ -554,7 +554,7 @@ pub async fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::printer::Verbosity;
+    use crate::printer::{Printer, Verbosity};
     use crate::registry::Transport;
 
     /// Every file under `dir` by relative path, with its bytes and mode.

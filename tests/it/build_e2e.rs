@@ -196,15 +196,26 @@ fn build_push_and_reuse_offline_then_hit_then_rebuild_on_lock_change() {
     support::assert_runs_offline(&tests_image, checkout.path(), "tests");
 }
 
-/// Two builds from clean state, at different times, into different repositories: the
-/// same manifest digest (so the same config, diff_ids and layer digests) for every session.
+/// Two builds from clean state, at different times, into different repositories, one
+/// session at a time and all at once: the same manifest digest (so the same config,
+/// diff_ids and layer digests) for every session.
 #[test]
 fn two_clean_builds_are_byte_identical() {
     let a = Project::fixture("sample").unique_repo("repro-a").config("");
     let b = Project::fixture("sample").unique_repo("repro-b").config("");
-    let first = a.build(&[]);
+    let first = a.build(&["--jobs", "1"]);
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let second = b.build(&[]);
+    let out = b.build_output(&["--jobs", "3", "-v"]);
+    let second = support::project::json_ok(&out, "venvimg build --jobs 3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("building 3 session(s), 3 at a time"),
+        "{stderr}"
+    );
+    // Side by side, each relayed line of a build names its session.
+    for name in ["tests", "lint", "compat-3.11"] {
+        assert!(stderr.contains(&format!("{name}:   | ")), "{name}: {stderr}");
+    }
     for name in ["tests", "lint", "compat-3.11"] {
         let (x, y) = (session(&first, name), session(&second, name));
         assert_eq!(x["outcome"], "built");

@@ -236,6 +236,30 @@ pub async fn run(
     let mut local_files: HashMap<String, PathBuf> = HashMap::new();
     let mut failed: Vec<(String, String)> = Vec::new();
 
+    // The hits' layers (for the all-sessions image and the report), fetched side by side
+    // before anything is built: 20 hits should not cost 40 round trips in sequence, and a
+    // hit that fails its checks stops the build before a miss's minutes are spent.
+    let mut hit_layers: HashMap<String, (SessionLayer, f64)> = {
+        use futures_util::{StreamExt, TryStreamExt};
+        futures_util::stream::iter(plan.sessions.iter().filter_map(|s| match &s.status {
+            Status::Hit { digest } if !args.force => Some((s, digest)),
+            _ => None,
+        }))
+        .map(|(s, digest)| {
+            let base = &plan.base;
+            async move {
+                let t0 = Instant::now();
+                let layer = layer_from_registry(registry, base, s, digest).await?;
+                Ok::<_, Error>((
+                    s.config.name.clone(),
+                    (layer, t0.elapsed().as_secs_f64()),
+                ))
+            }
+        })
+        .buffered(8)
+        .try_collect()
+        .await?
+    };
     let jobs = parallel_jobs(args.jobs, config.builder, to_build.len());
     if jobs > 1 {
         printer.info(format!(
@@ -258,7 +282,6 @@ pub async fn run(
     .into_iter();
 
     for s in &plan.sessions {
-        let t0 = Instant::now();
         let rebuild = args.force || matches!(s.status, Status::Miss);
         if !rebuild {
             let Status::Hit { digest } = &s.status else {
@@ -269,7 +292,9 @@ pub async fn run(
                 s.config.name,
                 s.image.whole()
             ));
-            let layer = layer_from_registry(registry, &plan.base, s, digest).await?;
+            let (layer, seconds) = hit_layers
+                .remove(&s.config.name)
+                .expect("every hit's layer was fetched above");
             results.push(SessionResult {
                 session: s.config.name.clone(),
                 venv_dir: s.venv_dir.clone(),
@@ -278,7 +303,7 @@ pub async fn run(
                 digest: Some(digest.clone()),
                 outcome: "hit",
                 layer_size: Some(layer.size()),
-                seconds: t0.elapsed().as_secs_f64(),
+                seconds,
                 error: None,
             });
             layers.push((s.venv_dir.clone(), layer));

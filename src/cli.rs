@@ -92,6 +92,9 @@ pub enum Command {
     Run(crate::commands::run::RunArgs),
     /// An interactive shell (or a command) in a session's job image, its venv on PATH.
     Shell(crate::commands::run::ShellArgs),
+    /// Rebuild images from this checkout and compare them byte for byte with the
+    /// registry's: exit 1 naming the first layer and file that differ.
+    Verify(crate::commands::verify::VerifyArgs),
     /// Sessions, keys, inputs and packages recorded in an image venvimg made.
     Inspect(crate::commands::InspectArgs),
     /// Write a commented venvimg.yaml from `nox --list --json`.
@@ -137,6 +140,7 @@ pub fn main() -> i32 {
         Command::Plan(a) => a.json,
         Command::Build(a) => a.json,
         Command::Inspect(a) => a.json,
+        Command::Verify(a) => a.json,
         _ => false,
     };
     let outcome = runtime.block_on(async {
@@ -148,7 +152,7 @@ pub fn main() -> i32 {
         Err(e) => {
             eprintln!("error: {e}");
             // A build's report (on stdout already) carries its failed sessions.
-            if json && !matches!(e, Error::BuildsFailed { .. }) {
+            if json && !matches!(e, Error::BuildsFailed { .. } | Error::NotVerified { .. }) {
                 printer.out(
                     serde_json::json!({"error": e.to_string(), "exit_code": e.exit_code()})
                         .to_string(),
@@ -240,6 +244,12 @@ async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
             let config = load_config(&cli.global)?;
             let registry = connect(&cli.global, &config, printer)?;
             crate::commands::build::run(&config, &registry, &args, printer).await
+        }
+        Command::Verify(args) => {
+            crate::cancel::sweep_stale();
+            let config = load_config(&cli.global)?;
+            let registry = connect(&cli.global, &config, printer)?;
+            crate::commands::verify::verify(&config, &registry, &args, printer).await
         }
     }
 }

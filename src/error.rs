@@ -42,6 +42,9 @@ pub enum Error {
     Output(#[from] crate::outputs::OutputError),
     #[error(transparent)]
     Inputs(#[from] crate::python::inputs::InputError),
+    /// `venvimg verify`: images the rebuild did not reproduce (or could not rebuild).
+    #[error("{} of {total} image(s) not reproduced: {}", images.len(), images.join(", "))]
+    NotVerified { images: Vec<String>, total: usize },
     /// Sessions that ran and failed in their job images (`venvimg run`); the exit code is
     /// the first one's (nox's).
     #[error("failed in the job image: {}", failed.iter().map(|(s, c)| format!("session `{s}` (exit {c})")).collect::<Vec<_>>().join(", "))]

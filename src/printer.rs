@@ -278,7 +278,10 @@ mod tests {
             rec.0.into_inner().unwrap(),
             vec![
                 (Level::Info, "tests-3.11: venv built".to_string()),
-                (Level::Verbose, "tests-3.11:   | Collecting numpy".to_string()),
+                (
+                    Level::Verbose,
+                    "tests-3.11:   | Collecting numpy".to_string()
+                ),
                 (
                     Level::Warn,
                     "tests-3.11: tests-3.11x is not this session".to_string()

@@ -38,8 +38,30 @@ pub struct BuildArgs {
     /// Load the all-sessions image into local podman (or docker) storage.
     #[arg(long)]
     pub load: bool,
+    #[command(flatten)]
+    pub builder: BuilderArgs,
+    /// For CI: refuse to build (exit 2) when uv.lock does not match pyproject.toml or
+    /// `sessions:` leaves out a session nox runs by default, and fail (exit 1, push
+    /// nothing) when a `locked:` session installs packages its key does not cover.
+    #[arg(long)]
+    pub strict: bool,
+    /// Stop at the first session that fails to build (default: build the others, push
+    /// them, report each failure, exit 1).
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Append `name=value` lines with each session's image to $GITHUB_OUTPUT / $FORGEJO_OUTPUT.
+    #[arg(long)]
+    pub ci_output: bool,
+}
+
+/// How sessions build: shared by `build`, `verify` (and what `run` builds first).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct BuilderArgs {
     /// podman or docker: the engine of the build containers (for `builder: podman` or
-    /// `docker`; both give the same bytes and tags) and of `--load` (default: the
+    /// `docker`; both give the same bytes and tags) and of `build --load` (default: the
     /// builder; for `builder: local`, whichever is installed).
     #[arg(long, value_name = "ENGINE")]
     pub engine: Option<String>,
@@ -54,28 +76,13 @@ pub struct BuildArgs {
     /// daemon has no bridge); default: the engine's own.
     #[arg(long, value_name = "MODE")]
     pub build_network: Option<String>,
-    /// For CI: refuse to build (exit 2) when uv.lock does not match pyproject.toml or
-    /// `sessions:` leaves out a session nox runs by default, and fail (exit 1, push
-    /// nothing) when a `locked:` session installs packages its key does not cover.
-    #[arg(long)]
-    pub strict: bool,
-    /// Keep the build folders (venvs, layers, logs) for debugging.
-    #[arg(long)]
-    pub keep: bool,
-    /// Stop at the first session that fails to build (default: build the others, push
-    /// them, report each failure, exit 1).
-    #[arg(long)]
-    pub fail_fast: bool,
-    /// How many sessions build at once (default: one per core, as memory allows; 1 for
+    /// How many sessions build at once (default: two per core, as memory allows; 1 for
     /// `builder: local`, whose builds share the envdir). Each line then names its session.
     #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: Option<u16>,
-    /// Print the result as JSON.
+    /// Keep the build folders (venvs, layers, logs) for debugging.
     #[arg(long)]
-    pub json: bool,
-    /// Append `name=value` lines with each session's image to $GITHUB_OUTPUT / $FORGEJO_OUTPUT.
-    #[arg(long)]
-    pub ci_output: bool,
+    pub keep: bool,
 }
 
 pub use crate::error::BuildError;
@@ -86,7 +93,7 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildErr
 }
 
 /// The environment builds get besides the fixed one, and the values never to print.
-struct BuildEnv {
+pub(super) struct BuildEnv {
     extra: BTreeMap<String, String>,
     secrets: Vec<String>,
 }
@@ -111,10 +118,10 @@ pub struct SessionResult {
 /// A session's layers (one, or one per distribution group), wherever they are: packed
 /// here, or already in the registry.
 #[derive(Debug, Clone)]
-struct SessionLayer {
+pub(super) struct SessionLayer {
     descriptors: Vec<LayerDescriptor>,
     /// digest → file, for layers packed here.
-    files: Vec<(String, PathBuf)>,
+    pub(super) files: Vec<(String, PathBuf)>,
     record: SessionRecord,
     /// What a plan checks a hit of this session's image against.
     check: CheckAnnotation,
@@ -136,17 +143,7 @@ pub async fn run(
     if args.ci_output {
         super::report::ci_output_file()?;
     }
-    let overridden;
-    let config = match super::engine_flag(args.engine.as_deref())? {
-        Some(engine) if config.builder != BuilderKind::Local && engine != config.builder => {
-            overridden = Config {
-                builder: engine,
-                ..config.clone()
-            };
-            &overridden
-        }
-        _ => config,
-    };
+    let config = &with_engine(config, args.builder.engine.as_deref())?;
     let plan = crate::plan::make_plan(config, registry, &args.sessions).await?;
     crate::commands::report::flush_warnings(registry, printer);
     crate::commands::report::report_plan_findings(&plan, printer);
@@ -172,63 +169,8 @@ pub async fn run(
         .iter()
         .filter(|s| args.force || matches!(s.status, Status::Miss))
         .collect();
-    if !to_build.is_empty() && !builder::engine_available(config.builder) {
-        return Err(BuildError::NoEngine {
-            builder: config.builder.as_str(),
-            program: match config.builder {
-                BuilderKind::Local => "nox",
-                BuilderKind::Podman => "podman",
-                BuilderKind::Docker => "docker",
-            },
-            hint: match config.builder {
-                BuilderKind::Podman => "install podman (apt-get install podman), or set `builder: docker` / `builder: local`",
-                BuilderKind::Docker => "install docker and start its daemon, or set `builder: podman`",
-                BuilderKind::Local => "install nox and uv here (pip install nox uv), or use a container builder",
-            },
-        }
-        .into());
-    }
-
-    if !to_build.is_empty() {
-        crate::engine::mountable_checkout(config.builder, &config.project_dir)?;
-    }
-
-    let work = crate::cancel::tempdir("build")
-        .map_err(io_err("creating a build folder in the temp dir"))?;
-    let work_path = if args.keep {
-        let p = work.keep();
-        printer.info(format!("keeping build folders in {}", p.display()));
-        p
-    } else {
-        work.path().to_path_buf()
-    };
-
-    let mut extra_env = config.build_env.clone();
-    for kv in &args.build_env {
-        // `NAME` alone takes the value from venvimg's own environment, so a secret never
-        // has to be written on a command line other processes can read.
-        let (k, v) = match kv.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => match std::env::var(kv) {
-                Ok(v) => (kv.clone(), v),
-                Err(_) => {
-                    return Err(Error::Usage(format!(
-                        "--build-env `{kv}`: no `=` and no variable {kv} in the environment; give NAME=VALUE, or export {kv} and pass its name"
-                    )))
-                }
-            },
-        };
-        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(Error::Usage(format!(
-                "--build-env `{k}`: a variable name is letters, digits and `_`"
-            )));
-        }
-        extra_env.insert(k, v);
-    }
-    let build_env = BuildEnv {
-        secrets: crate::plan::secret_values(config, &extra_env),
-        extra: extra_env,
-    };
+    let (work, build_env) = prepare(config, args, !to_build.is_empty(), printer)?;
+    let work_path = work.path.clone();
 
     let mut results = Vec::new();
     let mut layers: Vec<(String, SessionLayer)> = Vec::new();
@@ -250,17 +192,14 @@ pub async fn run(
             async move {
                 let t0 = Instant::now();
                 let layer = layer_from_registry(registry, base, s, digest).await?;
-                Ok::<_, Error>((
-                    s.config.name.clone(),
-                    (layer, t0.elapsed().as_secs_f64()),
-                ))
+                Ok::<_, Error>((s.config.name.clone(), (layer, t0.elapsed().as_secs_f64())))
             }
         })
         .buffered(8)
         .try_collect()
         .await?
     };
-    let jobs = parallel_jobs(args.jobs, config.builder, to_build.len());
+    let jobs = parallel_jobs(args.builder.jobs, config.builder, to_build.len());
     if jobs > 1 {
         printer.info(format!(
             "building {} session(s), {jobs} at a time",
@@ -269,14 +208,7 @@ pub async fn run(
     }
     let mut built = builder::blocking(|| {
         build_all(
-            config,
-            &plan,
-            &to_build,
-            &work_path,
-            &build_env,
-            args,
-            printer,
-            jobs,
+            config, &plan, &to_build, &work_path, &build_env, args, printer, jobs,
         )
     })
     .into_iter();
@@ -452,7 +384,7 @@ pub async fn run(
     }
     if args.load && all_wanted {
         crate::outputs::load(
-            super::job_engine(config.builder, args.engine.as_deref())?,
+            super::job_engine(config.builder, args.builder.engine.as_deref())?,
             registry,
             &all_ref,
             &all_image,
@@ -502,7 +434,7 @@ pub async fn run(
 /// annotation plans read; the all-sessions image does not need one.
 /// The image's working directory is `workdir`, where the venvs expect the checkout: a
 /// plain `docker run -v "$PWD:WORKDIR" IMAGE nox -s S` then runs at the right path.
-fn compose_images(
+pub(super) fn compose_images(
     base: &BaseImage,
     layers: &[(String, SessionLayer)],
     workdir: &str,
@@ -651,19 +583,115 @@ async fn layer_from_registry(
     })
 }
 
-/// How many sessions build at once: `--jobs`, else one per core, bounded by memory
+/// `--engine` over the config's container builder (the local builder stays local).
+pub(super) fn with_engine<'c>(
+    config: &'c Config,
+    engine: Option<&str>,
+) -> Result<std::borrow::Cow<'c, Config>, Error> {
+    Ok(match super::engine_flag(engine)? {
+        Some(engine) if config.builder != BuilderKind::Local && engine != config.builder => {
+            std::borrow::Cow::Owned(Config {
+                builder: engine,
+                ..config.clone()
+            })
+        }
+        _ => std::borrow::Cow::Borrowed(config),
+    })
+}
+
+/// Where sessions build: a folder removed on drop unless `--keep`.
+pub(super) struct WorkDir {
+    pub path: PathBuf,
+    _dir: Option<crate::cancel::TempDir>,
+}
+
+/// Before any session builds: the builder is there and can mount the checkout (when
+/// something will build), a build folder, and the build environment (`build_env:` and
+/// `--build-env`) with the values to mask.
+pub(super) fn prepare(
+    config: &Config,
+    args: &BuildArgs,
+    builds: bool,
+    printer: &dyn Reporter,
+) -> Result<(WorkDir, BuildEnv), Error> {
+    if builds && !builder::engine_available(config.builder) {
+        return Err(BuildError::NoEngine {
+            builder: config.builder.as_str(),
+            program: match config.builder {
+                BuilderKind::Local => "nox",
+                BuilderKind::Podman => "podman",
+                BuilderKind::Docker => "docker",
+            },
+            hint: match config.builder {
+                BuilderKind::Podman => "install podman (apt-get install podman), or set `builder: docker` / `builder: local`",
+                BuilderKind::Docker => "install docker and start its daemon, or set `builder: podman`",
+                BuilderKind::Local => "install nox and uv here (pip install nox uv), or use a container builder",
+            },
+        }
+        .into());
+    }
+
+    if builds {
+        crate::engine::mountable_checkout(config.builder, &config.project_dir)?;
+    }
+
+    let dir = crate::cancel::tempdir("build")
+        .map_err(io_err("creating a build folder in the temp dir"))?;
+    let work = if args.builder.keep {
+        let path = dir.keep();
+        printer.info(format!("keeping build folders in {}", path.display()));
+        WorkDir { path, _dir: None }
+    } else {
+        WorkDir {
+            path: dir.path().to_path_buf(),
+            _dir: Some(dir),
+        }
+    };
+
+    let mut extra_env = config.build_env.clone();
+    for kv in &args.builder.build_env {
+        // `NAME` alone takes the value from venvimg's own environment, so a secret never
+        // has to be written on a command line other processes can read.
+        let (k, v) = match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => match std::env::var(kv) {
+                Ok(v) => (kv.clone(), v),
+                Err(_) => {
+                    return Err(Error::Usage(format!(
+                        "--build-env `{kv}`: no `=` and no variable {kv} in the environment; give NAME=VALUE, or export {kv} and pass its name"
+                    )))
+                }
+            },
+        };
+        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(Error::Usage(format!(
+                "--build-env `{k}`: a variable name is letters, digits and `_`"
+            )));
+        }
+        extra_env.insert(k, v);
+    }
+    let build_env = BuildEnv {
+        secrets: crate::plan::secret_values(config, &extra_env),
+        extra: extra_env,
+    };
+    Ok((work, build_env))
+}
+
+/// How many sessions build at once: `--jobs`, else two per core, bounded by memory
 /// (about 1 GiB a build: uv, nox and packing) and by the misses. The local builder
 /// builds in the one envdir, where builds take turns anyway.
-fn parallel_jobs(flag: Option<u16>, builder: BuilderKind, misses: usize) -> usize {
+pub(super) fn parallel_jobs(flag: Option<u16>, builder: BuilderKind, misses: usize) -> usize {
     if builder == BuilderKind::Local {
         return 1;
     }
     let wanted = match flag {
         Some(n) => usize::from(n),
         None => {
+            // Two per core: a small session's build mostly waits (container start, the
+            // index, nox's own start-up), measured in benches (`--only parallel`).
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let by_memory = available_memory_gib().unwrap_or(1).max(1);
-            cores.min(by_memory)
+            (2 * cores).min(by_memory)
         }
     };
     wanted.min(misses).max(1)
@@ -684,14 +712,14 @@ fn available_memory_gib() -> Option<usize> {
 }
 
 /// A session's build and the seconds it took.
-type Built = (Result<SessionLayer, Error>, f64);
+pub(super) type Built = (Result<SessionLayer, Error>, f64);
 
 /// The misses' builds, `jobs` at a time, each result (and its seconds) in `misses`'
 /// order. With `--fail-fast` no build starts after one failed: those are `None`.
 /// Sessions build independently (their own folder, container and envdir), so the only
 /// shared thing is the output: with more than one at a time each line names its session.
 #[allow(clippy::too_many_arguments)]
-fn build_all(
+pub(super) fn build_all(
     config: &Config,
     plan: &Plan,
     misses: &[&SessionPlan],
@@ -972,11 +1000,11 @@ impl<'a> ScriptRunner<'a> {
             out_dir: &self.ws.out_dir,
             env_file: &self.ws.dir.join("build.env"),
             env: self.env.clone(),
-            ca_file: self.args.build_ca.as_deref(),
+            ca_file: self.args.builder.build_ca.as_deref(),
             log,
             name: &crate::cancel::container_name(),
             secrets: self.secrets,
-            network: self.args.build_network.as_deref(),
+            network: self.args.builder.build_network.as_deref(),
         };
         Ok(builder::run(&job, self.printer).map_err(io_err(format!(
             "running the {} builder",
@@ -1671,7 +1699,7 @@ mod tests {
         assert_eq!(parallel_jobs(None, BuilderKind::Podman, 0), 1);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let auto = parallel_jobs(None, BuilderKind::Podman, 1000);
-        assert!((1..=cores).contains(&auto), "{auto} of {cores} cores");
+        assert!((1..=2 * cores).contains(&auto), "{auto} of {cores} cores");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod inspect;
 pub mod plan;
 pub mod report;
 pub mod run;
+pub mod verify;
 
 pub use init::{init, render_config, InitArgs, InitFacts};
 pub use inspect::{inspect, InspectArgs};

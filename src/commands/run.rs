@@ -187,9 +187,12 @@ async fn ready(
     printer.info(format!("building first: {}", misses.join(", ")));
     let build = crate::commands::build::BuildArgs {
         sessions: misses,
-        engine: job.engine.clone(),
-        build_ca: job.build_ca.clone(),
-        build_network: job.build_network.clone(),
+        builder: crate::commands::build::BuilderArgs {
+            engine: job.engine.clone(),
+            build_ca: job.build_ca.clone(),
+            build_network: job.build_network.clone(),
+            ..Default::default()
+        },
         ..Default::default()
     };
     crate::commands::build::run(config, registry, &build, printer).await?;

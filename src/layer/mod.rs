@@ -18,6 +18,7 @@
 //! tree is group-writable in the layer), so builds must run with a fixed umask.
 
 mod compress;
+pub mod diff;
 mod digest;
 mod tar_writer;
 mod walk;

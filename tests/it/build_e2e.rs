@@ -214,7 +214,10 @@ fn two_clean_builds_are_byte_identical() {
     );
     // Side by side, each relayed line of a build names its session.
     for name in ["tests", "lint", "compat-3.11"] {
-        assert!(stderr.contains(&format!("{name}:   | ")), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{name}:   | ")),
+            "{name}: {stderr}"
+        );
     }
     for name in ["tests", "lint", "compat-3.11"] {
         let (x, y) = (session(&first, name), session(&second, name));

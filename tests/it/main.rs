@@ -22,4 +22,5 @@ mod registry_push;
 mod registry_rss;
 mod run;
 mod testenv;
+mod verify;
 mod wheel;

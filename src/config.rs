@@ -52,6 +52,7 @@ impl ConfigError {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     repository: Option<String>,
+    trusted_repository: Option<String>,
     base: Option<String>,
     platform: Option<String>,
     envdir: Option<String>,
@@ -368,6 +369,10 @@ pub struct Config {
     /// that folder) or `--project` names another.
     pub project_dir: PathBuf,
     pub repository: Reference,
+    /// Where hits may also come from, never written (`trusted_repository:`): a
+    /// pull-request job pushes to its own `repository` and reuses the protected branch's
+    /// images. See [`Config::trusted`].
+    pub trusted_repository: Option<Reference>,
     pub base: Reference,
     pub platform: Platform,
     pub envdir: String,
@@ -402,6 +407,18 @@ impl Config {
             self.repository.resolve_registry(),
             self.repository.repository()
         )
+    }
+
+    /// `trusted_repository`, when it is not `repository` itself (a protected-branch job
+    /// reads and writes only its own repository).
+    pub fn trusted(&self) -> Option<&Reference> {
+        self.trusted_repository.as_ref().filter(|t| {
+            (t.resolve_registry(), t.repository())
+                != (
+                    self.repository.resolve_registry(),
+                    self.repository.repository(),
+                )
+        })
     }
 
     pub fn override_repository(&mut self, source: &str, value: &str) -> Result<(), ConfigError> {
@@ -485,6 +502,11 @@ impl Config {
             )
         })?;
         let repository = parse_repository(f, &repository_s)?;
+        let trusted_repository = raw
+            .trusted_repository
+            .as_deref()
+            .map(|t| parse_repository_field(f, "trusted_repository", t))
+            .transpose()?;
         let base_s = raw.base.ok_or_else(|| {
             ConfigError::field(
                 f,
@@ -657,6 +679,7 @@ impl Config {
             file: file.to_path_buf(),
             project_dir: project_dir.to_path_buf(),
             repository,
+            trusted_repository,
             base,
             platform,
             envdir,
@@ -709,11 +732,15 @@ fn syntax_message(e: &serde_yaml::Error) -> String {
 
 /// `repository`: a reference without a tag or digest (venvimg chooses the tags).
 fn parse_repository(file: &Path, s: &str) -> Result<Reference, ConfigError> {
-    let repository = parse_reference(file, "repository", s)?;
+    parse_repository_field(file, "repository", s)
+}
+
+fn parse_repository_field(file: &Path, field: &str, s: &str) -> Result<Reference, ConfigError> {
+    let repository = parse_reference(file, field, s)?;
     if s.contains('@') || s.rsplit('/').next().unwrap_or("").contains(':') {
         return Err(ConfigError::field(
             file,
-            "repository",
+            field,
             format!(
                 "`{s}` names a tag or digest; give the repository only (venvimg chooses the tags)"
             ),

@@ -176,6 +176,7 @@ pub async fn run(
     let mut layers: Vec<(String, SessionLayer)> = Vec::new();
     let mut composed: Vec<(Reference, ComposedImage)> = Vec::new();
     let mut local_files: HashMap<String, PathBuf> = HashMap::new();
+    let mut remote: HashMap<String, Reference> = HashMap::new();
     let mut failed: Vec<(String, String)> = Vec::new();
 
     // The hits' layers (for the all-sessions image and the report), fetched side by side
@@ -227,6 +228,11 @@ pub async fn run(
             let (layer, seconds) = hit_layers
                 .remove(&s.config.name)
                 .expect("every hit's layer was fetched above");
+            // Where the all-sessions image finds this hit's layers (another repository for
+            // a hit in `trusted_repository`).
+            for d in &layer.descriptors {
+                remote.insert(d.digest.clone(), s.image.clone());
+            }
             results.push(SessionResult {
                 session: s.config.name.clone(),
                 venv_dir: s.venv_dir.clone(),
@@ -351,7 +357,15 @@ pub async fn run(
             Some(all_image.manifest_digest.clone())
         };
         if all_exists.as_deref() != Some(all_image.manifest_digest.as_str()) {
-            push::push_image(registry, &all_ref, &all_image, &plan.base, &local_files).await?;
+            push::push_image_from(
+                registry,
+                &all_ref,
+                &all_image,
+                &plan.base,
+                &local_files,
+                &remote,
+            )
+            .await?;
             printer.info(format!(
                 "pushed the all-sessions image {}@{}",
                 all_ref.whole(),
@@ -377,6 +391,7 @@ pub async fn run(
         local: &local_files,
         base: &plan.base.reference,
         repository: &all_ref,
+        remote: &remote,
     };
     for dest in args.output.iter().filter(|_| all_wanted) {
         crate::outputs::write_output(registry, dest, &all_ref, &all_image, &sources, printer)

@@ -30,6 +30,8 @@ pub struct BlobSources<'a> {
     pub base: &'a Reference,
     /// The target repository (for layers of sessions that were hits).
     pub repository: &'a Reference,
+    /// Layers found elsewhere, by digest (hits in `trusted_repository`).
+    pub remote: &'a HashMap<String, Reference>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -451,7 +453,10 @@ async fn fetch_blobs(
         let from = if blob.from_base {
             sources.base
         } else {
-            sources.repository
+            sources
+                .remote
+                .get(&blob.digest)
+                .unwrap_or(sources.repository)
         };
         let path = dir.join(format!(".fetch-{}", layout::hex_of(&blob.digest)?));
         printer.verbose(format!(
@@ -588,6 +593,7 @@ mod tests {
             local: &local,
             base: &repo,
             repository: &repo,
+            remote: &HashMap::new(),
         };
         let printer = Printer::new(Verbosity::Quiet);
         let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));

@@ -719,12 +719,41 @@ pub async fn make_plan(
         });
     }
     // Look every tag up at once: a hit costs one request, and 20 sessions should not cost
-    // 20 round trips in sequence. GET, not HEAD: the manifest says what to check.
-    let lookups = futures_util::future::join_all(
+    // 20 round trips in sequence. GET, not HEAD: the manifest says what to check. With
+    // `trusted_repository:` (a pull-request job), the protected branch's images first:
+    // a hit there is used where it is, and only misses are built and pushed here.
+    let trusted = config.trusted().map(|t| {
         sessions
             .iter()
-            .map(|s| registry.manifest_if_exists(&s.image)),
-    )
+            .map(|s| {
+                Reference::with_tag(
+                    t.resolve_registry().to_string(),
+                    t.repository().to_string(),
+                    s.tag.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    });
+    if let Some(trusted) = &trusted {
+        let lookups =
+            futures_util::future::join_all(trusted.iter().map(|r| registry.manifest_if_exists(r)))
+                .await;
+        for ((s, found), at) in sessions.iter_mut().zip(lookups).zip(trusted) {
+            let Some((bytes, digest)) = found? else {
+                continue;
+            };
+            if check_hit(&bytes, &s.key, &config.project_dir).is_ok() {
+                s.status = Status::Hit { digest };
+                s.image = at.clone();
+            }
+        }
+    }
+    let lookups = futures_util::future::join_all(sessions.iter().map(|s| async move {
+        match s.status {
+            Status::Hit { .. } => Ok(None),
+            Status::Miss => registry.manifest_if_exists(&s.image).await,
+        }
+    }))
     .await;
     for (s, found) in sessions.iter_mut().zip(lookups) {
         let Some((bytes, digest)) = found? else {

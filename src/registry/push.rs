@@ -80,6 +80,20 @@ pub async fn push_image(
     base: &BaseImage,
     local: &HashMap<String, PathBuf>,
 ) -> Result<String, RegistryError> {
+    push_image_from(reg, target, image, base, local, &HashMap::new()).await
+}
+
+/// [`push_image`], where `remote` names, by digest, layers that are neither packed here
+/// nor the base's but in another repository (a hit in `trusted_repository`): mounted from
+/// there on the same registry, else copied.
+pub async fn push_image_from(
+    reg: &Registry,
+    target: &Reference,
+    image: &ComposedImage,
+    base: &BaseImage,
+    local: &HashMap<String, PathBuf>,
+    remote: &HashMap<String, Reference>,
+) -> Result<String, RegistryError> {
     let auth = reg.auth(target);
     let client = reg.client_for(target);
     client
@@ -116,6 +130,7 @@ pub async fn push_image(
         target,
         base,
         local,
+        remote,
     };
     let dest = &dest;
     let mut round = 0;
@@ -184,6 +199,7 @@ struct BlobPush<'a> {
     target: &'a Reference,
     base: &'a BaseImage,
     local: &'a HashMap<String, PathBuf>,
+    remote: &'a HashMap<String, Reference>,
 }
 
 impl BlobPush<'_> {
@@ -217,6 +233,7 @@ async fn ensure_blob(
         target,
         base,
         local,
+        remote,
     } = dest;
     // The target's client; the base's registry may be reached with another one (its own
     // TLS verification and credential).
@@ -263,43 +280,45 @@ async fn ensure_blob(
         return Ok(());
     }
 
-    if !blob.from_base {
+    let from = if blob.from_base {
+        &base.reference
+    } else if let Some(r) = remote.get(&blob.digest) {
+        r
+    } else {
         return Err(RegistryError::Other {
             registry: target.resolve_registry().to_string(),
             operation: "upload",
             reference: target.whole(),
             detail: format!("no local file for blob {}", blob.digest),
         });
-    }
+    };
 
-    // A base layer the target repository lacks: mount it when the base lives on the same
-    // registry (no bytes move), otherwise copy it from the base's registry.
-    let same_registry = base.reference.resolve_registry() == target.resolve_registry();
+    // A base layer (or another repository's) the target repository lacks: mount it when
+    // it lives on the same registry (no bytes move), otherwise copy it from there.
+    let same_registry = from.resolve_registry() == target.resolve_registry();
     if same_registry {
         // A registry may decline the mount (202 + an upload session, a SpecViolation to
         // oci-client) or refuse it (no pull access to the source): then copy.
-        match retry(|| client.mount_blob(target, &base.reference, &blob.digest)).await {
+        match retry(|| client.mount_blob(target, from, &blob.digest)).await {
             Ok(()) => {
                 reg.stats.blobs_mounted.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
             Err(e) if is_transient(&e) => {
-                return Err(reg.explain(target, "mount a base layer in", e));
+                return Err(reg.explain(target, "mount a layer in", e));
             }
             Err(_) => {}
         }
     }
-    let base_auth = reg.auth(&base.reference);
-    let source = reg.client_for(&base.reference);
+    let from_auth = reg.auth(from);
+    let source = reg.client_for(from);
     source
-        .store_auth_if_needed(base.reference.resolve_registry(), &base_auth)
+        .store_auth_if_needed(from.resolve_registry(), &from_auth)
         .await;
     let size = blob.size;
     let piece = reg.upload_piece();
     retry(|| async {
-        let src = source
-            .pull_blob_stream(&base.reference, blob.digest.as_str())
-            .await?;
+        let src = source.pull_blob_stream(from, blob.digest.as_str()).await?;
         let stream = src.stream.map_err(OciDistributionError::IoError);
         // Network reads are small; a chunked upload must not turn each into a PATCH.
         let stream = regroup(stream, piece);
@@ -308,7 +327,7 @@ async fn ensure_blob(
             .await
     })
     .await
-    .map_err(|e| reg.explain(target, "copy a base layer to", e))?;
+    .map_err(|e| reg.explain(target, "copy a layer to", e))?;
     reg.stats.blobs_copied.fetch_add(1, Ordering::Relaxed);
     count_upload(reg, blob.size);
     Ok(())

@@ -22,5 +22,6 @@ mod registry_push;
 mod registry_rss;
 mod run;
 mod testenv;
+mod trust;
 mod verify;
 mod wheel;

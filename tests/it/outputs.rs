@@ -114,6 +114,7 @@ impl Fixture {
             local,
             base: &self.base.reference,
             repository: &self.reference,
+            remote: &HashMap::new(),
         };
         rt.block_on(outputs::write_output(
             &self.registry,
@@ -208,6 +209,7 @@ fn load_puts_the_image_into_podman_storage() {
         local: &f.local,
         base: &f.base.reference,
         repository: &f.reference,
+        remote: &HashMap::new(),
     };
     rt.block_on(outputs::load(
         BuilderKind::Podman,
@@ -365,6 +367,7 @@ fn unknown_destinations_are_usage_errors() {
         local: &f.local,
         base: &f.base.reference,
         repository: &f.reference,
+        remote: &HashMap::new(),
     };
     let err = rt
         .block_on(outputs::write_output(

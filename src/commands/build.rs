@@ -356,6 +356,14 @@ pub async fn run(
         for (target, img) in &composed {
             let p = printer.spinner(format!("pushing {}", target.whole()));
             push::push_image(registry, target, img, &plan.base, &local_files).await?;
+            super::prune::mark_pushed(
+                registry,
+                target,
+                &img.manifest_digest,
+                img.manifest.len(),
+                printer,
+            )
+            .await;
             p.finish();
             printer.info(format!("pushed {}@{}", target.whole(), img.manifest_digest));
         }
@@ -369,6 +377,14 @@ pub async fn run(
         };
         if all_exists.as_deref() != Some(all_image.manifest_digest.as_str()) {
             push::push_image(registry, &all_ref, &all_image, &plan.base, &local_files).await?;
+            super::prune::mark_pushed(
+                registry,
+                &all_ref,
+                &all_image.manifest_digest,
+                all_image.manifest.len(),
+                printer,
+            )
+            .await;
             printer.info(format!(
                 "pushed the all-sessions image {}@{}",
                 all_ref.whole(),

@@ -97,6 +97,9 @@ pub enum Command {
     Verify(crate::commands::verify::VerifyArgs),
     /// Sessions, keys, inputs and packages recorded in an image venvimg made.
     Inspect(crate::commands::InspectArgs),
+    /// Delete the images venvimg made that no current key uses (a dry run unless --yes).
+    #[command(long_about = crate::commands::prune::LONG_ABOUT)]
+    Prune(crate::commands::prune::PruneArgs),
     /// Write a commented venvimg.yaml from `nox --list --json`.
     Init(crate::commands::InitArgs),
     /// Print shell completions.
@@ -141,6 +144,7 @@ pub fn main() -> i32 {
         Command::Build(a) => a.json,
         Command::Inspect(a) => a.json,
         Command::Verify(a) => a.json,
+        Command::Prune(a) => a.json,
         _ => false,
     };
     let outcome = runtime.block_on(async {
@@ -238,6 +242,12 @@ async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
             let config = load_config(&cli.global)?;
             let registry = connect(&cli.global, &config, printer)?;
             crate::commands::run::shell(&config, &registry, &args, printer).await
+        }
+        Command::Prune(args) => {
+            crate::cancel::sweep_stale();
+            let config = load_config(&cli.global)?;
+            let registry = connect(&cli.global, &config, printer)?;
+            crate::commands::prune::prune(&config, &registry, &args, printer).await
         }
         Command::Build(args) => {
             crate::cancel::sweep_stale();

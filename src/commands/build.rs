@@ -345,6 +345,14 @@ pub async fn run(
         for (target, img) in &composed {
             let p = printer.spinner(format!("pushing {}", target.whole()));
             push::push_image(registry, target, img, &plan.base, &local_files).await?;
+            mark_pushed(
+                registry,
+                target,
+                &img.manifest_digest,
+                img.manifest.len(),
+                printer,
+            )
+            .await;
             p.finish();
             printer.info(format!("pushed {}@{}", target.whole(), img.manifest_digest));
         }
@@ -366,6 +374,14 @@ pub async fn run(
                 &remote,
             )
             .await?;
+            mark_pushed(
+                registry,
+                &all_ref,
+                &all_image.manifest_digest,
+                all_image.manifest.len(),
+                printer,
+            )
+            .await;
             printer.info(format!(
                 "pushed the all-sessions image {}@{}",
                 all_ref.whole(),
@@ -596,6 +612,30 @@ async fn layer_from_registry(
         record,
         check,
     })
+}
+
+/// After `build` pushed `target` (manifest `digest`, `size` bytes): record when, for
+/// `prune` (best effort: a failure is a warning, the image counts as old).
+async fn mark_pushed(
+    registry: &Registry,
+    target: &Reference,
+    digest: &str,
+    size: usize,
+    printer: &Printer,
+) {
+    match registry.mark_pushed(target, digest, size).await {
+        Ok(true) => printer.verbose(format!(
+            "recorded the push time of {} as {}",
+            target.whole(),
+            crate::registry::pushed::marker_tag(digest)
+        )),
+        Ok(false) => {}
+        Err(e) => printer.warn(format!(
+            "could not record when {} was pushed (`venvimg prune` will count it as old): {}",
+            target.whole(),
+            e.to_string().lines().next().unwrap_or_default()
+        )),
+    }
 }
 
 /// `--engine` over the config's container builder (the local builder stays local).

@@ -8,7 +8,9 @@
 
 pub mod auth;
 pub mod challenge;
+pub mod delete;
 pub mod push;
+pub mod pushed;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -128,6 +130,14 @@ pub enum RegistryError {
         operation: &'static str,
         reference: String,
         detail: String,
+    },
+    #[error("registry {registry} refuses to delete {reference} ({status}{code}): deletes are not enabled there\n  hint: {hint}")]
+    DeleteRefused {
+        registry: String,
+        reference: String,
+        status: u16,
+        code: &'static str,
+        hint: String,
     },
     #[error("reading {path}: {source}")]
     Io {

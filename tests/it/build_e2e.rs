@@ -311,11 +311,12 @@ fn a_build_that_cannot_verify_the_index_certificate_points_at_build_ca() {
 }
 
 /// What a repository holds, as anyone pulling sees it: each tag's manifest digest (the
-/// dry-run artifacts, which hold where the plan ran, left out).
+/// dry-run artifacts, which hold where the plan ran, and the push-time markers
+/// `sha256-<hex>.pushed`, which hold when, left out).
 fn registry_state(repo: &str) -> std::collections::BTreeMap<String, String> {
     support::list_tags(repo)
         .into_iter()
-        .filter(|t| !t.starts_with("venvimg-dryrun-"))
+        .filter(|t| !t.starts_with("venvimg-dryrun-") && !t.ends_with(".pushed"))
         .map(|t| {
             let digest = support::skopeo_inspect_digest(&format!("{repo}:{t}"))
                 .unwrap_or_else(|| panic!("{repo}:{t} listed but not readable"));

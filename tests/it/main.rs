@@ -15,6 +15,7 @@ mod inspect_init;
 mod layers_per_dist;
 mod outputs;
 mod plan;
+mod prune;
 mod readme;
 mod real_noxfiles;
 mod registry_auth;

@@ -1,0 +1,357 @@
+//! Listing a repository's tags and deleting manifests by digest, for `venvimg prune`.
+//!
+//! oci-client has no DELETE: it is sent here with reqwest (the HTTP client oci-client
+//! itself uses), reached and authenticated the same way: plain HTTP only for loopback and
+//! listed registries, the same certificates, and the credential [`Registry::credential`]
+//! picked (withheld where it must not go). A `401` answer's challenge is followed like
+//! docker and skopeo do: Basic to the registry itself, or a token for the challenge's
+//! scope (`repository:NAME:delete`) from a token service [`challenge::judge`] allows.
+
+use std::time::Duration;
+
+use http_auth::parser::ChallengeParser;
+use oci_client::secrets::RegistryAuth;
+use oci_client::Reference;
+
+use super::{challenge, status_of, Registry, RegistryError, USER_AGENT};
+
+/// Tags asked for per page (registries that paginate send `Link` or fewer).
+const PAGE: usize = 1000;
+
+/// What a DELETE of a manifest came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// The registry deleted it (202).
+    Yes,
+    /// The registry no longer had it (404): someone deleted it meanwhile.
+    AlreadyGone,
+}
+
+impl Registry {
+    /// Every tag of `repo`'s repository (any tag or digest in `repo` is ignored), page by
+    /// page; none when the registry does not know the repository.
+    pub async fn all_tags(&self, repo: &Reference) -> Result<Vec<String>, RegistryError> {
+        let auth = self.auth(repo);
+        let client = self.client_with(repo.resolve_registry(), &auth);
+        let mut tags: Vec<String> = Vec::new();
+        let mut last: Option<String> = None;
+        loop {
+            let page =
+                super::retry(|| client.list_tags(repo, &auth, Some(PAGE), last.as_deref())).await;
+            let page = match page {
+                Ok(p) => p.tags,
+                Err(e) if status_of(&e) == Some(404) && tags.is_empty() => return Ok(Vec::new()),
+                Err(e) => return Err(self.explain(repo, "list tags of", e)),
+            };
+            let n = page.len();
+            let next = page.last().cloned();
+            for t in page {
+                if !tags.contains(&t) {
+                    tags.push(t);
+                }
+            }
+            // A registry that ignores `n` sends everything at once; one that honours it
+            // sends a full page while more follow.
+            if n < PAGE || next.is_none() || next == last {
+                break;
+            }
+            last = next;
+        }
+        tags.sort();
+        Ok(tags)
+    }
+
+    /// DELETE the manifest `digest` from `repo`'s repository (deleting every tag that
+    /// points at it). A registry that refuses deletes gets an error saying what to enable.
+    pub async fn delete_manifest(
+        &self,
+        repo: &Reference,
+        digest: &str,
+    ) -> Result<Deleted, RegistryError> {
+        let registry = repo.resolve_registry().to_string();
+        let target = Reference::with_digest(
+            registry.clone(),
+            repo.repository().to_string(),
+            digest.to_string(),
+        );
+        let other = |detail: String| RegistryError::Other {
+            registry: registry.clone(),
+            operation: "delete",
+            reference: target.whole(),
+            detail,
+        };
+        let scheme = if self.clients.plain_http(&registry) {
+            "http"
+        } else {
+            "https"
+        };
+        let url = format!(
+            "{scheme}://{registry}/v2/{}/manifests/{digest}",
+            repo.repository()
+        );
+        let http = self.http_client(&registry).map_err(other)?;
+        let credential = self.credential(&registry, repo.repository());
+
+        let mut authorization: Option<String> = match &credential.auth {
+            RegistryAuth::Bearer(token) => Some(format!("Bearer {token}")),
+            _ => None,
+        };
+        let mut challenged = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut req = http.delete(&url);
+            if let Some(a) = &authorization {
+                req = req.header(reqwest::header::AUTHORIZATION, a);
+            }
+            let res = match req.send().await {
+                Ok(r) => r,
+                Err(e) if attempt < 4 && (e.is_connect() || e.is_timeout()) => {
+                    tokio::time::sleep(Duration::from_millis(300 * attempt)).await;
+                    continue;
+                }
+                Err(e) => {
+                    let detail = super::error_chain(&e);
+                    return Err(if super::is_tls_failure(&detail) {
+                        RegistryError::Tls {
+                            registry,
+                            reference: target.whole(),
+                            detail,
+                        }
+                    } else if e.is_connect() || e.is_timeout() {
+                        RegistryError::Unreachable {
+                            registry,
+                            reference: target.whole(),
+                            detail,
+                        }
+                    } else {
+                        other(detail)
+                    });
+                }
+            };
+            let status = res.status().as_u16();
+            let challenge_header = res
+                .headers()
+                .get(reqwest::header::WWW_AUTHENTICATE)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string);
+            let body = res.text().await.unwrap_or_default();
+            match status {
+                200..=299 => return Ok(Deleted::Yes),
+                404 => return Ok(Deleted::AlreadyGone),
+                401 if !challenged => {
+                    challenged = true;
+                    authorization = self
+                        .answer_challenge(
+                            &http,
+                            &registry,
+                            &credential.auth,
+                            challenge_header.as_deref(),
+                        )
+                        .await
+                        .map_err(other)?;
+                    if authorization.is_some() {
+                        continue;
+                    }
+                    return Err(self.refused(repo, &target, status));
+                }
+                401 | 403 => return Err(self.refused(repo, &target, status)),
+                405 => return Err(delete_disabled(&registry, &target, status, &body)),
+                _ if body.contains("UNSUPPORTED") => {
+                    return Err(delete_disabled(&registry, &target, status, &body))
+                }
+                408 | 429 | 500..=599 if attempt < 4 => {
+                    tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+                    continue;
+                }
+                _ => {
+                    return Err(other(format!(
+                        "the registry answered {status}: {}",
+                        first_line(&body)
+                    )))
+                }
+            }
+        }
+    }
+
+    /// A refused DELETE, worded like any refused request (which credential was tried,
+    /// how to log in), for the `delete from` action.
+    fn refused(&self, repo: &Reference, target: &Reference, status: u16) -> RegistryError {
+        let source = self
+            .credential(repo.resolve_registry(), repo.repository())
+            .source;
+        match source {
+            super::auth::CredentialSource::Withheld {
+                found,
+                reason,
+                hint,
+            } => RegistryError::Withheld {
+                registry: repo.resolve_registry().to_string(),
+                reference: target.whole(),
+                status,
+                hint: hint.clone(),
+                source_: Box::new(super::auth::CredentialSource::Withheld {
+                    found,
+                    reason,
+                    hint,
+                }),
+            },
+            source => RegistryError::Denied {
+                registry: repo.resolve_registry().to_string(),
+                reference: target.whole(),
+                status,
+                source_: Box::new(source),
+                action: "delete from",
+            },
+        }
+    }
+
+    /// The `Authorization` value that answers a DELETE's `WWW-Authenticate` challenge, or
+    /// None when there is nothing to answer with (no credential for a Basic challenge).
+    async fn answer_challenge(
+        &self,
+        http: &reqwest::Client,
+        registry: &str,
+        auth: &RegistryAuth,
+        header: Option<&str>,
+    ) -> Result<Option<String>, String> {
+        let Some(header) = header else {
+            return Ok(None);
+        };
+        let bearer = ChallengeParser::new(header)
+            .filter_map(|c| c.ok())
+            .find(|c| c.scheme.eq_ignore_ascii_case("Bearer"));
+        let Some(bearer) = bearer else {
+            // Basic, to the registry itself (the credential lookup already checked where
+            // this registry wants credentials).
+            return Ok(match auth {
+                RegistryAuth::Basic(user, password) => Some(format!(
+                    "Basic {}",
+                    base64::Engine::encode(
+                        &base64::engine::general_purpose::STANDARD,
+                        format!("{user}:{password}")
+                    )
+                )),
+                _ => None,
+            });
+        };
+        let param = |name: &str| {
+            bearer
+                .params
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.to_unescaped())
+                .next_back()
+        };
+        let Some(realm) = param("realm") else {
+            return Ok(None);
+        };
+        let skips = |h: &str| self.skips_tls_verify(h);
+        let verdict = challenge::judge(
+            &challenge::Route {
+                registry,
+                plain_http: self.clients.plain_http(registry),
+                skips_verification: &skips,
+            },
+            &realm,
+        );
+        let mut req = http.get(&realm);
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(service) = param("service") {
+            query.push(("service", service));
+        }
+        if let Some(scope) = param("scope") {
+            query.push(("scope", scope));
+        }
+        req = req.query(&query);
+        if let (RegistryAuth::Basic(user, password), challenge::Verdict::Send { .. }) =
+            (auth, &verdict)
+        {
+            req = req.basic_auth(user, Some(password));
+        }
+        let res = req
+            .send()
+            .await
+            .map_err(|e| format!("token service: {}", super::error_chain(&e)))?;
+        if !res.status().is_success() {
+            // The DELETE is then refused, and reported as such.
+            return Ok(None);
+        }
+        let v: serde_json::Value = res
+            .json()
+            .await
+            .map_err(|e| format!("token service: unreadable answer: {e}"))?;
+        Ok(v["token"]
+            .as_str()
+            .or_else(|| v["access_token"].as_str())
+            .map(|t| format!("Bearer {t}")))
+    }
+
+    /// A reqwest client that reaches `registry` as oci-client's does (certificates, TLS
+    /// verification).
+    fn http_client(&self, registry: &str) -> Result<reqwest::Client, String> {
+        let roots = self
+            .clients
+            .certs
+            .iter()
+            .map(|pem| reqwest::Certificate::from_pem(pem))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| super::error_chain(&e))?;
+        reqwest::Client::builder()
+            .danger_accept_invalid_certs(self.skips_tls_verify(registry))
+            .tls_certs_merge(roots)
+            .connect_timeout(Duration::from_secs(15))
+            .timeout(Duration::from_secs(60))
+            .user_agent(USER_AGENT)
+            .build()
+            .map_err(|e| super::error_chain(&e))
+    }
+}
+
+fn first_line(body: &str) -> String {
+    let line = body.lines().next().unwrap_or("").trim();
+    line.chars().take(200).collect()
+}
+
+/// The registry refuses deletes: what to enable, by kind of registry.
+fn delete_disabled(registry: &str, target: &Reference, status: u16, body: &str) -> RegistryError {
+    let host = challenge::host_of(registry).to_ascii_lowercase();
+    let hint = if host == "ghcr.io" {
+        "GHCR does not delete through the registry API: delete package versions through GitHub's packages API (`DELETE /user/packages/container/NAME/versions/ID`, or /orgs/ORG/...) with a token that has `delete:packages`".to_string()
+    } else {
+        "enable deletes on the registry: distribution (docker-registry, registry:2): `storage: {delete: {enabled: true}}` in its config.yml (or REGISTRY_STORAGE_DELETE_ENABLED=true), then restart it; GHCR: delete package versions through GitHub's packages API with a token that has `delete:packages`; Forgejo/Gitea: delete package versions in the package settings or through the packages API (a token with package write access)".to_string()
+    };
+    RegistryError::DeleteRefused {
+        registry: registry.to_string(),
+        reference: target.whole(),
+        status,
+        code: if body.contains("UNSUPPORTED") {
+            " UNSUPPORTED"
+        } else {
+            ""
+        },
+        hint,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_delete_says_what_to_enable() {
+        let r: Reference = "127.0.0.1:5000/team/app:x".parse().unwrap();
+        let e = delete_disabled(
+            "127.0.0.1:5000",
+            &r,
+            405,
+            r#"{"errors":[{"code":"UNSUPPORTED"}]}"#,
+        );
+        let text = e.to_string();
+        assert!(text.contains("127.0.0.1:5000"), "{text}");
+        assert!(text.contains("delete: {enabled: true}"), "{text}");
+        assert!(text.contains("405 UNSUPPORTED"), "{text}");
+        let e = delete_disabled("ghcr.io", &r, 405, "");
+        assert!(e.to_string().contains("delete:packages"));
+    }
+}

@@ -179,6 +179,42 @@ pub async fn run(
     let mut remote: HashMap<String, Reference> = HashMap::new();
     let mut failed: Vec<(String, String)> = Vec::new();
 
+    // Every session a hit and the all-sessions image already there: nothing to fetch,
+    // compose or push (the common CI case, and the one that should cost no more than
+    // listing the sessions).
+    if let Some((results, all_image, all_digest)) =
+        all_hit_and_composed(&plan, config, registry, args, printer).await?
+    {
+        if !args.no_push {
+            share_dry_run(&plan, registry, printer).await;
+        }
+        let report = BuildReport {
+            sessions: &results,
+            all: Some(AllImage {
+                image: all_image,
+                digest: &all_digest,
+                sessions: plan
+                    .sessions
+                    .iter()
+                    .map(|s| s.config.name.as_str())
+                    .collect(),
+            }),
+            seconds: started.elapsed().as_secs_f64(),
+            pushed: !args.no_push,
+            push: registry.stats.snapshot(),
+        };
+        if args.json {
+            printer.out(report.json());
+        } else {
+            printer.out(report.table());
+            printer.info(report.summary_line());
+        }
+        if args.ci_output {
+            crate::commands::report::write_ci_output(&report.ci_outputs(!args.no_push), printer)?;
+        }
+        return Ok(());
+    }
+
     // The hits' layers (for the all-sessions image and the report), fetched side by side
     // before anything is built: 20 hits should not cost 40 round trips in sequence, and a
     // hit that fails its checks stops the build before a miss's minutes are spent.
@@ -330,18 +366,7 @@ pub async fn run(
     }
 
     if !args.no_push {
-        // The plan's dry run, for the next plans on other runners (best effort).
-        if let Some((target, d)) = &plan.dry_run_to_share {
-            match registry
-                .push_artifact(target, crate::python::dryrun::MEDIA_TYPE, d.to_bytes())
-                .await
-            {
-                Ok(_) => printer.verbose(format!("saved the dry run as {}", target.whole())),
-                Err(e) => {
-                    printer.warn(format!("could not save the dry run for other runners: {e}"))
-                }
-            }
-        }
+        share_dry_run(&plan, registry, printer).await;
         for (target, img) in &composed {
             let p = printer.spinner(format!("pushing {}", target.whole()));
             push::push_image(registry, target, img, &plan.base, &local_files).await?;
@@ -636,6 +661,78 @@ async fn mark_pushed(
             e.to_string().lines().next().unwrap_or_default()
         )),
     }
+}
+
+/// The plan's dry run, for the next plans on other runners (best effort).
+async fn share_dry_run(plan: &Plan, registry: &Registry, printer: &Printer) {
+    if let Some((target, d)) = &plan.dry_run_to_share {
+        match registry
+            .push_artifact(target, crate::python::dryrun::MEDIA_TYPE, d.to_bytes())
+            .await
+        {
+            Ok(_) => printer.verbose(format!("saved the dry run as {}", target.whole())),
+            Err(e) => printer.warn(format!("could not save the dry run for other runners: {e}")),
+        }
+    }
+}
+
+/// When every session hits and the all-sessions tag exists (the tag is a hash of the
+/// sessions' keys, so it holds their images' layers), the report without fetching a
+/// layer; None otherwise (`--output`/`--load` need the image's bytes; `--force` builds).
+/// Returns the sessions' results, the all-sessions image and its digest.
+async fn all_hit_and_composed(
+    plan: &Plan,
+    config: &Config,
+    registry: &Registry,
+    args: &BuildArgs,
+    printer: &Printer,
+) -> Result<Option<(Vec<SessionResult>, String, String)>, Error> {
+    if args.force || !args.output.is_empty() || args.load || !plan.complete {
+        return Ok(None);
+    }
+    let mut results = Vec::new();
+    for s in &plan.sessions {
+        let (Status::Hit { digest }, Some(manifest)) = (&s.status, &s.hit_manifest) else {
+            return Ok(None);
+        };
+        let Ok(m) = serde_json::from_slice::<oci_spec::image::ImageManifest>(manifest) else {
+            return Ok(None);
+        };
+        let base_count = plan.base.manifest.layers().len();
+        let layer_size: u64 = m.layers().iter().skip(base_count).map(|l| l.size()).sum();
+        results.push(SessionResult {
+            session: s.config.name.clone(),
+            venv_dir: s.venv_dir.clone(),
+            tag: s.tag.clone(),
+            image: s.image.whole(),
+            digest: Some(digest.clone()),
+            outcome: "hit",
+            layer_size: Some(layer_size),
+            seconds: 0.0,
+            error: None,
+        });
+    }
+    let all_ref = Reference::with_tag(
+        config.repository.resolve_registry().to_string(),
+        config.repository.repository().to_string(),
+        plan.combined_tag(),
+    );
+    let Some(all_digest) = registry.manifest_digest(&all_ref).await? else {
+        return Ok(None);
+    };
+    for r in &results {
+        printer.info(format!(
+            "{}: hit {}@{}",
+            r.session,
+            r.image,
+            r.digest.as_deref().unwrap_or_default()
+        ));
+    }
+    printer.info(format!(
+        "the all-sessions image is there: {}@{all_digest}",
+        all_ref.whole()
+    ));
+    Ok(Some((results, all_ref.whole(), all_digest)))
 }
 
 /// `--engine` over the config's container builder (the local builder stays local).

@@ -178,6 +178,8 @@ pub struct SessionPlan {
     pub tag: String,
     pub image: Reference,
     pub status: Status,
+    /// A hit's manifest as the lookup read it (its layer sizes, without a second request).
+    pub hit_manifest: Option<bytes::Bytes>,
     /// What the dry run derived (None for an opaque session).
     pub derived: Option<Derived>,
     /// An image exists at the tag, but files its build read changed since (a miss).
@@ -713,6 +715,7 @@ pub async fn make_plan(
             tag,
             image,
             status: Status::Miss,
+            hit_manifest: None,
             derived,
             changed: Vec::new(),
             problem,
@@ -744,6 +747,7 @@ pub async fn make_plan(
             };
             if check_hit(&bytes, &s.key, &config.project_dir).is_ok() {
                 s.status = Status::Hit { digest };
+                s.hit_manifest = Some(bytes);
                 s.image = at.clone();
             }
         }
@@ -760,7 +764,10 @@ pub async fn make_plan(
             continue;
         };
         match check_hit(&bytes, &s.key, &config.project_dir) {
-            Ok(()) => s.status = Status::Hit { digest },
+            Ok(()) => {
+                s.status = Status::Hit { digest };
+                s.hit_manifest = Some(bytes);
+            }
             Err(changed) => s.changed = changed,
         }
     }

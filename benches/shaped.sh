@@ -3,7 +3,7 @@
 # same shaped link (a network namespace + veth, tc tbf rate, RTT/2 delay each way), every
 # way of getting a session's venv into a CI job container side by side.
 #
-#   bash benches/shaped.sh                              # both profiles, one round (~20-25 min)
+#   bash benches/shaped.sh                              # both profiles, one round (~8 min; ~16 the first time)
 #   bash benches/shaped.sh --profiles hosted -n 2       # one profile, two rounds
 #   bash benches/shaped.sh --cleanup                    # remove what a killed run left
 #   python3 benches/shaped.py --report-only             # re-render results/shaped.md

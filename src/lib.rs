@@ -32,8 +32,10 @@ pub use error::Error;
 /// The import order, bottom first: a module may use only modules of lower layers (the
 /// test below reads `src/` and fails on any other `crate::` path outside tests).
 pub const LAYERS: &[&[&str]] = &[
-    // plain values and small utilities
-    &["model", "untrusted", "cancel", "printer"],
+    // plain values (digests, platforms, media types)...
+    &["model"],
+    // ...and small utilities over them
+    &["untrusted", "cancel", "printer"],
     // nox, uv and venv facts; no configuration, no containers
     &["python"],
     &["config"],

@@ -39,6 +39,20 @@ impl Digest {
         Digest::from_hasher(sha2::Sha256::new_with_prefix(bytes))
     }
 
+    /// The digest of everything `r` yields, read in 64 KiB pieces (files of any size).
+    pub fn of_reader(mut r: impl std::io::Read) -> std::io::Result<Digest> {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                return Ok(Digest::from_hasher(h));
+            }
+            h.update(&buf[..n]);
+        }
+    }
+
     /// The digest of what `hasher` has seen (for bytes hashed as they stream past).
     pub fn from_hasher(hasher: sha2::Sha256) -> Digest {
         use sha2::Digest as _;

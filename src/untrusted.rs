@@ -48,18 +48,8 @@ pub fn read(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
 
 /// sha256 (hex) of a regular file, streamed: for files of any size.
 pub fn sha256(path: &Path) -> io::Result<String> {
-    use sha2::Digest;
-    let mut f = open_regular(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    let digest = crate::model::Digest::of_reader(open_regular(path)?)?;
+    Ok(digest.hex().to_string())
 }
 
 /// [`read`] as UTF-8 text (lossy: names and versions in METADATA are ASCII in practice).

@@ -4,8 +4,6 @@
 
 use std::io::{self, Read};
 
-use sha2::{Digest, Sha256};
-
 /// What a layer's tar says of one entry; two equal lists make equal tars (venvimg's
 /// writer fixes everything else: order, mtimes, header format).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,16 +54,11 @@ pub fn entries(blob: impl Read, media_type: &str) -> io::Result<Vec<Entry>> {
         );
         let size = entry.size();
         let sha256 = if kind == "file" {
-            let mut h = Sha256::new();
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = entry.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
-            Some(hex::encode(h.finalize()))
+            Some(
+                crate::model::Digest::of_reader(&mut entry)?
+                    .hex()
+                    .to_string(),
+            )
         } else {
             None
         };

@@ -13,7 +13,6 @@ pub mod explain;
 pub mod record;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use oci_client::Reference;
@@ -223,17 +222,8 @@ impl Plan {
 }
 
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = fs_err::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    let digest = crate::model::Digest::of_reader(fs_err::File::open(path)?)?;
+    Ok(digest.hex().to_string())
 }
 
 /// The noxfile and the files listed under `inputs:`, whole.

@@ -171,14 +171,6 @@ pub async fn run(
         .collect();
     let (work, build_env) = prepare(config, args, !to_build.is_empty(), printer)?;
     let work_path = work.path.clone();
-
-    let mut results = Vec::new();
-    let mut layers: Vec<(String, SessionLayer)> = Vec::new();
-    let mut composed: Vec<(Reference, ComposedImage)> = Vec::new();
-    let mut local_files: HashMap<String, PathBuf> = HashMap::new();
-    let mut remote: HashMap<String, Reference> = HashMap::new();
-    let mut failed: Vec<(String, String)> = Vec::new();
-
     // Every session a hit and the all-sessions image already there: nothing to fetch,
     // compose or push (the common CI case, and the one that should cost no more than
     // listing the sessions).
@@ -190,30 +182,20 @@ pub async fn run(
         }
         let report = BuildReport {
             sessions: &results,
-            all: Some(AllImage {
-                image: all_image,
-                digest: &all_digest,
-                sessions: plan
-                    .sessions
-                    .iter()
-                    .map(|s| s.config.name.as_str())
-                    .collect(),
-            }),
+            all: Some(AllImage::of(&plan, all_image, &all_digest)),
             seconds: started.elapsed().as_secs_f64(),
             pushed: !args.no_push,
             push: registry.stats.snapshot(),
         };
-        if args.json {
-            printer.out(report.json());
-        } else {
-            printer.out(report.table());
-            printer.info(report.summary_line());
-        }
-        if args.ci_output {
-            crate::commands::report::write_ci_output(&report.ci_outputs(!args.no_push), printer)?;
-        }
-        return Ok(());
+        return report.render(args, printer);
     }
+
+    let mut results = Vec::new();
+    let mut layers: Vec<(String, SessionLayer)> = Vec::new();
+    let mut composed: Vec<(Reference, ComposedImage)> = Vec::new();
+    let mut local_files: HashMap<String, PathBuf> = HashMap::new();
+    let mut remote: HashMap<String, Reference> = HashMap::new();
+    let mut failed: Vec<(String, String)> = Vec::new();
 
     // The hits' layers (for the all-sessions image and the report), fetched side by side
     // before anything is built: 20 hits should not cost 40 round trips in sequence, and a
@@ -454,28 +436,13 @@ pub async fn run(
     let push_stats = registry.stats.snapshot();
     let report = BuildReport {
         sessions: &results,
-        all: (all_wanted && plan.complete).then(|| AllImage {
-            image: all_ref.whole(),
-            digest: &all_image.manifest_digest,
-            sessions: plan
-                .sessions
-                .iter()
-                .map(|s| s.config.name.as_str())
-                .collect(),
-        }),
+        all: (all_wanted && plan.complete)
+            .then(|| AllImage::of(&plan, all_ref.whole(), &all_image.manifest_digest)),
         seconds: started.elapsed().as_secs_f64(),
         pushed: !args.no_push,
         push: push_stats,
     };
-    if args.json {
-        printer.out(report.json());
-    } else {
-        printer.out(report.table());
-        printer.info(report.summary_line());
-    }
-    if args.ci_output {
-        crate::commands::report::write_ci_output(&report.ci_outputs(!args.no_push), printer)?;
-    }
+    report.render(args, printer)?;
     if failed.is_empty() {
         Ok(())
     } else {
@@ -690,6 +657,7 @@ async fn all_hit_and_composed(
     if args.force || !args.output.is_empty() || args.load || !plan.complete {
         return Ok(None);
     }
+    let base_count = plan.base.manifest.layers().len();
     let mut results = Vec::new();
     for s in &plan.sessions {
         let (Status::Hit { digest }, Some(manifest)) = (&s.status, &s.hit_manifest) else {
@@ -698,7 +666,6 @@ async fn all_hit_and_composed(
         let Ok(m) = serde_json::from_slice::<oci_spec::image::ImageManifest>(manifest) else {
             return Ok(None);
         };
-        let base_count = plan.base.manifest.layers().len();
         let layer_size: u64 = m.layers().iter().skip(base_count).map(|l| l.size()).sum();
         results.push(SessionResult {
             session: s.config.name.clone(),
@@ -1749,7 +1716,36 @@ pub struct AllImage<'a> {
     pub sessions: Vec<&'a str>,
 }
 
+impl<'a> AllImage<'a> {
+    /// The all-sessions image of `plan`'s sessions.
+    fn of(plan: &'a Plan, image: String, digest: &'a str) -> AllImage<'a> {
+        AllImage {
+            image,
+            digest,
+            sessions: plan
+                .sessions
+                .iter()
+                .map(|s| s.config.name.as_str())
+                .collect(),
+        }
+    }
+}
+
 impl BuildReport<'_> {
+    /// Out as asked — the table (and a summary line) or JSON — and the CI outputs.
+    fn render(&self, args: &BuildArgs, printer: &Printer) -> Result<(), Error> {
+        if args.json {
+            printer.out(self.json());
+        } else {
+            printer.out(self.table());
+            printer.info(self.summary_line());
+        }
+        if args.ci_output {
+            crate::commands::report::write_ci_output(&self.ci_outputs(!args.no_push), printer)?;
+        }
+        Ok(())
+    }
+
     pub fn json(&self) -> String {
         serde_json::to_string_pretty(self).expect("the build report serialises")
     }

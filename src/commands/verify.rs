@@ -168,13 +168,12 @@ pub async fn verify(
         }
     };
 
-    // Rebuild every session the targets hold, as `build --force --no-push` would.
-    let mut to_build: Vec<&SessionPlan> = targets
+    // Rebuild every session the targets hold (each once: one target per session, or the
+    // one IMAGE), as `build --force --no-push` would.
+    let to_build: Vec<&SessionPlan> = targets
         .iter()
         .flat_map(|t| t.sessions.iter().copied())
         .collect();
-    to_build.sort_by(|a, b| a.config.name.cmp(&b.config.name));
-    to_build.dedup_by(|a, b| a.config.name == b.config.name);
     let build_args = BuildArgs {
         force: true,
         no_push: true,

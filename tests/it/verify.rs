@@ -44,16 +44,7 @@ fn curl(args: &[&str], body: Option<&[u8]>) -> Vec<u8> {
 /// attacker with push rights would. Returns the altered file's path in the layer.
 fn tamper_last_layer(image: &str) -> String {
     let (reg, repo, tag) = split(image);
-    let accept = "application/vnd.oci.image.manifest.v1+json";
-    let manifest = curl(
-        &[
-            "-H",
-            &format!("Accept: {accept}"),
-            &format!("http://{reg}/v2/{repo}/manifests/{tag}"),
-        ],
-        None,
-    );
-    let mut m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let mut m = manifest(image);
     let last = m["layers"].as_array().unwrap().len() - 1;
     let digest = m["layers"][last]["digest"].as_str().unwrap().to_string();
     let media_type = m["layers"][last]["mediaType"].as_str().unwrap().to_string();
@@ -138,7 +129,7 @@ fn tamper_last_layer(image: &str) -> String {
             "-X",
             "PUT",
             "-H",
-            &format!("Content-Type: {accept}"),
+            &format!("Content-Type: {OCI_MANIFEST}"),
             "--data-binary",
             "@-",
             &format!("http://{reg}/v2/{repo}/manifests/{tag}"),
@@ -181,7 +172,7 @@ fn verify_passes_on_an_honest_image_and_names_the_file_of_a_replaced_layer() {
     assert_eq!(first["result"], "differs", "{report}");
     assert_eq!(first["rebuilt"], digest.as_str(), "{report}");
     let difference = first["difference"].as_str().unwrap();
-    let layers = check_layer_count(&image);
+    let layers = manifest(&image)["layers"].as_array().unwrap().len();
     assert!(
         difference.starts_with(&format!("layer {layers} of {layers} ")),
         "{difference}"
@@ -203,16 +194,18 @@ fn verify_passes_on_an_honest_image_and_names_the_file_of_a_replaced_layer() {
     assert!(text.contains("nothing to verify"), "{text}");
 }
 
-fn check_layer_count(image: &str) -> usize {
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// The image manifest at `image`'s tag, through the registry API.
+fn manifest(image: &str) -> serde_json::Value {
     let (reg, repo, tag) = split(image);
-    let manifest = curl(
+    let bytes = curl(
         &[
             "-H",
-            "Accept: application/vnd.oci.image.manifest.v1+json",
+            &format!("Accept: {OCI_MANIFEST}"),
             &format!("http://{reg}/v2/{repo}/manifests/{tag}"),
         ],
         None,
     );
-    let m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
-    m["layers"].as_array().unwrap().len()
+    serde_json::from_slice(&bytes).unwrap()
 }

@@ -756,32 +756,13 @@ class Bench:
 
     # ---- machine, report ---------------------------------------------------------------
     def machine(self) -> dict:
-        def sh(cmd):
-            r = run(cmd, shell=True, check=False)
-            return (r.out or r.err).strip()
-
-        return {
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "nproc": sh("nproc"),
-            "cpu": sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-").strip(),
-            "memory": sh("free -h | awk '/^Mem:/{print $2\" total, \"$7\" available\"}'"),
-            "free_h": sh("free -h"),
-            "kernel": sh("uname -sr"),
-            "os": sh(". /etc/os-release && echo $PRETTY_NAME"),
-            "loadavg_start": self.load_start,
-            "loadavg_end": Path("/proc/loadavg").read_text().split()[:3],
-            "venvimg": sh(f"{self.venvimg} --version"),
-            "commit": sh(f"git -C {ROOT} rev-parse --short HEAD") + (
-                " (+ uncommitted changes)" if sh(f"git -C {ROOT} status --porcelain -- src Cargo.toml Cargo.lock") else ""),
-            "podman": sh("podman --version"),
-            "skopeo": sh("skopeo --version"),
-            "registry": sh("docker-registry --version"),
-            "uv": sh("uv --version"),
-            "nox": sh(f"{self.nox_path} --version 2>&1 | tail -n1"),
-            "gzip": sh("gzip --version | head -n1"),
-            "zstd": sh("zstd --version"),
-            "repetitions": self.n,
-        }
+        return machine_facts(self.venvimg, self.load_start, {
+            "skopeo": "skopeo --version",
+            "registry": "docker-registry --version",
+            "nox": f"{self.nox_path} --version 2>&1 | tail -n1",
+            "gzip": "gzip --version | head -n1",
+            "zstd": "zstd --version",
+        }) | {"repetitions": self.n}
 
     def main(self):
         self.load_start = Path("/proc/loadavg").read_text().split()[:3]
@@ -807,6 +788,34 @@ class Bench:
         (RESULTS / f"{stem}.md").write_text(md)
         print(md)
         log(f"done in {self.results['duration_s']:.0f}s; wrote {RESULTS / stem}.md and {stem}.json")
+
+
+def machine_facts(venvimg, load_start, extra: dict | None = None) -> dict:
+    """What a report says of the machine and the tools (and EXTRA: name → shell command)."""
+    def sh(cmd):
+        r = run(cmd, shell=True, check=False)
+        return (r.out or r.err).strip()
+
+    commands = {
+        "nproc": "nproc",
+        "memory": "free -h | awk '/^Mem:/{print $2\" total, \"$7\" available\"}'",
+        "free_h": "free -h",
+        "kernel": "uname -sr",
+        "os": ". /etc/os-release && echo $PRETTY_NAME",
+        "venvimg": f"{venvimg} --version",
+        "podman": "podman --version",
+        "uv": "uv --version",
+        **(extra or {}),
+    }
+    facts = {name: sh(cmd) for name, cmd in commands.items()}
+    return facts | {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-").strip(),
+        "loadavg_start": load_start,
+        "loadavg_end": Path("/proc/loadavg").read_text().split()[:3],
+        "commit": sh(f"git -C {ROOT} rev-parse --short HEAD") + (
+            " (+ uncommitted changes)" if sh(f"git -C {ROOT} status --porcelain -- src Cargo.toml Cargo.lock") else ""),
+    }
 
 
 def hitpath_noxfile(n: int = 20) -> str:

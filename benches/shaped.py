@@ -615,23 +615,7 @@ class Shaped:
         log(f"done in {self.results['duration_s']:.0f}s; wrote {RESULTS / 'shaped.md'} and shaped.json")
 
     def machine(self) -> dict:
-        def q(cmd):
-            r = run(cmd, shell=True, check=False)
-            return (r.out or r.err).strip()
-
-        return {
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "nproc": q("nproc"),
-            "cpu": q("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-").strip(),
-            "kernel": q("uname -sr"),
-            "os": q(". /etc/os-release && echo $PRETTY_NAME"),
-            "loadavg_start": self.load_start,
-            "loadavg_end": Path("/proc/loadavg").read_text().split()[:3],
-            "venvimg": q(f"{self.venvimg} --version"),
-            "commit": q(f"git -C {ROOT} rev-parse --short HEAD"),
-            "podman": q("podman --version"),
-            "uv": q("uv --version"),
-        }
+        return bench.machine_facts(self.venvimg, self.load_start)
 
 
 def lock_versions(lock: Path) -> dict:

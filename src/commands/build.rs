@@ -251,17 +251,7 @@ pub async fn run(
             for d in &layer.descriptors {
                 remote.insert(d.digest.clone(), s.image.clone());
             }
-            results.push(SessionResult {
-                session: s.config.name.clone(),
-                venv_dir: s.venv_dir.clone(),
-                tag: s.tag.clone(),
-                image: s.image.whole(),
-                digest: Some(digest.clone()),
-                outcome: "hit",
-                layer_size: Some(layer.size()),
-                seconds,
-                error: None,
-            });
+            results.push(SessionResult::hit(s, digest, layer.size(), seconds));
             layers.push((s.venv_dir.clone(), layer));
             continue;
         }
@@ -667,17 +657,7 @@ async fn all_hit_and_composed(
             return Ok(None);
         };
         let layer_size: u64 = m.layers().iter().skip(base_count).map(|l| l.size()).sum();
-        results.push(SessionResult {
-            session: s.config.name.clone(),
-            venv_dir: s.venv_dir.clone(),
-            tag: s.tag.clone(),
-            image: s.image.whole(),
-            digest: Some(digest.clone()),
-            outcome: "hit",
-            layer_size: Some(layer_size),
-            seconds: 0.0,
-            error: None,
-        });
+        results.push(SessionResult::hit(s, digest, layer_size, 0.0));
     }
     let all_ref = Reference::with_tag(
         config.repository.resolve_registry().to_string(),
@@ -1714,6 +1694,23 @@ pub struct AllImage<'a> {
     pub digest: &'a str,
     /// The sessions whose venvs it holds: every session of the config.
     pub sessions: Vec<&'a str>,
+}
+
+impl SessionResult {
+    /// A session whose image was there: its digest and venv layers' size.
+    fn hit(s: &SessionPlan, digest: &str, layer_size: u64, seconds: f64) -> SessionResult {
+        SessionResult {
+            session: s.config.name.clone(),
+            venv_dir: s.venv_dir.clone(),
+            tag: s.tag.clone(),
+            image: s.image.whole(),
+            digest: Some(digest.to_string()),
+            outcome: "hit",
+            layer_size: Some(layer_size),
+            seconds,
+            error: None,
+        }
+    }
 }
 
 impl<'a> AllImage<'a> {

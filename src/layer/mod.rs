@@ -10,7 +10,7 @@
 //! - entries in bytewise order of their archive names, whatever `readdir` returns;
 //! - mtimes clamped to `source_date_epoch`, numeric owners from the options, empty
 //!   user/group names, setuid/setgid dropped, no atime/ctime, no sparse headers;
-//! - the compressors pinned (miniz_oxide for gzip, libzstd single-threaded for zstd)
+//! - the compressors pinned (zlib-rs for gzip, libzstd single-threaded for zstd)
 //!   and fed blocks whose boundaries don't depend on the thread count;
 //! - golden digests in the tests that fail when any of this changes.
 //!

@@ -20,7 +20,7 @@ const ROOT: &str = "opt/nox/tests-3-12/";
 /// compressor version or block size): every layer ever pushed would get a new digest,
 /// so bump the layer-format version in the keys when you update these.
 const GOLDEN_GZIP_DIGEST: &str =
-    "sha256:947c1f1051ee227e89876052eedfa704db811e5bc25acbf41f1e1bbdcb44bb22";
+    "sha256:256d8870e03aa5564623acdcc1dc94d1a8ab3701a96eb109c90c7c85f8c804b0";
 const GOLDEN_ZSTD_DIGEST: &str =
     "sha256:77d463f1e84d575e41d2f72b2377a497c2d74ef21e840829dc731f9b4c04cbc0";
 const GOLDEN_DIFF_ID: &str =
@@ -29,7 +29,7 @@ const GOLDEN_DIFF_ID: &str =
 /// `golden_tree()` plus `lib/big.so` (`BLOCK_SIZE + 4321` bytes of `write_words`, seed 9),
 /// gzip: see `system_tools_read_the_layers`.
 const GOLDEN_TWO_BLOCK_GZIP_DIGEST: &str =
-    "sha256:5af2798aed2ec30b7f8e45048d06af1f6d807fb57acdad499b097c7c1a1af4c7";
+    "sha256:d5f2cc9dfcc687d96910fa0f8099eacb66556c52996828ec4e1193513dcdf35a";
 
 /// An mtime before `DEFAULT_SOURCE_DATE_EPOCH`, which must be kept as is (1979-07-05).
 const OLD_MTIME: u64 = 300_000_000;

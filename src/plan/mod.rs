@@ -31,8 +31,9 @@ use crate::python::{locked, nox};
 use crate::registry::Registry;
 
 /// Bumped whenever venvimg changes how it turns a venv into layer bytes or what a key
-/// covers, so images made by an older venvimg are never taken for ours.
-pub const LAYER_FORMAT_VERSION: u32 = 3;
+/// covers, so images made by an older venvimg are never taken for ours (4: gzip by
+/// zlib-rs instead of miniz_oxide).
+pub const LAYER_FORMAT_VERSION: u32 = 4;
 
 /// The manifest annotation holding what a hit is checked against.
 pub const CHECK_ANNOTATION: &str = "dev.venvimg.check";

@@ -72,6 +72,7 @@ struct RawConfig {
     #[serde(default)]
     build_env: BTreeMap<String, String>,
     refresh: Option<String>,
+    source: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -396,6 +397,10 @@ pub struct Config {
     pub build_env: BTreeMap<String, String>,
     /// How old a floating session's image may get; `None`: no time in keys.
     pub refresh: Option<Refresh>,
+    /// The project's public URL for `org.opencontainers.image.source` (`source:`, else
+    /// the checkout's git remote `origin` made a clean web URL; `source: ""` or no clean
+    /// URL: none). Not part of the key: a clone by ssh or https is the same project.
+    pub source: Option<String>,
 }
 
 impl Config {
@@ -675,7 +680,31 @@ impl Config {
             }
         }
 
+        let source = match raw.source.as_deref().map(str::trim) {
+            Some("") => None,
+            Some(url) => {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return Err(ConfigError::field(
+                        f,
+                        "source",
+                        "not an http(s) URL; give the project's web address (e.g. https://github.com/OWNER/REPO), or \"\" for none",
+                    ));
+                }
+                if crate::model::url_without_credentials(url) != url {
+                    // The value is not repeated: it holds a credential.
+                    return Err(ConfigError::field(
+                        f,
+                        "source",
+                        "the URL holds a user name or password, which would be published in every image; remove the `user:password@` part",
+                    ));
+                }
+                Some(url.to_string())
+            }
+            None => git_origin(project_dir).and_then(|u| crate::model::public_source_url(&u)),
+        };
+
         Ok(Config {
+            source,
             file: file.to_path_buf(),
             project_dir: project_dir.to_path_buf(),
             repository,
@@ -711,6 +740,53 @@ impl Config {
             refresh: None,
         }
     }
+}
+
+/// The URL of the remote `origin` of the git checkout holding `project_dir` (its own
+/// `.git`, or one in a folder above), read from git's config file: no git process. A
+/// worktree's or submodule's `.git` file points at the real git folder.
+fn git_origin(project_dir: &Path) -> Option<String> {
+    let start = std::fs::canonicalize(project_dir).ok()?;
+    let dot_git = start
+        .ancestors()
+        .map(|d| d.join(".git"))
+        .find(|g| g.exists())?;
+    let git_dir = if dot_git.is_dir() {
+        dot_git
+    } else {
+        let text = crate::untrusted::read_text(&dot_git, crate::untrusted::SMALL_FILE).ok()?;
+        let target = PathBuf::from(text.trim().strip_prefix("gitdir:")?.trim());
+        let target = dot_git.parent()?.join(target);
+        // A worktree's folder names the shared one in `commondir`.
+        match crate::untrusted::read_text(&target.join("commondir"), crate::untrusted::SMALL_FILE) {
+            Ok(common) => target.join(common.trim()),
+            Err(_) => target,
+        }
+    };
+    let config =
+        crate::untrusted::read_text(&git_dir.join("config"), crate::untrusted::SMALL_FILE).ok()?;
+    remote_url(&config, "origin")
+}
+
+/// `[remote "NAME"] url = ...` of a git config file.
+fn remote_url(config: &str, name: &str) -> Option<String> {
+    let header = format!("[remote \"{name}\"]");
+    let mut inside = false;
+    for line in config.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            inside = line == header;
+            continue;
+        }
+        if inside {
+            if let Some((k, v)) = line.split_once('=') {
+                if k.trim().eq_ignore_ascii_case("url") {
+                    return Some(v.trim().trim_matches('"').to_string());
+                }
+            }
+        }
+    }
+    None
 }
 
 fn syntax_message(e: &serde_yaml::Error) -> String {
@@ -1028,5 +1104,39 @@ mod tests {
             .to_string();
         assert!(err.contains("unknown field `colour`"), "{err}");
         assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn source_from_the_field_or_the_git_remote_never_with_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = dir.path().join("sub/project");
+        std::fs::create_dir_all(&project).unwrap();
+        for f in ["pyproject.toml", "uv.lock", "noxfile.py"] {
+            std::fs::write(project.join(f), "x").unwrap();
+        }
+        let at = |text: &str| Config::parse(text, Path::new("venvimg.yaml"), &project);
+        assert_eq!(at(MIN).unwrap().source, None);
+        std::fs::create_dir(dir.path().join(".git")).unwrap();
+        std::fs::write(
+            dir.path().join(".git/config"),
+            "[core]\n\tbare = false\n[remote \"upstream\"]\n\turl = https://other.example/x\n[remote \"origin\"]\n\turl = https://ci-token:SECRET@git.example/acme/app.git\n",
+        )
+        .unwrap();
+        assert_eq!(
+            at(MIN).unwrap().source.as_deref(),
+            Some("https://git.example/acme/app")
+        );
+        let own = at(&format!("{MIN}source: https://forge.example/acme/app\n")).unwrap();
+        assert_eq!(
+            own.source.as_deref(),
+            Some("https://forge.example/acme/app")
+        );
+        assert_eq!(at(&format!("{MIN}source: \"\"\n")).unwrap().source, None);
+        let err = at(&format!(
+            "{MIN}source: https://me:hunter2@forge.example/a\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("source") && !err.contains("hunter2"), "{err}");
     }
 }

@@ -52,6 +52,9 @@ pub enum Error {
         failed: Vec<(String, i32)>,
         code: i32,
     },
+    /// `venvimg inspect --sbom`: no SBOM refers to the image.
+    #[error("{image}: no SBOM refers to this image ({looked})\n  hint: `venvimg build` pushes an SBOM with every session image it builds (not with the all-sessions image: each session image's SBOM covers its venv); for an image pushed before, `venvimg build --force -s SESSION` pushes it again with one")]
+    NoSbom { image: String, looked: String },
     /// Sessions whose build failed (each reported when it failed); the others were built
     /// and pushed.
     #[error("{} of {total} session(s) failed to build: {}\n  hint: the error of each is above{}", failed.len(), failed.iter().map(|(s, why)| format!("`{s}` ({why})")).collect::<Vec<_>>().join("; "), if failed.len() < *total { "; the others were built (--fail-fast stops at the first failure)" } else { "" })]
@@ -143,6 +146,12 @@ pub enum BuildError {
     Venv {
         session: String,
         source: crate::python::venv::VenvError,
+    },
+    #[error("session `{session}`: pushed {image}, but not its SBOM: {detail}\n  hint: once the registry is fixed, `venvimg build --force -s {session}` pushes the same image again, with its SBOM")]
+    Sbom {
+        session: String,
+        image: String,
+        detail: String,
     },
     #[error("session `{session}`: the venv holds the project's own code installed non-editable ({dists}); a job would test that frozen copy, not the checkout\n  hint: set `project: editable` for this session (reinstalls it editable from {workdir}) or `project: keyed` (the key covers the project's files, so every source change rebuilds)")]
     FrozenProject {

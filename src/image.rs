@@ -53,6 +53,9 @@ pub const CREATED: &str = "1980-01-01T00:00:00Z";
 /// The label that carries venvimg's record of what an image holds (read by `inspect`).
 pub const RECORD_LABEL: &str = "dev.venvimg.record";
 pub const SESSIONS_LABEL: &str = "dev.venvimg.sessions";
+/// Standard annotations on the images venvimg pushes: what it is, and the project.
+pub const TITLE_ANNOTATION: &str = "org.opencontainers.image.title";
+pub const SOURCE_ANNOTATION: &str = "org.opencontainers.image.source";
 
 pub enum Picked {
     Manifest,

@@ -4,7 +4,8 @@
 //! dry run by the [`engine`]) → build ([`commands::build`]: the [`engine`] runs nox's
 //! installs, [`python`] reads the venv) → [`layer`] (deterministic tar + compression) →
 //! [`image`] (compose on the base) → [`registry`] / [`outputs`] (push, OCI layout,
-//! archives). [`commands`] run the stages for each subcommand; [`cli`] parses arguments.
+//! archives; each session image's [`sbom`] as a referrer). [`commands`] run the stages
+//! for each subcommand; [`cli`] parses arguments.
 //! Imports point one way, down [`LAYERS`].
 
 // Output goes through `printer` (which knows terminals, CI logs and --quiet); only the
@@ -25,6 +26,7 @@ pub mod plan;
 pub mod printer;
 pub mod python;
 pub mod registry;
+pub mod sbom;
 pub mod untrusted;
 
 pub use error::Error;
@@ -38,6 +40,8 @@ pub const LAYERS: &[&[&str]] = &[
     &["untrusted", "cancel", "printer"],
     // nox, uv and venv facts; no configuration, no containers
     &["python"],
+    // a venv's distributions as a CycloneDX SBOM (python facts, one document)
+    &["sbom"],
     &["config"],
     // the pipeline's stages: pack, compose, move images
     &["layer"],

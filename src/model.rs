@@ -183,6 +183,64 @@ impl<'de> serde::Deserialize<'de> for Digest {
     }
 }
 
+/// `url` without its userinfo (`https://user:token@host/x` → `https://host/x`): a URL
+/// recorded by git or an installer may carry a credential, and what venvimg writes into
+/// images and SBOMs is public.
+pub fn url_without_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    format!("{scheme}://{host}{path}")
+}
+
+/// A git remote as a public web URL of the project, for `org.opencontainers.image.source`:
+/// `https://[user:token@]host/owner/repo.git`, `ssh://git@host/owner/repo` and
+/// `git@host:owner/repo.git` all give `https://host/owner/repo` (forges serve the web page
+/// at the clone path); credentials, queries and fragments are dropped. None for anything
+/// else (a local path, `file://`): no clean public source.
+pub fn public_source_url(remote: &str) -> Option<String> {
+    let remote = remote.trim();
+    let (scheme, rest) = match remote.split_once("://") {
+        Some((s, rest)) => (s.to_ascii_lowercase(), rest.to_string()),
+        // scp-like: [user@]host:path, with no slash before the colon.
+        None => {
+            let (host, path) = remote.split_once(':')?;
+            if host.is_empty() || host.contains('/') || path.is_empty() {
+                return None;
+            }
+            (
+                "ssh".to_string(),
+                format!("{host}/{}", path.trim_start_matches('/')),
+            )
+        }
+    };
+    let scheme = match scheme.as_str() {
+        "https" | "http" => scheme,
+        "ssh" | "git" | "git+ssh" | "ssh+git" => "https".to_string(),
+        _ => return None,
+    };
+    let cut = rest.find(['?', '#']).unwrap_or(rest.len());
+    let rest = &rest[..cut];
+    let (authority, path) = rest.split_at(rest.find('/')?);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    // An ssh port is not the web server's.
+    let host = if scheme == "https" && !remote.starts_with("http") {
+        host.split(':').next().unwrap_or(host)
+    } else {
+        host
+    };
+    let path = path.trim_end_matches('/');
+    let path = path
+        .strip_suffix(".git")
+        .unwrap_or(path)
+        .trim_end_matches('/');
+    let clean = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic());
+    (clean(host) && clean(path) && path != "/").then(|| format!("{scheme}://{host}{path}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +298,42 @@ mod tests {
     fn hex_part_strips_only_a_leading_prefix() {
         assert_eq!(Digest::hex_part("sha256:aa"), "aa");
         assert_eq!(Digest::hex_part("aa"), "aa");
+    }
+
+    #[test]
+    fn source_urls_are_public_and_clean() {
+        for (remote, want) in [
+            (
+                "https://github.com/acme/app.git",
+                Some("https://github.com/acme/app"),
+            ),
+            (
+                "https://gitlab-ci-token:glpat-SECRET@gitlab.example/g/app.git",
+                Some("https://gitlab.example/g/app"),
+            ),
+            (
+                "https://x:y@host:8443/a/b/?q=1",
+                Some("https://host:8443/a/b"),
+            ),
+            (
+                "git@github.com:acme/app.git",
+                Some("https://github.com/acme/app"),
+            ),
+            (
+                "ssh://git@code.example:2222/acme/app",
+                Some("https://code.example/acme/app"),
+            ),
+            ("/home/me/src/app", None),
+            ("file:///srv/git/app.git", None),
+            ("../app", None),
+            ("https://host", None),
+        ] {
+            assert_eq!(public_source_url(remote).as_deref(), want, "{remote}");
+        }
+        assert_eq!(
+            url_without_credentials("https://u:p@h/x?a=b@c"),
+            "https://h/x?a=b@c"
+        );
+        assert_eq!(url_without_credentials("file:///src"), "file:///src");
     }
 }

@@ -125,6 +125,9 @@ pub(super) struct SessionLayer {
     record: SessionRecord,
     /// What a plan checks a hit of this session's image against.
     check: CheckAnnotation,
+    /// The venv's distributions, for its SBOM: read where the venv was built (None for a
+    /// hit, whose SBOM is in the registry already).
+    pub(super) distributions: Option<Vec<crate::sbom::Distribution>>,
 }
 
 impl SessionLayer {
@@ -192,7 +195,7 @@ pub async fn run(
 
     let mut results = Vec::new();
     let mut layers: Vec<(String, SessionLayer)> = Vec::new();
-    let mut composed: Vec<(Reference, ComposedImage)> = Vec::new();
+    let mut composed: Vec<(Reference, ComposedImage, &SessionPlan, SessionLayer)> = Vec::new();
     let mut local_files: HashMap<String, PathBuf> = HashMap::new();
     let mut remote: HashMap<String, Reference> = HashMap::new();
     let mut failed: Vec<(String, String)> = Vec::new();
@@ -284,7 +287,8 @@ pub async fn run(
         let img = compose_images(
             &plan.base,
             &[(s.venv_dir.clone(), layer.clone())],
-            &config.workdir,
+            config,
+            plan.complete,
         );
         for (digest, file) in &layer.files {
             local_files.insert(digest.clone(), file.clone());
@@ -300,7 +304,7 @@ pub async fn run(
             seconds,
             error: None,
         });
-        composed.push((s.image.clone(), img));
+        composed.push((s.image.clone(), img, s, layer.clone()));
         layers.push((s.venv_dir.clone(), layer));
     }
 
@@ -311,7 +315,7 @@ pub async fn run(
         config.repository.repository().to_string(),
         all_tag,
     );
-    let all_image = compose_images(&plan.base, &layers, &config.workdir);
+    let all_image = compose_images(&plan.base, &layers, config, plan.complete);
     // Every session's layers on one base may exceed what overlay filesystems accept; the
     // per-session images are what CI needs, so the combined one is skipped, loudly.
     let all_fits = all_image.layers.len() <= config.max_layers;
@@ -339,7 +343,7 @@ pub async fn run(
 
     if !args.no_push {
         share_dry_run(&plan, registry, printer).await;
-        for (target, img) in &composed {
+        for (target, img, s, layer) in &composed {
             let p = printer.spinner(format!("pushing {}", target.whole()));
             push::push_image(registry, target, img, &plan.base, &local_files).await?;
             mark_pushed(
@@ -350,6 +354,7 @@ pub async fn run(
                 printer,
             )
             .await;
+            push_sbom(registry, config, target, img, s, layer, printer).await?;
             p.finish();
             printer.info(format!("pushed {}@{}", target.whole(), img.manifest_digest));
         }
@@ -447,10 +452,14 @@ pub async fn run(
 /// annotation plans read; the all-sessions image does not need one.
 /// The image's working directory is `workdir`, where the venvs expect the checkout: a
 /// plain `docker run -v "$PWD:WORKDIR" IMAGE nox -s S` then runs at the right path.
+/// Annotations: the base (name, digest), the title (the session's name; "all sessions"
+/// for every session of the config, `complete`; else the names) and the project's
+/// `source` when the config knows a clean one.
 pub(super) fn compose_images(
     base: &BaseImage,
     layers: &[(String, SessionLayer)],
-    workdir: &str,
+    config: &Config,
+    complete: bool,
 ) -> ComposedImage {
     let descriptors: Vec<LayerDescriptor> = layers
         .iter()
@@ -476,13 +485,28 @@ pub(super) fn compose_images(
         "org.opencontainers.image.base.digest".to_string(),
         base.digest.clone(),
     );
+    let title = match layers {
+        [(_, only)] => only.record.session.clone(),
+        _ if complete => "all sessions".to_string(),
+        _ => format!("sessions {}", names.join(", ")),
+    };
+    annotations.insert(image::TITLE_ANNOTATION.to_string(), title);
+    if let Some(source) = &config.source {
+        annotations.insert(image::SOURCE_ANNOTATION.to_string(), source.clone());
+    }
     if let [(_, only)] = layers {
         annotations.insert(
             CHECK_ANNOTATION.to_string(),
             serde_json::to_string(&only.check).expect("check serialises"),
         );
     }
-    image::compose(base, &descriptors, &labels, &annotations, Some(workdir))
+    image::compose(
+        base,
+        &descriptors,
+        &labels,
+        &annotations,
+        Some(&config.workdir),
+    )
 }
 
 /// A hit's layer, read back from its image: the last layer, its diff_id and record.
@@ -593,6 +617,7 @@ async fn layer_from_registry(
         files: Vec::new(),
         record,
         check,
+        distributions: None,
     })
 }
 
@@ -618,6 +643,76 @@ async fn mark_pushed(
             e.to_string().lines().next().unwrap_or_default()
         )),
     }
+}
+
+/// After `build` pushed the session image `target`: its SBOM, as a referrer of it (the
+/// registry's referrers API, else the `sha256-<hex>` referrers tag). An image pushed
+/// without its SBOM is an error saying how to push it again: a plan would call the image
+/// a hit and never push one.
+async fn push_sbom(
+    registry: &Registry,
+    config: &Config,
+    target: &Reference,
+    img: &ComposedImage,
+    s: &SessionPlan,
+    layer: &SessionLayer,
+    printer: &Printer,
+) -> Result<(), Error> {
+    let Some(dists) = &layer.distributions else {
+        return Ok(());
+    };
+    let repository = format!("{}/{}", target.resolve_registry(), target.repository());
+    let venv_path = format!("{}/{}", config.envdir, s.venv_dir);
+    let doc = crate::sbom::document(
+        &crate::sbom::Subject {
+            repository: &repository,
+            tag: &s.tag,
+            session: &s.config.name,
+            key: &s.key,
+            python: &layer.record.python,
+            venv_path: &venv_path,
+        },
+        dists,
+    );
+    let artifact = crate::registry::referrers::Artifact {
+        artifact_type: crate::sbom::MEDIA_TYPE,
+        data: &doc,
+        annotations: [
+            (
+                crate::sbom::ANNOTATION.to_string(),
+                format!("CycloneDX {}", crate::sbom::SPEC_VERSION),
+            ),
+            (
+                image::TITLE_ANNOTATION.to_string(),
+                format!("SBOM of {}", s.config.name),
+            ),
+        ]
+        .into(),
+        layer_annotations: [(
+            image::TITLE_ANNOTATION.to_string(),
+            crate::sbom::FILE_NAME.to_string(),
+        )]
+        .into(),
+    };
+    let pushed = registry
+        .push_referrer(target, &img.manifest_digest, img.manifest.len(), &artifact)
+        .await
+        .map_err(|e| BuildError::Sbom {
+            image: format!("{}@{}", target.whole(), img.manifest_digest),
+            session: s.config.name.clone(),
+            detail: e.to_string(),
+        })?;
+    printer.verbose(format!(
+        "{}: SBOM {} ({} distributions) {}",
+        s.config.name,
+        pushed.digest,
+        dists.len(),
+        match &pushed.via {
+            crate::registry::referrers::Via::Api => "listed by the referrers API".to_string(),
+            crate::registry::referrers::Via::Tag(t) => format!("listed under the tag {t}"),
+        }
+    ));
+    Ok(())
 }
 
 /// The plan's dry run, for the next plans on other runners (best effort).
@@ -897,6 +992,11 @@ fn build_session(
     report_divergence(s, &build_read, printer);
     let facts = runner.settle_project_code()?;
     check_drift(s, &facts, args.strict, printer)?;
+    let distributions =
+        crate::sbom::read_distributions(&ws.venv_host).map_err(|source| BuildError::Venv {
+            session: name.clone(),
+            source,
+        })?;
     printer.info(format!(
         "{name}: venv built in {:.1}s ({} backend, python {}, {} packages)",
         build_started.elapsed().as_secs_f64(),
@@ -949,6 +1049,7 @@ fn build_session(
             .collect(),
         record,
         check,
+        distributions: Some(distributions),
     })
 }
 

@@ -33,6 +33,10 @@ pub struct InspectArgs {
     /// Print a JSON document instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Print the image's SBOM (CycloneDX JSON), found through the registry's referrers
+    /// API, else the `sha256-<hex>` referrers tag. Registry images only.
+    #[arg(long, conflicts_with = "json")]
+    pub sbom: bool,
 }
 
 const IMAGE_FORMS: &str =
@@ -848,13 +852,70 @@ impl InspectReport {
     }
 }
 
+/// The largest SBOM `inspect --sbom` reads (thousands of components are a few MiB).
+const MAX_SBOM: u64 = 64 << 20;
+
+/// The SBOM of the image `r` (by its digest): venvimg's own first when several are
+/// listed, then by digest, so the answer does not depend on listing order.
+async fn read_sbom(transport: Transport, r: &Reference) -> Result<Vec<u8>, Error> {
+    let registry = Registry::new(transport, &[r.resolve_registry()])?;
+    let digest = match r.digest() {
+        Some(d) => d.to_string(),
+        None => registry.manifest_digest(r).await?.ok_or_else(|| {
+            RegistryError::NotFound {
+                registry: r.resolve_registry().to_string(),
+                reference: r.whole(),
+                hint: "check the image name and tag (`venvimg plan` shows the tags of the current keys)",
+            }
+        })?,
+    };
+    let (list, via) = registry.referrers(r, &digest).await?;
+    let mut sboms: Vec<&Value> = list
+        .iter()
+        .filter(|d| d["artifactType"].as_str() == Some(crate::sbom::MEDIA_TYPE))
+        .collect();
+    sboms.sort_by_key(|d| {
+        (
+            d["annotations"][crate::sbom::ANNOTATION].is_null(),
+            d["digest"].as_str().unwrap_or_default().to_string(),
+        )
+    });
+    let Some(sbom) = sboms.first().and_then(|d| d["digest"].as_str()) else {
+        return Err(Error::NoSbom {
+            image: format!("{}@{digest}", r.whole()),
+            looked: match via {
+                crate::registry::referrers::Via::Api => {
+                    "the registry's referrers API lists none".to_string()
+                }
+                crate::registry::referrers::Via::Tag(t) => format!(
+                    "the registry has no referrers API, and its referrers tag {t} lists none"
+                ),
+            },
+        });
+    };
+    Ok(registry
+        .referrer_blob(r, sbom, crate::sbom::MEDIA_TYPE, MAX_SBOM)
+        .await?)
+}
+
 pub async fn inspect(
     transport: Transport,
     args: &InspectArgs,
     printer: &Printer,
 ) -> Result<(), Error> {
     let name = args.image.as_str();
-    let data = match parse_source(name)? {
+    let source = parse_source(name)?;
+    if args.sbom {
+        let Source::Registry(r) = &source else {
+            return Err(Error::Usage(format!(
+                "inspect --sbom `{name}`: SBOMs are referrers in a registry; give the image as HOST[:PORT]/REPO:TAG (the one `venvimg build` pushed)"
+            )));
+        };
+        let sbom = read_sbom(transport, r).await?;
+        printer.out(String::from_utf8_lossy(&sbom).trim_end_matches('\n'));
+        return Ok(());
+    }
+    let data = match source {
         Source::Registry(r) => read_registry(transport, &r).await?,
         Source::OciDir(dir, want) => {
             if !dir.join("oci-layout").is_file() {

@@ -23,6 +23,7 @@ use crate::plan::record::ImageRecord;
 use crate::printer::{human_bytes, table, Printer, Verbosity};
 use crate::registry::delete::Deleted;
 use crate::registry::pushed::{self, Marker};
+use crate::registry::referrers;
 use crate::registry::{Registry, RegistryError};
 
 /// How many manifests are read at once.
@@ -122,6 +123,9 @@ pub struct PruneReport {
     pub images: Vec<ImageRow>,
     /// Push markers whose image is gone (deleted with --yes).
     pub orphan_markers: Vec<String>,
+    /// Referrers tags (`sha256-<hex>`) whose image is gone: venvimg's SBOMs listed there
+    /// are deleted with --yes, and the tag when nothing else is listed.
+    pub orphan_referrer_tags: Vec<String>,
     /// Digests deleted (with --yes), in order.
     pub deleted: Vec<String>,
     /// Bytes of the blobs only the images to delete use: what the registry's garbage
@@ -183,7 +187,7 @@ impl PruneReport {
     /// `would delete 2 image(s), freeing ~41.0 MiB ...`.
     pub fn summary(&self, deleted: bool) -> String {
         let n = self.to_delete().count();
-        let markers = if self.orphan_markers.is_empty() {
+        let mut markers = if self.orphan_markers.is_empty() {
             String::new()
         } else {
             format!(
@@ -191,13 +195,19 @@ impl PruneReport {
                 self.orphan_markers.len()
             )
         };
+        if !self.orphan_referrer_tags.is_empty() {
+            markers.push_str(&format!(
+                " and the SBOMs of {} image(s) already gone",
+                self.orphan_referrer_tags.len()
+            ));
+        }
         let freed = format!(
             "~{} (an estimate: the registry frees it when its garbage collector runs)",
             human_bytes(self.bytes_freed_estimate)
         );
         if deleted {
             format!("deleted {n} image(s){markers}, freeing {freed}")
-        } else if n == 0 && self.orphan_markers.is_empty() {
+        } else if n == 0 && self.orphan_markers.is_empty() && self.orphan_referrer_tags.is_empty() {
             "nothing to delete".into()
         } else {
             format!("would delete {n} image(s){markers}, freeing {freed}; run again with --yes to delete them")
@@ -301,12 +311,26 @@ fn at(repo: &Reference, tag: &str) -> Reference {
     )
 }
 
-/// Read every tag of `repo`: markers, and the manifests the other tags point at.
-async fn survey(
-    registry: &Registry,
-    repo: &Reference,
-) -> Result<(Vec<Found>, BTreeMap<String, Marker>), Error> {
+/// What a repository's tags hold: images, push markers by image digest, and referrers
+/// tags (`sha256-<hex>`, the SBOMs' index where the registry has no referrers API) by
+/// image digest.
+struct Survey {
+    found: Vec<Found>,
+    markers: BTreeMap<String, Marker>,
+    referrer_tags: BTreeMap<String, String>,
+}
+
+/// Read every tag of `repo`: markers, referrers tags (never images of their own), and the
+/// manifests the other tags point at.
+async fn survey(registry: &Registry, repo: &Reference) -> Result<Survey, Error> {
     let tags = registry.all_tags(repo).await?;
+    let (referrer_tags, tags): (Vec<String>, Vec<String>) = tags
+        .into_iter()
+        .partition(|t| referrers::fallback_subject(t).is_some());
+    let referrer_tags: BTreeMap<String, String> = referrer_tags
+        .into_iter()
+        .filter_map(|t| Some((referrers::fallback_subject(&t)?, t)))
+        .collect();
     let (marker_tags, mut image_tags): (Vec<String>, Vec<String>) = tags
         .into_iter()
         .partition(|t| pushed::marker_subject(t).is_some());
@@ -362,7 +386,17 @@ async fn survey(
     for f in found {
         out.push(f?);
     }
-    Ok((out, markers))
+    Ok(Survey {
+        found: out,
+        markers,
+        referrer_tags,
+    })
+}
+
+/// An SBOM venvimg pushed, as a referrers list describes it: deleted with its image.
+fn is_venvimg_sbom(d: &serde_json::Value) -> bool {
+    d["artifactType"].as_str() == Some(crate::sbom::MEDIA_TYPE)
+        && d["annotations"][crate::sbom::ANNOTATION].is_string()
 }
 
 type Classified = (Result<Vec<String>, String>, u64, Vec<(String, u64)>);
@@ -447,13 +481,34 @@ pub async fn prune(
     let mut current: BTreeSet<String> = plan.sessions.iter().map(|s| s.tag.clone()).collect();
     current.insert(plan.combined_tag());
     let repo = at(&config.repository, "latest");
-    let (found, markers) = survey(registry, &repo).await?;
+    let Survey {
+        found,
+        markers,
+        referrer_tags,
+    } = survey(registry, &repo).await?;
     let present: HashSet<&str> = found.iter().map(|f| f.digest.as_str()).collect();
     let orphan_markers: Vec<Marker> = markers
         .values()
         .filter(|m| !present.contains(m.subject.as_str()))
         .cloned()
         .collect();
+    // Referrers tags of images already gone that list venvimg's SBOMs: those go (other
+    // tools' referrers stay).
+    let mut orphan_referrers: Vec<(String, String)> = Vec::new();
+    for (subject, tag) in &referrer_tags {
+        if present.contains(subject.as_str()) {
+            continue;
+        }
+        if let Some((bytes, _)) = registry.manifest_if_exists(&at(&repo, tag)).await? {
+            let index: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            if index["manifests"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(is_venvimg_sbom))
+            {
+                orphan_referrers.push((subject.clone(), tag.clone()));
+            }
+        }
+    }
     let base_blobs: HashSet<String> = plan
         .base
         .manifest
@@ -483,6 +538,7 @@ pub async fn prune(
             .iter()
             .map(|m| pushed::marker_tag(&m.subject))
             .collect(),
+        orphan_referrer_tags: orphan_referrers.iter().map(|(_, t)| t.clone()).collect(),
         deleted: Vec::new(),
     };
     let skipped = report
@@ -556,6 +612,10 @@ pub async fn prune(
                 ));
             }
         }
+        delete_sboms(registry, &repo, &row.digest, &row.tags.join(", "), printer).await;
+    }
+    for (subject, tag) in &orphan_referrers {
+        delete_sboms(registry, &repo, subject, tag, printer).await;
     }
     for m in &orphan_markers {
         match registry.delete_manifest(&repo, &m.digest).await {
@@ -576,6 +636,32 @@ pub async fn prune(
         printer.out(report.summary(true));
     }
     Ok(())
+}
+
+/// Delete venvimg's SBOMs of the image `subject` (gone, or being deleted) and take them
+/// off its referrers tag (the tag goes when it lists nothing else). Best effort, like the
+/// push markers: a failure is a warning.
+async fn delete_sboms(
+    registry: &Registry,
+    repo: &Reference,
+    subject: &str,
+    what: &str,
+    printer: &Printer,
+) {
+    match registry
+        .remove_referrers(repo, subject, is_venvimg_sbom)
+        .await
+    {
+        Ok(deleted) if !deleted.is_empty() => printer.info(format!(
+            "deleted the SBOM of {what} ({})",
+            deleted.join(", ")
+        )),
+        Ok(_) => {}
+        Err(e) => printer.warn(format!(
+            "could not delete the SBOM of {what}: {}",
+            first_line(&e.to_string())
+        )),
+    }
 }
 
 fn first_line(s: &str) -> &str {

@@ -233,7 +233,8 @@ pub async fn verify(
             });
             continue;
         }
-        let rebuilt = build::compose_images(&plan.base, &parts, &config.workdir);
+        // Several sessions: the all-sessions image (verify takes no other).
+        let rebuilt = build::compose_images(&plan.base, &parts, config, true);
         let files: HashMap<String, PathBuf> = parts
             .iter()
             .flat_map(|(_, l)| l.files.iter().cloned())

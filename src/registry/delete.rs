@@ -18,6 +18,30 @@ use super::{challenge, status_of, Registry, RegistryError, USER_AGENT};
 /// Tags asked for per page (registries that paginate send `Link` or fewer).
 const PAGE: usize = 1000;
 
+/// A request [`Registry::request`] sends: to `/v2/<name>/<path>`, with `reference`
+/// (what errors name), `operation` (`delete`) and `action` (`delete from`) for messages.
+pub(crate) struct Call {
+    pub method: reqwest::Method,
+    pub path: String,
+    pub accept: Option<&'static str>,
+    pub reference: String,
+    pub operation: &'static str,
+    pub action: &'static str,
+}
+
+/// A registry's answer to [`Registry::request`] other than a refusal.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub status: u16,
+    pub body: bytes::Bytes,
+}
+
+impl Answer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
 /// What a DELETE of a manifest came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deleted {
@@ -68,16 +92,77 @@ impl Registry {
         repo: &Reference,
         digest: &str,
     ) -> Result<Deleted, RegistryError> {
-        let registry = repo.resolve_registry().to_string();
         let target = Reference::with_digest(
-            registry.clone(),
+            repo.resolve_registry().to_string(),
             repo.repository().to_string(),
             digest.to_string(),
         );
+        let answer = self
+            .request(
+                repo,
+                &Call {
+                    method: reqwest::Method::DELETE,
+                    path: format!("manifests/{digest}"),
+                    accept: None,
+                    reference: target.whole(),
+                    operation: "delete",
+                    action: "delete from",
+                },
+            )
+            .await?;
+        let registry = repo.resolve_registry();
+        match answer.status {
+            200..=299 => Ok(Deleted::Yes),
+            404 => Ok(Deleted::AlreadyGone),
+            405 => Err(delete_disabled(
+                registry,
+                &target,
+                answer.status,
+                &answer.text(),
+            )),
+            _ if answer.text().contains("UNSUPPORTED") => Err(delete_disabled(
+                registry,
+                &target,
+                answer.status,
+                &answer.text(),
+            )),
+            status => Err(RegistryError::Other {
+                registry: registry.to_string(),
+                operation: "delete",
+                reference: target.whole(),
+                detail: format!(
+                    "the registry answered {status}: {}",
+                    first_line(&answer.text())
+                ),
+            }),
+        }
+    }
+
+    /// One request to `/v2/<repo's name>/<path>` that oci-client cannot make (a DELETE, a
+    /// referrers listing whose 404 must be told from an empty list): reached and authenticated as oci-client would, a `401`'s
+    /// challenge answered once, unreachable and transient answers (408, 429, 5xx) retried.
+    /// Any other status is the caller's to read; a refusal (401/403) is an error worded
+    /// for `action` (`delete from`, `pull from`).
+    pub(crate) async fn request(
+        &self,
+        repo: &Reference,
+        call: &Call,
+    ) -> Result<Answer, RegistryError> {
+        let Call {
+            method,
+            path,
+            accept,
+            reference,
+            operation,
+            action,
+        } = call;
+        let (operation, action) = (*operation, *action);
+        let reference = reference.clone();
+        let registry = repo.resolve_registry().to_string();
         let other = |detail: String| RegistryError::Other {
             registry: registry.clone(),
-            operation: "delete",
-            reference: target.whole(),
+            operation,
+            reference: reference.clone(),
             detail,
         };
         let scheme = if self.clients.plain_http(&registry) {
@@ -85,10 +170,7 @@ impl Registry {
         } else {
             "https"
         };
-        let url = format!(
-            "{scheme}://{registry}/v2/{}/manifests/{digest}",
-            repo.repository()
-        );
+        let url = format!("{scheme}://{registry}/v2/{}/{path}", repo.repository());
         let http = self.http_client(&registry).map_err(other)?;
         let credential = self.credential(&registry, repo.repository());
 
@@ -100,9 +182,12 @@ impl Registry {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut req = http.delete(&url);
+            let mut req = http.request(method.clone(), &url);
             if let Some(a) = &authorization {
                 req = req.header(reqwest::header::AUTHORIZATION, a);
+            }
+            if let Some(a) = accept {
+                req = req.header(reqwest::header::ACCEPT, *a);
             }
             let res = match req.send().await {
                 Ok(r) => r,
@@ -115,13 +200,13 @@ impl Registry {
                     return Err(if super::is_tls_failure(&detail) {
                         RegistryError::Tls {
                             registry,
-                            reference: target.whole(),
+                            reference,
                             detail,
                         }
                     } else if e.is_connect() || e.is_timeout() {
                         RegistryError::Unreachable {
                             registry,
-                            reference: target.whole(),
+                            reference,
                             detail,
                         }
                     } else {
@@ -135,10 +220,8 @@ impl Registry {
                 .get(reqwest::header::WWW_AUTHENTICATE)
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_string);
-            let body = res.text().await.unwrap_or_default();
+            let body = res.bytes().await.unwrap_or_default();
             match status {
-                200..=299 => return Ok(Deleted::Yes),
-                404 => return Ok(Deleted::AlreadyGone),
                 401 if !challenged => {
                     challenged = true;
                     authorization = self
@@ -153,30 +236,27 @@ impl Registry {
                     if authorization.is_some() {
                         continue;
                     }
-                    return Err(self.refused(repo, &target, status));
+                    return Err(self.refused(repo, &reference, status, action));
                 }
-                401 | 403 => return Err(self.refused(repo, &target, status)),
-                405 => return Err(delete_disabled(&registry, &target, status, &body)),
-                _ if body.contains("UNSUPPORTED") => {
-                    return Err(delete_disabled(&registry, &target, status, &body))
-                }
+                401 | 403 => return Err(self.refused(repo, &reference, status, action)),
                 408 | 429 | 500..=599 if attempt < 4 => {
                     tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
                     continue;
                 }
-                _ => {
-                    return Err(other(format!(
-                        "the registry answered {status}: {}",
-                        first_line(&body)
-                    )))
-                }
+                _ => return Ok(Answer { status, body }),
             }
         }
     }
 
-    /// A refused DELETE, worded like any refused request (which credential was tried,
-    /// how to log in), for the `delete from` action.
-    fn refused(&self, repo: &Reference, target: &Reference, status: u16) -> RegistryError {
+    /// A refused request, worded like any (which credential was tried, how to log in),
+    /// for `action` (`delete from`, `pull from`).
+    fn refused(
+        &self,
+        repo: &Reference,
+        reference: &str,
+        status: u16,
+        action: &'static str,
+    ) -> RegistryError {
         let source = self
             .credential(repo.resolve_registry(), repo.repository())
             .source;
@@ -187,7 +267,7 @@ impl Registry {
                 hint,
             } => RegistryError::Withheld {
                 registry: repo.resolve_registry().to_string(),
-                reference: target.whole(),
+                reference: reference.to_string(),
                 status,
                 hint: hint.clone(),
                 source_: Box::new(super::auth::CredentialSource::Withheld {
@@ -198,10 +278,10 @@ impl Registry {
             },
             source => RegistryError::Denied {
                 registry: repo.resolve_registry().to_string(),
-                reference: target.whole(),
+                reference: reference.to_string(),
                 status,
                 source_: Box::new(source),
-                action: "delete from",
+                action,
             },
         }
     }

@@ -11,6 +11,7 @@ pub mod challenge;
 pub mod delete;
 pub mod push;
 pub mod pushed;
+pub mod referrers;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

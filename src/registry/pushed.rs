@@ -11,9 +11,9 @@
 
 use oci_client::Reference;
 
+use super::referrers::{EMPTY, EMPTY_TYPE};
 use super::{Registry, RegistryError};
 use crate::image::MediaTypes;
-use crate::model::Digest;
 
 /// The marker's `artifactType`.
 pub const ARTIFACT_TYPE: &str = "application/vnd.venvimg.pushed.v1";
@@ -23,13 +23,11 @@ pub const PUSHED_UNIX: &str = "dev.venvimg.pushed.unix";
 pub const CREATED: &str = "org.opencontainers.image.created";
 /// The tag the image was pushed under.
 pub const PUSHED_TAG: &str = "dev.venvimg.pushed.tag";
-const EMPTY_TYPE: &str = "application/vnd.oci.empty.v1+json";
-const EMPTY: &[u8] = b"{}";
 const SUFFIX: &str = ".pushed";
 
 /// `sha256-<hex>.pushed` for the image `digest` (`sha256:<hex>`).
 pub fn marker_tag(digest: &str) -> String {
-    format!("{}{SUFFIX}", digest.replacen(':', "-", 1))
+    format!("{}{SUFFIX}", super::referrers::fallback_tag(digest))
 }
 
 /// The image digest a marker tag is for, if `tag` is one.
@@ -99,20 +97,8 @@ impl Registry {
                 return Ok(false);
             }
         }
-        let auth = self.auth(target);
+        let empty_digest = self.prepare_artifact_push(target).await?;
         let client = self.client_for(target);
-        super::retry(|| client.auth(target, &auth, oci_client::RegistryOperation::Push))
-            .await
-            .map_err(|e| self.explain(target, "push to", e))?;
-        let empty_digest = Digest::of(EMPTY).into_string();
-        let exists = super::retry(|| client.blob_exists(target, &empty_digest))
-            .await
-            .map_err(|e| self.explain(target, "check a blob in", e))?;
-        if !exists {
-            super::retry(|| client.push_blob(target, EMPTY.to_vec(), &empty_digest))
-                .await
-                .map_err(|e| self.explain(target, "push a blob to", e))?;
-        }
         let now = now_unix();
         let empty = serde_json::json!({
             "mediaType": EMPTY_TYPE, "digest": empty_digest, "size": EMPTY.len(),

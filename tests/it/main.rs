@@ -22,6 +22,7 @@ mod registry_auth;
 mod registry_push;
 mod registry_rss;
 mod run;
+mod sbom;
 mod testenv;
 mod trust;
 mod verify;

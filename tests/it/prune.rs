@@ -19,15 +19,16 @@ use crate::support;
 use crate::support::project::Project;
 use crate::support::registry_kit;
 
-/// A distribution registry this test owns: its config, storage and process.
-struct OwnedRegistry {
+/// A distribution registry this test owns: its config, storage and process (also used by
+/// the SBOM tests, which wipe it for a clean second build).
+pub(crate) struct OwnedRegistry {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
 }
 
 impl OwnedRegistry {
-    fn start(deletes: bool) -> OwnedRegistry {
+    pub(crate) fn start(deletes: bool) -> OwnedRegistry {
         let _ = support::testenv();
         let dir = tempfile::Builder::new()
             .prefix("venvimg-prune-registry-")
@@ -59,7 +60,7 @@ impl OwnedRegistry {
         self.dir.path().join("config.yml")
     }
 
-    fn addr(&self) -> String {
+    pub(crate) fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
@@ -85,6 +86,16 @@ impl OwnedRegistry {
             "the test registry did not come up: {}",
             std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
         );
+    }
+
+    /// Stop, delete everything it stored, serve again (same port, so the same names).
+    pub(crate) fn wipe(&mut self) {
+        self.stop();
+        let storage = self.dir.path().join("storage");
+        if storage.exists() {
+            std::fs::remove_dir_all(&storage).unwrap();
+        }
+        self.serve();
     }
 
     fn stop(&mut self) {
@@ -227,6 +238,8 @@ fn dry_run_lists_exactly_the_stale_images_and_yes_deletes_them_then_gc_keeps_cur
         "two session images and the all-sessions image: {first:?}"
     );
     let tags = support::list_tags(&repo);
+    // Each session image's SBOM: (its referrers tag, the SBOM manifest's digest).
+    let mut stale_sboms: Vec<(String, String)> = Vec::new();
     for t in &first {
         let digest = support::skopeo_inspect_digest(&format!("{repo}:{t}")).unwrap();
         let marker = format!("{}.pushed", digest.replace(':', "-"));
@@ -234,7 +247,13 @@ fn dry_run_lists_exactly_the_stale_images_and_yes_deletes_them_then_gc_keeps_cur
             tags.contains(&marker),
             "no push marker {marker} for {t}: {tags:?}"
         );
+        if !t.starts_with("all-") {
+            let sbom = crate::sbom::sbom_digests(&repo, &digest);
+            assert_eq!(sbom.len(), 1, "{t}: {sbom:?}");
+            stale_sboms.push((digest.replace(':', "-"), sbom[0].clone()));
+        }
     }
+    assert_eq!(stale_sboms.len(), 2);
     let stale_lint = first
         .iter()
         .find(|t| t.starts_with("lint-"))
@@ -249,6 +268,11 @@ fn dry_run_lists_exactly_the_stale_images_and_yes_deletes_them_then_gc_keeps_cur
         .clone();
     let stale_layer_size = stale_layer["size"].as_u64().unwrap();
     let stale_layer = stale_layer["digest"].as_str().unwrap().to_string();
+    // Another tool's referrer of the stale lint image (a signature, say), added to the
+    // same referrers tag: prune deletes venvimg's SBOM and leaves it listed.
+    let stale_lint_digest =
+        support::skopeo_inspect_digest(&format!("{repo}:{stale_lint}")).unwrap();
+    let foreign_referrer = crate::sbom::push_foreign_referrer(&repo, &stale_lint_digest);
 
     // Generation 2: the sample as it is (pyflakes 3.2.0): the noxfile changed, so every
     // key did; compat's venv is the same (its layer is shared by old and new images).
@@ -273,6 +297,14 @@ fn dry_run_lists_exactly_the_stale_images_and_yes_deletes_them_then_gc_keeps_cur
     assert_eq!(tags_with(&report, "delete"), first, "{text}");
     assert_eq!(tags_with(&report, "keep"), current, "{text}");
     assert!(tags_with(&report, "skip").contains("foreign"), "{text}");
+    // Referrers tags are no images of their own: not even listed as skipped.
+    for action in ["delete", "keep", "skip"] {
+        let odd: Vec<String> = tags_with(&report, action)
+            .into_iter()
+            .filter(|t| t.starts_with("sha256-"))
+            .collect();
+        assert!(odd.is_empty(), "{action}: {odd:?} in {text}");
+    }
     // What deleting generation 1 frees: the blobs only its manifests use (read with
     // skopeo). Compat's venv is the same in both generations: its layer is not counted.
     let blobs = |tags: &BTreeSet<String>| -> BTreeSet<(String, u64)> {
@@ -331,6 +363,33 @@ fn dry_run_lists_exactly_the_stale_images_and_yes_deletes_them_then_gc_keeps_cur
         3,
         "{after:?}"
     );
+    // The stale images' SBOMs went with them: the manifests are gone, and so is the
+    // referrers tag that listed only venvimg's SBOM; the one listing another tool's
+    // referrer too now lists only that. The current images keep theirs.
+    for (referrers_tag, sbom) in &stale_sboms {
+        assert_eq!(
+            crate::sbom::manifest_status(&repo, sbom),
+            "404",
+            "the SBOM {sbom} of a deleted image survived:\n{text}"
+        );
+        if *referrers_tag == stale_lint_digest.replace(':', "-") {
+            let index = support::skopeo_raw_manifest(&format!("{repo}:{referrers_tag}"));
+            let listed: Vec<&str> = index["manifests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["digest"].as_str().unwrap())
+                .collect();
+            assert_eq!(listed, [foreign_referrer.as_str()], "{index}");
+        } else {
+            assert!(!after.contains(referrers_tag), "{referrers_tag}: {after:?}");
+        }
+    }
+    assert!(text.contains("deleted the SBOM of"), "{text}");
+    for t in current.iter().filter(|t| !t.starts_with("all-")) {
+        let digest = support::skopeo_inspect_digest(&format!("{repo}:{t}")).unwrap();
+        assert_eq!(crate::sbom::sbom_digests(&repo, &digest).len(), 1, "{t}");
+    }
 
     // The garbage collector frees the stale layer; every current tag still pulls and
     // runs, and the foreign image still pulls.

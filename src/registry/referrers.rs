@@ -1,0 +1,444 @@
+//! OCI 1.1 referrers: artifacts whose `subject` is an image (venvimg's SBOMs).
+//!
+//! A registry with the referrers API (`GET /v2/<name>/referrers/<digest>` answering 200
+//! with an image index) lists a manifest with a `subject` by itself: pushing it by digest
+//! is all. One without it (a 404 there; distribution 2.8, GHCR) gets the distribution
+//! spec's fallback, the *referrers tag schema*: an image index under the tag
+//! `sha256-<hex of the subject's digest>` lists the referrers, and whoever pushes one
+//! reads that index, adds its descriptor and writes it back — so other tools' referrers
+//! (signatures, attestations) stay listed.
+
+use std::collections::BTreeMap;
+
+use oci_client::Reference;
+use serde_json::{json, Value};
+
+use super::delete::Call;
+use super::{Registry, RegistryError};
+use crate::image::MediaTypes;
+use crate::model::Digest;
+
+/// The OCI empty descriptor's media type and bytes: the config of artifacts.
+pub(crate) const EMPTY_TYPE: &str = "application/vnd.oci.empty.v1+json";
+pub(crate) const EMPTY: &[u8] = b"{}";
+
+/// The referrers tag schema's tag of the image `digest` (`sha256:<hex>` → `sha256-<hex>`).
+pub fn fallback_tag(digest: &str) -> String {
+    digest.replacen(':', "-", 1)
+}
+
+/// The image digest a referrers fallback tag is for, if `tag` is exactly one.
+pub fn fallback_subject(tag: &str) -> Option<String> {
+    let hex = tag.strip_prefix("sha256-")?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| format!("sha256:{hex}"))
+}
+
+/// An artifact to push with a subject: one blob, an empty config.
+#[derive(Debug, Clone)]
+pub struct Artifact<'a> {
+    /// The manifest's `artifactType` and the blob's media type.
+    pub artifact_type: &'a str,
+    pub data: &'a [u8],
+    /// On the manifest (and so in the referrers list).
+    pub annotations: BTreeMap<String, String>,
+    /// On the blob's descriptor (`org.opencontainers.image.title`: its file name for oras).
+    pub layer_annotations: BTreeMap<String, String>,
+}
+
+/// Where a registry lists an image's referrers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// The referrers API.
+    Api,
+    /// The referrers tag schema: this tag.
+    Tag(String),
+}
+
+/// A manifest with a subject, as [`Registry::push_referrer`] pushed it.
+#[derive(Debug, Clone)]
+pub struct Pushed {
+    pub digest: String,
+    pub via: Via,
+    /// Whether the referrers list already had it (the same bytes pushed before).
+    pub already_listed: bool,
+}
+
+/// The manifest of `artifact` with `subject` (an image manifest's digest and size).
+pub fn artifact_manifest(artifact: &Artifact, subject: &str, subject_size: usize) -> Vec<u8> {
+    let empty = json!({
+        "mediaType": EMPTY_TYPE,
+        "digest": Digest::of(EMPTY).as_str(),
+        "size": EMPTY.len(),
+    });
+    let mut layer = json!({
+        "mediaType": artifact.artifact_type,
+        "digest": Digest::of(artifact.data).as_str(),
+        "size": artifact.data.len(),
+    });
+    if !artifact.layer_annotations.is_empty() {
+        layer["annotations"] = json!(artifact.layer_annotations);
+    }
+    let mut m = json!({
+        "schemaVersion": 2,
+        "mediaType": MediaTypes::OCI_MANIFEST,
+        "artifactType": artifact.artifact_type,
+        "config": empty,
+        "layers": [layer],
+        "subject": {"mediaType": MediaTypes::OCI_MANIFEST, "digest": subject, "size": subject_size},
+    });
+    if !artifact.annotations.is_empty() {
+        m["annotations"] = json!(artifact.annotations);
+    }
+    serde_json::to_vec(&m).expect("a manifest serialises")
+}
+
+/// The descriptor a referrers list holds for `manifest` (the spec: media type, digest,
+/// size, artifactType and the manifest's annotations).
+fn descriptor_of(manifest: &[u8]) -> Value {
+    let v: Value = serde_json::from_slice(manifest).unwrap_or_default();
+    let mut d = json!({
+        "mediaType": MediaTypes::OCI_MANIFEST,
+        "digest": Digest::of(manifest).as_str(),
+        "size": manifest.len(),
+    });
+    if let Some(t) = v.get("artifactType") {
+        d["artifactType"] = t.clone();
+    }
+    if let Some(a) = v.get("annotations") {
+        d["annotations"] = a.clone();
+    }
+    d
+}
+
+fn at_tag(repo: &Reference, tag: &str) -> Reference {
+    Reference::with_tag(
+        repo.resolve_registry().to_string(),
+        repo.repository().to_string(),
+        tag.to_string(),
+    )
+}
+
+fn at_digest(repo: &Reference, digest: &str) -> Reference {
+    Reference::with_digest(
+        repo.resolve_registry().to_string(),
+        repo.repository().to_string(),
+        digest.to_string(),
+    )
+}
+
+fn content_type(media_type: &str) -> http::HeaderValue {
+    media_type
+        .parse()
+        .expect("static media type is a valid header")
+}
+
+impl Registry {
+    /// Upload the small blob `bytes` to `target`'s repository unless it is there.
+    pub(crate) async fn ensure_small_blob(
+        &self,
+        target: &Reference,
+        bytes: &[u8],
+    ) -> Result<String, RegistryError> {
+        let digest = Digest::of(bytes).into_string();
+        let client = self.client_for(target);
+        let exists = super::retry(|| client.blob_exists(target, &digest))
+            .await
+            .map_err(|e| self.explain(target, "check a blob in", e))?;
+        if !exists {
+            super::retry(|| client.push_blob(target, bytes.to_vec(), &digest))
+                .await
+                .map_err(|e| self.explain(target, "push a blob to", e))?;
+        }
+        Ok(digest)
+    }
+
+    /// Authenticate for pushing to `target`'s repository, and upload the empty config.
+    pub(crate) async fn prepare_artifact_push(
+        &self,
+        target: &Reference,
+    ) -> Result<String, RegistryError> {
+        let auth = self.auth(target);
+        let client = self.client_for(target);
+        super::retry(|| client.auth(target, &auth, oci_client::RegistryOperation::Push))
+            .await
+            .map_err(|e| self.explain(target, "push to", e))?;
+        self.ensure_small_blob(target, EMPTY).await
+    }
+
+    /// The referrers API's list for `subject` in `repo`'s repository: `None` when the
+    /// registry has no referrers API (a 404, or an answer that is no image index).
+    pub async fn referrers_api(
+        &self,
+        repo: &Reference,
+        subject: &str,
+    ) -> Result<Option<Vec<Value>>, RegistryError> {
+        let answer = match self
+            .request(
+                repo,
+                &Call {
+                    method: reqwest::Method::GET,
+                    path: format!("referrers/{subject}"),
+                    accept: Some(MediaTypes::OCI_INDEX),
+                    reference: at_digest(repo, subject).whole(),
+                    operation: "list the referrers of",
+                    action: "pull from",
+                },
+            )
+            .await
+        {
+            Ok(a) => a,
+            // A listing refused with the credentials that may push here (a token service
+            // scoping this endpoint differently): the tag schema, through oci-client's
+            // own authentication, still works.
+            Err(RegistryError::Denied { .. } | RegistryError::Withheld { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if answer.status != 200 {
+            return Ok(None);
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(&answer.body) else {
+            return Ok(None);
+        };
+        Ok(v["manifests"].as_array().cloned())
+    }
+
+    /// The referrers index under `subject`'s fallback tag, and its digest; None when the
+    /// tag does not exist. A tag there that is no image index is an error: venvimg will
+    /// not overwrite it.
+    async fn fallback_index(
+        &self,
+        repo: &Reference,
+        subject: &str,
+    ) -> Result<Option<(Value, String)>, RegistryError> {
+        let tag_ref = at_tag(repo, &fallback_tag(subject));
+        let Some((bytes, digest)) = self.manifest_if_exists(&tag_ref).await? else {
+            return Ok(None);
+        };
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        if v["mediaType"].as_str() != Some(MediaTypes::OCI_INDEX) || !v["manifests"].is_array() {
+            return Err(RegistryError::BadManifest {
+                reference: tag_ref.whole(),
+                detail: "this referrers tag (OCI referrers tag schema) holds something other than an image index; remove or rename that tag".into(),
+            });
+        }
+        Ok(Some((v, digest)))
+    }
+
+    /// Every referrer of `subject` (an image digest in `repo`'s repository): through the
+    /// referrers API, else the fallback tag's index (none when it is missing).
+    pub async fn referrers(
+        &self,
+        repo: &Reference,
+        subject: &str,
+    ) -> Result<(Vec<Value>, Via), RegistryError> {
+        if let Some(list) = self.referrers_api(repo, subject).await? {
+            return Ok((list, Via::Api));
+        }
+        let via = Via::Tag(fallback_tag(subject));
+        Ok(match self.fallback_index(repo, subject).await? {
+            Some((index, _)) => (
+                index["manifests"].as_array().cloned().unwrap_or_default(),
+                via,
+            ),
+            None => (Vec::new(), via),
+        })
+    }
+
+    /// Push `artifact` with `subject` (an image in `repo`'s repository, `subject_size`
+    /// bytes of manifest): its blob and the empty config, its manifest by digest, then —
+    /// where the registry has no referrers API — its descriptor added to the fallback
+    /// tag's index (read, add, write back; an index that lists it already is left alone).
+    pub async fn push_referrer(
+        &self,
+        repo: &Reference,
+        subject: &str,
+        subject_size: usize,
+        artifact: &Artifact<'_>,
+    ) -> Result<Pushed, RegistryError> {
+        // The listing first: it says whether the registry has the referrers API (and
+        // whether this exact SBOM is there already), before anything is written.
+        let api = self.referrers_api(repo, subject).await?;
+        self.prepare_artifact_push(repo).await?;
+        self.ensure_small_blob(repo, artifact.data).await?;
+        let manifest = artifact_manifest(artifact, subject, subject_size);
+        let digest = Digest::of(&manifest).into_string();
+        let by_digest = at_digest(repo, &digest);
+        let client = self.client_for(repo);
+        let ct = content_type(MediaTypes::OCI_MANIFEST);
+        super::retry(|| client.push_manifest_raw(&by_digest, manifest.clone(), ct.clone()))
+            .await
+            .map_err(|e| self.explain(&by_digest, "push a manifest to", e))?;
+
+        if let Some(list) = api {
+            // The registry lists it by itself (its `subject`): nothing more to write.
+            let listed = list.iter().any(|d| d["digest"].as_str() == Some(&digest));
+            return Ok(Pushed {
+                digest,
+                via: Via::Api,
+                already_listed: listed,
+            });
+        }
+        let tag = fallback_tag(subject);
+        let mut index = match self.fallback_index(repo, subject).await? {
+            Some((index, _)) => index,
+            None => json!({
+                "schemaVersion": 2,
+                "mediaType": MediaTypes::OCI_INDEX,
+                "manifests": [],
+            }),
+        };
+        let manifests = index["manifests"]
+            .as_array_mut()
+            .expect("fallback_index checked it is a list");
+        if manifests
+            .iter()
+            .any(|d| d["digest"].as_str() == Some(&digest))
+        {
+            return Ok(Pushed {
+                digest,
+                via: Via::Tag(tag),
+                already_listed: true,
+            });
+        }
+        manifests.push(descriptor_of(&manifest));
+        self.put_index(repo, &tag, &index).await?;
+        Ok(Pushed {
+            digest,
+            via: Via::Tag(tag),
+            already_listed: false,
+        })
+    }
+
+    async fn put_index(
+        &self,
+        repo: &Reference,
+        tag: &str,
+        index: &Value,
+    ) -> Result<(), RegistryError> {
+        let tag_ref = at_tag(repo, tag);
+        let bytes = serde_json::to_vec(index).expect("an index serialises");
+        let client = self.client_for(repo);
+        let ct = content_type(MediaTypes::OCI_INDEX);
+        super::retry(|| client.push_manifest_raw(&tag_ref, bytes.clone(), ct.clone()))
+            .await
+            .map_err(|e| self.explain(&tag_ref, "push tag to", e))?;
+        Ok(())
+    }
+
+    /// Delete the referrers of `subject` that `ours` picks (by digest), and take them
+    /// off its fallback tag's index: the index is deleted when nothing else is listed,
+    /// else written back with the others. Returns the digests deleted.
+    pub async fn remove_referrers(
+        &self,
+        repo: &Reference,
+        subject: &str,
+        ours: impl Fn(&Value) -> bool,
+    ) -> Result<Vec<String>, RegistryError> {
+        let digests = |list: &[Value]| -> Vec<String> {
+            list.iter()
+                .filter(|d| ours(d))
+                .filter_map(|d| d["digest"].as_str().map(str::to_string))
+                .collect()
+        };
+        if let Some(list) = self.referrers_api(repo, subject).await? {
+            let mine = digests(&list);
+            for d in &mine {
+                self.delete_manifest(repo, d).await?;
+            }
+            return Ok(mine);
+        }
+        let Some((mut index, index_digest)) = self.fallback_index(repo, subject).await? else {
+            return Ok(Vec::new());
+        };
+        let list = index["manifests"].as_array().cloned().unwrap_or_default();
+        let mine = digests(&list);
+        if mine.is_empty() {
+            return Ok(mine);
+        }
+        for d in &mine {
+            self.delete_manifest(repo, d).await?;
+        }
+        let others: Vec<Value> = list.into_iter().filter(|d| !ours(d)).collect();
+        if others.is_empty() {
+            self.delete_manifest(repo, &index_digest).await?;
+        } else {
+            index["manifests"] = Value::Array(others);
+            self.put_index(repo, &fallback_tag(subject), &index).await?;
+        }
+        Ok(mine)
+    }
+
+    /// The one blob of the referrer `digest` (an artifact manifest of `artifact_type`),
+    /// checked against its descriptor; at most `cap` bytes.
+    pub async fn referrer_blob(
+        &self,
+        repo: &Reference,
+        digest: &str,
+        artifact_type: &str,
+        cap: u64,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let r = at_digest(repo, digest);
+        let (bytes, _) = self.manifest_raw(&r).await?;
+        let bad = |detail: String| RegistryError::BadManifest {
+            reference: r.whole(),
+            detail,
+        };
+        let v: Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        let layer = v["layers"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["mediaType"] == artifact_type))
+            .ok_or_else(|| bad(format!("no {artifact_type} layer")))?;
+        let (Some(blob), Some(size)) = (layer["digest"].as_str(), layer["size"].as_u64()) else {
+            return Err(bad("its layer has no digest or size".into()));
+        };
+        let blob = Digest::parse(blob).map_err(|e| bad(e.to_string()))?;
+        if size > cap {
+            return Err(bad(format!("its layer is {size} bytes, more than {cap}")));
+        }
+        let data = self.blob_bytes(&r, blob.as_str()).await?;
+        if data.len() as u64 != size || Digest::of(&data) != blob {
+            return Err(bad(format!(
+                "the registry served other bytes than {} ({size} bytes)",
+                blob.as_str()
+            )));
+        }
+        Ok(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallback_tags_round_trip() {
+        let d = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(fallback_tag(&d), format!("sha256-{}", "ab".repeat(32)));
+        assert_eq!(fallback_subject(&fallback_tag(&d)), Some(d.clone()));
+        assert_eq!(
+            fallback_subject(&format!("{}.pushed", fallback_tag(&d))),
+            None
+        );
+        assert_eq!(fallback_subject("sha256-abc"), None);
+    }
+
+    #[test]
+    fn an_artifact_manifest_names_its_subject_and_type() {
+        let a = Artifact {
+            artifact_type: "application/vnd.cyclonedx+json",
+            data: b"{}\n",
+            annotations: [("a".to_string(), "b".to_string())].into(),
+            layer_annotations: BTreeMap::new(),
+        };
+        let subject = format!("sha256:{}", "cd".repeat(32));
+        let m = artifact_manifest(&a, &subject, 42);
+        let v: Value = serde_json::from_slice(&m).unwrap();
+        assert_eq!(v["artifactType"], a.artifact_type);
+        assert_eq!(v["subject"]["digest"], subject.as_str());
+        assert_eq!(v["config"]["mediaType"], EMPTY_TYPE);
+        let d = descriptor_of(&m);
+        assert_eq!(d["digest"], Digest::of(&m).as_str());
+        assert_eq!(d["artifactType"], a.artifact_type);
+        assert_eq!(d["annotations"]["a"], "b");
+    }
+}

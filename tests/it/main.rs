@@ -6,6 +6,7 @@ mod support;
 
 mod build_e2e;
 mod ci_files;
+mod completions_man;
 mod discovered;
 mod docker;
 mod finer_keys;

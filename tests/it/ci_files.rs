@@ -307,6 +307,26 @@ fn gitlab_key<'a>(doc: &'a Value, job: &str, key: &str) -> Option<&'a Value> {
         .find_map(|p| gitlab_key(doc, p, key))
 }
 
+/// A variable of a GitLab job: its own `variables:` over those of its `extends:` chain
+/// (GitLab merges the mappings).
+fn gitlab_variable(doc: &Value, job: &str, name: &str) -> String {
+    let j = &doc[job];
+    if !j["variables"][name].is_null() {
+        return s(&j["variables"][name]).to_string();
+    }
+    let parents: Vec<&str> = match &j["extends"] {
+        Value::String(p) => vec![p.as_str()],
+        Value::Sequence(ps) => ps.iter().map(s).collect(),
+        _ => vec![],
+    };
+    parents
+        .into_iter()
+        .rev()
+        .map(|p| gitlab_variable(doc, p, name))
+        .find(|v| !v.is_empty())
+        .unwrap_or_default()
+}
+
 fn gitlab_script(doc: &Value, job: &str) -> Vec<String> {
     gitlab_key(doc, job, "script")
         .and_then(Value::as_sequence)
@@ -371,11 +391,52 @@ fn gitlab_example_parses_and_wires_the_dotenv_report_into_image() {
     assert_eq!(s(&doc["images"]["image"]), "$VENVIMG_BASE");
     assert!(!s(&doc["variables"]["VENVIMG_BASE"]).is_empty());
 
+    // The matrix flow: `plan` writes the child pipeline as its artifact, `build` triggers
+    // it and waits for it, `images` runs after it (every session a hit by then).
+    let plan = gitlab_script(&doc, "plan");
+    let line = plan
+        .iter()
+        .find(|l| l.starts_with("venvimg plan --matrix --gitlab-child "))
+        .expect("plan runs venvimg plan --matrix --gitlab-child FILE");
+    let child = line.rsplit(' ').next().unwrap();
+    assert!(
+        doc["plan"]["artifacts"]["paths"]
+            .as_sequence()
+            .is_some_and(|p| p.iter().any(|p| s(p) == child)),
+        "plan keeps {child} as an artifact"
+    );
+    let trigger = &doc["build"]["trigger"];
+    assert_eq!(s(&trigger["include"][0]["artifact"]), child);
+    assert_eq!(s(&trigger["include"][0]["job"]), "plan");
+    assert_eq!(s(&trigger["strategy"]), "depend", "build waits for the child pipeline");
+    let stage_of = |job: &str| {
+        let stage = s(gitlab_key(&doc, job, "stage").unwrap_or(&Value::Null));
+        stages
+            .iter()
+            .position(|st| *st == stage)
+            .unwrap_or_else(|| panic!("{job}: stage {stage:?} is not in {stages:?}"))
+    };
+    assert!(
+        stage_of("plan") < stage_of("build") && stage_of("build") < stage_of("images"),
+        "plan, then build, then images: {stages:?}"
+    );
+    assert_eq!(s(&doc["images"]["needs"][0]["job"]), "build");
+    for job in ["plan", "images"] {
+        assert_eq!(
+            gitlab_variable(&doc, job, "VENVIMG_PASSWORD"),
+            "$CI_REGISTRY_PASSWORD",
+            "{job}"
+        );
+    }
+
     // Session jobs: image: $NAME from the dotenv report, the offline nox command.
     let mut sessions = Vec::new();
     for (name, _) in top {
         let name = s(name);
-        if reserved.contains(&name) || name.starts_with('.') || name == "images" {
+        if reserved.contains(&name)
+            || name.starts_with('.')
+            || ["images", "plan", "build"].contains(&name)
+        {
             continue;
         }
         let script = gitlab_script(&doc, name);

@@ -306,7 +306,10 @@ pub async fn plan(
             path: file.clone(),
             source,
         })?;
-        printer.verbose(format!("wrote the GitLab child pipeline {}", file.display()));
+        printer.verbose(format!(
+            "wrote the GitLab child pipeline {}",
+            file.display()
+        ));
     }
     if args.ci_output {
         let mut lines = report.ci_outputs();

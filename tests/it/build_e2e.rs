@@ -417,7 +417,11 @@ fn a_gitlab_child_pipeline_builds_each_miss_in_its_own_job() {
         .output()
         .unwrap();
     let matrix = support::project::json_ok(&out, "plan --matrix --gitlab-child");
-    assert_eq!(matrix["include"].as_array().map(Vec::len), Some(3), "{matrix}");
+    assert_eq!(
+        matrix["include"].as_array().map(Vec::len),
+        Some(3),
+        "{matrix}"
+    );
     let base = p.plan()["base"].as_str().unwrap().to_string();
     assert!(base.contains("@sha256:"), "{base}");
 
@@ -425,8 +429,15 @@ fn a_gitlab_child_pipeline_builds_each_miss_in_its_own_job() {
     let mut scripts = Vec::new();
     for (name, job) in &jobs {
         assert_eq!(job["stage"], "build", "{name}");
-        assert_eq!(job["image"].as_str(), Some(base.as_str()), "{name}: the base by digest");
-        assert_eq!(job["variables"]["VENVIMG_PASSWORD"], "$CI_REGISTRY_PASSWORD", "{name}");
+        assert_eq!(
+            job["image"].as_str(),
+            Some(base.as_str()),
+            "{name}: the base by digest"
+        );
+        assert_eq!(
+            job["variables"]["VENVIMG_PASSWORD"], "$CI_REGISTRY_PASSWORD",
+            "{name}"
+        );
         let script = job["script"].as_sequence().expect("script");
         assert_eq!(script.len(), 1, "{name}");
         scripts.push((name.clone(), script[0].as_str().unwrap().to_string()));
@@ -435,7 +446,11 @@ fn a_gitlab_child_pipeline_builds_each_miss_in_its_own_job() {
     named.sort();
     assert_eq!(
         named,
-        ["venvimg build compat-3.11", "venvimg build lint", "venvimg build tests"]
+        [
+            "venvimg build compat-3.11",
+            "venvimg build lint",
+            "venvimg build tests"
+        ]
     );
 
     // Each job's script as its runner runs it (sh), side by side. `venvimg` on PATH is
@@ -502,8 +517,13 @@ fn a_gitlab_child_pipeline_builds_each_miss_in_its_own_job() {
     assert_eq!(job["variables"]["GIT_STRATEGY"], "none", "{name}");
     assert!(job["image"].is_null(), "the no-op job pulls no image");
     let script = job["script"][0].as_str().unwrap();
-    let out = std::process::Command::new("sh").args(["-c", script]).output().unwrap();
-    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("nothing to build"));
+    let out = std::process::Command::new("sh")
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("nothing to build")
+    );
 
     // --gitlab-child is part of --matrix.
     let (code, text) = p.outcome(&["plan", "--gitlab-child", "x.yml"]);

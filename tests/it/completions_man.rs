@@ -9,7 +9,6 @@ use std::process::{Command, Output, Stdio};
 
 use clap::CommandFactory;
 
-
 const GROFF_HINT: &str = "groff is required by this test: `apt-get install -y groff-base` \
 (`bash tests/support/testenv.sh deps` installs it)";
 
@@ -87,16 +86,16 @@ printf '%s\n' "${{COMPREPLY[@]}}"
 #[test]
 fn bash_completion_completes_commands_flags_and_values_in_a_real_bash() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = venvimg()
-        .args(["completions", "bash"])
-        .output()
-        .unwrap();
+    let out = venvimg().args(["completions", "bash"]).output().unwrap();
     let script = tmp.path().join("venvimg.bash");
     std::fs::write(&script, stdout_of(&out, "venvimg completions bash")).unwrap();
 
     assert_eq!(bash_completes(&script, "venvimg pl"), ["plan"]);
     assert_eq!(bash_completes(&script, "venvimg ma"), ["man"]);
-    assert_eq!(bash_completes(&script, "venvimg build --ses"), ["--session"]);
+    assert_eq!(
+        bash_completes(&script, "venvimg build --ses"),
+        ["--session"]
+    );
     assert_eq!(bash_completes(&script, "venvimg completions f"), ["fish"]);
     let all = bash_completes(&script, "venvimg ");
     for sub in subcommands() {
@@ -113,18 +112,12 @@ fn every_shell_gets_a_script_and_an_unknown_shell_is_a_usage_error() {
         ("elvish", "edit:completion:arg-completer[venvimg]"),
         ("powershell", "Register-ArgumentCompleter"),
     ] {
-        let out = venvimg()
-            .args(["completions", shell])
-            .output()
-            .unwrap();
+        let out = venvimg().args(["completions", shell]).output().unwrap();
         let text = stdout_of(&out, &format!("venvimg completions {shell}"));
         assert!(text.contains(marker), "{shell}: no `{marker}` in:\n{text}");
         assert!(text.contains("plan"), "{shell}: no `plan` in the script");
     }
-    let out = venvimg()
-        .args(["completions", "tcsh"])
-        .output()
-        .unwrap();
+    let out = venvimg().args(["completions", "tcsh"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tcsh") && err.contains("bash"), "{err}");
@@ -207,11 +200,7 @@ fn man_page_is_roff_that_groff_renders_with_every_command() {
 fn man_dir_writes_a_page_per_command() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("share/man/man1");
-    let out = venvimg()
-        .args(["man", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = venvimg().args(["man", "--dir"]).arg(&dir).output().unwrap();
     stdout_of(&out, "venvimg man --dir");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
@@ -251,5 +240,8 @@ fn man_dir_writes_a_page_per_command() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not-a-dir") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("not-a-dir") && !err.contains("panicked"),
+        "{err}"
+    );
 }

@@ -139,7 +139,11 @@ impl Runner<'_> {
             let out = cmd.output().expect("cannot run bash");
             done.log.push_str(&format!(
                 "--- step {} ---\n{}{}",
-                if id.is_empty() { s(&step["name"]) } else { id.clone() },
+                if id.is_empty() {
+                    s(&step["name"])
+                } else {
+                    id.clone()
+                },
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             ));

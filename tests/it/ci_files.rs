@@ -79,7 +79,7 @@ fn actionlint_program() -> String {
 #[test]
 fn every_workflow_passes_actionlint() {
     let files = workflow_files();
-    for expected in ["ci.yml", "example-venvimg.yml"] {
+    for expected in ["ci.yml", "example-venvimg.yml", "release.yml"] {
         assert!(
             files
                 .iter()
@@ -159,6 +159,46 @@ fn own_ci_runs_ci_script_release_build_and_image_build() {
     assert!(
         has("--version"),
         "ci.yml must run the image's `venvimg --version`"
+    );
+}
+
+#[test]
+fn release_workflow_runs_the_release_script_on_a_version_tag() {
+    let doc = load(&workflows_dir().join("release.yml"));
+    let on = mapping(&doc["on"], "release.yml `on`");
+    assert_eq!(
+        on.keys().map(s).collect::<Vec<_>>(),
+        ["push"],
+        "tag pushes only"
+    );
+    let tags: Vec<&str> = doc["on"]["push"]["tags"]
+        .as_sequence()
+        .expect("on.push.tags")
+        .iter()
+        .map(s)
+        .collect();
+    assert_eq!(tags, ["v*"]);
+    assert!(doc["on"]["push"]["branches"].is_null());
+    assert_eq!(s(&doc["permissions"]["contents"]), "write");
+    let all_runs: Vec<&str> = mapping(&doc["jobs"], "release.yml jobs")
+        .values()
+        .flat_map(runs)
+        .map(|(run, _)| run)
+        .collect();
+    let has = |needle: &str| all_runs.iter().any(|r| r.contains(needle));
+    assert!(
+        has("bash .ci/release.sh"),
+        "release.yml runs .ci/release.sh"
+    );
+    assert!(has("aarch64-unknown-linux-musl") && has("ziglang") && has("maturin"));
+    assert!(
+        has("$GITHUB_REF_NAME") && has("Cargo.toml"),
+        "release.yml refuses a tag that is not the crate's version"
+    );
+    assert!(has("dist/*"), "release.yml attaches dist/");
+    assert!(
+        root().join(".ci/release.sh").is_file(),
+        ".ci/release.sh is missing"
     );
 }
 
@@ -408,7 +448,11 @@ fn gitlab_example_parses_and_wires_the_dotenv_report_into_image() {
     let trigger = &doc["build"]["trigger"];
     assert_eq!(s(&trigger["include"][0]["artifact"]), child);
     assert_eq!(s(&trigger["include"][0]["job"]), "plan");
-    assert_eq!(s(&trigger["strategy"]), "depend", "build waits for the child pipeline");
+    assert_eq!(
+        s(&trigger["strategy"]),
+        "depend",
+        "build waits for the child pipeline"
+    );
     let stage_of = |job: &str| {
         let stage = s(gitlab_key(&doc, job, "stage").unwrap_or(&Value::Null));
         stages
@@ -543,11 +587,18 @@ fn the_action_is_composite_uses_every_input_and_its_scripts_parse() {
     let tmp = tempfile::tempdir().unwrap();
     let ids: Vec<String> = steps.iter().map(|st| s(&st["id"]).to_string()).collect();
     for (n, step) in steps.iter().enumerate() {
-        assert_eq!(s(&step["shell"]), "bash", "step {n}: a composite step names its shell");
+        assert_eq!(
+            s(&step["shell"]),
+            "bash",
+            "step {n}: a composite step names its shell"
+        );
         let run = s(&step["run"]);
         assert!(!run.is_empty(), "step {n} has no run:");
         // Expressions reach scripts through env: only (no injection, no secret in argv).
-        assert!(!run.contains("${{"), "step {n}: an expression inside run:\n{run}");
+        assert!(
+            !run.contains("${{"),
+            "step {n}: an expression inside run:\n{run}"
+        );
         let file = tmp.path().join(format!("step-{n}.sh"));
         std::fs::write(&file, run).unwrap();
         let out = Command::new("bash").arg("-n").arg(&file).output().unwrap();
@@ -577,7 +628,10 @@ fn the_action_is_composite_uses_every_input_and_its_scripts_parse() {
             .strip_prefix("steps.")
             .and_then(|r| r.split('.').next())
             .unwrap_or_else(|| panic!("output {name:?}: not a step output: {value}"));
-        assert!(ids.iter().any(|i| i == id), "output {name:?}: no step `{id}`");
+        assert!(
+            ids.iter().any(|i| i == id),
+            "output {name:?}: no step `{id}`"
+        );
     }
     for want in ["images", "all", "venvimg"] {
         assert!(action["outputs"][want].is_mapping(), "output `{want}`");
@@ -628,11 +682,19 @@ fn the_action_installs_venvimg_and_builds_every_session_with_its_outputs() {
     runner.envs = env.envs.clone();
     let run = runner.run();
     assert!(run.failed.is_none(), "the action failed:\n{}", run.log);
-    assert!(!run.log.contains(secret), "the password was printed:\n{}", run.log);
+    assert!(
+        !run.log.contains(secret),
+        "the password was printed:\n{}",
+        run.log
+    );
 
     // venvimg went into the job's temporary folder, on PATH for later steps.
     let installed = PathBuf::from(&run.outputs["venvimg"]);
-    assert!(installed.starts_with(temp.path()), "{}", installed.display());
+    assert!(
+        installed.starts_with(temp.path()),
+        "{}",
+        installed.display()
+    );
     assert!(installed.is_file());
     let folder = installed.parent().unwrap().to_string_lossy().into_owned();
     assert_eq!(run.path_added, [folder]);
@@ -651,7 +713,11 @@ fn the_action_installs_venvimg_and_builds_every_session_with_its_outputs() {
     assert_eq!(sessions.len(), 3, "{plan}");
     for (session, image) in &sessions {
         let name = output_name(session);
-        assert_eq!(images[&name], serde_json::json!(image), "{session}: {images}");
+        assert_eq!(
+            images[&name],
+            serde_json::json!(image),
+            "{session}: {images}"
+        );
         assert_eq!(run.steps["build"][&name], *image, "step output {name}");
     }
     for (session, status) in crate::support::by_session(&plan, "status") {
@@ -737,16 +803,28 @@ fn the_action_installs_a_release_binary_only_when_its_sha256_matches() {
     assert!(run.failed.is_some(), "{}", run.log);
     assert!(run.log.contains("does not match its sha256"), "{}", run.log);
     assert!(
-        !temp.path().join(format!("venvimg-{version}/bin/venvimg")).exists(),
+        !temp
+            .path()
+            .join(format!("venvimg-{version}/bin/venvimg"))
+            .exists(),
         "a binary with the wrong digest was installed"
     );
     // No line for this platform's binary.
     sums(format!("{digest}  venvimg-{version}-other\n"));
     let (run, _temp) = install("release");
     assert!(run.failed.is_some(), "{}", run.log);
-    assert!(run.log.contains(&format!("has no line for {file}")), "{}", run.log);
+    assert!(
+        run.log.contains(&format!("has no line for {file}")),
+        "{}",
+        run.log
+    );
     // A `from` that is no file names the input.
     let (run, _temp) = install("/nonexistent/venvimg");
     assert!(run.failed.is_some(), "{}", run.log);
-    assert!(run.log.contains("input 'from': no file /nonexistent/venvimg"), "{}", run.log);
+    assert!(
+        run.log
+            .contains("input 'from': no file /nonexistent/venvimg"),
+        "{}",
+        run.log
+    );
 }

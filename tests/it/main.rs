@@ -22,6 +22,7 @@ mod real_noxfiles;
 mod registry_auth;
 mod registry_push;
 mod registry_rss;
+mod release;
 mod run;
 mod testenv;
 mod trust;

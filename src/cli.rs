@@ -102,11 +102,22 @@ pub enum Command {
     Prune(crate::commands::prune::PruneArgs),
     /// Write a commented venvimg.yaml from `nox --list --json`.
     Init(crate::commands::InitArgs),
-    /// Print shell completions.
+    /// Print the shell completion script for SHELL, e.g. `venvimg completions bash >
+    /// ~/.local/share/bash-completion/completions/venvimg`.
     Completions {
         /// bash, zsh, fish, elvish or powershell
         shell: clap_complete::Shell,
     },
+    /// Print venvimg's man page (roff), or write one page per command into --dir.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write venvimg.1 and venvimg-COMMAND.1 for every command into DIR (created if
+    /// missing), e.g. `--dir ~/.local/share/man/man1`, instead of printing venvimg.1.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[allow(clippy::print_stderr)] // the last error, after the printer is gone
@@ -206,10 +217,11 @@ fn load_config(g: &GlobalArgs) -> Result<Config, Error> {
 async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
     match cli.command {
         Command::Completions { shell } => {
-            let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "venvimg", &mut std::io::stdout());
-            Ok(())
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "venvimg", &mut script);
+            write_stdout(&script)
         }
+        Command::Man(args) => man(&args, printer),
         Command::Init(args) => {
             // init writes here unless told where: it never edits a parent's file.
             let file = cli.global.config.clone().unwrap_or_else(|| {
@@ -262,6 +274,48 @@ async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
             crate::commands::verify::verify(&config, &registry, &args, printer).await
         }
     }
+}
+
+/// Bytes for stdout as they are (a script, a roff page): a reader that goes away early
+/// (`| head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Io {
+            path: "<stdout>".into(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// `venvimg man`: the top page on stdout, or every command's page into `--dir`. Pages
+/// carry no date, so they are the same bytes for the same version.
+fn man(args: &ManArgs, printer: &Printer) -> Result<(), Error> {
+    let cmd = Cli::command();
+    let Some(dir) = &args.dir else {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd)
+            .render(&mut page)
+            .map_err(|source| Error::Io {
+                path: "<man page>".into(),
+                source,
+            })?;
+        return write_stdout(&page);
+    };
+    let io = |source| Error::Io {
+        path: dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    clap_mangen::generate_to(cmd, dir).map_err(io)?;
+    printer.info(format!(
+        "wrote venvimg.1 and a page per command to {} (`man -l {}` shows one)",
+        dir.display(),
+        dir.join("venvimg.1").display()
+    ));
+    Ok(())
 }
 
 impl GlobalArgs {

@@ -29,6 +29,13 @@ pub struct PlanArgs {
     /// image from the pushed session images). With --ci-output, also `matrix=` there.
     #[arg(long, conflicts_with_all = ["json", "explain"])]
     pub matrix: bool,
+    /// With --matrix, for GitLab: also write the misses as a child pipeline to FILE, one
+    /// job per miss running `venvimg build -s SESSION` in the base image (by digest), or
+    /// one no-op job when every session hits (GitLab refuses an empty pipeline). A
+    /// parent's `trigger: {include: [{artifact: FILE, job: JOB}], strategy: depend}` runs
+    /// it; a later `venvimg build` composes the all-sessions image.
+    #[arg(long, value_name = "FILE", requires = "matrix")]
+    pub gitlab_child: Option<std::path::PathBuf>,
     /// For CI: exit 2 when uv.lock does not match pyproject.toml or `sessions:` leaves
     /// out a session nox runs by default (otherwise warnings).
     #[arg(long)]
@@ -171,6 +178,75 @@ impl<'a> PlanReport<'a> {
         serde_json::json!({ "include": include }).to_string()
     }
 
+    /// The GitLab child pipeline of `--gitlab-child`: one job per miss, each building its
+    /// session in the base image (a `builder: local` config builds there; a podman one
+    /// needs a runner that ignores `image:`, like the shell executor). `config_arg` is
+    /// the `--config` the jobs pass, when the file is not ./venvimg.yaml.
+    /// `gitlab_registry`: the images go to the project's GitLab registry ($CI_REGISTRY),
+    /// so each job logs in with its own job token (VENVIMG_USERNAME/PASSWORD from
+    /// $CI_REGISTRY_USER/PASSWORD; project CI/CD variables still win over these).
+    pub fn gitlab_child(&self, config_arg: Option<&str>, gitlab_registry: bool) -> String {
+        use serde_yaml::{Mapping, Value};
+        let mut doc = Mapping::new();
+        doc.insert("stages".into(), Value::Sequence(vec!["build".into()]));
+        let misses: Vec<&SessionRow> = self
+            .sessions
+            .iter()
+            .filter(|s| s.status == HitOrMiss::Miss)
+            .collect();
+        let config = config_arg
+            .map(|c| format!(" --config {}", shell_word(c)))
+            .unwrap_or_default();
+        for s in &misses {
+            let mut job = Mapping::new();
+            job.insert("stage".into(), "build".into());
+            job.insert("image".into(), self.base.clone().into());
+            if gitlab_registry {
+                let mut vars = Mapping::new();
+                vars.insert("VENVIMG_USERNAME".into(), "$CI_REGISTRY_USER".into());
+                vars.insert("VENVIMG_PASSWORD".into(), "$CI_REGISTRY_PASSWORD".into());
+                job.insert("variables".into(), Value::Mapping(vars));
+            }
+            job.insert(
+                "script".into(),
+                Value::Sequence(vec![format!(
+                    "venvimg{config} build --session {}",
+                    shell_word(s.session)
+                )
+                .into()]),
+            );
+            doc.insert(
+                format!("venvimg build {}", s.session).into(),
+                Value::Mapping(job),
+            );
+        }
+        if misses.is_empty() {
+            let mut job = Mapping::new();
+            job.insert("stage".into(), "build".into());
+            let mut vars = Mapping::new();
+            vars.insert("GIT_STRATEGY".into(), "none".into());
+            job.insert("variables".into(), Value::Mapping(vars));
+            job.insert(
+                "script".into(),
+                Value::Sequence(vec![
+                    "echo 'venvimg: every session has its job image; nothing to build'".into(),
+                ]),
+            );
+            doc.insert("venvimg nothing to build".into(), Value::Mapping(job));
+        }
+        let body = serde_yaml::to_string(&Value::Mapping(doc)).expect("the pipeline serialises");
+        format!(
+            "# GitLab child pipeline written by `venvimg plan --matrix --gitlab-child`: {} for {}\n# (base {}).\n{body}",
+            match misses.len() {
+                0 => "no session to build".to_string(),
+                1 => "one session to build".to_string(),
+                n => format!("{n} sessions to build, one job each"),
+            },
+            self.repository,
+            self.base,
+        )
+    }
+
     /// `(venv dir, image)` for `--ci-output`.
     pub fn ci_outputs(&self) -> Vec<(String, String)> {
         self.sessions
@@ -218,6 +294,23 @@ pub async fn plan(
         printer.info(format!("base {}", report.base));
         printer.out(report.table());
     }
+    if let Some(file) = &args.gitlab_child {
+        let config_arg = (config.file.file_name()
+            != Some(std::ffi::OsStr::new(crate::config::DEFAULT_CONFIG_FILE))
+            || !is_current_dir(config.file.parent()))
+        .then(|| config.file.to_string_lossy().into_owned());
+        let registry = config.repository.resolve_registry();
+        let gitlab_registry = std::env::var("CI_REGISTRY").is_ok_and(|r| r == registry);
+        let text = report.gitlab_child(config_arg.as_deref(), gitlab_registry);
+        std::fs::write(file, text).map_err(|source| Error::Io {
+            path: file.clone(),
+            source,
+        })?;
+        printer.verbose(format!(
+            "wrote the GitLab child pipeline {}",
+            file.display()
+        ));
+    }
     if args.ci_output {
         let mut lines = report.ci_outputs();
         if args.matrix {
@@ -226,4 +319,47 @@ pub async fn plan(
         super::report::write_ci_output(&lines, printer)?;
     }
     Ok(())
+}
+
+/// Whether `dir` (a config file's folder: empty for a bare file name) is the working one.
+fn is_current_dir(dir: Option<&std::path::Path>) -> bool {
+    match dir {
+        None => true,
+        Some(d) if d.as_os_str().is_empty() => true,
+        Some(d) => match (std::fs::canonicalize(d), std::env::current_dir()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        },
+    }
+}
+
+/// `word` as one POSIX shell word: as is when it is safe, else single-quoted.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.,/:=@%+".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    #[test]
+    fn shell_words_survive_sh() {
+        for word in ["tests-3.12", "tests(django='4.2')", "a b", "", "it's"] {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", shell_word(word)))
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), word);
+        }
+        assert_eq!(shell_word("tests-3.12"), "tests-3.12");
+    }
 }

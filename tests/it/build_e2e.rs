@@ -383,3 +383,150 @@ fn a_ci_matrix_of_single_session_builds_leaves_what_a_serial_build_leaves() {
     );
     assert_eq!(a, b);
 }
+
+/// The jobs of a GitLab child pipeline file (every top-level key but `stages`).
+fn child_jobs(file: &std::path::Path) -> Vec<(String, serde_yaml::Value)> {
+    let text = std::fs::read_to_string(file).unwrap();
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text)
+        .unwrap_or_else(|e| panic!("the child pipeline is not YAML ({e}):\n{text}"));
+    let top = doc.as_mapping().expect("a mapping at the top");
+    assert_eq!(
+        doc["stages"],
+        serde_yaml::Value::Sequence(vec!["build".into()]),
+        "{text}"
+    );
+    top.iter()
+        .filter(|(k, _)| k.as_str() != Some("stages"))
+        .map(|(k, v)| (k.as_str().unwrap().to_string(), v.clone()))
+        .collect()
+}
+
+#[test]
+fn a_gitlab_child_pipeline_builds_each_miss_in_its_own_job() {
+    let p = Project::fixture("sample").unique_repo("gitlab").config("");
+    let tmp = tempfile::tempdir().unwrap();
+    let child = tmp.path().join("venvimg-child.yml");
+
+    // The plan job (on GitLab, with the images on the project's registry).
+    let registry = support::testenv().registry.clone();
+    let out = p
+        .venvimg()
+        .env("CI_REGISTRY", &registry)
+        .args(["plan", "--matrix", "-q", "--gitlab-child"])
+        .arg(&child)
+        .output()
+        .unwrap();
+    let matrix = support::project::json_ok(&out, "plan --matrix --gitlab-child");
+    assert_eq!(
+        matrix["include"].as_array().map(Vec::len),
+        Some(3),
+        "{matrix}"
+    );
+    let base = p.plan()["base"].as_str().unwrap().to_string();
+    assert!(base.contains("@sha256:"), "{base}");
+
+    let jobs = child_jobs(&child);
+    let mut scripts = Vec::new();
+    for (name, job) in &jobs {
+        assert_eq!(job["stage"], "build", "{name}");
+        assert_eq!(
+            job["image"].as_str(),
+            Some(base.as_str()),
+            "{name}: the base by digest"
+        );
+        assert_eq!(
+            job["variables"]["VENVIMG_PASSWORD"], "$CI_REGISTRY_PASSWORD",
+            "{name}"
+        );
+        let script = job["script"].as_sequence().expect("script");
+        assert_eq!(script.len(), 1, "{name}");
+        scripts.push((name.clone(), script[0].as_str().unwrap().to_string()));
+    }
+    let mut named: Vec<&str> = jobs.iter().map(|(n, _)| n.as_str()).collect();
+    named.sort();
+    assert_eq!(
+        named,
+        [
+            "venvimg build compat-3.11",
+            "venvimg build lint",
+            "venvimg build tests"
+        ]
+    );
+
+    // Each job's script as its runner runs it (sh), side by side. `venvimg` on PATH is
+    // the binary under test; the wrapper only adds this machine's package-proxy CA.
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    support::fake_on_path(
+        &bin,
+        "venvimg",
+        &format!(
+            "#!/bin/sh\nexec {} \"$@\" --build-ca {}\n",
+            env!("CARGO_BIN_EXE_venvimg"),
+            support::testenv().ca_file()
+        ),
+    );
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let env = support::testenv();
+    let running: Vec<_> = scripts
+        .iter()
+        .map(|(name, script)| {
+            let child = std::process::Command::new("sh")
+                .args(["-c", script])
+                .current_dir(p.path())
+                .envs(env.envs.iter().map(|(k, v)| (k, v)))
+                .env("PATH", &path)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            (name, script, child)
+        })
+        .collect();
+    for (name, script, child) in running {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: `{script}` failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // The parent's `images` job: all hits, the all-sessions image composed.
+    let last = p.build(&[]);
+    for s in last["sessions"].as_array().unwrap() {
+        assert_eq!(s["outcome"], "hit", "{last}");
+    }
+    let all = last["all"]["image"].as_str().unwrap_or_default();
+    assert!(all.starts_with(&format!("{}:all-", p.repo())), "{last}");
+
+    // Nothing missing: one no-op job, since GitLab refuses an empty pipeline.
+    let out = p
+        .venvimg()
+        .args(["plan", "--matrix", "-q", "--gitlab-child"])
+        .arg(&child)
+        .output()
+        .unwrap();
+    let matrix = support::project::json_ok(&out, "plan --matrix --gitlab-child");
+    assert_eq!(matrix, serde_json::json!({"include": []}));
+    let jobs = child_jobs(&child);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let (name, job) = &jobs[0];
+    assert_eq!(job["variables"]["GIT_STRATEGY"], "none", "{name}");
+    assert!(job["image"].is_null(), "the no-op job pulls no image");
+    let script = job["script"][0].as_str().unwrap();
+    let out = std::process::Command::new("sh")
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("nothing to build")
+    );
+
+    // --gitlab-child is part of --matrix.
+    let (code, text) = p.outcome(&["plan", "--gitlab-child", "x.yml"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("--matrix"), "{text}");
+}

@@ -7,6 +7,10 @@
 //! - the example pipelines pass each session's image from `venvimg build --ci-output` to
 //!   the job that runs it, under the output name venvimg writes, and run the documented
 //!   offline nox command;
+//! - the composite action (.forgejo/actions/venvimg/action.yml) declares what it uses,
+//!   its scripts parse, and its steps, run as a runner runs them, install venvimg (a
+//!   local binary; a release binary only when its sha256 matches) and build the sample's
+//!   images against the test registry, its outputs naming each one;
 //! - the GitLab variant parses as YAML and wires the dotenv report into `image:`.
 
 use std::path::{Path, PathBuf};
@@ -75,7 +79,7 @@ fn actionlint_program() -> String {
 #[test]
 fn every_workflow_passes_actionlint() {
     let files = workflow_files();
-    for expected in ["ci.yml", "example-venvimg.yml"] {
+    for expected in ["ci.yml", "example-venvimg.yml", "release.yml"] {
         assert!(
             files
                 .iter()
@@ -159,6 +163,46 @@ fn own_ci_runs_ci_script_release_build_and_image_build() {
 }
 
 #[test]
+fn release_workflow_runs_the_release_script_on_a_version_tag() {
+    let doc = load(&workflows_dir().join("release.yml"));
+    let on = mapping(&doc["on"], "release.yml `on`");
+    assert_eq!(
+        on.keys().map(s).collect::<Vec<_>>(),
+        ["push"],
+        "tag pushes only"
+    );
+    let tags: Vec<&str> = doc["on"]["push"]["tags"]
+        .as_sequence()
+        .expect("on.push.tags")
+        .iter()
+        .map(s)
+        .collect();
+    assert_eq!(tags, ["v*"]);
+    assert!(doc["on"]["push"]["branches"].is_null());
+    assert_eq!(s(&doc["permissions"]["contents"]), "write");
+    let all_runs: Vec<&str> = mapping(&doc["jobs"], "release.yml jobs")
+        .values()
+        .flat_map(runs)
+        .map(|(run, _)| run)
+        .collect();
+    let has = |needle: &str| all_runs.iter().any(|r| r.contains(needle));
+    assert!(
+        has("bash .ci/release.sh"),
+        "release.yml runs .ci/release.sh"
+    );
+    assert!(has("aarch64-unknown-linux-musl") && has("ziglang") && has("maturin"));
+    assert!(
+        has("$GITHUB_REF_NAME") && has("Cargo.toml"),
+        "release.yml refuses a tag that is not the crate's version"
+    );
+    assert!(has("dist/*"), "release.yml attaches dist/");
+    assert!(
+        root().join(".ci/release.sh").is_file(),
+        ".ci/release.sh is missing"
+    );
+}
+
+#[test]
 fn example_pipeline_passes_each_session_image_to_its_job() {
     let doc = load(&workflows_dir().join("example-venvimg.yml"));
 
@@ -179,25 +223,45 @@ fn example_pipeline_passes_each_session_image_to_its_job() {
         .iter()
         .find(|st| s(&st["id"]) == "venvimg")
         .expect("images: a step with `id: venvimg`");
+    // venvimg's composite action (which runs `venvimg build --ci-output`), by its path in
+    // venvimg's repository, at a release tag of the version it installs.
+    let uses = s(&build_step["uses"]);
+    let (path, tag) = uses
+        .split_once('@')
+        .unwrap_or_else(|| panic!("the `venvimg` step uses a pinned action: {uses:?}"));
     assert!(
-        s(&build_step["run"]).contains("venvimg build --ci-output"),
-        "the `venvimg` step runs `venvimg build --ci-output`"
+        path.ends_with("/.forgejo/actions/venvimg") && action_file().is_file(),
+        "the `venvimg` step uses venvimg's composite action: {uses}"
     );
-    for var in ["VENVIMG_USERNAME", "VENVIMG_PASSWORD"] {
+    assert_eq!(tag, format!("v{}", env!("CARGO_PKG_VERSION")));
+    let action = load(&action_file());
+    for (input, var) in [
+        ("registry-username", "VENVIMG_USERNAME"),
+        ("registry-password", "VENVIMG_PASSWORD"),
+    ] {
         assert_eq!(
-            s(&build_step["env"][var]),
+            s(&build_step["with"][input]),
             format!("${{{{ secrets.{var} }}}}"),
-            "the build step takes {var} from the secrets"
+            "the build step takes {input} from the secrets"
+        );
+    }
+    for (input, _) in mapping(&build_step["with"], "the venvimg step's with:") {
+        assert!(
+            action["inputs"][s(input)].is_mapping(),
+            "the action has no input {input:?}"
         );
     }
 
-    // outputs: NAME -> ${{ steps.venvimg.outputs.NAME }}
+    // outputs: NAME -> ${{ fromJSON(steps.venvimg.outputs.images).NAME }}
     let outputs = mapping(&images["outputs"], "images: outputs");
     assert!(!outputs.is_empty());
     for (name, value) in outputs {
         assert_eq!(
             s(value),
-            format!("${{{{ steps.venvimg.outputs.{} }}}}", s(name)),
+            format!(
+                "${{{{ fromJSON(steps.venvimg.outputs.images).{} }}}}",
+                s(name)
+            ),
             "images output {name:?}"
         );
     }
@@ -283,6 +347,26 @@ fn gitlab_key<'a>(doc: &'a Value, job: &str, key: &str) -> Option<&'a Value> {
         .find_map(|p| gitlab_key(doc, p, key))
 }
 
+/// A variable of a GitLab job: its own `variables:` over those of its `extends:` chain
+/// (GitLab merges the mappings).
+fn gitlab_variable(doc: &Value, job: &str, name: &str) -> String {
+    let j = &doc[job];
+    if !j["variables"][name].is_null() {
+        return s(&j["variables"][name]).to_string();
+    }
+    let parents: Vec<&str> = match &j["extends"] {
+        Value::String(p) => vec![p.as_str()],
+        Value::Sequence(ps) => ps.iter().map(s).collect(),
+        _ => vec![],
+    };
+    parents
+        .into_iter()
+        .rev()
+        .map(|p| gitlab_variable(doc, p, name))
+        .find(|v| !v.is_empty())
+        .unwrap_or_default()
+}
+
 fn gitlab_script(doc: &Value, job: &str) -> Vec<String> {
     gitlab_key(doc, job, "script")
         .and_then(Value::as_sequence)
@@ -347,11 +431,56 @@ fn gitlab_example_parses_and_wires_the_dotenv_report_into_image() {
     assert_eq!(s(&doc["images"]["image"]), "$VENVIMG_BASE");
     assert!(!s(&doc["variables"]["VENVIMG_BASE"]).is_empty());
 
+    // The matrix flow: `plan` writes the child pipeline as its artifact, `build` triggers
+    // it and waits for it, `images` runs after it (every session a hit by then).
+    let plan = gitlab_script(&doc, "plan");
+    let line = plan
+        .iter()
+        .find(|l| l.starts_with("venvimg plan --matrix --gitlab-child "))
+        .expect("plan runs venvimg plan --matrix --gitlab-child FILE");
+    let child = line.rsplit(' ').next().unwrap();
+    assert!(
+        doc["plan"]["artifacts"]["paths"]
+            .as_sequence()
+            .is_some_and(|p| p.iter().any(|p| s(p) == child)),
+        "plan keeps {child} as an artifact"
+    );
+    let trigger = &doc["build"]["trigger"];
+    assert_eq!(s(&trigger["include"][0]["artifact"]), child);
+    assert_eq!(s(&trigger["include"][0]["job"]), "plan");
+    assert_eq!(
+        s(&trigger["strategy"]),
+        "depend",
+        "build waits for the child pipeline"
+    );
+    let stage_of = |job: &str| {
+        let stage = s(gitlab_key(&doc, job, "stage").unwrap_or(&Value::Null));
+        stages
+            .iter()
+            .position(|st| *st == stage)
+            .unwrap_or_else(|| panic!("{job}: stage {stage:?} is not in {stages:?}"))
+    };
+    assert!(
+        stage_of("plan") < stage_of("build") && stage_of("build") < stage_of("images"),
+        "plan, then build, then images: {stages:?}"
+    );
+    assert_eq!(s(&doc["images"]["needs"][0]["job"]), "build");
+    for job in ["plan", "images"] {
+        assert_eq!(
+            gitlab_variable(&doc, job, "VENVIMG_PASSWORD"),
+            "$CI_REGISTRY_PASSWORD",
+            "{job}"
+        );
+    }
+
     // Session jobs: image: $NAME from the dotenv report, the offline nox command.
     let mut sessions = Vec::new();
     for (name, _) in top {
         let name = s(name);
-        if reserved.contains(&name) || name.starts_with('.') || name == "images" {
+        if reserved.contains(&name)
+            || name.starts_with('.')
+            || ["images", "plan", "build"].contains(&name)
+        {
             continue;
         }
         let script = gitlab_script(&doc, name);
@@ -381,4 +510,321 @@ fn gitlab_example_parses_and_wires_the_dotenv_report_into_image() {
     }
     sessions.sort();
     assert_eq!(sessions, ["lint", "tests"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// The composite action (.forgejo/actions/venvimg/action.yml). actionlint checks workflows,
+// not action metadata, so these tests check the action itself and then run its steps the
+// way a runner does (tests/support/action_runner.rs).
+
+fn action_file() -> PathBuf {
+    root().join(".forgejo/actions/venvimg/action.yml")
+}
+
+/// Every string under `v`, keys and values.
+fn strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(x) => out.push(x.clone()),
+        Value::Sequence(items) => items.iter().for_each(|i| strings(i, out)),
+        Value::Mapping(m) => m.iter().for_each(|(k, v)| {
+            strings(k, out);
+            strings(v, out);
+        }),
+        _ => {}
+    }
+}
+
+/// `text` names `inputs.NAME` (not a longer name that starts with it).
+fn names_input(text: &str, name: &str) -> bool {
+    let needle = format!("inputs.{name}");
+    text.match_indices(&needle).any(|(i, _)| {
+        !text[i + needle.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    })
+}
+
+#[test]
+fn the_action_is_composite_uses_every_input_and_its_scripts_parse() {
+    let action = load(&action_file());
+    assert_eq!(s(&action["runs"]["using"]), "composite");
+    assert!(!s(&action["name"]).is_empty() && !s(&action["description"]).is_empty());
+    let inputs = mapping(&action["inputs"], "action inputs");
+    for want in [
+        "version",
+        "from",
+        "config",
+        "sessions",
+        "registry-username",
+        "registry-password",
+        "args",
+    ] {
+        assert!(inputs.contains_key(want), "action.yml lacks input `{want}`");
+    }
+    assert_eq!(
+        s(&action["inputs"]["version"]["default"]),
+        env!("CARGO_PKG_VERSION"),
+        "the action installs the venvimg of its own release by default"
+    );
+    assert_eq!(s(&action["inputs"]["config"]["default"]), "venvimg.yaml");
+
+    let steps = action["runs"]["steps"].as_sequence().expect("runs.steps");
+    let mut used = Vec::new();
+    strings(&action["runs"], &mut used);
+    strings(&action["outputs"], &mut used);
+    for name in inputs.keys().map(s) {
+        assert!(
+            used.iter().any(|t| names_input(t, name)),
+            "input `{name}` is declared but no step uses it"
+        );
+        assert!(
+            !s(&action["inputs"][name]["description"]).is_empty(),
+            "input `{name}` has no description"
+        );
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let ids: Vec<String> = steps.iter().map(|st| s(&st["id"]).to_string()).collect();
+    for (n, step) in steps.iter().enumerate() {
+        assert_eq!(
+            s(&step["shell"]),
+            "bash",
+            "step {n}: a composite step names its shell"
+        );
+        let run = s(&step["run"]);
+        assert!(!run.is_empty(), "step {n} has no run:");
+        // Expressions reach scripts through env: only (no injection, no secret in argv).
+        assert!(
+            !run.contains("${{"),
+            "step {n}: an expression inside run:\n{run}"
+        );
+        let file = tmp.path().join(format!("step-{n}.sh"));
+        std::fs::write(&file, run).unwrap();
+        let out = Command::new("bash").arg("-n").arg(&file).output().unwrap();
+        assert!(
+            out.status.success(),
+            "step {n}: bash -n: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The password goes to one place: an env: value.
+    let password_uses: Vec<String> = steps
+        .iter()
+        .flat_map(|st| {
+            let mut found = Vec::new();
+            strings(st, &mut found);
+            found
+        })
+        .filter(|t| names_input(t, "registry-password"))
+        .collect();
+    assert_eq!(password_uses, ["${{ inputs.registry-password }}"]);
+    // Outputs come from steps that exist.
+    for (name, out) in mapping(&action["outputs"], "action outputs") {
+        let value = s(&out["value"]);
+        let id = value
+            .trim_start_matches("${{")
+            .trim()
+            .strip_prefix("steps.")
+            .and_then(|r| r.split('.').next())
+            .unwrap_or_else(|| panic!("output {name:?}: not a step output: {value}"));
+        assert!(
+            ids.iter().any(|i| i == id),
+            "output {name:?}: no step `{id}`"
+        );
+    }
+    for want in ["images", "all", "venvimg"] {
+        assert!(action["outputs"][want].is_mapping(), "output `{want}`");
+    }
+}
+
+fn action_runner<'a>(
+    action: &'a Value,
+    cwd: &Path,
+    temp: &Path,
+    inputs: &[(&str, &str)],
+) -> crate::support::action_runner::Runner<'a> {
+    crate::support::action_runner::Runner {
+        action,
+        inputs: inputs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        cwd: cwd.to_path_buf(),
+        envs: Vec::new(),
+        temp: temp.to_path_buf(),
+        only: Vec::new(),
+    }
+}
+
+#[test]
+fn the_action_installs_venvimg_and_builds_every_session_with_its_outputs() {
+    let env = crate::support::testenv();
+    let p = crate::support::Project::fixture("sample")
+        .unique_repo("action")
+        .config("");
+    let action = load(&action_file());
+    let bin = env!("CARGO_BIN_EXE_venvimg");
+    let secret = "pw-9f2c1d7e-never-printed";
+    let args = format!("--build-ca {}  --jobs 2", env.ca_file());
+    let temp = tempfile::tempdir().unwrap();
+    let mut runner = action_runner(
+        &action,
+        p.path(),
+        temp.path(),
+        &[
+            ("from", bin),
+            ("args", args.as_str()),
+            ("registry-username", "ci-user"),
+            ("registry-password", secret),
+        ],
+    );
+    runner.envs = env.envs.clone();
+    let run = runner.run();
+    assert!(run.failed.is_none(), "the action failed:\n{}", run.log);
+    assert!(
+        !run.log.contains(secret),
+        "the password was printed:\n{}",
+        run.log
+    );
+
+    // venvimg went into the job's temporary folder, on PATH for later steps.
+    let installed = PathBuf::from(&run.outputs["venvimg"]);
+    assert!(
+        installed.starts_with(temp.path()),
+        "{}",
+        installed.display()
+    );
+    assert!(installed.is_file());
+    let folder = installed.parent().unwrap().to_string_lossy().into_owned();
+    assert_eq!(run.path_added, [folder]);
+
+    // `images` names every session's image, as a plan now finds it (all hits).
+    let images: serde_json::Value = serde_json::from_str(&run.outputs["images"])
+        .unwrap_or_else(|e| panic!("images is not JSON ({e}): {}", run.outputs["images"]));
+    let plan = p.plan();
+    // The build names each image by digest: the plan's tag, pinned to the hit's digest.
+    let digests = crate::support::by_session(&plan, "digest");
+    let sessions: Vec<(String, String)> = crate::support::by_session(&plan, "image")
+        .into_iter()
+        .zip(digests)
+        .map(|((session, image), (_, digest))| (session, format!("{image}@{digest}")))
+        .collect();
+    assert_eq!(sessions.len(), 3, "{plan}");
+    for (session, image) in &sessions {
+        let name = output_name(session);
+        assert_eq!(
+            images[&name],
+            serde_json::json!(image),
+            "{session}: {images}"
+        );
+        assert_eq!(run.steps["build"][&name], *image, "step output {name}");
+    }
+    for (session, status) in crate::support::by_session(&plan, "status") {
+        assert_eq!(status, "hit", "{session} after the action's build");
+    }
+    let all = &run.outputs["all"];
+    assert!(
+        all.starts_with(&format!("{}:all-", p.repo())),
+        "all: {all:?}\n{}",
+        run.log
+    );
+    assert_eq!(images["all"], serde_json::json!(all));
+    assert_eq!(images.as_object().unwrap().len(), sessions.len() + 1);
+
+    // `sessions:` picks (one per line): that image only, no all-sessions image.
+    let temp = tempfile::tempdir().unwrap();
+    let mut runner = action_runner(
+        &action,
+        p.path(),
+        temp.path(),
+        &[
+            ("from", bin),
+            ("sessions", "\n  lint\n"),
+            ("args", args.as_str()),
+        ],
+    );
+    runner.envs = env.envs.clone();
+    let run = runner.run();
+    assert!(run.failed.is_none(), "the action failed:\n{}", run.log);
+    let images: serde_json::Value = serde_json::from_str(&run.outputs["images"]).unwrap();
+    let lint = sessions.iter().find(|(s, _)| s == "lint").unwrap();
+    assert_eq!(images, serde_json::json!({ "lint": lint.1 }));
+    assert_eq!(run.outputs["all"], "");
+}
+
+#[test]
+fn the_action_installs_a_release_binary_only_when_its_sha256_matches() {
+    use sha2::Digest as _;
+    let action = load(&action_file());
+    let version = env!("CARGO_PKG_VERSION");
+    let target = format!("{}-unknown-linux-musl", std::env::consts::ARCH);
+    let file = format!("venvimg-{version}-{target}");
+    let server = tempfile::tempdir().unwrap();
+    let release = server.path().join(format!("v{version}"));
+    std::fs::create_dir_all(&release).unwrap();
+    let bin = std::fs::read(env!("CARGO_BIN_EXE_venvimg")).unwrap();
+    std::fs::write(release.join(&file), &bin).unwrap();
+    let url = format!(
+        "{}/v{version}",
+        crate::support::action_runner::serve_dir(server.path())
+    );
+    let sums = |text: String| std::fs::write(release.join("SHA256SUMS"), text).unwrap();
+    let install = |from: &str| {
+        let temp = tempfile::tempdir().unwrap();
+        let mut runner = action_runner(
+            &action,
+            &root(),
+            temp.path(),
+            &[("from", from), ("release-url", url.as_str())],
+        );
+        runner.only = vec!["install".into()];
+        let run = runner.run();
+        (run, temp)
+    };
+
+    let digest = hex::encode(sha2::Sha256::digest(&bin));
+    sums(format!(
+        "{}  venvimg-{version}-other\n{digest}  {file}\n",
+        "0".repeat(64)
+    ));
+    let (run, _temp) = install("release");
+    assert!(run.failed.is_none(), "{}", run.log);
+    let installed = &run.steps["install"]["path"];
+    let out = Command::new(installed).arg("--version").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("venvimg {version}")
+    );
+
+    // A binary whose digest is not the published one is refused and not installed.
+    sums(format!("{}  {file}\n", "0".repeat(64)));
+    let (run, temp) = install("release");
+    assert!(run.failed.is_some(), "{}", run.log);
+    assert!(run.log.contains("does not match its sha256"), "{}", run.log);
+    assert!(
+        !temp
+            .path()
+            .join(format!("venvimg-{version}/bin/venvimg"))
+            .exists(),
+        "a binary with the wrong digest was installed"
+    );
+    // No line for this platform's binary.
+    sums(format!("{digest}  venvimg-{version}-other\n"));
+    let (run, _temp) = install("release");
+    assert!(run.failed.is_some(), "{}", run.log);
+    assert!(
+        run.log.contains(&format!("has no line for {file}")),
+        "{}",
+        run.log
+    );
+    // A `from` that is no file names the input.
+    let (run, _temp) = install("/nonexistent/venvimg");
+    assert!(run.failed.is_some(), "{}", run.log);
+    assert!(
+        run.log
+            .contains("input 'from': no file /nonexistent/venvimg"),
+        "{}",
+        run.log
+    );
 }

@@ -6,6 +6,7 @@ mod support;
 
 mod build_e2e;
 mod ci_files;
+mod completions_man;
 mod discovered;
 mod docker;
 mod finer_keys;
@@ -21,6 +22,7 @@ mod real_noxfiles;
 mod registry_auth;
 mod registry_push;
 mod registry_rss;
+mod release;
 mod run;
 mod sbom;
 mod testenv;

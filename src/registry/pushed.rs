@@ -99,11 +99,8 @@ impl Registry {
                 return Ok(false);
             }
         }
-        let auth = self.auth(target);
         let client = self.client_for(target);
-        super::retry(|| client.auth(target, &auth, oci_client::RegistryOperation::Push))
-            .await
-            .map_err(|e| self.explain(target, "push to", e))?;
+        self.authorize_push(target).await?;
         let empty_digest = Digest::of(EMPTY).into_string();
         let exists = super::retry(|| client.blob_exists(target, &empty_digest))
             .await

@@ -9,11 +9,10 @@
 
 use std::time::Duration;
 
-use http_auth::parser::ChallengeParser;
 use oci_client::secrets::RegistryAuth;
 use oci_client::Reference;
 
-use super::{challenge, status_of, Registry, RegistryError, USER_AGENT};
+use super::{challenge, status_of, Registry, RegistryError};
 
 /// Tags asked for per page (registries that paginate send `Link` or fewer).
 const PAGE: usize = 1000;
@@ -230,6 +229,7 @@ impl Registry {
                             &registry,
                             &credential.auth,
                             challenge_header.as_deref(),
+                            None,
                         )
                         .await
                         .map_err(other)?;
@@ -284,107 +284,6 @@ impl Registry {
                 action,
             },
         }
-    }
-
-    /// The `Authorization` value that answers a DELETE's `WWW-Authenticate` challenge, or
-    /// None when there is nothing to answer with (no credential for a Basic challenge).
-    async fn answer_challenge(
-        &self,
-        http: &reqwest::Client,
-        registry: &str,
-        auth: &RegistryAuth,
-        header: Option<&str>,
-    ) -> Result<Option<String>, String> {
-        let Some(header) = header else {
-            return Ok(None);
-        };
-        let bearer = ChallengeParser::new(header)
-            .filter_map(|c| c.ok())
-            .find(|c| c.scheme.eq_ignore_ascii_case("Bearer"));
-        let Some(bearer) = bearer else {
-            // Basic, to the registry itself (the credential lookup already checked where
-            // this registry wants credentials).
-            return Ok(match auth {
-                RegistryAuth::Basic(user, password) => Some(format!(
-                    "Basic {}",
-                    base64::Engine::encode(
-                        &base64::engine::general_purpose::STANDARD,
-                        format!("{user}:{password}")
-                    )
-                )),
-                _ => None,
-            });
-        };
-        let param = |name: &str| {
-            bearer
-                .params
-                .iter()
-                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.to_unescaped())
-                .next_back()
-        };
-        let Some(realm) = param("realm") else {
-            return Ok(None);
-        };
-        let skips = |h: &str| self.skips_tls_verify(h);
-        let verdict = challenge::judge(
-            &challenge::Route {
-                registry,
-                plain_http: self.clients.plain_http(registry),
-                skips_verification: &skips,
-            },
-            &realm,
-        );
-        let mut req = http.get(&realm);
-        let mut query: Vec<(&str, String)> = Vec::new();
-        if let Some(service) = param("service") {
-            query.push(("service", service));
-        }
-        if let Some(scope) = param("scope") {
-            query.push(("scope", scope));
-        }
-        req = req.query(&query);
-        if let (RegistryAuth::Basic(user, password), challenge::Verdict::Send { .. }) =
-            (auth, &verdict)
-        {
-            req = req.basic_auth(user, Some(password));
-        }
-        let res = req
-            .send()
-            .await
-            .map_err(|e| format!("token service: {}", super::error_chain(&e)))?;
-        if !res.status().is_success() {
-            // The DELETE is then refused, and reported as such.
-            return Ok(None);
-        }
-        let v: serde_json::Value = res
-            .json()
-            .await
-            .map_err(|e| format!("token service: unreadable answer: {e}"))?;
-        Ok(v["token"]
-            .as_str()
-            .or_else(|| v["access_token"].as_str())
-            .map(|t| format!("Bearer {t}")))
-    }
-
-    /// A reqwest client that reaches `registry` as oci-client's does (certificates, TLS
-    /// verification).
-    fn http_client(&self, registry: &str) -> Result<reqwest::Client, String> {
-        let roots = self
-            .clients
-            .certs
-            .iter()
-            .map(|pem| reqwest::Certificate::from_pem(pem))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| super::error_chain(&e))?;
-        reqwest::Client::builder()
-            .danger_accept_invalid_certs(self.skips_tls_verify(registry))
-            .tls_certs_merge(roots)
-            .connect_timeout(Duration::from_secs(15))
-            .timeout(Duration::from_secs(60))
-            .user_agent(USER_AGENT)
-            .build()
-            .map_err(|e| super::error_chain(&e))
     }
 }
 

@@ -12,6 +12,7 @@ pub mod delete;
 pub mod push;
 pub mod pushed;
 pub mod referrers;
+pub mod token;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -97,6 +98,13 @@ pub enum RegistryError {
         source_: Box<CredentialSource>,
         action: &'static str,
     },
+    #[error("registry {registry}: {source_} may not push to repository {repository} (its token service granted {granted} there); nothing was pushed\n  hint: push to a repository these credentials may write (a pull-request job: `--repository` its own, with `trusted_repository:` naming the protected branch's to reuse its images), or run with credentials allowed to push to {repository}")]
+    PushNotGranted {
+        registry: String,
+        repository: String,
+        source_: Box<CredentialSource>,
+        granted: String,
+    },
     #[error("registry {registry} refused {reference} ({status}) without credentials: {source_}\n  hint: {hint}")]
     Withheld {
         registry: String,
@@ -162,6 +170,11 @@ pub struct Registry {
     /// repository: the session images and the all-sessions image of one build share most
     /// blobs (the base's, each session's layer), checked or sent once.
     present: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Registries whose cross-repository mounts need a token with `pull` on the source
+    /// too (oci-client's mount was refused there once): [`token`].
+    scoped_mounts: Arc<Mutex<HashSet<String>>>,
+    /// `registry/target<source` → the `Authorization` value of such a token.
+    mount_tokens: Arc<Mutex<HashMap<String, String>>>,
 }
 
 #[derive(Default)]
@@ -437,6 +450,8 @@ impl Registry {
             stats: Arc::default(),
             warnings: Arc::default(),
             present: Arc::default(),
+            scoped_mounts: Arc::default(),
+            mount_tokens: Arc::default(),
         })
     }
 
@@ -764,11 +779,8 @@ impl Registry {
         data: Vec<u8>,
     ) -> Result<String, RegistryError> {
         const EMPTY: &[u8] = b"{}";
-        let auth = self.auth(target);
         let client = self.client_for(target);
-        retry(|| client.auth(target, &auth, oci_client::RegistryOperation::Push))
-            .await
-            .map_err(|e| self.explain(target, "push to", e))?;
+        self.authorize_push(target).await?;
         let data_digest = Digest::of(&data).into_string();
         let empty_digest = Digest::of(EMPTY).into_string();
         for (bytes, digest) in [

@@ -94,16 +94,10 @@ pub async fn push_image_from(
     local: &HashMap<String, PathBuf>,
     remote: &HashMap<String, Reference>,
 ) -> Result<String, RegistryError> {
-    let auth = reg.auth(target);
     let client = reg.client_for(target);
-    client
-        .store_auth_if_needed(target.resolve_registry(), &auth)
-        .await;
-    // Authenticate for push once up front, so a refused credential fails before any
-    // upload and concurrent uploads share one token.
-    retry(|| client.auth(target, &auth, oci_client::RegistryOperation::Push))
-        .await
-        .map_err(|e| reg.explain(target, "push to", e))?;
+    // Authenticate for push once up front, so a refused credential (or a token that
+    // grants no push here) fails before any upload and concurrent uploads share one token.
+    reg.authorize_push(target).await?;
 
     let config_blob = BlobRef {
         digest: image.config_digest.clone(),
@@ -295,19 +289,37 @@ async fn ensure_blob(
 
     // A base layer (or another repository's) the target repository lacks: mount it when
     // it lives on the same registry (no bytes move), otherwise copy it from there.
-    let same_registry = from.resolve_registry() == target.resolve_registry();
-    if same_registry {
+    let registry = target.resolve_registry();
+    if from.resolve_registry() == registry {
         // A registry may decline the mount (202 + an upload session, a SpecViolation to
-        // oci-client) or refuse it (no pull access to the source): then copy.
-        match retry(|| client.mount_blob(target, from, &blob.digest)).await {
-            Ok(()) => {
-                reg.stats.blobs_mounted.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
+        // oci-client) or refuse it (no pull access to the source): then copy. A token
+        // registry refuses oci-client's mount (its token names the target only) with a
+        // 401: from then on mounts there ask for a token naming both repositories.
+        if !reg.scoped_mounts.lock().unwrap().contains(registry) {
+            match retry(|| client.mount_blob(target, from, &blob.digest)).await {
+                Ok(()) => {
+                    reg.stats.blobs_mounted.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(e) if is_transient(&e) => {
+                    return Err(reg.explain(target, "mount a layer in", e));
+                }
+                Err(e) if super::status_of(&e) == Some(401) => {
+                    reg.scoped_mounts
+                        .lock()
+                        .unwrap()
+                        .insert(registry.to_string());
+                }
+                Err(_) => {}
             }
-            Err(e) if is_transient(&e) => {
-                return Err(reg.explain(target, "mount a layer in", e));
-            }
-            Err(_) => {}
+        }
+        if reg.scoped_mounts.lock().unwrap().contains(registry)
+            && reg
+                .mount_with_source_scope(target, from, &blob.digest)
+                .await
+        {
+            reg.stats.blobs_mounted.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
         }
     }
     let from_auth = reg.auth(from);

@@ -97,6 +97,7 @@ impl Registry {
                 return Ok(false);
             }
         }
+        self.authorize_push(target).await?;
         let empty_digest = self.prepare_artifact_push(target).await?;
         let client = self.client_for(target);
         let now = now_unix();

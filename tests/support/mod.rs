@@ -10,6 +10,7 @@ pub mod background;
 pub mod fault_proxy;
 pub mod project;
 pub mod registry_kit;
+pub mod token_registry;
 
 pub use project::{by_session, image_of, json_ok, session, write_config, Project};
 

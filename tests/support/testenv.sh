@@ -152,6 +152,23 @@ cmd_deps() {
       fi
     fi
   fi
+  # The trust-scope tests' token service (tests/support/token_service.py) signs JWTs with
+  # PyJWT and cryptography; only what is missing is installed.
+  if ! python3 -c 'import jwt, cryptography' >/dev/null 2>&1; then
+    log "installing PyJWT and cryptography (the token service of the trust-scope tests) with pip"
+    local jwt_out
+    if ! jwt_out=$(python3 -m pip install -q PyJWT cryptography 2>&1); then
+      if grep -q externally-managed <<<"$jwt_out"; then
+        as_root python3 -m pip install -q --break-system-packages PyJWT cryptography >&2 \
+          || die "pip install PyJWT cryptography failed" "as root: python3 -m pip install --break-system-packages PyJWT cryptography"
+      else
+        printf '%s\n' "$jwt_out" >&2
+        die "pip install PyJWT cryptography failed" "python3 -m pip install PyJWT cryptography"
+      fi
+    fi
+    python3 -c 'import jwt, cryptography' >/dev/null 2>&1 \
+      || die "PyJWT/cryptography installed but python3 cannot import them" "python3 -m pip install PyJWT cryptography"
+  fi
   # The image tests build venvimg as a static musl binary; the release (.ci/release.sh)
   # also for aarch64.
   local target

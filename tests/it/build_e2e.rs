@@ -312,15 +312,22 @@ fn a_build_that_cannot_verify_the_index_certificate_points_at_build_ca() {
 
 /// What a repository holds, as anyone pulling sees it: each tag's manifest digest (the
 /// dry-run artifacts, which hold where the plan ran, and the push-time markers
-/// `sha256-<hex>.pushed`, which hold when, left out).
+/// `sha256-<hex>.pushed`, which hold when, left out). A referrers fallback tag
+/// (`sha256-<hex>`, an index of the image's SBOMs, with no platform to resolve) is
+/// compared by its manifest's content.
 fn registry_state(repo: &str) -> std::collections::BTreeMap<String, String> {
     support::list_tags(repo)
         .into_iter()
         .filter(|t| !t.starts_with("venvimg-dryrun-") && !t.ends_with(".pushed"))
         .map(|t| {
-            let digest = support::skopeo_inspect_digest(&format!("{repo}:{t}"))
-                .unwrap_or_else(|| panic!("{repo}:{t} listed but not readable"));
-            (t, digest)
+            let image = format!("{repo}:{t}");
+            let state = if t.starts_with("sha256-") {
+                support::skopeo_raw_manifest(&image).to_string()
+            } else {
+                support::skopeo_inspect_digest(&image)
+                    .unwrap_or_else(|| panic!("{image} listed but not readable"))
+            };
+            (t, state)
         })
         .collect()
 }

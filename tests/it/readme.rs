@@ -88,6 +88,8 @@ fn the_tutorial_runs_as_written() {
 const RELEASE_LINE: &str = "bash .ci/release.sh";
 /// The cargo line, and what the test adds to it (see below).
 const CARGO_LINE: &str = "cargo install --locked --path .";
+/// The Install section's image build (its base from docker.io unless told otherwise).
+const PODMAN_BUILD_LINE: &str = "podman build -f Containerfile -t venvimg .";
 
 #[test]
 fn the_install_section_runs_as_written() {
@@ -131,6 +133,20 @@ fn the_install_section_runs_as_written() {
     script = script.replace(
         CARGO_LINE,
         &format!("{CARGO_LINE} --root \"$HOME/.cargo\" --target x86_64-unknown-linux-musl"),
+    );
+    // Tests pull nothing from public registries: the Containerfile's CA-bundle stage
+    // takes the test environment's base image through its documented build argument
+    // instead of docker.io's alpine.
+    assert!(
+        script.contains(PODMAN_BUILD_LINE),
+        "the Install section's podman build line changed; update this test:\n{script}"
+    );
+    script = script.replace(
+        PODMAN_BUILD_LINE,
+        &format!(
+            "podman build -f Containerfile --build-arg CERTS_IMAGE={} -t venvimg .",
+            env.base_local
+        ),
     );
     // Whatever each way installed last must be the one found: the fresh HOME's.
     script.push_str("command -v venvimg\n");

@@ -55,6 +55,7 @@ struct RawConfig {
     trusted_repository: Option<String>,
     base: Option<String>,
     platform: Option<String>,
+    platforms: Option<Vec<String>>,
     envdir: Option<String>,
     workdir: Option<String>,
     builder: Option<String>,
@@ -375,7 +376,12 @@ pub struct Config {
     /// images. See [`Config::trusted`].
     pub trusted_repository: Option<Reference>,
     pub base: Reference,
+    /// The platform this run builds and runs: the host's when `platforms:` lists it, else
+    /// the first listed. Commands that work on one platform read this.
     pub platform: Platform,
+    /// Every platform the job images are for (`platforms:`; else `[platform]`). With more
+    /// than one, each session tag is an image index (see `commands::platforms`).
+    pub platforms: Vec<Platform>,
     pub envdir: String,
     pub workdir: String,
     pub builder: BuilderKind,
@@ -521,10 +527,49 @@ impl Config {
         })?;
         let base = parse_reference(f, "base", &base_s)?;
 
-        let platform = match raw.platform {
-            Some(p) => Platform::parse(&p).map_err(|m| ConfigError::field(f, "platform", m))?,
-            None => Platform::host(),
+        let platforms = match (raw.platform, raw.platforms) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::field(
+                    f,
+                    "platforms",
+                    "set either `platform:` (one) or `platforms:` (a list), not both",
+                ))
+            }
+            (Some(p), None) => {
+                vec![Platform::parse(&p).map_err(|m| ConfigError::field(f, "platform", m))?]
+            }
+            (None, Some(list)) => {
+                let mut out: Vec<Platform> = Vec::new();
+                for (i, p) in list.iter().enumerate() {
+                    let field = format!("platforms[{i}]");
+                    let parsed =
+                        Platform::parse(p).map_err(|m| ConfigError::field(f, &field, m))?;
+                    if out.contains(&parsed) {
+                        return Err(ConfigError::field(
+                            f,
+                            &field,
+                            format!("{parsed} is listed twice; list each platform once"),
+                        ));
+                    }
+                    out.push(parsed);
+                }
+                if out.is_empty() {
+                    return Err(ConfigError::field(
+                        f,
+                        "platforms",
+                        "is empty; list at least one platform (e.g. [linux/amd64, linux/arm64]) or remove it for the host's",
+                    ));
+                }
+                out
+            }
+            (None, None) => vec![Platform::host()],
         };
+        let host = Platform::host();
+        let platform = platforms
+            .iter()
+            .find(|p| **p == host)
+            .unwrap_or(&platforms[0])
+            .clone();
 
         let envdir = raw.envdir.unwrap_or_else(|| DEFAULT_ENVDIR.into());
         check_abs_dir(f, "envdir", &envdir)?;
@@ -711,6 +756,7 @@ impl Config {
             trusted_repository,
             base,
             platform,
+            platforms,
             envdir,
             workdir,
             builder,
@@ -726,6 +772,21 @@ impl Config {
             build_env: raw.build_env,
             refresh,
         })
+    }
+
+    /// Builds for more than one platform: each session tag is an image index.
+    pub fn multi_platform(&self) -> bool {
+        self.platforms.len() > 1
+    }
+
+    /// This config narrowed to one of its platforms: what one platform's plan and build
+    /// read (its base manifest, its keys and tags are the single-platform ones).
+    pub fn for_platform(&self, platform: &Platform) -> Config {
+        Config {
+            platform: platform.clone(),
+            platforms: vec![platform.clone()],
+            ..self.clone()
+        }
     }
 
     /// A session not listed in `sessions:` (discovered from nox) gets the defaults.
@@ -1043,6 +1104,25 @@ mod tests {
     }
 
     #[test]
+    fn platforms_list_in_order_and_this_machines_comes_first_to_run() {
+        let c = parse(&format!(
+            "{MIN}platforms: [linux/s390x, {}]\n",
+            Platform::host()
+        ))
+        .unwrap();
+        assert!(c.multi_platform());
+        assert_eq!(c.platforms[0].architecture, "s390x");
+        assert_eq!(c.platform, Platform::host(), "the host's, when listed");
+        let one = c.for_platform(&c.platforms[0]);
+        assert_eq!(one.platforms, vec![one.platform.clone()]);
+        assert!(!one.multi_platform());
+        let c = parse(&format!("{MIN}platforms: [linux/s390x, linux/riscv64]\n")).unwrap();
+        assert_eq!(c.platform.architecture, "s390x", "else the first listed");
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.platforms, vec![Platform::host()]);
+    }
+
+    #[test]
     fn sessions_as_names_and_maps() {
         let c = parse(&format!(
             "{MIN}project: editable\nsessions:\n  - tests-3.12\n  - name: docs\n    build: run\n    posargs: [--collect-only]\n    env: {{A: 1}}\n"
@@ -1063,6 +1143,19 @@ mod tests {
             (format!("{MIN}envdir: /src/.nox\n"), "envdir"),
             (format!("{MIN}platform: windows/amd64\n"), "platform"),
             (format!("{MIN}platform: linux\n"), "platform"),
+            (
+                format!("{MIN}platforms: [linux/amd64, linux/s390]\n"),
+                "platforms[1]",
+            ),
+            (
+                format!("{MIN}platforms: [linux/arm64, linux/arm64]\n"),
+                "platforms[1]",
+            ),
+            (format!("{MIN}platforms: []\n"), "platforms"),
+            (
+                format!("{MIN}platform: linux/amd64\nplatforms: [linux/amd64]\n"),
+                "platforms",
+            ),
             (format!("{MIN}builder: kaniko\n"), "builder"),
             (format!("{MIN}owner: root\n"), "owner"),
             (

@@ -104,6 +104,22 @@ pub fn pick_platform(bytes: &[u8], platform: &Platform) -> Result<Picked, String
     })
 }
 
+/// The platforms an image index lists (`os/arch[/variant]`), in its order.
+pub fn index_platforms(bytes: &[u8]) -> Vec<String> {
+    let Ok(index) = serde_json::from_slice::<ImageIndex>(bytes) else {
+        return Vec::new();
+    };
+    index
+        .manifests()
+        .iter()
+        .filter_map(|m| m.platform().as_ref())
+        .map(|p| match p.variant() {
+            Some(v) => format!("{}/{}/{v}", p.os(), p.architecture()),
+            None => format!("{}/{}", p.os(), p.architecture()),
+        })
+        .collect()
+}
+
 pub fn parse_manifest(bytes: &[u8]) -> Result<ImageManifest, String> {
     serde_json::from_slice(bytes).map_err(|e| format!("image manifest does not parse: {e}"))
 }

@@ -20,7 +20,7 @@ use crate::python::inputs::{self, Derived};
 use crate::python::venv;
 use crate::registry::{is_loopback, push, Registry};
 
-#[derive(Debug, Default, clap::Args)]
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct BuildArgs {
     /// Only these sessions, as nox takes them: `-s tests lint`, repeatable; a function name
     /// stands for all its parametrizations. (NOXSESSION is not read.)
@@ -55,6 +55,11 @@ pub struct BuildArgs {
     /// Append `name=value` lines with each session's image to $GITHUB_OUTPUT / $FORGEJO_OUTPUT.
     #[arg(long)]
     pub ci_output: bool,
+    /// Only this platform of `platforms:` (repeatable; default: all, foreign ones under
+    /// emulation): a runner of each architecture builds its own, and each session's
+    /// index is written once every platform's image is in the registry.
+    #[arg(long, value_name = "OS/ARCH")]
+    pub platform: Vec<String>,
 }
 
 /// How sessions build: shared by `build`, `verify` (and what `run` builds first).
@@ -113,6 +118,21 @@ pub struct SessionResult {
     /// Why it failed: the first line of the error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// With `platforms:`, each platform's image (the session's `image` is then their
+    /// index).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<PlatformResult>,
+}
+
+/// One platform's image of a session, under its own tag.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlatformResult {
+    pub platform: String,
+    pub tag: String,
+    pub image: String,
+    pub digest: Option<String>,
+    /// "hit", "built", "failed", or "not built here" (another runner's `--platform`).
+    pub outcome: &'static str,
 }
 
 /// A session's layers (one, or one per distribution group), wherever they are: packed
@@ -146,6 +166,65 @@ pub async fn run(
     if args.ci_output {
         super::report::ci_output_file()?;
     }
+    if config.multi_platform() {
+        return super::platforms::build(config, registry, args, printer, started).await;
+    }
+    super::platforms::check_flag(config, &args.platform)?;
+    let built = build_platform(config, registry, args, printer).await?;
+    built.finish(started, args, registry, printer)
+}
+
+/// What one platform's build did: its plan, each session's result, the all-sessions
+/// image, the sessions that failed.
+pub(super) struct PlatformBuild {
+    pub(super) plan: Plan,
+    pub(super) results: Vec<SessionResult>,
+    /// The all-sessions image: reference and digest.
+    pub(super) all: Option<(String, String)>,
+    pub(super) failed: Vec<(String, String)>,
+    /// digest → bytes of the manifests composed here (an index lists their sizes).
+    pub(super) manifests: HashMap<String, Vec<u8>>,
+}
+
+impl PlatformBuild {
+    /// The report, and the exit: 1 when a session failed.
+    fn finish(
+        self,
+        started: Instant,
+        args: &BuildArgs,
+        registry: &Registry,
+        printer: &Printer,
+    ) -> Result<(), Error> {
+        let report = BuildReport {
+            sessions: &self.results,
+            all: self
+                .all
+                .as_ref()
+                .map(|(image, digest)| AllImage::of(&self.plan, image.clone(), digest)),
+            seconds: started.elapsed().as_secs_f64(),
+            pushed: !args.no_push,
+            push: registry.stats.snapshot(),
+        };
+        report.render(args, printer)?;
+        if self.failed.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::BuildsFailed {
+                total: self.plan.sessions.len(),
+                failed: self.failed,
+            })
+        }
+    }
+}
+
+/// Plan and build one platform's sessions (the config's `platform`), push them and the
+/// all-sessions image, write `--output`/`--load`: everything but the report.
+pub(super) async fn build_platform(
+    config: &Config,
+    registry: &Registry,
+    args: &BuildArgs,
+    printer: &Printer,
+) -> Result<PlatformBuild, Error> {
     let config = &with_engine(config, args.builder.engine.as_deref())?;
     let plan = crate::plan::make_plan(config, registry, &args.sessions).await?;
     crate::commands::report::flush_warnings(registry, printer);
@@ -183,14 +262,13 @@ pub async fn run(
         if !args.no_push {
             share_dry_run(&plan, registry, printer).await;
         }
-        let report = BuildReport {
-            sessions: &results,
-            all: Some(AllImage::of(&plan, all_image, &all_digest)),
-            seconds: started.elapsed().as_secs_f64(),
-            pushed: !args.no_push,
-            push: registry.stats.snapshot(),
-        };
-        return report.render(args, printer);
+        return Ok(PlatformBuild {
+            plan,
+            results,
+            all: Some((all_image, all_digest)),
+            failed: Vec::new(),
+            manifests: HashMap::new(),
+        });
     }
 
     let mut results = Vec::new();
@@ -280,6 +358,7 @@ pub async fn run(
                     layer_size: None,
                     seconds,
                     error: Some(cause),
+                    platforms: Vec::new(),
                 });
                 continue;
             }
@@ -303,6 +382,7 @@ pub async fn run(
             layer_size: Some(layer.size()),
             seconds,
             error: None,
+            platforms: Vec::new(),
         });
         composed.push((s.image.clone(), img, s, layer.clone()));
         layers.push((s.venv_dir.clone(), layer));
@@ -428,24 +508,23 @@ pub async fn run(
         .await?;
     }
 
-    let push_stats = registry.stats.snapshot();
-    let report = BuildReport {
-        sessions: &results,
-        all: (all_wanted && plan.complete)
-            .then(|| AllImage::of(&plan, all_ref.whole(), &all_image.manifest_digest)),
-        seconds: started.elapsed().as_secs_f64(),
-        pushed: !args.no_push,
-        push: push_stats,
-    };
-    report.render(args, printer)?;
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::BuildsFailed {
-            failed,
-            total: plan.sessions.len(),
-        })
-    }
+    let all =
+        (all_wanted && plan.complete).then(|| (all_ref.whole(), all_image.manifest_digest.clone()));
+    let mut manifests: HashMap<String, Vec<u8>> = composed
+        .iter()
+        .map(|(_, img, _, _)| (img.manifest_digest.clone(), img.manifest.clone()))
+        .collect();
+    manifests.insert(
+        all_image.manifest_digest.clone(),
+        all_image.manifest.clone(),
+    );
+    Ok(PlatformBuild {
+        plan,
+        results,
+        all,
+        failed,
+        manifests,
+    })
 }
 
 /// Compose `layers` on the base. A session's own image (one session) carries the check
@@ -1810,13 +1889,14 @@ impl SessionResult {
             layer_size: Some(layer_size),
             seconds,
             error: None,
+            platforms: Vec::new(),
         }
     }
 }
 
 impl<'a> AllImage<'a> {
     /// The all-sessions image of `plan`'s sessions.
-    fn of(plan: &'a Plan, image: String, digest: &'a str) -> AllImage<'a> {
+    pub(super) fn of(plan: &'a Plan, image: String, digest: &'a str) -> AllImage<'a> {
         AllImage {
             image,
             digest,
@@ -1831,7 +1911,7 @@ impl<'a> AllImage<'a> {
 
 impl BuildReport<'_> {
     /// Out as asked — the table (and a summary line) or JSON — and the CI outputs.
-    fn render(&self, args: &BuildArgs, printer: &Printer) -> Result<(), Error> {
+    pub(super) fn render(&self, args: &BuildArgs, printer: &Printer) -> Result<(), Error> {
         if args.json {
             printer.out(self.json());
         } else {

@@ -37,6 +37,10 @@ pub struct InspectArgs {
     /// API, else the `sha256-<hex>` referrers tag. Registry images only.
     #[arg(long, conflicts_with = "json")]
     pub sbom: bool,
+    /// From an image index (a multi-platform tag), show this platform's image (default:
+    /// this machine's).
+    #[arg(long, value_name = "OS/ARCH")]
+    pub platform: Option<String>,
 }
 
 const IMAGE_FORMS: &str =
@@ -105,6 +109,17 @@ struct ImageData {
     annotations: BTreeMap<String, String>,
     layers: Vec<LayerData>,
     config: Value,
+    /// Read through an image index: its digest and every platform it lists.
+    index: Option<IndexInfo>,
+}
+
+/// The image index an image was picked from (a multi-platform session tag).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IndexInfo {
+    pub digest: String,
+    pub platforms: Vec<String>,
+    /// The platform shown.
+    pub shown: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -175,6 +190,7 @@ fn parse_image_manifest(name: &str, bytes: &[u8]) -> Result<(Descriptor, ImageDa
         annotations,
         layers,
         config: Value::Null,
+        index: None,
     };
     Ok((config, data))
 }
@@ -184,29 +200,39 @@ fn parse_config(name: &str, bytes: &[u8]) -> Result<Value, OutputError> {
         .map_err(|e| bad(name, format!("the image config is not JSON: {e}")))
 }
 
-async fn read_registry(transport: Transport, r: &Reference) -> Result<ImageData, Error> {
+async fn read_registry(
+    transport: Transport,
+    r: &Reference,
+    platform: &Platform,
+) -> Result<ImageData, Error> {
     let registry = Registry::new(transport, &[r.resolve_registry()])?;
-    let (bytes, _) = registry.manifest_raw(r).await?;
-    let bytes = match image::pick_platform(&bytes, &Platform::host()).map_err(|detail| {
-        RegistryError::BadManifest {
+    let (top, _) = registry.manifest_raw(r).await?;
+    let mut index = None;
+    let bytes =
+        match image::pick_platform(&top, platform).map_err(|detail| RegistryError::BadManifest {
             reference: r.whole(),
             detail,
-        }
-    })? {
-        image::Picked::Manifest => bytes,
-        image::Picked::FromIndex { digest } => {
-            registry.manifest_raw(&r.clone_with_digest(digest)).await?.0
-        }
-        image::Picked::NoMatch { available } => {
-            return Err(RegistryError::NoPlatform {
-                reference: r.whole(),
-                platform: Platform::host().to_string(),
-                available,
+        })? {
+            image::Picked::Manifest => top,
+            image::Picked::FromIndex { digest } => {
+                index = Some(IndexInfo {
+                    digest: Digest::of(&top).into_string(),
+                    platforms: image::index_platforms(&top),
+                    shown: platform.to_string(),
+                });
+                registry.manifest_raw(&r.clone_with_digest(digest)).await?.0
             }
-            .into())
-        }
-    };
+            image::Picked::NoMatch { available } => {
+                return Err(RegistryError::NoPlatform {
+                    reference: r.whole(),
+                    platform: platform.to_string(),
+                    available,
+                }
+                .into())
+            }
+        };
     let (config, mut data) = parse_image_manifest(&r.whole(), &bytes)?;
+    data.index = index;
     let config = registry.blob_bytes(r, &config.digest).await?;
     data.config = parse_config(&r.whole(), &config)?;
     data.config_digest = Digest::of(&config).into_string();
@@ -544,6 +570,7 @@ fn read_docker_archive(
         annotations: BTreeMap::new(),
         layers,
         config,
+        index: None,
     })
 }
 
@@ -557,6 +584,9 @@ pub struct InspectReport {
     pub config_digest: String,
     pub base: BaseInfo,
     pub sessions: Vec<SessionInfo>,
+    /// A multi-platform tag: the index the image was picked from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<IndexInfo>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -724,6 +754,7 @@ fn describe(name: &str, data: &ImageData) -> Result<InspectReport, OutputError> 
             digest: base_digest,
         },
         sessions,
+        index: data.index.clone(),
     })
 }
 
@@ -781,6 +812,14 @@ impl InspectReport {
     pub fn text(&self) -> String {
         let mut out = Vec::new();
         out.push(format!("image     {}", self.image));
+        if let Some(i) = &self.index {
+            out.push(format!("index     {}", i.digest));
+            out.push(format!(
+                "platforms {} (shown: {}; --platform picks another)",
+                i.platforms.join(", "),
+                i.shown
+            ));
+        }
         if let Some(d) = &self.manifest_digest {
             out.push(format!("digest    {d}"));
         }
@@ -916,7 +955,15 @@ pub async fn inspect(
         return Ok(());
     }
     let data = match source {
-        Source::Registry(r) => read_registry(transport, &r).await?,
+        Source::Registry(r) => {
+            let platform = match &args.platform {
+                Some(p) => {
+                    Platform::parse(p).map_err(|m| Error::Usage(format!("--platform: {m}")))?
+                }
+                None => Platform::host(),
+            };
+            read_registry(transport, &r, &platform).await?
+        }
         Source::OciDir(dir, want) => {
             if !dir.join("oci-layout").is_file() {
                 return Err(bad(
@@ -1035,6 +1082,7 @@ mod tests {
             .into(),
             layers: layers(&[100, 2048, 4096]),
             config: record_config(),
+            index: None,
         };
         let report = describe("x", &data).unwrap();
         let doc: Value = serde_json::from_str(&report.json()).unwrap();

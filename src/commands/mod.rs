@@ -5,6 +5,7 @@ pub mod build;
 pub mod init;
 pub mod inspect;
 pub mod plan;
+pub mod platforms;
 pub mod prune;
 pub mod report;
 pub mod run;

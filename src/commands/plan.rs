@@ -62,6 +62,10 @@ pub struct PlanReport<'a> {
 #[derive(Debug, Serialize)]
 pub struct SessionRow<'a> {
     pub session: &'a str,
+    /// With `platforms:`: the platform of this row (a matrix entry builds it with
+    /// `--platform`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
     pub venv_dir: &'a str,
     pub key: &'a str,
     pub tag: &'a str,
@@ -93,6 +97,7 @@ impl<'a> PlanReport<'a> {
             .iter()
             .map(|s| SessionRow {
                 session: &s.config.name,
+                platform: None,
                 venv_dir: &s.venv_dir,
                 key: &s.key,
                 tag: &s.tag,
@@ -167,12 +172,16 @@ impl<'a> PlanReport<'a> {
             .iter()
             .filter(|s| s.status == HitOrMiss::Miss)
             .map(|s| {
-                serde_json::json!({
+                let mut entry = serde_json::json!({
                     "session": s.session,
                     "venv": super::report::ci_output_name(s.venv_dir),
                     "tag": s.tag,
                     "image": s.image,
-                })
+                });
+                if let Some(p) = &s.platform {
+                    entry["platform"] = serde_json::json!(p);
+                }
+                entry
             })
             .collect();
         serde_json::json!({ "include": include }).to_string()
@@ -207,16 +216,21 @@ impl<'a> PlanReport<'a> {
                 vars.insert("VENVIMG_PASSWORD".into(), "$CI_REGISTRY_PASSWORD".into());
                 job.insert("variables".into(), Value::Mapping(vars));
             }
+            let platform = s
+                .platform
+                .as_deref()
+                .map(|p| format!(" --platform {}", shell_word(p)))
+                .unwrap_or_default();
             job.insert(
                 "script".into(),
                 Value::Sequence(vec![format!(
-                    "venvimg{config} build --session {}",
+                    "venvimg{config} build --session {}{platform}",
                     shell_word(s.session)
                 )
                 .into()]),
             );
             doc.insert(
-                format!("venvimg build {}", s.session).into(),
+                format!("venvimg build {}{platform}", s.session).into(),
                 Value::Mapping(job),
             );
         }
@@ -272,6 +286,11 @@ pub async fn plan(
             only.push(s.clone());
         }
     }
+    if config.multi_platform() && args.explain.is_none() {
+        return super::platforms::plan(config, registry, args, &only, printer).await;
+    }
+    // `--explain` with `platforms:` explains this machine's platform.
+    let config = &config.for_platform(&config.platform);
     let plan = crate::plan::make_plan(config, registry, &only).await?;
     super::report::flush_warnings(registry, printer);
     if let Some(session) = &args.explain {
@@ -295,21 +314,7 @@ pub async fn plan(
         printer.out(report.table());
     }
     if let Some(file) = &args.gitlab_child {
-        let config_arg = (config.file.file_name()
-            != Some(std::ffi::OsStr::new(crate::config::DEFAULT_CONFIG_FILE))
-            || !is_current_dir(config.file.parent()))
-        .then(|| config.file.to_string_lossy().into_owned());
-        let registry = config.repository.resolve_registry();
-        let gitlab_registry = std::env::var("CI_REGISTRY").is_ok_and(|r| r == registry);
-        let text = report.gitlab_child(config_arg.as_deref(), gitlab_registry);
-        std::fs::write(file, text).map_err(|source| Error::Io {
-            path: file.clone(),
-            source,
-        })?;
-        printer.verbose(format!(
-            "wrote the GitLab child pipeline {}",
-            file.display()
-        ));
+        write_gitlab_child(config, &report, file, printer)?;
     }
     if args.ci_output {
         let mut lines = report.ci_outputs();
@@ -318,6 +323,31 @@ pub async fn plan(
         }
         super::report::write_ci_output(&lines, printer)?;
     }
+    Ok(())
+}
+
+/// `--gitlab-child FILE`: the child pipeline of `report`'s misses.
+pub(super) fn write_gitlab_child(
+    config: &Config,
+    report: &PlanReport,
+    file: &std::path::Path,
+    printer: &Printer,
+) -> Result<(), Error> {
+    let config_arg = (config.file.file_name()
+        != Some(std::ffi::OsStr::new(crate::config::DEFAULT_CONFIG_FILE))
+        || !is_current_dir(config.file.parent()))
+    .then(|| config.file.to_string_lossy().into_owned());
+    let registry = config.repository.resolve_registry();
+    let gitlab_registry = std::env::var("CI_REGISTRY").is_ok_and(|r| r == registry);
+    let text = report.gitlab_child(config_arg.as_deref(), gitlab_registry);
+    std::fs::write(file, text).map_err(|source| Error::Io {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    printer.verbose(format!(
+        "wrote the GitLab child pipeline {}",
+        file.display()
+    ));
     Ok(())
 }
 

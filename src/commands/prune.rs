@@ -476,10 +476,17 @@ pub async fn prune(
     printer: &Printer,
 ) -> Result<(), Error> {
     // The current keys, exactly as `venvimg plan` computes them.
-    let plan = crate::plan::make_plan(config, registry, &[]).await?;
-    super::report::flush_warnings(registry, printer);
+    let plan =
+        crate::plan::make_plan(&config.for_platform(&config.platform), registry, &[]).await?;
     let mut current: BTreeSet<String> = plan.sessions.iter().map(|s| s.tag.clone()).collect();
     current.insert(plan.combined_tag());
+    // With `platforms:`, every platform's images are current (each has its own keys).
+    for p in config.platforms.iter().filter(|p| **p != config.platform) {
+        let other = crate::plan::make_plan(&config.for_platform(p), registry, &[]).await?;
+        current.extend(other.sessions.iter().map(|s| s.tag.clone()));
+        current.insert(other.combined_tag());
+    }
+    super::report::flush_warnings(registry, printer);
     let repo = at(&config.repository, "latest");
     let Survey {
         found,

@@ -65,6 +65,8 @@ pub async fn run(
     args: &RunArgs,
     printer: &Printer,
 ) -> Result<(), Error> {
+    // With `platforms:`, this machine's platform (the first listed when it is not one).
+    let config = &config.for_platform(&config.platform);
     let (plan, target) = ready(config, registry, &args.sessions, &args.job, printer).await?;
     let mut failed = Vec::new();
     let total = plan.sessions.len();
@@ -121,6 +123,7 @@ pub async fn shell(
     args: &ShellArgs,
     printer: &Printer,
 ) -> Result<(), Error> {
+    let config = &config.for_platform(&config.platform);
     let (plan, target) = ready(
         config,
         registry,

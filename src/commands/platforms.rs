@@ -1,0 +1,627 @@
+//! `platforms: [linux/amd64, linux/arm64]`: one job image per platform, and an image
+//! index under each session tag so every engine pulls its own architecture.
+//!
+//! Each platform is planned and built exactly as a single-platform config would be (its
+//! own base manifest, keys and tags), so a runner of each architecture can build its own
+//! with `build --platform`. The session's tag is an index over those images, named by a
+//! hash of every platform's key. It is written only once every platform's image is in
+//! the registry, and its bytes depend only on those images: two runners assembling at
+//! once write the same index, and the one that pushed its platform last always finds
+//! the other's there — neither can drop the other's manifest.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use oci_client::Reference;
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use super::build::{self, BuildArgs, PlatformBuild, PlatformResult, SessionResult};
+use super::plan::{HitOrMiss, PlanArgs, PlanReport};
+use crate::config::{BuilderKind, Config, Platform};
+use crate::error::Error;
+use crate::plan::{Plan, SessionPlan, Status};
+use crate::printer::Printer;
+use crate::registry::index::{platform_index, IndexEntry};
+use crate::registry::Registry;
+
+/// The platforms `--platform` picks out of the config's (all of them when not given); a
+/// usage error for one the config does not list.
+pub(super) fn check_flag(config: &Config, flags: &[String]) -> Result<Vec<Platform>, Error> {
+    if flags.is_empty() {
+        return Ok(config.platforms.clone());
+    }
+    let listed = || {
+        config
+            .platforms
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut picked = Vec::new();
+    for flag in flags {
+        let p = Platform::parse(flag).map_err(|m| Error::Usage(format!("--platform: {m}")))?;
+        if !config.platforms.contains(&p) {
+            return Err(Error::Usage(format!(
+                "--platform {p}: {} builds for {} only\n  hint: add it to `platforms:` there",
+                config.file.display(),
+                listed()
+            )));
+        }
+        if !picked.contains(&p) {
+            picked.push(p);
+        }
+    }
+    Ok(picked)
+}
+
+/// The tag of a session's index: its venv dir and a hash of every platform's key.
+pub fn index_tag(venv_dir: &str, keys: &[(String, String)]) -> String {
+    crate::plan::tag_for(venv_dir, &hash_lines(keys))
+}
+
+fn hash_lines(pairs: &[(String, String)]) -> String {
+    let mut sorted = pairs.to_vec();
+    sorted.sort();
+    let mut h = Sha256::new();
+    for (platform, key) in sorted {
+        h.update(format!("{platform} {key}\n").as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+fn in_repository(r: &Reference, tag: String) -> Reference {
+    Reference::with_tag(
+        r.resolve_registry().to_string(),
+        r.repository().to_string(),
+        tag,
+    )
+}
+
+/// Is this machine able to run `p`'s containers only under emulation?
+fn emulated(p: &Platform) -> bool {
+    p.architecture != Platform::host().architecture
+}
+
+/// One platform's part: built here, or planned only (another runner builds it).
+struct Part {
+    platform: Platform,
+    plan: Plan,
+    built: Option<Built>,
+}
+
+/// What building a platform here gave (see [`PlatformBuild`]).
+struct Built {
+    results: Vec<SessionResult>,
+    all: Option<(String, String)>,
+    manifests: HashMap<String, Vec<u8>>,
+}
+
+impl Part {
+    /// A session's image on this platform: (reference, digest, outcome).
+    fn image_of(&self, s: &SessionPlan) -> (Reference, Option<String>, &'static str) {
+        if let Some(b) = &self.built {
+            let r = b.results.iter().find(|r| r.session == s.config.name);
+            return match r {
+                Some(r) => (s.image.clone(), r.digest.clone(), r.outcome),
+                None => (s.image.clone(), None, "failed"),
+            };
+        }
+        match &s.status {
+            Status::Hit { digest } => (s.image.clone(), Some(digest.clone()), "hit"),
+            Status::Miss => (s.image.clone(), None, "not built here"),
+        }
+    }
+}
+
+/// `venvimg build` with more than one platform: each platform picked is built (under
+/// emulation where this machine's architecture differs), the others are looked up, and
+/// each session's index is written once every platform's image is there.
+pub(super) async fn build(
+    config: &Config,
+    registry: &Registry,
+    args: &BuildArgs,
+    printer: &Printer,
+    started: Instant,
+) -> Result<(), Error> {
+    let picked = check_flag(config, &args.platform)?;
+    if config.builder == BuilderKind::Local {
+        if let Some(p) = picked.iter().find(|p| emulated(p)) {
+            return Err(Error::Usage(format!(
+                "{}: `builder: local` builds for this machine's platform ({}) only, not {p}\n  hint: use `builder: podman` (or docker), which builds {p} under emulation, or run `venvimg build --platform {p}` on such a runner",
+                config.file.display(),
+                Platform::host()
+            )));
+        }
+    }
+    // --output/--load carry one image: the platform this machine runs (else the first
+    // one built here).
+    let local_one = picked
+        .iter()
+        .find(|p| **p == config.platform)
+        .unwrap_or(&picked[0])
+        .clone();
+    let mut parts = Vec::new();
+    for p in config.platforms.iter().filter(|p| picked.contains(p)) {
+        let one = config.for_platform(p);
+        printer.info(format!(
+            "platform {p}{}",
+            if emulated(p) {
+                " (emulated: this machine is ".to_string() + &Platform::host().to_string() + ")"
+            } else {
+                String::new()
+            }
+        ));
+        let mut a = args.clone();
+        if *p != local_one {
+            a.output.clear();
+            a.load = false;
+        }
+        let t0 = Instant::now();
+        let built = build::build_platform(&one, registry, &a, printer).await?;
+        let misses = built
+            .results
+            .iter()
+            .filter(|r| r.outcome == "built")
+            .count();
+        printer.info(format!(
+            "platform {p}: {misses} session(s) built in {:.1}s{}",
+            t0.elapsed().as_secs_f64(),
+            if emulated(p) && misses > 0 {
+                " under emulation"
+            } else {
+                ""
+            }
+        ));
+        let PlatformBuild {
+            plan,
+            results,
+            all,
+            failed: _,
+            manifests,
+        } = built;
+        parts.push(Part {
+            platform: p.clone(),
+            plan,
+            built: Some(Built {
+                results,
+                all,
+                manifests,
+            }),
+        });
+    }
+
+    // The other platforms are looked up only now, after this runner's images are pushed:
+    // of two runners finishing at once, the later one to push then finds the other's
+    // images, and writes the index.
+    for p in config.platforms.iter().filter(|p| !picked.contains(p)) {
+        let plan =
+            crate::plan::make_plan(&config.for_platform(p), registry, &args.sessions).await?;
+        parts.push(Part {
+            platform: p.clone(),
+            plan,
+            built: None,
+        });
+    }
+    parts.sort_by_key(|part| config.platforms.iter().position(|p| *p == part.platform));
+    let lead = parts
+        .iter()
+        .position(|part| part.platform == local_one)
+        .expect("the platform built here is among the parts");
+    let mut results = Vec::new();
+    let mut failed = Vec::new();
+    let mut manifests: HashMap<String, Vec<u8>> = parts
+        .iter()
+        .filter_map(|p| p.built.as_ref())
+        .flat_map(|b| b.manifests.clone())
+        .collect();
+    for s in &parts[lead].plan.sessions {
+        let name = &s.config.name;
+        let mut per = Vec::new();
+        let mut keys = Vec::new();
+        let mut entries = Vec::new();
+        let mut complete = true;
+        for part in &parts {
+            let Some(ps) = part.plan.sessions.iter().find(|x| x.config.name == *name) else {
+                complete = false;
+                continue;
+            };
+            keys.push((part.platform.to_string(), ps.key.clone()));
+            let (image, digest, outcome) = part.image_of(ps);
+            if outcome == "failed" {
+                failed.push((format!("{name} ({})", part.platform), "failed".to_string()));
+            }
+            per.push(PlatformResult {
+                platform: part.platform.to_string(),
+                tag: ps.tag.clone(),
+                image: image.whole(),
+                digest: digest.clone(),
+                outcome,
+            });
+            let Some(digest) = digest else {
+                complete = false;
+                continue;
+            };
+            let manifest = match manifests.get(&digest) {
+                Some(m) => m.clone(),
+                None => match &ps.hit_manifest {
+                    Some(m) if matches!(&ps.status, Status::Hit { digest: d } if *d == digest) => {
+                        m.to_vec()
+                    }
+                    _ => fetch_manifest(registry, &image, &digest).await?,
+                },
+            };
+            manifests.insert(digest.clone(), manifest.clone());
+            entries.push((
+                image,
+                IndexEntry {
+                    platform: part.platform.clone(),
+                    manifest,
+                },
+            ));
+        }
+        let tag = index_tag(&s.venv_dir, &keys);
+        let own = in_repository(&config.repository, tag.clone());
+        let mut index_ref = own.clone();
+        let mut index_digest = None;
+        if complete {
+            let bytes = platform_index(
+                &entries.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
+                name,
+            );
+            let digest = crate::model::Digest::of(&bytes).into_string();
+            let all_own = entries.iter().all(|(r, _)| {
+                r.repository() == config.repository.repository()
+                    && r.resolve_registry() == config.repository.resolve_registry()
+            });
+            if all_own {
+                if !args.no_push
+                    && registry.manifest_digest(&own).await?.as_deref() != Some(&digest)
+                {
+                    registry.push_index(&own, bytes).await?;
+                    printer.info(format!("pushed the index {}@{digest}", own.whole()));
+                }
+                index_digest = Some(digest);
+            } else {
+                // Every platform a hit in `trusted_repository:`: its index is there too
+                // when the protected branch assembled it.
+                let at = in_repository(&entries[0].0, tag.clone());
+                if registry.manifest_digest(&at).await?.as_deref() == Some(&digest) {
+                    index_ref = at;
+                    index_digest = Some(digest);
+                } else {
+                    printer.warn(format!(
+                        "{name}: no index: its platforms' images are in different repositories ({}); run the build in one of them",
+                        entries
+                            .iter()
+                            .map(|(r, _)| r.whole())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+            }
+        } else if failed
+            .iter()
+            .all(|(n, _)| !n.starts_with(&format!("{name} (")))
+        {
+            let waiting: Vec<&str> = per
+                .iter()
+                .filter(|p| p.digest.is_none())
+                .map(|p| p.platform.as_str())
+                .collect();
+            printer.info(format!(
+                "{name}: the index waits for {} (run `venvimg build --platform P` where P runs)",
+                waiting.join(", ")
+            ));
+        }
+        let outcome = if per.iter().any(|p| p.outcome == "failed") {
+            "failed"
+        } else if index_digest.is_none() {
+            "incomplete"
+        } else if per.iter().any(|p| p.outcome == "built") {
+            "built"
+        } else {
+            "hit"
+        };
+        let lead_result = parts[lead]
+            .built
+            .as_ref()
+            .and_then(|b| b.results.iter().find(|r| r.session == *name));
+        results.push(SessionResult {
+            session: name.clone(),
+            venv_dir: s.venv_dir.clone(),
+            tag,
+            image: index_ref.whole(),
+            digest: index_digest,
+            outcome,
+            layer_size: lead_result.and_then(|r| r.layer_size),
+            seconds: parts
+                .iter()
+                .filter_map(|p| p.built.as_ref())
+                .flat_map(|b| b.results.iter().filter(|r| r.session == *name))
+                .map(|r| r.seconds)
+                .sum(),
+            error: lead_result.and_then(|r| r.error.clone()),
+            platforms: per,
+        });
+    }
+
+    let all = all_index(config, registry, &parts, lead, args, printer).await?;
+    let report = build::BuildReport {
+        sessions: &results,
+        all: all
+            .as_ref()
+            .map(|(image, digest)| build::AllImage::of(&parts[lead].plan, image.clone(), digest)),
+        seconds: started.elapsed().as_secs_f64(),
+        pushed: !args.no_push,
+        push: registry.stats.snapshot(),
+    };
+    report.render(args, printer)?;
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::BuildsFailed {
+            total: results.len() * parts.len(),
+            failed,
+        })
+    }
+}
+
+/// The all-sessions images' index, once every platform has its all-sessions image.
+async fn all_index(
+    config: &Config,
+    registry: &Registry,
+    parts: &[Part],
+    lead: usize,
+    args: &BuildArgs,
+    printer: &Printer,
+) -> Result<Option<(String, String)>, Error> {
+    if !parts[lead].plan.complete {
+        return Ok(None);
+    }
+    let mut tags = Vec::new();
+    let mut entries = Vec::new();
+    for part in parts {
+        let tag = part.plan.combined_tag();
+        let r = in_repository(&config.repository, tag.clone());
+        tags.push((part.platform.to_string(), tag));
+        let digest = match part.built.as_ref() {
+            Some(b) => b.all.as_ref().map(|(_, d)| d.clone()),
+            None => registry.manifest_digest(&r).await?,
+        };
+        let Some(digest) = digest else {
+            return Ok(None);
+        };
+        let manifest = match part.built.as_ref().and_then(|b| b.manifests.get(&digest)) {
+            Some(m) => m.clone(),
+            None if args.no_push => return Ok(None),
+            None => fetch_manifest(registry, &r, &digest).await?,
+        };
+        entries.push(IndexEntry {
+            platform: part.platform.clone(),
+            manifest,
+        });
+    }
+    let bytes = platform_index(&entries, "all sessions");
+    let digest = crate::model::Digest::of(&bytes).into_string();
+    let tag = format!("all-{}", &hash_lines(&tags)[..16]);
+    let r = in_repository(&config.repository, tag);
+    if !args.no_push && registry.manifest_digest(&r).await?.as_deref() != Some(&digest) {
+        registry.push_index(&r, bytes).await?;
+        printer.info(format!(
+            "pushed the all-sessions index {}@{digest}",
+            r.whole()
+        ));
+    }
+    Ok(Some((r.whole(), digest)))
+}
+
+async fn fetch_manifest(
+    registry: &Registry,
+    image: &Reference,
+    digest: &str,
+) -> Result<Vec<u8>, Error> {
+    let pinned = image.clone_with_digest(digest.to_string());
+    match registry.manifest_if_exists(&pinned).await? {
+        Some((bytes, _)) => Ok(bytes.to_vec()),
+        None => Err(crate::registry::RegistryError::Other {
+            registry: pinned.resolve_registry().to_string(),
+            operation: "read",
+            reference: pinned.whole(),
+            detail: "the manifest went missing while the index was assembled; run the build again"
+                .into(),
+        }
+        .into()),
+    }
+}
+
+/// A session's index in `plan`: a hit when every platform's image and the index are in
+/// the registry.
+#[derive(Debug, Serialize)]
+struct IndexRow {
+    session: String,
+    venv_dir: String,
+    tag: String,
+    image: String,
+    status: HitOrMiss,
+    digest: Option<String>,
+    /// Each platform's image: hit or miss.
+    platforms: BTreeMap<String, HitOrMiss>,
+}
+
+#[derive(Debug, Serialize)]
+struct MultiPlanReport<'a> {
+    repository: String,
+    /// Each platform's plan, as `plan` reports one.
+    platforms: Vec<PlanReport<'a>>,
+    /// Each session's index.
+    sessions: Vec<IndexRow>,
+}
+
+/// `venvimg plan` with more than one platform: each platform's plan, and each session's
+/// index. `--matrix` has an entry per platform and session that misses.
+pub(super) async fn plan(
+    config: &Config,
+    registry: &Registry,
+    args: &PlanArgs,
+    only: &[String],
+    printer: &Printer,
+) -> Result<(), Error> {
+    let configs: Vec<Config> = config
+        .platforms
+        .iter()
+        .map(|p| config.for_platform(p))
+        .collect();
+    let mut plans = Vec::new();
+    for one in &configs {
+        plans.push(crate::plan::make_plan(one, registry, only).await?);
+    }
+    super::report::flush_warnings(registry, printer);
+    let lead = config
+        .platforms
+        .iter()
+        .position(|p| *p == config.platform)
+        .unwrap_or(0);
+    for plan in &plans {
+        super::report::report_plan_findings(plan, printer);
+    }
+    super::report::check_project(config, &plans[lead], &args.sessions, args.strict, printer)?;
+    let reports: Vec<PlanReport> = plans
+        .iter()
+        .zip(&configs)
+        .map(|(plan, one)| PlanReport::new(plan, one))
+        .collect();
+
+    let mut rows = Vec::new();
+    for s in &plans[lead].sessions {
+        let mut keys = Vec::new();
+        let mut statuses = BTreeMap::new();
+        for (plan, p) in plans.iter().zip(&config.platforms) {
+            let found = plan
+                .sessions
+                .iter()
+                .find(|x| x.config.name == s.config.name);
+            if let Some(x) = found {
+                keys.push((p.to_string(), x.key.clone()));
+            }
+            let hit = found.is_some_and(|x| matches!(x.status, Status::Hit { .. }));
+            statuses.insert(
+                p.to_string(),
+                if hit { HitOrMiss::Hit } else { HitOrMiss::Miss },
+            );
+        }
+        let tag = index_tag(&s.venv_dir, &keys);
+        let image = in_repository(&config.repository, tag.clone());
+        let digest = if statuses.values().all(|h| *h == HitOrMiss::Hit) {
+            registry.manifest_digest(&image).await?
+        } else {
+            None
+        };
+        rows.push(IndexRow {
+            session: s.config.name.clone(),
+            venv_dir: s.venv_dir.clone(),
+            tag,
+            image: image.whole(),
+            status: if digest.is_some() {
+                HitOrMiss::Hit
+            } else {
+                HitOrMiss::Miss
+            },
+            digest,
+            platforms: statuses,
+        });
+    }
+
+    // Every platform's rows in one report: what --matrix and --gitlab-child list. Its
+    // jobs start from the base as configured, so each runner pulls its own platform.
+    let mut flat = PlanReport::new(&plans[lead], &configs[lead]);
+    flat.base = config.base.whole();
+    flat.platform = config
+        .platforms
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    flat.sessions = plans
+        .iter()
+        .zip(&configs)
+        .flat_map(|(plan, one)| {
+            PlanReport::new(plan, one)
+                .sessions
+                .into_iter()
+                .map(move |mut row| {
+                    row.platform = Some(one.platform.to_string());
+                    row
+                })
+        })
+        .collect();
+
+    let outputs: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r.venv_dir.clone(), r.image.clone()))
+        .collect();
+    if args.matrix {
+        printer.out(flat.matrix());
+    } else if args.json {
+        let report = MultiPlanReport {
+            repository: config.repository_path(),
+            platforms: reports,
+            sessions: rows,
+        };
+        printer.out(serde_json::to_string_pretty(&report).expect("the plan report serialises"));
+        return finish_plan(config, args, &flat, &outputs, printer);
+    } else {
+        for r in &reports {
+            printer.info(format!("platform {} · base {}", r.platform, r.base));
+            printer.out(r.table());
+        }
+        let table_rows: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                let missing: Vec<&str> = r
+                    .platforms
+                    .iter()
+                    .filter(|(_, h)| **h == HitOrMiss::Miss)
+                    .map(|(p, _)| p.as_str())
+                    .collect();
+                let status = match (r.status, missing.is_empty()) {
+                    (HitOrMiss::Hit, _) => "hit".to_string(),
+                    (HitOrMiss::Miss, true) => {
+                        "miss (every platform's image is there: `venvimg build` writes the index)"
+                            .into()
+                    }
+                    (HitOrMiss::Miss, false) => format!("miss ({})", missing.join(", ")),
+                };
+                vec![r.session.clone(), r.tag.clone(), status]
+            })
+            .collect();
+        printer.info("each session's image index (what jobs pull):");
+        printer.out(crate::printer::table(
+            &["SESSION", "INDEX TAG", "STATUS"],
+            &table_rows,
+        ));
+    }
+    finish_plan(config, args, &flat, &outputs, printer)
+}
+
+/// `--gitlab-child` and `--ci-output` of a multi-platform plan.
+fn finish_plan(
+    config: &Config,
+    args: &PlanArgs,
+    flat: &PlanReport,
+    outputs: &[(String, String)],
+    printer: &Printer,
+) -> Result<(), Error> {
+    if let Some(file) = &args.gitlab_child {
+        super::plan::write_gitlab_child(config, flat, file, printer)?;
+    }
+    if args.ci_output {
+        let mut lines = outputs.to_vec();
+        if args.matrix {
+            lines.push(("matrix".into(), flat.matrix()));
+        }
+        super::report::write_ci_output(&lines, printer)?;
+    }
+    Ok(())
+}

@@ -68,7 +68,7 @@ med = lambda arch, i: statistics.median(float(r[i]) for r in rows if r[0] == arc
 w = {a: med(a, 1) for a in ("amd64", "arm64")}
 b = {a: med(a, 2) for a in ("amd64", "arm64")}
 load = open("/proc/loadavg").read().split()[:3]
-print(f"Measured {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, load {' '.join(load)} at the end; "
+print(f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, load {' '.join(load)} at the end; "
       f"{sys.argv[4]} ({sys.argv[3]}); medians of {sys.argv[2]} round(s), platforms alternating. "
       "`bash benches/platforms.sh -n N` reproduces it.\n")
 print("The sample's three sessions (tests, lint, compat) built with `builder: podman` into an empty repository, "

@@ -32,17 +32,7 @@ fn a_pull_request_job_reuses_trusted_images_and_writes_only_its_own_repository()
     // built; its own repository gets only the all-sessions image (layers mounted).
     let out = p.build_output(&["--repository", &pr]);
     let report = support::project::json_ok(&out, "venvimg build --repository PR");
-    for name in ["check", "other"] {
-        let s = session(&report, name);
-        assert_eq!(s["outcome"], "hit", "{report}");
-        assert!(
-            s["image"]
-                .as_str()
-                .unwrap()
-                .starts_with(&format!("{trusted}:")),
-            "{name} should be used from the trusted repository: {report}"
-        );
-    }
+    assert_hits_from(&report, &trusted, &["check", "other"]);
     let pr_tags = support::list_tags(&pr);
     assert!(
         pr_tags
@@ -189,17 +179,7 @@ fn the_registry_refuses_a_pull_request_job_write_into_the_trusted_repository() {
     let out = build_as(&p, "pr", PR_PASSWORD, &["--repository", &pr]);
     assert_no_secret(&text(&out), "pr", PR_PASSWORD);
     let report = json_ok(&out, "the pull request's build, nothing changed");
-    for name in ["check", "other"] {
-        let s = session(&report, name);
-        assert_eq!(s["outcome"], "hit", "{report}");
-        assert!(
-            s["image"]
-                .as_str()
-                .unwrap()
-                .starts_with(&format!("{trusted}:")),
-            "{report}"
-        );
-    }
+    assert_hits_from(&report, &trusted, &["check", "other"]);
     let all = report["all"]["image"].as_str().unwrap();
     assert!(all.starts_with(&format!("{pr}:all-")), "{report}");
     let push = &report["push"];
@@ -293,4 +273,20 @@ fn the_registry_refuses_a_pull_request_job_write_into_the_trusted_repository() {
         !reg.has_blob(TRUSTED, &blobs[0]),
         "the changed session's config reached the trusted repository"
     );
+}
+
+/// Each of `names` is a hit in `report`, used from the `trusted` repository where it is.
+#[track_caller]
+fn assert_hits_from(report: &serde_json::Value, trusted: &str, names: &[&str]) {
+    for name in names {
+        let s = session(report, name);
+        assert_eq!(s["outcome"], "hit", "{name}: {report}");
+        assert!(
+            s["image"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{trusted}:")),
+            "{name} should be used from the trusted repository: {report}"
+        );
+    }
 }

@@ -227,6 +227,15 @@ fn one_tag_per_session_for_amd64_and_arm64_each_engine_pulls_its_own() {
         Some(platform_digest(session(&first, "tests"), "linux/arm64").as_str())
     );
 
+    // `venvimg run` takes this machine's platform: the amd64 image, already a hit.
+    let (code, text) = project.outcome(&["run", "-s", "lint"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("building first"), "{text}");
+    assert!(
+        text.contains(&platform_digest(session(&first, "lint"), "linux/amd64")),
+        "run should use the amd64 image of lint: {text}"
+    );
+
     // 4. All hits: nothing is built, the same index digests.
     let again = project.build(&[]);
     for name in names {

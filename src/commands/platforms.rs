@@ -23,7 +23,7 @@ use crate::error::Error;
 use crate::plan::{Plan, SessionPlan, Status};
 use crate::printer::Printer;
 use crate::registry::index::{platform_index, IndexEntry};
-use crate::registry::Registry;
+use crate::registry::{at_tag, Registry};
 
 /// The platforms `--platform` picks out of the config's (all of them when not given); a
 /// usage error for one the config does not list.
@@ -69,14 +69,6 @@ fn hash_lines(pairs: &[(String, String)]) -> String {
         h.update(format!("{platform} {key}\n").as_bytes());
     }
     hex::encode(h.finalize())
-}
-
-fn in_repository(r: &Reference, tag: String) -> Reference {
-    Reference::with_tag(
-        r.resolve_registry().to_string(),
-        r.repository().to_string(),
-        tag,
-    )
 }
 
 /// Is this machine able to run `p`'s containers only under emulation?
@@ -262,7 +254,7 @@ pub(super) async fn build(
             ));
         }
         let tag = index_tag(&s.venv_dir, &keys);
-        let own = in_repository(&config.repository, tag.clone());
+        let own = at_tag(&config.repository, &tag);
         let mut index_ref = own.clone();
         let mut index_digest = None;
         if complete {
@@ -286,7 +278,7 @@ pub(super) async fn build(
             } else {
                 // Every platform a hit in `trusted_repository:`: its index is there too
                 // when the protected branch assembled it.
-                let at = in_repository(&entries[0].0, tag.clone());
+                let at = at_tag(&entries[0].0, &tag);
                 if registry.manifest_digest(&at).await?.as_deref() == Some(&digest) {
                     index_ref = at;
                     index_digest = Some(digest);
@@ -384,7 +376,7 @@ async fn all_index(
     let mut entries = Vec::new();
     for part in parts {
         let tag = part.plan.combined_tag();
-        let r = in_repository(&config.repository, tag.clone());
+        let r = at_tag(&config.repository, &tag);
         tags.push((part.platform.to_string(), tag));
         let digest = match part.built.as_ref() {
             Some(b) => b.all.as_ref().map(|(_, d)| d.clone()),
@@ -406,7 +398,7 @@ async fn all_index(
     let bytes = platform_index(&entries, "all sessions");
     let digest = crate::model::Digest::of(&bytes).into_string();
     let tag = format!("all-{}", &hash_lines(&tags)[..16]);
-    let r = in_repository(&config.repository, tag);
+    let r = at_tag(&config.repository, &tag);
     if !args.no_push && registry.manifest_digest(&r).await?.as_deref() != Some(&digest) {
         registry.push_index(&r, bytes).await?;
         printer.info(format!(
@@ -512,7 +504,7 @@ pub(super) async fn plan(
             );
         }
         let tag = index_tag(&s.venv_dir, &keys);
-        let image = in_repository(&config.repository, tag.clone());
+        let image = at_tag(&config.repository, &tag);
         let digest = if statuses.values().all(|h| *h == HitOrMiss::Hit) {
             registry.manifest_digest(&image).await?
         } else {

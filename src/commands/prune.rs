@@ -24,7 +24,7 @@ use crate::printer::{human_bytes, table, Printer, Verbosity};
 use crate::registry::delete::Deleted;
 use crate::registry::pushed::{self, Marker};
 use crate::registry::referrers;
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{at_tag, Registry, RegistryError};
 
 /// How many manifests are read at once.
 const PARALLEL: usize = 8;
@@ -303,14 +303,6 @@ fn freed(rows: &[ImageRow], base_blobs: &HashSet<String>) -> u64 {
         .sum()
 }
 
-fn at(repo: &Reference, tag: &str) -> Reference {
-    Reference::with_tag(
-        repo.resolve_registry().to_string(),
-        repo.repository().to_string(),
-        tag.to_string(),
-    )
-}
-
 /// What a repository's tags hold: images, push markers by image digest, and referrers
 /// tags (`sha256-<hex>`, the SBOMs' index where the registry has no referrers API) by
 /// image digest.
@@ -335,7 +327,7 @@ async fn survey(registry: &Registry, repo: &Reference) -> Result<Survey, Error> 
         .into_iter()
         .partition(|t| pushed::marker_subject(t).is_some());
     let read = |tag: String| async move {
-        let r = registry.manifest_if_exists(&at(repo, &tag)).await;
+        let r = registry.manifest_if_exists(&at_tag(repo, &tag)).await;
         (tag, r)
     };
     let mut markers = BTreeMap::new();
@@ -367,7 +359,7 @@ async fn survey(registry: &Registry, repo: &Reference) -> Result<Survey, Error> 
     }
     let classify = |(digest, (bytes, mut tags)): (String, (bytes::Bytes, Vec<String>))| async move {
         tags.sort();
-        let r = at(repo, &tags[0]);
+        let r = at_tag(repo, &tags[0]);
         let (made, size, blobs) = classify(registry, &r, &bytes).await?;
         Ok::<_, RegistryError>(Found {
             digest,
@@ -487,7 +479,7 @@ pub async fn prune(
         current.insert(other.combined_tag());
     }
     super::report::flush_warnings(registry, printer);
-    let repo = at(&config.repository, "latest");
+    let repo = at_tag(&config.repository, "latest");
     let Survey {
         found,
         markers,
@@ -506,7 +498,7 @@ pub async fn prune(
         if present.contains(subject.as_str()) {
             continue;
         }
-        if let Some((bytes, _)) = registry.manifest_if_exists(&at(&repo, tag)).await? {
+        if let Some((bytes, _)) = registry.manifest_if_exists(&at_tag(&repo, tag)).await? {
             let index: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
             if index["manifests"]
                 .as_array()

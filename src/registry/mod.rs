@@ -382,6 +382,15 @@ fn blob_key(target: &Reference, digest: &str) -> String {
     )
 }
 
+/// `tag` in `repo`'s repository (whatever `repo`'s own tag or digest).
+pub fn at_tag(repo: &Reference, tag: &str) -> Reference {
+    Reference::with_tag(
+        repo.resolve_registry().to_string(),
+        repo.repository().to_string(),
+        tag.to_string(),
+    )
+}
+
 pub fn is_loopback(registry: &str) -> bool {
     let host = if let Some(rest) = registry.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")

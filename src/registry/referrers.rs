@@ -14,7 +14,7 @@ use oci_client::Reference;
 use serde_json::{json, Value};
 
 use super::delete::Call;
-use super::{Registry, RegistryError};
+use super::{at_tag, Registry, RegistryError};
 use crate::image::MediaTypes;
 use crate::model::Digest;
 
@@ -108,14 +108,6 @@ fn descriptor_of(manifest: &[u8]) -> Value {
         d["annotations"] = a.clone();
     }
     d
-}
-
-fn at_tag(repo: &Reference, tag: &str) -> Reference {
-    Reference::with_tag(
-        repo.resolve_registry().to_string(),
-        repo.repository().to_string(),
-        tag.to_string(),
-    )
 }
 
 fn at_digest(repo: &Reference, digest: &str) -> Reference {

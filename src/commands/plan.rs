@@ -313,11 +313,23 @@ pub async fn plan(
         printer.info(format!("base {}", report.base));
         printer.out(report.table());
     }
+    write_outputs(config, args, &report, &report.ci_outputs(), printer)
+}
+
+/// `--gitlab-child FILE` (the misses of `report`) and `--ci-output` (`outputs`, and the
+/// matrix with `--matrix`).
+pub(super) fn write_outputs(
+    config: &Config,
+    args: &PlanArgs,
+    report: &PlanReport,
+    outputs: &[(String, String)],
+    printer: &Printer,
+) -> Result<(), Error> {
     if let Some(file) = &args.gitlab_child {
-        write_gitlab_child(config, &report, file, printer)?;
+        write_gitlab_child(config, report, file, printer)?;
     }
     if args.ci_output {
-        let mut lines = report.ci_outputs();
+        let mut lines = outputs.to_vec();
         if args.matrix {
             lines.push(("matrix".into(), report.matrix()));
         }
@@ -327,7 +339,7 @@ pub async fn plan(
 }
 
 /// `--gitlab-child FILE`: the child pipeline of `report`'s misses.
-pub(super) fn write_gitlab_child(
+fn write_gitlab_child(
     config: &Config,
     report: &PlanReport,
     file: &std::path::Path,

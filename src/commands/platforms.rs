@@ -562,7 +562,6 @@ pub(super) async fn plan(
             sessions: rows,
         };
         printer.out(serde_json::to_string_pretty(&report).expect("the plan report serialises"));
-        return finish_plan(config, args, &flat, &outputs, printer);
     } else {
         for r in &reports {
             printer.info(format!("platform {} · base {}", r.platform, r.base));
@@ -594,26 +593,5 @@ pub(super) async fn plan(
             &table_rows,
         ));
     }
-    finish_plan(config, args, &flat, &outputs, printer)
-}
-
-/// `--gitlab-child` and `--ci-output` of a multi-platform plan.
-fn finish_plan(
-    config: &Config,
-    args: &PlanArgs,
-    flat: &PlanReport,
-    outputs: &[(String, String)],
-    printer: &Printer,
-) -> Result<(), Error> {
-    if let Some(file) = &args.gitlab_child {
-        super::plan::write_gitlab_child(config, flat, file, printer)?;
-    }
-    if args.ci_output {
-        let mut lines = outputs.to_vec();
-        if args.matrix {
-            lines.push(("matrix".into(), flat.matrix()));
-        }
-        super::report::write_ci_output(&lines, printer)?;
-    }
-    Ok(())
+    super::plan::write_outputs(config, args, &flat, &outputs, printer)
 }

@@ -87,6 +87,8 @@ struct Part {
 struct Built {
     results: Vec<SessionResult>,
     all: Option<(String, String)>,
+    /// (session, cause) of each session that failed to build.
+    failed: Vec<(String, String)>,
     manifests: HashMap<String, Vec<u8>>,
 }
 
@@ -170,7 +172,7 @@ pub(super) async fn build(
             plan,
             results,
             all,
-            failed: _,
+            failed,
             manifests,
         } = built;
         parts.push(Part {
@@ -179,6 +181,7 @@ pub(super) async fn build(
             built: Some(Built {
                 results,
                 all,
+                failed,
                 manifests,
             }),
         });
@@ -202,7 +205,16 @@ pub(super) async fn build(
         .position(|part| part.platform == local_one)
         .expect("the platform built here is among the parts");
     let mut results = Vec::new();
-    let mut failed = Vec::new();
+    // Each failure with its cause, named by session and platform.
+    let failed: Vec<(String, String)> = parts
+        .iter()
+        .filter_map(|part| Some((part, part.built.as_ref()?)))
+        .flat_map(|(part, b)| {
+            b.failed
+                .iter()
+                .map(move |(s, cause)| (format!("{s} ({})", part.platform), cause.clone()))
+        })
+        .collect();
     let mut manifests: HashMap<String, Vec<u8>> = parts
         .iter()
         .filter_map(|p| p.built.as_ref())
@@ -221,9 +233,6 @@ pub(super) async fn build(
             };
             keys.push((part.platform.to_string(), ps.key.clone()));
             let (image, digest, outcome) = part.image_of(ps);
-            if outcome == "failed" {
-                failed.push((format!("{name} ({})", part.platform), "failed".to_string()));
-            }
             per.push(PlatformResult {
                 platform: part.platform.to_string(),
                 tag: ps.tag.clone(),
@@ -257,6 +266,7 @@ pub(super) async fn build(
         let own = at_tag(&config.repository, &tag);
         let mut index_ref = own.clone();
         let mut index_digest = None;
+        let any_failed = per.iter().any(|p| p.outcome == "failed");
         if complete {
             let bytes = platform_index(
                 &entries.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
@@ -293,10 +303,7 @@ pub(super) async fn build(
                     ));
                 }
             }
-        } else if failed
-            .iter()
-            .all(|(n, _)| !n.starts_with(&format!("{name} (")))
-        {
+        } else if !any_failed {
             let waiting: Vec<&str> = per
                 .iter()
                 .filter(|p| p.digest.is_none())
@@ -307,7 +314,7 @@ pub(super) async fn build(
                 waiting.join(", ")
             ));
         }
-        let outcome = if per.iter().any(|p| p.outcome == "failed") {
+        let outcome = if any_failed {
             "failed"
         } else if index_digest.is_none() {
             "incomplete"
@@ -316,6 +323,11 @@ pub(super) async fn build(
         } else {
             "hit"
         };
+        let built_here: Vec<&SessionResult> = parts
+            .iter()
+            .filter_map(|p| p.built.as_ref())
+            .flat_map(|b| b.results.iter().filter(|r| r.session == *name))
+            .collect();
         let lead_result = parts[lead]
             .built
             .as_ref()
@@ -328,13 +340,9 @@ pub(super) async fn build(
             digest: index_digest,
             outcome,
             layer_size: lead_result.and_then(|r| r.layer_size),
-            seconds: parts
-                .iter()
-                .filter_map(|p| p.built.as_ref())
-                .flat_map(|b| b.results.iter().filter(|r| r.session == *name))
-                .map(|r| r.seconds)
-                .sum(),
-            error: lead_result.and_then(|r| r.error.clone()),
+            seconds: built_here.iter().map(|r| r.seconds).sum(),
+            // The first platform's failure (each is in `platforms` and the summary).
+            error: built_here.iter().find_map(|r| r.error.clone()),
             platforms: per,
         });
     }

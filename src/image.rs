@@ -82,10 +82,7 @@ pub fn pick_platform(bytes: &[u8], platform: &Platform) -> Result<Picked, String
         let os = p.os().to_string();
         let arch = p.architecture().to_string();
         let variant = p.variant().clone();
-        available.push(match &variant {
-            Some(v) => format!("{os}/{arch}/{v}"),
-            None => format!("{os}/{arch}"),
-        });
+        available.push(spelled(p));
         if os == platform.os
             && arch == platform.architecture
             && (platform.variant.is_none() || platform.variant == variant)
@@ -113,11 +110,16 @@ pub fn index_platforms(bytes: &[u8]) -> Vec<String> {
         .manifests()
         .iter()
         .filter_map(|m| m.platform().as_ref())
-        .map(|p| match p.variant() {
-            Some(v) => format!("{}/{}/{v}", p.os(), p.architecture()),
-            None => format!("{}/{}", p.os(), p.architecture()),
-        })
+        .map(spelled)
         .collect()
+}
+
+/// An index entry's platform as `os/arch[/variant]`.
+fn spelled(p: &oci_spec::image::Platform) -> String {
+    match p.variant() {
+        Some(v) => format!("{}/{}/{v}", p.os(), p.architecture()),
+        None => format!("{}/{}", p.os(), p.architecture()),
+    }
 }
 
 pub fn parse_manifest(bytes: &[u8]) -> Result<ImageManifest, String> {

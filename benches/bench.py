@@ -1055,15 +1055,29 @@ def report(res: dict) -> str:
         out.append("")
     for note in res.get("notes", []):
         out.append(f"Note: {note}")
-    if (RESULTS / "shaped.md").exists():
-        out.append("")
-        out.append(SHAPED_LINK)
+    out += shaped_section()
     return "\n".join(out).rstrip() + "\n"
 
 
-SHAPED_LINK = ("**Shaped link** — the same job-start contenders with the package index and the registry behind a "
-               "rate-limited, delayed link (hosted runner ≈ 1 Gbit/s, 5 ms RTT; modest self-hosted ≈ 100 Mbit/s, "
-               "30 ms RTT), bytes that crossed the link included: [shaped.md](shaped.md) (`bash benches/shaped.sh`).")
+def shaped_section() -> list:
+    """The shaped-link run's tables (benches/shaped.sh, its own results file), carried into
+    this report so one page holds every job-start number; shaped.sh re-renders it."""
+    path = RESULTS / "shaped.json"
+    if not path.exists():
+        return []
+    import shaped  # here, not at the top: shaped imports this module
+    return ["", "## Shaped link", "",
+            "The same job-start contenders with the package index and the registry behind one rate-limited, "
+            "delayed link, bytes that crossed it included (`bash benches/shaped.sh`; also "
+            "[shaped.md](shaped.md)). It has its own run, so its date and commit are its own:", "",
+            shaped.report(json.loads(path.read_text())).rstrip()]
+
+
+def rerender_latest():
+    """Re-render latest.md from latest.json (after shaped.sh wrote new shaped results)."""
+    path = RESULTS / "latest.json"
+    if path.exists():
+        (RESULTS / "latest.md").write_text(report(json.loads(path.read_text())))
 
 
 def fmt_mib(x):

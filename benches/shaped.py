@@ -611,6 +611,7 @@ class Shaped:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "shaped.json").write_text(json.dumps(self.results, indent=2, sort_keys=True) + "\n")
         (RESULTS / "shaped.md").write_text(md)
+        bench.rerender_latest()
         print(md)
         log(f"done in {self.results['duration_s']:.0f}s; wrote {RESULTS / 'shaped.md'} and shaped.json")
 
@@ -828,6 +829,7 @@ def main():
     if args.report_only:
         md = report(json.loads((RESULTS / "shaped.json").read_text()))
         (RESULTS / "shaped.md").write_text(md)
+        bench.rerender_latest()
         print(md)
         return
     if not args.state:

@@ -62,6 +62,7 @@ struct RawConfig {
     inputs: Option<Vec<String>>,
     sessions: Option<Vec<Value>>,
     compression: Option<String>,
+    compression_level: Option<i64>,
     owner: Option<String>,
     project: Option<String>,
     root: Option<String>,
@@ -598,12 +599,40 @@ impl Config {
 
         let compression = match raw.compression.as_deref() {
             None | Some("gzip") => Compression::Gzip,
-            Some("zstd") => Compression::Zstd,
+            Some("zstd") => Compression::ZSTD,
             Some(other) => {
                 return Err(ConfigError::field(
                     f,
                     "compression",
                     format!("unknown compression `{other}`; use gzip or zstd"),
+                ))
+            }
+        };
+        // Builds are rare and pulls many: a higher zstd level trades build CPU for bytes.
+        let compression = match (compression, raw.compression_level) {
+            (c, None) => c,
+            (Compression::Zstd { .. }, Some(level)) => {
+                if !(1..=i64::from(crate::model::ZSTD_MAX_LEVEL)).contains(&level) {
+                    return Err(ConfigError::field(
+                        f,
+                        "compression_level",
+                        format!(
+                            "{level} is out of range; use 1 to {} (zstd's levels)",
+                            crate::model::ZSTD_MAX_LEVEL
+                        ),
+                    ));
+                }
+                Compression::Zstd {
+                    level: level as i32,
+                }
+            }
+            (Compression::Gzip, Some(_)) => {
+                return Err(ConfigError::field(
+                    f,
+                    "compression_level",
+                    "applies to `compression: zstd` only (gzip layers are always level 6); \
+                     remove it or set `compression: zstd`"
+                        .to_string(),
                 ))
             }
         };
@@ -1101,6 +1130,32 @@ mod tests {
         assert_eq!(c.owner, Owner { uid: 0, gid: 0 });
         assert!(c.sessions.is_none());
         assert_eq!(c.repository.registry(), "127.0.0.1:5000");
+    }
+
+    #[test]
+    fn compression_level_is_zstds_only_and_in_range() {
+        assert_eq!(parse(MIN).unwrap().compression, Compression::Gzip);
+        let c = parse(&format!("{MIN}compression: zstd\n")).unwrap();
+        assert_eq!(c.compression, Compression::Zstd { level: 3 });
+        let c = parse(&format!("{MIN}compression: zstd\ncompression_level: 19\n")).unwrap();
+        assert_eq!(c.compression, Compression::Zstd { level: 19 });
+        for bad in [
+            "compression: zstd\ncompression_level: 0",
+            "compression: zstd\ncompression_level: 20",
+        ] {
+            let e = parse(&format!("{MIN}{bad}\n")).unwrap_err().to_string();
+            assert!(
+                e.contains("compression_level") && e.contains("1 to 19"),
+                "{e}"
+            );
+        }
+        let e = parse(&format!("{MIN}compression_level: 9\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("compression_level") && e.contains("`compression: zstd` only"),
+            "{e}"
+        );
     }
 
     #[test]

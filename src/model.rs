@@ -1,19 +1,41 @@
 //! Plain values every stage shares, with no behaviour of their own beyond computing and
 //! checking them: the bottom of the import order (see `lib.rs`).
 
+/// libzstd level of zstd layers unless `compression_level` says otherwise (the `zstd`
+/// CLI's default). Higher levels cost build CPU for fewer bytes: measured on the bigstack
+/// venv, level 9 is 14% smaller for 4.6x the CPU, level 19 24% smaller for ~90x
+/// (`benches/results/pull-layout.md`); pulls decompress every level as fast.
+pub const ZSTD_DEFAULT_LEVEL: i32 = 3;
+/// Highest `compression_level` accepted: 20-22 need `--ultra` windows that decoders may
+/// refuse to allocate.
+pub const ZSTD_MAX_LEVEL: i32 = 19;
+
 /// Layer compression.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Compression {
     Gzip,
-    Zstd,
+    /// libzstd at `level` (1-19); part of the layer bytes, so of the key.
+    Zstd {
+        level: i32,
+    },
 }
 
 impl Compression {
+    /// zstd at the default level.
+    pub const ZSTD: Compression = Compression::Zstd {
+        level: ZSTD_DEFAULT_LEVEL,
+    };
+
+    /// Whether layers are zstd (at any level): what Docker before 23 cannot pull.
+    pub fn is_zstd(self) -> bool {
+        matches!(self, Compression::Zstd { .. })
+    }
+
     /// OCI media type of a layer compressed this way.
     pub fn media_type(self) -> &'static str {
         match self {
             Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
-            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+            Compression::Zstd { .. } => "application/vnd.oci.image.layer.v1.tar+zstd",
         }
     }
 }

@@ -235,9 +235,7 @@ pub(super) async fn build_platform(
         plan.base.pinned(),
         plan.sessions.len()
     ));
-    if config.builder == BuilderKind::Docker
-        && config.compression == crate::model::Compression::Zstd
-    {
+    if config.builder == BuilderKind::Docker && config.compression.is_zstd() {
         if let Some((major, minor)) = builder::docker_server_version().filter(|v| v.0 < 23) {
             printer.warn(format!(
                 "{}: `compression: zstd`, but this machine's Docker {major}.{minor} cannot pull zstd layers (Docker 23 and later can): its job images will not run under it; use `compression: gzip` or podman",

@@ -223,7 +223,7 @@ struct Target {
 impl Target {
     fn resolve(config: &Config, job: &JobArgs) -> Result<Target, Error> {
         let engine = super::job_engine(config.builder, job.engine.as_deref())?;
-        if engine == BuilderKind::Docker && config.compression == crate::model::Compression::Zstd {
+        if engine == BuilderKind::Docker && config.compression.is_zstd() {
             // Docker before 23 fails such a pull with a bare "archive/tar: invalid tar header".
             if let Some((major, minor)) = engine::docker_server_version().filter(|v| v.0 < 23) {
                 return Err(Error::Usage(format!(

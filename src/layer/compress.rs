@@ -39,8 +39,8 @@ pub const BLOCK_SIZE: usize = 2 << 20;
 /// of Python files at level 6 in 2.3x less CPU than miniz_oxide did (+1.3% bytes), so a
 /// level above 6 is not worth it (7: -0.7% bytes for 1.7x the CPU).
 pub const GZIP_LEVEL: u32 = 6;
-/// libzstd level for zstd layers (the `zstd` CLI's default).
-pub const ZSTD_LEVEL: i32 = 3;
+/// libzstd level for zstd layers unless the config says otherwise.
+pub const ZSTD_LEVEL: i32 = crate::model::ZSTD_DEFAULT_LEVEL;
 
 /// gzip header: no name, no extra fields, mtime 0, XFL 0 (what flate2's `GzBuilder`
 /// writes for level 6), OS 255 "unknown" (flate2's default too, so the header doesn't
@@ -51,7 +51,8 @@ const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Codec {
     Gzip,
-    Zstd,
+    /// libzstd level.
+    Zstd(i32),
 }
 
 /// A `Write` that compresses into `W` on other threads. Call `finish` to get `W` back;
@@ -76,7 +77,7 @@ impl<W: Write + Send + 'static> Compressor<W> {
         assert!(block_size > 0);
         let stage = match codec {
             Codec::Gzip => Stage::Gzip(GzipPool::start(out, threads.max(1))?),
-            Codec::Zstd => Stage::Zstd(ZstdThread::start(out)?),
+            Codec::Zstd(level) => Stage::Zstd(ZstdThread::start(out, level)?),
         };
         Ok(Self {
             block_size,
@@ -334,14 +335,14 @@ struct ZstdThread<W> {
 }
 
 impl<W: Write + Send + 'static> ZstdThread<W> {
-    fn start(out: W) -> io::Result<Self> {
+    fn start(out: W, level: i32) -> io::Result<Self> {
         // Two blocks in flight keep the compressor busy while the next one is filled.
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(2);
         let thread =
             thread::Builder::new()
                 .name("zstd".into())
                 .spawn(move || -> io::Result<W> {
-                    let mut encoder = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?;
+                    let mut encoder = zstd::stream::write::Encoder::new(out, level)?;
                     encoder.include_checksum(true)?;
                     for block in rx {
                         encoder.write_all(&block)?;
@@ -464,8 +465,8 @@ mod tests {
     #[test]
     fn zstd_round_trips_and_is_independent_of_threads() {
         let data = sample(40 * TEST_BLOCK + 999);
-        let one = compress(Codec::Zstd, &data, 1);
-        assert_eq!(one, compress(Codec::Zstd, &data, 2));
+        let one = compress(Codec::Zstd(ZSTD_LEVEL), &data, 1);
+        assert_eq!(one, compress(Codec::Zstd(ZSTD_LEVEL), &data, 2));
         assert_eq!(zstd::decode_all(&one[..]).unwrap(), data);
     }
 }

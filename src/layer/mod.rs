@@ -54,7 +54,7 @@ pub use crate::model::Compression;
 fn codec(c: Compression) -> Codec {
     match c {
         Compression::Gzip => Codec::Gzip,
-        Compression::Zstd => Codec::Zstd,
+        Compression::Zstd { level } => Codec::Zstd(level),
     }
 }
 

@@ -153,7 +153,7 @@ fn decompress(layer: &PackedLayer) -> Vec<u8> {
                 .read_to_end(&mut tar)
                 .unwrap();
         }
-        Compression::Zstd => tar = zstd::decode_all(&blob[..]).unwrap(),
+        Compression::Zstd { .. } => tar = zstd::decode_all(&blob[..]).unwrap(),
     }
     tar
 }
@@ -237,7 +237,7 @@ fn golden_digests() {
     );
     let zstd = pack(
         &tree,
-        &golden_options(Compression::Zstd),
+        &golden_options(Compression::ZSTD),
         &tmp.path().join("l.tar.zst"),
     );
     eprintln!(
@@ -256,6 +256,26 @@ fn golden_digests() {
         zstd.media_type(),
         "application/vnd.oci.image.layer.v1.tar+zstd"
     );
+}
+
+/// `compression_level` reaches libzstd: other bytes, the same tar, the same bytes again.
+#[test]
+fn zstd_level_changes_the_bytes_not_the_tar() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    golden_tree(&tree);
+    let high = Compression::Zstd { level: 19 };
+    let a = pack(&tree, &golden_options(high), &tmp.path().join("a.tar.zst"));
+    let b = pack(&tree, &golden_options(high), &tmp.path().join("b.tar.zst"));
+    let default = pack(
+        &tree,
+        &golden_options(Compression::ZSTD),
+        &tmp.path().join("d.tar.zst"),
+    );
+    assert_eq!(a.digest, b.digest, "level 19 is reproducible");
+    assert_ne!(a.digest, default.digest, "the level did not reach libzstd");
+    assert_eq!(a.diff_id, default.diff_id);
+    assert_eq!(decompress(&a), decompress(&default));
 }
 
 #[test]
@@ -465,7 +485,7 @@ fn output_does_not_depend_on_threads() {
             i as u64,
         );
     }
-    for compression in [Compression::Gzip, Compression::Zstd] {
+    for compression in [Compression::Gzip, Compression::ZSTD] {
         let mut blobs = Vec::new();
         for threads in [1, 2, 5] {
             let opts = PackOptions {
@@ -589,7 +609,7 @@ fn same_content_same_digest() {
     apply_modes_and_mtimes(&b, &spec, recent_time(2) - 3 * 86_400);
     // pyvenv.cfg-style old mtimes are kept, so they must be equal too: none here.
 
-    for compression in [Compression::Gzip, Compression::Zstd] {
+    for compression in [Compression::Gzip, Compression::ZSTD] {
         let la = pack(
             &a,
             &golden_options(compression),
@@ -754,7 +774,7 @@ fn system_tools_read_the_layers() {
     );
     let zst = pack(
         &tree,
-        &golden_options(Compression::Zstd),
+        &golden_options(Compression::ZSTD),
         &tmp.path().join("l.tar.zst"),
     );
     // Two real blocks: guards BLOCK_SIZE, the sync-flushed block joins and the combined
@@ -832,7 +852,7 @@ fn write_errors_name_the_output() {
     // (from the compression threads) rather than hang or panic.
     if Path::new("/dev/full").exists() {
         write_words(&tmp.path().join("big"), 1 << 20, 3);
-        for compression in [Compression::Gzip, Compression::Zstd] {
+        for compression in [Compression::Gzip, Compression::ZSTD] {
             let opts = PackOptions {
                 compression,
                 ..PackOptions::new("/x")

@@ -143,10 +143,13 @@ fn locked_key(sel: &LockedSelection, packages: Vec<String>) -> LockedKey {
     }
 }
 
-pub fn compression_name(c: Compression) -> &'static str {
+/// The key's name of a compression: `gzip`, `zstd`, `zstd-19` (the level only when it is
+/// not the default, so keys made before levels existed stay the same).
+pub fn compression_name(c: Compression) -> String {
     match c {
-        Compression::Gzip => "gzip",
-        Compression::Zstd => "zstd",
+        Compression::Gzip => "gzip".into(),
+        Compression::Zstd { level } if level == crate::model::ZSTD_DEFAULT_LEVEL => "zstd".into(),
+        Compression::Zstd { level } => format!("zstd-{level}"),
     }
 }
 
@@ -438,7 +441,7 @@ pub fn key_document(
         workdir: config.workdir.clone(),
         session: session.name.clone(),
         builder: config.builder.key_name().to_string(),
-        compression: compression_name(config.compression).to_string(),
+        compression: compression_name(config.compression),
         layers: match config.layers {
             crate::config::LayerMode::Single => "single".into(),
             crate::config::LayerMode::PerDistribution => {
@@ -931,6 +934,14 @@ mod tests {
             opaque: None,
             refresh: None,
         }
+    }
+
+    #[test]
+    fn a_zstd_level_names_itself_in_the_key_and_the_default_keeps_old_keys() {
+        assert_eq!(compression_name(Compression::Gzip), "gzip");
+        // `zstd` at the default level keeps the name keys had before levels existed.
+        assert_eq!(compression_name(Compression::ZSTD), "zstd");
+        assert_eq!(compression_name(Compression::Zstd { level: 19 }), "zstd-19");
     }
 
     #[test]

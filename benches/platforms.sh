@@ -11,7 +11,6 @@
 # VENVIMG_BENCH_BIN=PATH uses that venvimg binary instead of `cargo build --release`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-root=$PWD
 rounds=3
 while (($#)); do
   case $1 in
@@ -20,20 +19,11 @@ while (($#)); do
   esac
 done
 
-bash tests/support/testenv.sh deps </dev/null
-envfile=$(bash tests/support/testenv.sh up </dev/null)
-set -a
-# shellcheck disable=SC1090
-. "$envfile"
-set +a
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+bench_testenv
 : "${VENVIMG_TEST_BASE_MULTI:?testenv.sh up did not push the two-platform base}"
-if [[ -n ${VENVIMG_BENCH_BIN:-} ]]; then
-  bin=$VENVIMG_BENCH_BIN
-else
-  echo "bench: cargo build --release" >&2
-  cargo build --release --quiet
-  bin=$root/target/release/venvimg
-fi
+bin=$(bench_bin "")
 work=$(mktemp -d /var/tmp/venvimg-bench-platforms.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 results=$work/results.tsv

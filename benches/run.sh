@@ -19,12 +19,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
 state=${VENVIMG_BENCH_DIR:-/var/tmp/venvimg-bench}
 
-bash tests/support/testenv.sh deps </dev/null
-envfile=$(bash tests/support/testenv.sh up </dev/null)
-set -a
-# shellcheck disable=SC1090
-. "$envfile"
-set +a
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+bench_testenv
 
 # Tools the contenders use, besides podman/skopeo/docker-registry from testenv.sh deps.
 missing=()
@@ -36,16 +33,6 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
 fi
 
-mkdir -p "$state/bin"
-if [[ -n ${VENVIMG_BENCH_BIN:-} ]]; then
-  bin=$VENVIMG_BENCH_BIN
-else
-  echo "bench: cargo build --release" >&2
-  cargo build --release --quiet
-  bin=$root/target/release/venvimg
-fi
-# A private copy: others may rebuild target/release while the benchmark runs.
-cp -f "$bin" "$state/bin/venvimg.tmp"
-mv -f "$state/bin/venvimg.tmp" "$state/bin/venvimg"
+bench_bin "$state/bin" >/dev/null
 
 exec /usr/bin/python3 "$root/benches/bench.py" --venvimg "$state/bin/venvimg" --state "$state" "$@"

@@ -31,22 +31,11 @@ for c in ip tc iptables curl zstd; do
   command -v "$c" >/dev/null || { echo "shaped.sh: $c is missing (apt-get install -y iproute2 iptables curl zstd)" >&2; exit 1; }
 done
 
-bash tests/support/testenv.sh deps </dev/null
-envfile=$(bash tests/support/testenv.sh up </dev/null)
-set -a
-# shellcheck disable=SC1090
-. "$envfile"
-set +a
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+bench_testenv
 
-if [[ -n ${VENVIMG_BENCH_BIN:-} ]]; then
-  bin=$VENVIMG_BENCH_BIN
-else
-  echo "shaped: cargo build --release" >&2
-  cargo build --release --quiet
-  bin=$root/target/release/venvimg
-fi
-cp -f "$bin" "$state/bin/venvimg.tmp"
-mv -f "$state/bin/venvimg.tmp" "$state/bin/venvimg"
+bench_bin "$state/bin" >/dev/null
 
 # shaped.py cleans up in a finally block; this trap covers a python that was killed hard.
 trap '/usr/bin/python3 "$root/benches/shaped.py" --state "$state" --cleanup' EXIT

@@ -551,3 +551,64 @@ fn a_gitlab_child_pipeline_builds_each_miss_in_its_own_job() {
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("--matrix"), "{text}");
 }
+
+/// `compression_level` (issue #17): a zstd level-19 build pushes zstd layers under tags of
+/// their own (the level is in the key), smaller than level 3's, the same venv files
+/// (diff_ids), and the image runs offline in podman.
+#[test]
+fn a_zstd_level_is_in_the_key_and_the_image_runs() {
+    let default = Project::fixture("sample")
+        .unique_repo("zstd3")
+        .config("compression: zstd\nsessions: [tests]\n");
+    let high = Project::fixture("sample")
+        .unique_repo("zstd19")
+        .config("compression: zstd\ncompression_level: 19\nsessions: [tests]\n");
+    let a = default.build(&[]);
+    let b = high.build(&[]);
+    let (ia, ib) = (
+        support::project::image_of(&a, "tests"),
+        support::project::image_of(&b, "tests"),
+    );
+    let tag = |i: &str| i.rsplit(':').next().unwrap().to_string();
+    assert_ne!(tag(&ia), tag(&ib), "the level is not in the key");
+    let venv_layer = |image: &str| {
+        let m = support::skopeo_raw_manifest(image);
+        m["layers"].as_array().unwrap().last().unwrap().clone()
+    };
+    let (la, lb) = (venv_layer(&ia), venv_layer(&ib));
+    for l in [&la, &lb] {
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        );
+    }
+    assert_ne!(la["digest"], lb["digest"]);
+    assert!(
+        lb["size"].as_u64() <= la["size"].as_u64(),
+        "level 19 {} > level 3 {}",
+        lb["size"],
+        la["size"]
+    );
+    let diff_ids = |image: &str| {
+        let out = support::skopeo()
+            .args(["inspect", "--config", "--tls-verify=false"])
+            .arg(format!("docker://{image}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let config: Value = serde_json::from_slice(&out.stdout).unwrap();
+        config["rootfs"]["diff_ids"].clone()
+    };
+    assert_eq!(diff_ids(&ia), diff_ids(&ib), "the same files, other bytes");
+    high.assert_runs_offline(&ib, "tests");
+
+    // gzip has no level to choose: exit 2 naming the field.
+    high.write_config("compression_level: 9\n");
+    let (code, text) = high.outcome(&["plan"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("compression_level"), "{text}");
+}

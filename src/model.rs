@@ -3,7 +3,7 @@
 
 /// libzstd level of zstd layers unless `compression_level` says otherwise (the `zstd`
 /// CLI's default). Higher levels cost build CPU for fewer bytes: measured on the bigstack
-/// venv, level 9 is 14% smaller for 4.6x the CPU, level 19 24% smaller for ~90x
+/// venv, level 9 is 14% smaller for 3.7x the CPU, level 19 24% smaller for ~80x
 /// (`benches/results/pull-layout.md`); pulls decompress every level as fast.
 pub const ZSTD_DEFAULT_LEVEL: i32 = 3;
 /// Highest `compression_level` accepted: 20-22 need `--ultra` windows that decoders may

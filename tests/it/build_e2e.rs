@@ -589,20 +589,7 @@ fn a_zstd_level_is_in_the_key_and_the_image_runs() {
         lb["size"],
         la["size"]
     );
-    let diff_ids = |image: &str| {
-        let out = support::skopeo()
-            .args(["inspect", "--config", "--tls-verify=false"])
-            .arg(format!("docker://{image}"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let config: Value = serde_json::from_slice(&out.stdout).unwrap();
-        config["rootfs"]["diff_ids"].clone()
-    };
+    let diff_ids = |image: &str| support::skopeo_config(image)["rootfs"]["diff_ids"].clone();
     assert_eq!(diff_ids(&ia), diff_ids(&ib), "the same files, other bytes");
     high.assert_runs_offline(&ib, "tests");
 

@@ -169,15 +169,7 @@ fn one_tag_per_session_for_amd64_and_arm64_each_engine_pulls_its_own() {
         );
         // Each entry is its platform's image: the config says so too.
         let arm = format!("{}@{}", project.repo(), platform_digest(s, "linux/arm64"));
-        let (manifest, _) = raw(&arm);
-        let config_digest = manifest["config"]["digest"].as_str().unwrap();
-        let out = support::skopeo()
-            .args(["inspect", "--tls-verify=false", "--config"])
-            .arg(format!("docker://{arm}"))
-            .output()
-            .unwrap();
-        let config: Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|_| panic!("config {config_digest} of {arm}"));
+        let config = support::skopeo_config(&arm);
         assert_eq!(config["architecture"], "arm64", "{arm}");
     }
     let all = first["all"]["image"]

@@ -209,6 +209,22 @@ pub fn skopeo_raw_manifest(image_ref: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("manifest is not JSON")
 }
 
+/// The image config of `image_ref` (`HOST:PORT/repo:tag` or `@sha256:...`) as the registry
+/// serves it, parsed (skopeo: independent of venvimg).
+pub fn skopeo_config(image_ref: &str) -> serde_json::Value {
+    let out = skopeo()
+        .args(["inspect", "--tls-verify=false", "--config"])
+        .arg(docker_ref(image_ref))
+        .output()
+        .expect("cannot run skopeo (apt-get install -y skopeo)");
+    assert!(
+        out.status.success(),
+        "skopeo inspect --config {image_ref} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("image config is not JSON")
+}
+
 /// Put `src_ref` under `dst_ref` (both `HOST:PORT/repo:tag` in loopback registries), as any
 /// tool pushing an image would; digests are preserved. Panics on failure.
 pub fn copy_tag(src_ref: &str, dst_ref: &str) {

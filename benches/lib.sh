@@ -6,11 +6,13 @@
 # and export what it reports (VENVIMG_TEST_*, DOCKER_HOST, CONTAINERS_*).
 bench_testenv() {
   bash tests/support/testenv.sh deps </dev/null
-  local envfile
-  envfile=$(bash tests/support/testenv.sh up </dev/null)
+  local envfiles envfile
+  envfiles=$(bash tests/support/testenv.sh up all </dev/null)
   set -a
-  # shellcheck disable=SC1090
-  . "$envfile"
+  for envfile in $envfiles; do
+    # shellcheck disable=SC1090
+    . "$envfile"
+  done
   set +a
 }
 

@@ -1,5 +1,5 @@
 //! Docker, tested like podman: a real Docker Engine (Debian's docker.io, 20.10) on its own
-//! socket (`tests/support/testenv.sh up` starts it with no bridge, so build containers
+//! socket (`tests/support/testenv.sh up docker` starts it with no bridge, so build containers
 //! get `--build-network host`). Builds with `builder: docker` give the same layers as
 //! podman's; the job image runs offline under docker; `--load` puts it into docker; a
 //! zstd image meets a clear error instead of docker's bare tar error.
@@ -8,6 +8,7 @@ use crate::support;
 use crate::support::project::Project;
 
 fn docker() -> std::process::Command {
+    support::need_docker();
     let env = support::testenv();
     let mut c = std::process::Command::new("docker");
     c.envs(env.envs.iter().map(|(k, v)| (k, v)));
@@ -15,6 +16,7 @@ fn docker() -> std::process::Command {
 }
 
 fn project(builder: &str, extra: &str) -> Project {
+    support::need_docker();
     Project::fixture("runner")
         .unique_repo(&format!("docker-{builder}"))
         .config(&format!("builder: {builder}\nsessions: [check]\n{extra}"))
@@ -51,7 +53,7 @@ fn docker_builds_podmans_layers_and_its_job_image_runs_offline_under_docker() {
         .expect("cannot run docker: apt-get install -y docker.io (testenv.sh deps)");
     assert!(
         daemon.status.success(),
-        "dockerd does not answer on DOCKER_HOST; `bash tests/support/testenv.sh up` starts it: {}",
+        "dockerd does not answer on DOCKER_HOST; `bash tests/support/testenv.sh up docker` starts it: {}",
         String::from_utf8_lossy(&daemon.stderr)
     );
 

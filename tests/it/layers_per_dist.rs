@@ -138,6 +138,7 @@ fn per_distribution_tree_equals_the_single_layer_tree_and_runs_offline() {
     let (ok, text) = support::run_offline(&image, checkout.path(), "tests");
     assert!(ok, "{text}");
     assert!(!text.contains("Creating virtual environment"), "{text}");
+    support::need_docker();
     let (code, text) = split.outcome(&["run", "--engine", "docker", "--no-build", "-s", "tests"]);
     assert_eq!(code, Some(0), "{text}");
     assert!(

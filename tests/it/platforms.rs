@@ -11,15 +11,10 @@ use support::{session, Project};
 
 const PLATFORMS: &str = "platforms: [linux/amd64, linux/arm64]\n";
 
-/// The two-platform base index `testenv.sh up` pushes (amd64 + arm64 under emulation).
+/// The two-platform base index `testenv.sh up arm64` pushes (amd64 + arm64 under
+/// emulation).
 fn multi_base() -> String {
-    support::testenv()
-        .var("VENVIMG_TEST_BASE_MULTI")
-        .expect(
-            "VENVIMG_TEST_BASE_MULTI missing from the testenv env file: run `bash tests/support/testenv.sh up` \
-             (it installs qemu-user-static and builds the arm64 base under emulation)",
-        )
-        .to_string()
+    support::arm64_var("VENVIMG_TEST_BASE_MULTI")
 }
 
 fn project(prefix: &str, extra: &str) -> Project {

@@ -110,6 +110,7 @@ fn containers_of(engine: &str, pid: u32) -> String {
 #[test]
 fn sigint_mid_run_stops_the_session_container_with_either_engine() {
     let env = support::testenv();
+    support::need_docker();
     let p = Project::fixture("runner")
         .unique_repo("run-cancel")
         .config("sessions: [wait]\n");
@@ -156,6 +157,7 @@ fn a_non_root_caller_owns_what_a_session_writes_under_docker() {
     // in the socket's group runs the session; what it writes is theirs.
     const UID: u32 = 4242;
     let env = support::testenv();
+    support::need_docker();
     let p = Project::fixture("runner")
         .unique_repo("run-nonroot")
         .config("builder: docker\nsessions: [check]\n");

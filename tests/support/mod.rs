@@ -145,6 +145,98 @@ pub fn testenv() -> &'static TestEnv {
     })
 }
 
+/// A part of the test environment that only some tests use, brought up (or found up) by
+/// `testenv.sh up PART` once per test process: the tests that need none of them never
+/// wait for them.
+fn part(name: &str, cell: &'static OnceLock<Vec<(String, String)>>) -> &'static [(String, String)] {
+    cell.get_or_init(|| {
+        testenv();
+        let stdout = run_script(&["up", name]);
+        let file = format!("env.{name}");
+        let path = stdout
+            .lines()
+            .map(str::trim)
+            .find(|l| l.ends_with(&file))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                panic!("testenv.sh up {name} printed no {file} path:\n{stdout}\n{INSTALL_HINT}")
+            });
+        parse_env_file(&path)
+    })
+}
+
+/// The linux/arm64 base (built under qemu emulation, minutes the first time) and the
+/// two-platform index of both bases: `VENVIMG_TEST_BASE_ARM64`, `VENVIMG_TEST_BASE_MULTI`
+/// and their digests.
+pub fn need_arm64() -> &'static [(String, String)] {
+    static ARM64: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    part("arm64", &ARM64)
+}
+
+/// A value of the arm64 part, e.g. `VENVIMG_TEST_BASE_MULTI`.
+pub fn arm64_var(key: &str) -> String {
+    need_arm64()
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("{key} missing from testenv.sh's env.arm64"))
+}
+
+/// The private Docker daemon (`DOCKER_HOST` of the test environment answers after this).
+pub fn need_docker() {
+    static DOCKER: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    part("docker", &DOCKER);
+}
+
+/// The release folder, as `.ci/release.sh` makes it: `$VENVIMG_DIST` when set (`.ci/run`
+/// made it), else this checkout's `dist/`, built once under a lock by
+/// `tests/support/dist.sh` and reused while its sources are unchanged (the aarch64
+/// cross-build costs minutes; the tests that read release files share one build).
+pub fn dist() -> PathBuf {
+    static DIST: OnceLock<PathBuf> = OnceLock::new();
+    DIST.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("VENVIMG_DIST").filter(|d| !d.is_empty()) {
+            let dir = PathBuf::from(dir);
+            assert!(
+                dir.join("SHA256SUMS").is_file(),
+                "VENVIMG_DIST={} holds no SHA256SUMS: run `bash .ci/release.sh` into it, or unset it",
+                dir.display()
+            );
+            return dir;
+        }
+        let out = StdCommand::new("bash")
+            .arg(manifest_dir().join("tests/support/dist.sh"))
+            .current_dir(manifest_dir())
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run bash tests/support/dist.sh");
+        assert!(
+            out.status.success(),
+            "tests/support/dist.sh (.ci/release.sh) failed; it needs musl-tools, maturin and \
+             ziglang: `bash tests/support/testenv.sh deps`\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        PathBuf::from(stdout.lines().last().unwrap_or_default().trim())
+    })
+    .clone()
+}
+
+/// The static x86_64 release binary in [`dist`].
+pub fn musl_binary() -> PathBuf {
+    let bin = dist().join(format!(
+        "venvimg-{}-x86_64-unknown-linux-musl",
+        env!("CARGO_PKG_VERSION")
+    ));
+    assert!(
+        bin.is_file(),
+        "{} is missing from the release folder",
+        bin.display()
+    );
+    bin
+}
+
 /// The venvimg binary of this crate, with the test environment's variables set.
 pub fn venvimg() -> assert_cmd::Command {
     let env = testenv();

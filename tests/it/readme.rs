@@ -83,8 +83,7 @@ fn the_tutorial_runs_as_written() {
     assert!(text.contains("pytest 8.3.5"), "{text}");
 }
 
-/// The Install section's release line: `.ci/run` ran it already (its release-artifacts
-/// phase, into dist/, named by VENVIMG_DIST).
+/// The Install section's release line: support::dist() ran it already (into dist/).
 const RELEASE_LINE: &str = "bash .ci/release.sh";
 /// The cargo line, and what the test adds to it (see below).
 const CARGO_LINE: &str = "cargo install --locked --path .";
@@ -103,29 +102,29 @@ fn the_install_section_runs_as_written() {
         script.contains(RELEASE_LINE) && script.contains(CARGO_LINE),
         "the Install section's release or cargo line changed; update this test:\n{script}"
     );
-    // dist/ made once by `.ci/run` (a cross-build costs minutes): that line is skipped
-    // when its output is there; without VENVIMG_DIST it runs as written.
-    if let Some(dist) = std::env::var_os("VENVIMG_DIST").filter(|d| !d.is_empty()) {
-        let same =
-            std::fs::canonicalize(&dist).ok() == std::fs::canonicalize(root.join("dist")).ok();
-        assert!(
-            same,
-            "VENVIMG_DIST must be this checkout's dist/ (what the README names): {}",
-            dist.to_string_lossy()
-        );
-        script = script
-            .lines()
-            .map(|l| {
-                if l.trim_start().starts_with(RELEASE_LINE) {
-                    ": release.sh ran in .ci/run".to_string()
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-            + "\n";
-    }
+    // dist/ is made once for every test that reads release files (support::dist: this
+    // very script, under a lock, reused while the sources are unchanged; a cross-build
+    // costs minutes), so the release line is skipped once dist/ is there. It must be this
+    // checkout's dist/, the one the README names.
+    let dist = support::dist();
+    let same = std::fs::canonicalize(&dist).ok() == std::fs::canonicalize(root.join("dist")).ok();
+    assert!(
+        same,
+        "the release folder must be this checkout's dist/ (what the README names): {}",
+        dist.display()
+    );
+    script = script
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with(RELEASE_LINE) {
+                ": release.sh ran in support::dist".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
     // `cargo install` as written compiles a host release build: minutes more, of the very
     // sources `.ci/run` already compiled for the musl target. So the test asks for that
     // target (its artifacts reused) and installs under the fresh HOME (--root); cargo's

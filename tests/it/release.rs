@@ -1,13 +1,13 @@
 //! The release artifacts `.ci/release.sh` makes: static musl binaries for x86_64 and
 //! aarch64, their wheels, completions and man pages, and SHA256SUMS over all of them.
 //!
-//! `.ci/run` runs the script once in its release-build phase and hands its folder over
-//! in VENVIMG_DIST (an aarch64 cross-build costs minutes on 2 cores); without it this
-//! test runs the script itself into a temporary folder. aarch64 code cannot run here
+//! The folder is `support::dist()`: made once by `tests/support/dist.sh` (the script,
+//! under a lock, reused while the sources are unchanged; an aarch64 cross-build costs
+//! minutes on 2 cores) or `.ci/run`'s VENVIMG_DIST. aarch64 code cannot run here
 //! (no qemu needed for the tests), so the aarch64 binary is checked by its ELF headers:
 //! an AArch64 executable with no program interpreter, i.e. static.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use crate::support;
@@ -53,28 +53,6 @@ fn read_elf(bytes: &[u8], what: &str) -> Elf {
     }
 }
 
-/// The release folder: `.ci/run`'s (VENVIMG_DIST), or one made now.
-fn dist() -> (PathBuf, Option<tempfile::TempDir>) {
-    if let Some(dir) = std::env::var_os("VENVIMG_DIST").filter(|d| !d.is_empty()) {
-        return (PathBuf::from(dir), None);
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new("bash")
-        .arg(".ci/release.sh")
-        .current_dir(support::manifest_dir())
-        .env("VENVIMG_DIST", tmp.path())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("cannot run bash .ci/release.sh");
-    assert!(
-        out.status.success(),
-        ".ci/release.sh failed (it needs maturin and ziglang from PyPI: `bash tests/support/testenv.sh deps`):\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (tmp.path().to_path_buf(), Some(tmp))
-}
-
 /// The bytes of `member` inside the zip file `wheel` (Python's zipfile: a wheel is a zip).
 fn wheel_member(wheel: &Path, member: &str) -> Vec<u8> {
     let out = Command::new("python3")
@@ -106,7 +84,7 @@ fn tar_list(file: &Path) -> Vec<String> {
 
 #[test]
 fn release_has_static_binaries_and_wheels_for_x86_64_and_aarch64_with_sums() {
-    let (dir, _keep) = dist();
+    let dir = support::dist();
     let version = env!("CARGO_PKG_VERSION");
 
     for (arch, machine) in [("x86_64", EM_X86_64), ("aarch64", EM_AARCH64)] {

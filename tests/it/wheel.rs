@@ -23,44 +23,17 @@ fn run(cmd: &mut Command, what: &str) -> String {
 
 #[test]
 fn the_wheel_installs_into_a_fresh_venv_and_its_venvimg_plans() {
-    let root = support::manifest_dir();
     let tmp = tempfile::tempdir().unwrap();
-    let wheel = match std::env::var_os("VENVIMG_DIST").filter(|d| !d.is_empty()) {
-        // `.ci/run` made the release's wheels already (.ci/release.sh, the same command).
-        Some(dist) => std::fs::read_dir(&dist)
-            .unwrap_or_else(|e| panic!("VENVIMG_DIST {}: {e}", dist.to_string_lossy()))
-            .map(|e| e.unwrap().path())
-            .find(|p| {
-                p.extension().is_some_and(|x| x == "whl")
-                    && p.to_string_lossy().contains("manylinux_2_17_x86_64")
-            })
-            .expect("no x86_64 wheel in VENVIMG_DIST"),
-        None => {
-            let wheels = tmp.path().join("wheels");
-            // The same target and profile as `.ci/run`'s release build, so maturin reuses
-            // its artifacts (in a tree without that build, this compiles it: minutes).
-            run(
-                Command::new("maturin")
-                    .args(["build", "--release", "--locked"])
-                    .args(["--target", "x86_64-unknown-linux-musl"])
-                    // A static binary: installable on glibc and musl systems alike.
-                    .args([
-                        "--compatibility",
-                        "manylinux_2_17",
-                        "musllinux_1_2",
-                        "--out",
-                    ])
-                    .arg(&wheels)
-                    .current_dir(&root),
-                "maturin build",
-            );
-            std::fs::read_dir(&wheels)
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .find(|p| p.extension().is_some_and(|x| x == "whl"))
-                .expect("maturin wrote no wheel")
-        }
-    };
+    // The release's wheel (.ci/release.sh, made once for every test that reads it).
+    let dist = support::dist();
+    let wheel = std::fs::read_dir(&dist)
+        .unwrap_or_else(|e| panic!("{}: {e}", dist.display()))
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.extension().is_some_and(|x| x == "whl")
+                && p.to_string_lossy().contains("manylinux_2_17_x86_64")
+        })
+        .unwrap_or_else(|| panic!("no x86_64 wheel in {}", dist.display()));
     let name = wheel.file_name().unwrap().to_string_lossy().into_owned();
     let version = env!("CARGO_PKG_VERSION");
     assert!(

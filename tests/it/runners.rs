@@ -380,7 +380,16 @@ fn job_image(run: &ActRun, job: &str) -> String {
 fn the_example_workflow_on_a_pull_request_pushes_to_its_own_repository_and_reuses_trusted_hits() {
     print_substitutions();
     let env = support::testenv();
-    let checkout = Checkout::new("act-pr", &example_workflow());
+    // The `on:` the example's header tells users to write in their copy.
+    eprintln!("  - on: replaced by `push: {{branches: [main]}}` and `pull_request:`, as the example's header says");
+    let workflow = example_workflow();
+    let manual = "on:\n  # Manual trigger only, so that this example never runs on venvimg's own pushes.\n  workflow_dispatch:\n";
+    assert!(workflow.contains(manual), "the example's `on:` changed");
+    let workflow = workflow.replace(
+        manual,
+        "on:\n  push:\n    branches: [main]\n  pull_request:\n",
+    );
+    let checkout = Checkout::new("act-pr", &workflow);
     let main_repo = checkout.project.repo().to_string();
     let pr_repo = support::unique_repo("act-pr-scope");
     checkout

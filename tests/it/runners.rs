@@ -558,3 +558,44 @@ fn the_readme_matrix_snippet_runs_under_act_one_build_per_miss_then_all_hits() {
         second.log
     );
 }
+
+/// `workdir:` naming another path than this CI's session jobs check out into: plan and
+/// build stop before anything is built (exit 2), naming both; without `workdir:`, plan
+/// uses the CI's path and says why.
+#[test]
+fn a_workdir_this_ci_does_not_check_out_into_is_exit_2_before_building() {
+    let p = support::project::Project::fixture("sample")
+        .unique_repo("ci-workdir")
+        .config("workdir: /src\n");
+    let gitlab = [
+        ("GITLAB_CI", "true"),
+        ("CI_PROJECT_DIR", "/builds/acme/app"),
+    ];
+    for cmd in ["plan", "build"] {
+        let (code, out) = p.outcome_with(&[cmd], &gitlab);
+        assert_eq!(code, Some(2), "{cmd}:\n{out}");
+        assert!(
+            out.contains("field `workdir`")
+                && out.contains("`/src`")
+                && out.contains("`/builds/acme/app`"),
+            "{cmd} names both paths:\n{out}"
+        );
+        assert!(!out.contains("building with"), "{cmd} built:\n{out}");
+    }
+    assert!(support::list_tags(p.repo()).is_empty());
+
+    p.write_config("");
+    let (code, out) = p.outcome_with(&["plan"], &gitlab);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("workdir /builds/acme/app (GitLab clones into CI_PROJECT_DIR"),
+        "{out}"
+    );
+    // Outside CI the default stays /src.
+    let (code, out) = p.outcome(&["plan"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("workdir /src (the default outside CI"),
+        "{out}"
+    );
+}

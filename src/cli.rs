@@ -191,7 +191,8 @@ fn load_config(g: &GlobalArgs) -> Result<Config, Error> {
             )));
         }
     }
-    let mut config = Config::load_for(&g.config_file(), g.project.as_deref())?;
+    let mut config = Config::load_for(&g.config_file(), g.project.as_deref())?
+        .with_ci(crate::ci::detect(&|name| std::env::var(name).ok()))?;
     let from_env = std::env::var("VENVIMG_REPOSITORY")
         .ok()
         .filter(|v| !v.trim().is_empty());
@@ -240,6 +241,8 @@ async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
         Command::Plan(args) => {
             crate::cancel::sweep_stale();
             let config = load_config(&cli.global)?;
+            config.check_ci_workdir()?;
+            printer.info(config.workdir_line());
             let registry = connect(&cli.global, &config, printer)?;
             crate::commands::plan::plan(&config, &registry, &args, printer).await
         }
@@ -264,6 +267,8 @@ async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
         Command::Build(args) => {
             crate::cancel::sweep_stale();
             let config = load_config(&cli.global)?;
+            config.check_ci_workdir()?;
+            printer.info(config.workdir_line());
             let registry = connect(&cli.global, &config, printer)?;
             crate::commands::build::run(&config, &registry, &args, printer).await
         }

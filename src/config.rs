@@ -11,6 +11,7 @@ use oci_client::Reference;
 use serde::Deserialize;
 use serde_yaml::Value;
 
+use crate::ci::{CiCheckout, Undetermined};
 use crate::model::Compression;
 
 pub const DEFAULT_CONFIG_FILE: &str = "venvimg.yaml";
@@ -357,11 +358,33 @@ impl Platform {
     }
 }
 
+fn check_envdir_outside(f: &Path, envdir: &str, workdir: &str) -> Result<(), ConfigError> {
+    if Path::new(envdir).starts_with(workdir) {
+        return Err(ConfigError::field(
+            f,
+            "envdir",
+            format!("`{envdir}` is inside workdir `{workdir}`; CI checkouts wipe the workspace, so keep the venvs outside it (default /opt/nox)"),
+        ));
+    }
+    Ok(())
+}
+
 /// `venvimg init` writes these when it is not told the registry and base; every command
 /// that would contact them refuses them first.
 pub const PLACEHOLDER_REGISTRY: &str = "registry.example.com";
 pub const REPOSITORY_PLACEHOLDER: &str = "registry.example.com/change-me/ci";
 pub const BASE_PLACEHOLDER: &str = "registry.example.com/change-me/python-nox:3.12";
+
+/// Where the `workdir` in use comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkdirOrigin {
+    /// `workdir:` in the file.
+    File,
+    /// Not set: where this CI's session jobs check out.
+    Ci,
+    /// Not set, not in a CI venvimg knows: [`DEFAULT_WORKDIR`].
+    Default,
+}
 
 /// The resolved configuration: defaults applied, paths checked, references parsed.
 #[derive(Debug, Clone)]
@@ -385,6 +408,11 @@ pub struct Config {
     pub platforms: Vec<Platform>,
     pub envdir: String,
     pub workdir: String,
+    /// Where `workdir` came from: the file, this CI's checkout path, or the default.
+    pub workdir_origin: WorkdirOrigin,
+    /// Where this CI's session jobs check out, when venvimg runs in a CI it knows
+    /// ([`Config::with_ci`]); `Err` when it knows the CI but not the path.
+    pub ci_checkout: Result<Option<CiCheckout>, Undetermined>,
     pub builder: BuilderKind,
     /// Files that key every session whole, besides the noxfile and what each session's
     /// installs are found to read (rarely needed).
@@ -574,15 +602,14 @@ impl Config {
 
         let envdir = raw.envdir.unwrap_or_else(|| DEFAULT_ENVDIR.into());
         check_abs_dir(f, "envdir", &envdir)?;
+        let workdir_origin = if raw.workdir.is_some() {
+            WorkdirOrigin::File
+        } else {
+            WorkdirOrigin::Default
+        };
         let workdir = raw.workdir.unwrap_or_else(|| DEFAULT_WORKDIR.into());
         check_abs_dir(f, "workdir", &workdir)?;
-        if Path::new(&envdir).starts_with(&workdir) {
-            return Err(ConfigError::field(
-                f,
-                "envdir",
-                format!("`{envdir}` is inside workdir `{workdir}`; CI checkouts wipe the workspace, so keep the venvs outside it (default /opt/nox)"),
-            ));
-        }
+        check_envdir_outside(f, &envdir, &workdir)?;
 
         let builder = match raw.builder.as_deref() {
             None | Some("podman") => BuilderKind::Podman,
@@ -788,6 +815,8 @@ impl Config {
             platforms,
             envdir,
             workdir,
+            workdir_origin,
+            ci_checkout: Ok(None),
             builder,
             inputs,
             sessions,
@@ -801,6 +830,64 @@ impl Config {
             build_env: raw.build_env,
             refresh,
         })
+    }
+
+    /// This config in the CI `detected` describes ([`crate::ci::detect`]): without
+    /// `workdir:`, the session jobs' checkout path becomes `workdir`. A `workdir:` that
+    /// differs is kept here and refused by [`Config::check_ci_workdir`] (plan, build).
+    pub fn with_ci(
+        mut self,
+        detected: Result<Option<CiCheckout>, Undetermined>,
+    ) -> Result<Config, ConfigError> {
+        if let (WorkdirOrigin::Default, Ok(Some(found))) = (&self.workdir_origin, &detected) {
+            let field = crate::ci::WORKDIR_VAR;
+            check_abs_dir(Path::new(field), "value", &found.path)?;
+            check_envdir_outside(&self.file, &self.envdir, &found.path)?;
+            self.workdir = found.path.clone();
+            self.workdir_origin = WorkdirOrigin::Ci;
+        }
+        self.ci_checkout = detected;
+        Ok(self)
+    }
+
+    /// `workdir PATH (why)`: the line `plan` prints.
+    pub fn workdir_line(&self) -> String {
+        let change = format!("set workdir: or {} to change", crate::ci::WORKDIR_VAR);
+        let why = match (&self.workdir_origin, &self.ci_checkout) {
+            (WorkdirOrigin::File, _) => format!("workdir: in {}", self.file.display()),
+            (WorkdirOrigin::Ci, Ok(Some(found))) => format!("{}; {change}", found.why),
+            (_, Err(u)) => format!("the default: {}", u.message),
+            _ => format!("the default outside CI; {change}"),
+        };
+        format!("workdir {} ({why})", self.workdir)
+    }
+
+    /// Before anything is built: a `workdir:` that this CI's session jobs will not check
+    /// out into would give images nox cannot reuse there; a CI whose checkout path cannot
+    /// be told, with no `workdir:`, would give images built for a guess.
+    pub fn check_ci_workdir(&self) -> Result<(), ConfigError> {
+        match (&self.workdir_origin, &self.ci_checkout) {
+            (WorkdirOrigin::File, Ok(Some(found))) if found.path != self.workdir => {
+                Err(ConfigError::field(
+                    &self.file,
+                    "workdir",
+                    format!(
+                        "`{}`, but this CI's session jobs check out into `{}` ({}); their venvs would point at a path those jobs do not have. Remove `workdir:` (venvimg then uses `{}`), set it to that path, or set {} for a runner configured otherwise",
+                        self.workdir,
+                        found.path,
+                        found.why,
+                        found.path,
+                        crate::ci::WORKDIR_VAR
+                    ),
+                ))
+            }
+            (WorkdirOrigin::Default, Err(u)) => Err(ConfigError::field(
+                &self.file,
+                "workdir",
+                format!("not set, and {}", u.message),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Builds for more than one platform: each session tag is an image index.

@@ -86,6 +86,9 @@ impl Error {
             Error::Build(BuildError::Failed { session, code, .. }) => {
                 format!("session `{session}`: the build failed (exit {code})")
             }
+            Error::Build(BuildError::NoNetwork { session, .. }) => format!(
+                "session `{session}`: the build container has no network (--build-network)"
+            ),
             Error::Build(BuildError::UntrustedIndex { session, .. }) => format!(
                 "session `{session}`: the build could not verify the package index's TLS certificate (--build-ca)"
             ),
@@ -131,6 +134,12 @@ pub enum BuildError {
     },
     #[error("session `{session}`: the build could not verify the package index's TLS certificate; last lines:\n{tail}\n  full log: {log}\n  hint: behind a TLS-inspecting proxy, give the build containers its CA: `--build-ca /etc/ssl/certs/ca-certificates.crt` (or a PEM file), or `build_env: {{SSL_CERT_FILE: ...}}` for a file already in the base image")]
     UntrustedIndex {
+        session: String,
+        tail: String,
+        log: PathBuf,
+    },
+    #[error("session `{session}`: the build container has no network: its installs could not even resolve the package index's name; last lines:\n{tail}\n  full log: {log}\n  hint: the engine's default network reaches nothing here (e.g. a Docker daemon started with --bridge=none, as many CI hosts run it): give the build containers one with `--build-network host` (or another network of the engine)")]
+    NoNetwork {
         session: String,
         tail: String,
         log: PathBuf,

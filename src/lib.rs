@@ -13,6 +13,7 @@
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod cancel;
+pub mod ci;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -42,6 +43,8 @@ pub const LAYERS: &[&[&str]] = &[
     &["python"],
     // a venv's distributions as a CycloneDX SBOM (python facts, one document)
     &["sbom"],
+    // where this CI's jobs check out (environment facts)
+    &["ci"],
     &["config"],
     // the pipeline's stages: pack, compose, move images
     &["layer"],

@@ -1813,6 +1813,13 @@ fn diagnose_failure(
             log: log.to_path_buf(),
         };
     }
+    if no_network(out) {
+        return BuildError::NoNetwork {
+            session: session.into(),
+            tail: tail(out, 12),
+            log: log.to_path_buf(),
+        };
+    }
     BuildError::Failed {
         session: session.into(),
         code: o
@@ -1822,6 +1829,20 @@ fn diagnose_failure(
         tail: tail(out, 25),
         log: log.to_path_buf(),
     }
+}
+
+/// Name resolution failing (uv: "dns error: failed to lookup address information",
+/// pip: "Temporary failure in name resolution" through its retries) or no route at all:
+/// the build container has no network, rather than a flaky one.
+fn no_network(out: &str) -> bool {
+    const SIGNS: &[&str] = &[
+        "dns error",
+        "failed to lookup address information",
+        "Temporary failure in name resolution",
+        "Name or service not known",
+        "Network is unreachable",
+    ];
+    SIGNS.iter().any(|s| out.contains(s))
 }
 
 /// A failure of the network under the installs (uv's and pip's wordings), not of the
@@ -2000,6 +2021,37 @@ mod tests {
             "error: Request failed after 3 retries\n  cause: error sending request for url (https://pypi.org/simple/x/)"
         ));
         assert!(!network_failure("AssertionError: 3 != 2"));
+    }
+
+    #[test]
+    fn a_build_without_network_names_build_network() {
+        for output in [
+            // uv
+            "  × Failed to fetch: `https://pypi.org/simple/pyflakes/`\n  ╰─▶ dns error: failed to lookup address information: Temporary failure in name resolution",
+            // pip, after its retries
+            "WARNING: Retrying (Retry(total=4...)) after connection broken by 'NewConnectionError(...: Failed to establish a new connection: [Errno -3] Temporary failure in name resolution')': /simple/pyflakes/\nERROR: No matching distribution found for pyflakes==3.2.0",
+        ] {
+            let o = builder::BuildOutcome {
+                success: false,
+                code: Some(1),
+                output: output.into(),
+            };
+            let e = diagnose_failure("lint", "base", &o, Path::new("/tmp/log"));
+            assert!(matches!(e, BuildError::NoNetwork { .. }), "{e:?}");
+            let text = e.to_string();
+            assert!(text.contains("has no network"), "{text}");
+            assert!(text.contains("--build-network host"), "{text}");
+            assert!(Error::Build(e).summary().contains("--build-network"));
+        }
+        let o = builder::BuildOutcome {
+            success: false,
+            code: Some(1),
+            output: "AssertionError: 3 != 2".into(),
+        };
+        assert!(matches!(
+            diagnose_failure("lint", "base", &o, Path::new("/tmp/log")),
+            BuildError::Failed { .. }
+        ));
     }
 
     #[test]

@@ -235,16 +235,23 @@ fn example_pipeline_passes_each_session_image_to_its_job() {
     );
     assert_eq!(tag, format!("v{}", env!("CARGO_PKG_VERSION")));
     let action = load(&action_file());
+    // Main's credentials, except on pull requests: those get their own (README "Trust
+    // scopes"), and their images go to their own repository.
     for (input, var) in [
-        ("registry-username", "VENVIMG_USERNAME"),
-        ("registry-password", "VENVIMG_PASSWORD"),
+        ("registry-username", "USERNAME"),
+        ("registry-password", "PASSWORD"),
     ] {
         assert_eq!(
             s(&build_step["with"][input]),
-            format!("${{{{ secrets.{var} }}}}"),
-            "the build step takes {input} from the secrets"
+            format!("${{{{ github.event_name == 'pull_request' && secrets.VENVIMG_PR_{var} || secrets.VENVIMG_{var} }}}}"),
+            "the build step takes {input} from the secrets of its trust scope"
         );
     }
+    assert_eq!(
+        s(&build_step["env"]["VENVIMG_REPOSITORY"]),
+        "${{ github.event_name == 'pull_request' && vars.VENVIMG_PR_REPOSITORY || '' }}",
+        "pull requests push to their own repository"
+    );
     for (input, _) in mapping(&build_step["with"], "the venvimg step's with:") {
         assert!(
             action["inputs"][s(input)].is_mapping(),
@@ -252,14 +259,15 @@ fn example_pipeline_passes_each_session_image_to_its_job() {
         );
     }
 
-    // outputs: NAME -> ${{ fromJSON(steps.venvimg.outputs.images).NAME }}
+    // outputs: NAME -> ${{ fromJSON(steps.venvimg.outputs.images || '{}').NAME }}, which
+    // parses even when the action failed before writing `images`.
     let outputs = mapping(&images["outputs"], "images: outputs");
     assert!(!outputs.is_empty());
     for (name, value) in outputs {
         assert_eq!(
             s(value),
             format!(
-                "${{{{ fromJSON(steps.venvimg.outputs.images).{} }}}}",
+                "${{{{ fromJSON(steps.venvimg.outputs.images || '{{}}').{} }}}}",
                 s(name)
             ),
             "images output {name:?}"
@@ -296,14 +304,11 @@ fn example_pipeline_passes_each_session_image_to_its_job() {
             format!("${{{{ needs.images.outputs.{output} }}}}"),
             "{job_name}: container image"
         );
-        for (key, var) in [
-            ("username", "VENVIMG_USERNAME"),
-            ("password", "VENVIMG_PASSWORD"),
-        ] {
+        for (key, var) in [("username", "USERNAME"), ("password", "PASSWORD")] {
             assert_eq!(
                 s(&job["container"]["credentials"][key]),
-                format!("${{{{ secrets.{var} }}}}"),
-                "{job_name}: container credentials"
+                format!("${{{{ github.event_name == 'pull_request' && secrets.VENVIMG_PR_{var} || secrets.VENVIMG_{var} }}}}"),
+                "{job_name}: container credentials of its trust scope"
             );
         }
         let steps = job["steps"].as_sequence().unwrap();
@@ -827,4 +832,187 @@ fn the_action_installs_a_release_binary_only_when_its_sha256_matches() {
         "{}",
         run.log
     );
+}
+
+/// Runners interpolate `description:` too: act refuses to load an action with an
+/// expression there ("expressions are not allowed here"), and no linter sees it.
+#[test]
+fn no_description_of_the_action_holds_an_expression() {
+    let action = load(&action_file());
+    let mut found = Vec::new();
+    for section in ["inputs", "outputs"] {
+        for (name, decl) in mapping(&action[section], section) {
+            let description = s(&decl["description"]);
+            if description.contains("${{") {
+                found.push(format!("{section}.{}: {description}", s(name)));
+            }
+        }
+    }
+    if s(&action["description"]).contains("${{") {
+        found.push("description".into());
+    }
+    assert!(found.is_empty(), "expressions in descriptions: {found:#?}");
+}
+
+/// Every `run:` of the shipped workflows and of the README's YAML snippets gets its
+/// `${{ }}` values through `env:`: a value a pull request controls (a session name from
+/// the noxfile) never becomes shell code.
+#[test]
+fn no_run_script_of_the_examples_splices_an_expression() {
+    let mut scripts: Vec<(String, String)> = Vec::new();
+    fn collect(v: &Value, whence: &str, out: &mut Vec<(String, String)>) {
+        match v {
+            Value::Mapping(m) => {
+                for (k, val) in m {
+                    if s(k) == "run" {
+                        if let Value::String(run) = val {
+                            out.push((whence.to_string(), run.clone()));
+                        }
+                    }
+                    collect(val, whence, out);
+                }
+            }
+            Value::Sequence(seq) => seq.iter().for_each(|x| collect(x, whence, out)),
+            _ => {}
+        }
+    }
+    for file in workflow_files() {
+        collect(&load(&file), &file.display().to_string(), &mut scripts);
+    }
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let mut n = 0;
+    for block in readme.split("```yaml\n").skip(1) {
+        let block = block.split("```").next().unwrap();
+        let doc: Value = serde_yaml::from_str(block)
+            .unwrap_or_else(|e| panic!("README yaml block does not parse ({e}):\n{block}"));
+        collect(&doc, "README.md", &mut scripts);
+        n += 1;
+    }
+    assert!(n >= 3, "README yaml blocks found: {n}");
+    assert!(
+        scripts
+            .iter()
+            .any(|(w, r)| w == "README.md" && r.contains("$SESSION")),
+        "the matrix snippet's build step is found"
+    );
+    let spliced: Vec<_> = scripts.iter().filter(|(_, r)| r.contains("${{")).collect();
+    assert!(spliced.is_empty(), "expressions inside run: {spliced:#?}");
+}
+
+/// The registry login lives in a temporary auth file for the build step only (never the
+/// runner user's own files), and `images` is JSON (`{}`) when the build failed.
+#[test]
+fn the_action_logs_in_through_a_temporary_auth_file_and_images_stays_json_on_failure() {
+    let action = load(&action_file());
+    let work = tempfile::tempdir().unwrap();
+    let home = work.path().join("home");
+    let tmp = work.path().join("tmp");
+    let project = work.path().join("project");
+    for d in [&home, &tmp, &project] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(
+        project.join("venvimg.yaml"),
+        "repository: registry.invalid:5000/acme/app/ci # where images go\nbase: registry.invalid:5000/b:1\n",
+    )
+    .unwrap();
+    // A stand-in venvimg that records what the build step hands it, then fails.
+    let record = work.path().join("record");
+    let fake = work.path().join("venvimg");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/bash\nif [ \"$1\" = --version ]; then echo 'venvimg fake'; exit 0; fi\n{{ echo \"$REGISTRY_AUTH_FILE\"; echo \"$DOCKER_CONFIG\"; cat \"$REGISTRY_AUTH_FILE\"; cat \"$DOCKER_CONFIG/config.json\"; echo \"user=$VENVIMG_USERNAME\"; }} >{}\necho 'registry down' >&2\nexit 1\n",
+            record.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let secret = "pw-3b7e0c55-never-printed";
+    let temp = work.path().join("runner-temp");
+    std::fs::create_dir_all(&temp).unwrap();
+    let mut runner = action_runner(
+        &action,
+        &project,
+        &temp,
+        &[
+            ("from", fake.to_str().unwrap()),
+            ("registry-username", "ci-user"),
+            ("registry-password", secret),
+        ],
+    );
+    runner.envs = vec![
+        ("HOME".into(), home.display().to_string()),
+        ("TMPDIR".into(), tmp.display().to_string()),
+        (
+            "XDG_RUNTIME_DIR".into(),
+            home.join("run").display().to_string(),
+        ),
+    ];
+    let run = runner.run();
+    assert_eq!(
+        run.failed.as_ref().map(|(id, _)| id.as_str()),
+        Some("build"),
+        "{}",
+        run.log
+    );
+    assert!(run.log.contains("registry down"), "{}", run.log);
+    assert!(
+        !run.log.contains(secret),
+        "the password was printed:\n{}",
+        run.log
+    );
+    assert_eq!(run.outputs["images"], "{}", "images when the build failed");
+    serde_json::from_str::<serde_json::Value>(&run.outputs["images"]).unwrap();
+
+    let recorded = std::fs::read_to_string(&record).unwrap();
+    let mut lines = recorded.lines();
+    let auth_file = PathBuf::from(lines.next().unwrap());
+    let docker_config = PathBuf::from(lines.next().unwrap());
+    assert!(auth_file.starts_with(&tmp), "{}", auth_file.display());
+    assert_eq!(auth_file.parent(), Some(docker_config.as_path()));
+    use base64::Engine as _;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("ci-user:{secret}"));
+    for _ in 0..2 {
+        let json: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"auths": {"registry.invalid:5000": {"auth": token}}})
+        );
+    }
+    assert_eq!(lines.next(), Some("user=ci-user"));
+    // Gone with the step; nothing in the runner user's home or temporary folder.
+    assert!(!docker_config.exists(), "the auth folder outlived the step");
+    let left: Vec<_> = walkdir(&home).into_iter().chain(walkdir(&tmp)).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+
+    // The install step failing: the action's images output is still `{}`.
+    let mut runner = action_runner(
+        &action,
+        &project,
+        &temp,
+        &[("from", "/nonexistent/venvimg")],
+    );
+    runner.envs = vec![("TMPDIR".into(), tmp.display().to_string())];
+    let run = runner.run();
+    assert_eq!(
+        run.failed.as_ref().map(|(id, _)| id.as_str()),
+        Some("install")
+    );
+    assert_eq!(
+        run.outputs["images"], "{}",
+        "images when the install failed"
+    );
+}
+
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walkdir(&path));
+        }
+        out.push(path);
+    }
+    out
 }

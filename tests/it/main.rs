@@ -25,6 +25,7 @@ mod registry_push;
 mod registry_rss;
 mod release;
 mod run;
+mod runners;
 mod sbom;
 mod testenv;
 mod trust;

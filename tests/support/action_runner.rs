@@ -72,6 +72,18 @@ impl Runner<'_> {
                 .find("}}")
                 .unwrap_or_else(|| panic!("unclosed expression in {text:?}"));
             let expr = after[..end].trim();
+            // `A || 'literal'`: the literal when A is empty, as a runner's `||` does.
+            let (expr, fallback) = match expr.split_once("||") {
+                Some((a, lit)) => {
+                    let lit = lit.trim();
+                    let lit = lit
+                        .strip_prefix('\'')
+                        .and_then(|l| l.strip_suffix('\''))
+                        .unwrap_or_else(|| panic!("`||` with a non-literal in {text:?}"));
+                    (a.trim(), Some(lit))
+                }
+                None => (expr, None),
+            };
             let parts: Vec<&str> = expr.split('.').collect();
             let value = match parts.as_slice() {
                 ["inputs", name] => self.input(name),
@@ -86,7 +98,10 @@ impl Runner<'_> {
                 ["github", "server_url"] => "https://forge.invalid".into(),
                 _ => panic!("the test runner does not know the expression `{expr}` (in {text:?}); teach it, do not guess"),
             };
-            out.push_str(&value);
+            match fallback {
+                Some(lit) if value.is_empty() => out.push_str(lit),
+                _ => out.push_str(&value),
+            }
             rest = &after[end + 2..];
         }
         out.push_str(rest);
@@ -120,6 +135,9 @@ impl Runner<'_> {
             let mut path = done.path_added.iter().rev().cloned().collect::<Vec<_>>();
             path.push(std::env::var("PATH").unwrap_or_default());
             let mut cmd = Command::new("bash");
+            for var in super::CI_MARKERS {
+                cmd.env_remove(var);
+            }
             cmd.args(["--noprofile", "--norc", "-eo", "pipefail"])
                 .arg(&file)
                 .current_dir(&self.cwd)
@@ -156,9 +174,11 @@ impl Runner<'_> {
                 .collect();
             if !out.status.success() {
                 done.failed = Some((id, out.status.code()));
-                return done;
+                break;
             }
         }
+        // A runner evaluates the action's outputs after a failed step too (a job's
+        // `outputs:` then read them).
         if let Some(outputs) = self.action["outputs"].as_mapping() {
             for (k, v) in outputs {
                 let value = self.eval(&s(&v["value"]), &done.steps);

@@ -21,6 +21,9 @@ impl Background {
     pub fn venvimg(dir: &Path, args: &[&str], extra: &[(&str, &str)]) -> Self {
         let env = support::testenv();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_venvimg"));
+        for var in support::CI_MARKERS {
+            cmd.env_remove(var);
+        }
         cmd.envs(env.envs.iter().map(|(k, v)| (k, v)))
             .envs(extra.iter().copied())
             .current_dir(dir)

@@ -241,9 +241,24 @@ pub fn musl_binary() -> PathBuf {
 pub fn venvimg() -> assert_cmd::Command {
     let env = testenv();
     let mut cmd = assert_cmd::Command::cargo_bin("venvimg").expect("venvimg binary not built");
+    for var in CI_MARKERS {
+        cmd.env_remove(var);
+    }
     cmd.envs(env.envs.iter().map(|(k, v)| (k, v)));
     cmd
 }
+
+/// The variables venvimg reads to tell which CI it runs in (`src/ci.rs`): removed from
+/// what tests run, so the suite means the same under a CI runner as on a laptop; a test
+/// about CI sets them itself.
+pub const CI_MARKERS: &[&str] = &[
+    "ACT",
+    "GITHUB_ACTIONS",
+    "FORGEJO_ACTIONS",
+    "GITEA_ACTIONS",
+    "GITLAB_CI",
+    "VENVIMG_CI_WORKDIR",
+];
 
 /// `podman` with the test environment's containers.conf / registries.conf.
 pub fn podman() -> StdCommand {

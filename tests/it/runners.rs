@@ -188,7 +188,12 @@ pub fn add_action_inputs(text: &str) -> String {
 /// `act EVENT` in `checkout` with the flags of SUBSTITUTIONS and `extra`.
 pub fn act(checkout: &Checkout, event: &str, extra: &[&str]) -> ActRun {
     let env = support::testenv();
+    // act's jobs run on the test environment's own Docker daemon (DOCKER_HOST).
+    support::need_docker();
     let act = tool("act");
+    // act keeps action copies and job state under $XDG_CACHE_HOME/act: this run's own,
+    // removed with it, not the machine's ~/.cache.
+    let cache = tempfile::tempdir().unwrap();
     let workdir = checkout.path().to_str().unwrap().to_string();
     // act packs the whole local repository in memory: give it the action only, not this
     // checkout's target/ (gigabytes).
@@ -218,7 +223,8 @@ pub fn act(checkout: &Checkout, event: &str, extra: &[&str]) -> ActRun {
         .args(extra)
         .current_dir(checkout.path())
         .stdin(Stdio::null())
-        .env("ACT_DISABLE_VERSION_CHECK", "1");
+        .env("ACT_DISABLE_VERSION_CHECK", "1")
+        .env("XDG_CACHE_HOME", cache.path());
     for var in support::CI_MARKERS {
         cmd.env_remove(var);
     }

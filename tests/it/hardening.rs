@@ -683,3 +683,96 @@ fn inspect_refuses_a_layout_whose_digest_walks_out_of_it() {
         run.text
     );
 }
+
+#[test]
+fn temp_folders_are_0700_and_another_user_cannot_list_or_plant_in_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = support::copy_fixture("sample");
+    let repo = support::unique_repo("harden-tmp");
+    support::write_config(dir.path(), &repo, "sessions: [lint]\n");
+    // The noxfile waits at import while `hold` exists: venvimg's plan folder is there.
+    let noxfile = dir.path().join("noxfile.py");
+    let text = std::fs::read_to_string(&noxfile).unwrap();
+    std::fs::write(
+        &noxfile,
+        format!(
+            "import pathlib as _p, time as _t\n_h = _p.Path(__file__).resolve().parent / 'hold'\n_end = _t.time() + 120\nwhile _h.exists() and _t.time() < _end:\n    _t.sleep(0.1)\n{text}"
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("hold"), "").unwrap();
+    // A temp folder others can enter, as /tmp is.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let tmp_s = tmp.path().to_str().unwrap().to_string();
+    let cache = tmp.path().join("cache");
+    let cache_s = cache.to_str().unwrap().to_string();
+    let mut run = Background::venvimg(
+        dir.path(),
+        &["plan"],
+        &[("TMPDIR", &tmp_s), ("XDG_CACHE_HOME", &cache_s)],
+    );
+    let start = std::time::Instant::now();
+    let plan_dir = loop {
+        let found = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("venvimg-plan-")
+                    && p.join("out").exists()
+            });
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no plan folder in {tmp_s}:\n{}",
+            run.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let folder_mode = mode(&plan_dir);
+    let out_mode = mode(&plan_dir.join("out"));
+    let nobody = |cmd: &str| {
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+                cmd,
+            ])
+            .arg("sh")
+            .arg(&plan_dir)
+            .output()
+            .unwrap()
+    };
+    let listed = nobody("ls -a \"$1\" && ls -a \"$1/out\"");
+    let planted = nobody("echo planted > \"$1/out/planted\"");
+    std::fs::remove_file(dir.path().join("hold")).unwrap();
+    let status = run.wait(BUILD_TIMEOUT);
+    assert_eq!(
+        folder_mode,
+        0o700,
+        "{}: {folder_mode:o}",
+        plan_dir.display()
+    );
+    assert_ne!(out_mode & 0o777, 0o777, "out/ is {out_mode:o}");
+    assert!(
+        !listed.status.success(),
+        "another user listed the plan folder:\n{}",
+        String::from_utf8_lossy(&listed.stdout)
+    );
+    assert!(
+        !planted.status.success(),
+        "another user planted a file in out/"
+    );
+    assert!(status.success(), "{}", run.text());
+}

@@ -445,7 +445,12 @@ async fn classify(
     };
     let made = match ImageRecord::from_config(&config) {
         Some(record) if !record.sessions.is_empty() => {
-            let mut s: Vec<String> = record.sessions.into_iter().map(|s| s.session).collect();
+            // Names from a registry answer: shown escaped, never raw.
+            let mut s: Vec<String> = record
+                .sessions
+                .into_iter()
+                .map(|s| crate::python::hook::escaped(&s.session))
+                .collect();
             s.sort();
             Ok(s)
         }

@@ -776,3 +776,37 @@ fn temp_folders_are_0700_and_another_user_cannot_list_or_plant_in_them() {
     );
     assert!(status.success(), "{}", run.text());
 }
+
+#[test]
+fn a_session_name_with_control_characters_never_reaches_the_ci_raw() {
+    let dir = support::copy_fixture("ci-names");
+    let repo = support::unique_repo("harden-names");
+    support::write_config(dir.path(), &repo, "");
+    let ci_output = dir.path().join("ci-output.txt");
+    let ci = ci_output.to_str().unwrap();
+    for args in [
+        vec!["plan"],
+        vec!["plan", "--json"],
+        vec!["plan", "--ci-output"],
+        vec!["plan", "--explain", "lint"],
+        vec!["build", "--ci-output"],
+    ] {
+        let run = venvimg_with(dir.path(), &args, &[("GITHUB_OUTPUT", ci)]);
+        let mut seen = run.text.clone();
+        seen.push_str(&std::fs::read_to_string(&ci_output).unwrap_or_default());
+        for line in seen.lines() {
+            assert!(
+                !line.trim_start().starts_with("::"),
+                "{args:?}: a line a CI runner executes: {line:?}\n{seen}"
+            );
+        }
+        assert_eq!(run.code, Some(2), "{args:?}:\n{}", run.text);
+        assert!(
+            run.text
+                .contains(r"lint\n::add-mask::127.0.0.1\n::set-output"),
+            "{args:?}: the refusal names the session, escaped:\n{}",
+            run.text
+        );
+        assert!(!run.text.contains("panicked"), "{}", run.text);
+    }
+}

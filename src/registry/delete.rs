@@ -54,6 +54,7 @@ impl Registry {
     /// Every tag of `repo`'s repository (any tag or digest in `repo` is ignored), page by
     /// page; none when the registry does not know the repository.
     pub async fn all_tags(&self, repo: &Reference) -> Result<Vec<String>, RegistryError> {
+        self.guard_realm(repo)?;
         let auth = self.auth(repo);
         let client = self.client_with(repo.resolve_registry(), &auth);
         let mut tags: Vec<String> = Vec::new();
@@ -169,6 +170,7 @@ impl Registry {
         } else {
             "https"
         };
+        self.guard_realm(repo)?;
         let url = format!("{scheme}://{registry}/v2/{}/{path}", repo.repository());
         let http = self.http_client(&registry).map_err(other)?;
         let credential = self.credential(&registry, repo.repository());

@@ -156,6 +156,12 @@ pub enum RegistryError {
     },
     #[error("{reference}: {detail}")]
     BadManifest { reference: String, detail: String },
+    #[error("registry {registry} refused for {reference}: {reason}\n  hint: a registry's WWW-Authenticate challenge must name its own token service; check the registry's address (and any proxy in front of it)")]
+    RealmRefused {
+        registry: String,
+        reference: String,
+        reason: String,
+    },
 }
 
 /// Everything an invocation does with registries: clients, credentials looked up once
@@ -186,6 +192,8 @@ struct CredState {
     realms: HashMap<String, Verdict>,
     /// Warnings already given (each once).
     warned: HashSet<String>,
+    /// registry → why its token realm is refused (None: it is not).
+    refused_realms: HashMap<String, Option<String>>,
 }
 
 /// oci-client's clients: TLS verification is a setting of the whole client, and a client
@@ -647,6 +655,59 @@ impl Registry {
         verdict
     }
 
+    /// Refuse `r`'s registry when its challenge sends token requests to a link-local or
+    /// cloud-metadata address ([`challenge::metadata_realm`]): asked once per registry,
+    /// before any request that would follow the challenge, with or without credentials.
+    pub(crate) fn guard_realm(&self, r: &Reference) -> Result<(), RegistryError> {
+        let registry = r.resolve_registry();
+        let known = self
+            .creds
+            .lock()
+            .unwrap()
+            .refused_realms
+            .get(registry)
+            .cloned();
+        let refusal = match known {
+            Some(v) => v,
+            None => {
+                let url = format!(
+                    "{}://{registry}/v2/",
+                    if self.clients.plain_http(registry) {
+                        "http"
+                    } else {
+                        "https"
+                    }
+                );
+                let header = challenge::fetch(
+                    &url,
+                    self.skips_tls_verify(registry),
+                    &self.clients.certs,
+                    USER_AGENT,
+                )
+                .ok()
+                .flatten();
+                let v = match challenge::parse(header.as_deref()) {
+                    Challenge::Bearer { realm } => challenge::metadata_realm(registry, &realm),
+                    _ => None,
+                };
+                self.creds
+                    .lock()
+                    .unwrap()
+                    .refused_realms
+                    .insert(registry.to_string(), v.clone());
+                v
+            }
+        };
+        match refusal {
+            None => Ok(()),
+            Some(reason) => Err(RegistryError::RealmRefused {
+                registry: registry.to_string(),
+                reference: r.whole(),
+                reason,
+            }),
+        }
+    }
+
     pub fn auth(&self, r: &Reference) -> RegistryAuth {
         self.credential(r.resolve_registry(), r.repository()).auth
     }
@@ -752,6 +813,7 @@ impl Registry {
     /// HEAD a manifest: `Some(digest)` when the tag exists, `None` when the registry says
     /// it is unknown. Costs one request on a hit.
     pub async fn manifest_digest(&self, r: &Reference) -> Result<Option<String>, RegistryError> {
+        self.guard_realm(r)?;
         let auth = self.auth(r);
         let client = self.client_for(r);
         let res = retry(|| client.fetch_manifest_digest(r, &auth)).await;

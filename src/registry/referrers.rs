@@ -149,6 +149,7 @@ impl Registry {
         &self,
         target: &Reference,
     ) -> Result<String, RegistryError> {
+        self.guard_realm(target)?;
         let auth = self.auth(target);
         let client = self.client_for(target);
         super::retry(|| client.auth(target, &auth, oci_client::RegistryOperation::Push))

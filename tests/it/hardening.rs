@@ -810,3 +810,70 @@ fn a_session_name_with_control_characters_never_reaches_the_ci_raw() {
         assert!(!run.text.contains("panicked"), "{}", run.text);
     }
 }
+
+/// The registry's challenge names a token service on a cloud-metadata address: venvimg
+/// must not send it a request. Run in a network namespace of the test's own (`unshare
+/// -n`, only loopback, 169.254.169.254 added to it there): nothing reaches a real
+/// metadata service.
+#[test]
+fn a_token_realm_on_a_metadata_address_is_refused_without_a_request() {
+    let t = tempfile::tempdir().unwrap();
+    let hits = t.path().join("metadata-hits");
+    let script = t.path().join("servers.py");
+    std::fs::write(
+        &script,
+        r#"
+import http.server, sys, threading
+hits = sys.argv[1]
+class Meta(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        open(hits, "a").write(self.path + "\n")
+        body = b'{"token": "instance-credentials"}'
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+class Registry(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Bearer realm="http://169.254.169.254/latest/meta-data/iam/security-credentials/",service="registry"')
+        self.send_header("Content-Length", "0"); self.end_headers()
+    do_HEAD = do_GET
+    def log_message(self, *a): pass
+m = http.server.ThreadingHTTPServer(("169.254.169.254", 80), Meta)
+r = http.server.ThreadingHTTPServer(("127.0.0.1", 5999), Registry)
+for s in (m, r):
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"#,
+    )
+    .unwrap();
+    let inner = format!(
+        "ip link set lo up && ip addr add 169.254.169.254/32 dev lo && \
+         (python3 {script} {hits} > {t}/servers.log 2>&1 &) && \
+         for i in $(seq 50); do grep -q ready {t}/servers.log 2>/dev/null && break; sleep 0.1; done; \
+         {bin} inspect 127.0.0.1:5999/team/app:1; echo \"exit=$?\"",
+        script = script.display(),
+        hits = hits.display(),
+        t = t.path().display(),
+        bin = env!("CARGO_BIN_EXE_venvimg"),
+    );
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-c", &inner])
+        .current_dir(t.path())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let asked = std::fs::read_to_string(&hits).unwrap_or_default();
+    assert!(
+        asked.is_empty(),
+        "venvimg asked the metadata address: {asked}\n{text}"
+    );
+    assert!(text.contains("exit=1"), "{text}");
+    assert!(text.contains("169.254.169.254"), "{text}");
+    assert!(text.contains("link-local"), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+}

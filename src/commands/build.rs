@@ -610,7 +610,11 @@ async fn layer_from_registry(
         }
     })?;
     let config_bytes = registry
-        .blob_bytes(&s.image, manifest.config().digest().as_ref())
+        .blob_bytes(
+            &s.image,
+            manifest.config().digest().as_ref(),
+            manifest.config().size(),
+        )
         .await?;
     let bad = |detail: String| crate::registry::RegistryError::BadManifest {
         reference: s.image.whole(),

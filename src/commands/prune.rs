@@ -432,7 +432,7 @@ async fn classify(
             blobs,
         ));
     }
-    let config = match registry.blob_bytes(r, &config_digest).await {
+    let config = match registry.blob_bytes(r, &config_digest, config_size).await {
         Ok(c) => c,
         Err(RegistryError::NotFound { .. }) => {
             return Ok((

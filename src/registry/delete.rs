@@ -181,7 +181,7 @@ impl Registry {
         };
         let mut challenged = false;
         let mut attempt = 0;
-        loop {
+        'attempts: loop {
             attempt += 1;
             let mut req = http.request(method.clone(), &url);
             if let Some(a) = &authorization {
@@ -221,7 +221,33 @@ impl Registry {
                 .get(reqwest::header::WWW_AUTHENTICATE)
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_string);
-            let body = res.bytes().await.unwrap_or_default();
+            // Manifests, indexes and error bodies: never more than a manifest may be.
+            let mut res = res;
+            let mut body = bytes::BytesMut::new();
+            loop {
+                match res.chunk().await {
+                    Ok(Some(c)) => {
+                        if body.len() as u64 + c.len() as u64 > super::MAX_MANIFEST {
+                            return Err(RegistryError::BadManifest {
+                                reference,
+                                detail: format!(
+                                    "the registry's answer is larger than {} bytes (the most a manifest or index may be); refused",
+                                    super::MAX_MANIFEST
+                                ),
+                            });
+                        }
+                        body.extend_from_slice(&c);
+                    }
+                    Ok(None) => break,
+                    // Cut short: a transient failure like a reset before the answer.
+                    Err(_) if attempt < 4 => {
+                        tokio::time::sleep(Duration::from_millis(300 * attempt)).await;
+                        continue 'attempts;
+                    }
+                    Err(e) => return Err(other(super::error_chain(&e))),
+                }
+            }
+            let body = body.freeze();
             match status {
                 401 if !challenged => {
                     challenged = true;

@@ -388,7 +388,7 @@ impl Registry {
         if size > cap {
             return Err(bad(format!("its layer is {size} bytes, more than {cap}")));
         }
-        let data = self.blob_bytes(&r, blob.as_str()).await?;
+        let data = self.blob_bytes(&r, blob.as_str(), size).await?;
         if data.len() as u64 != size || Digest::of(&data) != blob {
             return Err(bad(format!(
                 "the registry served other bytes than {} ({size} bytes)",

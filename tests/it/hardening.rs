@@ -877,3 +877,92 @@ threading.Event().wait()
     assert!(text.contains("link-local"), "{text}");
     assert!(!text.contains("panicked"), "{text}");
 }
+
+/// The largest resident set of a `venvimg ARGS` run in `dir` under `/usr/bin/time -v`
+/// (its own, not other children's), with its exit code and output.
+fn venvimg_rss(dir: &Path, args: &[&str]) -> (Option<i32>, String, u64) {
+    let out = Command::new("/usr/bin/time")
+        .arg("-v")
+        .arg(env!("CARGO_BIN_EXE_venvimg"))
+        .args(args)
+        .current_dir(dir)
+        .envs(
+            support::testenv()
+                .envs
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rss_kib: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Maximum resident set size (kbytes): ")
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .expect("time -v reports the maximum RSS");
+    (out.status.code(), text, rss_kib * 1024)
+}
+
+#[test]
+fn a_config_served_far_larger_than_its_descriptor_is_refused_with_bounded_memory() {
+    use crate::support::fault_proxy::{Action, FaultProxy};
+    use crate::support::registry_kit;
+    let env = support::testenv();
+    let repo = support::unique_repo("harden-flood");
+    let rt = registry_kit::runtime();
+    let reg = venvimg::registry::Registry::new(registry_kit::plain_transport(), &[&env.registry])
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let layer = registry_kit::small_layer(work.path(), "lint", 31, 256);
+    let base = rt
+        .block_on(reg.resolve_base(
+            &registry_kit::reference(&env.base),
+            &registry_kit::platform(),
+        ))
+        .unwrap();
+    let img = registry_kit::compose_labeled(
+        base,
+        &[layer],
+        &support::record_labels("lint", env.base_digest()),
+    );
+    registry_kit::push(&rt, &reg, &format!("{repo}:lint-1"), &img).unwrap();
+    let config = img.image.config_digest.clone();
+    let config_size = img.image.config.len();
+    let name = repo.split_once('/').unwrap().1.to_string();
+    // The registry serves 512 MiB for the config's few KiB.
+    let blob_path = format!("/v2/{name}/blobs/{config}");
+    let proxy = FaultProxy::start(
+        &env.registry,
+        Box::new(move |head| {
+            if head.method == "GET" && head.target == blob_path {
+                Action::Flood { len: 512 << 20 }
+            } else {
+                Action::Forward
+            }
+        }),
+    );
+    let image = format!("{}/{name}:lint-1", proxy.addr);
+    let (code, text, rss) = venvimg_rss(work.path(), &["inspect", &image]);
+    // Today's main read all 512 MiB before its digest check: 550 MB RSS.
+    assert!(
+        rss < 150 << 20,
+        "venvimg's RSS reached {} MiB:\n{text}",
+        rss >> 20
+    );
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains(&image) && text.contains(&config), "{text}");
+    assert!(
+        text.contains(&format!(
+            "more than the {config_size} bytes its descriptor gives"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
+}

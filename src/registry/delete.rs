@@ -90,8 +90,10 @@ impl Registry {
     pub async fn delete_manifest(
         &self,
         repo: &Reference,
-        digest: &str,
+        digest: &crate::model::Digest,
     ) -> Result<Deleted, RegistryError> {
+        // Only a parsed digest becomes a path: never `../../other/repo/manifests/...`.
+        let digest = digest.as_str();
         let target = Reference::with_digest(
             repo.resolve_registry().to_string(),
             repo.repository().to_string(),

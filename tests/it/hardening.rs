@@ -684,6 +684,129 @@ fn inspect_refuses_a_layout_whose_digest_walks_out_of_it() {
     );
 }
 
+/// The largest resident set of a `venvimg ARGS` run in `dir` under `/usr/bin/time -v`
+/// (its own, not other children's), with its exit code and output.
+fn venvimg_rss(dir: &Path, args: &[&str]) -> (Option<i32>, String, u64) {
+    let out = Command::new("/usr/bin/time")
+        .arg("-v")
+        .arg(env!("CARGO_BIN_EXE_venvimg"))
+        .args(args)
+        .current_dir(dir)
+        .envs(
+            support::testenv()
+                .envs
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rss_kib: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Maximum resident set size (kbytes): ")
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .expect("time -v reports the maximum RSS");
+    (out.status.code(), text, rss_kib * 1024)
+}
+
+#[test]
+fn a_config_served_far_larger_than_its_descriptor_is_refused_with_bounded_memory() {
+    use crate::support::fault_proxy::{Action, FaultProxy};
+    use crate::support::registry_kit;
+    let env = support::testenv();
+    let repo = support::unique_repo("harden-flood");
+    let rt = registry_kit::runtime();
+    let reg = venvimg::registry::Registry::new(registry_kit::plain_transport(), &[&env.registry])
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let layer = registry_kit::small_layer(work.path(), "lint", 31, 256);
+    let base = rt
+        .block_on(reg.resolve_base(
+            &registry_kit::reference(&env.base),
+            &registry_kit::platform(),
+        ))
+        .unwrap();
+    let img = registry_kit::compose_labeled(
+        base,
+        &[layer],
+        &support::record_labels("lint", env.base_digest()),
+    );
+    registry_kit::push(&rt, &reg, &format!("{repo}:lint-1"), &img).unwrap();
+    let config = img.image.config_digest.clone();
+    let config_size = img.image.config.len();
+    let name = repo.split_once('/').unwrap().1.to_string();
+    // The registry serves 512 MiB for the config's few KiB.
+    let blob_path = format!("/v2/{name}/blobs/{config}");
+    let proxy = FaultProxy::start(
+        &env.registry,
+        Box::new(move |head| {
+            if head.method == "GET" && head.target == blob_path {
+                Action::Flood { len: 512 << 20 }
+            } else {
+                Action::Forward
+            }
+        }),
+    );
+    let image = format!("{}/{name}:lint-1", proxy.addr);
+    let (code, text, rss) = venvimg_rss(work.path(), &["inspect", &image]);
+    // Today's main read all 512 MiB before its digest check: 550 MB RSS.
+    assert!(
+        rss < 150 << 20,
+        "venvimg's RSS reached {} MiB:\n{text}",
+        rss >> 20
+    );
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains(&image) && text.contains(&config), "{text}");
+    assert!(
+        text.contains(&format!(
+            "more than the {config_size} bytes its descriptor gives"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
+}
+
+#[test]
+fn a_session_name_with_control_characters_never_reaches_the_ci_raw() {
+    let dir = support::copy_fixture("ci-names");
+    let repo = support::unique_repo("harden-names");
+    support::write_config(dir.path(), &repo, "");
+    let ci_output = dir.path().join("ci-output.txt");
+    let ci = ci_output.to_str().unwrap();
+    for args in [
+        vec!["plan"],
+        vec!["plan", "--json"],
+        vec!["plan", "--ci-output"],
+        vec!["plan", "--explain", "lint"],
+        vec!["build", "--ci-output"],
+    ] {
+        let run = venvimg_with(dir.path(), &args, &[("GITHUB_OUTPUT", ci)]);
+        let mut seen = run.text.clone();
+        seen.push_str(&std::fs::read_to_string(&ci_output).unwrap_or_default());
+        for line in seen.lines() {
+            assert!(
+                !line.trim_start().starts_with("::"),
+                "{args:?}: a line a CI runner executes: {line:?}\n{seen}"
+            );
+        }
+        assert_eq!(run.code, Some(2), "{args:?}:\n{}", run.text);
+        assert!(
+            run.text
+                .contains(r"lint\n::add-mask::127.0.0.1\n::set-output"),
+            "{args:?}: the refusal names the session, escaped:\n{}",
+            run.text
+        );
+        assert!(!run.text.contains("panicked"), "{}", run.text);
+    }
+}
+
 #[test]
 fn temp_folders_are_0700_and_another_user_cannot_list_or_plant_in_them() {
     use std::os::unix::fs::PermissionsExt;
@@ -777,40 +900,6 @@ fn temp_folders_are_0700_and_another_user_cannot_list_or_plant_in_them() {
     assert!(status.success(), "{}", run.text());
 }
 
-#[test]
-fn a_session_name_with_control_characters_never_reaches_the_ci_raw() {
-    let dir = support::copy_fixture("ci-names");
-    let repo = support::unique_repo("harden-names");
-    support::write_config(dir.path(), &repo, "");
-    let ci_output = dir.path().join("ci-output.txt");
-    let ci = ci_output.to_str().unwrap();
-    for args in [
-        vec!["plan"],
-        vec!["plan", "--json"],
-        vec!["plan", "--ci-output"],
-        vec!["plan", "--explain", "lint"],
-        vec!["build", "--ci-output"],
-    ] {
-        let run = venvimg_with(dir.path(), &args, &[("GITHUB_OUTPUT", ci)]);
-        let mut seen = run.text.clone();
-        seen.push_str(&std::fs::read_to_string(&ci_output).unwrap_or_default());
-        for line in seen.lines() {
-            assert!(
-                !line.trim_start().starts_with("::"),
-                "{args:?}: a line a CI runner executes: {line:?}\n{seen}"
-            );
-        }
-        assert_eq!(run.code, Some(2), "{args:?}:\n{}", run.text);
-        assert!(
-            run.text
-                .contains(r"lint\n::add-mask::127.0.0.1\n::set-output"),
-            "{args:?}: the refusal names the session, escaped:\n{}",
-            run.text
-        );
-        assert!(!run.text.contains("panicked"), "{}", run.text);
-    }
-}
-
 /// The registry's challenge names a token service on a cloud-metadata address: venvimg
 /// must not send it a request. Run in a network namespace of the test's own (`unshare
 /// -n`, only loopback, 169.254.169.254 added to it there): nothing reaches a real
@@ -875,94 +964,5 @@ threading.Event().wait()
     assert!(text.contains("exit=1"), "{text}");
     assert!(text.contains("169.254.169.254"), "{text}");
     assert!(text.contains("link-local"), "{text}");
-    assert!(!text.contains("panicked"), "{text}");
-}
-
-/// The largest resident set of a `venvimg ARGS` run in `dir` under `/usr/bin/time -v`
-/// (its own, not other children's), with its exit code and output.
-fn venvimg_rss(dir: &Path, args: &[&str]) -> (Option<i32>, String, u64) {
-    let out = Command::new("/usr/bin/time")
-        .arg("-v")
-        .arg(env!("CARGO_BIN_EXE_venvimg"))
-        .args(args)
-        .current_dir(dir)
-        .envs(
-            support::testenv()
-                .envs
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str())),
-        )
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rss_kib: u64 = text
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("Maximum resident set size (kbytes): ")
-        })
-        .and_then(|v| v.trim().parse().ok())
-        .expect("time -v reports the maximum RSS");
-    (out.status.code(), text, rss_kib * 1024)
-}
-
-#[test]
-fn a_config_served_far_larger_than_its_descriptor_is_refused_with_bounded_memory() {
-    use crate::support::fault_proxy::{Action, FaultProxy};
-    use crate::support::registry_kit;
-    let env = support::testenv();
-    let repo = support::unique_repo("harden-flood");
-    let rt = registry_kit::runtime();
-    let reg = venvimg::registry::Registry::new(registry_kit::plain_transport(), &[&env.registry])
-        .unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let layer = registry_kit::small_layer(work.path(), "lint", 31, 256);
-    let base = rt
-        .block_on(reg.resolve_base(
-            &registry_kit::reference(&env.base),
-            &registry_kit::platform(),
-        ))
-        .unwrap();
-    let img = registry_kit::compose_labeled(
-        base,
-        &[layer],
-        &support::record_labels("lint", env.base_digest()),
-    );
-    registry_kit::push(&rt, &reg, &format!("{repo}:lint-1"), &img).unwrap();
-    let config = img.image.config_digest.clone();
-    let config_size = img.image.config.len();
-    let name = repo.split_once('/').unwrap().1.to_string();
-    // The registry serves 512 MiB for the config's few KiB.
-    let blob_path = format!("/v2/{name}/blobs/{config}");
-    let proxy = FaultProxy::start(
-        &env.registry,
-        Box::new(move |head| {
-            if head.method == "GET" && head.target == blob_path {
-                Action::Flood { len: 512 << 20 }
-            } else {
-                Action::Forward
-            }
-        }),
-    );
-    let image = format!("{}/{name}:lint-1", proxy.addr);
-    let (code, text, rss) = venvimg_rss(work.path(), &["inspect", &image]);
-    // Today's main read all 512 MiB before its digest check: 550 MB RSS.
-    assert!(
-        rss < 150 << 20,
-        "venvimg's RSS reached {} MiB:\n{text}",
-        rss >> 20
-    );
-    assert_eq!(code, Some(1), "{text}");
-    assert!(text.contains(&image) && text.contains(&config), "{text}");
-    assert!(
-        text.contains(&format!(
-            "more than the {config_size} bytes its descriptor gives"
-        )),
-        "{text}"
-    );
     assert!(!text.contains("panicked"), "{text}");
 }

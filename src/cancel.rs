@@ -70,11 +70,35 @@ impl Drop for ContainerGuard {
 /// A temp folder named for this process (`venvimg-<kind>-<pid>-XXXXXX`, mode 0700),
 /// registered so a cancel removes it.
 pub fn tempdir(kind: &str) -> std::io::Result<TempDir> {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("venvimg-{kind}-{}-", std::process::id()))
-        .tempdir()?;
+    let dir = private_tempdir(
+        tempfile::Builder::new().prefix(&format!("venvimg-{kind}-{}-", std::process::id())),
+        &std::env::temp_dir(),
+    )?;
     live().dirs.push(dir.path().to_path_buf());
     Ok(TempDir { dir: Some(dir) })
+}
+
+/// The mode of every temp folder venvimg makes: its owner's only. tempfile follows the
+/// umask (0755 under the usual 022), so it is set here, at creation, explicitly.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// The mode of the `out/` folder inside a build's private folder, where the container's
+/// user (whatever its uid) writes the records: write and search for all, listing for
+/// none, sticky; the 0700 folder around it is what keeps other users out.
+pub const CONTAINER_OUT_MODE: u32 = 0o1733;
+
+/// A temp folder from `builder` in `dir`, mode [`PRIVATE_DIR_MODE`] from its creation on
+/// (and set again, whatever the umask did).
+pub fn private_tempdir(
+    builder: &mut tempfile::Builder,
+    dir: &Path,
+) -> std::io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let d = builder
+        .permissions(std::fs::Permissions::from_mode(PRIVATE_DIR_MODE))
+        .tempdir_in(dir)?;
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(PRIVATE_DIR_MODE))?;
+    Ok(d)
 }
 
 /// A registered temp folder; removed when dropped (unless kept).

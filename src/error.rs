@@ -70,7 +70,10 @@ impl Error {
             Error::Config(_)
             | Error::Usage(_)
             | Error::UnknownSession { .. }
-            | Error::Locked(crate::python::locked::LockedError::Failed { .. }) => 2,
+            | Error::Locked(crate::python::locked::LockedError::Failed { .. })
+            | Error::Nox(crate::python::nox::NoxError::Hook(
+                crate::python::hook::HookError::ControlCharacters { .. },
+            )) => 2,
             Error::Output(e) => e.exit_code(),
             Error::SessionsFailed { code, .. } => *code,
             _ => 1,

@@ -610,7 +610,11 @@ async fn layer_from_registry(
         }
     })?;
     let config_bytes = registry
-        .blob_bytes(&s.image, manifest.config().digest().as_ref())
+        .blob_bytes(
+            &s.image,
+            manifest.config().digest().as_ref(),
+            manifest.config().size(),
+        )
         .await?;
     let bad = |detail: String| crate::registry::RegistryError::BadManifest {
         reference: s.image.whole(),
@@ -1189,8 +1193,11 @@ impl Workspace {
             use std::os::unix::fs::PermissionsExt;
             // The container's user writes the record; the 0700 build folder keeps others
             // out.
-            std::fs::set_permissions(&out_dir, std::fs::Permissions::from_mode(0o777))
-                .map_err(io_err(format!("preparing {}", out_dir.display())))?;
+            std::fs::set_permissions(
+                &out_dir,
+                std::fs::Permissions::from_mode(crate::cancel::CONTAINER_OUT_MODE),
+            )
+            .map_err(io_err(format!("preparing {}", out_dir.display())))?;
         }
         let script_path = hook_dir.join("build.sh");
         let script = script::render(&script::ScriptParams {

@@ -233,7 +233,10 @@ async fn read_registry(
         };
     let (config, mut data) = parse_image_manifest(&r.whole(), &bytes)?;
     data.index = index;
-    let config = registry.blob_bytes(r, &config.digest).await?;
+    let Some(config_size) = config.size else {
+        return Err(bad(&r.whole(), "the manifest's config descriptor has no size").into());
+    };
+    let config = registry.blob_bytes(r, &config.digest, config_size).await?;
     data.config = parse_config(&r.whole(), &config)?;
     data.config_digest = Digest::of(&config).into_string();
     Ok(data)
@@ -304,30 +307,31 @@ impl ArchiveFiles {
             ));
         }
         let file = File::open(path).map_err(|s| OutputError::io(path, s))?;
-        let mut archive = tar::Archive::new(BufReader::new(file));
-        let entries = archive
-            .entries()
-            .map_err(|e| bad(name, format!("not a tar archive: {e}")))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| bad(name, format!("not a tar archive: {e}")))?;
-            if !entry.header().entry_type().is_file() {
-                continue;
-            }
-            let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            let key = raw.trim_start_matches("./").to_string();
-            let size = entry.size();
-            let data = if keep(&key, size) {
-                let mut data = Vec::with_capacity(size as usize);
-                entry
-                    .read_to_end(&mut data)
-                    .map_err(|e| bad(name, format!("reading {key}: {e}")))?;
-                Some(data)
-            } else {
-                None
-            };
-            found(key, size, data);
-        }
-        Ok(())
+        // Long names and PAX headers capped (the tar crate alone would read a 1 GiB long
+        // name into memory), entries and bytes too.
+        crate::layer::diff::each_entry(
+            BufReader::new(file),
+            crate::layer::diff::CAPS,
+            &mut |entry, raw, _| {
+                if !entry.header().entry_type().is_file() {
+                    return Ok(());
+                }
+                let key = raw.trim_start_matches("./").to_string();
+                let size = entry.size();
+                let data = if keep(&key, size) {
+                    let mut data = Vec::with_capacity(size as usize);
+                    entry.read_to_end(&mut data).map_err(|e| {
+                        std::io::Error::new(e.kind(), format!("reading {key}: {e}"))
+                    })?;
+                    Some(data)
+                } else {
+                    None
+                };
+                found(key, size, data);
+                Ok(())
+            },
+        )
+        .map_err(|e| bad(name, format!("not a tar archive venvimg reads: {e}")))
     }
 
     fn scan(name: &str, path: &Path) -> Result<ArchiveFiles, OutputError> {

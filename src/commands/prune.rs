@@ -23,7 +23,7 @@ use crate::plan::record::ImageRecord;
 use crate::printer::{human_bytes, table, Printer, Verbosity};
 use crate::registry::delete::Deleted;
 use crate::registry::pushed::{self, Marker};
-use crate::registry::referrers;
+use crate::registry::referrers::{self, IndexChange, RemovalPlan};
 use crate::registry::{at_tag, Registry, RegistryError};
 
 /// How many manifests are read at once.
@@ -109,6 +109,14 @@ pub struct ImageRow {
     blobs: Vec<(String, u64)>,
 }
 
+/// One manifest `--yes` deletes, and what it is.
+#[derive(Debug, Clone, Serialize)]
+pub struct Deletion {
+    pub digest: String,
+    /// `image lint-…`, `push marker of lint-…`, `SBOM of lint-…`, `referrers index sha256-…`.
+    pub what: String,
+}
+
 /// What `prune` found and did (`--json` prints it as is).
 #[derive(Debug, Serialize)]
 pub struct PruneReport {
@@ -126,7 +134,11 @@ pub struct PruneReport {
     /// Referrers tags (`sha256-<hex>`) whose image is gone: venvimg's SBOMs listed there
     /// are deleted with --yes, and the tag when nothing else is listed.
     pub orphan_referrer_tags: Vec<String>,
-    /// Digests deleted (with --yes), in order.
+    /// Every manifest `--yes` deletes, in order (images, their push markers and SBOMs,
+    /// referrers indexes left empty, push markers of images gone): the dry run lists
+    /// exactly what `--yes` then deletes.
+    pub planned: Vec<Deletion>,
+    /// Digests deleted (with --yes), in order: every one is in `planned`.
     pub deleted: Vec<String>,
     /// Bytes of the blobs only the images to delete use: what the registry's garbage
     /// collector can free afterwards (an estimate; shared storage may differ).
@@ -385,12 +397,6 @@ async fn survey(registry: &Registry, repo: &Reference) -> Result<Survey, Error> 
     })
 }
 
-/// An SBOM venvimg pushed, as a referrers list describes it: deleted with its image.
-fn is_venvimg_sbom(d: &serde_json::Value) -> bool {
-    d["artifactType"].as_str() == Some(crate::sbom::MEDIA_TYPE)
-        && d["annotations"][crate::sbom::ANNOTATION].is_string()
-}
-
 type Classified = (Result<Vec<String>, String>, u64, Vec<(String, u64)>);
 
 /// Whether the manifest `bytes` (at `r`) is an image venvimg made (its record's sessions),
@@ -432,7 +438,7 @@ async fn classify(
             blobs,
         ));
     }
-    let config = match registry.blob_bytes(r, &config_digest).await {
+    let config = match registry.blob_bytes(r, &config_digest, config_size).await {
         Ok(c) => c,
         Err(RegistryError::NotFound { .. }) => {
             return Ok((
@@ -445,7 +451,12 @@ async fn classify(
     };
     let made = match ImageRecord::from_config(&config) {
         Some(record) if !record.sessions.is_empty() => {
-            let mut s: Vec<String> = record.sessions.into_iter().map(|s| s.session).collect();
+            // Names from a registry answer: shown escaped, never raw.
+            let mut s: Vec<String> = record
+                .sessions
+                .into_iter()
+                .map(|s| crate::python::hook::escaped(&s.session))
+                .collect();
             s.sort();
             Ok(s)
         }
@@ -491,23 +502,6 @@ pub async fn prune(
         .filter(|m| !present.contains(m.subject.as_str()))
         .cloned()
         .collect();
-    // Referrers tags of images already gone that list venvimg's SBOMs: those go (other
-    // tools' referrers stay).
-    let mut orphan_referrers: Vec<(String, String)> = Vec::new();
-    for (subject, tag) in &referrer_tags {
-        if present.contains(subject.as_str()) {
-            continue;
-        }
-        if let Some((bytes, _)) = registry.manifest_if_exists(&at_tag(&repo, tag)).await? {
-            let index: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            if index["manifests"]
-                .as_array()
-                .is_some_and(|l| l.iter().any(is_venvimg_sbom))
-            {
-                orphan_referrers.push((subject.clone(), tag.clone()));
-            }
-        }
-    }
     let base_blobs: HashSet<String> = plan
         .base
         .manifest
@@ -525,19 +519,109 @@ pub async fn prune(
         args.keep_for.as_ref(),
         now_unix(),
     );
+    // Never deleted, whatever a referrers list or marker says: what the survey keeps or
+    // skips, and the base.
+    let protected: HashSet<String> = images
+        .iter()
+        .filter(|i| i.action != Action::Delete)
+        .map(|i| i.digest.clone())
+        .chain([plan.base.digest.clone()])
+        .collect();
+    let bytes_freed_estimate = freed(&images, &base_blobs);
+    let mut planned: Vec<(Digest, String)> = Vec::new();
+    let mut sbom_plans: Vec<(String, RemovalPlan)> = Vec::new();
+    for row in images.iter().filter(|i| i.action == Action::Delete) {
+        let digest = Digest::parse(&row.digest).map_err(|e| RegistryError::BadManifest {
+            reference: repo.whole(),
+            detail: e.to_string(),
+        })?;
+        planned.push((digest.clone(), format!("image {}", row.tags.join(", "))));
+        if let Some(m) = row.marker.as_deref().and_then(|m| Digest::parse(m).ok()) {
+            if !protected.contains(m.as_str()) {
+                planned.push((m, format!("push marker of {}", row.tags.join(", "))));
+            }
+        }
+        let plan = registry
+            .plan_referrer_removal(
+                &repo,
+                &digest,
+                crate::sbom::MEDIA_TYPE,
+                crate::sbom::ANNOTATION,
+                &protected,
+            )
+            .await;
+        add_sbom_plan(
+            &mut planned,
+            &mut sbom_plans,
+            printer,
+            row.tags.join(", "),
+            plan,
+        );
+    }
+    // Referrers tags of images already gone: venvimg's SBOMs listed there go (other tools'
+    // referrers stay).
+    let present: HashSet<String> = images.iter().map(|i| i.digest.clone()).collect();
+    let mut orphan_referrer_tags = Vec::new();
+    for (subject, tag) in &referrer_tags {
+        if present.contains(subject) {
+            continue;
+        }
+        let Ok(subject) = Digest::parse(subject) else {
+            continue;
+        };
+        let plan = registry
+            .plan_referrer_removal(
+                &repo,
+                &subject,
+                crate::sbom::MEDIA_TYPE,
+                crate::sbom::ANNOTATION,
+                &protected,
+            )
+            .await;
+        if plan.as_ref().is_ok_and(|p| !p.referrers.is_empty()) {
+            orphan_referrer_tags.push(tag.clone());
+        }
+        add_sbom_plan(
+            &mut planned,
+            &mut sbom_plans,
+            printer,
+            format!("an image already gone ({tag})"),
+            plan,
+        );
+    }
+    for m in &orphan_markers {
+        if let Ok(d) = Digest::parse(&m.digest) {
+            if !protected.contains(d.as_str()) {
+                planned.push((
+                    d,
+                    format!(
+                        "push marker {} (its image is gone)",
+                        pushed::marker_tag(&m.subject)
+                    ),
+                ));
+            }
+        }
+    }
     let mut report = PruneReport {
         repository: config.repository_path(),
         dry_run: !args.yes,
         keep: args.keep,
         keep_for: args.keep_for.as_ref().map(|d| d.text.clone()),
         current: current.into_iter().collect(),
-        bytes_freed_estimate: freed(&images, &base_blobs),
+        bytes_freed_estimate,
         images,
         orphan_markers: orphan_markers
             .iter()
             .map(|m| pushed::marker_tag(&m.subject))
             .collect(),
-        orphan_referrer_tags: orphan_referrers.iter().map(|(_, t)| t.clone()).collect(),
+        orphan_referrer_tags,
+        planned: planned
+            .iter()
+            .map(|(d, what)| Deletion {
+                digest: d.to_string(),
+                what: what.clone(),
+            })
+            .collect(),
         deleted: Vec::new(),
     };
     let skipped = report
@@ -563,6 +647,9 @@ pub async fn prune(
         if args.json {
             printer.out(report.json());
         } else {
+            for d in &report.planned {
+                printer.out(format!("would delete {} ({})", d.digest, d.what));
+            }
             printer.out(report.summary(false));
         }
         return Ok(());
@@ -570,17 +657,20 @@ pub async fn prune(
 
     let to_delete: Vec<ImageRow> = report.to_delete().cloned().collect();
     let total = to_delete.len();
+    let mut images_deleted = 0;
     for row in &to_delete {
-        match registry.delete_manifest(&repo, &row.digest).await {
+        // Parsed when planned: every row to delete is a digest.
+        let Ok(digest) = Digest::parse(&row.digest) else {
+            continue;
+        };
+        match registry.delete_manifest(&repo, &digest).await {
             Ok(outcome) => {
+                images_deleted += 1;
                 report.deleted.push(row.digest.clone());
                 printer.info(format!(
                     "deleted {} ({}, {}){}",
                     row.tags.join(", "),
-                    Digest::hex_part(&row.digest)
-                        .chars()
-                        .take(12)
-                        .collect::<String>(),
+                    digest.hex().chars().take(12).collect::<String>(),
                     human_bytes(row.size),
                     if outcome == Deleted::AlreadyGone {
                         " - it was already gone"
@@ -590,38 +680,55 @@ pub async fn prune(
                 ));
             }
             Err(e) => {
-                if report.deleted.is_empty() {
+                if images_deleted == 0 {
                     printer.error("nothing was deleted");
                 } else {
                     printer.error(format!(
-                        "stopped after deleting {} of {total} image(s): {}",
-                        report.deleted.len(),
+                        "stopped after deleting {images_deleted} of {total} image(s): {}",
                         report.deleted.join(", ")
                     ));
                 }
                 return Err(e.into());
             }
         }
-        if let Some(marker) = &row.marker {
-            if let Err(e) = registry.delete_manifest(&repo, marker).await {
-                printer.warn(format!(
-                    "could not delete the push marker of {}: {}",
-                    row.tags.join(", "),
-                    first_line(&e.to_string())
-                ));
+        if let Some(marker) = row.marker.as_deref().and_then(|m| Digest::parse(m).ok()) {
+            if !protected.contains(marker.as_str()) {
+                match registry.delete_manifest(&repo, &marker).await {
+                    Ok(_) => report.deleted.push(marker.into_string()),
+                    Err(e) => printer.warn(format!(
+                        "could not delete the push marker of {}: {}",
+                        row.tags.join(", "),
+                        first_line(&e.to_string())
+                    )),
+                }
             }
         }
-        delete_sboms(registry, &repo, &row.digest, &row.tags.join(", "), printer).await;
+        let what = row.tags.join(", ");
+        if let Some((_, plan)) = sbom_plans.iter().find(|(w, _)| *w == what) {
+            delete_sboms(registry, &repo, plan, &what, printer, &mut report.deleted).await;
+        }
     }
-    for (subject, tag) in &orphan_referrers {
-        delete_sboms(registry, &repo, subject, tag, printer).await;
+    for (what, plan) in sbom_plans
+        .iter()
+        .filter(|(_, p)| !present.contains(p.subject.as_str()))
+    {
+        delete_sboms(registry, &repo, plan, what, printer, &mut report.deleted).await;
     }
     for m in &orphan_markers {
-        match registry.delete_manifest(&repo, &m.digest).await {
-            Ok(_) => printer.verbose(format!(
-                "deleted the push marker {} (its image is gone)",
-                pushed::marker_tag(&m.subject)
-            )),
+        let Ok(d) = Digest::parse(&m.digest) else {
+            continue;
+        };
+        if protected.contains(d.as_str()) {
+            continue;
+        }
+        match registry.delete_manifest(&repo, &d).await {
+            Ok(_) => {
+                report.deleted.push(d.into_string());
+                printer.verbose(format!(
+                    "deleted the push marker {} (its image is gone)",
+                    pushed::marker_tag(&m.subject)
+                ))
+            }
             Err(e) => printer.warn(format!(
                 "could not delete the push marker {}: {}",
                 pushed::marker_tag(&m.subject),
@@ -637,25 +744,65 @@ pub async fn prune(
     Ok(())
 }
 
-/// Delete venvimg's SBOMs of the image `subject` (gone, or being deleted) and take them
-/// off its referrers tag (the tag goes when it lists nothing else). Best effort, like the
-/// push markers: a failure is a warning.
+/// Add what `plan` deletes for `what` to `planned`; a plan that failed (a referrers list
+/// naming something other than a digest...) deletes nothing and is a warning.
+fn add_sbom_plan(
+    planned: &mut Vec<(Digest, String)>,
+    sbom_plans: &mut Vec<(String, RemovalPlan)>,
+    printer: &Printer,
+    what: String,
+    plan: Result<RemovalPlan, RegistryError>,
+) {
+    match plan {
+        Ok(p) => {
+            for d in &p.referrers {
+                planned.push((d.clone(), format!("SBOM of {what}")));
+            }
+            if let Some(IndexChange::Delete(d)) = &p.index {
+                planned.push((
+                    d.clone(),
+                    format!(
+                        "referrers index {}",
+                        referrers::fallback_tag(p.subject.as_str())
+                    ),
+                ));
+            }
+            if !p.referrers.is_empty() {
+                sbom_plans.push((what, p));
+            }
+        }
+        Err(e) => printer.warn(format!(
+            "the SBOMs of {what} are left alone: {}",
+            first_line(&e.to_string())
+        )),
+    }
+}
+
+/// Delete venvimg's SBOMs of `what` as `plan` checked them, and take them off its
+/// referrers tag (the tag goes when it lists nothing else). Best effort, like the push
+/// markers: a failure is a warning.
 async fn delete_sboms(
     registry: &Registry,
     repo: &Reference,
-    subject: &str,
+    plan: &RemovalPlan,
     what: &str,
     printer: &Printer,
+    deleted: &mut Vec<String>,
 ) {
-    match registry
-        .remove_referrers(repo, subject, is_venvimg_sbom)
-        .await
-    {
-        Ok(deleted) if !deleted.is_empty() => printer.info(format!(
-            "deleted the SBOM of {what} ({})",
-            deleted.join(", ")
-        )),
-        Ok(_) => {}
+    match registry.remove_referrers(repo, plan).await {
+        Ok(gone) => {
+            if !plan.referrers.is_empty() {
+                printer.info(format!(
+                    "deleted the SBOM of {what} ({})",
+                    plan.referrers
+                        .iter()
+                        .map(Digest::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            deleted.extend(gone.into_iter().map(Digest::into_string));
+        }
         Err(e) => printer.warn(format!(
             "could not delete the SBOM of {what}: {}",
             first_line(&e.to_string())

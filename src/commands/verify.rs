@@ -321,7 +321,10 @@ async fn recorded_image(
             "verify `{image}`: an index or an artifact, not an image manifest; name a session's or the all-sessions image"
         ))
     })?;
-    let config_bytes = registry.blob_bytes(&reference, config_digest).await?;
+    let config_size = manifest["config"]["size"].as_u64().unwrap_or(0);
+    let config_bytes = registry
+        .blob_bytes(&reference, config_digest, config_size)
+        .await?;
     let record = crate::plan::record::ImageRecord::from_config(&config_bytes)
         .filter(|r| !r.sessions.is_empty())
         .ok_or_else(|| {
@@ -342,7 +345,7 @@ async fn first_difference(
 ) -> Result<String, Error> {
     let (bytes, _) = registry.manifest_raw(pinned).await?;
     let theirs: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    let their_layers: Vec<(String, String)> = theirs["layers"]
+    let their_layers: Vec<(String, String, u64)> = theirs["layers"]
         .as_array()
         .map(|ls| {
             ls.iter()
@@ -350,13 +353,14 @@ async fn first_difference(
                     (
                         l["digest"].as_str().unwrap_or_default().to_string(),
                         l["mediaType"].as_str().unwrap_or_default().to_string(),
+                        l["size"].as_u64().unwrap_or(0),
                     )
                 })
                 .collect()
         })
         .unwrap_or_default();
     let n = rebuilt.layers.len();
-    for (i, (ours, (their_digest, their_type))) in
+    for (i, (ours, (their_digest, their_type, their_size))) in
         rebuilt.layers.iter().zip(&their_layers).enumerate()
     {
         if &ours.digest == their_digest {
@@ -375,7 +379,9 @@ async fn first_difference(
                 ours.digest
             ));
         };
-        let blob = registry.blob_bytes(pinned, their_digest).await?;
+        let blob = registry
+            .layer_file(pinned, their_digest, *their_size)
+            .await?;
         let read_local = || -> std::io::Result<_> {
             crate::layer::diff::entries(
                 std::io::BufReader::new(fs_err::File::open(local)?),
@@ -386,7 +392,14 @@ async fn first_difference(
             path: local.clone(),
             source,
         })?;
-        let detail = match crate::layer::diff::entries(&blob[..], their_type) {
+        let detail = match crate::layer::diff::entries(std::io::BufReader::new(blob), their_type) {
+            Err(e) if crate::layer::diff::as_refused(&e).is_some() => {
+                return Err(crate::registry::RegistryError::BadManifest {
+                    reference: format!("{} (layer {their_digest})", pinned.whole()),
+                    detail: format!("reading the layer back: {e}"),
+                }
+                .into())
+            }
             Err(e) => format!("the registry's layer is not a readable {their_type} ({e})"),
             Ok(their_entries) => {
                 match crate::layer::diff::first_difference(&ours_entries, &their_entries) {
@@ -405,7 +418,10 @@ async fn first_difference(
     }
     let their_config = theirs["config"]["digest"].as_str().unwrap_or_default();
     if their_config != rebuilt.config_digest {
-        let blob = registry.blob_bytes(pinned, their_config).await?;
+        let their_size = theirs["config"]["size"].as_u64().unwrap_or(0);
+        let blob = registry
+            .blob_bytes(pinned, their_config, their_size)
+            .await?;
         let theirs: serde_json::Value = serde_json::from_slice(&blob).unwrap_or_default();
         let ours: serde_json::Value = serde_json::from_slice(&rebuilt.config).unwrap_or_default();
         let field = first_json_difference(&ours, &theirs, String::new())

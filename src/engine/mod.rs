@@ -349,8 +349,11 @@ pub fn run_hook_plan(
         use std::os::unix::fs::PermissionsExt;
         // The container's user (root, or the image's USER) writes here; the 0700 temp
         // folder around it keeps everyone else out.
-        std::fs::set_permissions(&out_dir, std::fs::Permissions::from_mode(0o777))
-            .map_err(|e| io("preparing the output folder", e))?;
+        std::fs::set_permissions(
+            &out_dir,
+            std::fs::Permissions::from_mode(crate::cancel::CONTAINER_OUT_MODE),
+        )
+        .map_err(|e| io("preparing the output folder", e))?;
     }
     let abs = mountable_checkout(place.kind, project_dir)?;
     // Registered while the container runs, so a cancel stops it.

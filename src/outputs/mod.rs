@@ -205,10 +205,9 @@ async fn write_archive(
     fs::create_dir_all(&dir).map_err(|s| OutputError::io(&dir, s))?;
     // Fetched blobs and the archive-in-progress live next to the destination: same
     // filesystem for the final rename, and no surprise use of a small /tmp.
-    let staging = tempfile::Builder::new()
-        .prefix(".venvimg-blobs-")
-        .tempdir_in(&dir)
-        .map_err(|s| OutputError::io(&dir, s))?;
+    let staging =
+        crate::cancel::private_tempdir(tempfile::Builder::new().prefix(".venvimg-blobs-"), &dir)
+            .map_err(|s| OutputError::io(&dir, s))?;
     let layers = gather_layers(registry, image, sources, staging.path(), printer).await?;
     let files = ImageFiles { image, layers };
     let mut tmp = tempfile::Builder::new()
@@ -333,10 +332,9 @@ async fn write_oci_dir(
     }
     if !missing.is_empty() {
         // Fetched into a folder that is removed whatever happens, then moved into place.
-        let staging = tempfile::Builder::new()
-            .prefix(".venvimg-blobs-")
-            .tempdir_in(dir)
-            .map_err(|s| OutputError::io(dir, s))?;
+        let staging =
+            crate::cancel::private_tempdir(tempfile::Builder::new().prefix(".venvimg-blobs-"), dir)
+                .map_err(|s| OutputError::io(dir, s))?;
         let fetched = fetch_blobs(registry, &missing, sources, staging.path(), printer).await?;
         for (digest, path) in fetched {
             let target = blobs.join(layout::hex_of(&digest)?);

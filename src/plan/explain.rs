@@ -188,7 +188,11 @@ async fn earlier_documents(
             continue;
         };
         let config = registry
-            .blob_bytes(&r, manifest.config().digest().as_ref())
+            .blob_bytes(
+                &r,
+                manifest.config().digest().as_ref(),
+                manifest.config().size(),
+            )
             .await?;
         if let Some(doc) = record_document(&config, &s.config.name) {
             out.push((tag, doc));

@@ -263,7 +263,19 @@ impl DryRun {
     /// Parse a saved dry run (untrusted: another machine or job wrote it) made for `key`.
     pub fn from_bytes(bytes: &[u8], key: &str) -> Option<DryRun> {
         let d: DryRun = serde_json::from_slice(bytes).ok()?;
-        (d.key == key && d.version == CACHE_VERSION).then_some(d)
+        // Every path it checks must be inside the project: relative, without `..`.
+        let inside = |p: &str| {
+            !p.is_empty()
+                && !p.starts_with('/')
+                && !p.contains('\0')
+                && p.split('/').all(|c| c != "..")
+        };
+        let paths_inside = d.checks.iter().all(|c| match c {
+            Check::File { path, .. } | Check::Listing { path, .. } | Check::Stat { path, .. } => {
+                inside(path)
+            }
+        });
+        (d.key == key && d.version == CACHE_VERSION && paths_inside).then_some(d)
     }
 }
 
@@ -400,6 +412,28 @@ mod tests {
         ] {
             let out = out_with(&[e]);
             assert!(DryRun::from_output("k".repeat(64), &out, d.path(), "/src", false).is_none());
+        }
+    }
+
+    #[test]
+    fn a_shared_dry_run_checking_paths_outside_the_project_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("pyproject.toml"), "[project]\n").unwrap();
+        let out = out_with(&[r#"{"kind":"read","session":null,"path":"/src/pyproject.toml"}"#]);
+        let run = DryRun::from_output("k".repeat(64), &out, d.path(), "/src", false).unwrap();
+        let key = "k".repeat(64);
+        assert!(DryRun::from_bytes(&run.to_bytes(), &key).is_some());
+        // What another job (or whoever may push to the repository) could have saved.
+        for bad in ["../outside", "/etc/hostname", "a/../../b", ""] {
+            let mut forged = run.clone();
+            forged.checks = vec![Check::Stat {
+                path: bad.into(),
+                state: "absent".into(),
+            }];
+            assert!(
+                DryRun::from_bytes(&forged.to_bytes(), &key).is_none(),
+                "{bad:?} accepted"
+            );
         }
     }
 }

@@ -303,6 +303,46 @@ pub enum HookError {
     /// output it captured).
     #[error("listing the sessions failed (exit {code})")]
     ListFailed { code: i64 },
+    /// A session name with a control character (a newline would start a line a CI runner
+    /// reads as a workflow command): refused, shown escaped.
+    #[error("the noxfile's session `{session}` has a control character in its name ({field}); venvimg refuses such names (printed, they could start lines a CI runner executes as workflow commands)\n  hint: rename the session (`@nox.session(name=...)`) or its parameters' ids to printable text")]
+    ControlCharacters {
+        session: String,
+        field: &'static str,
+    },
+}
+
+/// `s` with control characters escaped (`\n`, `\u{1b}`): safe to print on a line of its own.
+pub fn escaped(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+/// Refuse a listed session whose name, signatures or tags hold a control character.
+fn check_printable(s: &ListedSession) -> Result<(), HookError> {
+    let bad = |t: &str| t.chars().any(char::is_control);
+    let field = if bad(&s.session) {
+        "its name"
+    } else if bad(&s.name) {
+        "its function name"
+    } else if s.signatures.iter().any(|x| bad(x)) {
+        "a signature"
+    } else if s.tags.iter().any(|x| bad(x)) {
+        "a tag"
+    } else {
+        return Ok(());
+    };
+    Err(HookError::ControlCharacters {
+        session: escaped(&s.session),
+        field,
+    })
 }
 
 /// Write the hook, its launcher and the spec into `dir` (mounted read-only into the
@@ -352,6 +392,9 @@ pub fn read_plan(out: &Path) -> Result<PlanOutput, HookError> {
         path: listing_path.clone(),
         detail: e.to_string(),
     })?;
+    for s in &listing.sessions {
+        check_printable(s)?;
+    }
     let mut records = Records::default();
     let names = plan
         .list_events

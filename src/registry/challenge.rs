@@ -205,6 +205,62 @@ pub fn judge(route: &Route<'_>, realm: &str) -> Verdict {
     }
 }
 
+/// Whether `ip` is link-local or a cloud metadata address (169.254.0.0/16, fe80::/10,
+/// AWS's fd00:ec2::254): where instance credentials are served, never a token service.
+pub fn is_metadata_address(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return v4.is_link_local();
+            }
+            (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+        }
+    }
+}
+
+/// The addresses `host` (a name or an IP literal, `[v6]` too) stands for; none when it
+/// does not resolve.
+fn addresses_of(host: &str, port: u16) -> Vec<std::net::IpAddr> {
+    use std::net::ToSocketAddrs;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return vec![ip];
+    }
+    (bare, port)
+        .to_socket_addrs()
+        .map(|a| a.map(|s| s.ip()).collect())
+        .unwrap_or_default()
+}
+
+/// Why the token service `realm` of `registry` must not be asked, if it must not: a
+/// link-local or metadata address, unless the registry itself is on one.
+pub fn metadata_realm(registry: &str, realm: &str) -> Option<String> {
+    let url = reqwest::Url::parse(realm).ok()?;
+    let host = url.host_str()?;
+    let port = url.port_or_known_default().unwrap_or(443);
+    let bad: Vec<std::net::IpAddr> = addresses_of(host, port)
+        .into_iter()
+        .filter(|ip| is_metadata_address(*ip))
+        .collect();
+    let first = bad.first()?;
+    let registry_port = registry
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(443);
+    if addresses_of(host_of(registry), registry_port)
+        .iter()
+        .any(|ip| is_metadata_address(*ip))
+    {
+        return None;
+    }
+    Some(format!(
+        "its token service realm {} is on {first}, a link-local/cloud-metadata address (where a machine's own credentials are served); venvimg does not send requests there for a registry elsewhere",
+        shown_url(&url)
+    ))
+}
+
 /// The realm for messages: scheme, host, port and path; no user info, query or fragment.
 fn shown_url(url: &reqwest::Url) -> String {
     let mut u = url.clone();
@@ -238,6 +294,28 @@ pub fn same_registry(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn realms_on_metadata_addresses_are_refused_unless_the_registry_is_there() {
+        for realm in [
+            "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+            "https://169.254.170.2/v2/credentials",
+            "http://[fd00:ec2::254]/latest/api/token",
+            "http://[fe80::1]/token",
+        ] {
+            let why = metadata_realm("registry.example.invalid", realm);
+            assert!(
+                why.as_deref().is_some_and(|w| w.contains("link-local")),
+                "{realm}: {why:?}"
+            );
+        }
+        assert_eq!(
+            metadata_realm("169.254.10.10:5000", "http://169.254.10.10:5001/token"),
+            None
+        );
+        assert_eq!(metadata_realm("ghcr.io", "https://127.0.0.1/token"), None);
+        assert_eq!(metadata_realm("ghcr.io", "https://10.1.2.3/token"), None);
+    }
 
     fn bearer(realm: &str) -> Challenge {
         Challenge::Bearer {

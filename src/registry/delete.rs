@@ -54,6 +54,7 @@ impl Registry {
     /// Every tag of `repo`'s repository (any tag or digest in `repo` is ignored), page by
     /// page; none when the registry does not know the repository.
     pub async fn all_tags(&self, repo: &Reference) -> Result<Vec<String>, RegistryError> {
+        self.guard_realm(repo)?;
         let auth = self.auth(repo);
         let client = self.client_with(repo.resolve_registry(), &auth);
         let mut tags: Vec<String> = Vec::new();
@@ -89,8 +90,10 @@ impl Registry {
     pub async fn delete_manifest(
         &self,
         repo: &Reference,
-        digest: &str,
+        digest: &crate::model::Digest,
     ) -> Result<Deleted, RegistryError> {
+        // Only a parsed digest becomes a path: never `../../other/repo/manifests/...`.
+        let digest = digest.as_str();
         let target = Reference::with_digest(
             repo.resolve_registry().to_string(),
             repo.repository().to_string(),
@@ -169,6 +172,7 @@ impl Registry {
         } else {
             "https"
         };
+        self.guard_realm(repo)?;
         let url = format!("{scheme}://{registry}/v2/{}/{path}", repo.repository());
         let http = self.http_client(&registry).map_err(other)?;
         let credential = self.credential(&registry, repo.repository());
@@ -179,7 +183,7 @@ impl Registry {
         };
         let mut challenged = false;
         let mut attempt = 0;
-        loop {
+        'attempts: loop {
             attempt += 1;
             let mut req = http.request(method.clone(), &url);
             if let Some(a) = &authorization {
@@ -219,7 +223,33 @@ impl Registry {
                 .get(reqwest::header::WWW_AUTHENTICATE)
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_string);
-            let body = res.bytes().await.unwrap_or_default();
+            // Manifests, indexes and error bodies: never more than a manifest may be.
+            let mut res = res;
+            let mut body = bytes::BytesMut::new();
+            loop {
+                match res.chunk().await {
+                    Ok(Some(c)) => {
+                        if body.len() as u64 + c.len() as u64 > super::MAX_MANIFEST {
+                            return Err(RegistryError::BadManifest {
+                                reference,
+                                detail: format!(
+                                    "the registry's answer is larger than {} bytes (the most a manifest or index may be); refused",
+                                    super::MAX_MANIFEST
+                                ),
+                            });
+                        }
+                        body.extend_from_slice(&c);
+                    }
+                    Ok(None) => break,
+                    // Cut short: a transient failure like a reset before the answer.
+                    Err(_) if attempt < 4 => {
+                        tokio::time::sleep(Duration::from_millis(300 * attempt)).await;
+                        continue 'attempts;
+                    }
+                    Err(e) => return Err(other(super::error_chain(&e))),
+                }
+            }
+            let body = body.freeze();
             match status {
                 401 if !challenged => {
                     challenged = true;

@@ -156,6 +156,12 @@ pub enum RegistryError {
     },
     #[error("{reference}: {detail}")]
     BadManifest { reference: String, detail: String },
+    #[error("registry {registry} refused for {reference}: {reason}\n  hint: a registry's WWW-Authenticate challenge must name its own token service; check the registry's address (and any proxy in front of it)")]
+    RealmRefused {
+        registry: String,
+        reference: String,
+        reason: String,
+    },
 }
 
 /// Everything an invocation does with registries: clients, credentials looked up once
@@ -186,6 +192,8 @@ struct CredState {
     realms: HashMap<String, Verdict>,
     /// Warnings already given (each once).
     warned: HashSet<String>,
+    /// registry → why its token realm is refused (None: it is not).
+    refused_realms: HashMap<String, Option<String>>,
 }
 
 /// oci-client's clients: TLS verification is a setting of the whole client, and a client
@@ -647,6 +655,59 @@ impl Registry {
         verdict
     }
 
+    /// Refuse `r`'s registry when its challenge sends token requests to a link-local or
+    /// cloud-metadata address ([`challenge::metadata_realm`]): asked once per registry,
+    /// before any request that would follow the challenge, with or without credentials.
+    pub(crate) fn guard_realm(&self, r: &Reference) -> Result<(), RegistryError> {
+        let registry = r.resolve_registry();
+        let known = self
+            .creds
+            .lock()
+            .unwrap()
+            .refused_realms
+            .get(registry)
+            .cloned();
+        let refusal = match known {
+            Some(v) => v,
+            None => {
+                let url = format!(
+                    "{}://{registry}/v2/",
+                    if self.clients.plain_http(registry) {
+                        "http"
+                    } else {
+                        "https"
+                    }
+                );
+                let header = challenge::fetch(
+                    &url,
+                    self.skips_tls_verify(registry),
+                    &self.clients.certs,
+                    USER_AGENT,
+                )
+                .ok()
+                .flatten();
+                let v = match challenge::parse(header.as_deref()) {
+                    Challenge::Bearer { realm } => challenge::metadata_realm(registry, &realm),
+                    _ => None,
+                };
+                self.creds
+                    .lock()
+                    .unwrap()
+                    .refused_realms
+                    .insert(registry.to_string(), v.clone());
+                v
+            }
+        };
+        match refusal {
+            None => Ok(()),
+            Some(reason) => Err(RegistryError::RealmRefused {
+                registry: registry.to_string(),
+                reference: r.whole(),
+                reason,
+            }),
+        }
+    }
+
     pub fn auth(&self, r: &Reference) -> RegistryAuth {
         self.credential(r.resolve_registry(), r.repository()).auth
     }
@@ -752,6 +813,7 @@ impl Registry {
     /// HEAD a manifest: `Some(digest)` when the tag exists, `None` when the registry says
     /// it is unknown. Costs one request on a hit.
     pub async fn manifest_digest(&self, r: &Reference) -> Result<Option<String>, RegistryError> {
+        self.guard_realm(r)?;
         let auth = self.auth(r);
         let client = self.client_for(r);
         let res = retry(|| client.fetch_manifest_digest(r, &auth)).await;
@@ -764,20 +826,56 @@ impl Registry {
 
     /// GET a manifest if the tag exists: its bytes and digest, or `None` when the registry
     /// says it is unknown. Costs one request, like a HEAD, and says what a hit must be
-    /// checked against.
+    /// checked against. At most [`MAX_MANIFEST`] bytes are read; the digest is the one of
+    /// the bytes read (and must be the reference's own when it names one), never a
+    /// registry's header.
     pub async fn manifest_if_exists(
         &self,
         r: &Reference,
     ) -> Result<Option<(bytes::Bytes, String)>, RegistryError> {
-        let auth = self.auth(r);
-        let client = self.client_for(r);
-        let res =
-            retry(|| client.pull_manifest_raw(r, &auth, MediaTypes::ACCEPTED_MANIFESTS)).await;
-        match res {
-            Ok(found) => Ok(Some(found)),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(self.explain(r, "look up", e)),
+        let reference = r.whole();
+        let at = match r.digest() {
+            Some(d) => Digest::parse(d)
+                .map_err(|e| RegistryError::BadManifest {
+                    reference: reference.clone(),
+                    detail: e.to_string(),
+                })?
+                .into_string(),
+            None => r.tag().unwrap_or("latest").to_string(),
+        };
+        let answer = self
+            .request(
+                r,
+                &delete::Call {
+                    method: reqwest::Method::GET,
+                    path: format!("manifests/{at}"),
+                    accept: Some(ACCEPT_MANIFESTS),
+                    reference: reference.clone(),
+                    operation: "pull",
+                    action: "pull from",
+                },
+            )
+            .await?;
+        match answer.status {
+            200 => {}
+            404 => return Ok(None),
+            status => {
+                return Err(RegistryError::Other {
+                    registry: r.resolve_registry().to_string(),
+                    operation: "pull",
+                    reference,
+                    detail: format!("the registry answered {status}"),
+                })
+            }
         }
+        let digest = Digest::of(&answer.body);
+        if r.digest().is_some_and(|d| d != digest.as_str()) {
+            return Err(RegistryError::BadManifest {
+                reference,
+                detail: format!("the registry served other bytes ({digest}); refusing them"),
+            });
+        }
+        Ok(Some((answer.body, digest.into_string())))
     }
 
     /// Push a small artifact — one blob of `media_type`, an empty config — under `target`'s
@@ -858,23 +956,25 @@ impl Registry {
         if mt != media_type || size > cap {
             return Ok(None);
         }
-        let blob = self.blob_bytes(target, digest.as_str()).await?;
+        let blob = self.blob_bytes(target, digest.as_str(), size).await?;
         if blob.len() as u64 != size || Digest::of(&blob) != digest {
             return Ok(None);
         }
         Ok(Some(blob))
     }
 
-    /// Fetch a manifest's exact bytes and its digest.
+    /// Fetch a manifest's exact bytes and its digest (at most [`MAX_MANIFEST`] bytes).
     pub async fn manifest_raw(
         &self,
         r: &Reference,
     ) -> Result<(bytes::Bytes, String), RegistryError> {
-        let auth = self.auth(r);
-        let client = self.client_for(r);
-        retry(|| client.pull_manifest_raw(r, &auth, MediaTypes::ACCEPTED_MANIFESTS))
-            .await
-            .map_err(|e| self.explain(r, "pull", e))
+        self.manifest_if_exists(r)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound {
+                registry: r.resolve_registry().to_string(),
+                reference: r.whole(),
+                hint: "check the image name and tag (`venvimg plan` shows the tags of the current keys; `venvimg build` makes a missing one)",
+            })
     }
 
     /// Resolve the base image for `platform`: through an index if it is one, down to the
@@ -925,7 +1025,9 @@ impl Registry {
             }
         })?;
         let config_digest = manifest.config().digest().to_string();
-        let config_bytes = self.blob_bytes(base, &config_digest).await?;
+        let config_bytes = self
+            .blob_bytes(base, &config_digest, manifest.config().size())
+            .await?;
         if single {
             // One image, not an index: it serves only the platform its config names (an
             // amd64 base must not be taken for an arm64 one).
@@ -949,20 +1051,166 @@ impl Registry {
         })
     }
 
-    /// A small blob (an image config) read into memory.
-    pub async fn blob_bytes(&self, r: &Reference, digest: &str) -> Result<Vec<u8>, RegistryError> {
+    /// A small blob (an image config) read into memory: at most `size` bytes, the size
+    /// its descriptor gives, and no more than [`MAX_BLOB_IN_MEMORY`]; a registry serving
+    /// more is refused as soon as it does (not after reading it all).
+    pub async fn blob_bytes(
+        &self,
+        r: &Reference,
+        digest: &str,
+        size: u64,
+    ) -> Result<Vec<u8>, RegistryError> {
+        if size > MAX_BLOB_IN_MEMORY {
+            return Err(RegistryError::BadManifest {
+                reference: format!("{} (blob {digest})", r.whole()),
+                detail: format!(
+                    "its descriptor gives {size} bytes, more than the {MAX_BLOB_IN_MEMORY} venvimg reads into memory"
+                ),
+            });
+        }
+        self.blob_into(r, digest, size, || Ok(Vec::new())).await
+    }
+
+    /// A layer blob in an unnamed temporary file (never in memory): at most `size` bytes,
+    /// the size its descriptor gives, checked against its digest.
+    pub async fn layer_file(
+        &self,
+        r: &Reference,
+        digest: &str,
+        size: u64,
+    ) -> Result<std::fs::File, RegistryError> {
+        let SyncWriter(mut file) = self
+            .blob_into(r, digest, size, || tempfile::tempfile().map(SyncWriter))
+            .await?;
+        use std::io::Seek;
+        file.rewind().map_err(|source| RegistryError::Io {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+        Ok(file)
+    }
+
+    /// Pull the blob `digest` of `r` into a fresh `make()` per attempt, refusing more than
+    /// `size` bytes as soon as they arrive and fewer at the end.
+    async fn blob_into<W: Sink + Unpin>(
+        &self,
+        r: &Reference,
+        digest: &str,
+        size: u64,
+        make: impl Fn() -> std::io::Result<W>,
+    ) -> Result<W, RegistryError> {
+        let refused = |detail: String| RegistryError::BadManifest {
+            reference: format!("{} (blob {digest})", r.whole()),
+            detail,
+        };
+        let digest = Digest::parse(digest).map_err(|e| refused(e.to_string()))?;
+        self.guard_realm(r)?;
         let auth = self.auth(r);
         let client = self.client_for(r);
         client
             .store_auth_if_needed(r.resolve_registry(), &auth)
             .await;
-        retry(|| async {
-            let mut out = Vec::new();
-            client.pull_blob(r, digest, &mut out).await?;
-            Ok(out)
+        let over = std::sync::atomic::AtomicBool::new(false);
+        let got = retry(|| async {
+            let mut out = Capped {
+                out: make()?,
+                written: 0,
+                cap: size,
+                over: &over,
+            };
+            match client.pull_blob(r, digest.as_str(), &mut out).await {
+                // Not worth another try: the registry serves more than the descriptor says.
+                Err(_) if over.load(std::sync::atomic::Ordering::Relaxed) => Err(
+                    OciDistributionError::GenericError(Some("oversized blob".into())),
+                ),
+                Err(e) => Err(e),
+                Ok(()) => Ok((out.written, out.out)),
+            }
         })
-        .await
-        .map_err(|e| self.explain(r, "pull blob of", e))
+        .await;
+        if over.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(refused(format!(
+                "the registry served more than the {size} bytes its descriptor gives; refused at that point"
+            )));
+        }
+        let (written, out) = got.map_err(|e| self.explain(r, "pull blob of", e))?;
+        if written != size {
+            return Err(refused(format!(
+                "the registry served {written} bytes, its descriptor gives {size}"
+            )));
+        }
+        Ok(out)
+    }
+}
+
+/// Where [`Registry::blob_into`] puts a blob's bytes.
+trait Sink {
+    fn put(&mut self, data: &[u8]) -> std::io::Result<()>;
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.extend_from_slice(data);
+        Ok(())
+    }
+}
+
+/// A local file written synchronously, piece by piece as the blob arrives.
+struct SyncWriter(std::fs::File);
+
+impl Sink for SyncWriter {
+    fn put(&mut self, data: &[u8]) -> std::io::Result<()> {
+        std::io::Write::write_all(&mut self.0, data)
+    }
+}
+
+/// The largest manifest or index venvimg reads (distribution's own limit).
+pub const MAX_MANIFEST: u64 = 4 << 20;
+/// The largest blob venvimg reads into memory (image configs, SBOMs, saved dry runs).
+pub const MAX_BLOB_IN_MEMORY: u64 = 64 << 20;
+
+/// The `Accept` header of a manifest GET.
+const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// A writer that passes at most `cap` bytes to `out` and fails (setting `over`) past them.
+struct Capped<'a, W> {
+    out: W,
+    written: u64,
+    cap: u64,
+    over: &'a std::sync::atomic::AtomicBool,
+}
+
+impl<W: Sink + Unpin> tokio::io::AsyncWrite for Capped<'_, W> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.written + data.len() as u64 > this.cap {
+            this.over.store(true, std::sync::atomic::Ordering::Relaxed);
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "more bytes than the descriptor gives",
+            )));
+        }
+        this.out.put(data)?;
+        this.written += data.len() as u64;
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 

@@ -55,7 +55,9 @@ pub fn parse_marker(bytes: &[u8], digest: &str) -> Option<Marker> {
     }
     Some(Marker {
         digest: digest.to_string(),
-        subject: v["subject"]["digest"].as_str()?.to_string(),
+        subject: crate::model::Digest::parse(v["subject"]["digest"].as_str()?)
+            .ok()?
+            .into_string(),
         pushed_unix: v["annotations"][PUSHED_UNIX].as_str()?.parse().ok()?,
     })
 }

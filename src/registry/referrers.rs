@@ -54,6 +54,35 @@ pub enum Via {
     Tag(String),
 }
 
+/// What [`Registry::remove_referrers`] will delete for one subject: checked referrers,
+/// and what becomes of the referrers tag's index.
+#[derive(Debug, Clone)]
+pub struct RemovalPlan {
+    pub subject: Digest,
+    pub referrers: Vec<Digest>,
+    pub index: Option<IndexChange>,
+}
+
+impl RemovalPlan {
+    /// Every digest carrying out the plan deletes.
+    pub fn deletions(&self) -> Vec<Digest> {
+        let mut all = self.referrers.clone();
+        if let Some(IndexChange::Delete(d)) = &self.index {
+            all.push(d.clone());
+        }
+        all
+    }
+}
+
+/// The referrers tag's index after a removal.
+#[derive(Debug, Clone)]
+pub enum IndexChange {
+    /// It listed nothing else: deleted.
+    Delete(Digest),
+    /// Written back with the others.
+    Rewrite(Value),
+}
+
 /// A manifest with a subject, as [`Registry::push_referrer`] pushed it.
 #[derive(Debug, Clone)]
 pub struct Pushed {
@@ -149,6 +178,7 @@ impl Registry {
         &self,
         target: &Reference,
     ) -> Result<String, RegistryError> {
+        self.guard_realm(target)?;
         let auth = self.auth(target);
         let client = self.client_for(target);
         super::retry(|| client.auth(target, &auth, oci_client::RegistryOperation::Push))
@@ -164,6 +194,13 @@ impl Registry {
         repo: &Reference,
         subject: &str,
     ) -> Result<Option<Vec<Value>>, RegistryError> {
+        let subject = Digest::parse(subject)
+            .map_err(|e| RegistryError::BadManifest {
+                reference: repo.whole(),
+                detail: e.to_string(),
+            })?
+            .into_string();
+        let subject = subject.as_str();
         let answer = match self
             .request(
                 repo,
@@ -317,47 +354,121 @@ impl Registry {
         Ok(())
     }
 
-    /// Delete the referrers of `subject` that `ours` picks (by digest), and take them
-    /// off its fallback tag's index: the index is deleted when nothing else is listed,
-    /// else written back with the others. Returns the digests deleted.
+    /// Which referrers of `subject` (an image of `repo`'s repository) are venvimg's to
+    /// delete, checked one by one, without deleting anything: each listed descriptor of
+    /// `artifact_type` whose digest parses as a [`Digest`] (a list naming anything else is
+    /// refused whole), that is not in `protected`, and whose manifest, fetched by that
+    /// digest, has `artifact_type`, the `annotation`, `subject` as its subject and the
+    /// size its descriptor gives. The others stay listed.
+    pub async fn plan_referrer_removal(
+        &self,
+        repo: &Reference,
+        subject: &Digest,
+        artifact_type: &str,
+        annotation: &str,
+        protected: &std::collections::HashSet<String>,
+    ) -> Result<RemovalPlan, RegistryError> {
+        let (list, index) = match self.referrers_api(repo, subject.as_str()).await? {
+            Some(list) => (list, None),
+            None => match self.fallback_index(repo, subject.as_str()).await? {
+                Some((index, digest)) => (
+                    index["manifests"].as_array().cloned().unwrap_or_default(),
+                    Some((index, digest)),
+                ),
+                None => (Vec::new(), None),
+            },
+        };
+        let listed_at = match &index {
+            Some(_) => at_tag(repo, &fallback_tag(subject.as_str())).whole(),
+            None => at_digest(repo, subject.as_str()).whole(),
+        };
+        let mut ours: Vec<Digest> = Vec::new();
+        for d in &list {
+            if d["artifactType"].as_str() != Some(artifact_type) {
+                continue;
+            }
+            let raw = d["digest"].as_str().unwrap_or_default();
+            let digest = Digest::parse(raw).map_err(|e| RegistryError::BadManifest {
+                reference: listed_at.clone(),
+                detail: format!(
+                    "its referrers list names {e}; refusing to delete anything it lists"
+                ),
+            })?;
+            if protected.contains(digest.as_str()) || ours.contains(&digest) {
+                continue;
+            }
+            let Some((bytes, _)) = self
+                .manifest_if_exists(&at_digest(repo, digest.as_str()))
+                .await?
+            else {
+                continue;
+            };
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let checked = v["artifactType"].as_str() == Some(artifact_type)
+                && v["annotations"][annotation].is_string()
+                && v["subject"]["digest"].as_str() == Some(subject.as_str())
+                && d["size"].as_u64() == Some(bytes.len() as u64);
+            if checked {
+                ours.push(digest);
+            }
+        }
+        let index = match index {
+            Some((mut index, digest)) if !ours.is_empty() => {
+                let others: Vec<Value> = list
+                    .into_iter()
+                    .filter(|d| {
+                        !d["digest"]
+                            .as_str()
+                            .is_some_and(|x| ours.iter().any(|o| o.as_str() == x))
+                    })
+                    .collect();
+                let digest = Digest::parse(&digest).map_err(|e| RegistryError::BadManifest {
+                    reference: listed_at.clone(),
+                    detail: e.to_string(),
+                })?;
+                Some(
+                    if others.is_empty() && !protected.contains(digest.as_str()) {
+                        IndexChange::Delete(digest)
+                    } else {
+                        index["manifests"] = Value::Array(others);
+                        IndexChange::Rewrite(index)
+                    },
+                )
+            }
+            _ => None,
+        };
+        Ok(RemovalPlan {
+            subject: subject.clone(),
+            referrers: ours,
+            index,
+        })
+    }
+
+    /// Carry out `plan` ([`plan_referrer_removal`](Self::plan_referrer_removal)): delete
+    /// exactly its referrers, then its referrers tag's index (or write it back without
+    /// them). Returns every digest deleted.
     pub async fn remove_referrers(
         &self,
         repo: &Reference,
-        subject: &str,
-        ours: impl Fn(&Value) -> bool,
-    ) -> Result<Vec<String>, RegistryError> {
-        let digests = |list: &[Value]| -> Vec<String> {
-            list.iter()
-                .filter(|d| ours(d))
-                .filter_map(|d| d["digest"].as_str().map(str::to_string))
-                .collect()
-        };
-        if let Some(list) = self.referrers_api(repo, subject).await? {
-            let mine = digests(&list);
-            for d in &mine {
-                self.delete_manifest(repo, d).await?;
-            }
-            return Ok(mine);
-        }
-        let Some((mut index, index_digest)) = self.fallback_index(repo, subject).await? else {
-            return Ok(Vec::new());
-        };
-        let list = index["manifests"].as_array().cloned().unwrap_or_default();
-        let mine = digests(&list);
-        if mine.is_empty() {
-            return Ok(mine);
-        }
-        for d in &mine {
+        plan: &RemovalPlan,
+    ) -> Result<Vec<Digest>, RegistryError> {
+        let mut deleted = Vec::new();
+        for d in &plan.referrers {
             self.delete_manifest(repo, d).await?;
+            deleted.push(d.clone());
         }
-        let others: Vec<Value> = list.into_iter().filter(|d| !ours(d)).collect();
-        if others.is_empty() {
-            self.delete_manifest(repo, &index_digest).await?;
-        } else {
-            index["manifests"] = Value::Array(others);
-            self.put_index(repo, &fallback_tag(subject), &index).await?;
+        match &plan.index {
+            Some(IndexChange::Delete(d)) => {
+                self.delete_manifest(repo, d).await?;
+                deleted.push(d.clone());
+            }
+            Some(IndexChange::Rewrite(index)) => {
+                self.put_index(repo, &fallback_tag(plan.subject.as_str()), index)
+                    .await?;
+            }
+            None => {}
         }
-        Ok(mine)
+        Ok(deleted)
     }
 
     /// The one blob of the referrer `digest` (an artifact manifest of `artifact_type`),
@@ -387,7 +498,7 @@ impl Registry {
         if size > cap {
             return Err(bad(format!("its layer is {size} bytes, more than {cap}")));
         }
-        let data = self.blob_bytes(&r, blob.as_str()).await?;
+        let data = self.blob_bytes(&r, blob.as_str(), size).await?;
         if data.len() as u64 != size || Digest::of(&data) != blob {
             return Err(bad(format!(
                 "the registry served other bytes than {} ({size} bytes)",

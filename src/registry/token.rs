@@ -139,6 +139,7 @@ impl Registry {
     /// Get the push token for `target` (so concurrent uploads share one) and refuse at
     /// once when the token says the credentials may not push there: nothing is uploaded.
     pub(crate) async fn authorize_push(&self, target: &Reference) -> Result<(), RegistryError> {
+        self.guard_realm(target)?;
         let auth = self.auth(target);
         let client = self.client_for(target);
         let token =

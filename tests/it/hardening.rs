@@ -683,3 +683,286 @@ fn inspect_refuses_a_layout_whose_digest_walks_out_of_it() {
         run.text
     );
 }
+
+/// The largest resident set of a `venvimg ARGS` run in `dir` under `/usr/bin/time -v`
+/// (its own, not other children's), with its exit code and output.
+fn venvimg_rss(dir: &Path, args: &[&str]) -> (Option<i32>, String, u64) {
+    let out = Command::new("/usr/bin/time")
+        .arg("-v")
+        .arg(env!("CARGO_BIN_EXE_venvimg"))
+        .args(args)
+        .current_dir(dir)
+        .envs(
+            support::testenv()
+                .envs
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rss_kib: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Maximum resident set size (kbytes): ")
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .expect("time -v reports the maximum RSS");
+    (out.status.code(), text, rss_kib * 1024)
+}
+
+#[test]
+fn a_config_served_far_larger_than_its_descriptor_is_refused_with_bounded_memory() {
+    use crate::support::fault_proxy::{Action, FaultProxy};
+    use crate::support::registry_kit;
+    let env = support::testenv();
+    let repo = support::unique_repo("harden-flood");
+    let rt = registry_kit::runtime();
+    let reg = venvimg::registry::Registry::new(registry_kit::plain_transport(), &[&env.registry])
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let layer = registry_kit::small_layer(work.path(), "lint", 31, 256);
+    let base = rt
+        .block_on(reg.resolve_base(
+            &registry_kit::reference(&env.base),
+            &registry_kit::platform(),
+        ))
+        .unwrap();
+    let img = registry_kit::compose_labeled(
+        base,
+        &[layer],
+        &support::record_labels("lint", env.base_digest()),
+    );
+    registry_kit::push(&rt, &reg, &format!("{repo}:lint-1"), &img).unwrap();
+    let config = img.image.config_digest.clone();
+    let config_size = img.image.config.len();
+    let name = repo.split_once('/').unwrap().1.to_string();
+    // The registry serves 512 MiB for the config's few KiB.
+    let blob_path = format!("/v2/{name}/blobs/{config}");
+    let proxy = FaultProxy::start(
+        &env.registry,
+        Box::new(move |head| {
+            if head.method == "GET" && head.target == blob_path {
+                Action::Flood { len: 512 << 20 }
+            } else {
+                Action::Forward
+            }
+        }),
+    );
+    let image = format!("{}/{name}:lint-1", proxy.addr);
+    let (code, text, rss) = venvimg_rss(work.path(), &["inspect", &image]);
+    // Today's main read all 512 MiB before its digest check: 550 MB RSS.
+    assert!(
+        rss < 150 << 20,
+        "venvimg's RSS reached {} MiB:\n{text}",
+        rss >> 20
+    );
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains(&image) && text.contains(&config), "{text}");
+    assert!(
+        text.contains(&format!(
+            "more than the {config_size} bytes its descriptor gives"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
+}
+
+#[test]
+fn a_session_name_with_control_characters_never_reaches_the_ci_raw() {
+    let dir = support::copy_fixture("ci-names");
+    let repo = support::unique_repo("harden-names");
+    support::write_config(dir.path(), &repo, "");
+    let ci_output = dir.path().join("ci-output.txt");
+    let ci = ci_output.to_str().unwrap();
+    for args in [
+        vec!["plan"],
+        vec!["plan", "--json"],
+        vec!["plan", "--ci-output"],
+        vec!["plan", "--explain", "lint"],
+        vec!["build", "--ci-output"],
+    ] {
+        let run = venvimg_with(dir.path(), &args, &[("GITHUB_OUTPUT", ci)]);
+        let mut seen = run.text.clone();
+        seen.push_str(&std::fs::read_to_string(&ci_output).unwrap_or_default());
+        for line in seen.lines() {
+            assert!(
+                !line.trim_start().starts_with("::"),
+                "{args:?}: a line a CI runner executes: {line:?}\n{seen}"
+            );
+        }
+        assert_eq!(run.code, Some(2), "{args:?}:\n{}", run.text);
+        assert!(
+            run.text
+                .contains(r"lint\n::add-mask::127.0.0.1\n::set-output"),
+            "{args:?}: the refusal names the session, escaped:\n{}",
+            run.text
+        );
+        assert!(!run.text.contains("panicked"), "{}", run.text);
+    }
+}
+
+#[test]
+fn temp_folders_are_0700_and_another_user_cannot_list_or_plant_in_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = support::copy_fixture("sample");
+    let repo = support::unique_repo("harden-tmp");
+    support::write_config(dir.path(), &repo, "sessions: [lint]\n");
+    // The noxfile waits at import while `hold` exists: venvimg's plan folder is there.
+    let noxfile = dir.path().join("noxfile.py");
+    let text = std::fs::read_to_string(&noxfile).unwrap();
+    std::fs::write(
+        &noxfile,
+        format!(
+            "import pathlib as _p, time as _t\n_h = _p.Path(__file__).resolve().parent / 'hold'\n_end = _t.time() + 120\nwhile _h.exists() and _t.time() < _end:\n    _t.sleep(0.1)\n{text}"
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("hold"), "").unwrap();
+    // A temp folder others can enter, as /tmp is.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let tmp_s = tmp.path().to_str().unwrap().to_string();
+    let cache = tmp.path().join("cache");
+    let cache_s = cache.to_str().unwrap().to_string();
+    let mut run = Background::venvimg(
+        dir.path(),
+        &["plan"],
+        &[("TMPDIR", &tmp_s), ("XDG_CACHE_HOME", &cache_s)],
+    );
+    let start = std::time::Instant::now();
+    let plan_dir = loop {
+        let found = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("venvimg-plan-")
+                    && p.join("out").exists()
+            });
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no plan folder in {tmp_s}:\n{}",
+            run.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let folder_mode = mode(&plan_dir);
+    let out_mode = mode(&plan_dir.join("out"));
+    let nobody = |cmd: &str| {
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+                cmd,
+            ])
+            .arg("sh")
+            .arg(&plan_dir)
+            .output()
+            .unwrap()
+    };
+    let listed = nobody("ls -a \"$1\" && ls -a \"$1/out\"");
+    let planted = nobody("echo planted > \"$1/out/planted\"");
+    std::fs::remove_file(dir.path().join("hold")).unwrap();
+    let status = run.wait(BUILD_TIMEOUT);
+    assert_eq!(
+        folder_mode,
+        0o700,
+        "{}: {folder_mode:o}",
+        plan_dir.display()
+    );
+    assert_ne!(out_mode & 0o777, 0o777, "out/ is {out_mode:o}");
+    assert!(
+        !listed.status.success(),
+        "another user listed the plan folder:\n{}",
+        String::from_utf8_lossy(&listed.stdout)
+    );
+    assert!(
+        !planted.status.success(),
+        "another user planted a file in out/"
+    );
+    assert!(status.success(), "{}", run.text());
+}
+
+/// The registry's challenge names a token service on a cloud-metadata address: venvimg
+/// must not send it a request. Run in a network namespace of the test's own (`unshare
+/// -n`, only loopback, 169.254.169.254 added to it there): nothing reaches a real
+/// metadata service.
+#[test]
+fn a_token_realm_on_a_metadata_address_is_refused_without_a_request() {
+    let t = tempfile::tempdir().unwrap();
+    let hits = t.path().join("metadata-hits");
+    let script = t.path().join("servers.py");
+    std::fs::write(
+        &script,
+        r#"
+import http.server, sys, threading
+hits = sys.argv[1]
+class Meta(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        open(hits, "a").write(self.path + "\n")
+        body = b'{"token": "instance-credentials"}'
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+class Registry(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Bearer realm="http://169.254.169.254/latest/meta-data/iam/security-credentials/",service="registry"')
+        self.send_header("Content-Length", "0"); self.end_headers()
+    do_HEAD = do_GET
+    def log_message(self, *a): pass
+m = http.server.ThreadingHTTPServer(("169.254.169.254", 80), Meta)
+r = http.server.ThreadingHTTPServer(("127.0.0.1", 5999), Registry)
+for s in (m, r):
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"#,
+    )
+    .unwrap();
+    let inner = format!(
+        "ip link set lo up && ip addr add 169.254.169.254/32 dev lo && \
+         (python3 {script} {hits} > {t}/servers.log 2>&1 &) && \
+         for i in $(seq 50); do grep -q ready {t}/servers.log 2>/dev/null && break; sleep 0.1; done; \
+         {bin} inspect 127.0.0.1:5999/team/app:1; echo \"exit=$?\"",
+        script = script.display(),
+        hits = hits.display(),
+        t = t.path().display(),
+        bin = env!("CARGO_BIN_EXE_venvimg"),
+    );
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-c", &inner])
+        .current_dir(t.path())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let asked = std::fs::read_to_string(&hits).unwrap_or_default();
+    assert!(
+        asked.is_empty(),
+        "venvimg asked the metadata address: {asked}\n{text}"
+    );
+    assert!(text.contains("exit=1"), "{text}");
+    assert!(text.contains("169.254.169.254"), "{text}");
+    assert!(text.contains("link-local"), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+}

@@ -563,3 +563,194 @@ fn a_bad_keep_for_is_a_usage_error_naming_the_flag_and_the_form() {
     let (code, text) = p.outcome(&["prune", "--keep", "many"]);
     assert_eq!(code, Some(2), "{text}");
 }
+
+/// Whether `repo` (HOST:PORT/NAME) holds the manifest `digest`: curl's HEAD status.
+fn manifest_at(repo: &str, digest: &str) -> String {
+    let (host, name) = repo.split_once('/').unwrap();
+    let out = Command::new("curl")
+        .args(["-s", "-I", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"])
+        .args([
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+        ])
+        .arg(format!("http://{host}/v2/{name}/manifests/{digest}"))
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// PUT `index` (an OCI image index) under `tag` of `repo`, straight to the registry.
+fn put_index(repo: &str, tag: &str, index: &Value) {
+    let (host, name) = repo.split_once('/').unwrap();
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/stderr", "-w", "%{http_code}", "-X", "PUT"])
+        .args([
+            "-H",
+            "Content-Type: application/vnd.oci.image.index.v1+json",
+        ])
+        .args(["--data-binary", &index.to_string()])
+        .arg(format!("http://{host}/v2/{name}/manifests/{tag}"))
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "201",
+        "PUT {tag}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The two attacks on prune's referrers handling, against a real registry (and a
+/// loopback proxy forging one answer):
+/// - on stock distribution, an index pushed at some `sha256-<hex>` referrers tag lists
+///   the current image and the base as if they were venvimg SBOMs;
+/// - the stale image's referrers tag, as the proxy serves it, lists an "SBOM" whose
+///   digest is `../../../other/victim/manifests/sha256:…`.
+///
+/// prune must delete neither, nor anything in another repository; its dry run must list
+/// every deletion `--yes` then makes, and `--yes` exactly those.
+#[test]
+fn prune_deletes_only_what_it_surveyed_and_checked_never_what_a_referrers_list_names() {
+    use crate::support::fault_proxy::{Action, FaultProxy};
+    let env = support::testenv();
+    let reg_proc = OwnedRegistry::start(true);
+    let direct = format!("{}/prune/hostile", reg_proc.addr());
+    let victim_repo = format!("{}/other/victim", reg_proc.addr());
+    let rt = registry_kit::runtime();
+    let reg = venvimg::registry::Registry::new(
+        registry_kit::plain_transport(),
+        &[&env.registry, &reg_proc.addr()],
+    )
+    .unwrap();
+
+    let stale = push_recorded(&rt, &reg, &direct, "lint-00000000000000aa", 21, true);
+    let victim = push_recorded(&rt, &reg, &victim_repo, "keep", 22, false);
+    support::copy_tag(&env.base, &format!("{direct}:foreign"));
+    let base = support::skopeo_inspect_digest(&format!("{direct}:foreign")).unwrap();
+    assert_eq!(base, env.base_digest());
+
+    // The forged answer: the stale image's referrers tag listing another repository's
+    // manifest as a venvimg SBOM. A real index sits at that tag (so it is listed).
+    let stale_tag = stale.replace(':', "-");
+    put_index(
+        &direct,
+        &stale_tag,
+        &serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}),
+    );
+    let sbom_descriptor = |digest: &str| {
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest,
+            "size": 600,
+            "artifactType": "application/vnd.cyclonedx+json",
+            "annotations": {"dev.venvimg.sbom": "x"},
+        })
+    };
+    let forged = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [sbom_descriptor(&format!("../../../other/victim/manifests/{victim}"))],
+    });
+    let forged_path = format!("/v2/prune/hostile/manifests/{stale_tag}");
+    let proxy = FaultProxy::start(
+        &reg_proc.addr(),
+        Box::new(move |head| {
+            if head.method == "GET" && head.target == forged_path {
+                Action::Reply {
+                    code: 200,
+                    content_type: "application/vnd.oci.image.index.v1+json",
+                    body: forged.to_string().into_bytes(),
+                }
+            } else {
+                Action::Forward
+            }
+        }),
+    );
+    let p = Project::fixture("sample")
+        .repository(&format!("{}/prune/hostile", proxy.addr))
+        .config("sessions: [lint]\n");
+    let plan = p.plan();
+    let current_tag = plan["sessions"][0]["tag"].as_str().unwrap().to_string();
+    let current = push_recorded(&rt, &reg, &direct, &current_tag, 23, true);
+
+    // On stock distribution: an index at a referrers tag of an image that is not there,
+    // listing the current image and the base as venvimg SBOMs.
+    put_index(
+        &direct,
+        &format!("sha256-{}", "e".repeat(64)),
+        &serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [sbom_descriptor(&current), sbom_descriptor(&base)],
+        }),
+    );
+
+    let (code, text, report) = prune(&p, &["--json"]);
+    assert_eq!(code, Some(0), "{text}");
+    let planned: BTreeSet<String> = report["planned"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .map(|d| d["digest"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    for d in [&current, &base, &victim] {
+        assert!(
+            !planned.contains(d),
+            "the dry run plans to delete {d}: {text}"
+        );
+    }
+    let (code, dry_text) = p.outcome(&["prune"]);
+    assert_eq!(code, Some(0), "{dry_text}");
+
+    let (code, text, done) = prune(&p, &["--yes", "--json"]);
+    assert_eq!(code, Some(0), "{text}");
+    // Nothing outside the survey went: another repository's manifest, the current image,
+    // the base.
+    assert_eq!(
+        manifest_at(&victim_repo, &victim),
+        "200",
+        "another repository's manifest was deleted:\n{text}"
+    );
+    assert_eq!(
+        manifest_at(&direct, &current),
+        "200",
+        "the current image was deleted:\n{text}"
+    );
+    assert_eq!(
+        manifest_at(&direct, &base),
+        "200",
+        "the base was deleted:\n{text}"
+    );
+    for l in proxy.log() {
+        if l.head.method == "DELETE" {
+            assert!(
+                l.head
+                    .target
+                    .starts_with("/v2/prune/hostile/manifests/sha256:"),
+                "a DELETE outside the repository: {}",
+                l.head.target
+            );
+        }
+    }
+    // What the survey marked stale is gone, and the dry run listed every deletion.
+    assert_eq!(manifest_at(&direct, &stale), "404", "{text}");
+    let deleted: BTreeSet<String> = done["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect();
+    assert!(deleted.contains(&stale), "{text}");
+    assert_eq!(
+        deleted, planned,
+        "--yes deleted other manifests than the dry run listed"
+    );
+    for d in &planned {
+        assert!(
+            dry_text.contains(&format!("would delete {d}")),
+            "{d} not listed:\n{dry_text}"
+        );
+    }
+}

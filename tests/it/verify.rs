@@ -209,3 +209,154 @@ fn manifest(image: &str) -> serde_json::Value {
     );
     serde_json::from_slice(&bytes).unwrap()
 }
+
+/// Upload `blob` to `image`'s repository and make it the image's last layer (of
+/// `media_type`), through the registry API.
+fn swap_last_layer(image: &str, blob: &[u8], media_type: &str) {
+    let (reg, repo, tag) = split(image);
+    let mut m = manifest(image);
+    let last = m["layers"].as_array().unwrap().len() - 1;
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(blob)));
+    let headers = curl(
+        &[
+            "-X",
+            "POST",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            &format!("http://{reg}/v2/{repo}/blobs/uploads/"),
+        ],
+        None,
+    );
+    let headers = String::from_utf8_lossy(&headers);
+    let location = headers
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Location: ")
+                .or_else(|| l.strip_prefix("location: "))
+        })
+        .unwrap_or_else(|| panic!("no Location in {headers}"))
+        .trim();
+    let location = if location.starts_with("http") {
+        location.to_string()
+    } else {
+        format!("http://{reg}{location}")
+    };
+    let sep = if location.contains('?') { '&' } else { '?' };
+    curl(
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            "@-",
+            &format!("{location}{sep}digest={digest}"),
+        ],
+        Some(blob),
+    );
+    m["layers"][last]["digest"] = digest.into();
+    m["layers"][last]["size"] = blob.len().into();
+    m["layers"][last]["mediaType"] = media_type.into();
+    curl(
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            &format!("Content-Type: {OCI_MANIFEST}"),
+            "--data-binary",
+            "@-",
+            &format!("http://{reg}/v2/{repo}/manifests/{tag}"),
+        ],
+        Some(&serde_json::to_vec(&m).unwrap()),
+    );
+}
+
+/// A zstd layer of some KiB whose tar starts with a GNU long-name header of 1 GiB (and
+/// the 1 GiB of name after it): the tar crate would read that name into memory whole.
+fn long_name_bomb() -> Vec<u8> {
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 19).unwrap();
+    let len: u64 = 1 << 30;
+    let mut h = tar::Header::new_gnu();
+    h.set_path("././@LongLink").unwrap();
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_mode(0o644);
+    h.set_size(len);
+    h.set_cksum();
+    enc.write_all(h.as_bytes()).unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    for _ in 0..(len >> 20) {
+        enc.write_all(&chunk).unwrap();
+    }
+    let mut f = tar::Header::new_gnu();
+    f.set_path("x").unwrap();
+    f.set_size(0);
+    f.set_mode(0o644);
+    f.set_uid(0);
+    f.set_gid(0);
+    f.set_mtime(0);
+    f.set_cksum();
+    enc.write_all(f.as_bytes()).unwrap();
+    enc.write_all(&[0u8; 1024]).unwrap();
+    enc.finish().unwrap()
+}
+
+#[test]
+fn verify_refuses_a_layer_with_a_huge_gnu_long_name_quickly_with_bounded_memory() {
+    let ca = support::testenv().ca_file();
+    let p = Project::fixture("runner")
+        .unique_repo("verify-bomb")
+        .config("sessions: [check]\n");
+    let built = p.build(&[]);
+    let image = session(&built, "check")["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bomb = long_name_bomb();
+    assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+    swap_last_layer(&image, &bomb, "application/vnd.oci.image.layer.v1.tar+zstd");
+
+    let start = std::time::Instant::now();
+    let out = Command::new("/usr/bin/time")
+        .arg("-v")
+        .arg(env!("CARGO_BIN_EXE_venvimg"))
+        .args(["verify", &image, "--build-ca", ca])
+        .current_dir(p.path())
+        .envs(
+            support::testenv()
+                .envs
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rss_kib: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Maximum resident set size (kbytes): ")
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .expect("time -v reports the maximum RSS");
+    // Today's main read the 1 GiB name into memory: 2.6 GB RSS.
+    assert!(
+        rss_kib < 400 << 10,
+        "venvimg's RSS reached {} MiB:\n{text}",
+        rss_kib >> 10
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains(&image), "the error names the image:\n{text}");
+    assert!(
+        text.contains("a GNU long name of 1073741824 bytes, more than the 65536"),
+        "{text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
+    assert!(took.as_secs() < 300, "{took:?}");
+}

@@ -38,6 +38,18 @@ pub enum Action {
     /// Forward the whole request, then reset the client's connection part-way through
     /// the registry's response (the registry did the work; the client never heard).
     ResetMidResponse,
+    /// Answer with this body instead of the registry (a forged answer; the request's
+    /// body is read and dropped, the registry sees nothing).
+    Reply {
+        code: u16,
+        content_type: &'static str,
+        body: Vec<u8>,
+    },
+    /// Answer 200 with `len` bytes of `a`, streamed (a blob far larger than its
+    /// descriptor says), whoever stops reading first.
+    Flood {
+        len: u64,
+    },
     /// Answer with this status (the body is read and dropped; the registry sees nothing).
     Status {
         code: u16,
@@ -71,6 +83,8 @@ impl Action {
             Action::ResetMidBody => "reset-mid-body".into(),
             Action::ResetMidResponse => "reset-mid-response".into(),
             Action::Status { code, .. } => code.to_string(),
+            Action::Reply { code, .. } => format!("reply-{code}"),
+            Action::Flood { .. } => "flood".into(),
         }
     }
 }
@@ -283,6 +297,43 @@ fn serve(
     match action {
         Action::ResetBefore => {
             reset(client);
+            Ok(())
+        }
+        Action::Reply {
+            code,
+            content_type,
+            body,
+        } => {
+            copy_exact(&mut client, None, remaining)?;
+            let head = format!(
+                "HTTP/1.1 {code} Forged\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            client.write_all(head.as_bytes())?;
+            if method != "HEAD" {
+                client.write_all(&body)?;
+            }
+            client.flush()?;
+            let _ = client.shutdown(Shutdown::Write);
+            Ok(())
+        }
+        Action::Flood { len } => {
+            copy_exact(&mut client, None, remaining)?;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+            );
+            client.write_all(head.as_bytes())?;
+            let chunk = vec![b'a'; 64 * 1024];
+            let mut left = len;
+            while left > 0 && method != "HEAD" {
+                let n = left.min(chunk.len() as u64) as usize;
+                // The client hung up: it stopped reading, as it should.
+                if client.write_all(&chunk[..n]).is_err() {
+                    return Ok(());
+                }
+                left -= n as u64;
+            }
+            let _ = client.shutdown(Shutdown::Write);
             Ok(())
         }
         Action::Status {

@@ -635,6 +635,8 @@ pub async fn make_plan(
         .unwrap_or_default();
     let (hook_out, seen_workdir, dry_run_source, dry_run_to_share) =
         dry_run(config, registry, &base, spec, &noxfile_sha).await?;
+    crate::python::hook::check_listing(&hook_out.listing)
+        .map_err(|e| Error::Nox(crate::python::nox::NoxError::Hook(e)))?;
     let selected = select_sessions(config, only, &hook_out.listing)?;
     let complete = only.is_empty()
         || select_sessions(config, &[], &hook_out.listing).is_ok_and(|all| {

@@ -325,7 +325,13 @@ pub fn escaped(s: &str) -> String {
         .collect()
 }
 
-/// Refuse a listed session whose name, signatures or tags hold a control character.
+/// Refuse a listing with a session whose name, signatures or tags hold a control
+/// character. Every listing goes through it, whatever its source: this run's dry run, or
+/// one saved on this machine or in the registry by an earlier venvimg.
+pub fn check_listing(listing: &[ListedSession]) -> Result<(), HookError> {
+    listing.iter().try_for_each(check_printable)
+}
+
 fn check_printable(s: &ListedSession) -> Result<(), HookError> {
     let bad = |t: &str| t.chars().any(char::is_control);
     let field = if bad(&s.session) {
@@ -392,9 +398,7 @@ pub fn read_plan(out: &Path) -> Result<PlanOutput, HookError> {
         path: listing_path.clone(),
         detail: e.to_string(),
     })?;
-    for s in &listing.sessions {
-        check_printable(s)?;
-    }
+    check_listing(&listing.sessions)?;
     let mut records = Records::default();
     let names = plan
         .list_events

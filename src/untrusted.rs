@@ -142,22 +142,27 @@ pub struct Refused {
 /// characters escaped, at most 200 characters.
 pub fn shown(text: &str) -> String {
     const MAX: usize = 200;
-    let mut out: String = text
-        .chars()
-        .take(MAX)
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect();
+    let cut: String = text.chars().take(MAX).collect();
+    let mut out = escaped(&cut);
     if text.chars().nth(MAX).is_some() {
         out.push('…');
     }
     out
+}
+
+/// `text` with control characters escaped (`\n`, `\u{1b}`): whatever it holds, printed it
+/// stays on its line, so it can not start a line a CI runner executes as a workflow
+/// command (`::add-mask::`...) nor move the terminal's cursor.
+pub fn escaped(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 /// What kind of thing a file type is, for messages.

@@ -891,7 +891,12 @@ impl InspectReport {
                 out.push(format!("    {}", package_line(p)));
             }
         }
-        out.join("\n")
+        // Every value above was read from the image (its record label, a registry's
+        // answers): a control character in any of them is shown escaped, never printed.
+        out.iter()
+            .map(|line| untrusted::escaped(line))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -1192,6 +1197,34 @@ mod tests {
         assert_eq!(report.sessions[0].venv_path, "/opt/nox/lint");
         assert_eq!(report.sessions[0].python, "3.11.2");
         assert_eq!(report.sessions[0].layer.as_ref().unwrap().size, 20);
+    }
+
+    #[test]
+    fn text_read_from_the_image_can_not_start_a_line() {
+        // A record label is the image author's text: a newline in a session or package
+        // name would start a line a CI runner executes (`::add-mask::`, `::set-output`).
+        let evil = "x\n::add-mask::127.0.0.1\n::set-output name=images::{}\u{1b}[2J";
+        let record = json!({"sessions": [{"session": evil, "venv_dir": evil,
+            "inputs": {"base": evil, "envdir": "/opt/nox", "inputs": [{"path": evil, "sha256": "11"}]},
+            "python": evil, "backend": evil,
+            "packages": [{"name": evil, "version": evil, "local_url": evil, "editable": true}]}]});
+        let data = ImageData {
+            config: json!({"config": {"Labels": {image::RECORD_LABEL: record.to_string()}}}),
+            layers: layers(&[10, 20]),
+            ..Default::default()
+        };
+        let text = describe(evil, &data).unwrap().text();
+        assert!(text.contains("x\\n::add-mask::"), "{text}");
+        for line in text.lines() {
+            assert!(
+                !line.starts_with("::"),
+                "a line starts a workflow command: {line:?}"
+            );
+            assert!(
+                !line.contains('\u{1b}'),
+                "an escape reaches the terminal: {line:?}"
+            );
+        }
     }
 
     #[test]

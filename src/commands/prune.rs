@@ -455,7 +455,7 @@ async fn classify(
             let mut s: Vec<String> = record
                 .sessions
                 .into_iter()
-                .map(|s| crate::python::hook::escaped(&s.session))
+                .map(|s| crate::untrusted::escaped(&s.session))
                 .collect();
             s.sort();
             Ok(s)

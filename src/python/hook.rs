@@ -312,19 +312,6 @@ pub enum HookError {
     },
 }
 
-/// `s` with control characters escaped (`\n`, `\u{1b}`): safe to print on a line of its own.
-pub fn escaped(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
-}
-
 /// Refuse a listing with a session whose name, signatures or tags hold a control
 /// character. Every listing goes through it, whatever its source: this run's dry run, or
 /// one saved on this machine or in the registry by an earlier venvimg.
@@ -346,7 +333,7 @@ fn check_printable(s: &ListedSession) -> Result<(), HookError> {
         return Ok(());
     };
     Err(HookError::ControlCharacters {
-        session: escaped(&s.session),
+        session: crate::untrusted::escaped(&s.session),
         field,
     })
 }

@@ -70,6 +70,7 @@ pub fn fetch(
                 .map(|pem| reqwest::Certificate::from_pem(pem))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| super::error_chain(&e))?;
+            super::install_tls_provider();
             let client = reqwest::Client::builder()
                 .danger_accept_invalid_certs(accept_invalid_certs)
                 .tls_certs_merge(roots)

@@ -210,6 +210,7 @@ struct ClientPool {
 
 impl ClientPool {
     fn build(&self, verify: bool) -> Result<Client, OciDistributionError> {
+        install_tls_provider();
         Client::try_from(ClientConfig {
             protocol: if self.http.is_empty() {
                 ClientProtocol::Https
@@ -1212,6 +1213,18 @@ impl<W: Sink + Unpin> tokio::io::AsyncWrite for Capped<'_, W> {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
+}
+
+/// TLS runs on ring (Cargo.toml says why). reqwest built without a provider of its own
+/// uses the process-wide default, and panics when there is none: so it is installed before
+/// any client is made.
+pub(crate) fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err only when a provider is installed already (a program embedding this crate
+        // chose its own): that one is used.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {

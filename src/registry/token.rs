@@ -126,6 +126,7 @@ impl Registry {
             .map(|pem| reqwest::Certificate::from_pem(pem))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| super::error_chain(&e))?;
+        super::install_tls_provider();
         reqwest::Client::builder()
             .danger_accept_invalid_certs(self.skips_tls_verify(registry))
             .tls_certs_merge(roots)

@@ -197,6 +197,10 @@ fn release_workflow_runs_the_release_script_on_a_version_tag() {
     );
     assert!(has("dist/*"), "release.yml attaches dist/");
     assert!(
+        has("bash .ci/pin-action.sh --check dist"),
+        "release.yml checks that the tag's action pins the binaries it publishes"
+    );
+    assert!(
         root().join(".ci/release.sh").is_file(),
         ".ci/release.sh is missing"
     );
@@ -758,73 +762,171 @@ fn the_action_installs_venvimg_and_builds_every_session_with_its_outputs() {
     assert_eq!(run.outputs["all"], "");
 }
 
+/// The action's release download trusts only the sha256 pinned in the action for its
+/// version (`.ci/pin-action.sh` writes them at release time), never a SHA256SUMS from the
+/// server the binary comes from: a release file replaced there, SHA256SUMS with it, is
+/// refused.
 #[test]
-fn the_action_installs_a_release_binary_only_when_its_sha256_matches() {
+fn the_action_installs_a_release_binary_only_with_the_sha256_it_pins() {
     use sha2::Digest as _;
-    let action = load(&action_file());
     let version = env!("CARGO_PKG_VERSION");
     let target = format!("{}-unknown-linux-musl", std::env::consts::ARCH);
     let file = format!("venvimg-{version}-{target}");
+    let bin = std::fs::read(env!("CARGO_BIN_EXE_venvimg")).unwrap();
+    let digest = hex::encode(sha2::Sha256::digest(&bin));
+
+    // A release made by this checkout: dist/ with both binaries (the other architecture's
+    // any bytes), pinned into a copy of the action by the release's own script.
+    let work = tempfile::tempdir().unwrap();
+    let dist = work.path().join("dist");
+    std::fs::create_dir_all(&dist).unwrap();
+    for t in ["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"] {
+        let bytes = if t == target {
+            bin.clone()
+        } else {
+            b"other".to_vec()
+        };
+        std::fs::write(dist.join(format!("venvimg-{version}-{t}")), bytes).unwrap();
+    }
+    let pinned_file = work.path().join("action.yml");
+    let shipped = std::fs::read_to_string(action_file()).unwrap();
+    let unpinned_text = shipped
+        .lines()
+        .map(|l| match l.trim_start().split_once('=') {
+            Some((name, _)) if name.starts_with("pinned_") && name.ends_with("_musl") => {
+                format!("{}{name}=\"\"", &l[..l.len() - l.trim_start().len()])
+            }
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&pinned_file, &unpinned_text).unwrap();
+    let pin = |args: &[&str]| {
+        Command::new("bash")
+            .arg(root().join(".ci/pin-action.sh"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let dist_arg = dist.to_str().unwrap();
+    let action_arg = pinned_file.to_str().unwrap();
+    let out = pin(&["--check", dist_arg, action_arg]);
+    assert!(
+        !out.status.success(),
+        "--check passed on an action without pins"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not pin the files"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = pin(&[dist_arg, action_arg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = pin(&["--check", dist_arg, action_arg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pinned = load(&pinned_file);
+    let unpinned: Value = serde_yaml::from_str(&unpinned_text).unwrap();
+
+    // The release server: the binary and a SHA256SUMS that agrees with whatever it serves.
     let server = tempfile::tempdir().unwrap();
     let release = server.path().join(format!("v{version}"));
     std::fs::create_dir_all(&release).unwrap();
-    let bin = std::fs::read(env!("CARGO_BIN_EXE_venvimg")).unwrap();
-    std::fs::write(release.join(&file), &bin).unwrap();
+    let serve = |bytes: &[u8]| {
+        std::fs::write(release.join(&file), bytes).unwrap();
+        let sum = hex::encode(sha2::Sha256::digest(bytes));
+        std::fs::write(release.join("SHA256SUMS"), format!("{sum}  {file}\n")).unwrap();
+    };
     let url = format!(
         "{}/v{version}",
         crate::support::action_runner::serve_dir(server.path())
     );
-    let sums = |text: String| std::fs::write(release.join("SHA256SUMS"), text).unwrap();
-    let install = |from: &str| {
+    let install = |action: &Value, inputs: &[(&str, &str)]| {
         let temp = tempfile::tempdir().unwrap();
-        let mut runner = action_runner(
-            &action,
-            &root(),
-            temp.path(),
-            &[("from", from), ("release-url", url.as_str())],
-        );
+        let mut all = vec![("release-url", url.as_str())];
+        all.extend_from_slice(inputs);
+        let mut runner = action_runner(action, &root(), temp.path(), &all);
         runner.only = vec!["install".into()];
         let run = runner.run();
-        (run, temp)
+        let installed = temp.path().join(format!("venvimg-{version}/bin/venvimg"));
+        (run, installed.exists(), temp)
     };
 
-    let digest = hex::encode(sha2::Sha256::digest(&bin));
-    sums(format!(
-        "{}  venvimg-{version}-other\n{digest}  {file}\n",
-        "0".repeat(64)
-    ));
-    let (run, _temp) = install("release");
+    // The published binary: installed.
+    serve(&bin);
+    let (run, _, _temp) = install(&pinned, &[("from", "release")]);
     assert!(run.failed.is_none(), "{}", run.log);
-    let installed = &run.steps["install"]["path"];
-    let out = Command::new(installed).arg("--version").output().unwrap();
+    let out = Command::new(&run.steps["install"]["path"])
+        .arg("--version")
+        .output()
+        .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("venvimg {version}")
     );
 
-    // A binary whose digest is not the published one is refused and not installed.
-    sums(format!("{}  {file}\n", "0".repeat(64)));
-    let (run, temp) = install("release");
-    assert!(run.failed.is_some(), "{}", run.log);
-    assert!(run.log.contains("does not match its sha256"), "{}", run.log);
+    // The release file replaced on the server, its SHA256SUMS with it: refused.
+    let mut replaced = bin.clone();
+    replaced.extend_from_slice(b"\n# replaced\n");
+    serve(&replaced);
+    let (run, installed, _temp) = install(&pinned, &[("from", "release")]);
     assert!(
-        !temp
-            .path()
-            .join(format!("venvimg-{version}/bin/venvimg"))
-            .exists(),
-        "a binary with the wrong digest was installed"
+        run.failed.is_some(),
+        "installed a replaced binary\n{}",
+        run.log
     );
-    // No line for this platform's binary.
-    sums(format!("{digest}  venvimg-{version}-other\n"));
-    let (run, _temp) = install("release");
-    assert!(run.failed.is_some(), "{}", run.log);
     assert!(
-        run.log.contains(&format!("has no line for {file}")),
+        run.log.contains(&format!("not the pinned {digest}")),
         "{}",
         run.log
     );
+    assert!(!installed, "a binary with another digest was installed");
+
+    // No pin for this version (no release yet): refused, naming what to do.
+    serve(&bin);
+    let (run, installed, _temp) = install(&unpinned, &[("from", "release")]);
+    assert!(run.failed.is_some(), "{}", run.log);
+    assert!(run.log.contains("pins no sha256 for"), "{}", run.log);
+    assert!(run.log.contains("release-sha256s"), "{}", run.log);
+    assert!(!installed);
+    // ... unless the workflow gives the digests itself.
+    let lines = format!(
+        "{}  venvimg-{version}-other\n{digest}  {file}\n",
+        "0".repeat(64)
+    );
+    let (run, installed, _temp) = install(
+        &unpinned,
+        &[("from", "release"), ("release-sha256s", lines.as_str())],
+    );
+    assert!(run.failed.is_none(), "{}", run.log);
+    assert!(installed);
+    let wrong = format!("{}  {file}\n", "0".repeat(64));
+    let (run, installed, _temp) = install(
+        &unpinned,
+        &[("from", "release"), ("release-sha256s", wrong.as_str())],
+    );
+    assert!(run.failed.is_some(), "{}", run.log);
+    assert!(!installed);
+    let (run, _, _temp) = install(
+        &unpinned,
+        &[("from", "release"), ("release-sha256s", "no such line")],
+    );
+    assert!(
+        run.log
+            .contains(&format!("input 'release-sha256s' has no line for {file}")),
+        "{}",
+        run.log
+    );
+
     // A `from` that is no file names the input.
-    let (run, _temp) = install("/nonexistent/venvimg");
+    let (run, _, _temp) = install(&pinned, &[("from", "/nonexistent/venvimg")]);
     assert!(run.failed.is_some(), "{}", run.log);
     assert!(
         run.log

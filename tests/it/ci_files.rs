@@ -760,6 +760,47 @@ fn the_action_installs_venvimg_and_builds_every_session_with_its_outputs() {
     let lint = sessions.iter().find(|(s, _)| s == "lint").unwrap();
     assert_eq!(images, serde_json::json!({ "lint": lint.1 }));
     assert_eq!(run.outputs["all"], "");
+
+    // On Forgejo (`check-node: auto`) the job image needs `node`: Forgejo runs JavaScript
+    // actions (actions/checkout) inside the job container with its node. The sample's
+    // base has none: the step fails saying so, and `images` still names the image.
+    let on_forgejo = |check: &str| {
+        let temp = tempfile::tempdir().unwrap();
+        let mut runner = action_runner(
+            &action,
+            p.path(),
+            temp.path(),
+            &[
+                ("from", bin),
+                ("sessions", "lint"),
+                ("args", args.as_str()),
+                ("check-node", check),
+            ],
+        );
+        runner.envs = env.envs.clone();
+        // The same workdir as the builds above (a Forgejo runner would say /workspace/...).
+        runner.envs.push(("FORGEJO_ACTIONS".into(), "true".into()));
+        runner.envs.push(("VENVIMG_CI_WORKDIR".into(), "/src".into()));
+        (runner.run(), temp)
+    };
+    let (run, _temp) = on_forgejo("auto");
+    assert_eq!(
+        run.failed.as_ref().map(|(step, _)| step.as_str()),
+        Some("build"),
+        "{}",
+        run.log
+    );
+    assert!(
+        run.log
+            .contains(&format!("::error::the job image {} has no node", lint.1)),
+        "{}",
+        run.log
+    );
+    let images: serde_json::Value = serde_json::from_str(&run.outputs["images"]).unwrap();
+    assert_eq!(images, serde_json::json!({ "lint": lint.1 }));
+    // `check-node: false`: not checked.
+    let (run, _temp) = on_forgejo("false");
+    assert!(run.failed.is_none(), "{}", run.log);
 }
 
 /// The action's release download trusts only the sha256 pinned in the action for its

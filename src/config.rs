@@ -209,33 +209,32 @@ pub struct Refresh {
 }
 
 impl Refresh {
-    /// `30m`, `12h`, `7d`, `2w` (a number and a unit).
+    /// A duration as people write it (humantime): `30m`, `12h`, `7d`, `2w`, `1h30m`,
+    /// `90min`, `0s`. A bare number is not one (no unit).
     pub fn parse(s: &str) -> Option<Refresh> {
         let s = s.trim();
-        let unit_at = s.find(|c: char| !c.is_ascii_digit())?;
-        let n: u64 = s[..unit_at].parse().ok()?;
-        let mult = match &s[unit_at..] {
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86_400,
-            "w" => 7 * 86_400,
-            _ => return None,
-        };
-        (n > 0).then(|| Refresh {
+        let d = humantime::parse_duration(s).ok()?;
+        Some(Refresh {
             text: s.to_string(),
-            seconds: n * mult,
+            seconds: d.as_secs(),
         })
     }
 }
 
 fn parse_refresh(file: &Path, field: &str, s: &str) -> Result<Refresh, ConfigError> {
-    Refresh::parse(s).ok_or_else(|| {
-        ConfigError::field(
+    match Refresh::parse(s) {
+        Some(r) if r.seconds > 0 => Ok(r),
+        Some(_) => Err(ConfigError::field(
             file,
             field,
-            format!("`{s}` is not a duration; write a number and m, h, d or w, e.g. `7d`"),
-        )
-    })
+            format!("`{s}` is no time at all; a refresh period is at least 1s, e.g. `7d`"),
+        )),
+        None => Err(ConfigError::field(
+            file,
+            field,
+            format!("`{s}` is not a duration; write e.g. `7d`, `12h`, `1h30m` or `2w`"),
+        )),
+    }
 }
 
 /// Which part of `uv.lock` a session installs, as `uv export` selects it.
@@ -1326,8 +1325,21 @@ mod tests {
         assert_eq!(Refresh::parse("7d").map(|r| r.seconds), Some(7 * 86_400));
         assert_eq!(Refresh::parse("12h").map(|r| r.seconds), Some(12 * 3600));
         assert_eq!(Refresh::parse("2w").map(|r| r.seconds), Some(14 * 86_400));
+        assert_eq!(Refresh::parse("90m").map(|r| r.seconds), Some(5400));
+        assert_eq!(Refresh::parse("1h30m").map(|r| r.seconds), Some(5400));
+        assert_eq!(Refresh::parse("0s").map(|r| r.seconds), Some(0));
+        assert_eq!(Refresh::parse(" 7d ").unwrap().text, "7d");
         assert!(Refresh::parse("7").is_none());
         assert!(Refresh::parse("d").is_none());
+        assert!(Refresh::parse("-1d").is_none());
+        let err = parse(&format!("{MIN}refresh: 0s\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least 1s"), "{err}");
+        let err = parse(&format!("{MIN}refresh: soon\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`soon` is not a duration"), "{err}");
         let c = parse(&format!("{MIN}refresh: 1d\n")).unwrap();
         assert_eq!(c.refresh.map(|r| r.seconds), Some(86_400));
     }

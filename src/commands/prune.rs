@@ -60,8 +60,8 @@ pub struct PruneArgs {
     /// image), by first push. The current images are always kept and are not counted.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub keep: usize,
-    /// Also keep stale images first pushed less than DURATION ago: a number and m, h, d or
-    /// w (e.g. 30d, 12h, 2w). Images without a push marker count as old.
+    /// Also keep stale images first pushed less than DURATION ago (e.g. 30d, 12h, 1h30m,
+    /// 2w; 0s keeps none for their age). Images without a push marker count as old.
     #[arg(long, value_name = "DURATION", value_parser = parse_keep_for)]
     pub keep_for: Option<Refresh>,
     /// Print the report as JSON.
@@ -70,9 +70,8 @@ pub struct PruneArgs {
 }
 
 fn parse_keep_for(s: &str) -> Result<Refresh, String> {
-    Refresh::parse(s).ok_or_else(|| {
-        format!("`{s}` is not a duration; write a number and m, h, d or w, e.g. 30d, 12h or 2w")
-    })
+    Refresh::parse(s)
+        .ok_or_else(|| format!("`{s}` is not a duration; write e.g. 30d, 12h, 1h30m or 2w"))
 }
 
 /// What happens to an image.
@@ -922,6 +921,9 @@ mod tests {
         assert_eq!(parse_keep_for("2w").unwrap().seconds, 14 * 86_400);
         let e = parse_keep_for("soon").unwrap_err();
         assert!(e.contains("30d") && e.contains("12h"), "{e}");
-        assert!(parse_keep_for("0d").is_err());
+        assert_eq!(parse_keep_for("1h30m").unwrap().seconds, 5400);
+        // Zero keeps no image for its age: allowed.
+        assert_eq!(parse_keep_for("0s").unwrap().seconds, 0);
+        assert!(parse_keep_for("30").is_err());
     }
 }

@@ -780,7 +780,9 @@ fn the_action_installs_venvimg_and_builds_every_session_with_its_outputs() {
         runner.envs = env.envs.clone();
         // The same workdir as the builds above (a Forgejo runner would say /workspace/...).
         runner.envs.push(("FORGEJO_ACTIONS".into(), "true".into()));
-        runner.envs.push(("VENVIMG_CI_WORKDIR".into(), "/src".into()));
+        runner
+            .envs
+            .push(("VENVIMG_CI_WORKDIR".into(), "/src".into()));
         (runner.run(), temp)
     };
     let (run, _temp) = on_forgejo("auto");

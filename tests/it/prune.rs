@@ -553,12 +553,17 @@ fn a_bad_keep_for_is_a_usage_error_naming_the_flag_and_the_form() {
     let p = Project::fixture("sample")
         .unique_repo("prune-usage")
         .config("sessions: [lint]\n");
-    for bad in ["soon", "30", "3y", "0d"] {
+    for bad in ["soon", "30", "d", "3 parsecs"] {
         let (code, text) = p.outcome(&["prune", "--keep-for", bad]);
         assert_eq!(code, Some(2), "{bad}: {text}");
         assert!(text.contains("--keep-for"), "{text}");
         assert!(text.contains("30d") && text.contains("12h"), "{text}");
         assert!(!text.contains("panicked"), "{text}");
+    }
+    // Durations as people write them (humantime), zero included: keep none for its age.
+    for good in ["0s", "90m", "1h30m", "1h 30m", "2w"] {
+        let (code, text) = p.outcome(&["prune", "--keep-for", good]);
+        assert_eq!(code, Some(0), "{good}: {text}");
     }
     let (code, text) = p.outcome(&["prune", "--keep", "many"]);
     assert_eq!(code, Some(2), "{text}");

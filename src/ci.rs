@@ -141,6 +141,17 @@ pub fn detect(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<CiCheckout>
             }),
         };
     }
+    // gitlab-ci-local (a .gitlab-ci.yml run on a workstation) says GITLAB_CI=false, but its
+    // docker jobs work in CI_PROJECT_DIR as GitLab's do, and carry GCL_PROJECT_DIR_ON_HOST.
+    if non_empty(env("GCL_PROJECT_DIR_ON_HOST")).is_some() {
+        if let Some(dir) = non_empty(env("CI_PROJECT_DIR")).filter(|w| w.starts_with('/')) {
+            return Ok(Some(CiCheckout {
+                path: clean(&dir),
+                ci: "gitlab-ci-local",
+                why: "gitlab-ci-local's docker jobs work in CI_PROJECT_DIR, as GitLab's".into(),
+            }));
+        }
+    }
     Ok(None)
 }
 
@@ -324,6 +335,24 @@ mod tests {
             "/builds/acme/app"
         );
         assert!(at(&[("GITLAB_CI", "true")]).is_err());
+    }
+
+    #[test]
+    fn gitlab_ci_local_docker_jobs_use_ci_project_dir() {
+        let found = at(&[
+            ("GITLAB_CI", "false"),
+            ("CI_PROJECT_DIR", "/builds/acme/app"),
+            ("GCL_PROJECT_DIR_ON_HOST", "/home/me/app"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(found.path, "/builds/acme/app");
+        assert_eq!(found.ci, "gitlab-ci-local");
+        // Its shell jobs (no marker) run in the host checkout: not recognised.
+        assert_eq!(
+            at(&[("GITLAB_CI", "false"), ("CI_PROJECT_DIR", "/home/me/app")]).unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -266,6 +266,7 @@ pub fn venvimg() -> assert_cmd::Command {
 /// what tests run, so the suite means the same under a CI runner as on a laptop; a test
 /// about CI sets them itself.
 pub const CI_MARKERS: &[&str] = &[
+    "GCL_PROJECT_DIR_ON_HOST",
     "ACT",
     "GITHUB_ACTIONS",
     "FORGEJO_ACTIONS",

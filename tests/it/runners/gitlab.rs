@@ -32,12 +32,8 @@ pub const SUBSTITUTIONS: &[(&str, &str)] = &[
         "what a user writes (their registry, the example's base job image and builder); workdir left out, as the example says",
     ),
     (
-        "$HOME/.gitlab-ci-local/variables.yml (gitlab-ci-local --home <temp>): GITLAB_CI=true",
-        "gitlab-ci-local sets GITLAB_CI=false, real GitLab true; venvimg reads it to take CI_PROJECT_DIR as workdir. The home file, not --variable: gitlab-ci-local hands --variable values to no child pipeline",
-    ),
-    (
-        "the same file: CI_REGISTRY=<loopback registry>, CI_REGISTRY_USER, CI_REGISTRY_PASSWORD (a long value); the registry takes any",
-        "what GitLab gives every job when the project's container registry holds the images; gitlab-ci-local defines no CI_REGISTRY_USER/PASSWORD and a made-up CI_REGISTRY",
+        "$HOME/.gitlab-ci-local/variables.yml (gitlab-ci-local --home <temp>): CI_REGISTRY=<loopback registry>, CI_REGISTRY_USER, CI_REGISTRY_PASSWORD (a long value); the registry takes any",
+        "what GitLab gives every job when the project's container registry holds the images; gitlab-ci-local defines no CI_REGISTRY_USER/PASSWORD and a made-up CI_REGISTRY. The home file, not --variable: gitlab-ci-local hands --variable values to no child pipeline",
     ),
     (
         "gitlab-ci-local --ca-file <the package proxy's CA>",
@@ -294,7 +290,7 @@ impl Checkout {
         std::fs::write(
             home.path().join(".gitlab-ci-local/variables.yml"),
             format!(
-                "global:\n  GITLAB_CI: \"true\"\n  CI_REGISTRY: \"{}\"\n  CI_REGISTRY_USER: gitlab-ci-token\n  CI_REGISTRY_PASSWORD: {REGISTRY_PASSWORD}\n",
+                "global:\n  CI_REGISTRY: \"{}\"\n  CI_REGISTRY_USER: gitlab-ci-token\n  CI_REGISTRY_PASSWORD: {REGISTRY_PASSWORD}\n",
                 env.registry
             ),
         )
@@ -507,7 +503,7 @@ fn the_gitlab_example_runs_under_gitlab_ci_local_plan_child_pipeline_images_then
     assert_clean_pass(&first, "first run");
     assert!(
         first.job_log("plan").contains(&format!(
-            "workdir {CI_PROJECT_DIR} (GitLab clones into CI_PROJECT_DIR"
+            "workdir {CI_PROJECT_DIR} (gitlab-ci-local's docker jobs work in CI_PROJECT_DIR"
         )),
         "plan takes CI_PROJECT_DIR as workdir:\n{}",
         first.job_log("plan")
@@ -665,7 +661,7 @@ fn the_gitlab_example_without_plan_and_build_builds_in_the_images_job() {
     );
     assert!(
         first.job_log("images").contains(&format!(
-            "workdir {CI_PROJECT_DIR} (GitLab clones into CI_PROJECT_DIR"
+            "workdir {CI_PROJECT_DIR} (gitlab-ci-local's docker jobs work in CI_PROJECT_DIR"
         )),
         "{}",
         first.job_log("images")

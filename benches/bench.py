@@ -1080,17 +1080,17 @@ def report(res: dict) -> str:
 
 
 def shaped_section() -> list:
-    """The shaped-link run's tables (benches/shaped.sh, its own results file), carried into
-    this report so one page holds every job-start number; shaped.sh re-renders it."""
-    path = RESULTS / "shaped.json"
+    """The shaped-link run's report (benches/shaped.sh writes results/shaped.md), carried
+    into this one so one page holds every job-start number; shaped.sh re-renders this page
+    after writing its own. Read as text: shaped.py imports this module, never the reverse."""
+    path = RESULTS / "shaped.md"
     if not path.exists():
         return []
-    import shaped  # here, not at the top: shaped imports this module
     return ["", "## Shaped link", "",
             "The same job-start contenders with the package index and the registry behind one rate-limited, "
             "delayed link, bytes that crossed it included (`bash benches/shaped.sh`; also "
             "[shaped.md](shaped.md)). It has its own run, so its date and commit are its own:", "",
-            shaped.report(json.loads(path.read_text())).rstrip()]
+            path.read_text().rstrip()]
 
 
 def rerender_latest():

@@ -479,7 +479,7 @@ fn assert_session_job(run: &GclRun, checkout: &Checkout, job: &str) {
         "{job}: nox recreated the venv:\n{log}"
     );
     assert!(
-        log.contains(&format!("Session {job} was successful.")),
+        log.contains(&format!("Session {job} was successful")),
         "{job}:\n{log}\n--- whole log ---\n{}",
         run.log
     );

@@ -168,10 +168,37 @@ pub struct Rates {
     pub status_429: f64,
 }
 
+/// The operation a request is part of, the same for every attempt of it: method, path
+/// without the upload session's id, and the `digest=`/`mount=` of the query.
+fn operation(head: &RequestHead) -> String {
+    let (path, query) = head
+        .target
+        .split_once('?')
+        .unwrap_or((head.target.as_str(), ""));
+    const UPLOADS: &str = "/blobs/uploads/";
+    let path = match path.find(UPLOADS) {
+        Some(i) => &path[..i + UPLOADS.len()],
+        None => path,
+    };
+    let keep: Vec<&str> = query
+        .split('&')
+        .filter(|p| p.starts_with("digest=") || p.starts_with("mount="))
+        .collect();
+    format!("{} {path}?{}", head.method, keep.join("&"))
+}
+
+/// Random faults drawn from `seed` in the order requests arrive, at most one per operation
+/// (`operation`): concurrent uploads arrive in a different order on every run, so without
+/// that bound one blob could draw a fault on every one of its attempts (it did, about one
+/// run in eight) and the test would measure luck, not the retries.
 pub fn random_rule(seed: u64, rates: Rates) -> Rule {
     let mut rng = crate::support::registry_kit::XorShift::new(seed);
+    let mut faulted = std::collections::HashSet::new();
     Box::new(move |head: &RequestHead| {
         let mut x = rng.unit();
+        if faulted.contains(&operation(head)) {
+            return Action::Forward;
+        }
         for (rate, action) in [
             (rates.reset_before, Action::ResetBefore),
             (rates.reset_mid_body, Action::ResetMidBody),
@@ -181,6 +208,7 @@ pub fn random_rule(seed: u64, rates: Rates) -> Rule {
             (rates.status_429, Action::status(429)),
         ] {
             if x < rate {
+                faulted.insert(operation(head));
                 if action == Action::ResetMidBody && head.content_length == 0 {
                     return Action::ResetBefore;
                 }

@@ -519,13 +519,21 @@ fn the_gitlab_example_runs_under_gitlab_ci_local_plan_child_pipeline_images_then
         .map(|s| format!("venvimg build {s}"))
         .collect();
     assert_eq!(first.child_jobs(), child_jobs, "{}", first.log);
-    let base_digest = docker_ok(&[
+    // This test's own repository@digest: the other GitLab test pushes the same image
+    // (same ID) under another repository, and RepoDigests lists both in any order.
+    let base_repo = base.rsplit_once(':').map(|(repo, _tag)| repo).unwrap();
+    let repo_digests = docker_ok(&[
         "image",
         "inspect",
         "--format",
-        "{{index .RepoDigests 0}}",
+        "{{range .RepoDigests}}{{println .}}{{end}}",
         &base,
     ]);
+    let base_digest = repo_digests
+        .lines()
+        .find(|d| d.starts_with(&format!("{base_repo}@")))
+        .unwrap_or_else(|| panic!("no digest of {base_repo} in {repo_digests}"))
+        .to_string();
     for (session, job) in sessions.iter().zip(&child_jobs) {
         let job = format!("[build] -> {job}");
         assert_eq!(

@@ -240,10 +240,22 @@ pub fn act(checkout: &Checkout, event: &str, extra: &[&str]) -> ActRun {
         String::from_utf8_lossy(&out.stderr)
     );
     ActRun {
-        ok: out.status.success(),
+        ok: out.status.success() || only_cleanup_raced(&log),
         log,
         wall,
     }
+}
+
+/// act 0.2.89 on Docker 20.10 sometimes fails its own clean-up after every job is done:
+/// it removes a job container twice (`removal of container ... is already in progress`),
+/// then its `finally` cannot remove the container's volume (`volume is in use`) and act
+/// exits 1. That is the runner racing itself, not the workflow: such a run counts as
+/// passed only when no job failed (each test still checks each job's own success).
+fn only_cleanup_raced(log: &str) -> bool {
+    log.contains("Error occurred running finally")
+        && (log.contains("volume is in use") || log.contains("is already in progress"))
+        && !log.contains("Job failed")
+        && log.contains("Job succeeded")
 }
 
 fn print_substitutions() {

@@ -6,14 +6,7 @@
 
 use crate::support;
 use crate::support::project::Project;
-
-fn docker() -> std::process::Command {
-    support::need_docker();
-    let env = support::testenv();
-    let mut c = std::process::Command::new("docker");
-    c.envs(env.envs.iter().map(|(k, v)| (k, v)));
-    c
-}
+use crate::support::{docker, docker_ok};
 
 fn project(builder: &str, extra: &str) -> Project {
     support::need_docker();
@@ -135,19 +128,6 @@ impl Drop for DockerContainer {
     fn drop(&mut self) {
         let _ = docker().args(["rm", "--force", &self.0]).output();
     }
-}
-
-/// `docker ARGS`, which must succeed; its stdout and stderr.
-#[track_caller]
-fn docker_ok(args: &[&str]) -> String {
-    let out = docker().args(args).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "docker {}: {text}", args.join(" "));
-    text
 }
 
 #[test]

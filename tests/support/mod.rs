@@ -188,6 +188,28 @@ pub fn need_docker() {
     part("docker", &DOCKER);
 }
 
+/// `docker` on the test environment's private daemon (its DOCKER_HOST), stdin closed.
+pub fn docker() -> std::process::Command {
+    need_docker();
+    let mut c = std::process::Command::new("docker");
+    c.envs(testenv().envs.iter().map(|(k, v)| (k, v)));
+    c.stdin(std::process::Stdio::null());
+    c
+}
+
+/// `docker ARGS`, which must succeed; its stdout and stderr.
+#[track_caller]
+pub fn docker_ok(args: &[&str]) -> String {
+    let out = docker().args(args).output().expect("cannot run docker");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "docker {}: {text}", args.join(" "));
+    text
+}
+
 /// The private Docker daemon with gitlab-ci-local's helper image in it
 /// (`docker.io/firecow/gitlab-ci-local-util:latest`, made from the base image plus rsync:
 /// Docker Hub is out of reach), so gitlab-ci-local's docker executor never pulls it.

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::git;
 use crate::support;
+use crate::support::{docker, docker_ok};
 
 /// Every change these tests make to the shipped pipeline or to what GitLab would give
 /// its jobs, with why.
@@ -85,26 +87,6 @@ fn gitlab_ci_local() -> PathBuf {
         "gitlab-ci-local {version} is installed; these tests run {GCL_VERSION}: `bash tests/support/testenv.sh deps` (npm install -g gitlab-ci-local@{GCL_VERSION})"
     );
     gcl
-}
-
-fn docker() -> Command {
-    support::need_docker();
-    let mut c = Command::new("docker");
-    c.envs(support::testenv().envs.iter().map(|(k, v)| (k, v)));
-    c.stdin(Stdio::null());
-    c
-}
-
-#[track_caller]
-fn docker_ok(args: &[&str]) -> String {
-    let out = docker().args(args).output().expect("cannot run docker");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "docker {}: {text}", args.join(" "));
-    text
 }
 
 /// The repositories (`HOST:PORT/name`) a test pushed to, itself or through its jobs:
@@ -215,20 +197,6 @@ fn job_base_image(cleanup: &mut Cleanup) -> String {
     ]);
     docker_ok(&["push", &reference]);
     reference
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(["-c", "user.email=ci@example.invalid", "-c", "user.name=ci"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The shipped example with the line a user adapts (VENVIMG_BASE) set to `base`.

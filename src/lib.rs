@@ -1,8 +1,8 @@
 //! venvimg: nox session virtualenvs as reproducible OCI image layers.
 //!
 //! The pipeline, one module a step: [`config`] → [`plan`] (keys, tags, hit/miss, from a
-//! dry run by the [`engine`]) → build ([`commands::build`]: the [`engine`] runs nox's
-//! installs, [`python`] reads the venv) → [`layer`] (deterministic tar + compression) →
+//! dry run by the [`engine`]) → [`builder`] (the [`engine`] runs nox's installs,
+//! [`python`] reads the venv) → [`layer`] (deterministic tar + compression) →
 //! [`image`] (compose on the base) → [`registry`] / [`outputs`] (push, OCI layout,
 //! archives; each session image's [`sbom`] as a referrer). [`commands`] run the stages
 //! for each subcommand; [`cli`] parses arguments.
@@ -12,6 +12,7 @@
 // process's last words (a fatal error, an interrupt) are written directly.
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
+pub mod builder;
 pub mod cancel;
 pub mod ci;
 pub mod cli;
@@ -55,6 +56,8 @@ pub const LAYERS: &[&[&str]] = &[
     // the only code that starts a container or nox
     &["engine"],
     &["plan"],
+    // the build stage: a plan's misses built, packed, composed and pushed
+    &["builder"],
     // one module per subcommand
     &["commands"],
     &["cli"],
@@ -71,10 +74,15 @@ mod import_order {
 
     /// The top-level modules `code` names through `crate::` (also `crate::{a, b::c}`).
     fn imports(code: &str) -> BTreeSet<String> {
+        names_after(code, "crate::")
+    }
+
+    /// The first path segments `code` names after `prefix` (also `prefix{a, b::c}`).
+    fn names_after(code: &str, prefix: &str) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
         let mut rest = code;
-        while let Some(i) = rest.find("crate::") {
-            rest = &rest[i + "crate::".len()..];
+        while let Some(i) = rest.find(prefix) {
+            rest = &rest[i + prefix.len()..];
             if let Some(group) = rest.strip_prefix('{') {
                 let end = group.find('}').unwrap_or(group.len());
                 for item in group[..end].split(',') {
@@ -156,6 +164,60 @@ mod import_order {
             "imports against the layer order:\n{}",
             wrong.join("\n")
         );
+    }
+
+    /// Commands share only `commands/report.rs` (the report types and CI outputs) and what
+    /// `commands/mod.rs` holds (shared flags): no command imports another, so each one's
+    /// stages are in the layers below, not in a sibling.
+    #[test]
+    fn no_command_imports_another() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/commands");
+        let commands: BTreeSet<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().trim_end_matches(".rs").to_string())
+            .filter(|m| m != "mod" && m != "report")
+            .collect();
+        let mut files = Vec::new();
+        walk(&dir, &mut files);
+        let mut wrong = Vec::new();
+        for f in &files {
+            let rel = f.strip_prefix(&dir).unwrap();
+            let depth = rel.components().count();
+            let mine = rel
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy()
+                .trim_end_matches(".rs")
+                .to_string();
+            if mine == "mod" || mine == "report" {
+                continue;
+            }
+            let text = std::fs::read_to_string(f).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap();
+            // `super::` from commands/x.rs (or x/mod.rs) is commands; from x/y.rs it is x.
+            let up = if depth == 1 || rel.ends_with("mod.rs") {
+                "super::".to_string()
+            } else {
+                "super::".repeat(depth)
+            };
+            let used = names_after(code, "crate::commands::")
+                .into_iter()
+                .chain(names_after(code, &up).into_iter().filter(|_| !up.is_empty()));
+            for other in used {
+                if other != mine && commands.contains(&other) {
+                    wrong.push(format!(
+                        "commands/{}: `{mine}` uses the command `{other}` (share through commands/report.rs or a layer below)",
+                        rel.display()
+                    ));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        let found = names_after("use super::{report::X, build};", "super::");
+        assert!(found.contains("build") && found.contains("report"), "{found:?}");
     }
 
     #[test]

@@ -5,7 +5,6 @@ pub mod build;
 pub mod init;
 pub mod inspect;
 pub mod plan;
-pub mod platforms;
 pub mod prune;
 pub mod report;
 pub mod run;
@@ -14,34 +13,47 @@ pub mod verify;
 pub use init::{init, render_config, InitArgs, InitFacts};
 pub use inspect::{inspect, InspectArgs};
 
-use crate::config::BuilderKind;
-use crate::error::Error;
+use std::path::PathBuf;
 
-/// The engine `--engine FLAG` names, checked; None when not given.
-pub fn engine_flag(flag: Option<&str>) -> Result<Option<BuilderKind>, Error> {
-    match flag {
-        None => Ok(None),
-        Some("podman") => Ok(Some(BuilderKind::Podman)),
-        Some("docker") => Ok(Some(BuilderKind::Docker)),
-        Some(other) => Err(Error::Usage(format!(
-            "--engine `{other}`: use podman or docker"
-        ))),
-    }
+/// How sessions build: shared by `build`, `verify` (and what `run` builds first).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct BuilderArgs {
+    /// podman or docker: the engine of the build containers (for `builder: podman` or
+    /// `docker`; both give the same bytes and tags) and of `build --load` (default: the
+    /// builder; for `builder: local`, whichever is installed).
+    #[arg(long, value_name = "ENGINE")]
+    pub engine: Option<String>,
+    /// Extra environment for the builds (repeatable): NAME=VALUE, or NAME to take the
+    /// value from venvimg's environment (keeps a secret off the command line).
+    #[arg(long = "build-env", value_name = "NAME[=VALUE]")]
+    pub build_env: Vec<String>,
+    /// A CA bundle the builds trust for package downloads (mounted read-only).
+    #[arg(long, value_name = "FILE")]
+    pub build_ca: Option<PathBuf>,
+    /// The build containers' network (podman/docker `--network`, e.g. `host` where the
+    /// daemon has no bridge); default: the engine's own.
+    #[arg(long, value_name = "MODE")]
+    pub build_network: Option<String>,
+    /// How many sessions build at once (default: two per core, as memory allows; 1 for
+    /// `builder: local`, whose builds share the envdir). Each line then names its session.
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
+    /// Keep the build folders (venvs, layers, logs) for debugging.
+    #[arg(long)]
+    pub keep: bool,
 }
 
-/// The container engine that runs job images (run, shell, `build --load`): `--engine`,
-/// else the config's builder when it is an engine, else whichever is installed (podman
-/// first); a usage error that says what to install when none is.
-pub fn job_engine(builder: BuilderKind, flag: Option<&str>) -> Result<BuilderKind, Error> {
-    if let Some(engine) = engine_flag(flag)? {
-        return Ok(engine);
-    }
-    match builder {
-        BuilderKind::Local => crate::engine::installed_engine().ok_or_else(|| {
-            Error::Usage(
-                "no container engine to run the job image: neither podman nor docker runs here\n  hint: install one (apt-get install podman) or pass --engine".into(),
-            )
-        }),
-        k => Ok(k),
+impl BuilderArgs {
+    /// These flags over `opts`.
+    pub fn apply(&self, opts: crate::builder::BuildOptions) -> crate::builder::BuildOptions {
+        crate::builder::BuildOptions {
+            engine: self.engine.clone(),
+            build_env: self.build_env.clone(),
+            build_ca: self.build_ca.clone(),
+            build_network: self.build_network.clone(),
+            jobs: self.jobs,
+            keep: self.keep,
+            ..opts
+        }
     }
 }

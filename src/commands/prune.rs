@@ -488,7 +488,7 @@ pub async fn prune(
         current.extend(other.sessions.iter().map(|s| s.tag.clone()));
         current.insert(other.combined_tag());
     }
-    super::report::flush_warnings(registry, printer);
+    crate::plan::findings::flush_warnings(registry, printer);
     let repo = at_tag(&config.repository, "latest");
     let Survey {
         found,

@@ -1,131 +1,21 @@
-//! What the plan and build commands report besides their tables: warnings gathered by the
-//! registry, what the plan found (floating installs, divergences), outputs for later CI
-//! jobs.
+//! What the commands share besides their own tables: the build report (`build` and `run`
+//! print it), outputs for later CI jobs. The only module one command may import from
+//! another (see the import-order test in lib.rs).
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::builder::{BuildResult, SessionResult};
+use crate::printer::{human_bytes, table};
+use crate::registry::push;
 
 use crate::error::Error;
-use crate::model::Digest;
 use crate::plan::Plan;
 use crate::printer::Printer;
-use crate::python::lockcheck::LockState;
 use crate::registry::Registry;
-
-/// What the project's own files disagree on: sessions nox runs by default that
-/// venvimg.yaml's `sessions:` leaves out (only when no `--session` narrows the run), and a
-/// uv.lock that no longer answers pyproject.toml. Warnings, or with `--strict` (for CI) an
-/// error before anything is built.
-pub fn check_project(
-    config: &crate::config::Config,
-    plan: &Plan,
-    only: &[String],
-    strict: bool,
-    printer: &Printer,
-) -> Result<(), Error> {
-    let mut problems = Vec::new();
-    let left = if only.is_empty() {
-        crate::plan::left_out(config, &plan.listing)
-    } else {
-        Vec::new()
-    };
-    if !left.is_empty() {
-        problems.push(format!(
-            "{}: `sessions:` leaves out {} that nox runs by default ({}): {} no image; add {} to `sessions:`, or drop `sessions:` to follow the noxfile",
-            config.file.display(),
-            if left.len() == 1 { "a session" } else { "sessions" },
-            left.join(", "),
-            if left.len() == 1 { "it gets" } else { "they get" },
-            if left.len() == 1 { "it" } else { "them" },
-        ));
-    }
-    match &plan.lock {
-        Some(LockState::Stale(why)) => problems.push(format!(
-            "{}: uv.lock does not match pyproject.toml: {}; sessions that install from the lock as it is (`--frozen`) would miss that\n  hint: run `uv lock` and commit uv.lock (`uv lock --check` confirms)",
-            config.project_dir.join("uv.lock").display(),
-            why.join("; ")
-        )),
-        Some(LockState::Unchecked(why)) => {
-            printer.verbose(format!("uv.lock not compared with pyproject.toml: {why}"))
-        }
-        Some(LockState::Matches) | None => {}
-    }
-    if strict && !problems.is_empty() {
-        return Err(Error::Usage(format!(
-            "--strict: {}",
-            problems.join("\nerror: --strict: ")
-        )));
-    }
-    for p in problems {
-        printer.warn(p);
-    }
-    Ok(())
-}
-
-pub fn flush_warnings(registry: &Registry, printer: &Printer) {
-    for w in registry.take_warnings() {
-        printer.warn(w);
-    }
-}
-
-/// What a plan found that the user should know besides hit or miss: floating sessions,
-/// what the dry run could not key.
-pub fn report_plan_findings(plan: &Plan, printer: &Printer) {
-    printer.verbose(format!(
-        "dry run of the noxfile: {} (nox {})",
-        plan.dry_run_source,
-        plan.nox_version.as_deref().unwrap_or("?")
-    ));
-    for s in &plan.sessions {
-        if let Some(d) = &s.document.discovered {
-            if !d.floating.is_empty() {
-                let refresh = match &s.document.refresh {
-                    Some(r) => format!("rebuilt every {} (refresh)", r.every),
-                    None => "set `refresh:` to rebuild it periodically".to_string(),
-                };
-                printer.warn(format!(
-                    "session `{}` floats: nothing pins {}; the same files may give another venv on another day ({refresh})",
-                    s.config.name,
-                    d.floating.join("; ")
-                ));
-            }
-        }
-        if let Some(why) = &s.document.opaque {
-            if s.problem.is_none() {
-                printer.warn(format!(
-                    "session `{}`: {why}; it is keyed by its settings and the noxfile, and its image is checked against what its build read",
-                    s.config.name
-                ));
-            }
-        }
-        for note in s.derived.iter().flat_map(|d| d.notes.iter()) {
-            printer.verbose(format!("session `{}`: {note}", s.config.name));
-        }
-        if printer.verbosity >= crate::printer::Verbosity::Verbose {
-            if let Some(d) = &s.document.discovered {
-                for f in &d.files {
-                    printer.verbose(format!(
-                        "session `{}`: input {} ({}) {}{}",
-                        s.config.name,
-                        f.path,
-                        f.via,
-                        Digest::PREFIX,
-                        &f.sha256[..f.sha256.len().min(12)]
-                    ));
-                }
-                for l in &d.locks {
-                    printer.verbose(format!(
-                        "session `{}`: {} entries of {} ({})",
-                        s.config.name,
-                        l.packages.len(),
-                        l.lock,
-                        l.selection.join(" ")
-                    ));
-                }
-            }
-        }
-    }
-}
 
 /// Append `name=value` lines for a later CI job (`${{ needs.JOB.outputs.NAME }}`). Names
 /// are the venv directory names with `-` → `_`, which both GitHub and Forgejo accept.
@@ -171,4 +61,144 @@ pub fn ci_output_file() -> Result<PathBuf, Error> {
 
 pub fn ci_output_name(venv_dir: &str) -> String {
     venv_dir.replace('-', "_")
+}
+
+/// What `build` reports (`--json` prints it as is).
+#[derive(Debug, Serialize)]
+pub struct BuildReport<'a> {
+    pub sessions: &'a [SessionResult],
+    /// The all-sessions image; none when a session failed or `--session` picked some
+    /// (a pick's combined image, `sessions-…`, goes only to --output/--load).
+    pub all: Option<AllImage<'a>>,
+    pub seconds: f64,
+    /// false with --no-push: the references name where the images would go.
+    pub pushed: bool,
+    /// What the push moved: the measure of what a dependency bump costs.
+    pub push: push::StatsSnapshot,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AllImage<'a> {
+    /// `registry/name:tag`.
+    pub image: String,
+    pub digest: &'a str,
+    /// The sessions whose venvs it holds: every session of the config.
+    pub sessions: Vec<&'a str>,
+}
+
+impl<'a> AllImage<'a> {
+    /// The all-sessions image of `plan`'s sessions.
+    fn of(plan: &'a Plan, image: String, digest: &'a str) -> AllImage<'a> {
+        AllImage {
+            image,
+            digest,
+            sessions: plan
+                .sessions
+                .iter()
+                .map(|s| s.config.name.as_str())
+                .collect(),
+        }
+    }
+}
+
+impl<'a> BuildReport<'a> {
+    /// The report of `built`, `started` when the command did.
+    pub fn of(
+        built: &'a BuildResult,
+        started: Instant,
+        pushed: bool,
+        registry: &Registry,
+    ) -> BuildReport<'a> {
+        BuildReport {
+            sessions: &built.results,
+            all: built
+                .all
+                .as_ref()
+                .map(|(image, digest)| AllImage::of(&built.plan, image.clone(), digest)),
+            seconds: started.elapsed().as_secs_f64(),
+            pushed,
+            push: registry.stats.snapshot(),
+        }
+    }
+
+    /// Out as asked — the table (and a summary line) or JSON — and the CI outputs.
+    pub fn render(&self, json: bool, ci_output: bool, printer: &Printer) -> Result<(), Error> {
+        if json {
+            printer.out(self.json());
+        } else {
+            printer.out(self.table());
+            printer.info(self.summary_line());
+        }
+        if ci_output {
+            write_ci_output(&self.ci_outputs(self.pushed), printer)?;
+        }
+        Ok(())
+    }
+
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("the build report serialises")
+    }
+
+    pub fn table(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .sessions
+            .iter()
+            .map(|r| {
+                vec![
+                    r.session.clone(),
+                    r.outcome.to_string(),
+                    r.layer_size.map(human_bytes).unwrap_or_default(),
+                    format!("{:.1}s", r.seconds),
+                    match &r.digest {
+                        Some(d) => format!("{}@{d}", r.image),
+                        None => r.image.clone(),
+                    },
+                ]
+            })
+            .collect();
+        table(&["SESSION", "RESULT", "LAYER", "TIME", "IMAGE"], &rows)
+    }
+
+    pub fn summary_line(&self) -> String {
+        match &self.all {
+            Some(all) => format!(
+                "all sessions: {}@{}{} · done in {:.1}s",
+                all.image,
+                all.digest,
+                if self.pushed {
+                    ""
+                } else {
+                    " (not pushed: --no-push)"
+                },
+                self.seconds
+            ),
+            None => format!("done in {:.1}s", self.seconds),
+        }
+    }
+
+    /// `(venv dir, image)` for `--ci-output`, each session by digest when `pushed`, and
+    /// `all`.
+    pub fn ci_outputs(&self, pushed: bool) -> Vec<(String, String)> {
+        let mut refs: Vec<(String, String)> = self
+            .sessions
+            .iter()
+            .filter(|r| r.digest.is_some())
+            .map(|r| {
+                let reference = match &r.digest {
+                    Some(d) if pushed => format!("{}@{}", r.image, d),
+                    _ => r.image.clone(),
+                };
+                (r.venv_dir.clone(), reference)
+            })
+            .collect();
+        if let Some(all) = &self.all {
+            let reference = if pushed {
+                format!("{}@{}", all.image, all.digest)
+            } else {
+                all.image.clone()
+            };
+            refs.push(("all".into(), reference));
+        }
+        refs
+    }
 }

@@ -170,7 +170,7 @@ async fn ready(
 ) -> Result<(Plan, Target), Error> {
     let target = Target::resolve(config, job)?;
     let plan = crate::plan::make_plan(config, registry, sessions).await?;
-    crate::commands::report::flush_warnings(registry, printer);
+    crate::plan::findings::flush_warnings(registry, printer);
     let misses: Vec<String> = plan
         .sessions
         .iter()
@@ -188,17 +188,18 @@ async fn ready(
         )));
     }
     printer.info(format!("building first: {}", misses.join(", ")));
-    let build = crate::commands::build::BuildArgs {
+    let options = crate::builder::BuildOptions {
         sessions: misses,
-        builder: crate::commands::build::BuilderArgs {
-            engine: job.engine.clone(),
-            build_ca: job.build_ca.clone(),
-            build_network: job.build_network.clone(),
-            ..Default::default()
-        },
+        engine: job.engine.clone(),
+        build_ca: job.build_ca.clone(),
+        build_network: job.build_network.clone(),
         ..Default::default()
     };
-    crate::commands::build::run(config, registry, &build, printer).await?;
+    let started = std::time::Instant::now();
+    let built = crate::builder::build(config, registry, &options, printer).await?;
+    super::report::BuildReport::of(&built, started, true, registry)
+        .render(false, false, printer)?;
+    built.exit()?;
     let plan = crate::plan::make_plan(config, registry, sessions).await?;
     if let Some(s) = plan
         .sessions
@@ -222,7 +223,7 @@ struct Target {
 
 impl Target {
     fn resolve(config: &Config, job: &JobArgs) -> Result<Target, Error> {
-        let engine = super::job_engine(config.builder, job.engine.as_deref())?;
+        let engine = crate::engine::job_engine(config.builder, job.engine.as_deref())?;
         if engine == BuilderKind::Docker && config.compression.is_zstd() {
             // Docker before 23 fails such a pull with a bare "archive/tar: invalid tar header".
             if let Some((major, minor)) = engine::docker_server_version().filter(|v| v.0 < 23) {

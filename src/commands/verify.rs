@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use oci_client::Reference;
 use serde::Serialize;
 
-use super::build::{self, BuildArgs, BuilderArgs, SessionLayer};
+use super::BuilderArgs;
+use crate::builder::{self, BuildOptions, SessionLayer};
 use crate::config::Config;
 use crate::error::Error;
 use crate::image::ComposedImage;
@@ -94,7 +95,7 @@ pub async fn verify(
     args: &VerifyArgs,
     printer: &Printer,
 ) -> Result<(), Error> {
-    let config = &build::with_engine(config, args.builder.engine.as_deref())?;
+    let config = &builder::with_engine(config, args.builder.engine.as_deref())?;
     // With IMAGE: the sessions its record names, checked against the checkout's keys.
     let recorded = match &args.image {
         Some(image) => Some(recorded_image(config, registry, image).await?),
@@ -105,7 +106,7 @@ pub async fn verify(
         None => args.sessions.clone(),
     };
     let plan = crate::plan::make_plan(config, registry, &selection).await?;
-    crate::commands::report::flush_warnings(registry, printer);
+    crate::plan::findings::flush_warnings(registry, printer);
 
     let targets: Vec<Target> = match &recorded {
         Some((image, digest, record)) => {
@@ -174,30 +175,16 @@ pub async fn verify(
         .iter()
         .flat_map(|t| t.sessions.iter().copied())
         .collect();
-    let build_args = BuildArgs {
+    let options = args.builder.apply(BuildOptions {
         force: true,
         no_push: true,
-        builder: args.builder.clone(),
-        ..Default::default()
-    };
-    let (work, build_env) = build::prepare(config, &build_args, true, printer)?;
-    let jobs = build::parallel_jobs(args.builder.jobs, config.builder, to_build.len());
+        ..BuildOptions::default()
+    });
     printer.info(format!(
         "rebuilding {} session(s) to compare with the registry's images",
         to_build.len()
     ));
-    let built = crate::engine::blocking(|| {
-        build::build_all(
-            config,
-            &plan,
-            &to_build,
-            &work.path,
-            &build_env,
-            &build_args,
-            printer,
-            jobs,
-        )
-    });
+    let (work, built) = builder::build_sessions(config, &plan, &to_build, &options, printer)?;
     let mut layers: HashMap<&str, Result<SessionLayer, String>> = HashMap::new();
     for (s, b) in to_build.iter().zip(built) {
         let layer = match b {
@@ -234,7 +221,7 @@ pub async fn verify(
             continue;
         }
         // Several sessions: the all-sessions image (verify takes no other).
-        let rebuilt = build::compose_images(&plan.base, &parts, config, true);
+        let rebuilt = builder::compose_images(&plan.base, &parts, config, true);
         let files: HashMap<String, PathBuf> = parts
             .iter()
             .flat_map(|(_, l)| l.files.iter().cloned())

@@ -10,6 +10,7 @@
 //! hit is accepted only while those files still hash the same.
 
 pub mod explain;
+pub mod findings;
 pub mod record;
 
 use std::collections::BTreeMap;
@@ -156,6 +157,26 @@ pub fn compression_name(c: Compression) -> String {
 /// `<venv-dir>-<first 16 hex of key>`.
 pub fn tag_for(venv_dir: &str, key: &str) -> String {
     format!("{venv_dir}-{}", &key[..16])
+}
+
+/// The tag of a session's index: its venv dir and a hash of every platform's key.
+pub fn index_tag(venv_dir: &str, keys: &[(String, String)]) -> String {
+    tag_for(venv_dir, &hash_lines(keys))
+}
+
+fn hash_lines(pairs: &[(String, String)]) -> String {
+    let mut sorted = pairs.to_vec();
+    sorted.sort();
+    let mut h = Sha256::new();
+    for (platform, key) in sorted {
+        h.update(format!("{platform} {key}\n").as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// The tag of the all-sessions images' index: a hash of every platform's all-sessions tag.
+pub fn all_index_tag(tags: &[(String, String)]) -> String {
+    format!("all-{}", &hash_lines(tags)[..16])
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -9,21 +9,21 @@
 //! once write the same index, and the one that pushed its platform last always finds
 //! the other's there — neither can drop the other's manifest.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Instant;
 
 use oci_client::Reference;
-use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 
-use super::build::{self, BuildArgs, PlatformBuild, PlatformResult, SessionResult};
-use super::plan::{HitOrMiss, PlanArgs, PlanReport};
 use crate::config::{BuilderKind, Config, Platform};
 use crate::error::Error;
-use crate::plan::{Plan, SessionPlan, Status};
+use crate::plan::{all_index_tag, index_tag, Plan, SessionPlan, Status};
 use crate::printer::Printer;
 use crate::registry::index::{platform_index, IndexEntry};
 use crate::registry::{at_tag, Registry};
+
+use super::{
+    build_platform, BuildOptions, BuildResult, PlatformBuild, PlatformResult, SessionResult,
+};
 
 /// The platforms `--platform` picks out of the config's (all of them when not given); a
 /// usage error for one the config does not list.
@@ -54,21 +54,6 @@ pub(super) fn check_flag(config: &Config, flags: &[String]) -> Result<Vec<Platfo
         }
     }
     Ok(picked)
-}
-
-/// The tag of a session's index: its venv dir and a hash of every platform's key.
-pub fn index_tag(venv_dir: &str, keys: &[(String, String)]) -> String {
-    crate::plan::tag_for(venv_dir, &hash_lines(keys))
-}
-
-fn hash_lines(pairs: &[(String, String)]) -> String {
-    let mut sorted = pairs.to_vec();
-    sorted.sort();
-    let mut h = Sha256::new();
-    for (platform, key) in sorted {
-        h.update(format!("{platform} {key}\n").as_bytes());
-    }
-    hex::encode(h.finalize())
 }
 
 /// Is this machine able to run `p`'s containers only under emulation?
@@ -112,13 +97,13 @@ impl Part {
 /// `venvimg build` with more than one platform: each platform picked is built (under
 /// emulation where this machine's architecture differs), the others are looked up, and
 /// each session's index is written once every platform's image is there.
+/// Every platform picked built, the others looked up, each session's index written.
 pub(super) async fn build(
     config: &Config,
     registry: &Registry,
-    args: &BuildArgs,
+    args: &BuildOptions,
     printer: &Printer,
-    started: Instant,
-) -> Result<(), Error> {
+) -> Result<BuildResult, Error> {
     let picked = check_flag(config, &args.platform)?;
     if config.builder == BuilderKind::Local {
         if let Some(p) = picked.iter().find(|p| emulated(p)) {
@@ -153,7 +138,7 @@ pub(super) async fn build(
             a.load = false;
         }
         let t0 = Instant::now();
-        let built = build::build_platform(&one, registry, &a, printer).await?;
+        let built = build_platform(&one, registry, &a, printer).await?;
         let misses = built
             .results
             .iter()
@@ -348,24 +333,14 @@ pub(super) async fn build(
     }
 
     let all = all_index(config, registry, &parts, lead, args, printer).await?;
-    let report = build::BuildReport {
-        sessions: &results,
-        all: all
-            .as_ref()
-            .map(|(image, digest)| build::AllImage::of(&parts[lead].plan, image.clone(), digest)),
-        seconds: started.elapsed().as_secs_f64(),
-        pushed: !args.no_push,
-        push: registry.stats.snapshot(),
-    };
-    report.render(args, printer)?;
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::BuildsFailed {
-            total: results.len() * parts.len(),
-            failed,
-        })
-    }
+    let total = results.len() * parts.len();
+    Ok(BuildResult {
+        plan: parts.swap_remove(lead).plan,
+        results,
+        all,
+        failed,
+        total,
+    })
 }
 
 /// The all-sessions images' index, once every platform has its all-sessions image.
@@ -374,7 +349,7 @@ async fn all_index(
     registry: &Registry,
     parts: &[Part],
     lead: usize,
-    args: &BuildArgs,
+    args: &BuildOptions,
     printer: &Printer,
 ) -> Result<Option<(String, String)>, Error> {
     if !parts[lead].plan.complete {
@@ -405,7 +380,7 @@ async fn all_index(
     }
     let bytes = platform_index(&entries, "all sessions");
     let digest = crate::model::Digest::of(&bytes).into_string();
-    let tag = format!("all-{}", &hash_lines(&tags)[..16]);
+    let tag = all_index_tag(&tags);
     let r = at_tag(&config.repository, &tag);
     if !args.no_push && registry.manifest_digest(&r).await?.as_deref() != Some(&digest) {
         registry.push_index(&r, bytes).await?;
@@ -434,172 +409,4 @@ async fn fetch_manifest(
         }
         .into()),
     }
-}
-
-/// A session's index in `plan`: a hit when every platform's image and the index are in
-/// the registry.
-#[derive(Debug, Serialize)]
-struct IndexRow {
-    session: String,
-    venv_dir: String,
-    tag: String,
-    image: String,
-    status: HitOrMiss,
-    digest: Option<String>,
-    /// Each platform's image: hit or miss.
-    platforms: BTreeMap<String, HitOrMiss>,
-}
-
-#[derive(Debug, Serialize)]
-struct MultiPlanReport<'a> {
-    repository: String,
-    /// Each platform's plan, as `plan` reports one.
-    platforms: Vec<PlanReport<'a>>,
-    /// Each session's index.
-    sessions: Vec<IndexRow>,
-}
-
-/// `venvimg plan` with more than one platform: each platform's plan, and each session's
-/// index. `--matrix` has an entry per platform and session that misses.
-pub(super) async fn plan(
-    config: &Config,
-    registry: &Registry,
-    args: &PlanArgs,
-    only: &[String],
-    printer: &Printer,
-) -> Result<(), Error> {
-    let configs: Vec<Config> = config
-        .platforms
-        .iter()
-        .map(|p| config.for_platform(p))
-        .collect();
-    let mut plans = Vec::new();
-    for one in &configs {
-        plans.push(crate::plan::make_plan(one, registry, only).await?);
-    }
-    super::report::flush_warnings(registry, printer);
-    let lead = config
-        .platforms
-        .iter()
-        .position(|p| *p == config.platform)
-        .unwrap_or(0);
-    for plan in &plans {
-        super::report::report_plan_findings(plan, printer);
-    }
-    super::report::check_project(config, &plans[lead], &args.sessions, args.strict, printer)?;
-    let reports: Vec<PlanReport> = plans
-        .iter()
-        .zip(&configs)
-        .map(|(plan, one)| PlanReport::new(plan, one))
-        .collect();
-
-    let mut rows = Vec::new();
-    for s in &plans[lead].sessions {
-        let mut keys = Vec::new();
-        let mut statuses = BTreeMap::new();
-        for (plan, p) in plans.iter().zip(&config.platforms) {
-            let found = plan
-                .sessions
-                .iter()
-                .find(|x| x.config.name == s.config.name);
-            if let Some(x) = found {
-                keys.push((p.to_string(), x.key.clone()));
-            }
-            let hit = found.is_some_and(|x| matches!(x.status, Status::Hit { .. }));
-            statuses.insert(
-                p.to_string(),
-                if hit { HitOrMiss::Hit } else { HitOrMiss::Miss },
-            );
-        }
-        let tag = index_tag(&s.venv_dir, &keys);
-        let image = at_tag(&config.repository, &tag);
-        let digest = if statuses.values().all(|h| *h == HitOrMiss::Hit) {
-            registry.manifest_digest(&image).await?
-        } else {
-            None
-        };
-        rows.push(IndexRow {
-            session: s.config.name.clone(),
-            venv_dir: s.venv_dir.clone(),
-            tag,
-            image: image.whole(),
-            status: if digest.is_some() {
-                HitOrMiss::Hit
-            } else {
-                HitOrMiss::Miss
-            },
-            digest,
-            platforms: statuses,
-        });
-    }
-
-    // Every platform's rows in one report: what --matrix and --gitlab-child list. Its
-    // jobs start from the base as configured, so each runner pulls its own platform.
-    let mut flat = PlanReport::new(&plans[lead], &configs[lead]);
-    flat.base = config.base.whole();
-    flat.platform = config
-        .platforms
-        .iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    flat.sessions = plans
-        .iter()
-        .zip(&configs)
-        .flat_map(|(plan, one)| {
-            PlanReport::new(plan, one)
-                .sessions
-                .into_iter()
-                .map(move |mut row| {
-                    row.platform = Some(one.platform.to_string());
-                    row
-                })
-        })
-        .collect();
-
-    let outputs: Vec<(String, String)> = rows
-        .iter()
-        .map(|r| (r.venv_dir.clone(), r.image.clone()))
-        .collect();
-    if args.matrix {
-        printer.out(flat.matrix());
-    } else if args.json {
-        let report = MultiPlanReport {
-            repository: config.repository_path(),
-            platforms: reports,
-            sessions: rows,
-        };
-        printer.out(serde_json::to_string_pretty(&report).expect("the plan report serialises"));
-    } else {
-        for r in &reports {
-            printer.info(format!("platform {} · base {}", r.platform, r.base));
-            printer.out(r.table());
-        }
-        let table_rows: Vec<Vec<String>> = rows
-            .iter()
-            .map(|r| {
-                let missing: Vec<&str> = r
-                    .platforms
-                    .iter()
-                    .filter(|(_, h)| **h == HitOrMiss::Miss)
-                    .map(|(p, _)| p.as_str())
-                    .collect();
-                let status = match (r.status, missing.is_empty()) {
-                    (HitOrMiss::Hit, _) => "hit".to_string(),
-                    (HitOrMiss::Miss, true) => {
-                        "miss (every platform's image is there: `venvimg build` writes the index)"
-                            .into()
-                    }
-                    (HitOrMiss::Miss, false) => format!("miss ({})", missing.join(", ")),
-                };
-                vec![r.session.clone(), r.tag.clone(), status]
-            })
-            .collect();
-        printer.info("each session's image index (what jobs pull):");
-        printer.out(crate::printer::table(
-            &["SESSION", "INDEX TAG", "STATUS"],
-            &table_rows,
-        ));
-    }
-    super::plan::write_outputs(config, args, &flat, &outputs, printer)
 }

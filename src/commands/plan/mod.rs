@@ -1,6 +1,8 @@
 //! `venvimg plan`: for each session its venv dir, key, tag and whether the registry has
 //! the image. One typed report, rendered as the table, `--json` and `--ci-output`.
 
+mod platforms;
+
 use serde::Serialize;
 
 use crate::config::Config;
@@ -174,7 +176,7 @@ impl<'a> PlanReport<'a> {
             .map(|s| {
                 let mut entry = serde_json::json!({
                     "session": s.session,
-                    "venv": super::report::ci_output_name(s.venv_dir),
+                    "venv": crate::commands::report::ci_output_name(s.venv_dir),
                     "tag": s.tag,
                     "image": s.image,
                 });
@@ -277,7 +279,7 @@ pub async fn plan(
     printer: &Printer,
 ) -> Result<(), Error> {
     if args.ci_output {
-        super::report::ci_output_file()?;
+        crate::commands::report::ci_output_file()?;
     }
     // `--explain S -s T`: S is planned too.
     let mut only = args.sessions.clone();
@@ -287,12 +289,12 @@ pub async fn plan(
         }
     }
     if config.multi_platform() && args.explain.is_none() {
-        return super::platforms::plan(config, registry, args, &only, printer).await;
+        return platforms::plan(config, registry, args, &only, printer).await;
     }
     // `--explain` with `platforms:` explains this machine's platform.
     let config = &config.for_platform(&config.platform);
     let plan = crate::plan::make_plan(config, registry, &only).await?;
-    super::report::flush_warnings(registry, printer);
+    crate::plan::findings::flush_warnings(registry, printer);
     if let Some(session) = &args.explain {
         let why = crate::plan::explain::explain(config, registry, &plan, session).await?;
         if args.json {
@@ -302,8 +304,8 @@ pub async fn plan(
         }
         return Ok(());
     }
-    super::report::report_plan_findings(&plan, printer);
-    super::report::check_project(config, &plan, &args.sessions, args.strict, printer)?;
+    crate::plan::findings::report_plan_findings(&plan, printer);
+    crate::plan::findings::check_project(config, &plan, &args.sessions, args.strict, printer)?;
     let report = PlanReport::new(&plan, config);
     if args.matrix {
         printer.out(report.matrix());
@@ -333,7 +335,7 @@ pub(super) fn write_outputs(
         if args.matrix {
             lines.push(("matrix".into(), report.matrix()));
         }
-        super::report::write_ci_output(&lines, printer)?;
+        crate::commands::report::write_ci_output(&lines, printer)?;
     }
     Ok(())
 }

@@ -7,7 +7,7 @@
 //! pid in their name and are removed by the next venvimg that finds that pid gone.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -97,7 +97,7 @@ pub fn private_tempdir(
     let d = builder
         .permissions(std::fs::Permissions::from_mode(PRIVATE_DIR_MODE))
         .tempdir_in(dir)?;
-    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(PRIVATE_DIR_MODE))?;
+    fs_err::set_permissions(d.path(), std::fs::Permissions::from_mode(PRIVATE_DIR_MODE))?;
     Ok(d)
 }
 
@@ -141,7 +141,7 @@ pub fn clean_up() {
         )
     };
     for (engine, name) in containers {
-        let _ = Command::new(&engine)
+        let _ = crate::process::command(&engine)
             .args(["rm", "--force", &name])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -149,7 +149,7 @@ pub fn clean_up() {
             .status();
     }
     for d in dirs {
-        let _ = std::fs::remove_dir_all(&d);
+        let _ = fs_err::remove_dir_all(&d);
     }
 }
 
@@ -158,7 +158,7 @@ pub fn clean_up() {
 pub fn sweep_stale() {
     use std::os::unix::fs::MetadataExt;
     let tmp = std::env::temp_dir();
-    let Ok(rd) = std::fs::read_dir(&tmp) else {
+    let Ok(rd) = fs_err::read_dir(&tmp) else {
         return;
     };
     // SAFETY: getuid has no preconditions and cannot fail.
@@ -178,11 +178,11 @@ pub fn sweep_stale() {
         if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+        let Ok(meta) = fs_err::symlink_metadata(e.path()) else {
             continue;
         };
         if meta.is_dir() && meta.uid() == me {
-            let _ = std::fs::remove_dir_all(e.path());
+            let _ = fs_err::remove_dir_all(e.path());
         }
     }
 }

@@ -313,7 +313,7 @@ fn man(args: &ManArgs, printer: &Printer) -> Result<(), Error> {
         path: dir.clone(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(io)?;
+    fs_err::create_dir_all(dir).map_err(io)?;
     clap_mangen::generate_to(cmd, dir).map_err(io)?;
     printer.info(format!(
         "wrote venvimg.1 and a page per command to {} (`man -l {}` shows one)",

@@ -487,7 +487,7 @@ impl Config {
     /// The config file, for the project at `project` when given (`--project`), else at
     /// its `root:`, else in its own folder.
     pub fn load_for(file: &Path, project: Option<&Path>) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        let text = fs_err::read_to_string(file).map_err(|source| ConfigError::Read {
             file: file.to_path_buf(),
             source,
         })?;
@@ -922,7 +922,7 @@ impl Config {
 /// `.git`, or one in a folder above), read from git's config file: no git process. A
 /// worktree's or submodule's `.git` file points at the real git folder.
 fn git_origin(project_dir: &Path) -> Option<String> {
-    let start = std::fs::canonicalize(project_dir).ok()?;
+    let start = fs_err::canonicalize(project_dir).ok()?;
     let dot_git = start
         .ancestors()
         .map(|d| d.join(".git"))

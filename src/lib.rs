@@ -11,6 +11,9 @@
 // Output goes through `printer` (which knows terminals, CI logs and --quiet); only the
 // process's last words (a fatal error, an interrupt) are written directly.
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+// Tests start their own programs and write their fixtures with std (clippy.toml's
+// disallowed methods are for venvimg's own code, which the non-test build still checks).
+#![cfg_attr(test, allow(clippy::disallowed_methods))]
 
 pub mod builder;
 pub mod cancel;
@@ -26,6 +29,7 @@ pub mod model;
 pub mod outputs;
 pub mod plan;
 pub mod printer;
+pub mod process;
 pub mod python;
 pub mod registry;
 pub mod sbom;
@@ -36,9 +40,11 @@ pub use error::Error;
 /// The import order, bottom first: a module may use only modules of lower layers (the
 /// test below reads `src/` and fails on any other `crate::` path outside tests).
 pub const LAYERS: &[&[&str]] = &[
-    // plain values (digests, platforms, media types)...
+    // plain values (digests, platforms, media types)
     &["model"],
-    // ...and small utilities over them
+    // where every process is made (containers and nox through `engine`)
+    &["process"],
+    // small utilities over the values
     &["untrusted", "cancel", "printer"],
     // nox, uv and venv facts; no configuration, no containers
     &["python"],
@@ -103,7 +109,7 @@ mod import_order {
     }
 
     fn walk(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
-        for e in std::fs::read_dir(dir).unwrap().flatten() {
+        for e in fs_err::read_dir(dir).unwrap().flatten() {
             let p = e.path();
             if p.is_dir() {
                 walk(&p, files);
@@ -132,7 +138,7 @@ mod import_order {
             if top == "lib" || top == "main" || rel.ends_with("tests.rs") {
                 continue;
             }
-            let text = std::fs::read_to_string(f).unwrap();
+            let text = fs_err::read_to_string(f).unwrap();
             // Tests may reach anywhere: only the code before `#[cfg(test)]` counts.
             let code = text.split("#[cfg(test)]").next().unwrap();
             let Some(mine) = rank(&top) else {
@@ -172,10 +178,15 @@ mod import_order {
     #[test]
     fn no_command_imports_another() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/commands");
-        let commands: BTreeSet<String> = std::fs::read_dir(&dir)
+        let commands: BTreeSet<String> = fs_err::read_dir(&dir)
             .unwrap()
             .flatten()
-            .map(|e| e.file_name().to_string_lossy().trim_end_matches(".rs").to_string())
+            .map(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .trim_end_matches(".rs")
+                    .to_string()
+            })
             .filter(|m| m != "mod" && m != "report")
             .collect();
         let mut files = Vec::new();
@@ -195,7 +206,7 @@ mod import_order {
             if mine == "mod" || mine == "report" {
                 continue;
             }
-            let text = std::fs::read_to_string(f).unwrap();
+            let text = fs_err::read_to_string(f).unwrap();
             let code = text.split("#[cfg(test)]").next().unwrap();
             // `super::` from commands/x.rs (or x/mod.rs) is commands; from x/y.rs it is x.
             let up = if depth == 1 || rel.ends_with("mod.rs") {
@@ -203,9 +214,11 @@ mod import_order {
             } else {
                 "super::".repeat(depth)
             };
-            let used = names_after(code, "crate::commands::")
-                .into_iter()
-                .chain(names_after(code, &up).into_iter().filter(|_| !up.is_empty()));
+            let used = names_after(code, "crate::commands::").into_iter().chain(
+                names_after(code, &up)
+                    .into_iter()
+                    .filter(|_| !up.is_empty()),
+            );
             for other in used {
                 if other != mine && commands.contains(&other) {
                     wrong.push(format!(
@@ -217,7 +230,10 @@ mod import_order {
         }
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
         let found = names_after("use super::{report::X, build};", "super::");
-        assert!(found.contains("build") && found.contains("report"), "{found:?}");
+        assert!(
+            found.contains("build") && found.contains("report"),
+            "{found:?}"
+        );
     }
 
     #[test]

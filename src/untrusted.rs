@@ -76,7 +76,7 @@ pub fn join_inside(root: &Path, rel: &Path) -> io::Result<std::path::PathBuf> {
                 out.push(n);
                 let last = i + 1 == comps.len();
                 if !last {
-                    let meta = std::fs::symlink_metadata(&out)?;
+                    let meta = fs_err::symlink_metadata(&out)?;
                     if !meta.file_type().is_dir() {
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidData,
@@ -198,7 +198,7 @@ fn refusal_of(e: io::Error) -> Refusal {
 /// The type of `path` itself (never what a symlink points at), as a refusal when it is
 /// not a regular file. Nothing is opened: a FIFO or a device is never touched.
 pub fn check_regular(path: &Path) -> Result<std::fs::Metadata, Refusal> {
-    let meta = std::fs::symlink_metadata(path).map_err(refusal_of)?;
+    let meta = fs_err::symlink_metadata(path).map_err(refusal_of)?;
     let t = meta.file_type();
     if t.is_symlink() {
         return Err(Refusal::Symlink);
@@ -211,7 +211,7 @@ pub fn check_regular(path: &Path) -> Result<std::fs::Metadata, Refusal> {
 
 /// `path` is a directory itself, not a symlink to one.
 pub fn check_dir(path: &Path) -> Result<(), Refusal> {
-    let t = std::fs::symlink_metadata(path)
+    let t = fs_err::symlink_metadata(path)
         .map_err(refusal_of)?
         .file_type();
     if t.is_symlink() {

@@ -38,7 +38,7 @@ pub(super) fn keep_log(session: &str, log: &Path) -> PathBuf {
         .recursive(true)
         .mode(0o700)
         .create(&dir)
-        .and_then(|_| std::fs::read(log))
+        .and_then(|_| fs_err::read(log))
         .and_then(|bytes| {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)

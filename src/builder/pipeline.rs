@@ -69,34 +69,7 @@ pub(super) async fn build_platform(
         });
     }
 
-    let mut results = Vec::new();
-    let mut layers: Vec<(String, SessionLayer)> = Vec::new();
-    let mut composed: Vec<(Reference, ComposedImage, &SessionPlan, SessionLayer)> = Vec::new();
-    let mut local_files: HashMap<String, PathBuf> = HashMap::new();
-    let mut remote: HashMap<String, Reference> = HashMap::new();
-    let mut failed: Vec<(String, String)> = Vec::new();
-
-    // The hits' layers (for the all-sessions image and the report), fetched side by side
-    // before anything is built: 20 hits should not cost 40 round trips in sequence, and a
-    // hit that fails its checks stops the build before a miss's minutes are spent.
-    let mut hit_layers: HashMap<String, (SessionLayer, f64)> = {
-        use futures_util::{StreamExt, TryStreamExt};
-        futures_util::stream::iter(plan.sessions.iter().filter_map(|s| match &s.status {
-            Status::Hit { digest } if !args.force => Some((s, digest)),
-            _ => None,
-        }))
-        .map(|(s, digest)| {
-            let base = &plan.base;
-            async move {
-                let t0 = Instant::now();
-                let layer = layer_from_registry(registry, base, s, digest).await?;
-                Ok::<_, Error>((s.config.name.clone(), (layer, t0.elapsed().as_secs_f64())))
-            }
-        })
-        .buffered(8)
-        .try_collect()
-        .await?
-    };
+    let hit_layers = fetch_hit_layers(&plan, registry, args).await?;
     let jobs = parallel_jobs(args.jobs, config.builder, to_build.len());
     if jobs > 1 {
         printer.info(format!(
@@ -104,225 +77,355 @@ pub(super) async fn build_platform(
             to_build.len()
         ));
     }
-    let mut built = builder::blocking(|| {
+    let built = builder::blocking(|| {
         build_all(
             config, &plan, &to_build, &work_path, &build_env, args, printer, jobs,
         )
-    })
-    .into_iter();
-
-    for s in &plan.sessions {
-        let rebuild = args.force || matches!(s.status, Status::Miss);
-        if !rebuild {
-            let Status::Hit { digest } = &s.status else {
-                unreachable!()
-            };
-            printer.info(format!(
-                "{}: hit {}@{digest}",
-                s.config.name,
-                s.image.whole()
-            ));
-            let (layer, seconds) = hit_layers
-                .remove(&s.config.name)
-                .expect("every hit's layer was fetched above");
-            // Where the all-sessions image finds this hit's layers (another repository for
-            // a hit in `trusted_repository`).
-            for d in &layer.descriptors {
-                remote.insert(d.digest.clone(), s.image.clone());
-            }
-            results.push(SessionResult::hit(s, digest, layer.size(), seconds));
-            layers.push((s.venv_dir.clone(), layer));
-            continue;
-        }
-        // Misses come back in plan order; none left means a --fail-fast stop before it.
-        let Some(Some((outcome, seconds))) = built.next() else {
-            continue;
-        };
-        let layer = match outcome {
-            Ok(layer) => layer,
-            Err(e) if args.fail_fast => return Err(e),
-            // The other sessions still build and push, as nox runs every session.
-            Err(e) => {
-                printer.error(e.to_string());
-                let cause = e.summary();
-                failed.push((s.config.name.clone(), cause.clone()));
-                results.push(SessionResult {
-                    session: s.config.name.clone(),
-                    venv_dir: s.venv_dir.clone(),
-                    tag: s.tag.clone(),
-                    image: s.image.whole(),
-                    digest: None,
-                    outcome: "failed",
-                    layer_size: None,
-                    seconds,
-                    error: Some(cause),
-                    platforms: Vec::new(),
-                });
-                continue;
-            }
-        };
-        let img = compose_images(
-            &plan.base,
-            &[(s.venv_dir.clone(), layer.clone())],
-            config,
-            plan.complete,
-        );
-        for (digest, file) in &layer.files {
-            local_files.insert(digest.clone(), file.clone());
-        }
-        results.push(SessionResult {
-            session: s.config.name.clone(),
-            venv_dir: s.venv_dir.clone(),
-            tag: s.tag.clone(),
-            image: s.image.whole(),
-            digest: Some(img.manifest_digest.clone()),
-            outcome: "built",
-            layer_size: Some(layer.size()),
-            seconds,
-            error: None,
-            platforms: Vec::new(),
-        });
-        composed.push((s.image.clone(), img, s, layer.clone()));
-        layers.push((s.venv_dir.clone(), layer));
-    }
-
-    // The all-sessions image, for local use: every session's layer on one base.
-    let all_tag = plan.combined_tag();
-    let all_ref = Reference::with_tag(
-        config.repository.resolve_registry().to_string(),
-        config.repository.repository().to_string(),
-        all_tag,
-    );
-    let all_image = compose_images(&plan.base, &layers, config, plan.complete);
-    // Every session's layers on one base may exceed what overlay filesystems accept; the
-    // per-session images are what CI needs, so the combined one is skipped, loudly.
-    let all_fits = all_image.layers.len() <= config.max_layers;
-    // Only an image of every selected session is the all-sessions image.
-    let all_wanted = failed.is_empty();
-    if !all_wanted {
-        printer.warn(format!(
-            "no all-sessions image: {} of {} session(s) failed",
-            failed.len(),
-            plan.sessions.len()
-        ));
-    } else if !all_fits {
-        let msg = format!(
-            "the all-sessions image would have {} layers, more than max_layers ({})",
-            all_image.layers.len(),
-            config.max_layers
-        );
-        if !args.output.is_empty() || args.load {
-            return Err(Error::Usage(format!(
-                "{msg}; --output/--load need it: build fewer sessions (--session) or raise max_layers"
-            )));
-        }
-        printer.warn(format!("{msg}; not pushing it"));
-    }
-
+    });
+    let sessions = Sessions::gather(config, &plan, args, hit_layers, built, printer)?;
+    let all = AllSessions::compose(config, &plan, &sessions, args, printer)?;
     if !args.no_push {
         share_dry_run(&plan, registry, printer).await;
-        for (target, img, s, layer) in &composed {
-            let p = printer.spinner(format!("pushing {}", target.whole()));
-            push::push_image(registry, target, img, &plan.base, &local_files).await?;
-            mark_pushed(
-                registry,
-                target,
-                &img.manifest_digest,
-                img.manifest.len(),
-                printer,
-            )
-            .await;
-            push_sbom(registry, config, target, img, s, layer, printer).await?;
-            p.finish();
-            printer.info(format!("pushed {}@{}", target.whole(), img.manifest_digest));
-        }
-        // A `--session` pick's combined image is for --output/--load only: pushing it
-        // would leave a tag per pick (a CI matrix of single-session builds) that no plan
-        // ever looks up.
-        let all_exists = if all_fits && all_wanted && plan.complete {
-            registry.manifest_digest(&all_ref).await?
-        } else {
-            Some(all_image.manifest_digest.clone())
-        };
-        if all_exists.as_deref() != Some(all_image.manifest_digest.as_str()) {
-            push::push_image_from(
-                registry,
-                &all_ref,
-                &all_image,
-                &plan.base,
-                &local_files,
-                &remote,
-            )
-            .await?;
-            mark_pushed(
-                registry,
-                &all_ref,
-                &all_image.manifest_digest,
-                all_image.manifest.len(),
-                printer,
-            )
-            .await;
-            printer.info(format!(
-                "pushed the all-sessions image {}@{}",
-                all_ref.whole(),
-                all_image.manifest_digest
-            ));
-        }
-        let st = registry.stats.snapshot();
-        printer.info(format!(
-            "uploaded {} blob(s), {}; {} already present ({}); {} mounted, {} copied from the base registry; {} retried request(s)",
-            st.blobs_uploaded,
-            human_bytes(st.bytes_uploaded),
-            st.blobs_present,
-            human_bytes(st.bytes_present),
-            st.blobs_mounted,
-            st.blobs_copied,
-            crate::registry::RETRIES.load(std::sync::atomic::Ordering::Relaxed)
-        ));
+        push_images(config, registry, &plan, &sessions, &all, printer).await?;
     }
+    write_outputs(
+        config, registry, &plan, &sessions, &all, args, &work_path, printer,
+    )
+    .await?;
 
-    // Outputs and --load carry the all-sessions image; blobs not packed here (base
-    // layers, the layers of hits) are fetched from the registry.
-    let sources = crate::outputs::BlobSources {
-        local: &local_files,
-        base: &plan.base.reference,
-        repository: &all_ref,
-        remote: &remote,
-    };
-    for dest in args.output.iter().filter(|_| all_wanted) {
-        crate::outputs::write_output(registry, dest, &all_ref, &all_image, &sources, printer)
-            .await?;
-    }
-    if args.load && all_wanted {
-        crate::outputs::load(
-            crate::engine::job_engine(config.builder, args.engine.as_deref())?,
-            registry,
-            &all_ref,
-            &all_image,
-            &sources,
-            &work_path,
-            printer,
-        )
-        .await?;
-    }
-
-    let all =
-        (all_wanted && plan.complete).then(|| (all_ref.whole(), all_image.manifest_digest.clone()));
-    let mut manifests: HashMap<String, Vec<u8>> = composed
+    let mut manifests: HashMap<String, Vec<u8>> = sessions
+        .composed
         .iter()
         .map(|(_, img, _, _)| (img.manifest_digest.clone(), img.manifest.clone()))
         .collect();
     manifests.insert(
-        all_image.manifest_digest.clone(),
-        all_image.manifest.clone(),
+        all.image.manifest_digest.clone(),
+        all.image.manifest.clone(),
     );
+    let all_pushed = (all.wanted && plan.complete)
+        .then(|| (all.reference.whole(), all.image.manifest_digest.clone()));
     Ok(PlatformBuild {
-        plan,
-        results,
-        all,
-        failed,
+        results: sessions.results,
+        all: all_pushed,
+        failed: sessions.failed,
         manifests,
+        plan,
     })
+}
+
+/// The hits' layers (for the all-sessions image and the report), fetched side by side
+/// before anything is built: 20 hits should not cost 40 round trips in sequence, and a
+/// hit that fails its checks stops the build before a miss's minutes are spent. By
+/// session, with the seconds each took.
+async fn fetch_hit_layers(
+    plan: &Plan,
+    registry: &Registry,
+    args: &BuildOptions,
+) -> Result<HashMap<String, (SessionLayer, f64)>, Error> {
+    use futures_util::{StreamExt, TryStreamExt};
+    futures_util::stream::iter(plan.sessions.iter().filter_map(|s| match &s.status {
+        Status::Hit { digest } if !args.force => Some((s, digest)),
+        _ => None,
+    }))
+    .map(|(s, digest)| {
+        let base = &plan.base;
+        async move {
+            let t0 = Instant::now();
+            let layer = layer_from_registry(registry, base, s, digest).await?;
+            Ok::<_, Error>((s.config.name.clone(), (layer, t0.elapsed().as_secs_f64())))
+        }
+    })
+    .buffered(8)
+    .try_collect()
+    .await
+}
+
+/// Every session's outcome in plan order: the hits' layers, the misses built and each
+/// composed into its image (not pushed yet), the failures.
+struct Sessions<'p> {
+    results: Vec<SessionResult>,
+    /// (venv dir, layers) of every session that has them, for the all-sessions image.
+    layers: Vec<(String, SessionLayer)>,
+    /// The images built here: target, image, its session, its layers.
+    composed: Vec<(Reference, ComposedImage, &'p SessionPlan, SessionLayer)>,
+    /// digest → file of every layer packed here.
+    local_files: HashMap<String, PathBuf>,
+    /// digest → the image a hit's layer is in (another repository for a hit in
+    /// `trusted_repository`).
+    remote: HashMap<String, Reference>,
+    /// (session, cause) of each session that failed.
+    failed: Vec<(String, String)>,
+}
+
+impl<'p> Sessions<'p> {
+    fn gather(
+        config: &Config,
+        plan: &'p Plan,
+        args: &BuildOptions,
+        mut hit_layers: HashMap<String, (SessionLayer, f64)>,
+        built: Vec<Option<super::Built>>,
+        printer: &Printer,
+    ) -> Result<Sessions<'p>, Error> {
+        let mut out = Sessions {
+            results: Vec::new(),
+            layers: Vec::new(),
+            composed: Vec::new(),
+            local_files: HashMap::new(),
+            remote: HashMap::new(),
+            failed: Vec::new(),
+        };
+        let mut built = built.into_iter();
+        for s in &plan.sessions {
+            let rebuild = args.force || matches!(s.status, Status::Miss);
+            if !rebuild {
+                let Status::Hit { digest } = &s.status else {
+                    unreachable!()
+                };
+                printer.info(format!(
+                    "{}: hit {}@{digest}",
+                    s.config.name,
+                    s.image.whole()
+                ));
+                let (layer, seconds) = hit_layers
+                    .remove(&s.config.name)
+                    .expect("every hit's layer was fetched first");
+                for d in &layer.descriptors {
+                    out.remote.insert(d.digest.clone(), s.image.clone());
+                }
+                out.results
+                    .push(SessionResult::hit(s, digest, layer.size(), seconds));
+                out.layers.push((s.venv_dir.clone(), layer));
+                continue;
+            }
+            // Misses come back in plan order; none left means a --fail-fast stop before it.
+            let Some(Some((outcome, seconds))) = built.next() else {
+                continue;
+            };
+            let layer = match outcome {
+                Ok(layer) => layer,
+                Err(e) if args.fail_fast => return Err(e),
+                // The other sessions still build and push, as nox runs every session.
+                Err(e) => {
+                    printer.error(e.to_string());
+                    let cause = e.summary();
+                    out.failed.push((s.config.name.clone(), cause.clone()));
+                    out.results.push(SessionResult {
+                        session: s.config.name.clone(),
+                        venv_dir: s.venv_dir.clone(),
+                        tag: s.tag.clone(),
+                        image: s.image.whole(),
+                        digest: None,
+                        outcome: "failed",
+                        layer_size: None,
+                        seconds,
+                        error: Some(cause),
+                        platforms: Vec::new(),
+                    });
+                    continue;
+                }
+            };
+            let img = compose_images(
+                &plan.base,
+                &[(s.venv_dir.clone(), layer.clone())],
+                config,
+                plan.complete,
+            );
+            for (digest, file) in &layer.files {
+                out.local_files.insert(digest.clone(), file.clone());
+            }
+            out.results.push(SessionResult {
+                session: s.config.name.clone(),
+                venv_dir: s.venv_dir.clone(),
+                tag: s.tag.clone(),
+                image: s.image.whole(),
+                digest: Some(img.manifest_digest.clone()),
+                outcome: "built",
+                layer_size: Some(layer.size()),
+                seconds,
+                error: None,
+                platforms: Vec::new(),
+            });
+            out.composed.push((s.image.clone(), img, s, layer.clone()));
+            out.layers.push((s.venv_dir.clone(), layer));
+        }
+        Ok(out)
+    }
+}
+
+/// The all-sessions image, for local use: every session's layer on one base.
+struct AllSessions {
+    reference: Reference,
+    image: ComposedImage,
+    /// Within `max_layers`: every session's layers on one base may exceed what overlay
+    /// filesystems accept; the per-session images are what CI needs, so the combined
+    /// one is then skipped, loudly.
+    fits: bool,
+    /// No session failed: only an image of every selected session is the all-sessions
+    /// image.
+    wanted: bool,
+}
+
+impl AllSessions {
+    fn compose(
+        config: &Config,
+        plan: &Plan,
+        sessions: &Sessions,
+        args: &BuildOptions,
+        printer: &Printer,
+    ) -> Result<AllSessions, Error> {
+        let reference = Reference::with_tag(
+            config.repository.resolve_registry().to_string(),
+            config.repository.repository().to_string(),
+            plan.combined_tag(),
+        );
+        let image = compose_images(&plan.base, &sessions.layers, config, plan.complete);
+        let fits = image.layers.len() <= config.max_layers;
+        let wanted = sessions.failed.is_empty();
+        if !wanted {
+            printer.warn(format!(
+                "no all-sessions image: {} of {} session(s) failed",
+                sessions.failed.len(),
+                plan.sessions.len()
+            ));
+        } else if !fits {
+            let msg = format!(
+                "the all-sessions image would have {} layers, more than max_layers ({})",
+                image.layers.len(),
+                config.max_layers
+            );
+            if !args.output.is_empty() || args.load {
+                return Err(Error::Usage(format!(
+                    "{msg}; --output/--load need it: build fewer sessions (--session) or raise max_layers"
+                )));
+            }
+            printer.warn(format!("{msg}; not pushing it"));
+        }
+        Ok(AllSessions {
+            reference,
+            image,
+            fits,
+            wanted,
+        })
+    }
+}
+
+/// Push each image built here with its SBOM, then the all-sessions image when it is not
+/// there yet; say what the push moved.
+async fn push_images(
+    config: &Config,
+    registry: &Registry,
+    plan: &Plan,
+    sessions: &Sessions<'_>,
+    all: &AllSessions,
+    printer: &Printer,
+) -> Result<(), Error> {
+    for (target, img, s, layer) in &sessions.composed {
+        let p = printer.spinner(format!("pushing {}", target.whole()));
+        push::push_image(registry, target, img, &plan.base, &sessions.local_files).await?;
+        mark_pushed(
+            registry,
+            target,
+            &img.manifest_digest,
+            img.manifest.len(),
+            printer,
+        )
+        .await;
+        push_sbom(registry, config, target, img, s, layer, printer).await?;
+        p.finish();
+        printer.info(format!("pushed {}@{}", target.whole(), img.manifest_digest));
+    }
+    // A `--session` pick's combined image is for --output/--load only: pushing it would
+    // leave a tag per pick (a CI matrix of single-session builds) that no plan ever looks
+    // up.
+    let all_exists = if all.fits && all.wanted && plan.complete {
+        registry.manifest_digest(&all.reference).await?
+    } else {
+        Some(all.image.manifest_digest.clone())
+    };
+    if all_exists.as_deref() != Some(all.image.manifest_digest.as_str()) {
+        push::push_image_from(
+            registry,
+            &all.reference,
+            &all.image,
+            &plan.base,
+            &sessions.local_files,
+            &sessions.remote,
+        )
+        .await?;
+        mark_pushed(
+            registry,
+            &all.reference,
+            &all.image.manifest_digest,
+            all.image.manifest.len(),
+            printer,
+        )
+        .await;
+        printer.info(format!(
+            "pushed the all-sessions image {}@{}",
+            all.reference.whole(),
+            all.image.manifest_digest
+        ));
+    }
+    let st = registry.stats.snapshot();
+    printer.info(format!(
+        "uploaded {} blob(s), {}; {} already present ({}); {} mounted, {} copied from the base registry; {} retried request(s)",
+        st.blobs_uploaded,
+        human_bytes(st.bytes_uploaded),
+        st.blobs_present,
+        human_bytes(st.bytes_present),
+        st.blobs_mounted,
+        st.blobs_copied,
+        crate::registry::RETRIES.load(std::sync::atomic::Ordering::Relaxed)
+    ));
+    Ok(())
+}
+
+/// `--output` and `--load` carry the all-sessions image; blobs not packed here (base
+/// layers, the layers of hits) are fetched from the registry.
+#[allow(clippy::too_many_arguments)]
+async fn write_outputs(
+    config: &Config,
+    registry: &Registry,
+    plan: &Plan,
+    sessions: &Sessions<'_>,
+    all: &AllSessions,
+    args: &BuildOptions,
+    work_path: &std::path::Path,
+    printer: &Printer,
+) -> Result<(), Error> {
+    if !all.wanted {
+        return Ok(());
+    }
+    let sources = crate::outputs::BlobSources {
+        local: &sessions.local_files,
+        base: &plan.base.reference,
+        repository: &all.reference,
+        remote: &sessions.remote,
+    };
+    for dest in &args.output {
+        crate::outputs::write_output(
+            registry,
+            dest,
+            &all.reference,
+            &all.image,
+            &sources,
+            printer,
+        )
+        .await?;
+    }
+    if args.load {
+        crate::outputs::load(
+            crate::engine::job_engine(config.builder, args.engine.as_deref())?,
+            registry,
+            &all.reference,
+            &all.image,
+            &sources,
+            work_path,
+            printer,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// When every session hits and the all-sessions tag exists (the tag is a hash of the

@@ -97,7 +97,6 @@ impl Part {
 /// `venvimg build` with more than one platform: each platform picked is built (under
 /// emulation where this machine's architecture differs), the others are looked up, and
 /// each session's index is written once every platform's image is there.
-/// Every platform picked built, the others looked up, each session's index written.
 pub(super) async fn build(
     config: &Config,
     registry: &Registry,
@@ -121,6 +120,78 @@ pub(super) async fn build(
         .find(|p| **p == config.platform)
         .unwrap_or(&picked[0])
         .clone();
+    let mut parts = build_here(config, registry, args, &picked, &local_one, printer).await?;
+
+    // The other platforms are looked up only now, after this runner's images are pushed:
+    // of two runners finishing at once, the later one to push then finds the other's
+    // images, and writes the index.
+    for p in config.platforms.iter().filter(|p| !picked.contains(p)) {
+        let plan =
+            crate::plan::make_plan(&config.for_platform(p), registry, &args.sessions).await?;
+        parts.push(Part {
+            platform: p.clone(),
+            plan,
+            built: None,
+        });
+    }
+    parts.sort_by_key(|part| config.platforms.iter().position(|p| *p == part.platform));
+    let lead = parts
+        .iter()
+        .position(|part| part.platform == local_one)
+        .expect("the platform built here is among the parts");
+    let mut results = Vec::new();
+    // Each failure with its cause, named by session and platform.
+    let failed: Vec<(String, String)> = parts
+        .iter()
+        .filter_map(|part| Some((part, part.built.as_ref()?)))
+        .flat_map(|(part, b)| {
+            b.failed
+                .iter()
+                .map(move |(s, cause)| (format!("{s} ({})", part.platform), cause.clone()))
+        })
+        .collect();
+    let mut manifests: HashMap<String, Vec<u8>> = parts
+        .iter()
+        .filter_map(|p| p.built.as_ref())
+        .flat_map(|b| b.manifests.clone())
+        .collect();
+    for s in &parts[lead].plan.sessions {
+        results.push(
+            session_index(
+                config,
+                registry,
+                args,
+                &parts,
+                lead,
+                s,
+                &mut manifests,
+                printer,
+            )
+            .await?,
+        );
+    }
+
+    let all = all_index(config, registry, &parts, lead, args, printer).await?;
+    let total = results.len() * parts.len();
+    Ok(BuildResult {
+        plan: parts.swap_remove(lead).plan,
+        results,
+        all,
+        failed,
+        total,
+    })
+}
+
+/// Each platform picked, built here (under emulation where this machine's architecture
+/// differs); `--output`/`--load` go with `local_one` only.
+async fn build_here(
+    config: &Config,
+    registry: &Registry,
+    args: &BuildOptions,
+    picked: &[Platform],
+    local_one: &Platform,
+    printer: &Printer,
+) -> Result<Vec<Part>, Error> {
     let mut parts = Vec::new();
     for p in config.platforms.iter().filter(|p| picked.contains(p)) {
         let one = config.for_platform(p);
@@ -133,7 +204,7 @@ pub(super) async fn build(
             }
         ));
         let mut a = args.clone();
-        if *p != local_one {
+        if p != local_one {
             a.output.clear();
             a.load = false;
         }
@@ -172,174 +243,144 @@ pub(super) async fn build(
         });
     }
 
-    // The other platforms are looked up only now, after this runner's images are pushed:
-    // of two runners finishing at once, the later one to push then finds the other's
-    // images, and writes the index.
-    for p in config.platforms.iter().filter(|p| !picked.contains(p)) {
-        let plan =
-            crate::plan::make_plan(&config.for_platform(p), registry, &args.sessions).await?;
-        parts.push(Part {
-            platform: p.clone(),
-            plan,
-            built: None,
+    Ok(parts)
+}
+
+/// A session's result over every platform: each platform's image, and the session's
+/// index once every platform's image is there (pushed unless `--no-push`; for hits in
+/// `trusted_repository`, found there). `manifests` caches the platform manifests read.
+#[allow(clippy::too_many_arguments)]
+async fn session_index(
+    config: &Config,
+    registry: &Registry,
+    args: &BuildOptions,
+    parts: &[Part],
+    lead: usize,
+    s: &SessionPlan,
+    manifests: &mut HashMap<String, Vec<u8>>,
+    printer: &Printer,
+) -> Result<SessionResult, Error> {
+    let name = &s.config.name;
+    let mut per = Vec::new();
+    let mut keys = Vec::new();
+    let mut entries = Vec::new();
+    let mut complete = true;
+    for part in parts {
+        let Some(ps) = part.plan.sessions.iter().find(|x| x.config.name == *name) else {
+            complete = false;
+            continue;
+        };
+        keys.push((part.platform.to_string(), ps.key.clone()));
+        let (image, digest, outcome) = part.image_of(ps);
+        per.push(PlatformResult {
+            platform: part.platform.to_string(),
+            tag: ps.tag.clone(),
+            image: image.whole(),
+            digest: digest.clone(),
+            outcome,
         });
-    }
-    parts.sort_by_key(|part| config.platforms.iter().position(|p| *p == part.platform));
-    let lead = parts
-        .iter()
-        .position(|part| part.platform == local_one)
-        .expect("the platform built here is among the parts");
-    let mut results = Vec::new();
-    // Each failure with its cause, named by session and platform.
-    let failed: Vec<(String, String)> = parts
-        .iter()
-        .filter_map(|part| Some((part, part.built.as_ref()?)))
-        .flat_map(|(part, b)| {
-            b.failed
-                .iter()
-                .map(move |(s, cause)| (format!("{s} ({})", part.platform), cause.clone()))
-        })
-        .collect();
-    let mut manifests: HashMap<String, Vec<u8>> = parts
-        .iter()
-        .filter_map(|p| p.built.as_ref())
-        .flat_map(|b| b.manifests.clone())
-        .collect();
-    for s in &parts[lead].plan.sessions {
-        let name = &s.config.name;
-        let mut per = Vec::new();
-        let mut keys = Vec::new();
-        let mut entries = Vec::new();
-        let mut complete = true;
-        for part in &parts {
-            let Some(ps) = part.plan.sessions.iter().find(|x| x.config.name == *name) else {
-                complete = false;
-                continue;
-            };
-            keys.push((part.platform.to_string(), ps.key.clone()));
-            let (image, digest, outcome) = part.image_of(ps);
-            per.push(PlatformResult {
-                platform: part.platform.to_string(),
-                tag: ps.tag.clone(),
-                image: image.whole(),
-                digest: digest.clone(),
-                outcome,
-            });
-            let Some(digest) = digest else {
-                complete = false;
-                continue;
-            };
-            let manifest = match manifests.get(&digest) {
-                Some(m) => m.clone(),
-                None => match &ps.hit_manifest {
-                    Some(m) if matches!(&ps.status, Status::Hit { digest: d } if *d == digest) => {
-                        m.to_vec()
-                    }
-                    _ => fetch_manifest(registry, &image, &digest).await?,
-                },
-            };
-            manifests.insert(digest.clone(), manifest.clone());
-            entries.push((
-                image,
-                IndexEntry {
-                    platform: part.platform.clone(),
-                    manifest,
-                },
-            ));
-        }
-        let tag = index_tag(&s.venv_dir, &keys);
-        let own = at_tag(&config.repository, &tag);
-        let mut index_ref = own.clone();
-        let mut index_digest = None;
-        let any_failed = per.iter().any(|p| p.outcome == "failed");
-        if complete {
-            let bytes = platform_index(
-                &entries.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
-                name,
-            );
-            let digest = crate::model::Digest::of(&bytes).into_string();
-            let all_own = entries.iter().all(|(r, _)| {
-                r.repository() == config.repository.repository()
-                    && r.resolve_registry() == config.repository.resolve_registry()
-            });
-            if all_own {
-                if !args.no_push
-                    && registry.manifest_digest(&own).await?.as_deref() != Some(&digest)
-                {
-                    registry.push_index(&own, bytes).await?;
-                    printer.info(format!("pushed the index {}@{digest}", own.whole()));
+        let Some(digest) = digest else {
+            complete = false;
+            continue;
+        };
+        let manifest = match manifests.get(&digest) {
+            Some(m) => m.clone(),
+            None => match &ps.hit_manifest {
+                Some(m) if matches!(&ps.status, Status::Hit { digest: d } if *d == digest) => {
+                    m.to_vec()
                 }
+                _ => fetch_manifest(registry, &image, &digest).await?,
+            },
+        };
+        manifests.insert(digest.clone(), manifest.clone());
+        entries.push((
+            image,
+            IndexEntry {
+                platform: part.platform.clone(),
+                manifest,
+            },
+        ));
+    }
+    let tag = index_tag(&s.venv_dir, &keys);
+    let own = at_tag(&config.repository, &tag);
+    let mut index_ref = own.clone();
+    let mut index_digest = None;
+    let any_failed = per.iter().any(|p| p.outcome == "failed");
+    if complete {
+        let bytes = platform_index(
+            &entries.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
+            name,
+        );
+        let digest = crate::model::Digest::of(&bytes).into_string();
+        let all_own = entries.iter().all(|(r, _)| {
+            r.repository() == config.repository.repository()
+                && r.resolve_registry() == config.repository.resolve_registry()
+        });
+        if all_own {
+            if !args.no_push && registry.manifest_digest(&own).await?.as_deref() != Some(&digest) {
+                registry.push_index(&own, bytes).await?;
+                printer.info(format!("pushed the index {}@{digest}", own.whole()));
+            }
+            index_digest = Some(digest);
+        } else {
+            // Every platform a hit in `trusted_repository:`: its index is there too
+            // when the protected branch assembled it.
+            let at = at_tag(&entries[0].0, &tag);
+            if registry.manifest_digest(&at).await?.as_deref() == Some(&digest) {
+                index_ref = at;
                 index_digest = Some(digest);
             } else {
-                // Every platform a hit in `trusted_repository:`: its index is there too
-                // when the protected branch assembled it.
-                let at = at_tag(&entries[0].0, &tag);
-                if registry.manifest_digest(&at).await?.as_deref() == Some(&digest) {
-                    index_ref = at;
-                    index_digest = Some(digest);
-                } else {
-                    printer.warn(format!(
-                        "{name}: no index: its platforms' images are in different repositories ({}); run the build in one of them",
-                        entries
-                            .iter()
-                            .map(|(r, _)| r.whole())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ));
-                }
+                printer.warn(format!(
+                    "{name}: no index: its platforms' images are in different repositories ({}); run the build in one of them",
+                    entries
+                        .iter()
+                        .map(|(r, _)| r.whole())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
             }
-        } else if !any_failed {
-            let waiting: Vec<&str> = per
-                .iter()
-                .filter(|p| p.digest.is_none())
-                .map(|p| p.platform.as_str())
-                .collect();
-            printer.info(format!(
-                "{name}: the index waits for {} (run `venvimg build --platform P` where P runs)",
-                waiting.join(", ")
-            ));
         }
-        let outcome = if any_failed {
-            "failed"
-        } else if index_digest.is_none() {
-            "incomplete"
-        } else if per.iter().any(|p| p.outcome == "built") {
-            "built"
-        } else {
-            "hit"
-        };
-        let built_here: Vec<&SessionResult> = parts
+    } else if !any_failed {
+        let waiting: Vec<&str> = per
             .iter()
-            .filter_map(|p| p.built.as_ref())
-            .flat_map(|b| b.results.iter().filter(|r| r.session == *name))
+            .filter(|p| p.digest.is_none())
+            .map(|p| p.platform.as_str())
             .collect();
-        let lead_result = parts[lead]
-            .built
-            .as_ref()
-            .and_then(|b| b.results.iter().find(|r| r.session == *name));
-        results.push(SessionResult {
-            session: name.clone(),
-            venv_dir: s.venv_dir.clone(),
-            tag,
-            image: index_ref.whole(),
-            digest: index_digest,
-            outcome,
-            layer_size: lead_result.and_then(|r| r.layer_size),
-            seconds: built_here.iter().map(|r| r.seconds).sum(),
-            // The first platform's failure (each is in `platforms` and the summary).
-            error: built_here.iter().find_map(|r| r.error.clone()),
-            platforms: per,
-        });
+        printer.info(format!(
+            "{name}: the index waits for {} (run `venvimg build --platform P` where P runs)",
+            waiting.join(", ")
+        ));
     }
-
-    let all = all_index(config, registry, &parts, lead, args, printer).await?;
-    let total = results.len() * parts.len();
-    Ok(BuildResult {
-        plan: parts.swap_remove(lead).plan,
-        results,
-        all,
-        failed,
-        total,
+    let outcome = if any_failed {
+        "failed"
+    } else if index_digest.is_none() {
+        "incomplete"
+    } else if per.iter().any(|p| p.outcome == "built") {
+        "built"
+    } else {
+        "hit"
+    };
+    let built_here: Vec<&SessionResult> = parts
+        .iter()
+        .filter_map(|p| p.built.as_ref())
+        .flat_map(|b| b.results.iter().filter(|r| r.session == *name))
+        .collect();
+    let lead_result = parts[lead]
+        .built
+        .as_ref()
+        .and_then(|b| b.results.iter().find(|r| r.session == *name));
+    Ok(SessionResult {
+        session: name.clone(),
+        venv_dir: s.venv_dir.clone(),
+        tag,
+        image: index_ref.whole(),
+        digest: index_digest,
+        outcome,
+        layer_size: lead_result.and_then(|r| r.layer_size),
+        seconds: built_here.iter().map(|r| r.seconds).sum(),
+        // The first platform's failure (each is in `platforms` and the summary).
+        error: built_here.iter().find_map(|r| r.error.clone()),
+        platforms: per,
     })
 }
 

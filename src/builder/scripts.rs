@@ -118,7 +118,7 @@ impl<'a> ScriptRunner<'a> {
                 &self.ws.envdir_host,
                 &self.ws.venv_host,
             )?;
-            let _ = std::fs::remove_file(self.ws.out_dir.join(script::RECORD_FILE));
+            let _ = fs_err::remove_file(self.ws.out_dir.join(script::RECORD_FILE));
             outcome = self.run("build.sh", &log)?;
         }
         self.check(&outcome, &log)
@@ -176,7 +176,7 @@ impl<'a> ScriptRunner<'a> {
                     config.workdir
                 ));
                 let script = self.ws.hook_dir.join("editable.sh");
-                std::fs::write(
+                fs_err::write(
                     &script,
                     script::render_editable(
                         &config.envdir,

@@ -221,7 +221,7 @@ pub(super) fn what_the_build_read(
         .into());
     };
     let workdir = match config.builder {
-        BuilderKind::Local => std::fs::canonicalize(&config.project_dir)
+        BuilderKind::Local => fs_err::canonicalize(&config.project_dir)
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| config.workdir.clone()),
         _ => config.workdir.clone(),

@@ -115,7 +115,7 @@ pub(super) fn parallel_jobs(flag: Option<u16>, builder: BuilderKind, misses: usi
 
 /// MemAvailable from /proc/meminfo, in whole GiB.
 pub(super) fn available_memory_gib() -> Option<usize> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let text = fs_err::read_to_string("/proc/meminfo").ok()?;
     let kib: usize = text
         .lines()
         .find_map(|l| l.strip_prefix("MemAvailable:"))?
@@ -150,7 +150,7 @@ impl Workspace {
         printer: &dyn Reporter,
     ) -> Result<Workspace, Error> {
         let dir = work.join(&s.venv_dir);
-        std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        fs_err::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let envdir_host = match config.builder {
             BuilderKind::Local => PathBuf::from(&config.envdir),
             _ => dir.join("envdir"),
@@ -176,7 +176,7 @@ impl Workspace {
         let hook_dir = dir.join("hook");
         let out_dir = dir.join("out");
         for d in [&hook_dir, &out_dir] {
-            std::fs::create_dir_all(d).map_err(io_err(format!("creating {}", d.display())))?;
+            fs_err::create_dir_all(d).map_err(io_err(format!("creating {}", d.display())))?;
         }
         crate::python::hook::write_files(&hook_dir, None).map_err(io_err(format!(
             "writing the hook into {}",
@@ -186,7 +186,7 @@ impl Workspace {
             use std::os::unix::fs::PermissionsExt;
             // The container's user writes the record; the 0700 build folder keeps others
             // out.
-            std::fs::set_permissions(
+            fs_err::set_permissions(
                 &out_dir,
                 std::fs::Permissions::from_mode(crate::cancel::CONTAINER_OUT_MODE),
             )
@@ -201,7 +201,7 @@ impl Workspace {
             build: s.config.build,
             posargs: &s.config.posargs,
         });
-        std::fs::write(&script_path, script)
+        fs_err::write(&script_path, script)
             .map_err(io_err(format!("writing {}", script_path.display())))?;
         Ok(Workspace {
             dir,
@@ -218,12 +218,12 @@ impl Workspace {
 /// The local builder works on the project in place, which must be at `workdir` (editable
 /// installs record that path).
 pub(super) fn local_project_dir(config: &Config) -> Result<PathBuf, Error> {
-    let here = std::fs::canonicalize(&config.project_dir).map_err(io_err(format!(
+    let here = fs_err::canonicalize(&config.project_dir).map_err(io_err(format!(
         "resolving {}",
         config.project_dir.display()
     )))?;
     let want =
-        std::fs::canonicalize(&config.workdir).unwrap_or_else(|_| PathBuf::from(&config.workdir));
+        fs_err::canonicalize(&config.workdir).unwrap_or_else(|_| PathBuf::from(&config.workdir));
     if here != want {
         return Err(BuildError::Local {
             message: format!(
@@ -285,7 +285,7 @@ pub(super) fn lock_envdir(
     printer: &dyn Reporter,
 ) -> Result<crate::outputs::layout::LayoutLock, Error> {
     use crate::outputs::layout::LayoutLock;
-    std::fs::create_dir_all(envdir).map_err(io_err(format!("creating {}", envdir.display())))?;
+    fs_err::create_dir_all(envdir).map_err(io_err(format!("creating {}", envdir.display())))?;
     if let Some(lock) = LayoutLock::try_acquire(envdir)? {
         return Ok(lock);
     }
@@ -297,7 +297,7 @@ pub(super) fn lock_envdir(
 }
 
 pub(super) fn prepare_envdir(kind: BuilderKind, envdir: &Path, venv: &Path) -> Result<(), Error> {
-    std::fs::create_dir_all(envdir).map_err(io_err(format!("creating {}", envdir.display())))?;
+    fs_err::create_dir_all(envdir).map_err(io_err(format!("creating {}", envdir.display())))?;
     if venv.exists() {
         if kind == BuilderKind::Local && !venv.join("pyvenv.cfg").is_file() {
             return Err(BuildError::Local {
@@ -308,7 +308,7 @@ pub(super) fn prepare_envdir(kind: BuilderKind, envdir: &Path, venv: &Path) -> R
             }
             .into());
         }
-        std::fs::remove_dir_all(venv).map_err(io_err(format!("removing {}", venv.display())))?;
+        fs_err::remove_dir_all(venv).map_err(io_err(format!("removing {}", venv.display())))?;
     }
     Ok(())
 }

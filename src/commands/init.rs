@@ -76,7 +76,7 @@ fn yaml_scalar(s: &str) -> String {
 /// path down when it is above.
 fn relative_root(config_dir: &Path, project: &Path) -> Result<Option<String>, Error> {
     let canon = |p: &Path| {
-        std::fs::canonicalize(p)
+        fs_err::canonicalize(p)
             .map_err(|e| Error::Usage(format!("{}: {e}; create the folder first", p.display())))
     };
     let (c, p) = (canon(config_dir)?, canon(project)?);

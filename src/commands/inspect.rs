@@ -2,8 +2,8 @@
 //! inputs, python, base, layer sizes and installed packages — read from a registry, an
 //! OCI layout, an OCI archive or a docker archive.
 
+use fs_err::{self as fs, File};
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File};
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 

@@ -8,7 +8,7 @@ pub mod script;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use crate::config::{BuilderKind, Config};
 use crate::error::Error;
@@ -192,7 +192,7 @@ pub fn run(job: &BuildJob, printer: &dyn Reporter) -> std::io::Result<BuildOutco
         argv.join(" "),
         env.keys().cloned().collect::<Vec<_>>().join(" ")
     ));
-    let mut cmd = Command::new(&argv[0]);
+    let mut cmd = crate::process::command(&argv[0]);
     cmd.args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -342,14 +342,14 @@ pub fn run_hook_plan(
     let tmp = crate::cancel::tempdir("plan").map_err(|e| io("creating a temp folder", e))?;
     let hook_dir = tmp.path().join("hook");
     let out_dir = tmp.path().join("out");
-    std::fs::create_dir(&hook_dir).map_err(|e| io("creating the hook folder", e))?;
-    std::fs::create_dir(&out_dir).map_err(|e| io("creating the output folder", e))?;
+    fs_err::create_dir(&hook_dir).map_err(|e| io("creating the hook folder", e))?;
+    fs_err::create_dir(&out_dir).map_err(|e| io("creating the output folder", e))?;
     hook::write_files(&hook_dir, Some(spec)).map_err(|e| io("writing the hook", e))?;
     {
         use std::os::unix::fs::PermissionsExt;
         // The container's user (root, or the image's USER) writes here; the 0700 temp
         // folder around it keeps everyone else out.
-        std::fs::set_permissions(
+        fs_err::set_permissions(
             &out_dir,
             std::fs::Permissions::from_mode(crate::cancel::CONTAINER_OUT_MODE),
         )
@@ -360,7 +360,7 @@ pub fn run_hook_plan(
     let mut container: Option<crate::cancel::ContainerGuard> = None;
     let (mut cmd, seen_workdir) = match place.kind {
         BuilderKind::Local => {
-            let mut c = Command::new("/bin/sh");
+            let mut c = crate::process::command("/bin/sh");
             c.arg(hook_dir.join(hook::LAUNCHER_FILE))
                 .arg("plan")
                 .arg(hook_dir.join(hook::SPEC_FILE))
@@ -375,7 +375,7 @@ pub fn run_hook_plan(
             (c, abs.display().to_string())
         }
         BuilderKind::Podman | BuilderKind::Docker => {
-            let mut c = Command::new(place.kind.as_str());
+            let mut c = crate::process::command(place.kind.as_str());
             c.args(["run", "--rm", "--network", "none", "--pull=missing"])
                 .arg(format!(
                     "--name={}",
@@ -460,7 +460,7 @@ pub fn engine_available(kind: BuilderKind) -> bool {
         BuilderKind::Local => "nox",
         other => other.as_str(),
     };
-    Command::new(program)
+    crate::process::command(program)
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -646,7 +646,9 @@ pub fn run_job(job: &JobRun, printer: &dyn Reporter) -> std::io::Result<i32> {
     let argv = job_command_line(job, &name, interactive, uid, gid);
     printer.verbose(format!("$ {}", argv.join(" ")));
     let _guard = crate::cancel::ContainerGuard::named(job.engine.as_str(), &name);
-    let status = Command::new(&argv[0]).args(&argv[1..]).status()?;
+    let status = crate::process::command(&argv[0])
+        .args(&argv[1..])
+        .status()?;
     // A container killed by a signal has no code: the shell's convention, 128 + signal.
     Ok(status.code().unwrap_or_else(|| {
         use std::os::unix::process::ExitStatusExt;
@@ -658,7 +660,7 @@ pub fn run_job(job: &JobRun, printer: &dyn Reporter) -> std::io::Result<i32> {
 /// if `docker --version` does; None when neither runs.
 pub fn installed_engine() -> Option<BuilderKind> {
     let works = |program: &str| {
-        Command::new(program)
+        crate::process::command(program)
             .arg("--version")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -678,7 +680,7 @@ pub fn installed_engine() -> Option<BuilderKind> {
 /// when it cannot (see [`unmountable`]), an I/O error naming the folder when it does not
 /// resolve. Every command checks here before it plans or starts a container.
 pub fn mountable_checkout(engine: BuilderKind, dir: &Path) -> Result<PathBuf, Error> {
-    let abs = std::fs::canonicalize(dir).map_err(|source| Error::Io {
+    let abs = fs_err::canonicalize(dir).map_err(|source| Error::Io {
         path: dir.to_path_buf(),
         source,
     })?;
@@ -723,7 +725,7 @@ pub fn unmountable(engine: BuilderKind, path: &Path) -> Option<String> {
 /// The Docker daemon's version (`docker version`), as (major, minor); None when it does
 /// not answer.
 pub fn docker_server_version() -> Option<(u32, u32)> {
-    let out = Command::new("docker")
+    let out = crate::process::command("docker")
         .args(["version", "--format", "{{.Server.Version}}"])
         .stdin(Stdio::null())
         .stderr(Stdio::null())

@@ -23,8 +23,8 @@ mod digest;
 mod tar_writer;
 mod walk;
 
+use fs_err::{self as fs, File};
 use std::collections::HashMap;
-use std::fs::{self, File};
 use std::io::{self, BufWriter};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;

@@ -5,8 +5,8 @@
 //! The writers here take an image whose blobs are all files on this machine
 //! ([`ImageFiles`]); fetching the blobs that are not is the caller's job.
 
+use fs_err::{self as fs, File};
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -367,7 +367,7 @@ impl LayoutLock {
     }
 
     fn open(dir: &Path) -> Result<(File, PathBuf), OutputError> {
-        use std::os::unix::fs::OpenOptionsExt;
+        use fs_err::os::unix::fs::OpenOptionsExt;
         let path = dir.join(LOCK_FILE);
         // Never through a symlink: the lock file is created here or is a file here.
         let file = fs::OpenOptions::new()
@@ -394,9 +394,9 @@ fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
 }
 
 /// Temporary files are 0600; what we leave behind is 0644, like any other tool's output.
-pub fn set_file_mode(file: &File, mode: u32) -> io::Result<()> {
+pub fn set_file_mode(file: &std::fs::File, mode: u32) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    file.set_permissions(fs::Permissions::from_mode(mode))
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
 }
 
 /// The blobs `oci:DIR` must hold besides the layers: manifest and config, by hex.

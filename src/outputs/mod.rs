@@ -5,8 +5,8 @@
 
 pub mod layout;
 
+use fs_err as fs;
 use std::collections::HashMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use futures_util::{StreamExt, TryStreamExt};
@@ -530,7 +530,7 @@ pub async fn load(
     let dest = format!("docker-archive:{}", archive.display());
     write_output(registry, &dest, reference, image, sources, printer).await?;
     let progress = printer.spinner(format!("loading {} into {program}", reference.whole()));
-    let out = tokio::process::Command::new(program)
+    let out = crate::process::async_command(program)
         .arg("load")
         .arg("-i")
         .arg(&archive)

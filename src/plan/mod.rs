@@ -514,7 +514,7 @@ pub fn project_files_digest(dir: &Path) -> Result<String, Error> {
     let mut h = Sha256::new();
     for rel in files {
         let path = dir.join(&rel);
-        let meta = match std::fs::symlink_metadata(&path) {
+        let meta = match fs_err::symlink_metadata(&path) {
             Ok(m) => m,
             // Tracked but deleted in the work tree: that is a change too.
             Err(_) => {
@@ -529,7 +529,7 @@ pub fn project_files_digest(dir: &Path) -> Result<String, Error> {
             let d = sha256_file(&path).map_err(|source| Error::Io { path, source })?;
             h.update(d.as_bytes());
         } else if meta.file_type().is_symlink() {
-            let t = std::fs::read_link(&path).map_err(|source| Error::Io { path, source })?;
+            let t = fs_err::read_link(&path).map_err(|source| Error::Io { path, source })?;
             h.update(b"link:");
             h.update(t.to_string_lossy().as_bytes());
         }
@@ -539,7 +539,7 @@ pub fn project_files_digest(dir: &Path) -> Result<String, Error> {
 }
 
 fn git_tracked_files(dir: &Path) -> Option<Vec<PathBuf>> {
-    let out = std::process::Command::new("git")
+    let out = crate::process::command("git")
         .arg("-C")
         .arg(dir)
         .args([
@@ -580,7 +580,7 @@ const NEVER_SOURCE: &[&str] = &[
 ];
 
 fn walk_project(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(root.join(rel))? {
+    for entry in fs_err::read_dir(root.join(rel))? {
         let entry = entry?;
         let name = entry.file_name();
         let name_s = name.to_string_lossy();

@@ -75,7 +75,7 @@ pub fn tag(key: &str) -> String {
 
 /// The state of a project path now, as a check records it.
 fn state_of(host: &Path) -> String {
-    match std::fs::metadata(host) {
+    match fs_err::metadata(host) {
         Err(_) => "absent".into(),
         Ok(m) if m.is_dir() => "dir".into(),
         Ok(m) if m.is_file() => "file".into(),
@@ -84,9 +84,9 @@ fn state_of(host: &Path) -> String {
 }
 
 fn file_digest(host: &Path) -> String {
-    match std::fs::symlink_metadata(host) {
+    match fs_err::symlink_metadata(host) {
         Err(_) => super::inputs::ABSENT.into(),
-        Ok(_) => std::fs::canonicalize(host)
+        Ok(_) => fs_err::canonicalize(host)
             .ok()
             .and_then(|p| untrusted::sha256(&p).ok())
             .unwrap_or_else(|| "unreadable".into()),
@@ -94,7 +94,7 @@ fn file_digest(host: &Path) -> String {
 }
 
 fn listing_digest(host: &Path) -> String {
-    let mut names: Vec<String> = match std::fs::read_dir(host) {
+    let mut names: Vec<String> = match fs_err::read_dir(host) {
         Ok(rd) => rd
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())

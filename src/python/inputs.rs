@@ -204,12 +204,12 @@ impl<'c, 'a> State<'c, 'a> {
     /// A project file on this machine, refusing a symlink that leaves the project: its
     /// real path, or `None` when it does not exist (or is a folder).
     fn real_project_file(&self, rel: &str, host: &Path) -> Result<Option<PathBuf>, InputError> {
-        match std::fs::symlink_metadata(host) {
+        match fs_err::symlink_metadata(host) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io(host, e)),
         }
-        let real = std::fs::canonicalize(host).map_err(|e| self.io(host, e))?;
+        let real = fs_err::canonicalize(host).map_err(|e| self.io(host, e))?;
         if !real.starts_with(&self.project_real) {
             return Err(
                 self.outside_error(&real.display().to_string(), &format!("{rel} (a symlink)"))
@@ -269,7 +269,7 @@ impl<'c, 'a> State<'c, 'a> {
     ) -> Result<Option<Vec<u8>>, InputError> {
         let rel = join_rel(rel_dir, name);
         let host = self.ctx.project_dir.join(&rel);
-        if std::fs::symlink_metadata(&host).is_err() {
+        if fs_err::symlink_metadata(&host).is_err() {
             return Ok(None);
         }
         self.key_file(&rel, &host, via)
@@ -324,7 +324,7 @@ impl<'c, 'a> State<'c, 'a> {
                     self.project_dir_inputs(&rel, via, specs)?;
                 }
                 Role::FindLinks => {
-                    let Ok(rd) = std::fs::read_dir(&host) else {
+                    let Ok(rd) = fs_err::read_dir(&host) else {
                         self.key_file_as(&rel, &host, via, false)?;
                         return Ok(());
                     };
@@ -955,7 +955,7 @@ pub fn derive(
     module: &[Event],
     session: &SessionEvents,
 ) -> Result<Derived, InputError> {
-    let project_real = std::fs::canonicalize(ctx.project_dir).map_err(|source| InputError::Io {
+    let project_real = fs_err::canonicalize(ctx.project_dir).map_err(|source| InputError::Io {
         session: ctx.session.to_string(),
         path: ctx.project_dir.to_path_buf(),
         source,
@@ -1105,9 +1105,9 @@ pub fn derive(
 /// the recorded digest, else what it has now.
 pub fn changed(project_dir: &Path, file: &InputFile) -> Option<String> {
     let host = project_dir.join(&file.path);
-    let now = match std::fs::symlink_metadata(&host) {
+    let now = match fs_err::symlink_metadata(&host) {
         Err(_) => ABSENT.to_string(),
-        Ok(_) => match std::fs::canonicalize(&host)
+        Ok(_) => match fs_err::canonicalize(&host)
             .ok()
             .and_then(|p| untrusted::sha256(&p).ok())
         {

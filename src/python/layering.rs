@@ -286,14 +286,14 @@ fn inside(site_packages: &Path, path: &Path) -> Option<PathBuf> {
 /// there either).
 fn size_in_venv(venv: &Path, rel: &Path) -> Option<u64> {
     let p = join_inside(venv, rel).ok()?;
-    let m = std::fs::symlink_metadata(p).ok()?;
+    let m = fs_err::symlink_metadata(p).ok()?;
     (!m.is_dir()).then_some(m.len())
 }
 
 /// Every file under the folder `rel` of the venv, into `files`; symlinks are listed,
 /// not followed.
 fn walk_files(venv: &Path, rel: &Path, files: &mut BTreeSet<PathBuf>) -> std::io::Result<()> {
-    for e in std::fs::read_dir(venv.join(rel))? {
+    for e in fs_err::read_dir(venv.join(rel))? {
         let e = e?;
         let p = rel.join(e.file_name());
         if e.file_type()?.is_dir() {
@@ -328,7 +328,7 @@ fn add_bytecode(venv: &Path, files: &mut BTreeSet<PathBuf>) {
         if untrusted::check_dir(&real).is_err() {
             continue;
         }
-        let Ok(rd) = std::fs::read_dir(&real) else {
+        let Ok(rd) = fs_err::read_dir(&real) else {
             continue;
         };
         for e in rd.flatten() {

@@ -30,8 +30,8 @@ pub enum LockState {
 /// `None` when the project has no uv.lock.
 pub fn check(project_dir: &Path) -> Option<LockState> {
     let lock_path = project_dir.join("uv.lock");
-    let lock = std::fs::read_to_string(&lock_path).ok()?;
-    let pyproject = match std::fs::read_to_string(project_dir.join("pyproject.toml")) {
+    let lock = fs_err::read_to_string(&lock_path).ok()?;
+    let pyproject = match fs_err::read_to_string(project_dir.join("pyproject.toml")) {
         Ok(p) => p,
         Err(e) => return Some(LockState::Unchecked(format!("pyproject.toml: {e}"))),
     };

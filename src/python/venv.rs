@@ -93,8 +93,8 @@ pub fn read_facts(venv: &Path) -> Result<VenvFacts, VenvError> {
         .unwrap_or_default();
     let py = venv.join("bin/python");
     // The link itself is read, never what it points at.
-    let interpreter = match std::fs::symlink_metadata(&py) {
-        Ok(m) if m.file_type().is_symlink() => std::fs::read_link(&py)
+    let interpreter = match fs_err::symlink_metadata(&py) {
+        Ok(m) if m.file_type().is_symlink() => fs_err::read_link(&py)
             .map(|t| t.to_string_lossy().into_owned())
             .unwrap_or_default(),
         Ok(_) => "bin/python".into(),
@@ -168,7 +168,7 @@ pub fn dist_info_dirs(venv: &Path) -> Result<Vec<PathBuf>, VenvError> {
     let mut out = Vec::new();
     for sp in site_packages_dirs(venv)? {
         let dir = venv.join(&sp);
-        let entries = std::fs::read_dir(&dir).map_err(|source| VenvError::Io {
+        let entries = fs_err::read_dir(&dir).map_err(|source| VenvError::Io {
             path: dir.clone(),
             source,
         })?;
@@ -205,7 +205,7 @@ pub fn site_packages_dirs(venv: &Path) -> Result<Vec<PathBuf>, Refused> {
             Err(Refusal::Symlink) if lib == Path::new("lib64") => continue,
             Err(reason) => return Err(refused(lib)(reason)),
         }
-        let Ok(rd) = std::fs::read_dir(venv.join(lib)) else {
+        let Ok(rd) = fs_err::read_dir(venv.join(lib)) else {
             continue;
         };
         for e in rd.flatten() {

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use base64::Engine;
 use oci_client::secrets::RegistryAuth;
@@ -195,7 +195,7 @@ pub fn lookup(
     }
     let files = auth_files();
     for file in &files {
-        let text = match std::fs::read_to_string(file) {
+        let text = match fs_err::read_to_string(file) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
@@ -331,7 +331,7 @@ fn run_helper(
     warn: &mut dyn FnMut(String),
 ) -> Option<Credential> {
     let program = format!("docker-credential-{name}");
-    let child = Command::new(&program)
+    let child = crate::process::command(&program)
         .arg("get")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

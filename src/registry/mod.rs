@@ -432,7 +432,7 @@ impl Registry {
             ca_files.push(f.into());
         }
         for f in &ca_files {
-            let data = std::fs::read(f).map_err(|source| RegistryError::Io {
+            let data = fs_err::read(f).map_err(|source| RegistryError::Io {
                 path: f.clone(),
                 source,
             })?;

@@ -1,5 +1,7 @@
 //! venvimg's integration tests: one binary, one module per area, against the real
 //! registry, podman, docker, nox and uv (`tests/support/testenv.sh up` brings them up).
+// Tests start programs and write fixtures with std: clippy.toml's rules are for src/.
+#![allow(clippy::disallowed_methods)]
 
 #[path = "../support/mod.rs"]
 mod support;

@@ -354,7 +354,7 @@ fn write_gitlab_child(
     let registry = config.repository.resolve_registry();
     let gitlab_registry = std::env::var("CI_REGISTRY").is_ok_and(|r| r == registry);
     let text = report.gitlab_child(config_arg.as_deref(), gitlab_registry);
-    std::fs::write(file, text).map_err(|source| Error::Io {
+    fs_err::write(file, text).map_err(|source| Error::Io {
         path: file.to_path_buf(),
         source,
     })?;
@@ -370,7 +370,7 @@ fn is_current_dir(dir: Option<&std::path::Path>) -> bool {
     match dir {
         None => true,
         Some(d) if d.as_os_str().is_empty() => true,
-        Some(d) => match (std::fs::canonicalize(d), std::env::current_dir()) {
+        Some(d) => match (fs_err::canonicalize(d), std::env::current_dir()) {
             (Ok(a), Ok(b)) => a == b,
             _ => false,
         },

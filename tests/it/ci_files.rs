@@ -79,7 +79,7 @@ fn actionlint_program() -> String {
 #[test]
 fn every_workflow_passes_actionlint() {
     let files = workflow_files();
-    for expected in ["ci.yml", "example-venvimg.yml", "release.yml"] {
+    for expected in ["ci.yml", "docs.yml", "example-venvimg.yml", "release.yml"] {
         assert!(
             files
                 .iter()

@@ -311,7 +311,7 @@ mod tests {
             "{}",
             err.message
         );
-        // ...and the setting is what act's README line passes.
+        // ...and the setting is what the act line of docs/content/guide/local-runs.md passes.
         assert_eq!(
             path(&[
                 ("ACT", "true"),

@@ -976,7 +976,7 @@ fn syntax_message(e: &serde_yaml::Error) -> String {
     }
     if msg.contains("unknown field") {
         msg.push_str(
-            "\n  hint: check the spelling against the configuration reference in the README",
+            "\n  hint: check the spelling against the configuration reference, docs/content/reference/config.md",
         );
     }
     msg

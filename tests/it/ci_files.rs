@@ -79,7 +79,7 @@ fn actionlint_program() -> String {
 #[test]
 fn every_workflow_passes_actionlint() {
     let files = workflow_files();
-    for expected in ["ci.yml", "example-venvimg.yml", "release.yml"] {
+    for expected in ["ci.yml", "docs.yml", "example-venvimg.yml", "release.yml"] {
         assert!(
             files
                 .iter()
@@ -239,8 +239,8 @@ fn example_pipeline_passes_each_session_image_to_its_job() {
     );
     assert_eq!(tag, format!("v{}", env!("CARGO_PKG_VERSION")));
     let action = load(&action_file());
-    // Main's credentials, except on pull requests: those get their own (README "Trust
-    // scopes"), and their images go to their own repository.
+    // Main's credentials, except on pull requests: those get their own (trust scopes,
+    // docs/content/guide/trust-scopes.md), and their images go to their own repository.
     for (input, var) in [
         ("registry-username", "USERNAME"),
         ("registry-password", "PASSWORD"),
@@ -999,7 +999,8 @@ fn no_description_of_the_action_holds_an_expression() {
     assert!(found.is_empty(), "expressions in descriptions: {found:#?}");
 }
 
-/// Every `run:` of the shipped workflows and of the README's YAML snippets gets its
+/// Every `run:` of the shipped workflows and of the YAML snippets of the README and the
+/// documentation (docs/) gets its
 /// `${{ }}` values through `env:`: a value a pull request controls (a session name from
 /// the noxfile) never becomes shell code.
 #[test]
@@ -1024,20 +1025,33 @@ fn no_run_script_of_the_examples_splices_an_expression() {
     for file in workflow_files() {
         collect(&load(&file), &file.display().to_string(), &mut scripts);
     }
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    // The README and every page of the documentation site.
+    let mut pages = vec![root().join("README.md")];
+    pages.extend(
+        walkdir(&root().join("docs"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "md"))
+            // the built site (docs/site/, ignored by git) is not a source
+            .filter(|p| !p.starts_with(root().join("docs/site"))),
+    );
     let mut n = 0;
-    for block in readme.split("```yaml\n").skip(1) {
-        let block = block.split("```").next().unwrap();
-        let doc: Value = serde_yaml::from_str(block)
-            .unwrap_or_else(|e| panic!("README yaml block does not parse ({e}):\n{block}"));
-        collect(&doc, "README.md", &mut scripts);
-        n += 1;
+    for page in &pages {
+        let whence = page.strip_prefix(root()).unwrap().display().to_string();
+        let text = std::fs::read_to_string(page).unwrap();
+        for block in text.split("```yaml\n").skip(1) {
+            let block = block.split("```").next().unwrap();
+            let doc: Value = serde_yaml::from_str(block).unwrap_or_else(|e| {
+                panic!("{whence}: a yaml block does not parse ({e}):\n{block}")
+            });
+            collect(&doc, &whence, &mut scripts);
+            n += 1;
+        }
     }
-    assert!(n >= 3, "README yaml blocks found: {n}");
+    assert!(n >= 3, "yaml blocks found in README.md and docs/: {n}");
     assert!(
         scripts
             .iter()
-            .any(|(w, r)| w == "README.md" && r.contains("$SESSION")),
+            .any(|(w, r)| w.ends_with(".md") && r.contains("$SESSION")),
         "the matrix snippet's build step is found"
     );
     let spliced: Vec<_> = scripts.iter().filter(|(_, r)| r.contains("${{")).collect();

@@ -11,6 +11,7 @@ mod ci_files;
 mod completions_man;
 mod discovered;
 mod docker;
+mod docs;
 mod finer_keys;
 mod hardening;
 mod images;

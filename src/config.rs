@@ -435,6 +435,11 @@ pub struct Config {
     /// the checkout's git remote `origin` made a clean web URL; `source: ""` or no clean
     /// URL: none). Not part of the key: a clone by ssh or https is the same project.
     pub source: Option<String>,
+    /// Run the plan's dry run with this machine's nox even for a container builder: a job
+    /// running in the base image itself, with no engine (`restore` there). Not part of
+    /// the key: the dry run sees the same nox, paths and files as in a container of the
+    /// base. Never read from the file.
+    pub dry_run_here: bool,
 }
 
 impl Config {
@@ -805,6 +810,7 @@ impl Config {
 
         Ok(Config {
             source,
+            dry_run_here: false,
             file: file.to_path_buf(),
             project_dir: project_dir.to_path_buf(),
             repository,

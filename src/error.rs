@@ -39,6 +39,8 @@ pub enum Error {
     #[error(transparent)]
     Build(#[from] BuildError),
     #[error(transparent)]
+    Restore(#[from] RestoreError),
+    #[error(transparent)]
     Output(#[from] crate::outputs::OutputError),
     #[error(transparent)]
     Inputs(#[from] crate::python::inputs::InputError),
@@ -190,6 +192,45 @@ pub enum BuildError {
         context: String,
         source: std::io::Error,
     },
+}
+
+/// Why restoring a session's venv failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("session `{session}`: no image for its current key ({image})\n  hint: build it with `venvimg build -s {session}`, or pass --build to build it first")]
+    Miss { session: String, image: String },
+    #[error("session `{session}`: {} holds {what}; not replacing it\n  hint: pass --force to replace it, or remove it", path.display())]
+    Occupied {
+        session: String,
+        path: PathBuf,
+        what: String,
+    },
+    #[error("layer {layer}: {detail}")]
+    BadLayer { layer: usize, detail: String },
+    #[error("layer {layer}: {detail}")]
+    Fetch { layer: usize, detail: String },
+    #[error("session `{session}`, {image}: {source}")]
+    InImage {
+        session: String,
+        image: String,
+        source: Box<RestoreError>,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+impl RestoreError {
+    /// The error, naming the session and the image it was restored from.
+    pub fn for_session(self, session: &str, image: &oci_client::Reference) -> RestoreError {
+        RestoreError::InImage {
+            session: session.to_string(),
+            image: image.whole(),
+            source: Box::new(self),
+        }
+    }
 }
 
 /// `; did you mean `tests`?` when one known name is close to `name` (a typo, a missing

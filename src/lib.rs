@@ -32,6 +32,7 @@ pub mod printer;
 pub mod process;
 pub mod python;
 pub mod registry;
+pub mod restore;
 pub mod sbom;
 pub mod untrusted;
 
@@ -62,8 +63,9 @@ pub const LAYERS: &[&[&str]] = &[
     // the only code that starts a container or nox
     &["engine"],
     &["plan"],
-    // the build stage: a plan's misses built, packed, composed and pushed
-    &["builder"],
+    // the build stage: a plan's misses built, packed, composed and pushed; and back: a
+    // hit's venv layers written into the envdir
+    &["builder", "restore"],
     // one module per subcommand
     &["commands"],
     &["cli"],

@@ -7,6 +7,7 @@ pub mod inspect;
 pub mod plan;
 pub mod prune;
 pub mod report;
+pub mod restore;
 pub mod run;
 pub mod verify;
 

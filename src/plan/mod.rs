@@ -853,7 +853,10 @@ async fn dry_run(
             ));
         }
     }
-    let place = crate::engine::HookPlace::for_config(config, base);
+    let mut place = crate::engine::HookPlace::for_config(config, base);
+    if config.dry_run_here {
+        place.kind = crate::config::BuilderKind::Local;
+    }
     let project_dir = config.project_dir.clone();
     let workdir = config.workdir.clone();
     let envdir = config.envdir.clone();

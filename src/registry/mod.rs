@@ -1091,6 +1091,35 @@ impl Registry {
         Ok(file)
     }
 
+    /// The blob `digest` of `r` as it arrives, for a reader that works on it in the same
+    /// pass (`restore`: decompress and extract, no copy on disk). The request is retried
+    /// like any other; once bytes flow, a failure is the caller's (what it wrote from
+    /// them is not known here). [`BlobStream::next`] refuses more than `size` bytes as
+    /// they come, fewer at the end, and bytes that do not hash to `digest` (checked as
+    /// the last chunk arrives).
+    pub async fn blob_stream(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<BlobStream, RegistryError> {
+        self.guard_realm(r)?;
+        let auth = self.auth(r);
+        let client = self.client_for(r);
+        client
+            .store_auth_if_needed(r.resolve_registry(), &auth)
+            .await;
+        let stream = retry(|| client.pull_blob_stream(r, digest.as_str()))
+            .await
+            .map_err(|e| self.explain(r, "pull blob of", e))?;
+        Ok(BlobStream {
+            stream: stream.stream,
+            reference: format!("{} (blob {digest})", r.whole()),
+            size,
+            read: 0,
+        })
+    }
+
     /// Pull the blob `digest` of `r` into a fresh `make()` per attempt, refusing more than
     /// `size` bytes as soon as they arrive and fewer at the end.
     async fn blob_into<W: Sink + Unpin>(
@@ -1141,6 +1170,44 @@ impl Registry {
             )));
         }
         Ok(out)
+    }
+}
+
+/// A blob's bytes as the registry sends them (see [`Registry::blob_stream`]).
+pub struct BlobStream {
+    stream: futures_util::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>,
+    reference: String,
+    size: u64,
+    read: u64,
+}
+
+impl BlobStream {
+    /// The next piece; None at the end, once all `size` bytes came and matched the digest.
+    pub async fn next(&mut self) -> Result<Option<bytes::Bytes>, RegistryError> {
+        use futures_util::StreamExt;
+        let refused = |detail: String| RegistryError::BadManifest {
+            reference: self.reference.clone(),
+            detail,
+        };
+        match self.stream.next().await {
+            Some(Ok(chunk)) => {
+                self.read += chunk.len() as u64;
+                if self.read > self.size {
+                    return Err(refused(format!(
+                        "the registry served more than the {} bytes its descriptor gives; refused at that point",
+                        self.size
+                    )));
+                }
+                Ok(Some(chunk))
+            }
+            // oci-client's verifying stream ends with an error when the digest differs.
+            Some(Err(e)) => Err(refused(format!("reading it failed: {e}"))),
+            None if self.read != self.size => Err(refused(format!(
+                "the registry served {} bytes, its descriptor gives {}",
+                self.read, self.size
+            ))),
+            None => Ok(None),
+        }
     }
 }
 

@@ -27,6 +27,7 @@ mod registry_auth;
 mod registry_push;
 mod registry_rss;
 mod release;
+mod restore;
 mod run;
 mod runners;
 mod sbom;

@@ -1,0 +1,168 @@
+//! `venvimg restore`: each session's venv from its image straight into the envdir, with
+//! no container engine — for jobs that run in the base image (or on a host runner) and
+//! only need the venvs where nox looks for them.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::BuilderArgs;
+use crate::builder::{self, BuildOptions};
+use crate::config::{BuilderKind, Config};
+use crate::engine;
+use crate::error::{Error, RestoreError};
+use crate::plan::{Plan, Status};
+use crate::printer::{human_bytes, table, Printer};
+use crate::registry::Registry;
+use crate::restore::{RestoreOptions, Restored};
+
+#[derive(Debug, Default, clap::Args)]
+pub struct RestoreArgs {
+    /// Only these sessions, as nox takes them (default: every session of the config).
+    #[arg(long = "session", short = 's', value_name = "NAME", num_args = 1..)]
+    pub sessions: Vec<String>,
+    /// Replace a venv of another key, or a folder venvimg did not restore.
+    #[arg(long)]
+    pub force: bool,
+    /// Build (and push) a session whose image is missing, then restore it (default: exit 1
+    /// saying to build it).
+    #[arg(long)]
+    pub build: bool,
+    /// Write under DIR instead of `/`: the venv goes to DIR/ENVDIR/VENV (to look at one
+    /// without touching the real envdir).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// How many layers are fetched and written at once (default: two per core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub layers: Option<u16>,
+    /// With --build: how the builds run.
+    #[command(flatten)]
+    pub builder: BuilderArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct RestoreReport<'a> {
+    sessions: &'a [Restored],
+    seconds: f64,
+}
+
+pub async fn restore(
+    config: &Config,
+    registry: &Registry,
+    args: &RestoreArgs,
+    printer: &Printer,
+) -> Result<(), Error> {
+    let started = Instant::now();
+    // A job running in the base image itself has nox but no engine: the dry run runs
+    // here, as it would in a container of the base.
+    let here;
+    let config = if config.builder != BuilderKind::Local
+        && !engine::engine_available(config.builder)
+        && engine::engine_available(BuilderKind::Local)
+    {
+        printer.info(format!(
+            "no {} here: the noxfile's dry run runs with this machine's nox (as in a job in the base image)",
+            config.builder.as_str()
+        ));
+        here = Config {
+            dry_run_here: true,
+            ..config.clone()
+        };
+        &here
+    } else {
+        config
+    };
+    let mut plan = planned(config, registry, &args.sessions, printer).await?;
+    let misses: Vec<String> = plan
+        .sessions
+        .iter()
+        .filter(|s| matches!(s.status, Status::Miss))
+        .map(|s| s.config.name.clone())
+        .collect();
+    if !misses.is_empty() {
+        if !args.build {
+            let s = plan
+                .sessions
+                .iter()
+                .find(|s| matches!(s.status, Status::Miss))
+                .expect("a miss");
+            return Err(RestoreError::Miss {
+                session: s.config.name.clone(),
+                image: s.image.whole(),
+            }
+            .into());
+        }
+        printer.info(format!("building first: {}", misses.join(", ")));
+        let options = args.builder.apply(BuildOptions {
+            sessions: misses,
+            ..BuildOptions::default()
+        });
+        let built = builder::build(config, registry, &options, printer).await?;
+        built.exit()?;
+        plan = planned(config, registry, &args.sessions, printer).await?;
+        if let Some(s) = plan
+            .sessions
+            .iter()
+            .find(|s| matches!(s.status, Status::Miss))
+        {
+            return Err(RestoreError::Miss {
+                session: s.config.name.clone(),
+                image: s.image.whole(),
+            }
+            .into());
+        }
+    }
+    let opts = RestoreOptions {
+        jobs: args.layers.map_or(0, usize::from),
+        force: args.force,
+        root: args.root.clone(),
+    };
+    let mut done = Vec::new();
+    for s in &plan.sessions {
+        let r = crate::restore::restore(registry, config, &plan, s, &opts, printer).await?;
+        done.push(r);
+    }
+    let report = RestoreReport {
+        sessions: &done,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if args.json {
+        printer.out(serde_json::to_string_pretty(&report).expect("the restore report serialises"));
+    } else {
+        let rows: Vec<Vec<String>> = done
+            .iter()
+            .map(|r| {
+                vec![
+                    r.session.clone(),
+                    r.outcome.to_string(),
+                    r.layers.to_string(),
+                    human_bytes(r.fetched),
+                    format!("{:.1}s", r.seconds),
+                    r.path.display().to_string(),
+                ]
+            })
+            .collect();
+        printer.out(table(
+            &["SESSION", "RESULT", "LAYERS", "FETCHED", "TIME", "VENV"],
+            &rows,
+        ));
+        printer.info(format!("done in {:.1}s", report.seconds));
+    }
+    Ok(())
+}
+
+async fn planned(
+    config: &Config,
+    registry: &Registry,
+    sessions: &[String],
+    printer: &Printer,
+) -> Result<Plan, Error> {
+    let plan = crate::plan::make_plan(config, registry, sessions).await?;
+    crate::plan::findings::flush_warnings(registry, printer);
+    crate::plan::findings::report_plan_findings(&plan, printer);
+    Ok(plan)
+}

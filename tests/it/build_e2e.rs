@@ -16,12 +16,9 @@ fn package_version_in(image: &str, venv: &str, package: &str) -> String {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    support::stdout_ok(&out, &format!("{package}'s version in {image}"))
+        .trim()
+        .to_string()
 }
 
 #[test]

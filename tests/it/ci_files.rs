@@ -89,23 +89,23 @@ fn every_workflow_passes_actionlint() {
         );
     }
     let program = actionlint_program();
-    let version = Command::new(&program)
-        .arg("-version")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `{program}`: {e}\n{ACTIONLINT_HINT}"));
+    let actionlint = |args: &[&std::ffi::OsStr]| {
+        Command::new(&program)
+            .args(args)
+            .current_dir(root())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run `{program}`: {e}\n{ACTIONLINT_HINT}"))
+    };
+    let version = actionlint(&["-version".as_ref()]);
     assert!(
         version.status.success(),
         "`{program} -version` failed: {}\n{ACTIONLINT_HINT}",
         String::from_utf8_lossy(&version.stderr)
     );
-    let out = Command::new(&program)
-        .arg("-no-color")
-        .args(&files)
-        .current_dir(root())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `{program}`: {e}\n{ACTIONLINT_HINT}"));
+    let mut args = vec!["-no-color".as_ref()];
+    args.extend(files.iter().map(|f| f.as_os_str()));
+    let out = actionlint(&args);
     assert!(
         out.status.success(),
         "actionlint ({}) reports problems in {}:\n{}{}",
@@ -338,6 +338,18 @@ fn example_pipeline_passes_each_session_image_to_its_job() {
     );
 }
 
+/// The jobs a GitLab job `extends:`, the one GitLab gives precedence first (the last
+/// listed).
+fn gitlab_parents(job: &Value) -> Vec<&str> {
+    let mut parents: Vec<&str> = match &job["extends"] {
+        Value::String(p) => vec![p.as_str()],
+        Value::Sequence(ps) => ps.iter().map(s).collect(),
+        _ => vec![],
+    };
+    parents.reverse();
+    parents
+}
+
 /// A key of a GitLab job, looked up through its `extends:` chain (the job's own value first).
 fn gitlab_key<'a>(doc: &'a Value, job: &str, key: &str) -> Option<&'a Value> {
     let j = &doc[job];
@@ -345,14 +357,8 @@ fn gitlab_key<'a>(doc: &'a Value, job: &str, key: &str) -> Option<&'a Value> {
     if !j[key].is_null() {
         return Some(&j[key]);
     }
-    let parents: Vec<&str> = match &j["extends"] {
-        Value::String(p) => vec![p.as_str()],
-        Value::Sequence(ps) => ps.iter().map(s).collect(),
-        _ => vec![],
-    };
-    parents
+    gitlab_parents(j)
         .into_iter()
-        .rev()
         .find_map(|p| gitlab_key(doc, p, key))
 }
 
@@ -363,14 +369,8 @@ fn gitlab_variable(doc: &Value, job: &str, name: &str) -> String {
     if !j["variables"][name].is_null() {
         return s(&j["variables"][name]).to_string();
     }
-    let parents: Vec<&str> = match &j["extends"] {
-        Value::String(p) => vec![p.as_str()],
-        Value::Sequence(ps) => ps.iter().map(s).collect(),
-        _ => vec![],
-    };
-    parents
+    gitlab_parents(j)
         .into_iter()
-        .rev()
         .map(|p| gitlab_variable(doc, p, name))
         .find(|v| !v.is_empty())
         .unwrap_or_default()
@@ -676,20 +676,27 @@ fn the_action_installs_venvimg_and_builds_every_session_with_its_outputs() {
     let bin = env!("CARGO_BIN_EXE_venvimg");
     let secret = "pw-9f2c1d7e-never-printed";
     let args = format!("--build-ca {}  --jobs 2", env.ca_file());
-    let temp = tempfile::tempdir().unwrap();
-    let mut runner = action_runner(
-        &action,
-        p.path(),
-        temp.path(),
+    // The action with `from` this build's binary and `args` the test CA, plus `inputs`, in
+    // a fresh RUNNER_TEMP (returned: what the action installed is in it), with the test
+    // environment's variables and `envs`.
+    let run_action = |inputs: &[(&str, &str)], envs: &[(&str, &str)]| {
+        let temp = tempfile::tempdir().unwrap();
+        let mut all = vec![("from", bin), ("args", args.as_str())];
+        all.extend_from_slice(inputs);
+        let mut runner = action_runner(&action, p.path(), temp.path(), &all);
+        runner.envs = env.envs.clone();
+        runner
+            .envs
+            .extend(envs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        (runner.run(), temp)
+    };
+    let (run, temp) = run_action(
         &[
-            ("from", bin),
-            ("args", args.as_str()),
             ("registry-username", "ci-user"),
             ("registry-password", secret),
         ],
+        &[],
     );
-    runner.envs = env.envs.clone();
-    let run = runner.run();
     assert!(run.failed.is_none(), "the action failed:\n{}", run.log);
     assert!(
         !run.log.contains(secret),
@@ -742,19 +749,7 @@ fn the_action_installs_venvimg_and_builds_every_session_with_its_outputs() {
     assert_eq!(images.as_object().unwrap().len(), sessions.len() + 1);
 
     // `sessions:` picks (one per line): that image only, no all-sessions image.
-    let temp = tempfile::tempdir().unwrap();
-    let mut runner = action_runner(
-        &action,
-        p.path(),
-        temp.path(),
-        &[
-            ("from", bin),
-            ("sessions", "\n  lint\n"),
-            ("args", args.as_str()),
-        ],
-    );
-    runner.envs = env.envs.clone();
-    let run = runner.run();
+    let (run, _temp) = run_action(&[("sessions", "\n  lint\n")], &[]);
     assert!(run.failed.is_none(), "the action failed:\n{}", run.log);
     let images: serde_json::Value = serde_json::from_str(&run.outputs["images"]).unwrap();
     let lint = sessions.iter().find(|(s, _)| s == "lint").unwrap();
@@ -765,25 +760,12 @@ fn the_action_installs_venvimg_and_builds_every_session_with_its_outputs() {
     // actions (actions/checkout) inside the job container with its node. The sample's
     // base has none: the step fails saying so, and `images` still names the image.
     let on_forgejo = |check: &str| {
-        let temp = tempfile::tempdir().unwrap();
-        let mut runner = action_runner(
-            &action,
-            p.path(),
-            temp.path(),
-            &[
-                ("from", bin),
-                ("sessions", "lint"),
-                ("args", args.as_str()),
-                ("check-node", check),
-            ],
-        );
-        runner.envs = env.envs.clone();
-        // The same workdir as the builds above (a Forgejo runner would say /workspace/...).
-        runner.envs.push(("FORGEJO_ACTIONS".into(), "true".into()));
-        runner
-            .envs
-            .push(("VENVIMG_CI_WORKDIR".into(), "/src".into()));
-        (runner.run(), temp)
+        run_action(
+            &[("sessions", "lint"), ("check-node", check)],
+            // The same workdir as the builds above (a Forgejo runner would say
+            // /workspace/...).
+            &[("FORGEJO_ACTIONS", "true"), ("VENVIMG_CI_WORKDIR", "/src")],
+        )
     };
     let (run, _temp) = on_forgejo("auto");
     assert_eq!(
@@ -863,17 +845,10 @@ fn the_action_installs_a_release_binary_only_with_the_sha256_it_pins() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = pin(&[dist_arg, action_arg]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = pin(&["--check", dist_arg, action_arg]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    crate::support::stdout_ok(&pin(&[dist_arg, action_arg]), "pin-action.sh");
+    crate::support::stdout_ok(
+        &pin(&["--check", dist_arg, action_arg]),
+        "pin-action.sh --check",
     );
     let pinned = load(&pinned_file);
     let unpinned: Value = serde_yaml::from_str(&unpinned_text).unwrap();

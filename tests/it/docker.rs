@@ -4,6 +4,8 @@
 //! podman's; the job image runs offline under docker; `--load` puts it into docker; a
 //! zstd image meets a clear error instead of docker's bare tar error.
 
+use std::path::Path;
+
 use crate::support;
 use crate::support::project::Project;
 use crate::support::{docker, docker_ok};
@@ -26,6 +28,37 @@ fn build(p: &Project, extra: &[&str]) -> String {
 
 fn image(p: &Project) -> String {
     support::project::image_of(&p.plan(), "check")
+}
+
+/// `venvimg run` of the runner fixture's `check` session in its job image under docker,
+/// with no build first.
+pub(crate) const RUN_CHECK_UNDER_DOCKER: [&str; 8] = [
+    "run",
+    "--engine",
+    "docker",
+    "--no-build",
+    "-s",
+    "check",
+    "--",
+    "0",
+];
+
+/// [`RUN_CHECK_UNDER_DOCKER`] in `checkout` passed (`code`, `text`: its exit code and
+/// output): nox reused the job image's venv, and the session wrote its file.
+#[track_caller]
+pub(crate) fn assert_check_ran_under_docker(code: Option<i32>, text: &str, checkout: &Path) {
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("Reusing existing virtual environment"),
+        "{text}"
+    );
+    assert!(!text.contains("Creating virtual environment"), "{text}");
+    let written = checkout.join("written-by-session.txt");
+    assert_eq!(
+        std::fs::read_to_string(&written)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{text}", written.display())),
+        "3.2.0"
+    );
 }
 
 fn layer_digests(image: &str) -> Vec<String> {
@@ -79,26 +112,8 @@ fn docker_builds_podmans_layers_and_its_job_image_runs_offline_under_docker() {
     );
 
     // The job image runs offline under docker, reusing its venv.
-    let (code, text) = with_docker.outcome(&[
-        "run",
-        "--engine",
-        "docker",
-        "--no-build",
-        "-s",
-        "check",
-        "--",
-        "0",
-    ]);
-    assert_eq!(code, Some(0), "{text}");
-    assert!(
-        text.contains("Reusing existing virtual environment"),
-        "{text}"
-    );
-    assert!(!text.contains("Creating virtual environment"), "{text}");
-    assert_eq!(
-        std::fs::read_to_string(with_docker.path().join("written-by-session.txt")).unwrap(),
-        "3.2.0"
-    );
+    let (code, text) = with_docker.outcome(&RUN_CHECK_UNDER_DOCKER);
+    assert_check_ran_under_docker(code, &text, with_docker.path());
 }
 
 #[test]

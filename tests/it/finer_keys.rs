@@ -36,12 +36,7 @@ fn a_lock_change_rebuilds_only_the_sessions_it_touches() {
     let p = Project::fixture("groups")
         .unique_repo("finer")
         .config(LOCKED);
-    let out = build(&p, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::stdout_ok(&build(&p, &[]), "venvimg build");
     let s = |a: &str, b: &str| (a.to_string(), b.to_string());
     assert_eq!(status(&p.plan()), vec![s("tests", "hit"), s("lint", "hit")]);
 
@@ -53,12 +48,9 @@ fn a_lock_change_rebuilds_only_the_sessions_it_touches() {
     );
 
     // --explain names the package with old and new versions.
-    let out = p.run(&["plan", "--explain", "lint"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = support::stdout_ok(
+        &p.run(&["plan", "--explain", "lint"]),
+        "plan --explain lint",
     );
     assert!(text.contains("session lint: miss"), "{text}");
     assert!(text.contains("package pyflakes: 4.1.0 → 3.1.0"), "{text}");

@@ -321,15 +321,6 @@ fn secret(prefix: &str) -> String {
     )
 }
 
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("cannot run git: apt-get install git");
-    assert!(out.status.success(), "git {args:?}: {out:?}");
-}
-
 /// The `hostile-env-dump STAGE {json}` lines in `text`, parsed.
 fn dumps(text: &str, stage: &str) -> Vec<serde_json::Map<String, Value>> {
     let prefix = format!("hostile-env-dump {stage} ");
@@ -365,8 +356,8 @@ fn a_hostile_noxfile_in_a_container_build_gets_no_credentials_and_leaks_nothing(
     )
     .unwrap();
     // A checkout as actions/checkout leaves it: an auth header and a token in the URL.
-    git(dir.path(), &["init", "-q"]);
-    git(
+    support::git(dir.path(), &["init", "-q"]);
+    support::git(
         dir.path(),
         &[
             "config",
@@ -374,7 +365,7 @@ fn a_hostile_noxfile_in_a_container_build_gets_no_credentials_and_leaks_nothing(
             &format!("AUTHORIZATION: basic {git_secret}"),
         ],
     );
-    git(
+    support::git(
         dir.path(),
         &[
             "remote",
@@ -684,38 +675,6 @@ fn inspect_refuses_a_layout_whose_digest_walks_out_of_it() {
     );
 }
 
-/// The largest resident set of a `venvimg ARGS` run in `dir` under `/usr/bin/time -v`
-/// (its own, not other children's), with its exit code and output.
-fn venvimg_rss(dir: &Path, args: &[&str]) -> (Option<i32>, String, u64) {
-    let out = Command::new("/usr/bin/time")
-        .arg("-v")
-        .arg(env!("CARGO_BIN_EXE_venvimg"))
-        .args(args)
-        .current_dir(dir)
-        .envs(
-            support::testenv()
-                .envs
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str())),
-        )
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rss_kib: u64 = text
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("Maximum resident set size (kbytes): ")
-        })
-        .and_then(|v| v.trim().parse().ok())
-        .expect("time -v reports the maximum RSS");
-    (out.status.code(), text, rss_kib * 1024)
-}
-
 #[test]
 fn a_config_served_far_larger_than_its_descriptor_is_refused_with_bounded_memory() {
     use crate::support::fault_proxy::{Action, FaultProxy};
@@ -726,18 +685,7 @@ fn a_config_served_far_larger_than_its_descriptor_is_refused_with_bounded_memory
     let reg = venvimg::registry::Registry::new(registry_kit::plain_transport(), &[&env.registry])
         .unwrap();
     let work = tempfile::tempdir().unwrap();
-    let layer = registry_kit::small_layer(work.path(), "lint", 31, 256);
-    let base = rt
-        .block_on(reg.resolve_base(
-            &registry_kit::reference(&env.base),
-            &registry_kit::platform(),
-        ))
-        .unwrap();
-    let img = registry_kit::compose_labeled(
-        base,
-        &[layer],
-        &support::record_labels("lint", env.base_digest()),
-    );
+    let img = registry_kit::recorded_image(&rt, &reg, work.path(), "lint", 31);
     registry_kit::push(&rt, &reg, &format!("{repo}:lint-1"), &img).unwrap();
     let config = img.image.config_digest.clone();
     let config_size = img.image.config.len();
@@ -755,7 +703,7 @@ fn a_config_served_far_larger_than_its_descriptor_is_refused_with_bounded_memory
         }),
     );
     let image = format!("{}/{name}:lint-1", proxy.addr);
-    let (code, text, rss) = venvimg_rss(work.path(), &["inspect", &image]);
+    let (code, text, rss) = support::venvimg_rss(work.path(), &["inspect", &image]);
     // Today's main read all 512 MiB before its digest check: 550 MB RSS.
     assert!(
         rss < 150 << 20,
@@ -951,11 +899,7 @@ threading.Event().wait()
         .current_dir(t.path())
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = support::output_text(&out);
     let asked = std::fs::read_to_string(&hits).unwrap_or_default();
     assert!(
         asked.is_empty(),

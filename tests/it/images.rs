@@ -13,7 +13,7 @@ use crate::support;
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -21,19 +21,11 @@ const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 /// A nox plugin the python-nox test image gets through NOX_PLUGINS (images/README.md).
 const NOX_PLUGIN: &str = "nox-uv==0.8.0";
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn run(cmd: &mut Command, what: &str) -> String {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("{what}: cannot start {cmd:?}: {e}"));
-    let text = text(&out);
+    let text = support::output_text(&out);
     assert!(
         out.status.success(),
         "{what} failed ({}):\n{text}",
@@ -121,7 +113,11 @@ fn image_files(tag: &str) -> BTreeMap<String, (tar::EntryType, u32)> {
         .to_string();
     let out = support::podman().args(["export", &id]).output().unwrap();
     let _ = support::podman().args(["rm", &id]).output();
-    assert!(out.status.success(), "podman export: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "podman export: {}",
+        support::output_text(&out)
+    );
     let mut files = BTreeMap::new();
     let mut archive = tar::Archive::new(&out.stdout[..]);
     for entry in archive.entries().unwrap() {
@@ -281,7 +277,7 @@ fn python_nox_image_builds_from_the_local_base_and_runs_a_session_offline() {
     assert!(
         out.status.success(),
         "venvimg build on python-nox:\n{}",
-        text(&out)
+        support::output_text(&out)
     );
     eprintln!(
         "venvimg build (lint on python-nox): {:.1}s",

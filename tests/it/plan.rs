@@ -249,11 +249,7 @@ fn missing_base_and_unreachable_registry_exit_1() {
     assert!(!stderr.contains("base image first"), "{stderr}");
 
     // A loopback port nothing listens on: said so, not the plain-HTTP hint.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     std::fs::write(
         p.path().join("venvimg.yaml"),
         format!("repository: 127.0.0.1:{port}/x\nbase: 127.0.0.1:{port}/base:1\n"),
@@ -440,11 +436,7 @@ fn a_lock_that_no_longer_matches_pyproject_is_named_and_strict_refuses_it() {
         .current_dir(p.path())
         .output()
         .expect("uv runs (install it: pip install uv)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::stdout_ok(&out, "uv add --frozen");
 
     let (code, text) = p.outcome(&["plan"]);
     assert_eq!(code, Some(0), "a warning, not an error: {text}");
@@ -523,11 +515,7 @@ fn a_config_outside_the_root_names_the_project_with_root_or_project() {
         .args(["--repository", p.repo(), "--base", &env.base])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::stdout_ok(&out, "venvimg init --project .");
     let written = std::fs::read_to_string(ci.join("venvimg.yaml")).unwrap();
     assert!(written.contains("\nroot: \"..\"\n"), "{written}");
     let out = support::venvimg()

@@ -114,11 +114,7 @@ fn runs_offline_on(
         ))
         .output()
         .expect("cannot run podman (apt-get install -y podman)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = support::output_text(&out);
     assert!(
         out.status.success(),
         "{session} on {platform} failed offline in {image}:\n{text}"

@@ -34,11 +34,7 @@ impl OwnedRegistry {
             .prefix("venvimg-prune-registry-")
             .tempdir()
             .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = support::free_port();
         std::fs::write(
             dir.path().join("config.yml"),
             format!(
@@ -113,11 +109,7 @@ impl OwnedRegistry {
             .arg(self.config())
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = support::output_text(&out);
         assert!(out.status.success(), "garbage-collect failed:\n{text}");
         self.serve();
         text
@@ -373,14 +365,11 @@ fn dry_run_lists_exactly_the_stale_images_and_yes_deletes_them_then_gc_keeps_cur
             "the SBOM {sbom} of a deleted image survived:\n{text}"
         );
         if *referrers_tag == stale_lint_digest.replace(':', "-") {
-            let index = support::skopeo_raw_manifest(&format!("{repo}:{referrers_tag}"));
-            let listed: Vec<&str> = index["manifests"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d["digest"].as_str().unwrap())
-                .collect();
-            assert_eq!(listed, [foreign_referrer.as_str()], "{index}");
+            assert_eq!(
+                crate::sbom::referrer_digests(&repo, &stale_lint_digest),
+                [foreign_referrer.as_str()],
+                "{referrers_tag}"
+            );
         } else {
             assert!(!after.contains(referrers_tag), "{referrers_tag}: {after:?}");
         }
@@ -423,20 +412,8 @@ fn push_recorded(
     seed: u64,
     marked: bool,
 ) -> String {
-    let env = support::testenv();
     let work = tempfile::tempdir().unwrap();
-    let layer = registry_kit::small_layer(work.path(), "lint", seed, 256);
-    let base = rt
-        .block_on(reg.resolve_base(
-            &registry_kit::reference(&env.base),
-            &registry_kit::platform(),
-        ))
-        .unwrap();
-    let img = registry_kit::compose_labeled(
-        base,
-        &[layer],
-        &support::record_labels("lint", env.base_digest()),
-    );
+    let img = registry_kit::recorded_image(rt, reg, work.path(), "lint", seed);
     let target = format!("{repo}:{tag}");
     let (digest, _) = registry_kit::push(rt, reg, &target, &img).unwrap();
     if marked {

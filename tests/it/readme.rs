@@ -60,11 +60,7 @@ fn the_tutorial_runs_as_written() {
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = support::output_text(&out);
     assert!(out.status.success(), "the tutorial failed:\n{text}");
     // What the tutorial says happens: a plan after the build is all hits, the session
     // reuses its venv offline (through venvimg run, and by hand), shell runs a command.
@@ -181,11 +177,7 @@ fn the_install_section_runs_as_written() {
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = support::output_text(&out);
     // The image the container block built is this test's; leave podman's store as it was.
     let _ = support::podman()
         .args(["rmi", "-f", "localhost/venvimg:latest"])

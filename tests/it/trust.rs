@@ -108,14 +108,6 @@ fn build_as(p: &Project, user: &str, password: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// No password, no Basic encoding of it, no token (a JWT starts `eyJ`) in `all`.
 #[track_caller]
 fn assert_no_secret(all: &str, user: &str, password: &str) {
@@ -159,7 +151,7 @@ fn the_registry_refuses_a_pull_request_job_write_into_the_trusted_repository() {
 
     // The protected branch's job builds into the trusted repository.
     let out = build_as(&p, "main", MAIN_PASSWORD, &[]);
-    assert_no_secret(&text(&out), "main", MAIN_PASSWORD);
+    assert_no_secret(&support::output_text(&out), "main", MAIN_PASSWORD);
     let report = json_ok(&out, "the protected branch's build");
     for name in ["check", "other"] {
         assert_eq!(session(&report, name)["outcome"], "built", "{report}");
@@ -178,7 +170,7 @@ fn the_registry_refuses_a_pull_request_job_write_into_the_trusted_repository() {
     // token naming both repositories: push on its own, pull on the trusted one), only the
     // base's layers copied (they live on another registry).
     let out = build_as(&p, "pr", PR_PASSWORD, &["--repository", &pr]);
-    assert_no_secret(&text(&out), "pr", PR_PASSWORD);
+    assert_no_secret(&support::output_text(&out), "pr", PR_PASSWORD);
     let report = json_ok(&out, "the pull request's build, nothing changed");
     assert_hits_from(&report, &trusted, &["check", "other"]);
     let all = report["all"]["image"].as_str().unwrap();
@@ -226,7 +218,7 @@ fn the_registry_refuses_a_pull_request_job_write_into_the_trusted_repository() {
     // (every blob of it there), `check` still used from the trusted one.
     p.write_config(&config("  - name: other\n    env: {VARIANT: '1'}\n"));
     let out = build_as(&p, "pr", PR_PASSWORD, &["--repository", &pr]);
-    assert_no_secret(&text(&out), "pr", PR_PASSWORD);
+    assert_no_secret(&support::output_text(&out), "pr", PR_PASSWORD);
     let report = json_ok(&out, "the pull request's build, `other` changed");
     assert_eq!(session(&report, "check")["outcome"], "hit", "{report}");
     let other = session(&report, "other");
@@ -253,7 +245,7 @@ fn the_registry_refuses_a_pull_request_job_write_into_the_trusted_repository() {
     // no push there; venvimg says so, naming the repository and the credentials, and
     // writes nothing (no tag, no blob, no upload session).
     let out = build_as(&p, "pr", PR_PASSWORD, &["--repository", &trusted]);
-    let all = text(&out);
+    let all = support::output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(!all.contains("panicked"), "{all}");
     for needle in [

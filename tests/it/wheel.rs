@@ -12,11 +12,7 @@ fn run(cmd: &mut Command, what: &str) -> String {
         .unwrap_or_else(|e| {
             panic!("cannot run {what} ({e}): `bash tests/support/testenv.sh deps` installs uv and maturin (pip install uv maturin)")
         });
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = support::output_text(&out);
     assert!(out.status.success(), "{what} failed:\n{text}");
     text
 }

@@ -17,7 +17,7 @@ pub use project::{by_session, image_of, json_ok, session, write_config, Project}
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command as StdCommand, Stdio};
+use std::process::{Command as StdCommand, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -201,13 +201,77 @@ pub fn docker() -> std::process::Command {
 #[track_caller]
 pub fn docker_ok(args: &[&str]) -> String {
     let out = docker().args(args).output().expect("cannot run docker");
-    let text = format!(
+    let text = output_text(&out);
+    assert!(out.status.success(), "docker {}: {text}", args.join(" "));
+    text
+}
+
+/// What a finished command printed: its stdout, then its stderr.
+pub fn output_text(out: &Output) -> String {
+    format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `out` must be a success, or the test fails with `what` and the command's stderr; its
+/// stdout.
+#[track_caller]
+pub fn stdout_ok(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "docker {}: {text}", args.join(" "));
-    text
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `git ARGS` in `dir` (as user `ci <ci@example.invalid>`), which must succeed.
+#[track_caller]
+pub fn git(dir: &Path, args: &[&str]) {
+    let out = StdCommand::new("git")
+        .args(["-c", "user.email=ci@example.invalid", "-c", "user.name=ci"])
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run git: apt-get install git");
+    stdout_ok(&out, &format!("git {args:?}"));
+}
+
+/// A loopback port nothing listens on (free when asked; whoever binds it next gets it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
+        .port()
+}
+
+/// `venvimg ARGS` in `dir` under `/usr/bin/time -v`, with the test environment's
+/// variables: its exit code, its output (stdout then stderr, time's report included) and
+/// its largest resident set in bytes (venvimg's own, not its children's).
+pub fn venvimg_rss(dir: &Path, args: &[&str]) -> (Option<i32>, String, u64) {
+    let out = StdCommand::new("/usr/bin/time")
+        .arg("-v")
+        .arg(env!("CARGO_BIN_EXE_venvimg"))
+        .args(args)
+        .current_dir(dir)
+        .envs(testenv().envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run /usr/bin/time (apt-get install -y time)");
+    let text = output_text(&out);
+    let rss_kib: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Maximum resident set size (kbytes): ")
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .expect("time -v reports the maximum RSS");
+    (out.status.code(), text, rss_kib * 1024)
 }
 
 /// The private Docker daemon with gitlab-ci-local's helper image in it
@@ -538,12 +602,7 @@ pub fn run_offline_in(
         ])
         .output()
         .expect("cannot run the engine (apt-get install -y podman docker.io)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    (out.status.success(), output_text(&out))
 }
 
 /// [`run_offline`] must pass, reusing the venv in the image (no re-creation).

@@ -114,14 +114,7 @@ impl Project {
             .envs(extra.iter().copied())
             .output()
             .unwrap();
-        (
-            out.status.code(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        (out.status.code(), support::output_text(&out))
     }
 
     /// `venvimg plan --json -q`, which must succeed; the plan, parsed.
@@ -156,17 +149,9 @@ impl Project {
 /// `out` must be a success; its stdout, parsed as JSON.
 #[track_caller]
 pub fn json_ok(out: &Output, what: &str) -> Value {
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{what} printed no JSON ({e}):\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    let stdout = support::stdout_ok(out, what);
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{what} printed no JSON ({e}):\n{stdout}"))
 }
 
 /// The entry of session `name` in a plan or build summary (`sessions[].session`).

@@ -102,6 +102,12 @@ pub fn platform() -> Platform {
     Platform::parse("linux/amd64").expect("platform parses")
 }
 
+/// `base_ref`, resolved through `reg` for linux/amd64.
+pub fn resolve_base(rt: &tokio::runtime::Runtime, reg: &Registry, base_ref: &str) -> BaseImage {
+    rt.block_on(reg.resolve_base(&reference(base_ref), &platform()))
+        .unwrap_or_else(|e| panic!("resolve_base {base_ref}: {e}"))
+}
+
 /// Resolve `base_ref` through `reg` and compose `layers` on it.
 pub fn compose_on(
     rt: &tokio::runtime::Runtime,
@@ -109,10 +115,26 @@ pub fn compose_on(
     base_ref: &str,
     layers: &[PackedLayer],
 ) -> TestImage {
-    let base = rt
-        .block_on(reg.resolve_base(&reference(base_ref), &platform()))
-        .unwrap_or_else(|e| panic!("resolve_base {base_ref}: {e}"));
-    compose_with(base, layers)
+    compose_with(resolve_base(rt, reg, base_ref), layers)
+}
+
+/// An image as venvimg would leave it for session `session`: the test base, one
+/// [`small_layer`] (`seed`, its tree under `dir`) and a venvimg record in its labels
+/// ([`support::record_labels`]), so that `venvimg inspect` and `prune` read it.
+pub fn recorded_image(
+    rt: &tokio::runtime::Runtime,
+    reg: &Registry,
+    dir: &Path,
+    session: &str,
+    seed: u64,
+) -> TestImage {
+    let env = support::testenv();
+    let layer = small_layer(dir, session, seed, 256);
+    compose_labeled(
+        resolve_base(rt, reg, &env.base),
+        &[layer],
+        &support::record_labels(session, env.base_digest()),
+    )
 }
 
 pub fn compose_with(base: BaseImage, layers: &[PackedLayer]) -> TestImage {

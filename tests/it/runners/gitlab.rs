@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::git;
 use crate::support;
 use crate::support::{docker, docker_ok};
 
@@ -231,10 +230,10 @@ impl Checkout {
         ));
         std::fs::write(project.path().join(".gitlab-ci.yml"), pipeline).unwrap();
         let dir = project.path();
-        git(dir, &["init", "-q", "-b", "main"]);
-        git(dir, &["add", "-A"]);
-        git(dir, &["commit", "-q", "-m", "init"]);
-        git(
+        support::git(dir, &["init", "-q", "-b", "main"]);
+        support::git(dir, &["add", "-A"]);
+        support::git(dir, &["commit", "-q", "-m", "init"]);
+        support::git(
             dir,
             &[
                 "remote",
@@ -244,8 +243,8 @@ impl Checkout {
             ],
         );
         // What a clone has: gitlab-ci-local reads the default branch from origin/HEAD.
-        git(dir, &["update-ref", "refs/remotes/origin/main", "HEAD"]);
-        git(
+        support::git(dir, &["update-ref", "refs/remotes/origin/main", "HEAD"]);
+        support::git(
             dir,
             &[
                 "symbolic-ref",
@@ -273,8 +272,8 @@ impl Checkout {
     /// Commits `file` (what gitlab-ci-local copied back from the jobs' artifacts stays
     /// untracked, as in a user's checkout).
     fn commit(&self, file: &str, message: &str) {
-        git(self.path(), &["add", file]);
-        git(self.path(), &["commit", "-q", "-m", message]);
+        support::git(self.path(), &["add", file]);
+        support::git(self.path(), &["commit", "-q", "-m", message]);
     }
 
     /// `gitlab-ci-local ARGS` in the checkout, with the options of SUBSTITUTIONS.
@@ -299,11 +298,7 @@ impl Checkout {
         let wall = start.elapsed();
         GclRun {
             ok: out.status.success(),
-            log: format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
+            log: support::output_text(&out),
             wall,
         }
     }

@@ -4,11 +4,9 @@
 use crate::support;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use support::Project;
 
 /// Unpack an OCI layout's image with umoci (an independent reader) and describe every
@@ -34,42 +32,9 @@ fn unpacked_tree(layout: &Path, under: &str) -> BTreeMap<PathBuf, String> {
         String::from_utf8_lossy(&out.stderr)
     );
     let root = target.join("rootfs");
-    let mut tree = BTreeMap::new();
-    walk(&root, &root.join(under.trim_start_matches('/')), &mut tree);
+    let tree = support::describe_tree(&root.join(under.trim_start_matches('/')), false);
     assert!(tree.len() > 50, "suspiciously small tree: {}", tree.len());
     tree
-}
-
-fn walk(root: &Path, dir: &Path, tree: &mut BTreeMap<PathBuf, String>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let p = e.path();
-        let m = std::fs::symlink_metadata(&p).unwrap();
-        let rel = p.strip_prefix(root).unwrap().to_path_buf();
-        let kind = if m.file_type().is_symlink() {
-            format!("link -> {}", std::fs::read_link(&p).unwrap().display())
-        } else if m.is_dir() {
-            "dir".to_string()
-        } else {
-            format!(
-                "file {}",
-                hex::encode(Sha256::digest(std::fs::read(&p).unwrap()))
-            )
-        };
-        tree.insert(
-            rel,
-            format!(
-                "{kind} mode {:o} owner {}:{}",
-                m.mode() & 0o7777,
-                m.uid(),
-                m.gid()
-            ),
-        );
-        if m.is_dir() {
-            walk(root, &p, tree);
-        }
-    }
 }
 
 #[test]

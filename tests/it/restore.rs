@@ -9,61 +9,16 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sha2::{Digest, Sha256};
-
 use crate::support::{self, Project};
 
-/// Every entry under `dir`: type, mode, owner, mtime, size, content digest or link
-/// target, and which other entries share its inode (hard links).
+/// Every entry under `dir`, to the mtime and hard link, the folder itself included.
 fn tree(dir: &Path) -> BTreeMap<PathBuf, String> {
-    fn walk(
-        root: &Path,
-        dir: &Path,
-        out: &mut BTreeMap<PathBuf, String>,
-        inodes: &mut BTreeMap<u64, PathBuf>,
-    ) {
-        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let p = e.path();
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(root).unwrap().to_path_buf();
-            let what = if m.file_type().is_symlink() {
-                format!("link -> {}", std::fs::read_link(&p).unwrap().display())
-            } else if m.is_dir() {
-                "dir".to_string()
-            } else {
-                let first = inodes.entry(m.ino()).or_insert_with(|| rel.clone()).clone();
-                format!(
-                    "file {} {} nlink {} same-as {}",
-                    m.len(),
-                    hex::encode(Sha256::digest(std::fs::read(&p).unwrap())),
-                    m.nlink(),
-                    first.display()
-                )
-            };
-            out.insert(
-                rel,
-                format!(
-                    "{what} mode {:o} owner {}:{} mtime {}",
-                    m.mode() & 0o7777,
-                    m.uid(),
-                    m.gid(),
-                    m.mtime()
-                ),
-            );
-            if m.is_dir() {
-                walk(root, &p, out, inodes);
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
+    let mut out = support::describe_tree(dir, true);
     let top = std::fs::symlink_metadata(dir).unwrap();
     out.insert(
         PathBuf::from("."),
         format!("dir mode {:o} mtime {}", top.mode() & 0o7777, top.mtime()),
     );
-    walk(dir, dir, &mut out, &mut BTreeMap::new());
     out
 }
 
@@ -240,37 +195,15 @@ fn nox_reuses_a_venv_restored_in_a_job_container_of_the_base_image() {
         restore.status.success(),
         "restore in the job container: {text}"
     );
-    let out = support::podman()
-        .args(["run", "--rm", "--network", "none"])
-        .args(["-v", &format!("{}:/src", p.path().display()), "-w", "/src"])
-        .args(["-v", &format!("{}:/opt/nox", envdir.path().display())])
-        .args(["-e", "UV_OFFLINE=1"])
-        .arg(&env.base)
-        .args([
-            "nox",
-            "--envdir",
-            "/opt/nox",
-            "--reuse-venv=always",
-            "--no-install",
-            "-s",
-            "tests",
-        ])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (ok, text) = support::run_offline_mounting(
+        support::podman(),
+        &env.base,
+        p.path(),
+        "tests",
+        &[],
+        &[format!("{}:/opt/nox", envdir.path().display())],
     );
-    assert!(
-        out.status.success(),
-        "nox offline on the restored venv: {text}"
-    );
-    assert!(
-        text.contains("Reusing existing virtual environment"),
-        "{text}"
-    );
-    assert!(!text.contains("Creating virtual environment"), "{text}");
+    support::assert_reused(ok, &text, "tests in a job container of the base");
 }
 
 /// A host runner without containers: images built with `builder: local` (the venv at the
@@ -301,18 +234,9 @@ fn nox_reuses_a_venv_restored_on_a_host_runner() {
         .env("UV_OFFLINE", "1")
         .output()
         .expect("unshare (util-linux) and nox (pip install nox) must be installed");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
+    support::assert_reused(
         out.status.success(),
-        "nox offline on the restored venv: {text}"
+        &support::output_text(&out),
+        "tests on a host runner",
     );
-    assert!(
-        text.contains("Reusing existing virtual environment"),
-        "{text}"
-    );
-    assert!(!text.contains("Creating virtual environment"), "{text}");
 }

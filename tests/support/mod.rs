@@ -577,15 +577,30 @@ pub fn run_offline_with(
 
 /// [`run_offline_with`] under `engine` (`podman()`, or a `docker` command).
 pub fn run_offline_in(
-    mut cmd: StdCommand,
+    cmd: StdCommand,
     image: &str,
     checkout: &Path,
     session: &str,
     env: &[&str],
 ) -> (bool, String) {
+    run_offline_mounting(cmd, image, checkout, session, env, &[])
+}
+
+/// [`run_offline_in`] with more volumes (`-v` values), e.g. a restored envdir.
+pub fn run_offline_mounting(
+    mut cmd: StdCommand,
+    image: &str,
+    checkout: &Path,
+    session: &str,
+    env: &[&str],
+    volumes: &[String],
+) -> (bool, String) {
     cmd.args(["run", "--rm", "--network", "none", "--pull", "missing"])
         .args(["-v", &format!("{}:/src", checkout.display()), "-w", "/src"])
         .args(["-e", "UV_OFFLINE=1"]);
+    for v in volumes {
+        cmd.args(["-v", v]);
+    }
     for e in env {
         cmd.args(["-e", e]);
     }
@@ -609,14 +624,20 @@ pub fn run_offline_in(
 #[track_caller]
 pub fn assert_runs_offline(image: &str, checkout: &Path, session: &str) {
     let (ok, text) = run_offline(image, checkout, session);
-    assert!(ok, "{session} failed offline in {image}:\n{text}");
+    assert_reused(ok, &text, &format!("{session} in {image}"));
+}
+
+/// nox's run (`ok`, its output `text`) passed, reusing the venv it found (no re-creation).
+#[track_caller]
+pub fn assert_reused(ok: bool, text: &str, what: &str) {
+    assert!(ok, "{what} failed offline:\n{text}");
     assert!(
         !text.contains("Creating virtual environment"),
-        "{session}: nox recreated the venv in {image}:\n{text}"
+        "{what}: nox recreated the venv:\n{text}"
     );
     assert!(
         text.contains("Reusing existing virtual environment"),
-        "{session}: nox did not say it reused the venv:\n{text}"
+        "{what}: nox did not say it reused the venv:\n{text}"
     );
 }
 
@@ -679,4 +700,62 @@ pub fn list_tags(repo: &str) -> Vec<String> {
         .flatten()
         .filter_map(|t| t.as_str().map(str::to_string))
         .collect()
+}
+
+/// Every entry under `dir` (relative to it), described: type, mode, owner, and content
+/// digest or link target; with `times_and_links`, also mtime, size and which entries
+/// share an inode (hard links). Two trees are the same venv when these maps are equal.
+pub fn describe_tree(dir: &Path, times_and_links: bool) -> BTreeMap<PathBuf, String> {
+    use sha2::Digest as _;
+    use std::os::unix::fs::MetadataExt;
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        full: bool,
+        out: &mut BTreeMap<PathBuf, String>,
+        inodes: &mut BTreeMap<u64, PathBuf>,
+    ) {
+        let mut entries: Vec<_> = fs::read_dir(dir).unwrap().flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().to_path_buf();
+            let mut what = if m.file_type().is_symlink() {
+                format!("link -> {}", fs::read_link(&p).unwrap().display())
+            } else if m.is_dir() {
+                "dir".to_string()
+            } else {
+                format!(
+                    "file {}",
+                    hex::encode(sha2::Sha256::digest(fs::read(&p).unwrap()))
+                )
+            };
+            if full && m.file_type().is_file() {
+                let first = inodes.entry(m.ino()).or_insert_with(|| rel.clone());
+                what = format!(
+                    "{what} size {} nlink {} same-as {}",
+                    m.len(),
+                    m.nlink(),
+                    first.display()
+                );
+            }
+            let mut line = format!(
+                "{what} mode {:o} owner {}:{}",
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid()
+            );
+            if full {
+                line = format!("{line} mtime {}", m.mtime());
+            }
+            out.insert(rel, line);
+            if m.is_dir() {
+                walk(root, &p, full, out, inodes);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, times_and_links, &mut out, &mut BTreeMap::new());
+    out
 }

@@ -615,3 +615,72 @@ fn a_workdir_this_ci_does_not_check_out_into_is_exit_2_before_building() {
         "{out}"
     );
 }
+
+/// The second layout (.forgejo/workflows/example-venvimg-restore.yml): the session jobs
+/// run in the base image and restore their venv with the action's `command: restore`;
+/// nox then reuses it. A second run: every image a hit, nothing built, the same restores.
+#[test]
+fn the_restore_example_runs_under_act_session_jobs_restore_their_venv_in_the_base_image() {
+    print_substitutions();
+    eprintln!(
+        "  - the restore steps' `with: from:` is a copy of the binary under test inside the checkout (act copies the working tree into job containers at its host path); `--var VENVIMG_BASE=<the test base>`; act --network host (the restore step reaches the loopback registry; the restore tests prove nox offline with --network none)"
+    );
+    let env = support::testenv();
+    let text = std::fs::read_to_string(
+        support::manifest_dir().join(".forgejo/workflows/example-venvimg-restore.yml"),
+    )
+    .unwrap();
+    let checkout = Checkout::new("act-restore", &add_action_inputs(&text));
+    let bin_dir = checkout.path().join(".venvimg-bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_venvimg"), bin_dir.join("venvimg")).unwrap();
+    let workflow = checkout.path().join(".forgejo/workflows/ci.yml");
+    let with_from = std::fs::read_to_string(&workflow).unwrap().replace(
+        "          command: restore\n",
+        &format!(
+            "          command: restore\n          from: {}\n",
+            bin_dir.join("venvimg").display()
+        ),
+    );
+    assert_eq!(with_from.matches("from: ").count(), 3, "{with_from}");
+    std::fs::write(&workflow, with_from).unwrap();
+    checkout.commit_all("the binary under test for the restore steps");
+    let var = format!("VENVIMG_BASE={}", env.base);
+    for round in ["first (builds)", "second (all hits)"] {
+        let run = act(
+            &checkout,
+            "workflow_dispatch",
+            &["--var", &var, "--network", "host"],
+        );
+        assert!(run.ok, "{round}: act failed:\n{}", run.log);
+        let built = built_sessions(&run);
+        if round.starts_with("first") {
+            assert_eq!(
+                built,
+                ["compat-3.11", "lint", "tests"],
+                "{}",
+                run.job_log(IMAGES)
+            );
+        } else {
+            assert!(built.is_empty(), "{round}: {built:?}");
+        }
+        for (job, session) in SESSION_JOBS.iter().zip(["tests", "lint"]) {
+            assert!(
+                job_image(&run, job).contains("base/python-nox"),
+                "{job} runs in the base image:\n{}",
+                run.job_log(job)
+            );
+            let log = run.job_log(job);
+            assert!(
+                log.contains(&format!("{session}: restoring")) && log.contains("restored"),
+                "{round}: {job} did not restore its venv:\n{log}"
+            );
+            assert_session_job_reused(&run, job);
+        }
+        assert!(
+            !run.log.contains("main-secret-7d41e2b0c9a85f16"),
+            "a secret was printed"
+        );
+        eprintln!("{round}: {:.1}s", run.wall.as_secs_f64());
+    }
+}

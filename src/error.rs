@@ -207,6 +207,8 @@ pub enum RestoreError {
     },
     #[error("layer {layer}: {detail}")]
     BadLayer { layer: usize, detail: String },
+    #[error("{image}: {detail}")]
+    BadImage { image: String, detail: String },
     #[error("layer {layer}: {detail}")]
     Fetch { layer: usize, detail: String },
     #[error("session `{session}`, {image}: {source}")]

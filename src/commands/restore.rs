@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use oci_client::Reference;
 use serde::Serialize;
 
 use super::BuilderArgs;
@@ -15,7 +16,7 @@ use crate::error::{Error, RestoreError};
 use crate::plan::{Plan, Status};
 use crate::printer::{human_bytes, table, Printer};
 use crate::registry::Registry;
-use crate::restore::{RestoreOptions, Restored};
+use crate::restore::{RestoreOptions, Restored, Source};
 
 #[derive(Debug, Default, clap::Args)]
 pub struct RestoreArgs {
@@ -39,6 +40,11 @@ pub struct RestoreArgs {
     /// With --build: how the builds run.
     #[command(flatten)]
     pub builder: BuilderArgs,
+    /// Restore from this image (a session's, or the all-sessions image; by tag or
+    /// digest) instead of planning: no dry run of the noxfile, for a job handed the image
+    /// by an earlier one. Its venvs must be for the config's envdir.
+    #[arg(long, value_name = "IMAGE", conflicts_with = "build")]
+    pub image: Option<String>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -57,74 +63,23 @@ pub async fn restore(
     printer: &Printer,
 ) -> Result<(), Error> {
     let started = Instant::now();
-    // A job running in the base image itself has nox but no engine: the dry run runs
-    // here, as it would in a container of the base.
-    let here;
-    let config = if config.builder != BuilderKind::Local
-        && !engine::engine_available(config.builder)
-        && engine::engine_available(BuilderKind::Local)
-    {
-        printer.info(format!(
-            "no {} here: the noxfile's dry run runs with this machine's nox (as in a job in the base image)",
-            config.builder.as_str()
-        ));
-        here = Config {
-            dry_run_here: true,
-            ..config.clone()
-        };
-        &here
-    } else {
-        config
-    };
-    let mut plan = planned(config, registry, &args.sessions, printer).await?;
-    let misses: Vec<String> = plan
-        .sessions
-        .iter()
-        .filter(|s| matches!(s.status, Status::Miss))
-        .map(|s| s.config.name.clone())
-        .collect();
-    if !misses.is_empty() {
-        if !args.build {
-            let s = plan
-                .sessions
-                .iter()
-                .find(|s| matches!(s.status, Status::Miss))
-                .expect("a miss");
-            return Err(RestoreError::Miss {
-                session: s.config.name.clone(),
-                image: s.image.whole(),
-            }
-            .into());
-        }
-        printer.info(format!("building first: {}", misses.join(", ")));
-        let options = args.builder.apply(BuildOptions {
-            sessions: misses,
-            ..BuildOptions::default()
-        });
-        let built = builder::build(config, registry, &options, printer).await?;
-        built.exit()?;
-        plan = planned(config, registry, &args.sessions, printer).await?;
-        if let Some(s) = plan
-            .sessions
-            .iter()
-            .find(|s| matches!(s.status, Status::Miss))
-        {
-            return Err(RestoreError::Miss {
-                session: s.config.name.clone(),
-                image: s.image.whole(),
-            }
-            .into());
-        }
-    }
     let opts = RestoreOptions {
         jobs: args.layers.map_or(0, usize::from),
         force: args.force,
         root: args.root.clone(),
     };
+    let sources = match &args.image {
+        Some(image) => {
+            let reference = image.parse::<Reference>().map_err(|e| {
+                Error::Usage(format!("--image `{image}` is not an image reference: {e}"))
+            })?;
+            Source::of_image(registry, &reference, &config.envdir, &args.sessions).await?
+        }
+        None => planned_sources(config, registry, args, printer).await?,
+    };
     let mut done = Vec::new();
-    for s in &plan.sessions {
-        let r = crate::restore::restore(registry, config, &plan, s, &opts, printer).await?;
-        done.push(r);
+    for src in &sources {
+        done.push(crate::restore::restore(registry, src, &opts, printer).await?);
     }
     let report = RestoreReport {
         sessions: &done,
@@ -153,6 +108,71 @@ pub async fn restore(
         printer.info(format!("done in {:.1}s", report.seconds));
     }
     Ok(())
+}
+
+/// What the plan finds for the sessions asked (misses built first with --build).
+async fn planned_sources(
+    config: &Config,
+    registry: &Registry,
+    args: &RestoreArgs,
+    printer: &Printer,
+) -> Result<Vec<Source>, Error> {
+    // A job running in the base image itself has nox but no engine: the dry run runs
+    // here, as it would in a container of the base.
+    let here;
+    let config = if config.builder != BuilderKind::Local
+        && !engine::engine_available(config.builder)
+        && engine::engine_available(BuilderKind::Local)
+    {
+        printer.info(format!(
+            "no {} here: the noxfile's dry run runs with this machine's nox (as in a job in the base image)",
+            config.builder.as_str()
+        ));
+        here = Config {
+            dry_run_here: true,
+            ..config.clone()
+        };
+        &here
+    } else {
+        config
+    };
+    let mut plan = planned(config, registry, &args.sessions, printer).await?;
+    let miss = |plan: &Plan| {
+        plan.sessions
+            .iter()
+            .find(|s| matches!(s.status, Status::Miss))
+            .map(|s| RestoreError::Miss {
+                session: s.config.name.clone(),
+                image: s.image.whole(),
+            })
+    };
+    if let Some(e) = miss(&plan) {
+        if !args.build {
+            return Err(e.into());
+        }
+        let misses: Vec<String> = plan
+            .sessions
+            .iter()
+            .filter(|s| matches!(s.status, Status::Miss))
+            .map(|s| s.config.name.clone())
+            .collect();
+        printer.info(format!("building first: {}", misses.join(", ")));
+        let options = args.builder.apply(BuildOptions {
+            sessions: misses,
+            ..BuildOptions::default()
+        });
+        builder::build(config, registry, &options, printer)
+            .await?
+            .exit()?;
+        plan = planned(config, registry, &args.sessions, printer).await?;
+        if let Some(e) = miss(&plan) {
+            return Err(e.into());
+        }
+    }
+    plan.sessions
+        .iter()
+        .map(|s| Source::of_plan(config, &plan, s))
+        .collect()
 }
 
 async fn planned(

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::error::{Error, RestoreError};
 use crate::model::Digest;
+use crate::plan::record::ImageRecord;
 use crate::plan::{Plan, SessionPlan, Status};
 use crate::printer::Reporter;
 use crate::registry::Registry;
@@ -64,34 +65,167 @@ struct Marker {
     image: String,
 }
 
-/// Restore session `s` of `plan` (a hit) into its envdir.
+/// What to restore: one session's venv layers in an image, and where they go.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub session: String,
+    pub key: String,
+    pub venv_dir: String,
+    /// The envdir the venv was built for (its paths are in the venv).
+    pub envdir: String,
+    /// The image, by digest.
+    pub image: Reference,
+    layers: Vec<VenvLayer>,
+}
+
+impl Source {
+    /// Session `s` of `plan`: its hit, the layers above the base's.
+    pub fn of_plan(config: &Config, plan: &Plan, s: &SessionPlan) -> Result<Source, Error> {
+        let Status::Hit { digest } = &s.status else {
+            return Err(RestoreError::Miss {
+                session: s.config.name.clone(),
+                image: s.image.whole(),
+            }
+            .into());
+        };
+        let image = s.image.clone_with_digest(digest.clone());
+        Ok(Source {
+            session: s.config.name.clone(),
+            key: s.key.clone(),
+            venv_dir: s.venv_dir.clone(),
+            envdir: config.envdir.clone(),
+            layers: venv_layers(plan, s, &image)?,
+            image,
+        })
+    }
+
+    /// The sessions `only` (all when empty) of the image `reference` names (a session's
+    /// image or the all-sessions image; this machine's platform of an index), read from
+    /// the record it carries — no plan, no dry run. The record is the image's word, not
+    /// trusted for paths: its envdir must be `envdir` (the config's), its venv folders
+    /// plain names.
+    pub async fn of_image(
+        registry: &Registry,
+        reference: &Reference,
+        envdir: &str,
+        only: &[String],
+    ) -> Result<Vec<Source>, Error> {
+        let img = registry
+            .resolve_base(reference, &crate::config::Platform::host())
+            .await
+            .map_err(|e| match e {
+                crate::registry::RegistryError::NotFound {
+                    registry,
+                    reference,
+                    ..
+                } => crate::registry::RegistryError::NotFound {
+                    registry,
+                    reference,
+                    hint: "build it first (venvimg build), or check the reference",
+                },
+                e => e,
+            })?;
+        let image = reference.clone_with_digest(img.digest.clone());
+        let bad = |detail: String| RestoreError::BadImage {
+            image: image.whole(),
+            detail,
+        };
+        let record: ImageRecord = img.config["config"]["Labels"][crate::image::RECORD_LABEL]
+            .as_str()
+            .and_then(|raw| serde_json::from_str(raw).ok())
+            .ok_or_else(|| bad("no record of venvimg's format: was it made by venvimg?".into()))?;
+        let mut out = Vec::new();
+        for s in record.sessions {
+            if !only.is_empty() && !only.contains(&s.session) {
+                continue;
+            }
+            if s.inputs.envdir != envdir {
+                return Err(bad(format!(
+                    "its venvs are for envdir {}, not {envdir} (`envdir:` in venvimg.yaml)",
+                    s.inputs.envdir
+                ))
+                .into());
+            }
+            let plain = !s.venv_dir.is_empty()
+                && !s.venv_dir.starts_with('.')
+                && !s.venv_dir.contains('/')
+                && !s.venv_dir.chars().any(char::is_control);
+            if !plain {
+                return Err(bad(format!(
+                    "its record names the venv folder `{}`, not a plain name",
+                    crate::untrusted::escaped(&s.venv_dir)
+                ))
+                .into());
+            }
+            if s.layers.is_empty() {
+                return Err(bad(format!(
+                    "its record lists no layer of session `{}`",
+                    s.session
+                ))
+                .into());
+            }
+            let mut layers = Vec::new();
+            for l in &s.layers {
+                let digest = Digest::parse(&l.digest).map_err(|e| bad(e.to_string()))?;
+                let (index, desc) = img
+                    .manifest
+                    .layers()
+                    .iter()
+                    .enumerate()
+                    .find(|(_, d)| d.digest().as_ref() == digest.as_str())
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "its record names layer {digest}, which it does not hold"
+                        ))
+                    })?;
+                layers.push(VenvLayer {
+                    index,
+                    digest,
+                    size: desc.size(),
+                    media_type: desc.media_type().to_string(),
+                });
+            }
+            out.push(Source {
+                session: s.session,
+                key: s.key,
+                venv_dir: s.venv_dir,
+                envdir: envdir.to_string(),
+                image: image.clone(),
+                layers,
+            });
+        }
+        if out.is_empty() {
+            return Err(bad(format!(
+                "it holds none of the sessions asked for ({})",
+                only.join(", ")
+            ))
+            .into());
+        }
+        Ok(out)
+    }
+}
+
+/// Restore one session's venv into its envdir.
 pub async fn restore(
     registry: &Registry,
-    config: &Config,
-    plan: &Plan,
-    s: &SessionPlan,
+    src: &Source,
     opts: &RestoreOptions,
     printer: &dyn Reporter,
 ) -> Result<Restored, Error> {
     let started = Instant::now();
-    let name = &s.config.name;
-    let Status::Hit { digest } = &s.status else {
-        return Err(RestoreError::Miss {
-            session: name.clone(),
-            image: s.image.whole(),
-        }
-        .into());
-    };
-    let pinned = s.image.clone_with_digest(digest.clone());
+    let name = &src.session;
+    let pinned = &src.image;
     let envdir = match &opts.root {
-        Some(root) => root.join(config.envdir.trim_start_matches('/')),
-        None => PathBuf::from(&config.envdir),
+        Some(root) => root.join(src.envdir.trim_start_matches('/')),
+        None => PathBuf::from(&src.envdir),
     };
-    let path = envdir.join(&s.venv_dir);
-    let marker_path = envdir.join(".venvimg").join(format!("{}.json", s.venv_dir));
+    let path = envdir.join(&src.venv_dir);
+    let marker_path = envdir
+        .join(".venvimg")
+        .join(format!("{}.json", src.venv_dir));
     let marker = Marker {
         session: name.clone(),
-        key: s.key.clone(),
+        key: src.key.clone(),
         image: pinned.whole(),
     };
     let present = fs_err::symlink_metadata(&path).is_ok();
@@ -107,7 +241,7 @@ pub async fn restore(
                 ));
                 return Ok(Restored {
                     session: name.clone(),
-                    venv_dir: s.venv_dir.clone(),
+                    venv_dir: src.venv_dir.clone(),
                     path,
                     image: m.image,
                     outcome: "present",
@@ -137,7 +271,7 @@ pub async fn restore(
         }
     }
 
-    let layers = venv_layers(plan, s, &pinned)?;
+    let layers = &src.layers;
     printer.info(format!(
         "{name}: restoring {} layer(s) of {} into {}",
         layers.len(),
@@ -151,32 +285,30 @@ pub async fn restore(
     crate::cancel::sweep_stale_in(&envdir);
     // Beside the target (same filesystem: the rename is atomic), removed on drop and on
     // a cancel.
-    let staging =
-        crate::cancel::tempdir_in(&format!("restore-{}", s.venv_dir), &envdir).map_err(|e| {
-            RestoreError::Io {
-                context: format!("creating a folder in {}", envdir.display()),
-                source: e,
-            }
+    let staging = crate::cancel::tempdir_in(&format!("restore-{}", src.venv_dir), &envdir)
+        .map_err(|e| RestoreError::Io {
+            context: format!("creating a folder in {}", envdir.display()),
+            source: e,
         })?;
     let venv_archive = format!(
         "{}/{}",
-        config.envdir.trim_matches('/'),
-        s.venv_dir.trim_matches('/')
+        src.envdir.trim_matches('/'),
+        src.venv_dir.trim_matches('/')
     );
     // Root restores owners as the image has them; anyone else owns what they write.
     let owners = is_root();
     let written = fetch_and_write(
         registry,
-        &pinned,
-        &layers,
+        pinned,
+        layers,
         &venv_archive,
-        &s.venv_dir,
+        &src.venv_dir,
         staging.path(),
         owners,
         opts.jobs,
     )
     .await
-    .map_err(|e| e.for_session(name, &pinned))?;
+    .map_err(|e| e.for_session(name, pinned))?;
 
     let mut folders = Vec::new();
     let mut later = Vec::new();
@@ -200,18 +332,18 @@ pub async fn restore(
                     l.target.display()
                 ),
             }
-            .for_session(name, &pinned)
+            .for_session(name, pinned)
             .into());
         }
     }
     extract::settle_folders(staging.path(), folders, owners)?;
-    let new = staging.path().join(&s.venv_dir);
+    let new = staging.path().join(&src.venv_dir);
     if !new.is_dir() {
         return Err(RestoreError::BadLayer {
             layer: 0,
             detail: format!("no layer holds the venv folder /{venv_archive}"),
         }
-        .for_session(name, &pinned)
+        .for_session(name, pinned)
         .into());
     }
     put_in_place(&new, &path, staging.path())?;
@@ -219,7 +351,7 @@ pub async fn restore(
     drop(staging);
     Ok(Restored {
         session: name.clone(),
-        venv_dir: s.venv_dir.clone(),
+        venv_dir: src.venv_dir.clone(),
         path,
         image: pinned.whole(),
         outcome: "restored",

@@ -65,7 +65,13 @@ fn a_restored_venv_is_the_tree_podman_extracts_from_the_image() {
         let image = support::project::image_of(&built, "tests");
         let root = tempfile::tempdir().unwrap();
         let root_s = root.path().to_str().unwrap();
-        let (code, text) = outcome(&p, &["restore", "-s", "tests", "--root", root_s]);
+        // The plan's image, or (zstd) the image named, without a plan.
+        let by = if name.ends_with("zstd") {
+            vec!["restore", "--image", image.as_str(), "--root", root_s]
+        } else {
+            vec!["restore", "-s", "tests", "--root", root_s]
+        };
+        let (code, text) = outcome(&p, &by);
         assert_eq!(code, Some(0), "{name}: {text}");
         assert!(text.contains("restored"), "{name}: {text}");
         let ours = tree(&root.path().join("opt/nox/tests"));
@@ -154,6 +160,21 @@ fn restore_refuses_a_miss_and_another_keys_venv() {
     assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains("the venv of another key (0123456789abcdef"),
+        "{text}"
+    );
+    // An image whose venvs are for another envdir is refused by --image, naming both.
+    let other = Project::fixture("sample")
+        .unique_repo("restore-other-envdir")
+        .config("sessions: [lint]\nenvdir: /opt/other\n");
+    let built = other.build(&[]);
+    let image = support::project::image_of(&built, "lint");
+    let (code, text) = outcome(
+        &p,
+        &["restore", "--image", &image, "--root", root_s, "--force"],
+    );
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("its venvs are for envdir /opt/other, not /opt/nox"),
         "{text}"
     );
     // No staging folder left behind by any of it.

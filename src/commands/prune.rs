@@ -477,17 +477,7 @@ pub async fn prune(
     args: &PruneArgs,
     printer: &Printer,
 ) -> Result<(), Error> {
-    // The current keys, exactly as `venvimg plan` computes them.
-    let plan =
-        crate::plan::make_plan(&config.for_platform(&config.platform), registry, &[]).await?;
-    let mut current: BTreeSet<String> = plan.sessions.iter().map(|s| s.tag.clone()).collect();
-    current.insert(plan.combined_tag());
-    // With `platforms:`, every platform's images are current (each has its own keys).
-    for p in config.platforms.iter().filter(|p| **p != config.platform) {
-        let other = crate::plan::make_plan(&config.for_platform(p), registry, &[]).await?;
-        current.extend(other.sessions.iter().map(|s| s.tag.clone()));
-        current.insert(other.combined_tag());
-    }
+    let (plan, current) = current_tags(config, registry).await?;
     crate::plan::findings::flush_warnings(registry, printer);
     let repo = at_tag(&config.repository, "latest");
     let Survey {
@@ -527,80 +517,20 @@ pub async fn prune(
         .chain([plan.base.digest.clone()])
         .collect();
     let bytes_freed_estimate = freed(&images, &base_blobs);
-    let mut planned: Vec<(Digest, String)> = Vec::new();
-    let mut sbom_plans: Vec<(String, RemovalPlan)> = Vec::new();
-    for row in images.iter().filter(|i| i.action == Action::Delete) {
-        let digest = Digest::parse(&row.digest).map_err(|e| RegistryError::BadManifest {
-            reference: repo.whole(),
-            detail: e.to_string(),
-        })?;
-        planned.push((digest.clone(), format!("image {}", row.tags.join(", "))));
-        if let Some(m) = row.marker.as_deref().and_then(|m| Digest::parse(m).ok()) {
-            if !protected.contains(m.as_str()) {
-                planned.push((m, format!("push marker of {}", row.tags.join(", "))));
-            }
-        }
-        let plan = registry
-            .plan_referrer_removal(
-                &repo,
-                &digest,
-                crate::sbom::MEDIA_TYPE,
-                crate::sbom::ANNOTATION,
-                &protected,
-            )
-            .await;
-        add_sbom_plan(
-            &mut planned,
-            &mut sbom_plans,
-            printer,
-            row.tags.join(", "),
-            plan,
-        );
-    }
-    // Referrers tags of images already gone: venvimg's SBOMs listed there go (other tools'
-    // referrers stay).
-    let present: HashSet<String> = images.iter().map(|i| i.digest.clone()).collect();
-    let mut orphan_referrer_tags = Vec::new();
-    for (subject, tag) in &referrer_tags {
-        if present.contains(subject) {
-            continue;
-        }
-        let Ok(subject) = Digest::parse(subject) else {
-            continue;
-        };
-        let plan = registry
-            .plan_referrer_removal(
-                &repo,
-                &subject,
-                crate::sbom::MEDIA_TYPE,
-                crate::sbom::ANNOTATION,
-                &protected,
-            )
-            .await;
-        if plan.as_ref().is_ok_and(|p| !p.referrers.is_empty()) {
-            orphan_referrer_tags.push(tag.clone());
-        }
-        add_sbom_plan(
-            &mut planned,
-            &mut sbom_plans,
-            printer,
-            format!("an image already gone ({tag})"),
-            plan,
-        );
-    }
-    for m in &orphan_markers {
-        if let Ok(d) = Digest::parse(&m.digest) {
-            if !protected.contains(d.as_str()) {
-                planned.push((
-                    d,
-                    format!(
-                        "push marker {} (its image is gone)",
-                        pushed::marker_tag(&m.subject)
-                    ),
-                ));
-            }
-        }
-    }
+    let Removals {
+        planned,
+        sbom_plans,
+        orphan_referrer_tags,
+    } = plan_removals(
+        registry,
+        &repo,
+        &images,
+        &referrer_tags,
+        &orphan_markers,
+        &protected,
+        printer,
+    )
+    .await?;
     let mut report = PruneReport {
         repository: config.repository_path(),
         dry_run: !args.yes,
@@ -623,6 +553,152 @@ pub async fn prune(
             .collect(),
         deleted: Vec::new(),
     };
+    if !show(&report, args, printer) {
+        return Ok(());
+    }
+
+    let present: HashSet<String> = report.images.iter().map(|i| i.digest.clone()).collect();
+    carry_out(
+        registry,
+        &repo,
+        &mut report,
+        &sbom_plans,
+        &present,
+        &orphan_markers,
+        &protected,
+        printer,
+    )
+    .await?;
+    if args.json {
+        printer.out(report.json());
+    } else {
+        printer.out(report.summary(true));
+    }
+    Ok(())
+}
+
+/// The current keys' tags, exactly as `venvimg plan` computes them, and this platform's
+/// plan. With `platforms:`, every platform's images are current (each has its own keys).
+async fn current_tags(
+    config: &Config,
+    registry: &Registry,
+) -> Result<(crate::plan::Plan, BTreeSet<String>), Error> {
+    let plan =
+        crate::plan::make_plan(&config.for_platform(&config.platform), registry, &[]).await?;
+    let mut current: BTreeSet<String> = plan.sessions.iter().map(|s| s.tag.clone()).collect();
+    current.insert(plan.combined_tag());
+    for p in config.platforms.iter().filter(|p| **p != config.platform) {
+        let other = crate::plan::make_plan(&config.for_platform(p), registry, &[]).await?;
+        current.extend(other.sessions.iter().map(|s| s.tag.clone()));
+        current.insert(other.combined_tag());
+    }
+    Ok((plan, current))
+}
+
+/// What `--yes` would delete besides the images: their push markers and SBOMs, the SBOMs
+/// of images already gone, markers whose image is gone.
+struct Removals {
+    planned: Vec<(Digest, String)>,
+    sbom_plans: Vec<(String, RemovalPlan)>,
+    orphan_referrer_tags: Vec<String>,
+}
+
+/// Every deletion, planned before any is made (the dry run lists exactly these): each
+/// image to delete with its marker and venvimg's SBOMs among its referrers, referrers
+/// tags of images already gone, orphan markers. Nothing in `protected` is ever planned.
+async fn plan_removals(
+    registry: &Registry,
+    repo: &Reference,
+    images: &[ImageRow],
+    referrer_tags: &BTreeMap<String, String>,
+    orphan_markers: &[Marker],
+    protected: &HashSet<String>,
+    printer: &Printer,
+) -> Result<Removals, Error> {
+    let mut planned: Vec<(Digest, String)> = Vec::new();
+    let mut sbom_plans: Vec<(String, RemovalPlan)> = Vec::new();
+    for row in images.iter().filter(|i| i.action == Action::Delete) {
+        let digest = Digest::parse(&row.digest).map_err(|e| RegistryError::BadManifest {
+            reference: repo.whole(),
+            detail: e.to_string(),
+        })?;
+        planned.push((digest.clone(), format!("image {}", row.tags.join(", "))));
+        if let Some(m) = row.marker.as_deref().and_then(|m| Digest::parse(m).ok()) {
+            if !protected.contains(m.as_str()) {
+                planned.push((m, format!("push marker of {}", row.tags.join(", "))));
+            }
+        }
+        let plan = registry
+            .plan_referrer_removal(
+                repo,
+                &digest,
+                crate::sbom::MEDIA_TYPE,
+                crate::sbom::ANNOTATION,
+                protected,
+            )
+            .await;
+        add_sbom_plan(
+            &mut planned,
+            &mut sbom_plans,
+            printer,
+            row.tags.join(", "),
+            plan,
+        );
+    }
+    // Referrers tags of images already gone: venvimg's SBOMs listed there go (other tools'
+    // referrers stay).
+    let present: HashSet<String> = images.iter().map(|i| i.digest.clone()).collect();
+    let mut orphan_referrer_tags = Vec::new();
+    for (subject, tag) in referrer_tags {
+        if present.contains(subject) {
+            continue;
+        }
+        let Ok(subject) = Digest::parse(subject) else {
+            continue;
+        };
+        let plan = registry
+            .plan_referrer_removal(
+                repo,
+                &subject,
+                crate::sbom::MEDIA_TYPE,
+                crate::sbom::ANNOTATION,
+                protected,
+            )
+            .await;
+        if plan.as_ref().is_ok_and(|p| !p.referrers.is_empty()) {
+            orphan_referrer_tags.push(tag.clone());
+        }
+        add_sbom_plan(
+            &mut planned,
+            &mut sbom_plans,
+            printer,
+            format!("an image already gone ({tag})"),
+            plan,
+        );
+    }
+    for m in orphan_markers {
+        if let Ok(d) = Digest::parse(&m.digest) {
+            if !protected.contains(d.as_str()) {
+                planned.push((
+                    d,
+                    format!(
+                        "push marker {} (its image is gone)",
+                        pushed::marker_tag(&m.subject)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Removals {
+        planned,
+        sbom_plans,
+        orphan_referrer_tags,
+    })
+}
+
+/// The report as asked (table, or JSON); with a dry run (no `--yes`) also what would go.
+/// Whether to go on and delete.
+fn show(report: &PruneReport, args: &PruneArgs, printer: &Printer) -> bool {
     let skipped = report
         .images
         .iter()
@@ -651,9 +727,25 @@ pub async fn prune(
             }
             printer.out(report.summary(false));
         }
-        return Ok(());
+        return false;
     }
 
+    true
+}
+
+/// Delete what was planned, images first (each with its marker and SBOMs); stop at the
+/// first image that cannot be deleted, saying what was.
+#[allow(clippy::too_many_arguments)]
+async fn carry_out(
+    registry: &Registry,
+    repo: &Reference,
+    report: &mut PruneReport,
+    sbom_plans: &[(String, RemovalPlan)],
+    present: &HashSet<String>,
+    orphan_markers: &[Marker],
+    protected: &HashSet<String>,
+    printer: &Printer,
+) -> Result<(), Error> {
     let to_delete: Vec<ImageRow> = report.to_delete().cloned().collect();
     let total = to_delete.len();
     let mut images_deleted = 0;
@@ -662,7 +754,7 @@ pub async fn prune(
         let Ok(digest) = Digest::parse(&row.digest) else {
             continue;
         };
-        match registry.delete_manifest(&repo, &digest).await {
+        match registry.delete_manifest(repo, &digest).await {
             Ok(outcome) => {
                 images_deleted += 1;
                 report.deleted.push(row.digest.clone());
@@ -692,7 +784,7 @@ pub async fn prune(
         }
         if let Some(marker) = row.marker.as_deref().and_then(|m| Digest::parse(m).ok()) {
             if !protected.contains(marker.as_str()) {
-                match registry.delete_manifest(&repo, &marker).await {
+                match registry.delete_manifest(repo, &marker).await {
                     Ok(_) => report.deleted.push(marker.into_string()),
                     Err(e) => printer.warn(format!(
                         "could not delete the push marker of {}: {}",
@@ -704,23 +796,23 @@ pub async fn prune(
         }
         let what = row.tags.join(", ");
         if let Some((_, plan)) = sbom_plans.iter().find(|(w, _)| *w == what) {
-            delete_sboms(registry, &repo, plan, &what, printer, &mut report.deleted).await;
+            delete_sboms(registry, repo, plan, &what, printer, &mut report.deleted).await;
         }
     }
     for (what, plan) in sbom_plans
         .iter()
         .filter(|(_, p)| !present.contains(p.subject.as_str()))
     {
-        delete_sboms(registry, &repo, plan, what, printer, &mut report.deleted).await;
+        delete_sboms(registry, repo, plan, what, printer, &mut report.deleted).await;
     }
-    for m in &orphan_markers {
+    for m in orphan_markers {
         let Ok(d) = Digest::parse(&m.digest) else {
             continue;
         };
         if protected.contains(d.as_str()) {
             continue;
         }
-        match registry.delete_manifest(&repo, &d).await {
+        match registry.delete_manifest(repo, &d).await {
             Ok(_) => {
                 report.deleted.push(d.into_string());
                 printer.verbose(format!(
@@ -734,11 +826,6 @@ pub async fn prune(
                 first_line(&e.to_string())
             )),
         }
-    }
-    if args.json {
-        printer.out(report.json());
-    } else {
-        printer.out(report.summary(true));
     }
     Ok(())
 }

@@ -126,94 +126,133 @@ pub(super) fn extract(
         let mtime = header.mtime().map_err(|e| bad(e.to_string()))?;
         let uid = header.uid().map_err(|e| bad(e.to_string()))?;
         let gid = header.gid().map_err(|e| bad(e.to_string()))?;
-        let kind = header.entry_type();
-        let dest = to.staging.join(&rel);
-        let io_err = |e: io::Error| RestoreError::Io {
-            context: format!("writing {}", dest.display()),
-            source: e,
+        let meta = Meta {
+            kind: header.entry_type(),
+            mode,
+            mtime,
+            uid,
+            gid,
         };
-        if kind.is_dir() {
-            folders.ensure(&rel).map_err(io_err)?;
-            out.folders.push(FolderMeta {
-                rel,
-                mode,
-                mtime,
-                uid,
-                gid,
-                layer: to.index,
-            });
-            continue;
-        }
-        let Some(parent) = rel.parent() else {
-            return Err(bad(format!(
-                "{}: the venv folder itself is not a folder",
-                path.display()
-            )));
-        };
-        folders.ensure(parent).map_err(io_err)?;
-        if kind.is_file() {
-            // O_EXCL: a file two layers both hold is an error, not a race one of them wins.
-            let mut file = fs_err::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .mode(0o600)
-                .open(&dest)
-                .map_err(|e| overlap_or(e, &path, to))?;
-            out.bytes += io::copy(&mut entry, &mut file).map_err(io_err)?;
-            let file = file.into_parts().0;
-            if to.owners {
-                std::os::unix::fs::fchown(&file, Some(uid as u32), Some(gid as u32))
-                    .map_err(io_err)?;
-            }
-            {
-                use std::os::unix::fs::PermissionsExt;
-                file.set_permissions(std::fs::Permissions::from_mode(mode))
-                    .map_err(io_err)?;
-            }
-            let t = filetime::FileTime::from_unix_time(mtime as i64, 0);
-            filetime::set_file_handle_times(&file, Some(t), Some(t)).map_err(io_err)?;
-            out.files += 1;
-        } else if kind.is_symlink() {
-            let target = entry
-                .link_name()
-                .map_err(|e| bad(e.to_string()))?
-                .ok_or_else(|| bad(format!("{}: a symlink without a target", path.display())))?;
-            fs_err::os::unix::fs::symlink(&target, &dest).map_err(|e| overlap_or(e, &path, to))?;
-            if to.owners {
-                std::os::unix::fs::lchown(&dest, Some(uid as u32), Some(gid as u32))
-                    .map_err(io_err)?;
-            }
-            let t = filetime::FileTime::from_unix_time(mtime as i64, 0);
-            filetime::set_symlink_file_times(&dest, t, t).map_err(io_err)?;
-            out.files += 1;
-        } else if kind.is_hard_link() {
-            let target = entry
-                .link_name()
-                .map_err(|e| bad(e.to_string()))?
-                .ok_or_else(|| bad(format!("{}: a hard link without a target", path.display())))?
-                .into_owned();
-            let Some(target) = venv_relative(&target, to).map_err(bad)? else {
-                return Err(bad(format!(
-                    "{}: a hard link to {}, outside the venv",
-                    path.display(),
-                    target.display()
-                )));
-            };
-            // The target is this layer's (written above) or another's, still on its way.
-            if !link(to.staging, &target, &rel).map_err(|e| overlap_or(e, &path, to))? {
-                out.later_links.push(LaterLink { rel, target });
-            }
-            out.files += 1;
-        } else {
-            return Err(bad(format!(
-                "{}: a {:?} entry; a venv layer holds folders, files and links only",
-                path.display(),
-                kind
-            )));
-        }
+        write_entry(&mut entry, &path, rel, meta, to, &mut folders, &mut out)?;
     }
     Ok(out)
+}
+
+/// One entry's metadata, from its header.
+struct Meta {
+    kind: tar::EntryType,
+    mode: u32,
+    mtime: u64,
+    uid: u64,
+    gid: u64,
+}
+
+/// Write one entry at `rel` under the staging folder (a folder's metadata waits for
+/// [`settle_folders`]; a hard link to a file not written yet waits in `out`).
+fn write_entry(
+    entry: &mut tar::Entry<'_, Box<dyn Read + '_>>,
+    path: &Path,
+    rel: PathBuf,
+    meta: Meta,
+    to: &Target,
+    folders: &mut KnownFolders,
+    out: &mut Written,
+) -> Result<(), RestoreError> {
+    let Meta {
+        kind,
+        mode,
+        mtime,
+        uid,
+        gid,
+    } = meta;
+    let bad = |detail: String| RestoreError::BadLayer {
+        layer: to.index,
+        detail,
+    };
+    let dest = to.staging.join(&rel);
+    let io_err = |e: io::Error| RestoreError::Io {
+        context: format!("writing {}", dest.display()),
+        source: e,
+    };
+    if kind.is_dir() {
+        folders.ensure(&rel).map_err(io_err)?;
+        out.folders.push(FolderMeta {
+            rel,
+            mode,
+            mtime,
+            uid,
+            gid,
+            layer: to.index,
+        });
+        return Ok(());
+    }
+    let Some(parent) = rel.parent() else {
+        return Err(bad(format!(
+            "{}: the venv folder itself is not a folder",
+            path.display()
+        )));
+    };
+    folders.ensure(parent).map_err(io_err)?;
+    if kind.is_file() {
+        // O_EXCL: a file two layers both hold is an error, not a race one of them wins.
+        let mut file = fs_err::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(&dest)
+            .map_err(|e| overlap_or(e, path, to))?;
+        out.bytes += io::copy(entry, &mut file).map_err(io_err)?;
+        let file = file.into_parts().0;
+        if to.owners {
+            std::os::unix::fs::fchown(&file, Some(uid as u32), Some(gid as u32)).map_err(io_err)?;
+        }
+        {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(io_err)?;
+        }
+        let t = filetime::FileTime::from_unix_time(mtime as i64, 0);
+        filetime::set_file_handle_times(&file, Some(t), Some(t)).map_err(io_err)?;
+        out.files += 1;
+    } else if kind.is_symlink() {
+        let target = entry
+            .link_name()
+            .map_err(|e| bad(e.to_string()))?
+            .ok_or_else(|| bad(format!("{}: a symlink without a target", path.display())))?;
+        fs_err::os::unix::fs::symlink(&target, &dest).map_err(|e| overlap_or(e, path, to))?;
+        if to.owners {
+            std::os::unix::fs::lchown(&dest, Some(uid as u32), Some(gid as u32)).map_err(io_err)?;
+        }
+        let t = filetime::FileTime::from_unix_time(mtime as i64, 0);
+        filetime::set_symlink_file_times(&dest, t, t).map_err(io_err)?;
+        out.files += 1;
+    } else if kind.is_hard_link() {
+        let target = entry
+            .link_name()
+            .map_err(|e| bad(e.to_string()))?
+            .ok_or_else(|| bad(format!("{}: a hard link without a target", path.display())))?
+            .into_owned();
+        let Some(target) = venv_relative(&target, to).map_err(bad)? else {
+            return Err(bad(format!(
+                "{}: a hard link to {}, outside the venv",
+                path.display(),
+                target.display()
+            )));
+        };
+        // The target is this layer's (written above) or another's, still on its way.
+        if !link(to.staging, &target, &rel).map_err(|e| overlap_or(e, path, to))? {
+            out.later_links.push(LaterLink { rel, target });
+        }
+        out.files += 1;
+    } else {
+        return Err(bad(format!(
+            "{}: a {:?} entry; a venv layer holds folders, files and links only",
+            path.display(),
+            kind
+        )));
+    }
+    Ok(())
 }
 
 /// Link `rel` to `target` (both under `staging`); false when the target is not there yet.

@@ -228,47 +228,23 @@ pub async fn restore(
         key: src.key.clone(),
         image: pinned.whole(),
     };
-    let present = fs_err::symlink_metadata(&path).is_ok();
-    if present {
-        let there: Option<Marker> = fs_err::read(&marker_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        match there {
-            Some(m) if m.key == marker.key => {
-                printer.info(format!(
-                    "{name}: {} is the current key's venv already",
-                    path.display()
-                ));
-                return Ok(Restored {
-                    session: name.clone(),
-                    venv_dir: src.venv_dir.clone(),
-                    path,
-                    image: m.image,
-                    outcome: "present",
-                    layers: 0,
-                    fetched: 0,
-                    files: 0,
-                    bytes: 0,
-                    seconds: started.elapsed().as_secs_f64(),
-                });
-            }
-            _ if opts.force => {}
-            there => {
-                return Err(RestoreError::Occupied {
-                    session: name.clone(),
-                    path,
-                    what: match there {
-                        Some(m) => format!(
-                            "the venv of another key ({}…, from {})",
-                            &m.key[..m.key.len().min(16)],
-                            m.image
-                        ),
-                        None => "a folder venvimg did not restore".into(),
-                    },
-                }
-                .into());
-            }
-        }
+    if let Some(image) = already_there(&path, &marker_path, &marker, opts.force)? {
+        printer.info(format!(
+            "{name}: {} is the current key's venv already",
+            path.display()
+        ));
+        return Ok(Restored {
+            session: name.clone(),
+            venv_dir: src.venv_dir.clone(),
+            path,
+            image,
+            outcome: "present",
+            layers: 0,
+            fetched: 0,
+            files: 0,
+            bytes: 0,
+            seconds: started.elapsed().as_secs_f64(),
+        });
     }
 
     let layers = &src.layers;
@@ -310,33 +286,8 @@ pub async fn restore(
     .await
     .map_err(|e| e.for_session(name, pinned))?;
 
-    let mut folders = Vec::new();
-    let mut later = Vec::new();
-    let (mut files, mut bytes) = (0, 0);
-    for w in written {
-        folders.extend(w.folders);
-        later.extend(w.later_links);
-        files += w.files;
-        bytes += w.bytes;
-    }
-    for l in later {
-        if !extract::link(staging.path(), &l.target, &l.rel).map_err(|e| RestoreError::Io {
-            context: format!("linking {}", l.rel.display()),
-            source: e,
-        })? {
-            return Err(RestoreError::BadLayer {
-                layer: 0,
-                detail: format!(
-                    "{}: a hard link to {}, which no layer holds",
-                    l.rel.display(),
-                    l.target.display()
-                ),
-            }
-            .for_session(name, pinned)
-            .into());
-        }
-    }
-    extract::settle_folders(staging.path(), folders, owners)?;
+    let (files, bytes) =
+        complete(staging.path(), written, owners).map_err(|e| e.for_session(name, pinned))?;
     let new = staging.path().join(&src.venv_dir);
     if !new.is_dir() {
         return Err(RestoreError::BadLayer {
@@ -361,6 +312,38 @@ pub async fn restore(
         bytes,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// What is at `path` already: nothing (None), the current key's venv (its image), or
+/// something else — refused unless `force`.
+fn already_there(
+    path: &Path,
+    marker_path: &Path,
+    marker: &Marker,
+    force: bool,
+) -> Result<Option<String>, RestoreError> {
+    if fs_err::symlink_metadata(path).is_err() {
+        return Ok(None);
+    }
+    let there: Option<Marker> = fs_err::read(marker_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    match there {
+        Some(m) if m.key == marker.key => Ok(Some(m.image)),
+        _ if force => Ok(None),
+        there => Err(RestoreError::Occupied {
+            session: marker.session.clone(),
+            path: path.to_path_buf(),
+            what: match there {
+                Some(m) => format!(
+                    "the venv of another key ({}…, from {})",
+                    &m.key[..m.key.len().min(16)],
+                    m.image
+                ),
+                None => "a folder venvimg did not restore".into(),
+            },
+        }),
+    }
 }
 
 /// A venv layer of the image: its place, digest, size and media type.
@@ -500,6 +483,42 @@ async fn fetch_and_write(
         .buffer_unordered(jobs)
         .try_collect()
         .await
+}
+
+/// After every layer: the hard links to other layers' files, then the folders'
+/// metadata. The files and bytes written.
+fn complete(
+    staging: &Path,
+    written: Vec<extract::Written>,
+    owners: bool,
+) -> Result<(u64, u64), RestoreError> {
+    let mut folders = Vec::new();
+    let mut later = Vec::new();
+    let (mut files, mut bytes) = (0, 0);
+    for w in written {
+        folders.extend(w.folders);
+        later.extend(w.later_links);
+        files += w.files;
+        bytes += w.bytes;
+    }
+    for l in later {
+        let linked = extract::link(staging, &l.target, &l.rel).map_err(|e| RestoreError::Io {
+            context: format!("linking {}", l.rel.display()),
+            source: e,
+        })?;
+        if !linked {
+            return Err(RestoreError::BadLayer {
+                layer: 0,
+                detail: format!(
+                    "{}: a hard link to {}, which no layer holds",
+                    l.rel.display(),
+                    l.target.display()
+                ),
+            });
+        }
+    }
+    extract::settle_folders(staging, folders, owners)?;
+    Ok((files, bytes))
 }
 
 /// Move the complete venv into place; an old one (forced) goes into the staging folder,

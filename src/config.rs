@@ -518,24 +518,7 @@ impl Config {
             message: syntax_message(&e),
         })?;
         let f = file;
-        let project_dir = match (project, raw.root.as_deref()) {
-            (Some(p), _) => p.to_path_buf(),
-            (None, Some(root)) => {
-                let dir = config_dir.join(root);
-                if !dir.join(NOXFILE).is_file() {
-                    return Err(ConfigError::field(
-                        f,
-                        "root",
-                        format!(
-                            "`{root}` (relative to the file's folder: {}) has no {NOXFILE}; name the project's root folder, the one with {NOXFILE} and pyproject.toml",
-                            dir.display()
-                        ),
-                    ));
-                }
-                dir
-            }
-            (None, None) => config_dir.to_path_buf(),
-        };
+        let project_dir = project_dir_of(f, config_dir, project, raw.root.as_deref())?;
         let project_dir = project_dir.as_path();
 
         let repository_s = raw.repository.ok_or_else(|| {
@@ -560,43 +543,7 @@ impl Config {
         })?;
         let base = parse_reference(f, "base", &base_s)?;
 
-        let platforms = match (raw.platform, raw.platforms) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::field(
-                    f,
-                    "platforms",
-                    "set either `platform:` (one) or `platforms:` (a list), not both",
-                ))
-            }
-            (Some(p), None) => {
-                vec![Platform::parse(&p).map_err(|m| ConfigError::field(f, "platform", m))?]
-            }
-            (None, Some(list)) => {
-                let mut out: Vec<Platform> = Vec::new();
-                for (i, p) in list.iter().enumerate() {
-                    let field = format!("platforms[{i}]");
-                    let parsed =
-                        Platform::parse(p).map_err(|m| ConfigError::field(f, &field, m))?;
-                    if out.contains(&parsed) {
-                        return Err(ConfigError::field(
-                            f,
-                            &field,
-                            format!("{parsed} is listed twice; list each platform once"),
-                        ));
-                    }
-                    out.push(parsed);
-                }
-                if out.is_empty() {
-                    return Err(ConfigError::field(
-                        f,
-                        "platforms",
-                        "is empty; list at least one platform (e.g. [linux/amd64, linux/arm64]) or remove it for the host's",
-                    ));
-                }
-                out
-            }
-            (None, None) => vec![Platform::host()],
-        };
+        let platforms = platforms_of(f, raw.platform, raw.platforms)?;
         let host = Platform::host();
         let platform = platforms
             .iter()
@@ -615,58 +562,8 @@ impl Config {
         check_abs_dir(f, "workdir", &workdir)?;
         check_envdir_outside(f, &envdir, &workdir)?;
 
-        let builder = match raw.builder.as_deref() {
-            None | Some("podman") => BuilderKind::Podman,
-            Some("docker") => BuilderKind::Docker,
-            Some("local") => BuilderKind::Local,
-            Some(other) => {
-                return Err(ConfigError::field(
-                    f,
-                    "builder",
-                    format!("unknown builder `{other}`; use podman, docker or local"),
-                ))
-            }
-        };
-
-        let compression = match raw.compression.as_deref() {
-            None | Some("gzip") => Compression::Gzip,
-            Some("zstd") => Compression::ZSTD,
-            Some(other) => {
-                return Err(ConfigError::field(
-                    f,
-                    "compression",
-                    format!("unknown compression `{other}`; use gzip or zstd"),
-                ))
-            }
-        };
-        // Builds are rare and pulls many: a higher zstd level trades build CPU for bytes.
-        let compression = match (compression, raw.compression_level) {
-            (c, None) => c,
-            (Compression::Zstd { .. }, Some(level)) => {
-                if !(1..=i64::from(crate::model::ZSTD_MAX_LEVEL)).contains(&level) {
-                    return Err(ConfigError::field(
-                        f,
-                        "compression_level",
-                        format!(
-                            "{level} is out of range; use 1 to {} (zstd's levels)",
-                            crate::model::ZSTD_MAX_LEVEL
-                        ),
-                    ));
-                }
-                Compression::Zstd {
-                    level: level as i32,
-                }
-            }
-            (Compression::Gzip, Some(_)) => {
-                return Err(ConfigError::field(
-                    f,
-                    "compression_level",
-                    "applies to `compression: zstd` only (gzip layers are always level 6); \
-                     remove it or set `compression: zstd`"
-                        .to_string(),
-                ))
-            }
-        };
+        let builder = builder_of(f, raw.builder.as_deref())?;
+        let compression = compression_of(f, raw.compression.as_deref(), raw.compression_level)?;
 
         let owner = match raw.owner.as_deref() {
             None => Owner { uid: 0, gid: 0 },
@@ -679,27 +576,7 @@ impl Config {
             })?,
         };
 
-        let layers = match raw.layers.as_deref() {
-            Some("single") => LayerMode::Single,
-            None | Some("per-distribution") => LayerMode::PerDistribution,
-            Some(other) => {
-                return Err(ConfigError::field(
-                    f,
-                    "layers",
-                    format!("unknown value `{other}`; use single or per-distribution"),
-                ))
-            }
-        };
-        let max_layers = raw
-            .max_layers
-            .unwrap_or(crate::python::layering::DEFAULT_MAX_LAYERS);
-        if !(2..=120).contains(&max_layers) {
-            return Err(ConfigError::field(
-                f,
-                "max_layers",
-                format!("{max_layers} is out of range; use 2 to 120 (overlay filesystems accept about 127 layers)"),
-            ));
-        }
+        let (layers, max_layers) = layers_of(f, raw.layers.as_deref(), raw.max_layers)?;
 
         let default_project = match raw.project.as_deref() {
             None => ProjectMode::default(),
@@ -727,53 +604,12 @@ impl Config {
             None => None,
             Some(s) => Some(parse_refresh(f, "refresh", s)?),
         };
-        for (i, input) in inputs.iter().enumerate() {
-            let field = format!("inputs[{i}]");
-            if Path::new(input).is_absolute() || input.split('/').any(|c| c == "..") {
-                return Err(ConfigError::field(
-                    f,
-                    field,
-                    format!("`{input}` must be a path relative to the project, inside it"),
-                ));
-            }
-            let path = project_dir.join(input);
-            if !path.is_file() {
-                return Err(ConfigError::field(
-                    f,
-                    field,
-                    format!(
-                        "input file `{}` does not exist; create it, or remove it from `inputs` (venvimg finds the files each session's installs read by itself)",
-                        path.display()
-                    ),
-                ));
-            }
-        }
+        check_inputs(f, project_dir, &inputs)?;
 
-        let sessions = match raw.sessions {
-            None => None,
-            Some(list) => {
-                let mut out = Vec::with_capacity(list.len());
-                for (i, v) in list.into_iter().enumerate() {
-                    let s = parse_session(f, i, v, default_project, default_build)?;
-                    if out.iter().any(|o: &SessionConfig| o.name == s.name) {
-                        return Err(ConfigError::field(
-                            f,
-                            format!("sessions[{i}]"),
-                            format!("session `{}` is listed twice", s.name),
-                        ));
-                    }
-                    out.push(s);
-                }
-                if out.is_empty() {
-                    return Err(ConfigError::field(
-                        f,
-                        "sessions",
-                        "empty list; list session names, or remove the field to use what `nox --list` selects",
-                    ));
-                }
-                Some(out)
-            }
-        };
+        let sessions = raw
+            .sessions
+            .map(|list| sessions_of(f, list, default_project, default_build))
+            .transpose()?;
 
         for (i, r) in raw.insecure_registries.iter().enumerate() {
             if r.is_empty() || r.contains('/') {
@@ -785,28 +621,7 @@ impl Config {
             }
         }
 
-        let source = match raw.source.as_deref().map(str::trim) {
-            Some("") => None,
-            Some(url) => {
-                if !(url.starts_with("https://") || url.starts_with("http://")) {
-                    return Err(ConfigError::field(
-                        f,
-                        "source",
-                        "not an http(s) URL; give the project's web address (e.g. https://github.com/OWNER/REPO), or \"\" for none",
-                    ));
-                }
-                if crate::model::url_without_credentials(url) != url {
-                    // The value is not repeated: it holds a credential.
-                    return Err(ConfigError::field(
-                        f,
-                        "source",
-                        "the URL holds a user name or password, which would be published in every image; remove the `user:password@` part",
-                    ));
-                }
-                Some(url.to_string())
-            }
-            None => git_origin(project_dir).and_then(|u| crate::model::public_source_url(&u)),
-        };
+        let source = source_of(f, raw.source.as_deref(), project_dir)?;
 
         Ok(Config {
             source,
@@ -922,6 +737,254 @@ impl Config {
             refresh: None,
         }
     }
+}
+
+/// The project's root: `--project`, else `root:` (relative to the file's folder, holding
+/// the noxfile), else the file's folder.
+fn project_dir_of(
+    f: &Path,
+    config_dir: &Path,
+    project: Option<&Path>,
+    root: Option<&str>,
+) -> Result<PathBuf, ConfigError> {
+    Ok(match (project, root) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(root)) => {
+            let dir = config_dir.join(root);
+            if !dir.join(NOXFILE).is_file() {
+                return Err(ConfigError::field(
+                    f,
+                    "root",
+                    format!(
+                        "`{root}` (relative to the file's folder: {}) has no {NOXFILE}; name the project's root folder, the one with {NOXFILE} and pyproject.toml",
+                        dir.display()
+                    ),
+                ));
+            }
+            dir
+        }
+        (None, None) => config_dir.to_path_buf(),
+    })
+}
+
+/// `platform:` (one) or `platforms:` (a list, each once), else the host's.
+fn platforms_of(
+    f: &Path,
+    platform: Option<String>,
+    platforms: Option<Vec<String>>,
+) -> Result<Vec<Platform>, ConfigError> {
+    Ok(match (platform, platforms) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::field(
+                f,
+                "platforms",
+                "set either `platform:` (one) or `platforms:` (a list), not both",
+            ))
+        }
+        (Some(p), None) => {
+            vec![Platform::parse(&p).map_err(|m| ConfigError::field(f, "platform", m))?]
+        }
+        (None, Some(list)) => {
+            let mut out: Vec<Platform> = Vec::new();
+            for (i, p) in list.iter().enumerate() {
+                let field = format!("platforms[{i}]");
+                let parsed = Platform::parse(p).map_err(|m| ConfigError::field(f, &field, m))?;
+                if out.contains(&parsed) {
+                    return Err(ConfigError::field(
+                        f,
+                        &field,
+                        format!("{parsed} is listed twice; list each platform once"),
+                    ));
+                }
+                out.push(parsed);
+            }
+            if out.is_empty() {
+                return Err(ConfigError::field(
+                    f,
+                    "platforms",
+                    "is empty; list at least one platform (e.g. [linux/amd64, linux/arm64]) or remove it for the host's",
+                ));
+            }
+            out
+        }
+        (None, None) => vec![Platform::host()],
+    })
+}
+
+fn builder_of(f: &Path, builder: Option<&str>) -> Result<BuilderKind, ConfigError> {
+    Ok(match builder {
+        None | Some("podman") => BuilderKind::Podman,
+        Some("docker") => BuilderKind::Docker,
+        Some("local") => BuilderKind::Local,
+        Some(other) => {
+            return Err(ConfigError::field(
+                f,
+                "builder",
+                format!("unknown builder `{other}`; use podman, docker or local"),
+            ))
+        }
+    })
+}
+
+/// `compression:` and, for zstd only, `compression_level:`.
+fn compression_of(
+    f: &Path,
+    compression: Option<&str>,
+    level: Option<i64>,
+) -> Result<Compression, ConfigError> {
+    let compression = match compression {
+        None | Some("gzip") => Compression::Gzip,
+        Some("zstd") => Compression::ZSTD,
+        Some(other) => {
+            return Err(ConfigError::field(
+                f,
+                "compression",
+                format!("unknown compression `{other}`; use gzip or zstd"),
+            ))
+        }
+    };
+    // Builds are rare and pulls many: a higher zstd level trades build CPU for bytes.
+    Ok(match (compression, level) {
+        (c, None) => c,
+        (Compression::Zstd { .. }, Some(level)) => {
+            if !(1..=i64::from(crate::model::ZSTD_MAX_LEVEL)).contains(&level) {
+                return Err(ConfigError::field(
+                    f,
+                    "compression_level",
+                    format!(
+                        "{level} is out of range; use 1 to {} (zstd's levels)",
+                        crate::model::ZSTD_MAX_LEVEL
+                    ),
+                ));
+            }
+            Compression::Zstd {
+                level: level as i32,
+            }
+        }
+        (Compression::Gzip, Some(_)) => {
+            return Err(ConfigError::field(
+                f,
+                "compression_level",
+                "applies to `compression: zstd` only (gzip layers are always level 6); \
+                 remove it or set `compression: zstd`"
+                    .to_string(),
+            ))
+        }
+    })
+}
+
+/// `layers:` and `max_layers:` (2 to 120).
+fn layers_of(
+    f: &Path,
+    layers: Option<&str>,
+    max_layers: Option<usize>,
+) -> Result<(LayerMode, usize), ConfigError> {
+    let layers = match layers {
+        Some("single") => LayerMode::Single,
+        None | Some("per-distribution") => LayerMode::PerDistribution,
+        Some(other) => {
+            return Err(ConfigError::field(
+                f,
+                "layers",
+                format!("unknown value `{other}`; use single or per-distribution"),
+            ))
+        }
+    };
+    let max_layers = max_layers.unwrap_or(crate::python::layering::DEFAULT_MAX_LAYERS);
+    if !(2..=120).contains(&max_layers) {
+        return Err(ConfigError::field(
+            f,
+            "max_layers",
+            format!("{max_layers} is out of range; use 2 to 120 (overlay filesystems accept about 127 layers)"),
+        ));
+    }
+    Ok((layers, max_layers))
+}
+
+/// `inputs:`: paths inside the project, of files that exist.
+fn check_inputs(f: &Path, project_dir: &Path, inputs: &[String]) -> Result<(), ConfigError> {
+    for (i, input) in inputs.iter().enumerate() {
+        let field = format!("inputs[{i}]");
+        if Path::new(input).is_absolute() || input.split('/').any(|c| c == "..") {
+            return Err(ConfigError::field(
+                f,
+                field,
+                format!("`{input}` must be a path relative to the project, inside it"),
+            ));
+        }
+        let path = project_dir.join(input);
+        if !path.is_file() {
+            return Err(ConfigError::field(
+                f,
+                field,
+                format!(
+                    "input file `{}` does not exist; create it, or remove it from `inputs` (venvimg finds the files each session's installs read by itself)",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `sessions:`, each named once, the list not empty.
+fn sessions_of(
+    f: &Path,
+    list: Vec<Value>,
+    default_project: ProjectMode,
+    default_build: BuildMode,
+) -> Result<Vec<SessionConfig>, ConfigError> {
+    let mut out = Vec::with_capacity(list.len());
+    for (i, v) in list.into_iter().enumerate() {
+        let s = parse_session(f, i, v, default_project, default_build)?;
+        if out.iter().any(|o: &SessionConfig| o.name == s.name) {
+            return Err(ConfigError::field(
+                f,
+                format!("sessions[{i}]"),
+                format!("session `{}` is listed twice", s.name),
+            ));
+        }
+        out.push(s);
+    }
+    if out.is_empty() {
+        return Err(ConfigError::field(
+            f,
+            "sessions",
+            "empty list; list session names, or remove the field to use what `nox --list` selects",
+        ));
+    }
+    Ok(out)
+}
+
+/// `source:` (an http(s) URL without credentials; "" for none), else the checkout's git
+/// remote `origin` made a clean web URL.
+fn source_of(
+    f: &Path,
+    source: Option<&str>,
+    project_dir: &Path,
+) -> Result<Option<String>, ConfigError> {
+    Ok(match source.map(str::trim) {
+        Some("") => None,
+        Some(url) => {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(ConfigError::field(
+                    f,
+                    "source",
+                    "not an http(s) URL; give the project's web address (e.g. https://github.com/OWNER/REPO), or \"\" for none",
+                ));
+            }
+            if crate::model::url_without_credentials(url) != url {
+                // The value is not repeated: it holds a credential.
+                return Err(ConfigError::field(
+                    f,
+                    "source",
+                    "the URL holds a user name or password, which would be published in every image; remove the `user:password@` part",
+                ));
+            }
+            Some(url.to_string())
+        }
+        None => git_origin(project_dir).and_then(|u| crate::model::public_source_url(&u)),
+    })
 }
 
 /// The URL of the remote `origin` of the git checkout holding `project_dir` (its own

@@ -108,7 +108,75 @@ pub async fn verify(
     let plan = crate::plan::make_plan(config, registry, &selection).await?;
     crate::plan::findings::flush_warnings(registry, printer);
 
-    let targets: Vec<Target> = match &recorded {
+    let targets = targets(config, &plan, recorded.as_ref(), printer)?;
+
+    // Rebuild every session the targets hold (each once: one target per session, or the
+    // one IMAGE), as `build --force --no-push` would.
+    let to_build: Vec<&SessionPlan> = targets
+        .iter()
+        .flat_map(|t| t.sessions.iter().copied())
+        .collect();
+    let options = args.builder.apply(BuildOptions {
+        force: true,
+        no_push: true,
+        ..BuildOptions::default()
+    });
+    printer.info(format!(
+        "rebuilding {} session(s) to compare with the registry's images",
+        to_build.len()
+    ));
+    let (work, built) = builder::build_sessions(config, &plan, &to_build, &options, printer)?;
+    let mut layers: HashMap<&str, Result<SessionLayer, String>> = HashMap::new();
+    for (s, b) in to_build.iter().zip(built) {
+        let layer = match b {
+            Some((Ok(layer), _)) => Ok(layer),
+            Some((Err(e), _)) => {
+                printer.error(e.to_string());
+                Err(e.summary())
+            }
+            None => Err("not built".to_string()),
+        };
+        layers.insert(s.config.name.as_str(), layer);
+    }
+
+    let mut report = VerifyReport { images: Vec::new() };
+    for t in &targets {
+        report
+            .images
+            .push(compare(config, registry, &plan, t, &layers, printer).await?);
+    }
+    drop(work);
+
+    if args.json {
+        printer.out(serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        printer.out(report.table());
+    }
+    let bad: Vec<String> = report
+        .images
+        .iter()
+        .filter(|i| i.result != "identical")
+        .map(|i| format!("{} ({})", i.image, i.result))
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::NotVerified {
+            images: bad,
+            total: report.images.len(),
+        })
+    }
+}
+
+/// What to compare: with IMAGE, that image and the sessions its record names (each
+/// checked against the checkout's keys); else each session's current image.
+fn targets<'p>(
+    config: &Config,
+    plan: &'p crate::plan::Plan,
+    recorded: Option<&(Reference, String, crate::plan::record::ImageRecord)>,
+    printer: &Printer,
+) -> Result<Vec<Target<'p>>, Error> {
+    Ok(match recorded {
         Some((image, digest, record)) => {
             let mut sessions = Vec::new();
             for r in &record.sessions {
@@ -167,117 +235,74 @@ pub async fn verify(
             }
             targets
         }
-    };
+    })
+}
 
-    // Rebuild every session the targets hold (each once: one target per session, or the
-    // one IMAGE), as `build --force --no-push` would.
-    let to_build: Vec<&SessionPlan> = targets
-        .iter()
-        .flat_map(|t| t.sessions.iter().copied())
-        .collect();
-    let options = args.builder.apply(BuildOptions {
-        force: true,
-        no_push: true,
-        ..BuildOptions::default()
-    });
-    printer.info(format!(
-        "rebuilding {} session(s) to compare with the registry's images",
-        to_build.len()
-    ));
-    let (work, built) = builder::build_sessions(config, &plan, &to_build, &options, printer)?;
-    let mut layers: HashMap<&str, Result<SessionLayer, String>> = HashMap::new();
-    for (s, b) in to_build.iter().zip(built) {
-        let layer = match b {
-            Some((Ok(layer), _)) => Ok(layer),
-            Some((Err(e), _)) => {
-                printer.error(e.to_string());
-                Err(e.summary())
-            }
-            None => Err("not built".to_string()),
-        };
-        layers.insert(s.config.name.as_str(), layer);
+/// One target's rebuilt image composed and compared with the registry's: identical, or
+/// the first layer and file where they differ.
+async fn compare(
+    config: &Config,
+    registry: &Registry,
+    plan: &crate::plan::Plan,
+    t: &Target<'_>,
+    layers: &HashMap<&str, Result<SessionLayer, String>>,
+    printer: &Printer,
+) -> Result<VerifiedImage, Error> {
+    let names: Vec<String> = t.sessions.iter().map(|s| s.config.name.clone()).collect();
+    let mut parts = Vec::new();
+    let mut failed = None;
+    for s in &t.sessions {
+        match &layers[s.config.name.as_str()] {
+            Ok(l) => parts.push((s.venv_dir.clone(), l.clone())),
+            Err(e) => failed = Some(e.clone()),
+        }
     }
-
-    let mut report = VerifyReport { images: Vec::new() };
-    for t in &targets {
-        let names: Vec<String> = t.sessions.iter().map(|s| s.config.name.clone()).collect();
-        let mut parts = Vec::new();
-        let mut failed = None;
-        for s in &t.sessions {
-            match &layers[s.config.name.as_str()] {
-                Ok(l) => parts.push((s.venv_dir.clone(), l.clone())),
-                Err(e) => failed = Some(e.clone()),
-            }
-        }
-        if let Some(why) = failed {
-            report.images.push(VerifiedImage {
-                image: t.image.whole(),
-                sessions: names,
-                digest: t.digest.clone(),
-                rebuilt: None,
-                result: "not rebuilt",
-                difference: Some(why),
-            });
-            continue;
-        }
-        // Several sessions: the all-sessions image (verify takes no other).
-        let rebuilt = builder::compose_images(&plan.base, &parts, config, true);
-        let files: HashMap<String, PathBuf> = parts
-            .iter()
-            .flat_map(|(_, l)| l.files.iter().cloned())
-            .collect();
-        let difference = if rebuilt.manifest_digest == t.digest {
-            None
-        } else {
-            let pinned = Reference::with_digest(
-                t.image.registry().to_string(),
-                t.image.repository().to_string(),
-                t.digest.clone(),
-            );
-            Some(first_difference(registry, &pinned, &rebuilt, &files).await?)
-        };
-        printer.info(match &difference {
-            None => format!(
-                "{}@{}: rebuilt byte for byte",
-                t.image.whole(),
-                short(&t.digest)
-            ),
-            Some(d) => format!("{}@{}: differs: {d}", t.image.whole(), short(&t.digest)),
-        });
-        report.images.push(VerifiedImage {
+    if let Some(why) = failed {
+        return Ok(VerifiedImage {
             image: t.image.whole(),
             sessions: names,
             digest: t.digest.clone(),
-            rebuilt: Some(rebuilt.manifest_digest.clone()),
-            result: if difference.is_none() {
-                "identical"
-            } else {
-                "differs"
-            },
-            difference,
+            rebuilt: None,
+            result: "not rebuilt",
+            difference: Some(why),
         });
     }
-    drop(work);
-
-    if args.json {
-        printer.out(serde_json::to_string_pretty(&report).unwrap_or_default());
-    } else {
-        printer.out(report.table());
-    }
-    let bad: Vec<String> = report
-        .images
+    // Several sessions: the all-sessions image (verify takes no other).
+    let rebuilt = builder::compose_images(&plan.base, &parts, config, true);
+    let files: HashMap<String, PathBuf> = parts
         .iter()
-        .filter(|i| i.result != "identical")
-        .map(|i| format!("{} ({})", i.image, i.result))
+        .flat_map(|(_, l)| l.files.iter().cloned())
         .collect();
-    if bad.is_empty() {
-        Ok(())
+    let difference = if rebuilt.manifest_digest == t.digest {
+        None
     } else {
-        Err(Error::NotVerified {
-            images: bad,
-            total: report.images.len(),
-        })
-    }
+        let pinned = Reference::with_digest(
+            t.image.registry().to_string(),
+            t.image.repository().to_string(),
+            t.digest.clone(),
+        );
+        Some(first_difference(registry, &pinned, &rebuilt, &files).await?)
+    };
+    printer.info(match &difference {
+        None => format!(
+            "{}@{}: rebuilt byte for byte",
+            t.image.whole(),
+            short(&t.digest)
+        ),
+        Some(d) => format!("{}@{}: differs: {d}", t.image.whole(), short(&t.digest)),
+    });
+    Ok(VerifiedImage {
+        image: t.image.whole(),
+        sessions: names,
+        digest: t.digest.clone(),
+        rebuilt: Some(rebuilt.manifest_digest.clone()),
+        result: if difference.is_none() {
+            "identical"
+        } else {
+            "differs"
+        },
+        difference,
+    })
 }
 
 /// IMAGE's reference (in the config's registry unless it names one), its digest, and the

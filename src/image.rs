@@ -188,7 +188,7 @@ pub struct ComposedImage {
     pub config: Vec<u8>,
     pub config_digest: String,
     pub manifest: Vec<u8>,
-    pub manifest_digest: String,
+    pub manifest_digest: Digest,
     /// All layers, base first.
     pub layers: Vec<BlobRef>,
 }
@@ -322,7 +322,7 @@ pub fn compose(
         annotations: annotations.clone(),
     };
     let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serialises");
-    let manifest_digest = Digest::of(&manifest_bytes).into_string();
+    let manifest_digest = Digest::of(&manifest_bytes);
     ComposedImage {
         config: config_bytes,
         config_digest,

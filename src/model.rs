@@ -136,6 +136,14 @@ impl std::fmt::Display for Digest {
     }
 }
 
+/// Maps keyed by digest are looked up with the `&str` a descriptor holds: a digest
+/// hashes and compares as its text, so this is what `Borrow` asks for.
+impl std::borrow::Borrow<str> for Digest {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl AsRef<str> for Digest {
     fn as_ref(&self) -> &str {
         &self.0

@@ -29,6 +29,7 @@ use crate::config::{BuilderKind, Config};
 use crate::engine::{self as builder};
 use crate::error::{BuildError, Error};
 use crate::image::LayerDescriptor;
+use crate::model::Digest;
 use crate::plan::record::SessionRecord;
 use crate::plan::{CheckAnnotation, Plan, SessionPlan};
 use crate::printer::Printer;
@@ -189,7 +190,7 @@ pub struct PlatformResult {
 pub struct SessionLayer {
     pub(super) descriptors: Vec<LayerDescriptor>,
     /// digest → file, for layers packed here.
-    pub files: Vec<(String, PathBuf)>,
+    pub files: Vec<(Digest, PathBuf)>,
     pub(super) record: SessionRecord,
     /// What a plan checks a hit of this session's image against.
     pub(super) check: CheckAnnotation,
@@ -213,7 +214,7 @@ pub(super) struct PlatformBuild {
     pub(super) all: Option<(String, String)>,
     pub(super) failed: Vec<(String, String)>,
     /// digest → bytes of the manifests composed here (an index lists their sizes).
-    pub(super) manifests: HashMap<String, Vec<u8>>,
+    pub(super) manifests: HashMap<Digest, Vec<u8>>,
 }
 
 /// `--engine` over the config's container builder (the local builder stays local).

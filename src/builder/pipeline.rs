@@ -13,6 +13,7 @@ use crate::config::{BuilderKind, Config};
 use crate::engine::{self as builder};
 use crate::error::Error;
 use crate::image::ComposedImage;
+use crate::model::Digest;
 use crate::plan::{Plan, SessionPlan, Status};
 use crate::printer::{human_bytes, Printer};
 use crate::registry::{push, Registry};
@@ -93,7 +94,7 @@ pub(super) async fn build_platform(
     )
     .await?;
 
-    let mut manifests: HashMap<String, Vec<u8>> = sessions
+    let mut manifests: HashMap<Digest, Vec<u8>> = sessions
         .composed
         .iter()
         .map(|(_, img, _, _)| (img.manifest_digest.clone(), img.manifest.clone()))
@@ -103,7 +104,7 @@ pub(super) async fn build_platform(
         all.image.manifest.clone(),
     );
     let all_pushed = (all.wanted && plan.complete)
-        .then(|| (all.reference.whole(), all.image.manifest_digest.clone()));
+        .then(|| (all.reference.whole(), all.image.manifest_digest.to_string()));
     Ok(PlatformBuild {
         results: sessions.results,
         all: all_pushed,
@@ -149,10 +150,10 @@ struct Sessions<'p> {
     /// The images built here: target, image, its session, its layers.
     composed: Vec<(Reference, ComposedImage, &'p SessionPlan, SessionLayer)>,
     /// digest → file of every layer packed here.
-    local_files: HashMap<String, PathBuf>,
+    local_files: HashMap<Digest, PathBuf>,
     /// digest → the image a hit's layer is in (another repository for a hit in
     /// `trusted_repository`).
-    remote: HashMap<String, Reference>,
+    remote: HashMap<Digest, Reference>,
     /// (session, cause) of each session that failed.
     failed: Vec<(String, String)>,
 }
@@ -190,7 +191,13 @@ impl<'p> Sessions<'p> {
                     .remove(&s.config.name)
                     .expect("every hit's layer was fetched first");
                 for d in &layer.descriptors {
-                    out.remote.insert(d.digest.clone(), s.image.clone());
+                    let digest = Digest::parse(&d.digest).map_err(|e| {
+                        crate::registry::RegistryError::BadManifest {
+                            reference: s.image.whole(),
+                            detail: e.to_string(),
+                        }
+                    })?;
+                    out.remote.insert(digest, s.image.clone());
                 }
                 out.results
                     .push(SessionResult::hit(s, digest, layer.size(), seconds));
@@ -238,7 +245,7 @@ impl<'p> Sessions<'p> {
                 venv_dir: s.venv_dir.clone(),
                 tag: s.tag.clone(),
                 image: s.image.whole(),
-                digest: Some(img.manifest_digest.clone()),
+                digest: Some(img.manifest_digest.to_string()),
                 outcome: "built",
                 layer_size: Some(layer.size()),
                 seconds,
@@ -325,7 +332,7 @@ async fn push_images(
         mark_pushed(
             registry,
             target,
-            &img.manifest_digest,
+            img.manifest_digest.as_str(),
             img.manifest.len(),
             printer,
         )
@@ -340,7 +347,7 @@ async fn push_images(
     let all_exists = if all.fits && all.wanted && plan.complete {
         registry.manifest_digest(&all.reference).await?
     } else {
-        Some(all.image.manifest_digest.clone())
+        Some(all.image.manifest_digest.to_string())
     };
     if all_exists.as_deref() != Some(all.image.manifest_digest.as_str()) {
         push::push_image_from(
@@ -355,7 +362,7 @@ async fn push_images(
         mark_pushed(
             registry,
             &all.reference,
-            &all.image.manifest_digest,
+            all.image.manifest_digest.as_str(),
             all.image.manifest.len(),
             printer,
         )

@@ -16,6 +16,7 @@ use oci_client::Reference;
 
 use crate::config::{BuilderKind, Config, Platform};
 use crate::error::Error;
+use crate::model::Digest;
 use crate::plan::{all_index_tag, index_tag, Plan, SessionPlan, Status};
 use crate::printer::Printer;
 use crate::registry::index::{platform_index, IndexEntry};
@@ -74,7 +75,7 @@ struct Built {
     all: Option<(String, String)>,
     /// (session, cause) of each session that failed to build.
     failed: Vec<(String, String)>,
-    manifests: HashMap<String, Vec<u8>>,
+    manifests: HashMap<Digest, Vec<u8>>,
 }
 
 impl Part {
@@ -150,7 +151,7 @@ pub(super) async fn build(
                 .map(move |(s, cause)| (format!("{s} ({})", part.platform), cause.clone()))
         })
         .collect();
-    let mut manifests: HashMap<String, Vec<u8>> = parts
+    let mut manifests: HashMap<Digest, Vec<u8>> = parts
         .iter()
         .filter_map(|p| p.built.as_ref())
         .flat_map(|b| b.manifests.clone())
@@ -257,7 +258,7 @@ async fn session_index(
     parts: &[Part],
     lead: usize,
     s: &SessionPlan,
-    manifests: &mut HashMap<String, Vec<u8>>,
+    manifests: &mut HashMap<Digest, Vec<u8>>,
     printer: &Printer,
 ) -> Result<SessionResult, Error> {
     let name = &s.config.name;
@@ -283,7 +284,7 @@ async fn session_index(
             complete = false;
             continue;
         };
-        let manifest = match manifests.get(&digest) {
+        let manifest = match manifests.get(digest.as_str()) {
             Some(m) => m.clone(),
             None => match &ps.hit_manifest {
                 Some(m) if matches!(&ps.status, Status::Hit { digest: d } if *d == digest) => {
@@ -292,7 +293,12 @@ async fn session_index(
                 _ => fetch_manifest(registry, &image, &digest).await?,
             },
         };
-        manifests.insert(digest.clone(), manifest.clone());
+        let typed =
+            Digest::parse(&digest).map_err(|e| crate::registry::RegistryError::BadManifest {
+                reference: image.whole(),
+                detail: e.to_string(),
+            })?;
+        manifests.insert(typed, manifest.clone());
         entries.push((
             image,
             IndexEntry {
@@ -409,7 +415,11 @@ async fn all_index(
         let Some(digest) = digest else {
             return Ok(None);
         };
-        let manifest = match part.built.as_ref().and_then(|b| b.manifests.get(&digest)) {
+        let manifest = match part
+            .built
+            .as_ref()
+            .and_then(|b| b.manifests.get(digest.as_str()))
+        {
             Some(m) => m.clone(),
             None if args.no_push => return Ok(None),
             None => fetch_manifest(registry, &r, &digest).await?,

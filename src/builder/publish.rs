@@ -82,7 +82,12 @@ pub(super) async fn push_sbom(
         .into(),
     };
     let pushed = registry
-        .push_referrer(target, &img.manifest_digest, img.manifest.len(), &artifact)
+        .push_referrer(
+            target,
+            img.manifest_digest.as_str(),
+            img.manifest.len(),
+            &artifact,
+        )
         .await
         .map_err(|e| BuildError::Sbom {
             image: format!("{}@{}", target.whole(), img.manifest_digest),

@@ -1150,7 +1150,7 @@ mod tests {
         let image = ComposedImage {
             config_digest: Digest::of(&config).into_string(),
             config,
-            manifest_digest: Digest::of(&manifest).into_string(),
+            manifest_digest: Digest::of(&manifest),
             manifest,
             layers,
         };

@@ -269,7 +269,7 @@ async fn compare(
     }
     // Several sessions: the all-sessions image (verify takes no other).
     let rebuilt = builder::compose_images(&plan.base, &parts, config, true);
-    let files: HashMap<String, PathBuf> = parts
+    let files: HashMap<crate::model::Digest, PathBuf> = parts
         .iter()
         .flat_map(|(_, l)| l.files.iter().cloned())
         .collect();
@@ -295,7 +295,7 @@ async fn compare(
         image: t.image.whole(),
         sessions: names,
         digest: t.digest.clone(),
-        rebuilt: Some(rebuilt.manifest_digest.clone()),
+        rebuilt: Some(rebuilt.manifest_digest.to_string()),
         result: if difference.is_none() {
             "identical"
         } else {
@@ -353,7 +353,7 @@ async fn first_difference(
     registry: &Registry,
     pinned: &Reference,
     rebuilt: &ComposedImage,
-    files: &HashMap<String, PathBuf>,
+    files: &HashMap<crate::model::Digest, PathBuf>,
 ) -> Result<String, Error> {
     let (bytes, _) = registry.manifest_raw(pinned).await?;
     let theirs: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
@@ -385,7 +385,7 @@ async fn first_difference(
                 ours.digest
             ));
         }
-        let Some(local) = files.get(&ours.digest) else {
+        let Some(local) = files.get(ours.digest.as_str()) else {
             return Ok(format!(
                 "{which}: {their_digest} in the registry, {} rebuilt",
                 ours.digest

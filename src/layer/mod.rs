@@ -114,7 +114,7 @@ pub struct BaseDir {
 pub struct PackedLayer {
     pub path: PathBuf,
     /// `sha256:<hex>` of the compressed blob (the manifest's layer digest).
-    pub digest: String,
+    pub digest: crate::model::Digest,
     /// `sha256:<hex>` of the uncompressed tar (the config's `rootfs.diff_ids` entry).
     pub diff_id: String,
     /// Size of the compressed blob in bytes.
@@ -265,7 +265,7 @@ fn pack_into(
     file.into_inner().map_err(|e| write_error(e.into_error()))?;
     Ok(PackedLayer {
         path: out.to_path_buf(),
-        digest: digest.into_string(),
+        digest,
         diff_id: diff_id.into_string(),
         size,
         uncompressed_size,

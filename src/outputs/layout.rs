@@ -40,12 +40,12 @@ pub struct ImageFiles<'a> {
 impl ImageFiles<'_> {
     /// The file of `blob`, checked to exist with the size the manifest gives.
     fn layer_file(&self, blob: &BlobRef) -> Result<&Path, OutputError> {
-        let path = self
-            .layers
-            .get(&blob.digest)
-            .ok_or_else(|| OutputError::MissingBlob {
-                digest: blob.digest.clone(),
-            })?;
+        let path =
+            self.layers
+                .get(blob.digest.as_str())
+                .ok_or_else(|| OutputError::MissingBlob {
+                    digest: blob.digest.clone(),
+                })?;
         let size = fs::metadata(path)
             .map_err(|source| OutputError::io(path, source))?
             .len();
@@ -241,7 +241,7 @@ pub fn write_oci_archive(
         ("oci-layout".into(), Content::Bytes(OCI_LAYOUT)),
         ("index.json".into(), Content::Bytes(&index)),
         (
-            blob_path(&image.manifest_digest)?,
+            blob_path(image.manifest_digest.as_str())?,
             Content::Bytes(&image.manifest),
         ),
         (
@@ -403,7 +403,7 @@ pub fn set_file_mode(file: &std::fs::File, mode: u32) -> io::Result<()> {
 pub fn small_blobs(image: &ComposedImage) -> Result<BTreeMap<String, &[u8]>, OutputError> {
     let mut m = BTreeMap::new();
     m.insert(
-        hex_of(&image.manifest_digest)?.to_string(),
+        image.manifest_digest.hex().to_string(),
         image.manifest.as_slice(),
     );
     m.insert(
@@ -451,7 +451,7 @@ pub(crate) mod tests {
             ComposedImage {
                 config_digest: Digest::of(&config).into_string(),
                 config,
-                manifest_digest: Digest::of(&manifest).into_string(),
+                manifest_digest: Digest::of(&manifest),
                 manifest,
                 layers,
             },
@@ -601,7 +601,7 @@ pub(crate) mod tests {
         let m = merged["manifests"].as_array().unwrap();
         assert_eq!(m.len(), 2);
         assert_eq!(m[0]["digest"], "sha256:aa");
-        assert_eq!(m[1]["digest"], image.manifest_digest);
+        assert_eq!(m[1]["digest"], image.manifest_digest.as_str());
         assert!(merged_index_json(b"[]", &image, "v1", "x").is_err());
     }
 }

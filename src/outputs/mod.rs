@@ -25,13 +25,13 @@ use layout::ImageFiles;
 /// Where to find each blob an image references.
 pub struct BlobSources<'a> {
     /// Layers packed on this machine, by digest.
-    pub local: &'a HashMap<String, PathBuf>,
+    pub local: &'a HashMap<Digest, PathBuf>,
     /// The base image's repository (for base layers).
     pub base: &'a Reference,
     /// The target repository (for layers of sessions that were hits).
     pub repository: &'a Reference,
     /// Layers found elsewhere, by digest (hits in `trusted_repository`).
-    pub remote: &'a HashMap<String, Reference>,
+    pub remote: &'a HashMap<Digest, Reference>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -324,7 +324,7 @@ async fn write_oci_dir(
         if blob_file_matches(&target, blob)? {
             continue;
         }
-        if let Some(local) = sources.local.get(&blob.digest) {
+        if let Some(local) = sources.local.get(blob.digest.as_str()) {
             copy_blob(local, &target, blob)?;
         } else {
             missing.push(blob.clone());
@@ -424,7 +424,7 @@ async fn gather_layers(
         {
             continue;
         }
-        match sources.local.get(&blob.digest) {
+        match sources.local.get(blob.digest.as_str()) {
             Some(path) => {
                 files.insert(blob.digest.clone(), path.clone());
             }
@@ -453,7 +453,7 @@ async fn fetch_blobs(
         } else {
             sources
                 .remote
-                .get(&blob.digest)
+                .get(blob.digest.as_str())
                 .unwrap_or(sources.repository)
         };
         let path = dir.join(format!(".fetch-{}", layout::hex_of(&blob.digest)?));
@@ -584,6 +584,10 @@ mod tests {
     async fn oci_dir_is_deterministic_and_keeps_other_tags() {
         let tmp = tempfile::tempdir().unwrap();
         let (image, local) = layout::tests::tiny_image(tmp.path());
+        let local: HashMap<Digest, PathBuf> = local
+            .into_iter()
+            .map(|(d, p)| (Digest::parse(&d).unwrap(), p))
+            .collect();
         // Every layer is local: the registry is never asked.
         let registry = Registry::new(Transport::default(), &[]).unwrap();
         let repo: Reference = "registry.invalid/app:v1".parse().unwrap();

@@ -15,6 +15,7 @@ use tokio::io::AsyncReadExt;
 
 use super::{is_transient, retry, Registry, RegistryError, MAX_CHUNK};
 use crate::image::{BaseImage, BlobRef, ComposedImage, MediaTypes};
+use crate::model::Digest;
 
 /// What a push did, for the summary and for tests ("a second push uploads nothing").
 #[derive(Debug, Default)]
@@ -78,7 +79,7 @@ pub async fn push_image(
     target: &Reference,
     image: &ComposedImage,
     base: &BaseImage,
-    local: &HashMap<String, PathBuf>,
+    local: &HashMap<Digest, PathBuf>,
 ) -> Result<String, RegistryError> {
     push_image_from(reg, target, image, base, local, &HashMap::new()).await
 }
@@ -91,8 +92,8 @@ pub async fn push_image_from(
     target: &Reference,
     image: &ComposedImage,
     base: &BaseImage,
-    local: &HashMap<String, PathBuf>,
-    remote: &HashMap<String, Reference>,
+    local: &HashMap<Digest, PathBuf>,
+    remote: &HashMap<Digest, Reference>,
 ) -> Result<String, RegistryError> {
     let client = reg.client_for(target);
     // Authenticate for push once up front, so a refused credential (or a token that
@@ -114,7 +115,7 @@ pub async fn push_image_from(
     let by_digest = Reference::with_digest(
         target.resolve_registry().to_string(),
         target.repository().to_string(),
-        image.manifest_digest.clone(),
+        image.manifest_digest.to_string(),
     );
     let content_type: http::HeaderValue = MediaTypes::OCI_MANIFEST
         .parse()
@@ -152,7 +153,7 @@ pub async fn push_image_from(
         }
         .await;
         match pushed {
-            Ok(_) => return Ok(image.manifest_digest.clone()),
+            Ok(_) => return Ok(image.manifest_digest.to_string()),
             // Another job pushing the same blobs at this moment can make the registry
             // miss one while it verifies our manifest (distribution rewrites a blob's
             // repository link non-atomically); or a blob went away since our HEAD. Check
@@ -192,8 +193,8 @@ struct BlobPush<'a> {
     reg: &'a Registry,
     target: &'a Reference,
     base: &'a BaseImage,
-    local: &'a HashMap<String, PathBuf>,
-    remote: &'a HashMap<String, Reference>,
+    local: &'a HashMap<Digest, PathBuf>,
+    remote: &'a HashMap<Digest, Reference>,
 }
 
 impl BlobPush<'_> {
@@ -258,7 +259,7 @@ async fn ensure_blob(
         return Ok(());
     }
 
-    if let Some(path) = local.get(&blob.digest) {
+    if let Some(path) = local.get(blob.digest.as_str()) {
         let size = blob.size;
         let piece = reg.upload_piece();
         retry(|| async {
@@ -276,7 +277,7 @@ async fn ensure_blob(
 
     let from = if blob.from_base {
         &base.reference
-    } else if let Some(r) = remote.get(&blob.digest) {
+    } else if let Some(r) = remote.get(blob.digest.as_str()) {
         r
     } else {
         return Err(RegistryError::Other {

@@ -11,6 +11,7 @@ use oci_client::Reference;
 use venvimg::config::{BuilderKind, Platform};
 use venvimg::image::{self, BaseImage, ComposedImage, LayerDescriptor};
 use venvimg::layer::{pack_tree, PackOptions, PackedLayer};
+use venvimg::model::Digest;
 use venvimg::outputs::{self, BlobSources};
 use venvimg::printer::{Printer, Verbosity};
 use venvimg::registry::{push, Registry, Transport};
@@ -24,7 +25,7 @@ struct Fixture {
     image: ComposedImage,
     /// Where the image is named (a unique repository in the test registry).
     reference: Reference,
-    local: HashMap<String, PathBuf>,
+    local: HashMap<Digest, PathBuf>,
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -83,7 +84,7 @@ fn fixture(rt: &tokio::runtime::Runtime, tag: &str) -> Fixture {
         &base,
         &[LayerDescriptor {
             media_type: layer.media_type().to_string(),
-            digest: layer.digest.clone(),
+            digest: layer.digest.to_string(),
             size: layer.size,
             diff_id: layer.diff_id.clone(),
             created_by: "venvimg: test layer".into(),
@@ -109,7 +110,7 @@ fn fixture(rt: &tokio::runtime::Runtime, tag: &str) -> Fixture {
 }
 
 impl Fixture {
-    fn write(&self, rt: &tokio::runtime::Runtime, dest: &str, local: &HashMap<String, PathBuf>) {
+    fn write(&self, rt: &tokio::runtime::Runtime, dest: &str, local: &HashMap<Digest, PathBuf>) {
         let sources = BlobSources {
             local,
             base: &self.base.reference,
@@ -346,8 +347,7 @@ fn layers_not_packed_here_are_fetched_from_the_registry() {
         "archives differ depending on where the blobs came from"
     );
     assert!(
-        a.windows(64)
-            .any(|w| w == f.layer.digest.trim_start_matches("sha256:").as_bytes()),
+        a.windows(64).any(|w| w == f.layer.digest.hex().as_bytes()),
         "the venv layer is not in the archive"
     );
 

@@ -150,7 +150,7 @@ fn four_concurrent_pushes_all_succeed_and_leave_one_image() {
         assert_eq!(tags.len(), 1, "{tags:?}");
         assert_eq!(
             tags.get("tests-9f8a2c41d0e7b311"),
-            Some(&img.image.manifest_digest)
+            Some(&img.image.manifest_digest.to_string())
         );
         assert_eq!(
             support::skopeo_inspect_digest(&target).as_deref(),

@@ -119,7 +119,7 @@ fn pack_and_push_under_limit(size: u64, chunk_mib: Option<usize>) {
     );
     assert!(stats.bytes_uploaded >= layer.size, "{stats:?}");
     assert_eq!(
-        kit::blob_size(&Access::default(), &registry, &repo, &layer.digest),
+        kit::blob_size(&Access::default(), &registry, &repo, layer.digest.as_str()),
         Some(layer.size)
     );
 

@@ -95,7 +95,7 @@ pub fn small_layer(dir: &Path, name: &str, seed: u64, random_bytes: usize) -> Pa
 pub struct TestImage {
     pub base: BaseImage,
     pub image: ComposedImage,
-    pub local: HashMap<String, PathBuf>,
+    pub local: HashMap<venvimg::model::Digest, PathBuf>,
 }
 
 pub fn platform() -> Platform {
@@ -153,7 +153,7 @@ pub fn compose_labeled(
         .iter()
         .map(|l| LayerDescriptor {
             media_type: l.media_type().to_string(),
-            digest: l.digest.clone(),
+            digest: l.digest.to_string(),
             size: l.size,
             diff_id: l.diff_id.clone(),
             created_by: "venvimg registry test".into(),

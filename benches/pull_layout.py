@@ -464,8 +464,8 @@ def report(doc) -> str:
                 + "; ".join(f"{i + 1}. {r['date']}, {r['rounds']} round(s), "
                             f"{', '.join(r['machine'].get('engines', ['podman', 'docker']))}, image {r['image']}: "
                             f"`{r['command']}`" for i, r in enumerate(runs))
-                + ". Medians, the order rotating. The image tags differ between runs (another test environment "
-                "and venvimg build); each run derives its variants from its own image.")
+                + ". Medians, the order rotating. Each run derives its variants from the image it names (the "
+                "tags differ when the test environment or venvimg changed).")
     else:
         head = (f"Measured {doc['date']}, {cores} cores, {tools}; medians of {doc['rounds']} round(s), the order "
                 f"rotating; `{runs[0]['command']}` reproduces it.")
@@ -513,8 +513,15 @@ def report(doc) -> str:
                 "(daemon + ctr) | ÷ podman | `docker pull` | ÷ podman | dockerd CPU | ÷ podman |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
-        def ratio(a, b):
-            return "–" if a is None or not b else f"{a / b:.2f}×"
+        crossed = []
+
+        def ratio(a, b, ka, kb):
+            if a is None or not b:
+                return "–"
+            cross = multi and from_run.get(ka, 0) != from_run.get(kb, 0)
+            if cross:
+                crossed.append(1)
+            return f"{a / b:.2f}×" + (" †" if cross else "")
 
         for comp, lay in rows:
             name = f"{comp} {lay}"
@@ -526,10 +533,16 @@ def report(doc) -> str:
             dw = statistics.median([w for w, _ in cold]) if cold else None
             dc = statistics.median([c for _, c in cold]) if cold else None
             split = f" ({cd:.1f} + {cx:.1f})" if cd is not None and cx is not None else ""
-            out.append(f"| {comp} | {lay} | {cell(name + '|podman', 2)} | {cell(name + '|podman_cpu', 1)} | "
-                       f"{cell(name + '|containerd', 2)} | {ratio(cw, pw)} | {cc:.1f} s{split}{mark(name + '|containerd_cpu')} | "
-                       f"{ratio(cc, pc)} | {'–' if dw is None else f'{dw:.2f} s'} | {ratio(dw, pw)} | "
-                       f"{'–' if dc is None else f'{dc:.1f} s'} | {ratio(dc, pc)} |")
+            pk, dk = name + "|podman", name + "|docker"
+            out.append(f"| {comp} | {lay} | {cell(pk, 2)} | {cell(pk + '_cpu', 1)} | "
+                       f"{cell(name + '|containerd', 2)} | {ratio(cw, pw, name + '|containerd', pk)} | "
+                       f"{cc:.1f} s{split}{mark(name + '|containerd_cpu')} | "
+                       f"{ratio(cc, pc, name + '|containerd_cpu', pk + '_cpu')} | "
+                       f"{'–' if dw is None else f'{dw:.2f} s{mark(dk)}'} | {ratio(dw, pw, dk, pk)} | "
+                       f"{'–' if dc is None else f'{dc:.1f} s{mark(dk)}'} | {ratio(dc, pc, dk + '_cpu', pk + '_cpu')} |")
+        if crossed:
+            out += ["", "† the two cells come from different runs (different load on a shared machine): compare "
+                    "with care."]
     if "run|bytecode" in m:
         bc, nobc = m["run|bytecode"], m["run|no bytecode"]
         out += ["", "The `tests` session in a pulled image (`podman run`, offline, nox reusing the venv): "

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Pull time against layer layout and compression (issue #17): see benches/pull_layout.py.
 #
-#   bash benches/pull_layout.sh [-n ROUNDS]    # default 3 rounds (about 10 min on 2 cores)
+#   bash benches/pull_layout.sh [-n ROUNDS]    # default 3 rounds (about 40 min on 2 cores)
 #   bash benches/pull_layout.sh -n 1 --engines containerd,podman --variants basic
 #
 # Engines: podman (a private store), docker (the test environment's dockerd, gzip only),

@@ -3,7 +3,7 @@
 # same shaped link (a network namespace + veth, tc tbf rate, RTT/2 delay each way), every
 # way of getting a session's venv into a CI job container side by side.
 #
-#   bash benches/shaped.sh                              # both profiles, one round (~8 min; ~16 the first time)
+#   bash benches/shaped.sh                              # both profiles, one round (~12 min; ~20 the first time)
 #   bash benches/shaped.sh --profiles hosted -n 2       # one profile, two rounds
 #   bash benches/shaped.sh --profiles hosted --contenders podman,containerd   # the image pulls only
 #   bash benches/shaped.sh --cleanup                    # remove what a killed run left

@@ -16,14 +16,22 @@ SAME files (the same tar members, so the same venv after extraction):
 pushes each as an image of its own to the loopback registry (the base's layers mounted),
 then pulls them cold in rounds, the order rotating: podman with a private store (every
 variant's layers removed first: variants share uncompressed layers, and a store holding a
-layer with the same diff_id skips writing it) and, for gzip, the Docker daemon of
-tests/support/testenv.sh. Reported: wall, the engine's CPU (podman: the process; Docker:
-dockerd's CPU during the pull), the bytes, the largest layer, and the CPU it takes to
-decompress all layers on one core (`gzip -dc` / `zstd -dc`). Python 3 stdlib only.
+layer with the same diff_id skips writing it), for gzip the Docker daemon of
+tests/support/testenv.sh, and a private containerd 1.6 (`ctr images pull`, overlayfs;
+benches/containerd.py), restarted on an empty root before every pull, the base pulled
+untimed first. Reported: wall, the engine's CPU (podman: the process; Docker: dockerd's
+CPU during the pull; containerd: the daemon's CPU during the pull plus ctr's own), the
+bytes, the largest layer, and the CPU it takes to decompress all layers on one core
+(`gzip -dc` / `zstd -dc`). Python 3 stdlib only.
+
+--engines and --variants pick a subset; the results are then merged into
+results/pull-layout.json: the cells this run measured replace the earlier ones, the report
+names the run each cell comes from.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import hashlib
 import io
@@ -31,6 +39,7 @@ import json
 import os
 import statistics
 import subprocess
+import signal
 import sys
 import tarfile
 import time
@@ -45,6 +54,9 @@ VARIANTS = [("gzip", "single"), ("gzip", "per-distribution"), ("gzip", "parts �
             ("zstd-9", "per-distribution"), ("zstd-19", "per-distribution"),
             ("gzip", "per-distribution, no bytecode"), ("zstd-3", "per-distribution, no bytecode")]
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+ENGINES = ("podman", "docker", "containerd")
+# --variants basic: the four the issues compare (gzip/zstd × single/per-distribution)
+BASIC = [("gzip", "single"), ("gzip", "per-distribution"), ("zstd-3", "single"), ("zstd-3", "per-distribution")]
 MEDIA = {"gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
          "zstd": "application/vnd.oci.image.layer.v1.tar+zstd"}
 
@@ -184,12 +196,29 @@ def main():
     ap.add_argument("--dockerd-pid", type=int)
     ap.add_argument("--cache", help="compressed layers kept between runs")
     ap.add_argument("--project", help="the bigstack fixture (mounted at /src to run its session)")
+    ap.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of {','.join(ENGINES)}")
+    ap.add_argument("--variants", default="all",
+                    help="all, basic (gzip/zstd-3 × single/per-distribution), or COMP/LAYOUT,... "
+                         "(e.g. gzip/single,zstd-3/per-distribution)")
     args = ap.parse_args()
     if args.report_only:
         md = report(json.loads((RESULTS / "pull-layout.json").read_text()))
         (RESULTS / "pull-layout.md").write_text(md)
         print(md)
         return
+    engines = [e for e in args.engines.split(",") if e]
+    if not engines or any(e not in ENGINES for e in engines):
+        sys.exit(f"--engines: pick from {', '.join(ENGINES)}")
+    if args.variants == "all":
+        variants = list(VARIANTS)
+    elif args.variants == "basic":
+        variants = list(BASIC)
+    else:
+        variants = [tuple(v.split("/", 1)) for v in args.variants.split(",") if v]
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown:
+            sys.exit(f"--variants: unknown {unknown}; known: {', '.join(c + '/' + l for c, l in VARIANTS)}")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks
     host, rest = args.image.split("/", 1)
     repo, tag = rest.rsplit(":", 1)
     reg = Registry(host)
@@ -215,8 +244,9 @@ def main():
     layouts["per-distribution, no bytecode"] = [
         write_tar([(m, d) for m, d in members(raw) if "__pycache__" not in m.name.split("/")]) for raw in venv_raw]
     for mb in (24, 12, 6):
+        if not any(lay == f"parts ≤ {mb} MB" for _, lay in variants):
+            continue
         layouts[f"parts ≤ {mb} MB"] = [p for raw in venv_raw for p in split_layer(raw, mb << 20)]
-    variants = VARIANTS
     images, info = {}, {}
     out_repo = f"{repo}-pull-layout"
     for comp, lay in variants:
@@ -266,14 +296,78 @@ def main():
     conf = work / "storage.conf"
     conf.write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{work}/graph"\nrunroot = "{work}/run"\n')
     penv = dict(os.environ, CONTAINERS_STORAGE_CONF=str(conf))
-    run(["podman", "pull", "-q", "--tls-verify=false", args.base], env=penv)
-    run(["docker", "pull", "-q", args.base])
+    if "podman" in engines:
+        run(["podman", "pull", "-q", "--tls-verify=false", args.base], env=penv)
+    if "docker" in engines:
+        run(["docker", "pull", "-q", args.base])
+    ctrd = None
+    if "containerd" in engines:
+        from containerd import Containerd  # benches/containerd.py, beside this script
+        ctrd = Containerd(work / "containerd")
+    try:
+        samples, versions = measure(args, engines, images, info, nbase, penv, ctrd)
+    finally:
+        if ctrd is not None:
+            ctrd.stop()
+    versions["engines"] = engines
+    new = {"image": args.image, "rounds": args.n, "info": info, "samples": samples,
+           "machine": {"cores": os.cpu_count(), "load_end": os.getloadavg(), **versions},
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "command": "bash benches/pull_layout.sh" + (f" -n {args.n}" if args.n != 3 else "")
+           + (f" --engines {args.engines}" if set(engines) != set(ENGINES) else "")
+           + (f" --variants {args.variants}" if args.variants != "all" else "")}
+    old = RESULTS / "pull-layout.json"
+    doc = merge(json.loads(old.read_text()) if old.exists() else None, new)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "pull-layout.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    md = report(doc)
+    (RESULTS / "pull-layout.md").write_text(md)
+    print(md)
+
+
+def merge(old, new):
+    """NEW's samples replace OLD's for the same cells; every run is listed in "runs" with
+    its own samples (so a replaced cell's earlier samples are kept there), and "from_run"
+    names the run (its index) each cell of the merged view comes from."""
+    if old is None:
+        doc = {"runs": [], "samples": {}, "info": {}, "from_run": {}}
+    else:
+        doc = copy.deepcopy(old)
+        if "runs" not in doc:  # results written before runs were merged: one run
+            doc["runs"] = [{"date": old["date"], "rounds": old["rounds"], "image": old["image"],
+                            "machine": copy.deepcopy(old["machine"]), "command": "bash benches/pull_layout.sh"
+                            + (f" -n {old['rounds']}" if old["rounds"] != 3 else ""),
+                            "samples": copy.deepcopy(old["samples"])}]
+            doc["machine"]["engines"] = ["podman", "docker"]
+            doc["runs"][0]["machine"]["engines"] = ["podman", "docker"]
+            doc["from_run"] = {k: 0 for k in old["samples"]}
+    idx = len(doc["runs"])
+    doc["runs"].append({k: new[k] for k in ("date", "rounds", "image", "machine", "command", "samples")})
+    for k, v in new["samples"].items():
+        doc["samples"][k] = v
+        doc["from_run"][k] = idx
+    doc["info"].update(new["info"])
+    for k in ("date", "rounds", "image", "machine"):
+        doc[k] = new[k]
+    doc["medians"] = {k: statistics.median(v) for k, v in doc["samples"].items()}
+    return doc
+
+
+def measure(args, engines, images, info, nbase, penv, ctrd):
     samples = {}
+    versions = {}
+    if "podman" in engines:
+        versions["podman"] = run(["podman", "--version"]).stdout.strip()
+    if "docker" in engines:
+        versions["docker"] = run(["docker", "version", "--format", "{{.Server.Version}}"], check=False).stdout.strip()
+    work = Path(args.work)
 
     def forget():
         for img in images.values():
-            run(["podman", "rmi", "-f", img], env=penv, check=False)
-            run(["docker", "rmi", "-f", img], check=False)
+            if "podman" in engines:
+                run(["podman", "rmi", "-f", img], env=penv, check=False)
+            if "docker" in engines:
+                run(["docker", "rmi", "-f", img], check=False)
         subprocess.run(["sync"])
         time.sleep(1)
 
@@ -282,16 +376,35 @@ def main():
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             img = images[name]
-            forget()
-            t0 = time.monotonic()
-            res = subprocess.run(["/usr/bin/time", "-f", "%U %S", "podman", "pull", "-q", "--tls-verify=false", img],
-                                 env=penv, capture_output=True, text=True, check=True)
-            wall = time.monotonic() - t0
-            u, s = map(float, res.stderr.strip().splitlines()[-1].split())
-            samples.setdefault(f"{name}|podman", []).append(wall)
-            samples.setdefault(f"{name}|podman_cpu", []).append(u + s)
-            line = f"round {r + 1}: {name}: podman {wall:.2f} s (CPU {u + s:.1f} s)"
-            if name.startswith("gzip"):
+            line = f"round {r + 1}: {name}:"
+            if "podman" in engines:
+                forget()
+                t0 = time.monotonic()
+                res = subprocess.run(["/usr/bin/time", "-f", "%U %S", "podman", "pull", "-q", "--tls-verify=false",
+                                      img], env=penv, capture_output=True, text=True, check=True)
+                wall = time.monotonic() - t0
+                u, s = map(float, res.stderr.strip().splitlines()[-1].split())
+                samples.setdefault(f"{name}|podman", []).append(wall)
+                samples.setdefault(f"{name}|podman_cpu", []).append(u + s)
+                line += f" podman {wall:.2f} s (CPU {u + s:.1f} s)"
+            if ctrd is not None:
+                # a cold store: a fresh root, the base pulled first (untimed: it is on the
+                # runner for every engine), then the variant
+                ctrd.fresh()
+                versions["containerd"] = ctrd.version
+                ctrd.pull(args.base)
+                subprocess.run(["sync"])
+                time.sleep(1)
+                p = ctrd.pull(img)
+                if p["snapshots"] < nbase + info[name]["layers"]:
+                    sys.exit(f"containerd unpacked {p['snapshots']} snapshots for {img}, which has "
+                             f"{nbase + info[name]['layers']} layers: not unpacked")
+                for k, v in (("", p["wall"]), ("_cpu", p["cpu"]), ("_daemon_cpu", p["daemon_cpu"]),
+                             ("_ctr_cpu", p["ctr_cpu"])):
+                    samples.setdefault(f"{name}|containerd{k}", []).append(v)
+                line += (f", containerd {p['wall']:.2f} s (CPU {p['cpu']:.1f} s: daemon {p['daemon_cpu']:.1f}, "
+                         f"ctr {p['ctr_cpu']:.1f}; {p['snapshots']} snapshots)")
+            if name.startswith("gzip") and "docker" in engines:
                 forget()
                 c0 = proc_cpu(args.dockerd_pid) if args.dockerd_pid else 0.0
                 t0 = time.monotonic()
@@ -304,8 +417,8 @@ def main():
             log(line)
     # The session itself in the image with bytecode and in the one without (whose first
     # imports compile and write the .pyc into the container): what bytecode saves a job.
-    for r in range(args.n):
-        pair = [("bytecode", "gzip per-distribution"), ("no bytecode", "gzip per-distribution, no bytecode")]
+    pair = [("bytecode", "gzip per-distribution"), ("no bytecode", "gzip per-distribution, no bytecode")]
+    for r in range(args.n if "podman" in engines and all(n in images for _, n in pair) else 0):
         for label, name in (pair if r % 2 == 0 else pair[::-1]):
             src = work / "src"
             subprocess.run(["rm", "-rf", str(src)], check=True)
@@ -320,29 +433,54 @@ def main():
             samples.setdefault(f"run|{label}", []).append(wall)
             log(f"round {r + 1}: session run, {label}: {wall:.2f} s")
     forget()
-    med = {k: statistics.median(v) for k, v in samples.items()}
-    doc = {"image": args.image, "rounds": args.n, "info": info, "samples": samples, "medians": med,
-           "machine": {"cores": os.cpu_count(), "load_end": os.getloadavg(),
-                       "podman": run(["podman", "--version"]).stdout.strip(),
-                       "docker": run(["docker", "version", "--format", "{{.Server.Version}}"], check=False).stdout.strip()},
-           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "pull-layout.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    md = report(doc)
-    (RESULTS / "pull-layout.md").write_text(md)
-    print(md)
+    return samples, versions
+
+
+SUP = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
 def report(doc) -> str:
-    m, info = doc["medians"], doc["info"]
+    m, info, samples = doc["medians"], doc["info"], doc["samples"]
+    runs = doc.get("runs") or [{"date": doc["date"], "rounds": doc["rounds"], "image": doc["image"],
+                                "machine": doc["machine"], "command": "bash benches/pull_layout.sh"}]
+    from_run = doc.get("from_run", {})
+    multi = len(runs) > 1
+
+    def mark(key):
+        """The run a cell comes from, as a superscript, when the results merge runs."""
+        return f" {str(from_run.get(key, 0) + 1).translate(SUP)}" if multi and key in samples else ""
+
+    vers = {}
+    for r in runs:
+        for k in ("podman", "docker", "containerd"):
+            if r["machine"].get(k):
+                vers[k] = r["machine"][k]
     cores = doc["machine"]["cores"]
-    out = [f"Measured {doc['date']}, {cores} cores, {doc['machine']['podman']}, Docker {doc['machine']['docker']}; "
-           f"medians of {doc['rounds']} round(s), the order rotating; `bash benches/pull_layout.sh` reproduces it. "
-           f"The bigstack venv ({doc['image']}) in different layouts and compressions, the same files in each; "
-           "cold pulls from the loopback registry (the base already on the runner).", "",
+    tools = ", ".join(x for x in (vers.get("podman"), vers.get("docker") and f"Docker {vers['docker']}",
+                                  vers.get("containerd") and f"containerd {vers['containerd']} (`ctr`, overlayfs)") if x)
+    if multi:
+        head = (f"Measured on {cores} cores, {tools}. Merged from {len(runs)} runs (a superscript in a cell names "
+                "its run; the samples of cells a later run replaced stay in the json): "
+                + "; ".join(f"{i + 1}. {r['date']}, {r['rounds']} round(s), "
+                            f"{', '.join(r['machine'].get('engines', ['podman', 'docker']))}, image {r['image']}: "
+                            f"`{r['command']}`" for i, r in enumerate(runs))
+                + ". Medians, the order rotating. Each run derives its variants from the image it names (the "
+                "tags differ when the test environment or venvimg changed).")
+    else:
+        head = (f"Measured {doc['date']}, {cores} cores, {tools}; medians of {doc['rounds']} round(s), the order "
+                f"rotating; `{runs[0]['command']}` reproduces it.")
+    out = [head + (" The bigstack venv" if multi else f" The bigstack venv ({doc['image']})") + " in different layouts and compressions, the same files in "
+           "each; cold pulls from the loopback registry (the base already on the runner; containerd: a fresh root "
+           "for every pull, the base pulled untimed first; its CPU is the daemon's during the pull plus ctr's own).",
+           "",
            "| compression | layout | layers | bytes | largest layer | compress, one core | decompress, one core | "
-           "`podman pull` | podman CPU | `docker pull` | dockerd CPU | at 1 Gbit/s | at 100 Mbit/s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "`podman pull` | podman CPU | `docker pull` | dockerd CPU | `ctr images pull` | containerd CPU | "
+           "at 1 Gbit/s | at 100 Mbit/s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def cell(key, digits):
+        return f"{m[key]:.{digits}f} s{mark(key)}" if key in m else "–"
+
     for comp, lay in VARIANTS:
         name = f"{comp} {lay}"
         if name not in info:
@@ -351,24 +489,66 @@ def report(doc) -> str:
         # A docker pull that cost dockerd no CPU found the layers in the daemon already
         # (its layer store outlives `docker rmi` when another image shares the chain):
         # not a cold pull, so not counted.
-        cold = [w for w, c in zip(doc["samples"].get(f"{name}|docker", []),
-                                  doc["samples"].get(f"{name}|docker_cpu", [])) if c >= 0.5]
+        cold = [w for w, c in zip(samples.get(f"{name}|docker", []), samples.get(f"{name}|docker_cpu", []))
+                if c >= 0.5]
         d = statistics.median(cold) if cold else None
-        dcpu = [c for c in doc["samples"].get(f"{name}|docker_cpu", []) if c >= 0.5]
-        dn = len(doc["samples"].get(f"{name}|docker", []))
+        dcpu = [c for c in samples.get(f"{name}|docker_cpu", []) if c >= 0.5]
+        dn = len(samples.get(f"{name}|docker", []))
+        dk = f"{name}|docker"
         out.append(f"| {comp} | {lay} | {i['layers']} | {i['bytes'] / 1e6:.1f} MB | {i['largest'] / 1e6:.1f} MB | "
-                   f"{i['compress_s']:.1f} s | {i['decompress_s']:.2f} s | {m[name + '|podman']:.2f} s | {m[name + '|podman_cpu']:.1f} s | "
-                   + (f"{d:.2f} s{'' if len(cold) == dn else f' ({len(cold)} of {dn} cold)'} | "
+                   f"{i['compress_s']:.1f} s | {i['decompress_s']:.2f} s | {cell(name + '|podman', 2)} | "
+                   f"{cell(name + '|podman_cpu', 1)} | "
+                   + (f"{d:.2f} s{'' if len(cold) == dn else f' ({len(cold)} of {dn} cold)'}{mark(dk)} | "
                       f"{statistics.median(dcpu):.1f} s" if d is not None
                       else ("not cold | –" if dn else "– | –"))
+                   + f" | {cell(name + '|containerd', 2)} | {cell(name + '|containerd_cpu', 1)}"
                    + f" | {i['bytes'] * 8 / 1e9:.2f} s | {i['bytes'] * 8 / 1e8:.1f} s |")
+    rows = [(comp, lay) for comp, lay in VARIANTS if f"{comp} {lay}|containerd" in m]
+    if rows:
+        out += ["", "Engines side by side: each engine's cold pull over podman's, wall and CPU (below 1× is faster "
+                "or cheaper than podman); containerd's CPU split into the daemon's (content store writes, "
+                "decompressing, checking the diff_id, writing the files) and ctr's (it downloads the blobs and "
+                "streams them into the content store).", "",
+                "| compression | layout | `podman pull` | podman CPU | `ctr images pull` | ÷ podman | containerd CPU "
+                "(daemon + ctr) | ÷ podman | `docker pull` | ÷ podman | dockerd CPU | ÷ podman |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+        crossed = []
+
+        def ratio(a, b, ka, kb):
+            if a is None or not b:
+                return "–"
+            cross = multi and from_run.get(ka, 0) != from_run.get(kb, 0)
+            if cross:
+                crossed.append(1)
+            return f"{a / b:.2f}×" + (" †" if cross else "")
+
+        for comp, lay in rows:
+            name = f"{comp} {lay}"
+            pw, pc = m.get(name + "|podman"), m.get(name + "|podman_cpu")
+            cw, cc = m.get(name + "|containerd"), m.get(name + "|containerd_cpu")
+            cd, cx = m.get(name + "|containerd_daemon_cpu"), m.get(name + "|containerd_ctr_cpu")
+            cold = [(w, c) for w, c in zip(samples.get(f"{name}|docker", []), samples.get(f"{name}|docker_cpu", []))
+                    if c >= 0.5]
+            dw = statistics.median([w for w, _ in cold]) if cold else None
+            dc = statistics.median([c for _, c in cold]) if cold else None
+            split = f" ({cd:.1f} + {cx:.1f})" if cd is not None and cx is not None else ""
+            pk, dk = name + "|podman", name + "|docker"
+            out.append(f"| {comp} | {lay} | {cell(pk, 2)} | {cell(pk + '_cpu', 1)} | "
+                       f"{cell(name + '|containerd', 2)} | {ratio(cw, pw, name + '|containerd', pk)} | "
+                       f"{cc:.1f} s{split}{mark(name + '|containerd_cpu')} | "
+                       f"{ratio(cc, pc, name + '|containerd_cpu', pk + '_cpu')} | "
+                       f"{'–' if dw is None else f'{dw:.2f} s{mark(dk)}'} | {ratio(dw, pw, dk, pk)} | "
+                       f"{'–' if dc is None else f'{dc:.1f} s{mark(dk)}'} | {ratio(dc, pc, dk + '_cpu', pk + '_cpu')} |")
+        if crossed:
+            out += ["", "† the two cells come from different runs (different load on a shared machine): compare "
+                    "with care."]
     if "run|bytecode" in m:
         bc, nobc = m["run|bytecode"], m["run|no bytecode"]
         out += ["", "The `tests` session in a pulled image (`podman run`, offline, nox reusing the venv): "
-                f"with bytecode {bc:.2f} s, without {nobc:.2f} s (its imports compile and write the .pyc: "
-                f"{nobc - bc:+.2f} s a job)."]
+                f"with bytecode {bc:.2f} s{mark('run|bytecode')}, without {nobc:.2f} s (its imports compile and write "
+                f"the .pyc: {nobc - bc:+.2f} s a job)."]
     return "\n".join(out) + "\n"
-
 
 if __name__ == "__main__":
     main()

@@ -3,8 +3,9 @@
 # same shaped link (a network namespace + veth, tc tbf rate, RTT/2 delay each way), every
 # way of getting a session's venv into a CI job container side by side.
 #
-#   bash benches/shaped.sh                              # both profiles, one round (~8 min; ~16 the first time)
+#   bash benches/shaped.sh                              # both profiles, one round (~12 min; ~20 the first time)
 #   bash benches/shaped.sh --profiles hosted -n 2       # one profile, two rounds
+#   bash benches/shaped.sh --profiles hosted --contenders podman,containerd   # the image pulls only
 #   bash benches/shaped.sh --cleanup                    # remove what a killed run left
 #   python3 benches/shaped.py --report-only             # re-render results/shaped.md
 #
@@ -13,6 +14,8 @@
 # time only, PyPI to fill the local index with the fixtures' locked wheels. Talks to
 # loopback and to 10.231.7.0/30 (its own namespace) only; removes the namespace, the veth,
 # the qdiscs, the NFQUEUE rules and its servers at the end, on error and on Ctrl-C.
+# The containerd contenders run a private containerd (benches/containerd.py) under
+# $state/containerd, stopped, unmounted and removed the same way.
 #
 # State kept between runs: ${VENVIMG_SHAPED_DIR:-/var/tmp/venvimg-bench-shaped} (the
 # wheels, the re-locked fixture copies, the namespace registry's storage with the images).
@@ -30,6 +33,17 @@ fi
 for c in ip tc iptables curl zstd; do
   command -v "$c" >/dev/null || { echo "shaped.sh: $c is missing (apt-get install -y iproute2 iptables curl zstd)" >&2; exit 1; }
 done
+contenders=all
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  [[ ${args[i]} == --contenders ]] && contenders=${args[i + 1]:-}
+  [[ ${args[i]} == --contenders=* ]] && contenders=${args[i]#--contenders=}
+done
+if [[ $contenders == all || ,$contenders, == *,containerd,* ]]; then
+  for c in containerd ctr containerd-shim-runc-v2; do
+    command -v "$c" >/dev/null || { echo "shaped.sh: $c is missing (apt-get install -y containerd)" >&2; exit 1; }
+  done
+fi
 
 # shellcheck source=benches/lib.sh
 . benches/lib.sh

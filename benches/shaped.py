@@ -31,11 +31,16 @@ Contenders, per fixture (sample, bigstack), interleaved round by round (the orde
             image's snapshot, prepared and mounted by hand (`ctr run IMAGE` copies the
             image's labels onto the container, and containerd refuses venvimg's 11.5 KB
             dev.venvimg.record: containers.Labels over 4096 bytes);
+  restore_* `venvimg restore --image` of the same images (issue #36): the venv layers
+            fetched by venvimg itself, side by side, each checked and unpacked as it
+            streams into a fresh envdir (no engine), then the session in the base image
+            with that envdir mounted (`podman run --network none`); peak RSS from
+            /usr/bin/time;
   present   the venvimg image already on the runner: `podman run` only;
   floor     the base image with the same venv bind-mounted from local disk: container
             start + the session's own run, nothing delivered.
 Every contender's bytes that crossed the link come from the veth's counters.
---contenders picks groups (cold, warm, tar_zst, podman, containerd, present, floor); a run
+--contenders picks groups (cold, warm, tar_zst, podman, containerd, restore, present, floor); a run
 of a subset is merged into results/shaped.json (its cells replace the earlier ones, the
 report lists the runs).
 """
@@ -87,7 +92,7 @@ IMAGE_LABELS = {"venvimg": "gzip, `layers: single`", "venvimg_zstd": "zstd, `lay
                 "venvimg_split": "gzip, per-distribution", "venvimg_split_zstd": "zstd, per-distribution"}
 FIXTURE_NAMES = ("sample", "bigstack")
 # --contenders groups; "podman" and "containerd" are the venvimg images pulled + run by each
-CONTENDERS = ("cold", "warm", "tar_zst", "podman", "containerd", "present", "floor")
+CONTENDERS = ("cold", "warm", "tar_zst", "podman", "containerd", "restore", "present", "floor")
 
 
 def sh(cmd, check=True, **kw):
@@ -561,6 +566,36 @@ class Shaped:
                 f"{pull['cpu']:.1f}s: containerd {pull['daemon_cpu']:.1f}s + ctr {pull['ctr_cpu']:.1f}s) "
                 f"+ run {t_run:.1f}s")
 
+        def restore_run(kind, comp, layers):
+            # `venvimg restore --image` (issue #36): the venv layers fetched by venvimg
+            # itself into a fresh envdir (no engine), then the session in the base image
+            # with that envdir mounted, nox reusing the venv. venvimg runs on the host here
+            # (in a job it runs in the base container: the same bytes and files).
+            image = inp[kind]["image"]
+            proj = self.work / f"{fixture}-{comp}-{layers}"
+            root = self.work / "restore-root"
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir()
+            subprocess.run(["sync"])
+            off = self.registry_log_offset()
+            rx0, tx0 = link_counters()
+            r = run(["/usr/bin/time", "-f", "maxrss_kb=%M", self.venvimg, "-q", "--insecure-registry", REG,
+                     "restore", "--image", image, "--root", root], cwd=proj, env=self.env)
+            rx1, tx1 = link_counters()
+            blobs = self.blob_bytes_since(off)
+            rss = int(re.findall(r"maxrss_kb=(\d+)", r.err)[-1]) * 1024
+            src = self.fresh_src(fixture)
+            t_run = self.session(fixture, f"restore_{kind}", [
+                "podman", "run", "--rm", "--network", "none", "-w", "/src", "-e", "UV_OFFLINE=1",
+                "-v", f"{src}:/src", "-v", f"{root}{ENVDIR}:{ENVDIR}", self.base] + self.REUSE, expect_reuse=True)
+            shutil.rmtree(root)
+            p = f"{profile}.{fixture}.restore_{kind}"
+            for k, v in (("_restore", r.wall), ("_restore_cpu", r.cpu), ("_rss", rss), ("_blob_bytes", blobs),
+                         ("_run", t_run), ("_down", rx1 - rx0), ("_up", tx1 - tx0), ("", r.wall + t_run)):
+                self.sample(p + k, v)
+            log(f"{profile} {fixture}: restore_{kind} {r.wall:.1f}s ({(rx1 - rx0) / 1e6:.1f} MB down, CPU "
+                f"{r.cpu:.1f}s, peak RSS {rss / 2**20:.0f} MiB) + run {t_run:.1f}s")
+
         def present():
             image = inp["venvimg"]["image"]
             run(["podman", "pull", "-q", "--tls-verify=false", image], env=self.env)  # untimed
@@ -586,6 +621,8 @@ class Shaped:
             contenders += [lambda k=k: image_run(k) for k, _, _ in IMAGES]
         if "containerd" in want:
             contenders += [lambda k=k: ctr_image_run(k) for k, _, _ in IMAGES]
+        if "restore" in want:
+            contenders += [lambda k=k, c=c, la=la: restore_run(k, c, la) for k, c, la in IMAGES]
         if "present" in want:
             contenders.append(present)
         if "floor" in want:
@@ -928,7 +965,35 @@ def report(res: dict) -> str:
                            f"{ratio(get(c + '_pull_cpu'), get(q + '_pull_cpu'))} | {fmt_s(get(c + '_run'))} | "
                            f"{ratio(get(c + '_run'), get(q + '_run'))} | {fmt_s(get(c))} | {ratio(get(c), get(q))} |")
             out.append("")
+        if any(get(f"{p}.bigstack.restore_{k}") is not None for k, _, _ in IMAGES):
+            out.append(f"`venvimg restore --image` ({pr['label']}, bigstack): the image's venv layers fetched by "
+                       "venvimg itself, several at once, each checked and unpacked as it streams into a fresh "
+                       "envdir (no engine, no copy on disk), then the session in the base image with that envdir "
+                       "mounted; beside podman's pull of the same image, containerd's, and the .nox tar.zst restore")
+            out.append("")
+            out.append("| image | bytes down | restore | ÷ `podman pull` | ÷ `ctr images pull` | CPU | peak RSS | "
+                       "then run | restore + run | ÷ cold | ÷ tar.zst restore + run |")
+            out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+            for k, _, _ in IMAGES:
+                c = f"{p}.bigstack.restore_{k}"
+                rss = get(c + "_rss")
+                out.append(f"| {IMAGE_LABELS[k]} | {fmt_mb(get(c + '_down'))} | {fmt_s(get(c + '_restore'))} | "
+                           f"{ratio(get(c + '_restore'), get(f'{p}.bigstack.{k}_pull'))} | "
+                           f"{ratio(get(c + '_restore'), get(f'{p}.bigstack.ctr_{k}_pull'))} | "
+                           f"{fmt_s(get(c + '_restore_cpu'))} | "
+                           f"{'–' if rss is None else f'{rss / 2**20:.0f} MiB'} | {fmt_s(get(c + '_run'))} | "
+                           f"{fmt_s(get(c))} | {ratio(get(c), get(f'{p}.bigstack.cold'))} | "
+                           f"{ratio(get(c), get(f'{p}.bigstack.tar_zst'))} |")
+            out.append("")
         b = f"{p}.bigstack."
+        for k, _, _ in IMAGES:
+            if get(b + "restore_" + k) is not None:
+                targets.append((p, f"bigstack: restore {IMAGE_LABELS[k]} + run ÷ cold (#36)", 0.6,
+                                b + "restore_" + k, b + "cold"))
+                targets.append((p, f"bigstack: restore {IMAGE_LABELS[k]} + run ÷ tar.zst restore (#36)", 0.5,
+                                b + "restore_" + k, b + "tar_zst"))
+                targets.append((p, f"bigstack: restore {IMAGE_LABELS[k]} alone ÷ `podman pull` (#36)", 0.4,
+                                b + "restore_" + k + "_restore", b + k + "_pull"))
         for k, _, _ in IMAGES:
             targets.append((p, f"bigstack: venvimg {IMAGE_LABELS[k]} pull + run ÷ cold", 0.5, b + k, b + "cold"))
             targets.append((p, f"bigstack: venvimg {IMAGE_LABELS[k]} pull + run ÷ tar.zst restore", 0.7, b + k,
@@ -958,6 +1023,13 @@ def report(res: dict) -> str:
             if ra != rb:
                 verdict += f" — across runs {ra + 1} and {rb + 1}: compare with care"
         out.append(f"| {PROFILES[p]['label']} | {name} | ≤ {at_most}× | {got} | {verdict} |")
+    for p in res["profiles"]:
+        for k, _, _ in IMAGES:
+            rss = get(f"{p}.bigstack.restore_{k}_rss")
+            if rss is not None:
+                mib = rss / 2**20
+                out.append(f"| {PROFILES[p]['label']} | bigstack: restore {IMAGE_LABELS[k]}, peak RSS (#36) | "
+                           f"< 150 MiB | {mib:.0f} MiB | {'met' if mib < 150 else 'missed'} |")
     out.append("")
     for note in res.get("notes", []):
         out.append(f"Note: {note}")

@@ -70,9 +70,14 @@ impl Drop for ContainerGuard {
 /// A temp folder named for this process (`venvimg-<kind>-<pid>-XXXXXX`, mode 0700),
 /// registered so a cancel removes it.
 pub fn tempdir(kind: &str) -> std::io::Result<TempDir> {
+    registered(&format!("venvimg-{kind}"), &std::env::temp_dir())
+}
+
+/// A private folder `PREFIX-<pid>-XXXXXX` in `dir`, registered for a cancel.
+fn registered(prefix: &str, dir: &Path) -> std::io::Result<TempDir> {
     let dir = private_tempdir(
-        tempfile::Builder::new().prefix(&format!("venvimg-{kind}-{}-", std::process::id())),
-        &std::env::temp_dir(),
+        tempfile::Builder::new().prefix(&format!("{prefix}-{}-", std::process::id())),
+        dir,
     )?;
     live().dirs.push(dir.path().to_path_buf());
     Ok(TempDir { dir: Some(dir) })
@@ -81,12 +86,7 @@ pub fn tempdir(kind: &str) -> std::io::Result<TempDir> {
 /// A private folder in `dir` (`.venvimg-<kind>-<pid>-XXXXXX`, mode 0700), registered so
 /// a cancel removes it: for work that must end up on `dir`'s filesystem (a rename).
 pub fn tempdir_in(kind: &str, dir: &Path) -> std::io::Result<TempDir> {
-    let dir = private_tempdir(
-        tempfile::Builder::new().prefix(&format!(".venvimg-{kind}-{}-", std::process::id())),
-        dir,
-    )?;
-    live().dirs.push(dir.path().to_path_buf());
-    Ok(TempDir { dir: Some(dir) })
+    registered(&format!(".venvimg-{kind}"), dir)
 }
 
 /// Remove what [`tempdir_in`] left in `dir` for processes that are gone (killed before

@@ -1103,12 +1103,7 @@ impl Registry {
         digest: &Digest,
         size: u64,
     ) -> Result<BlobStream, RegistryError> {
-        self.guard_realm(r)?;
-        let auth = self.auth(r);
-        let client = self.client_for(r);
-        client
-            .store_auth_if_needed(r.resolve_registry(), &auth)
-            .await;
+        let client = self.reading_client(r).await?;
         let stream = retry(|| client.pull_blob_stream(r, digest.as_str()))
             .await
             .map_err(|e| self.explain(r, "pull blob of", e))?;
@@ -1118,6 +1113,18 @@ impl Registry {
             size,
             read: 0,
         })
+    }
+
+    /// A client for reading from `r`'s repository: never for a realm this run refused,
+    /// with the credential for it stored (so a token is asked for once, not per blob).
+    async fn reading_client(&self, r: &Reference) -> Result<Client, RegistryError> {
+        self.guard_realm(r)?;
+        let auth = self.auth(r);
+        let client = self.client_for(r);
+        client
+            .store_auth_if_needed(r.resolve_registry(), &auth)
+            .await;
+        Ok(client)
     }
 
     /// Pull the blob `digest` of `r` into a fresh `make()` per attempt, refusing more than
@@ -1134,12 +1141,7 @@ impl Registry {
             detail,
         };
         let digest = Digest::parse(digest).map_err(|e| refused(e.to_string()))?;
-        self.guard_realm(r)?;
-        let auth = self.auth(r);
-        let client = self.client_for(r);
-        client
-            .store_auth_if_needed(r.resolve_registry(), &auth)
-            .await;
+        let client = self.reading_client(r).await?;
         let over = std::sync::atomic::AtomicBool::new(false);
         let got = retry(|| async {
             let mut out = Capped {

@@ -308,45 +308,13 @@ async fn session_index(
         ));
     }
     let tag = index_tag(&s.venv_dir, &keys);
-    let own = at_tag(&config.repository, &tag);
-    let mut index_ref = own.clone();
-    let mut index_digest = None;
     let any_failed = per.iter().any(|p| p.outcome == "failed");
-    if complete {
-        let bytes = platform_index(
-            &entries.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
-            name,
-        );
-        let digest = crate::model::Digest::of(&bytes).into_string();
-        let all_own = entries.iter().all(|(r, _)| {
-            r.repository() == config.repository.repository()
-                && r.resolve_registry() == config.repository.resolve_registry()
-        });
-        if all_own {
-            if !args.no_push && registry.manifest_digest(&own).await?.as_deref() != Some(&digest) {
-                registry.push_index(&own, bytes).await?;
-                printer.info(format!("pushed the index {}@{digest}", own.whole()));
-            }
-            index_digest = Some(digest);
-        } else {
-            // Every platform a hit in `trusted_repository:`: its index is there too
-            // when the protected branch assembled it.
-            let at = at_tag(&entries[0].0, &tag);
-            if registry.manifest_digest(&at).await?.as_deref() == Some(&digest) {
-                index_ref = at;
-                index_digest = Some(digest);
-            } else {
-                printer.warn(format!(
-                    "{name}: no index: its platforms' images are in different repositories ({}); run the build in one of them",
-                    entries
-                        .iter()
-                        .map(|(r, _)| r.whole())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
-        }
-    } else if !any_failed {
+    let (index_ref, index_digest) = if complete {
+        index_for(config, registry, args, name, &tag, &entries, printer).await?
+    } else {
+        (at_tag(&config.repository, &tag), None)
+    };
+    if !complete && !any_failed {
         let waiting: Vec<&str> = per
             .iter()
             .filter(|p| p.digest.is_none())
@@ -388,6 +356,52 @@ async fn session_index(
         error: built_here.iter().find_map(|r| r.error.clone()),
         platforms: per,
     })
+}
+
+/// A session's index over `entries` (every platform's image): pushed to the repository
+/// when every image is there (unless `--no-push`), or, when they are all hits in
+/// `trusted_repository`, found there as the protected branch assembled it. The index's
+/// reference, and its digest when there is one.
+#[allow(clippy::too_many_arguments)]
+async fn index_for(
+    config: &Config,
+    registry: &Registry,
+    args: &BuildOptions,
+    name: &str,
+    tag: &str,
+    entries: &[(Reference, IndexEntry)],
+    printer: &Printer,
+) -> Result<(Reference, Option<String>), Error> {
+    let own = at_tag(&config.repository, tag);
+    let bytes = platform_index(
+        &entries.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
+        name,
+    );
+    let digest = crate::model::Digest::of(&bytes).into_string();
+    let all_own = entries.iter().all(|(r, _)| {
+        r.repository() == config.repository.repository()
+            && r.resolve_registry() == config.repository.resolve_registry()
+    });
+    if all_own {
+        if !args.no_push && registry.manifest_digest(&own).await?.as_deref() != Some(&digest) {
+            registry.push_index(&own, bytes).await?;
+            printer.info(format!("pushed the index {}@{digest}", own.whole()));
+        }
+        return Ok((own, Some(digest)));
+    }
+    let at = at_tag(&entries[0].0, tag);
+    if registry.manifest_digest(&at).await?.as_deref() == Some(&digest) {
+        return Ok((at, Some(digest)));
+    }
+    printer.warn(format!(
+        "{name}: no index: its platforms' images are in different repositories ({}); run the build in one of them",
+        entries
+            .iter()
+            .map(|(r, _)| r.whole())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    Ok((own, None))
 }
 
 /// The all-sessions images' index, once every platform has its all-sessions image.

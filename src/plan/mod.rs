@@ -738,10 +738,30 @@ pub async fn make_plan(
             problem,
         });
     }
-    // Look every tag up at once: a hit costs one request, and 20 sessions should not cost
-    // 20 round trips in sequence. GET, not HEAD: the manifest says what to check. With
-    // `trusted_repository:` (a pull-request job), the protected branch's images first:
-    // a hit there is used where it is, and only misses are built and pushed here.
+    look_up(config, registry, &mut sessions).await?;
+    Ok(Plan {
+        base,
+        inputs: explicit,
+        sessions,
+        listing: hook_out.listing,
+        nox_version: hook_out.nox_version,
+        dry_run_source,
+        dry_run_to_share,
+        complete,
+        lock: crate::python::lockcheck::check(&config.project_dir),
+    })
+}
+
+/// Each session's tag looked up (a hit only when the files its image's build read are
+/// unchanged). Every tag at once: a hit costs one request, and 20 sessions should not
+/// cost 20 round trips in sequence. GET, not HEAD: the manifest says what to check. With
+/// `trusted_repository:` (a pull-request job), the protected branch's images first: a hit
+/// there is used where it is, and only misses are built and pushed here.
+async fn look_up(
+    config: &Config,
+    registry: &Registry,
+    sessions: &mut [SessionPlan],
+) -> Result<(), Error> {
     let trusted = config.trusted().map(|t| {
         sessions
             .iter()
@@ -788,17 +808,7 @@ pub async fn make_plan(
             Err(changed) => s.changed = changed,
         }
     }
-    Ok(Plan {
-        base,
-        inputs: explicit,
-        sessions,
-        listing: hook_out.listing,
-        nox_version: hook_out.nox_version,
-        dry_run_source,
-        dry_run_to_share,
-        complete,
-        lock: crate::python::lockcheck::check(&config.project_dir),
-    })
+    Ok(())
 }
 
 type DryRunResult = (

@@ -75,45 +75,7 @@ pub(super) async fn plan(
         .map(|(plan, one)| PlanReport::new(plan, one))
         .collect();
 
-    let mut rows = Vec::new();
-    for s in &plans[lead].sessions {
-        let mut keys = Vec::new();
-        let mut statuses = BTreeMap::new();
-        for (plan, p) in plans.iter().zip(&config.platforms) {
-            let found = plan
-                .sessions
-                .iter()
-                .find(|x| x.config.name == s.config.name);
-            if let Some(x) = found {
-                keys.push((p.to_string(), x.key.clone()));
-            }
-            let hit = found.is_some_and(|x| matches!(x.status, Status::Hit { .. }));
-            statuses.insert(
-                p.to_string(),
-                if hit { HitOrMiss::Hit } else { HitOrMiss::Miss },
-            );
-        }
-        let tag = index_tag(&s.venv_dir, &keys);
-        let image = at_tag(&config.repository, &tag);
-        let digest = if statuses.values().all(|h| *h == HitOrMiss::Hit) {
-            registry.manifest_digest(&image).await?
-        } else {
-            None
-        };
-        rows.push(IndexRow {
-            session: s.config.name.clone(),
-            venv_dir: s.venv_dir.clone(),
-            tag,
-            image: image.whole(),
-            status: if digest.is_some() {
-                HitOrMiss::Hit
-            } else {
-                HitOrMiss::Miss
-            },
-            digest,
-            platforms: statuses,
-        });
-    }
+    let rows = index_rows(config, registry, &plans, lead).await?;
 
     // Every platform's rows in one report: what --matrix and --gitlab-child list. Its
     // jobs start from the base as configured, so each runner pulls its own platform.
@@ -157,26 +119,7 @@ pub(super) async fn plan(
             printer.info(format!("platform {} · base {}", r.platform, r.base));
             printer.out(r.table());
         }
-        let table_rows: Vec<Vec<String>> = rows
-            .iter()
-            .map(|r| {
-                let missing: Vec<&str> = r
-                    .platforms
-                    .iter()
-                    .filter(|(_, h)| **h == HitOrMiss::Miss)
-                    .map(|(p, _)| p.as_str())
-                    .collect();
-                let status = match (r.status, missing.is_empty()) {
-                    (HitOrMiss::Hit, _) => "hit".to_string(),
-                    (HitOrMiss::Miss, true) => {
-                        "miss (every platform's image is there: `venvimg build` writes the index)"
-                            .into()
-                    }
-                    (HitOrMiss::Miss, false) => format!("miss ({})", missing.join(", ")),
-                };
-                vec![r.session.clone(), r.tag.clone(), status]
-            })
-            .collect();
+        let table_rows = index_table(&rows);
         printer.info("each session's image index (what jobs pull):");
         printer.out(crate::printer::table(
             &["SESSION", "INDEX TAG", "STATUS"],
@@ -184,4 +127,77 @@ pub(super) async fn plan(
         ));
     }
     super::write_outputs(config, args, &flat, &outputs, printer)
+}
+
+/// Each session's index row: every platform's hit or miss, and the index's digest when
+/// every platform hits and the index is there.
+async fn index_rows(
+    config: &Config,
+    registry: &Registry,
+    plans: &[crate::plan::Plan],
+    lead: usize,
+) -> Result<Vec<IndexRow>, Error> {
+    let mut rows = Vec::new();
+    for s in &plans[lead].sessions {
+        let mut keys = Vec::new();
+        let mut statuses = BTreeMap::new();
+        for (plan, p) in plans.iter().zip(&config.platforms) {
+            let found = plan
+                .sessions
+                .iter()
+                .find(|x| x.config.name == s.config.name);
+            if let Some(x) = found {
+                keys.push((p.to_string(), x.key.clone()));
+            }
+            let hit = found.is_some_and(|x| matches!(x.status, Status::Hit { .. }));
+            statuses.insert(
+                p.to_string(),
+                if hit { HitOrMiss::Hit } else { HitOrMiss::Miss },
+            );
+        }
+        let tag = index_tag(&s.venv_dir, &keys);
+        let image = at_tag(&config.repository, &tag);
+        let digest = if statuses.values().all(|h| *h == HitOrMiss::Hit) {
+            registry.manifest_digest(&image).await?
+        } else {
+            None
+        };
+        rows.push(IndexRow {
+            session: s.config.name.clone(),
+            venv_dir: s.venv_dir.clone(),
+            tag,
+            image: image.whole(),
+            status: if digest.is_some() {
+                HitOrMiss::Hit
+            } else {
+                HitOrMiss::Miss
+            },
+            digest,
+            platforms: statuses,
+        });
+    }
+    Ok(rows)
+}
+
+/// The index rows as table rows: session, index tag, and what is missing.
+fn index_table(rows: &[IndexRow]) -> Vec<Vec<String>> {
+    rows.iter()
+        .map(|r| {
+            let missing: Vec<&str> = r
+                .platforms
+                .iter()
+                .filter(|(_, h)| **h == HitOrMiss::Miss)
+                .map(|(p, _)| p.as_str())
+                .collect();
+            let status = match (r.status, missing.is_empty()) {
+                (HitOrMiss::Hit, _) => "hit".to_string(),
+                (HitOrMiss::Miss, true) => {
+                    "miss (every platform's image is there: `venvimg build` writes the index)"
+                        .into()
+                }
+                (HitOrMiss::Miss, false) => format!("miss ({})", missing.join(", ")),
+            };
+            vec![r.session.clone(), r.tag.clone(), status]
+        })
+        .collect()
 }

@@ -92,31 +92,7 @@ pub fn tempdir_in(kind: &str, dir: &Path) -> std::io::Result<TempDir> {
 /// Remove what [`tempdir_in`] left in `dir` for processes that are gone (killed before
 /// they could clean up).
 pub fn sweep_stale_in(dir: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(rd) = fs_err::read_dir(dir) else {
-        return;
-    };
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let me = unsafe { libc::getuid() };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with(".venvimg-") {
-            continue;
-        }
-        // `.venvimg-KIND-PID-XXXXXX`: KIND may hold dashes, the random tail does not.
-        let Some(Ok(pid)) = name.rsplit('-').nth(1).map(str::parse::<u32>) else {
-            continue;
-        };
-        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        let Ok(meta) = fs_err::symlink_metadata(e.path()) else {
-            continue;
-        };
-        if meta.is_dir() && meta.uid() == me {
-            let _ = fs_err::remove_dir_all(e.path());
-        }
-    }
+    sweep(dir, ".venvimg-");
 }
 
 /// The mode of every temp folder venvimg makes: its owner's only. tempfile follows the
@@ -197,23 +173,25 @@ pub fn clean_up() {
 /// Remove temp folders of venvimg processes that no longer exist (killed with SIGKILL):
 /// `venvimg-<kind>-<pid>-*` in the temp folder, owned by this user, whose pid is gone.
 pub fn sweep_stale() {
+    sweep(&std::env::temp_dir(), "venvimg-");
+}
+
+/// Remove the folders `PREFIX<kind>-<pid>-XXXXXX` in `dir` that this user owns and whose
+/// process is gone (what [`registered`] names them; the kind may hold dashes, the random
+/// tail does not).
+fn sweep(dir: &Path, prefix: &str) {
     use std::os::unix::fs::MetadataExt;
-    let tmp = std::env::temp_dir();
-    let Ok(rd) = fs_err::read_dir(&tmp) else {
+    let Ok(rd) = fs_err::read_dir(dir) else {
         return;
     };
     // SAFETY: getuid has no preconditions and cannot fail.
     let me = unsafe { libc::getuid() };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("venvimg-") else {
+        if !name.starts_with(prefix) {
             continue;
-        };
-        let mut parts = rest.split('-');
-        let (Some(_kind), Some(pid)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        let Ok(pid) = pid.parse::<u32>() else {
+        }
+        let Some(Ok(pid)) = name.rsplit('-').nth(1).map(str::parse::<u32>) else {
             continue;
         };
         if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
@@ -269,4 +247,31 @@ pub fn exit_on_signal() {
         // the containers just stopped.
         std::process::exit(code);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder of a process that is gone is removed (whatever dashes its kind holds); one
+    /// of a live process, or without a pid, stays.
+    #[test]
+    fn sweeps_only_the_folders_of_processes_that_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        // Above any pid_max: no such process.
+        let gone = dir
+            .path()
+            .join(".venvimg-restore-tests-3-12-4294967294-AbC123");
+        let live = dir.path().join(format!(
+            ".venvimg-restore-lint-{}-XyZ789",
+            std::process::id()
+        ));
+        let other = dir.path().join(".venvimg-blobs-Qw3rty");
+        for d in [&gone, &live, &other] {
+            fs_err::create_dir(d).unwrap();
+        }
+        sweep_stale_in(dir.path());
+        assert!(!gone.exists());
+        assert!(live.exists() && other.exists());
+    }
 }

@@ -110,6 +110,17 @@ mod import_order {
         out
     }
 
+    /// The module a path below a folder belongs to: its first component, without `.rs`.
+    fn module_of(rel: &Path) -> String {
+        rel.components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_string()
+    }
+
     fn walk(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
         for e in fs_err::read_dir(dir).unwrap().flatten() {
             let p = e.path();
@@ -129,14 +140,7 @@ mod import_order {
         let mut wrong = Vec::new();
         for f in &files {
             let rel = f.strip_prefix(&src).unwrap();
-            let top = rel
-                .components()
-                .next()
-                .unwrap()
-                .as_os_str()
-                .to_string_lossy()
-                .trim_end_matches(".rs")
-                .to_string();
+            let top = module_of(rel);
             if top == "lib" || top == "main" || rel.ends_with("tests.rs") {
                 continue;
             }
@@ -183,12 +187,7 @@ mod import_order {
         let commands: BTreeSet<String> = fs_err::read_dir(&dir)
             .unwrap()
             .flatten()
-            .map(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .trim_end_matches(".rs")
-                    .to_string()
-            })
+            .map(|e| module_of(Path::new(&e.file_name())))
             .filter(|m| m != "mod" && m != "report")
             .collect();
         let mut files = Vec::new();
@@ -197,14 +196,7 @@ mod import_order {
         for f in &files {
             let rel = f.strip_prefix(&dir).unwrap();
             let depth = rel.components().count();
-            let mine = rel
-                .components()
-                .next()
-                .unwrap()
-                .as_os_str()
-                .to_string_lossy()
-                .trim_end_matches(".rs")
-                .to_string();
+            let mine = module_of(rel);
             if mine == "mod" || mine == "report" {
                 continue;
             }

@@ -13,7 +13,7 @@ use crate::builder::{self, BuildOptions};
 use crate::config::{BuilderKind, Config};
 use crate::engine;
 use crate::error::{Error, RestoreError};
-use crate::plan::{Plan, Status};
+use crate::plan::Plan;
 use crate::printer::{human_bytes, table, Printer};
 use crate::registry::Registry;
 use crate::restore::{RestoreOptions, Restored, Source};
@@ -138,24 +138,16 @@ async fn planned_sources(
     };
     let mut plan = planned(config, registry, &args.sessions, printer).await?;
     let miss = |plan: &Plan| {
-        plan.sessions
-            .iter()
-            .find(|s| matches!(s.status, Status::Miss))
-            .map(|s| RestoreError::Miss {
-                session: s.config.name.clone(),
-                image: s.image.whole(),
-            })
+        plan.misses().next().map(|s| RestoreError::Miss {
+            session: s.config.name.clone(),
+            image: s.image.whole(),
+        })
     };
     if let Some(e) = miss(&plan) {
         if !args.build {
             return Err(e.into());
         }
-        let misses: Vec<String> = plan
-            .sessions
-            .iter()
-            .filter(|s| matches!(s.status, Status::Miss))
-            .map(|s| s.config.name.clone())
-            .collect();
+        let misses: Vec<String> = plan.misses().map(|s| s.config.name.clone()).collect();
         printer.info(format!("building first: {}", misses.join(", ")));
         let options = args.builder.apply(BuildOptions {
             sessions: misses,

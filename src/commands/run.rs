@@ -171,12 +171,7 @@ async fn ready(
     let target = Target::resolve(config, job)?;
     let plan = crate::plan::make_plan(config, registry, sessions).await?;
     crate::plan::findings::flush_warnings(registry, printer);
-    let misses: Vec<String> = plan
-        .sessions
-        .iter()
-        .filter(|s| matches!(s.status, Status::Miss))
-        .map(|s| s.config.name.clone())
-        .collect();
+    let misses: Vec<String> = plan.misses().map(|s| s.config.name.clone()).collect();
     if misses.is_empty() {
         return Ok((plan, target));
     }
@@ -201,11 +196,7 @@ async fn ready(
         .render(false, false, printer)?;
     built.exit()?;
     let plan = crate::plan::make_plan(config, registry, sessions).await?;
-    if let Some(s) = plan
-        .sessions
-        .iter()
-        .find(|s| matches!(s.status, Status::Miss))
-    {
+    if let Some(s) = plan.misses().next() {
         return Err(Error::Usage(format!(
             "session `{}` is still a miss after its build; see `venvimg plan --explain {}`",
             s.config.name, s.config.name

@@ -231,6 +231,13 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The sessions whose image is not in the registry, in plan order.
+    pub fn misses(&self) -> impl Iterator<Item = &SessionPlan> {
+        self.sessions
+            .iter()
+            .filter(|s| matches!(s.status, Status::Miss))
+    }
+
     /// The tag of the image holding every planned session's venv: a hash of their keys,
     /// `all-…` when they are the config's sessions, `sessions-…` for a `--session` pick.
     pub fn combined_tag(&self) -> String {

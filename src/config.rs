@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 use crate::ci::{CiCheckout, Undetermined};
-use crate::model::Compression;
+use crate::model::{Compression, Platform};
 
 pub const DEFAULT_CONFIG_FILE: &str = "venvimg.yaml";
 pub const DEFAULT_ENVDIR: &str = "/opt/nox";
@@ -283,77 +283,6 @@ pub struct Owner {
 impl fmt::Display for Owner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.uid, self.gid)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Platform {
-    pub os: String,
-    pub architecture: String,
-    pub variant: Option<String>,
-}
-
-impl fmt::Display for Platform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
-}
-
-const KNOWN_ARCHES: &[&str] = &[
-    "amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64", "mips64le",
-];
-
-impl Platform {
-    /// The platform of this machine, in OCI's spelling.
-    pub fn host() -> Platform {
-        let architecture = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            "x86" => "386",
-            "powerpc64" => "ppc64le",
-            "s390x" => "s390x",
-            "riscv64" => "riscv64",
-            "arm" => "arm",
-            other => other,
-        };
-        Platform {
-            os: "linux".into(),
-            architecture: architecture.into(),
-            variant: None,
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Platform, String> {
-        let parts: Vec<&str> = s.split('/').collect();
-        let (os, arch, variant) = match parts.as_slice() {
-            [os, arch] => (*os, *arch, None),
-            [os, arch, variant] => (*os, *arch, Some(variant.to_string())),
-            _ => {
-                return Err(format!(
-                    "`{s}` is not OS/ARCH[/VARIANT]; write e.g. linux/amd64 or linux/arm64"
-                ))
-            }
-        };
-        if os != "linux" {
-            return Err(format!(
-                "unsupported OS `{os}` in `{s}`: nox job images are linux images; write linux/ARCH"
-            ));
-        }
-        if !KNOWN_ARCHES.contains(&arch) {
-            return Err(format!(
-                "unsupported architecture `{arch}` in `{s}`; use one of: {}",
-                KNOWN_ARCHES.join(", ")
-            ));
-        }
-        Ok(Platform {
-            os: os.into(),
-            architecture: arch.into(),
-            variant,
-        })
     }
 }
 

@@ -9,8 +9,8 @@ use oci_spec::image::{ImageIndex, ImageManifest};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::config::Platform;
 use crate::model::Digest;
+use crate::model::Platform;
 
 pub struct MediaTypes;
 

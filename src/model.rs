@@ -213,6 +213,285 @@ impl<'de> serde::Deserialize<'de> for Digest {
     }
 }
 
+/// A platform images are built for, in OCI's spelling (`linux/amd64`, `linux/arm/v7`).
+/// Shown and serialised as that string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+const KNOWN_ARCHES: &[&str] = &[
+    "amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64", "mips64le",
+];
+
+impl Platform {
+    /// The platform of this machine, in OCI's spelling.
+    pub fn host() -> Platform {
+        let architecture = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "powerpc64" => "ppc64le",
+            "s390x" => "s390x",
+            "riscv64" => "riscv64",
+            "arm" => "arm",
+            other => other,
+        };
+        Platform {
+            os: "linux".into(),
+            architecture: architecture.into(),
+            variant: None,
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Platform, String> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let (os, arch, variant) = match parts.as_slice() {
+            [os, arch] => (*os, *arch, None),
+            [os, arch, variant] => (*os, *arch, Some(variant.to_string())),
+            _ => {
+                return Err(format!(
+                    "`{s}` is not OS/ARCH[/VARIANT]; write e.g. linux/amd64 or linux/arm64"
+                ))
+            }
+        };
+        if os != "linux" {
+            return Err(format!(
+                "unsupported OS `{os}` in `{s}`: nox job images are linux images; write linux/ARCH"
+            ));
+        }
+        if !KNOWN_ARCHES.contains(&arch) {
+            return Err(format!(
+                "unsupported architecture `{arch}` in `{s}`; use one of: {}",
+                KNOWN_ARCHES.join(", ")
+            ));
+        }
+        Ok(Platform {
+            os: os.into(),
+            architecture: arch.into(),
+            variant,
+        })
+    }
+}
+
+/// Strings that are one of these values' text: compare, show and serialise as it.
+macro_rules! text_value {
+    ($t:ty) => {
+        impl $t {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl AsRef<str> for $t {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+        impl std::borrow::Borrow<str> for $t {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+        impl PartialEq<str> for $t {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+        impl PartialEq<&str> for $t {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+        impl PartialEq<String> for $t {
+            fn eq(&self, other: &String) -> bool {
+                &self.0 == other
+            }
+        }
+        impl PartialEq<$t> for String {
+            fn eq(&self, other: &$t) -> bool {
+                *self == other.0
+            }
+        }
+        impl PartialEq<$t> for &str {
+            fn eq(&self, other: &$t) -> bool {
+                *self == other.0
+            }
+        }
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.0
+            }
+        }
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                <$t>::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+/// A session's key: the sha256 of its canonical key document, 64 lowercase hex digits
+/// without a prefix (it names a document, not content a registry stores).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(String);
+
+/// A string that is not a key (see [`Key::parse`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a venvimg key (64 lowercase hex)")]
+pub struct KeyError(pub String);
+
+impl Key {
+    /// How much of a key a tag carries, and what is shown of it.
+    pub const SHORT: usize = 16;
+
+    /// The key of a canonical key document.
+    pub fn of_document(canonical: &[u8]) -> Key {
+        use sha2::Digest as _;
+        Key(hex::encode(sha2::Sha256::digest(canonical)))
+    }
+
+    /// `s` as a key, if it is 64 lowercase hex digits.
+    pub fn parse(s: &str) -> Result<Key, KeyError> {
+        let ok = s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        ok.then(|| Key(s.to_string()))
+            .ok_or_else(|| KeyError(s.to_string()))
+    }
+
+    /// The first 16 hex digits: what the session's tag carries.
+    pub fn short(&self) -> &str {
+        &self.0[..Self::SHORT]
+    }
+
+    /// The first 16 characters of a key an image recorded (or all of a shorter one): for
+    /// showing a value read back from a registry, which nothing has checked.
+    pub fn short_of(recorded: &str) -> &str {
+        recorded.get(..Self::SHORT).unwrap_or(recorded)
+    }
+}
+
+text_value!(Key);
+
+/// An OCI tag venvimg reads or writes: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}` (the
+/// distribution spec's grammar), so it is always a valid reference's tag.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tag(String);
+
+/// A string that is not a tag (see [`Tag::parse`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an OCI tag (letters, digits, `_`, `.`, `-`; at most 128, not starting with `.` or `-`)")]
+pub struct TagError(pub String);
+
+impl Tag {
+    /// `s` as a tag, if the distribution spec allows it.
+    pub fn parse(s: &str) -> Result<Tag, TagError> {
+        let b = s.as_bytes();
+        let ok = !b.is_empty()
+            && b.len() <= 128
+            && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+            && b[1..]
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
+        ok.then(|| Tag(s.to_string()))
+            .ok_or_else(|| TagError(s.to_string()))
+    }
+
+    /// A session image's tag: `<venv folder>-<first 16 hex of its key>`, so the registry
+    /// listing says which session each image is for.
+    pub fn of_session(venv: &VenvName, key: &Key) -> Tag {
+        Tag::hashed(venv.as_str(), key.as_str())
+    }
+
+    /// `<prefix>-<first 16 hex of hash>`: the index tags (a hash of several keys or tags).
+    /// The prefix is a venv folder name or a fixed word, both tag characters; a longer
+    /// one is cut so the tag stays within 128.
+    pub fn hashed(prefix: &str, hex: &str) -> Tag {
+        let hex = &hex[..Key::SHORT.min(hex.len())];
+        let room = 128 - 1 - hex.len();
+        let prefix = &prefix[..prefix.len().min(room)];
+        Tag(format!("{prefix}-{hex}"))
+    }
+}
+
+text_value!(Tag);
+
+/// The name of a session's venv folder under the envdir, as nox makes it (see
+/// `python::nox::venv_dir_name`): lowercase letters, digits, `_` and `-`, not starting
+/// with `-`. So it is one path component, never `..`, and fits in a tag.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VenvName(String);
+
+/// A string that is not a plain folder name (see [`VenvName::parse`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a nox venv folder name (lowercase letters, digits, `_`, `-`)")]
+pub struct VenvNameError(pub String);
+
+impl VenvName {
+    /// `s` as a venv folder name, if nox could have made it.
+    pub fn parse(s: &str) -> Result<VenvName, VenvNameError> {
+        let ok = !s.is_empty()
+            && s.len() <= 255
+            && !s.starts_with('-')
+            && s.bytes()
+                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'));
+        ok.then(|| VenvName(s.to_string()))
+            .ok_or_else(|| VenvNameError(s.to_string()))
+    }
+
+    /// The venv's path in the image: `envdir/name`, joined as nox joins it.
+    pub fn path_in(&self, envdir: &str) -> String {
+        if envdir.ends_with('/') {
+            format!("{envdir}{}", self.0)
+        } else {
+            format!("{envdir}/{}", self.0)
+        }
+    }
+}
+
+text_value!(VenvName);
+
+impl AsRef<std::path::Path> for VenvName {
+    fn as_ref(&self) -> &std::path::Path {
+        std::path::Path::new(&self.0)
+    }
+}
+
+impl std::str::FromStr for Platform {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Platform::parse(s)
+    }
+}
+
+impl serde::Serialize for Platform {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// `url` without its userinfo (`https://user:token@host/x` → `https://host/x`): a URL
 /// recorded by git or an installer may carry a credential, and what venvimg writes into
 /// images and SBOMs is public.
@@ -328,6 +607,65 @@ mod tests {
     fn hex_part_strips_only_a_leading_prefix() {
         assert_eq!(Digest::hex_part("sha256:aa"), "aa");
         assert_eq!(Digest::hex_part("aa"), "aa");
+    }
+
+    #[test]
+    fn keys_are_64_lowercase_hex_and_tags_carry_16() {
+        let k = Key::of_document(b"{}");
+        assert_eq!(k.as_str(), Digest::of(b"{}").hex());
+        assert_eq!(Key::parse(k.as_str()), Ok(k.clone()));
+        for bad in [
+            "",
+            "ab",
+            &k.as_str().to_uppercase(),
+            &format!("sha256:{}", k),
+        ] {
+            assert!(Key::parse(bad).is_err(), "{bad}");
+        }
+        let venv = VenvName::parse("tests-3-12").unwrap();
+        let t = Tag::of_session(&venv, &k);
+        assert_eq!(t, format!("tests-3-12-{}", &k.as_str()[..16]));
+        assert_eq!(k.short(), &k.as_str()[..16]);
+        assert_eq!(Key::short_of("abc"), "abc");
+        assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{t}\""));
+        assert!(serde_json::from_str::<Key>("\"../x\"").is_err());
+    }
+
+    #[test]
+    fn tags_follow_the_distribution_grammar() {
+        for ok in ["latest", "_x", "a.b-c_d", &"a".repeat(128)] {
+            assert!(Tag::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".x", "-x", "a/b", "a:b", "a b", &"a".repeat(129)] {
+            assert_eq!(Tag::parse(bad), Err(TagError(bad.to_string())), "{bad}");
+        }
+        // A prefix too long for a tag is cut, so every hashed tag stays one.
+        let long = Tag::hashed(&"v".repeat(200), &"ab".repeat(32));
+        assert_eq!(long.as_str().len(), 128);
+        assert_eq!(Tag::parse(long.as_str()), Ok(long.clone()));
+    }
+
+    #[test]
+    fn venv_names_are_what_nox_makes() {
+        for ok in ["tests", "tests-3-12", "_x", "0abc1234"] {
+            let v = VenvName::parse(ok).unwrap();
+            assert_eq!(v.path_in("/opt/nox"), format!("/opt/nox/{ok}"));
+        }
+        for bad in ["", ".", "..", "-x", "a/b", "A", "a.b", "a b", "a\0"] {
+            assert!(VenvName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn platforms_show_and_serialise_as_os_arch_variant() {
+        let p = Platform::parse("linux/arm/v7").unwrap();
+        assert_eq!(p.to_string(), "linux/arm/v7");
+        assert_eq!(serde_json::to_string(&p).unwrap(), "\"linux/arm/v7\"");
+        assert_eq!(
+            "linux/amd64".parse::<Platform>().unwrap(),
+            Platform::parse("linux/amd64").unwrap()
+        );
+        assert!(Platform::parse("windows/amd64").is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@ use super::SessionLayer;
 use crate::config::Config;
 use crate::error::Error;
 use crate::image::{self, BaseImage, ComposedImage, LayerDescriptor};
+use crate::model::{Digest, Key, VenvName};
 use crate::plan::record::{ImageRecord, RECORD_VERSION};
 use crate::plan::{SessionPlan, CHECK_ANNOTATION};
 use crate::registry::Registry;
@@ -17,7 +18,7 @@ use crate::registry::Registry;
 /// `source` when the config knows a clean one.
 pub fn compose_images(
     base: &BaseImage,
-    layers: &[(String, SessionLayer)],
+    layers: &[(VenvName, SessionLayer)],
     config: &Config,
     complete: bool,
 ) -> ComposedImage {
@@ -74,12 +75,12 @@ pub(super) async fn layer_from_registry(
     registry: &Registry,
     base: &BaseImage,
     s: &SessionPlan,
-    digest: &str,
+    digest: &Digest,
 ) -> Result<SessionLayer, Error> {
     // By the digest the plan checked, never the tag again: a tag moved since is not used.
     let pinned = s.image.clone_with_digest(digest.to_string());
     let (bytes, got) = registry.manifest_raw(&pinned).await?;
-    if got != digest {
+    if got != *digest {
         return Err(crate::registry::RegistryError::BadManifest {
             reference: pinned.whole(),
             detail: format!("the registry served {got} for {digest}"),
@@ -128,8 +129,8 @@ pub(super) async fn layer_from_registry(
     if record.key != s.key || check.key != s.key {
         return Err(bad(format!(
             "its record is for key {}, not {}",
-            &record.key[..record.key.len().min(16)],
-            &s.key[..16]
+            Key::short_of(&record.key),
+            s.key.short()
         ))
         .into());
     }

@@ -29,7 +29,7 @@ use crate::config::{BuilderKind, Config};
 use crate::engine::{self as builder};
 use crate::error::{BuildError, Error};
 use crate::image::LayerDescriptor;
-use crate::model::Digest;
+use crate::model::{Digest, Platform, Tag, VenvName};
 use crate::plan::record::SessionRecord;
 use crate::plan::{CheckAnnotation, Plan, SessionPlan};
 use crate::printer::Printer;
@@ -88,7 +88,7 @@ pub struct BuildResult {
     pub plan: Plan,
     pub results: Vec<SessionResult>,
     /// The all-sessions image (or index): reference and digest.
-    pub all: Option<(String, String)>,
+    pub all: Option<(String, Digest)>,
     /// (session, cause) of each failure.
     pub failed: Vec<(String, String)>,
     /// How many session images were asked for (sessions × platforms).
@@ -156,10 +156,10 @@ pub async fn build(
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionResult {
     pub session: String,
-    pub venv_dir: String,
-    pub tag: String,
+    pub venv_dir: VenvName,
+    pub tag: Tag,
     pub image: String,
-    pub digest: Option<String>,
+    pub digest: Option<Digest>,
     /// "hit", "built" or "failed".
     pub outcome: &'static str,
     pub layer_size: Option<u64>,
@@ -176,10 +176,10 @@ pub struct SessionResult {
 /// One platform's image of a session, under its own tag.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlatformResult {
-    pub platform: String,
-    pub tag: String,
+    pub platform: Platform,
+    pub tag: Tag,
     pub image: String,
-    pub digest: Option<String>,
+    pub digest: Option<Digest>,
     /// "hit", "built", "failed", or "not built here" (another runner's `--platform`).
     pub outcome: &'static str,
 }
@@ -211,7 +211,7 @@ pub(super) struct PlatformBuild {
     pub(super) plan: Plan,
     pub(super) results: Vec<SessionResult>,
     /// The all-sessions image: reference and digest.
-    pub(super) all: Option<(String, String)>,
+    pub(super) all: Option<(String, Digest)>,
     pub(super) failed: Vec<(String, String)>,
     /// digest → bytes of the manifests composed here (an index lists their sizes).
     pub(super) manifests: HashMap<Digest, Vec<u8>>,
@@ -235,13 +235,13 @@ pub fn with_engine<'c>(
 
 impl SessionResult {
     /// A session whose image was there: its digest and venv layers' size.
-    fn hit(s: &SessionPlan, digest: &str, layer_size: u64, seconds: f64) -> SessionResult {
+    fn hit(s: &SessionPlan, digest: &Digest, layer_size: u64, seconds: f64) -> SessionResult {
         SessionResult {
             session: s.config.name.clone(),
             venv_dir: s.venv_dir.clone(),
             tag: s.tag.clone(),
             image: s.image.whole(),
-            digest: Some(digest.to_string()),
+            digest: Some(digest.clone()),
             outcome: "hit",
             layer_size: Some(layer_size),
             seconds,

@@ -13,10 +13,10 @@ use crate::config::{BuilderKind, Config};
 use crate::engine::{self as builder};
 use crate::error::Error;
 use crate::image::ComposedImage;
-use crate::model::Digest;
+use crate::model::{Digest, VenvName};
 use crate::plan::{Plan, SessionPlan, Status};
 use crate::printer::{human_bytes, Printer};
-use crate::registry::{push, Registry};
+use crate::registry::{at_tag, push, Registry};
 
 /// Plan and build one platform's sessions (the config's `platform`), push them and the
 /// all-sessions image, write `--output`/`--load`: everything but the report.
@@ -104,7 +104,7 @@ pub(super) async fn build_platform(
         all.image.manifest.clone(),
     );
     let all_pushed = (all.wanted && plan.complete)
-        .then(|| (all.reference.whole(), all.image.manifest_digest.to_string()));
+        .then(|| (all.reference.whole(), all.image.manifest_digest.clone()));
     Ok(PlatformBuild {
         results: sessions.results,
         all: all_pushed,
@@ -146,7 +146,7 @@ async fn fetch_hit_layers(
 struct Sessions<'p> {
     results: Vec<SessionResult>,
     /// (venv dir, layers) of every session that has them, for the all-sessions image.
-    layers: Vec<(String, SessionLayer)>,
+    layers: Vec<(VenvName, SessionLayer)>,
     /// The images built here: target, image, its session, its layers.
     composed: Vec<(Reference, ComposedImage, &'p SessionPlan, SessionLayer)>,
     /// digest → file of every layer packed here.
@@ -245,7 +245,7 @@ impl<'p> Sessions<'p> {
                 venv_dir: s.venv_dir.clone(),
                 tag: s.tag.clone(),
                 image: s.image.whole(),
-                digest: Some(img.manifest_digest.to_string()),
+                digest: Some(img.manifest_digest.clone()),
                 outcome: "built",
                 layer_size: Some(layer.size()),
                 seconds,
@@ -280,11 +280,7 @@ impl AllSessions {
         args: &BuildOptions,
         printer: &Printer,
     ) -> Result<AllSessions, Error> {
-        let reference = Reference::with_tag(
-            config.repository.resolve_registry().to_string(),
-            config.repository.repository().to_string(),
-            plan.combined_tag(),
-        );
+        let reference = at_tag(&config.repository, &plan.combined_tag());
         let image = compose_images(&plan.base, &sessions.layers, config, plan.complete);
         let fits = image.layers.len() <= config.max_layers;
         let wanted = sessions.failed.is_empty();
@@ -332,7 +328,7 @@ async fn push_images(
         mark_pushed(
             registry,
             target,
-            img.manifest_digest.as_str(),
+            &img.manifest_digest,
             img.manifest.len(),
             printer,
         )
@@ -347,9 +343,9 @@ async fn push_images(
     let all_exists = if all.fits && all.wanted && plan.complete {
         registry.manifest_digest(&all.reference).await?
     } else {
-        Some(all.image.manifest_digest.to_string())
+        Some(all.image.manifest_digest.clone())
     };
-    if all_exists.as_deref() != Some(all.image.manifest_digest.as_str()) {
+    if all_exists.as_ref() != Some(&all.image.manifest_digest) {
         push::push_image_from(
             registry,
             &all.reference,
@@ -362,7 +358,7 @@ async fn push_images(
         mark_pushed(
             registry,
             &all.reference,
-            all.image.manifest_digest.as_str(),
+            &all.image.manifest_digest,
             all.image.manifest.len(),
             printer,
         )
@@ -445,7 +441,7 @@ pub(super) async fn all_hit_and_composed(
     registry: &Registry,
     args: &BuildOptions,
     printer: &Printer,
-) -> Result<Option<(Vec<SessionResult>, String, String)>, Error> {
+) -> Result<Option<(Vec<SessionResult>, String, Digest)>, Error> {
     if args.force || !args.output.is_empty() || args.load || !plan.complete {
         return Ok(None);
     }
@@ -461,11 +457,7 @@ pub(super) async fn all_hit_and_composed(
         let layer_size: u64 = m.layers().iter().skip(base_count).map(|l| l.size()).sum();
         results.push(SessionResult::hit(s, digest, layer_size, 0.0));
     }
-    let all_ref = Reference::with_tag(
-        config.repository.resolve_registry().to_string(),
-        config.repository.repository().to_string(),
-        plan.combined_tag(),
-    );
+    let all_ref = at_tag(&config.repository, &plan.combined_tag());
     let Some(all_digest) = registry.manifest_digest(&all_ref).await? else {
         return Ok(None);
     };
@@ -474,7 +466,7 @@ pub(super) async fn all_hit_and_composed(
             "{}: hit {}@{}",
             r.session,
             r.image,
-            r.digest.as_deref().unwrap_or_default()
+            r.digest.as_ref().map(Digest::as_str).unwrap_or_default()
         ));
     }
     printer.info(format!(

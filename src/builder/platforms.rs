@@ -14,9 +14,10 @@ use std::time::Instant;
 
 use oci_client::Reference;
 
-use crate::config::{BuilderKind, Config, Platform};
+use crate::config::{BuilderKind, Config};
 use crate::error::Error;
 use crate::model::Digest;
+use crate::model::{Platform, Tag};
 use crate::plan::{all_index_tag, index_tag, Plan, SessionPlan, Status};
 use crate::printer::Printer;
 use crate::registry::index::{platform_index, IndexEntry};
@@ -72,7 +73,7 @@ struct Part {
 /// What building a platform here gave (see [`PlatformBuild`]).
 struct Built {
     results: Vec<SessionResult>,
-    all: Option<(String, String)>,
+    all: Option<(String, Digest)>,
     /// (session, cause) of each session that failed to build.
     failed: Vec<(String, String)>,
     manifests: HashMap<Digest, Vec<u8>>,
@@ -80,7 +81,7 @@ struct Built {
 
 impl Part {
     /// A session's image on this platform: (reference, digest, outcome).
-    fn image_of(&self, s: &SessionPlan) -> (Reference, Option<String>, &'static str) {
+    fn image_of(&self, s: &SessionPlan) -> (Reference, Option<Digest>, &'static str) {
         if let Some(b) = &self.built {
             let r = b.results.iter().find(|r| r.session == s.config.name);
             return match r {
@@ -271,10 +272,10 @@ async fn session_index(
             complete = false;
             continue;
         };
-        keys.push((part.platform.to_string(), ps.key.clone()));
+        keys.push((part.platform.clone(), ps.key.clone()));
         let (image, digest, outcome) = part.image_of(ps);
         per.push(PlatformResult {
-            platform: part.platform.to_string(),
+            platform: part.platform.clone(),
             tag: ps.tag.clone(),
             image: image.whole(),
             digest: digest.clone(),
@@ -293,12 +294,7 @@ async fn session_index(
                 _ => fetch_manifest(registry, &image, &digest).await?,
             },
         };
-        let typed =
-            Digest::parse(&digest).map_err(|e| crate::registry::RegistryError::BadManifest {
-                reference: image.whole(),
-                detail: e.to_string(),
-            })?;
-        manifests.insert(typed, manifest.clone());
+        manifests.insert(digest, manifest.clone());
         entries.push((
             image,
             IndexEntry {
@@ -315,10 +311,10 @@ async fn session_index(
         (at_tag(&config.repository, &tag), None)
     };
     if !complete && !any_failed {
-        let waiting: Vec<&str> = per
+        let waiting: Vec<String> = per
             .iter()
             .filter(|p| p.digest.is_none())
-            .map(|p| p.platform.as_str())
+            .map(|p| p.platform.to_string())
             .collect();
         printer.info(format!(
             "{name}: the index waits for {} (run `venvimg build --platform P` where P runs)",
@@ -368,29 +364,29 @@ async fn index_for(
     registry: &Registry,
     args: &BuildOptions,
     name: &str,
-    tag: &str,
+    tag: &Tag,
     entries: &[(Reference, IndexEntry)],
     printer: &Printer,
-) -> Result<(Reference, Option<String>), Error> {
+) -> Result<(Reference, Option<Digest>), Error> {
     let own = at_tag(&config.repository, tag);
     let bytes = platform_index(
         &entries.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
         name,
     );
-    let digest = crate::model::Digest::of(&bytes).into_string();
+    let digest = Digest::of(&bytes);
     let all_own = entries.iter().all(|(r, _)| {
         r.repository() == config.repository.repository()
             && r.resolve_registry() == config.repository.resolve_registry()
     });
     if all_own {
-        if !args.no_push && registry.manifest_digest(&own).await?.as_deref() != Some(&digest) {
+        if !args.no_push && registry.manifest_digest(&own).await?.as_ref() != Some(&digest) {
             registry.push_index(&own, bytes).await?;
             printer.info(format!("pushed the index {}@{digest}", own.whole()));
         }
         return Ok((own, Some(digest)));
     }
     let at = at_tag(&entries[0].0, tag);
-    if registry.manifest_digest(&at).await?.as_deref() == Some(&digest) {
+    if registry.manifest_digest(&at).await?.as_ref() == Some(&digest) {
         return Ok((at, Some(digest)));
     }
     printer.warn(format!(
@@ -412,7 +408,7 @@ async fn all_index(
     lead: usize,
     args: &BuildOptions,
     printer: &Printer,
-) -> Result<Option<(String, String)>, Error> {
+) -> Result<Option<(String, Digest)>, Error> {
     if !parts[lead].plan.complete {
         return Ok(None);
     }
@@ -421,7 +417,7 @@ async fn all_index(
     for part in parts {
         let tag = part.plan.combined_tag();
         let r = at_tag(&config.repository, &tag);
-        tags.push((part.platform.to_string(), tag));
+        tags.push((part.platform.clone(), tag));
         let digest = match part.built.as_ref() {
             Some(b) => b.all.as_ref().map(|(_, d)| d.clone()),
             None => registry.manifest_digest(&r).await?,
@@ -444,10 +440,10 @@ async fn all_index(
         });
     }
     let bytes = platform_index(&entries, "all sessions");
-    let digest = crate::model::Digest::of(&bytes).into_string();
+    let digest = Digest::of(&bytes);
     let tag = all_index_tag(&tags);
     let r = at_tag(&config.repository, &tag);
-    if !args.no_push && registry.manifest_digest(&r).await?.as_deref() != Some(&digest) {
+    if !args.no_push && registry.manifest_digest(&r).await?.as_ref() != Some(&digest) {
         registry.push_index(&r, bytes).await?;
         printer.info(format!(
             "pushed the all-sessions index {}@{digest}",
@@ -460,7 +456,7 @@ async fn all_index(
 async fn fetch_manifest(
     registry: &Registry,
     image: &Reference,
-    digest: &str,
+    digest: &Digest,
 ) -> Result<Vec<u8>, Error> {
     let pinned = image.clone_with_digest(digest.to_string());
     match registry.manifest_if_exists(&pinned).await? {

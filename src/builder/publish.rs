@@ -4,6 +4,7 @@ use super::SessionLayer;
 use crate::config::Config;
 use crate::error::{BuildError, Error};
 use crate::image::{self, ComposedImage};
+use crate::model::Digest;
 use crate::plan::{Plan, SessionPlan};
 use crate::printer::Printer;
 use crate::registry::Registry;
@@ -13,7 +14,7 @@ use crate::registry::Registry;
 pub(super) async fn mark_pushed(
     registry: &Registry,
     target: &Reference,
-    digest: &str,
+    digest: &Digest,
     size: usize,
     printer: &Printer,
 ) {
@@ -49,13 +50,13 @@ pub(super) async fn push_sbom(
         return Ok(());
     };
     let repository = format!("{}/{}", target.resolve_registry(), target.repository());
-    let venv_path = format!("{}/{}", config.envdir, s.venv_dir);
+    let venv_path = s.venv_dir.path_in(&config.envdir);
     let doc = crate::sbom::document(
         &crate::sbom::Subject {
             repository: &repository,
-            tag: &s.tag,
+            tag: s.tag.as_str(),
             session: &s.config.name,
-            key: &s.key,
+            key: s.key.as_str(),
             python: &layer.record.python,
             venv_path: &venv_path,
         },
@@ -82,12 +83,7 @@ pub(super) async fn push_sbom(
         .into(),
     };
     let pushed = registry
-        .push_referrer(
-            target,
-            img.manifest_digest.as_str(),
-            img.manifest.len(),
-            &artifact,
-        )
+        .push_referrer(target, &img.manifest_digest, img.manifest.len(), &artifact)
         .await
         .map_err(|e| BuildError::Sbom {
             image: format!("{}@{}", target.whole(), img.manifest_digest),

@@ -117,9 +117,9 @@ pub(super) fn build_session(
     let packed = pack_session(config, plan, s, &ws, printer)?;
     let record = SessionRecord {
         session: name.clone(),
-        venv_dir: s.venv_dir.clone(),
-        key: s.key.clone(),
-        tag: s.tag.clone(),
+        venv_dir: s.venv_dir.to_string(),
+        key: s.key.to_string(),
+        tag: s.tag.to_string(),
         inputs: s.document.clone(),
         python: facts.python.clone(),
         backend: facts.backend.clone(),
@@ -132,10 +132,10 @@ pub(super) fn build_session(
         notes: build_read.notes.clone(),
     };
     let check = CheckAnnotation {
-        key: s.key.clone(),
+        key: s.key.to_string(),
         files: build_read.discovered.checked_files().cloned().collect(),
     };
-    let at = format!("{}/{}", config.envdir, s.venv_dir);
+    let at = s.venv_dir.path_in(&config.envdir);
     Ok(SessionLayer {
         descriptors: packed
             .layers

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use oci_client::Reference;
 
-use crate::config::{BuilderKind, Config, Platform, DEFAULT_ENVDIR, DEFAULT_WORKDIR};
+use crate::config::{BuilderKind, Config, DEFAULT_ENVDIR, DEFAULT_WORKDIR};
 use crate::error::Error;
+use crate::model::Platform;
 use crate::outputs::OutputError;
 use crate::printer::Printer;
 use crate::python::hook::{ListedSession, PlanSpec};

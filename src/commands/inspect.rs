@@ -11,10 +11,9 @@ use oci_client::Reference;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::Platform;
 use crate::error::Error;
 use crate::image::{self, MediaTypes};
-use crate::model::Digest;
+use crate::model::{Digest, Platform};
 use crate::outputs::layout::{MAX_CONFIG, MAX_INDEX_JSON, MAX_MANIFEST};
 use crate::outputs::OutputError;
 use crate::plan::record::ImageRecord;
@@ -908,7 +907,10 @@ const MAX_SBOM: u64 = 64 << 20;
 async fn read_sbom(transport: Transport, r: &Reference) -> Result<Vec<u8>, Error> {
     let registry = Registry::new(transport, &[r.resolve_registry()])?;
     let digest = match r.digest() {
-        Some(d) => d.to_string(),
+        Some(d) => Digest::parse(d).map_err(|e| RegistryError::BadManifest {
+            reference: r.whole(),
+            detail: e.to_string(),
+        })?,
         None => registry.manifest_digest(r).await?.ok_or_else(|| {
             RegistryError::NotFound {
                 registry: r.resolve_registry().to_string(),

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::config::{Config, Refresh};
 use crate::error::Error;
 use crate::image::MediaTypes;
-use crate::model::Digest;
+use crate::model::{Digest, Tag};
 use crate::plan::record::ImageRecord;
 use crate::printer::{human_bytes, table, Printer, Verbosity};
 use crate::registry::delete::Deleted;
@@ -267,7 +267,7 @@ fn decide(
                 pushed: marker.map(|m| pushed::rfc3339(m.pushed_unix)),
                 action,
                 why,
-                marker: marker.map(|m| m.digest.clone()),
+                marker: marker.map(|m| m.digest.to_string()),
                 pushed_unix: marker.map(|m| m.pushed_unix),
                 blobs: f.blobs,
             }
@@ -326,18 +326,29 @@ struct Survey {
 /// Read every tag of `repo`: markers, referrers tags (never images of their own), and the
 /// manifests the other tags point at.
 async fn survey(registry: &Registry, repo: &Reference) -> Result<Survey, Error> {
-    let tags = registry.all_tags(repo).await?;
-    let (referrer_tags, tags): (Vec<String>, Vec<String>) = tags
+    // A listed name that is no tag cannot be asked for (nor deleted) by tag: left alone.
+    let tags: Vec<Tag> = registry
+        .all_tags(repo)
+        .await?
+        .iter()
+        .filter_map(|t| Tag::parse(t).ok())
+        .collect();
+    let (referrer_tags, tags): (Vec<Tag>, Vec<Tag>) = tags
         .into_iter()
-        .partition(|t| referrers::fallback_subject(t).is_some());
+        .partition(|t| referrers::fallback_subject(t.as_str()).is_some());
     let referrer_tags: BTreeMap<String, String> = referrer_tags
         .into_iter()
-        .filter_map(|t| Some((referrers::fallback_subject(&t)?, t)))
+        .filter_map(|t| {
+            Some((
+                referrers::fallback_subject(t.as_str())?.into_string(),
+                t.into(),
+            ))
+        })
         .collect();
-    let (marker_tags, mut image_tags): (Vec<String>, Vec<String>) = tags
+    let (marker_tags, mut image_tags): (Vec<Tag>, Vec<Tag>) = tags
         .into_iter()
-        .partition(|t| pushed::marker_subject(t).is_some());
-    let read = |tag: String| async move {
+        .partition(|t| pushed::marker_subject(t.as_str()).is_some());
+    let read = |tag: Tag| async move {
         let r = registry.manifest_if_exists(&at_tag(repo, &tag)).await;
         (tag, r)
     };
@@ -350,7 +361,7 @@ async fn survey(registry: &Registry, repo: &Reference) -> Result<Survey, Error> 
         if let Some((bytes, digest)) = r? {
             match pushed::parse_marker(&bytes, &digest) {
                 Some(m) => {
-                    markers.insert(m.subject.clone(), m);
+                    markers.insert(m.subject.to_string(), m);
                 }
                 // Shaped like a marker, but not one: an image like any other.
                 None => image_tags.push(tag),
@@ -361,16 +372,20 @@ async fn survey(registry: &Registry, repo: &Reference) -> Result<Survey, Error> 
         .buffer_unordered(PARALLEL)
         .collect()
         .await;
-    let mut by_digest: BTreeMap<String, (bytes::Bytes, Vec<String>)> = BTreeMap::new();
+    let mut by_digest: BTreeMap<Digest, (bytes::Bytes, Vec<Tag>)> = BTreeMap::new();
     for (tag, r) in got {
         if let Some((bytes, digest)) = r? {
             let e = by_digest.entry(digest).or_insert_with(|| (bytes, vec![]));
             e.1.push(tag);
         }
     }
-    let classify = |(digest, (bytes, mut tags)): (String, (bytes::Bytes, Vec<String>))| async move {
+    let classify = |(digest, (bytes, mut tags)): (Digest, (bytes::Bytes, Vec<Tag>))| async move {
         tags.sort();
         let r = at_tag(repo, &tags[0]);
+        let (digest, tags) = (
+            digest.into_string(),
+            tags.into_iter().map(String::from).collect(),
+        );
         let (made, size, blobs) = classify(registry, &r, &bytes).await?;
         Ok::<_, RegistryError>(Found {
             digest,
@@ -479,7 +494,7 @@ pub async fn prune(
 ) -> Result<(), Error> {
     let (plan, current) = current_tags(config, registry).await?;
     crate::plan::findings::flush_warnings(registry, printer);
-    let repo = at_tag(&config.repository, "latest");
+    let repo = at_tag(&config.repository, &Tag::parse("latest").expect("a tag"));
     let Survey {
         found,
         markers,
@@ -541,7 +556,7 @@ pub async fn prune(
         images,
         orphan_markers: orphan_markers
             .iter()
-            .map(|m| pushed::marker_tag(&m.subject))
+            .map(|m| pushed::marker_tag(&m.subject).into())
             .collect(),
         orphan_referrer_tags,
         planned: planned
@@ -585,12 +600,12 @@ async fn current_tags(
 ) -> Result<(crate::plan::Plan, BTreeSet<String>), Error> {
     let plan =
         crate::plan::make_plan(&config.for_platform(&config.platform), registry, &[]).await?;
-    let mut current: BTreeSet<String> = plan.sessions.iter().map(|s| s.tag.clone()).collect();
-    current.insert(plan.combined_tag());
+    let mut current: BTreeSet<String> = plan.sessions.iter().map(|s| s.tag.to_string()).collect();
+    current.insert(plan.combined_tag().into());
     for p in config.platforms.iter().filter(|p| **p != config.platform) {
         let other = crate::plan::make_plan(&config.for_platform(p), registry, &[]).await?;
-        current.extend(other.sessions.iter().map(|s| s.tag.clone()));
-        current.insert(other.combined_tag());
+        current.extend(other.sessions.iter().map(|s| s.tag.to_string()));
+        current.insert(other.combined_tag().into());
     }
     Ok((plan, current))
 }
@@ -677,7 +692,8 @@ async fn plan_removals(
         );
     }
     for m in orphan_markers {
-        if let Ok(d) = Digest::parse(&m.digest) {
+        {
+            let d = m.digest.clone();
             if !protected.contains(d.as_str()) {
                 planned.push((
                     d,
@@ -806,9 +822,7 @@ async fn carry_out(
         delete_sboms(registry, repo, plan, what, printer, &mut report.deleted).await;
     }
     for m in orphan_markers {
-        let Ok(d) = Digest::parse(&m.digest) else {
-            continue;
-        };
+        let d = m.digest.clone();
         if protected.contains(d.as_str()) {
             continue;
         }
@@ -847,10 +861,7 @@ fn add_sbom_plan(
             if let Some(IndexChange::Delete(d)) = &p.index {
                 planned.push((
                     d.clone(),
-                    format!(
-                        "referrers index {}",
-                        referrers::fallback_tag(p.subject.as_str())
-                    ),
+                    format!("referrers index {}", referrers::fallback_tag(&p.subject)),
                 ));
             }
             if !p.referrers.is_empty() {
@@ -922,8 +933,8 @@ mod tests {
         (
             digest.into(),
             Marker {
-                digest: format!("m-{digest}"),
-                subject: digest.into(),
+                digest: Digest::of(format!("m-{digest}").as_bytes()),
+                subject: Digest::of(digest.as_bytes()),
                 pushed_unix: at,
             },
         )

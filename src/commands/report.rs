@@ -9,6 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::builder::{BuildResult, SessionResult};
+use crate::model::Digest;
 use crate::printer::{human_bytes, table};
 use crate::registry::push;
 
@@ -81,14 +82,14 @@ pub struct BuildReport<'a> {
 pub struct AllImage<'a> {
     /// `registry/name:tag`.
     pub image: String,
-    pub digest: &'a str,
+    pub digest: &'a Digest,
     /// The sessions whose venvs it holds: every session of the config.
     pub sessions: Vec<&'a str>,
 }
 
 impl<'a> AllImage<'a> {
     /// The all-sessions image of `plan`'s sessions.
-    fn of(plan: &'a Plan, image: String, digest: &'a str) -> AllImage<'a> {
+    fn of(plan: &'a Plan, image: String, digest: &'a Digest) -> AllImage<'a> {
         AllImage {
             image,
             digest,
@@ -188,7 +189,7 @@ impl<'a> BuildReport<'a> {
                     Some(d) if pushed => format!("{}@{}", r.image, d),
                     _ => r.image.clone(),
                 };
-                (r.venv_dir.clone(), reference)
+                (r.venv_dir.to_string(), reference)
             })
             .collect();
         if let Some(all) = &self.all {

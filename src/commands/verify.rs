@@ -15,6 +15,7 @@ use crate::builder::{self, BuildOptions, SessionLayer};
 use crate::config::Config;
 use crate::error::Error;
 use crate::image::ComposedImage;
+use crate::model::{Digest, Key};
 use crate::plan::{SessionPlan, Status};
 use crate::printer::{table, Printer};
 use crate::registry::Registry;
@@ -47,9 +48,9 @@ pub struct VerifiedImage {
     pub image: String,
     pub sessions: Vec<String>,
     /// The registry's manifest digest.
-    pub digest: String,
+    pub digest: Digest,
     /// The rebuilt image's manifest digest (None: it did not build).
-    pub rebuilt: Option<String>,
+    pub rebuilt: Option<Digest>,
     /// `identical`, `differs` or `not rebuilt`.
     pub result: &'static str,
     /// Where it differs (the first layer and file), or why it did not build.
@@ -65,7 +66,7 @@ impl VerifyReport {
                 .iter()
                 .map(|i| {
                     vec![
-                        format!("{}@{}", i.image, short(&i.digest)),
+                        format!("{}@{}", i.image, i.digest.short()),
                         i.sessions.join(","),
                         match &i.difference {
                             Some(d) => format!("{}: {d}", i.result),
@@ -78,14 +79,10 @@ impl VerifyReport {
     }
 }
 
-fn short(digest: &str) -> &str {
-    &digest[..digest.len().min("sha256:".len() + 12)]
-}
-
 /// One image to rebuild: where it is, its digest, and the sessions it holds (in order).
 struct Target<'p> {
     image: Reference,
-    digest: String,
+    digest: Digest,
     sessions: Vec<&'p SessionPlan>,
 }
 
@@ -173,7 +170,7 @@ pub async fn verify(
 fn targets<'p>(
     config: &Config,
     plan: &'p crate::plan::Plan,
-    recorded: Option<&(Reference, String, crate::plan::record::ImageRecord)>,
+    recorded: Option<&(Reference, Digest, crate::plan::record::ImageRecord)>,
     printer: &Printer,
 ) -> Result<Vec<Target<'p>>, Error> {
     Ok(match recorded {
@@ -197,8 +194,8 @@ fn targets<'p>(
                         "{}: session `{}` was built from inputs with key {}, this checkout's give {}; nothing to compare\n  hint: check out the commit the image was built from (`venvimg inspect {}` lists its inputs)",
                         image.whole(),
                         r.session,
-                        &r.key[..r.key.len().min(16)],
-                        &s.key[..s.key.len().min(16)],
+                        Key::short_of(&r.key),
+                        s.key.short(),
                         image.whole()
                     )));
                 }
@@ -279,7 +276,7 @@ async fn compare(
         let pinned = Reference::with_digest(
             t.image.registry().to_string(),
             t.image.repository().to_string(),
-            t.digest.clone(),
+            t.digest.to_string(),
         );
         Some(first_difference(registry, &pinned, &rebuilt, &files).await?)
     };
@@ -287,15 +284,15 @@ async fn compare(
         None => format!(
             "{}@{}: rebuilt byte for byte",
             t.image.whole(),
-            short(&t.digest)
+            t.digest.short()
         ),
-        Some(d) => format!("{}@{}: differs: {d}", t.image.whole(), short(&t.digest)),
+        Some(d) => format!("{}@{}: differs: {d}", t.image.whole(), t.digest.short()),
     });
     Ok(VerifiedImage {
         image: t.image.whole(),
         sessions: names,
         digest: t.digest.clone(),
-        rebuilt: Some(rebuilt.manifest_digest.to_string()),
+        rebuilt: Some(rebuilt.manifest_digest.clone()),
         result: if difference.is_none() {
             "identical"
         } else {
@@ -311,7 +308,7 @@ async fn recorded_image(
     config: &Config,
     registry: &Registry,
     image: &str,
-) -> Result<(Reference, String, crate::plan::record::ImageRecord), Error> {
+) -> Result<(Reference, Digest, crate::plan::record::ImageRecord), Error> {
     let reference: Reference = image.parse().map_err(|e| {
         Error::Usage(format!(
             "verify `{image}`: not an image reference ({e}); give REGISTRY/REPOSITORY:TAG or @sha256:DIGEST"

@@ -9,11 +9,12 @@
 //! at full speed with no write to the venv.
 
 use crate::config::BuildMode;
+use crate::model::VenvName;
 
 pub struct ScriptParams<'a> {
     pub session: &'a str,
     pub envdir: &'a str,
-    pub venv_dir: &'a str,
+    pub venv_dir: &'a VenvName,
     pub workdir: &'a str,
     pub build: BuildMode,
     pub posargs: &'a [String],
@@ -33,7 +34,7 @@ pub const BASE_DIRS_FILE: &str = "base-dirs.txt";
 /// (`$VENVIMG_HOOK`, written next to it), which records every command into
 /// `$VENVIMG_OUT/build.jsonl`; the same script runs in a container and on this machine.
 pub fn render(p: &ScriptParams) -> String {
-    let venv = format!("{}/{}", p.envdir.trim_end_matches('/'), p.venv_dir);
+    let venv = p.venv_dir.path_in(p.envdir);
     let mut nox = vec![
         "--no-color".to_string(),
         "--error-on-missing-interpreters".into(),
@@ -111,12 +112,12 @@ echo "venvimg: compiling bytecode (single process, checked-hash)"
 /// recompile. For `project: editable`.
 pub fn render_editable(
     envdir: &str,
-    venv_dir: &str,
+    venv_dir: &VenvName,
     workdir: &str,
     backend: &str,
     paths: &[String],
 ) -> String {
-    let venv = format!("{}/{}", envdir.trim_end_matches('/'), venv_dir);
+    let venv = venv_dir.path_in(envdir);
     let editables: Vec<String> = paths
         .iter()
         .map(|p| format!("-e {}", sh_quote(p)))
@@ -169,7 +170,7 @@ mod tests {
         let s = render(&ScriptParams {
             session: "docs",
             envdir: "/opt/nox",
-            venv_dir: "docs",
+            venv_dir: &VenvName::parse("docs").unwrap(),
             workdir: "/src",
             build: BuildMode::Run,
             posargs: &["--collect-only".into()],
@@ -179,7 +180,7 @@ mod tests {
         let s = render(&ScriptParams {
             session: "docs",
             envdir: "/opt/nox",
-            venv_dir: "docs",
+            venv_dir: &VenvName::parse("docs").unwrap(),
             workdir: "/src",
             build: BuildMode::InstallOnly,
             posargs: &[],
@@ -193,7 +194,7 @@ mod tests {
         let s = render(&ScriptParams {
             session: "t$(touch /tmp/pwned)",
             envdir: "/opt/nox",
-            venv_dir: "t",
+            venv_dir: &VenvName::parse("t").unwrap(),
             workdir: "/src",
             build: BuildMode::Run,
             posargs: &["`id`".into(), "$HOME".into()],

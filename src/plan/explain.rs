@@ -11,7 +11,7 @@ use super::{KeyDocument, Plan, SessionPlan, Status};
 use crate::config::Config;
 use crate::error::Error;
 use crate::image;
-use crate::model::Digest;
+use crate::model::{Digest, Key, Tag};
 use crate::python::inputs::Discovered;
 use crate::python::locked;
 use crate::registry::Registry;
@@ -25,8 +25,8 @@ pub struct Explanation {
     pub session: String,
     /// `hit` or `miss`.
     pub status: &'static str,
-    pub key: String,
-    pub tag: String,
+    pub key: Key,
+    pub tag: Tag,
     /// `registry/name:tag`.
     pub image: String,
     /// The manifest digest of a hit.
@@ -53,7 +53,7 @@ impl Explanation {
             "session {}: {} (key {}, tag {})\n",
             self.session,
             self.status,
-            &self.key[..16],
+            self.key.short(),
             self.tag
         );
         if let Some(digest) = &self.digest {

@@ -24,7 +24,7 @@ use crate::config::{BuildMode, Config, LockedSelection, ProjectMode, SessionConf
 use crate::error::Error;
 use crate::image::BaseImage;
 use crate::layer::Compression;
-use crate::model;
+use crate::model::{self, Key, Platform, Tag, VenvName};
 use crate::python::dryrun::{self, DryRun};
 use crate::python::hook::{ListedSession, PlanOutput, PlanSpec, SpecExport, SpecGroup};
 use crate::python::inputs::{self, Derived, Discovered, InputFile};
@@ -122,8 +122,8 @@ impl KeyDocument {
     pub fn canonical(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("key document serialises")
     }
-    pub fn key(&self) -> String {
-        hex::encode(Sha256::digest(self.canonical()))
+    pub fn key(&self) -> Key {
+        Key::of_document(&self.canonical())
     }
 }
 
@@ -154,14 +154,13 @@ pub fn compression_name(c: Compression) -> String {
     }
 }
 
-/// `<venv-dir>-<first 16 hex of key>`.
-pub fn tag_for(venv_dir: &str, key: &str) -> String {
-    format!("{venv_dir}-{}", &key[..16])
-}
-
 /// The tag of a session's index: its venv dir and a hash of every platform's key.
-pub fn index_tag(venv_dir: &str, keys: &[(String, String)]) -> String {
-    tag_for(venv_dir, &hash_lines(keys))
+pub fn index_tag(venv_dir: &VenvName, keys: &[(Platform, Key)]) -> Tag {
+    let lines: Vec<(String, String)> = keys
+        .iter()
+        .map(|(p, k)| (p.to_string(), k.to_string()))
+        .collect();
+    Tag::hashed(venv_dir.as_str(), &hash_lines(&lines))
 }
 
 fn hash_lines(pairs: &[(String, String)]) -> String {
@@ -175,14 +174,18 @@ fn hash_lines(pairs: &[(String, String)]) -> String {
 }
 
 /// The tag of the all-sessions images' index: a hash of every platform's all-sessions tag.
-pub fn all_index_tag(tags: &[(String, String)]) -> String {
-    format!("all-{}", &hash_lines(tags)[..16])
+pub fn all_index_tag(tags: &[(Platform, Tag)]) -> Tag {
+    let lines: Vec<(String, String)> = tags
+        .iter()
+        .map(|(p, t)| (p.to_string(), t.to_string()))
+        .collect();
+    Tag::hashed("all", &hash_lines(&lines))
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(tag = "status", rename_all = "lowercase")]
 pub enum Status {
-    Hit { digest: String },
+    Hit { digest: model::Digest },
     Miss,
 }
 
@@ -196,10 +199,10 @@ pub enum Problem {
 #[derive(Debug, Clone)]
 pub struct SessionPlan {
     pub config: SessionConfig,
-    pub venv_dir: String,
+    pub venv_dir: VenvName,
     pub document: KeyDocument,
-    pub key: String,
-    pub tag: String,
+    pub key: Key,
+    pub tag: Tag,
     pub image: Reference,
     pub status: Status,
     /// A hit's manifest as the lookup read it (its layer sizes, without a second request).
@@ -240,7 +243,7 @@ impl Plan {
 
     /// The tag of the image holding every planned session's venv: a hash of their keys,
     /// `all-…` when they are the config's sessions, `sessions-…` for a `--session` pick.
-    pub fn combined_tag(&self) -> String {
+    pub fn combined_tag(&self) -> Tag {
         let mut h = Sha256::new();
         let mut keys: Vec<&str> = self.sessions.iter().map(|s| s.key.as_str()).collect();
         keys.sort_unstable();
@@ -249,7 +252,7 @@ impl Plan {
             h.update(b"\n");
         }
         let prefix = if self.complete { "all" } else { "sessions" };
-        format!("{prefix}-{}", &hex::encode(h.finalize())[..16])
+        Tag::hashed(prefix, &hex::encode(h.finalize()))
     }
 }
 
@@ -725,12 +728,8 @@ pub async fn make_plan(
             }
         }
         let key = document.key();
-        let tag = tag_for(&venv_dir, &key);
-        let image = Reference::with_tag(
-            config.repository.resolve_registry().to_string(),
-            config.repository.repository().to_string(),
-            tag.clone(),
-        );
+        let tag = Tag::of_session(&venv_dir, &key);
+        let image = crate::registry::at_tag(&config.repository, &tag);
         sessions.push(SessionPlan {
             config: session,
             venv_dir,
@@ -772,13 +771,7 @@ async fn look_up(
     let trusted = config.trusted().map(|t| {
         sessions
             .iter()
-            .map(|s| {
-                Reference::with_tag(
-                    t.resolve_registry().to_string(),
-                    t.repository().to_string(),
-                    s.tag.clone(),
-                )
-            })
+            .map(|s| crate::registry::at_tag(t, &s.tag))
             .collect::<Vec<_>>()
     });
     if let Some(trusted) = &trusted {
@@ -903,18 +896,18 @@ fn missing_python(reason: &str) -> Option<String> {
 
 /// Is the image at a session's tag one its plan can use? Its check annotation must carry
 /// the same key, and every file its build read must hash as it did.
-pub fn check_hit(manifest: &[u8], key: &str, project_dir: &Path) -> Result<(), Vec<String>> {
+pub fn check_hit(manifest: &[u8], key: &Key, project_dir: &Path) -> Result<(), Vec<String>> {
     let check = parse_check(manifest).ok_or_else(|| {
         vec![
             "the image carries no check of what its build read (not made by this venvimg)"
                 .to_string(),
         ]
     })?;
-    if check.key != key {
+    if *key != check.key {
         return Err(vec![format!(
             "the image was made for key {}, not {}",
-            &check.key[..check.key.len().min(16)],
-            &key[..16]
+            Key::short_of(&check.key),
+            key.short()
         )]);
     }
     let changed: Vec<String> = check
@@ -990,7 +983,7 @@ mod tests {
     #[test]
     fn same_document_same_key() {
         assert_eq!(doc().key(), doc().key());
-        assert_eq!(doc().key().len(), 64);
+        assert_eq!(doc().key().as_str().len(), 64);
     }
 
     #[test]
@@ -1074,9 +1067,9 @@ mod tests {
     #[test]
     fn tag_shape() {
         let k = doc().key();
-        let t = tag_for("tests-3-12", &k);
-        assert_eq!(t.len(), "tests-3-12-".len() + 16);
-        assert!(t.starts_with("tests-3-12-"));
+        let t = Tag::of_session(&VenvName::parse("tests-3-12").unwrap(), &k);
+        assert_eq!(t, format!("tests-3-12-{}", &k.as_str()[..16]));
+        assert_eq!(Tag::parse(t.as_str()), Ok(t.clone()));
     }
 
     #[test]
@@ -1084,10 +1077,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("req.txt"), "six==1\n").unwrap();
         let sha = inputs::sha256_hex(b"six==1\n");
-        let key = "ab".repeat(32);
+        let key = Key::parse(&"ab".repeat(32)).unwrap();
         let manifest = |files: Vec<InputFile>| {
             let check = CheckAnnotation {
-                key: key.clone(),
+                key: key.to_string(),
                 files,
             };
             serde_json::to_vec(&serde_json::json!({
@@ -1105,7 +1098,8 @@ mod tests {
             check_hit(&manifest(vec![f("00")]), &key, d.path()),
             Err(vec!["req.txt (changed)".to_string()])
         );
-        assert!(check_hit(&manifest(vec![]), &"cd".repeat(32), d.path()).is_err());
+        let other = Key::parse(&"cd".repeat(32)).unwrap();
+        assert!(check_hit(&manifest(vec![]), &other, d.path()).is_err());
         assert!(check_hit(b"{}", &key, d.path()).is_err());
     }
 }

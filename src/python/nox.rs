@@ -6,13 +6,15 @@ use std::path::PathBuf;
 use sha1::{Digest, Sha1};
 use unicode_normalization::UnicodeNormalization;
 
+use crate::model::VenvName;
+
 /// nox's `_normalize_path(envdir, signature)`, returning the directory *name* (the last
 /// component). nox reuses a venv only at exactly this path, so this is a port, not an
 /// approximation: NFKD then ASCII-only, `[^\w\s-]` → `-`, strip, lower-case, runs of
 /// `-`/whitespace → `-`, strip `-`; empty → sha1[:8] of the original; and when
 /// `join(envdir, name)` is longer than 87 characters (room for `bin/pythonX.Y` under
 /// 100), the name becomes sha1(name)[:8] — unless envdir itself is 91 or longer.
-pub fn venv_dir_name(envdir: &str, signature: &str) -> String {
+pub fn venv_dir_name(envdir: &str, signature: &str) -> VenvName {
     let ascii: String = signature.nfkd().filter(|c| c.is_ascii()).collect();
     // After the ASCII filter, Python's `\w` is [A-Za-z0-9_] and `\s` is str.isspace().
     let replaced: String = ascii
@@ -47,13 +49,13 @@ pub fn venv_dir_name(envdir: &str, signature: &str) -> String {
     if full_len > 100 - "bin/pythonX.Y".len() && envdir.chars().count() < 100 - 9 {
         name = sha1_hex8(name.as_bytes());
     }
-    name
+    VenvName::parse(&name).expect("nox's normalised name is a venv folder name")
 }
 
 /// The full venv path nox uses: `os.path.join(envdir, name)`.
 pub fn venv_path(envdir: &str, signature: &str) -> String {
     let name = venv_dir_name(envdir, signature);
-    python_join(envdir, &name)
+    python_join(envdir, name.as_str())
 }
 
 fn python_join(envdir: &str, name: &str) -> String {
@@ -135,7 +137,7 @@ mod tests {
     #[test]
     fn empty_after_normalisation_is_hashed() {
         let n = venv_dir_name("/opt/nox", "測試");
-        assert_eq!(n.len(), 8);
+        assert_eq!(n.as_str().len(), 8);
         assert_eq!(n, sha1_hex8("測試".as_bytes()));
     }
 

@@ -6,9 +6,9 @@ use oci_client::Reference;
 use serde_json::{json, Value};
 
 use super::{Registry, RegistryError};
-use crate::config::Platform;
 use crate::image::MediaTypes;
 use crate::model::Digest;
+use crate::model::Platform;
 
 /// One platform's image in an index.
 #[derive(Debug, Clone)]

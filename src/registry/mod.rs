@@ -24,9 +24,8 @@ use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
-use crate::config::Platform;
 use crate::image::{BaseImage, MediaTypes};
-use crate::model::Digest;
+use crate::model::{Digest, Platform, Tag};
 use auth::{Credential, CredentialSource, ExplicitCredentials};
 use challenge::{same_registry, Challenge, Verdict};
 
@@ -392,7 +391,7 @@ fn blob_key(target: &Reference, digest: &str) -> String {
 }
 
 /// `tag` in `repo`'s repository (whatever `repo`'s own tag or digest).
-pub fn at_tag(repo: &Reference, tag: &str) -> Reference {
+pub fn at_tag(repo: &Reference, tag: &Tag) -> Reference {
     Reference::with_tag(
         repo.resolve_registry().to_string(),
         repo.repository().to_string(),
@@ -812,14 +811,20 @@ impl Registry {
     }
 
     /// HEAD a manifest: `Some(digest)` when the tag exists, `None` when the registry says
-    /// it is unknown. Costs one request on a hit.
-    pub async fn manifest_digest(&self, r: &Reference) -> Result<Option<String>, RegistryError> {
+    /// it is unknown. Costs one request on a hit. The registry's header is compared with
+    /// digests venvimg computed, so one of another form is an error, not a mismatch.
+    pub async fn manifest_digest(&self, r: &Reference) -> Result<Option<Digest>, RegistryError> {
         self.guard_realm(r)?;
         let auth = self.auth(r);
         let client = self.client_for(r);
         let res = retry(|| client.fetch_manifest_digest(r, &auth)).await;
         match res {
-            Ok(d) => Ok(Some(d)),
+            Ok(d) => Digest::parse(&d)
+                .map(Some)
+                .map_err(|e| RegistryError::BadManifest {
+                    reference: r.whole(),
+                    detail: format!("the registry's Docker-Content-Digest: {e}"),
+                }),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(self.explain(r, "look up", e)),
         }
@@ -833,7 +838,7 @@ impl Registry {
     pub async fn manifest_if_exists(
         &self,
         r: &Reference,
-    ) -> Result<Option<(bytes::Bytes, String)>, RegistryError> {
+    ) -> Result<Option<(bytes::Bytes, Digest)>, RegistryError> {
         let reference = r.whole();
         let at = match r.digest() {
             Some(d) => Digest::parse(d)
@@ -876,7 +881,7 @@ impl Registry {
                 detail: format!("the registry served other bytes ({digest}); refusing them"),
             });
         }
-        Ok(Some((answer.body, digest.into_string())))
+        Ok(Some((answer.body, digest)))
     }
 
     /// Push a small artifact — one blob of `media_type`, an empty config — under `target`'s
@@ -968,7 +973,7 @@ impl Registry {
     pub async fn manifest_raw(
         &self,
         r: &Reference,
-    ) -> Result<(bytes::Bytes, String), RegistryError> {
+    ) -> Result<(bytes::Bytes, Digest), RegistryError> {
         self.manifest_if_exists(r)
             .await?
             .ok_or_else(|| RegistryError::NotFound {
@@ -1044,11 +1049,15 @@ impl Registry {
                 }
             }
         }
-        BaseImage::new(base.clone(), manifest_digest, manifest, config_bytes).map_err(|detail| {
-            RegistryError::BadManifest {
-                reference: base.whole(),
-                detail,
-            }
+        BaseImage::new(
+            base.clone(),
+            manifest_digest.into_string(),
+            manifest,
+            config_bytes,
+        )
+        .map_err(|detail| RegistryError::BadManifest {
+            reference: base.whole(),
+            detail,
         })
     }
 

@@ -14,6 +14,7 @@ use oci_client::Reference;
 use super::referrers::{EMPTY, EMPTY_TYPE};
 use super::{Registry, RegistryError};
 use crate::image::MediaTypes;
+use crate::model::{Digest, Tag};
 
 /// The marker's `artifactType`.
 pub const ARTIFACT_TYPE: &str = "application/vnd.venvimg.pushed.v1";
@@ -26,38 +27,39 @@ pub const PUSHED_TAG: &str = "dev.venvimg.pushed.tag";
 const SUFFIX: &str = ".pushed";
 
 /// `sha256-<hex>.pushed` for the image `digest` (`sha256:<hex>`).
-pub fn marker_tag(digest: &str) -> String {
-    format!("{}{SUFFIX}", super::referrers::fallback_tag(digest))
+pub fn marker_tag(digest: &Digest) -> Tag {
+    Tag::parse(&format!(
+        "{}{SUFFIX}",
+        super::referrers::fallback_tag(digest)
+    ))
+    .expect("a fallback tag and .pushed is a tag")
 }
 
 /// The image digest a marker tag is for, if `tag` is one.
-pub fn marker_subject(tag: &str) -> Option<String> {
-    let hex = tag.strip_prefix("sha256-")?.strip_suffix(SUFFIX)?;
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| format!("sha256:{hex}"))
+pub fn marker_subject(tag: &str) -> Option<Digest> {
+    super::referrers::fallback_subject(tag.strip_suffix(SUFFIX)?)
 }
 
 /// What a marker says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Marker {
     /// The marker manifest's own digest (what deleting it takes).
-    pub digest: String,
+    pub digest: Digest,
     /// The image it is for.
-    pub subject: String,
+    pub subject: Digest,
     /// First push, seconds since the Unix epoch.
     pub pushed_unix: u64,
 }
 
 /// Parse a marker manifest (`digest`: its own digest); None when it is not one.
-pub fn parse_marker(bytes: &[u8], digest: &str) -> Option<Marker> {
+pub fn parse_marker(bytes: &[u8], digest: &Digest) -> Option<Marker> {
     let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
     if v["artifactType"].as_str() != Some(ARTIFACT_TYPE) {
         return None;
     }
     Some(Marker {
-        digest: digest.to_string(),
-        subject: crate::model::Digest::parse(v["subject"]["digest"].as_str()?)
-            .ok()?
-            .into_string(),
+        digest: digest.clone(),
+        subject: Digest::parse(v["subject"]["digest"].as_str()?).ok()?,
         pushed_unix: v["annotations"][PUSHED_UNIX].as_str()?.parse().ok()?,
     })
 }
@@ -86,16 +88,12 @@ impl Registry {
     pub async fn mark_pushed(
         &self,
         target: &Reference,
-        digest: &str,
+        digest: &Digest,
         size: usize,
     ) -> Result<bool, RegistryError> {
-        let marker_ref = Reference::with_tag(
-            target.resolve_registry().to_string(),
-            target.repository().to_string(),
-            marker_tag(digest),
-        );
+        let marker_ref = super::at_tag(target, &marker_tag(digest));
         if let Some((bytes, d)) = self.manifest_if_exists(&marker_ref).await? {
-            if parse_marker(&bytes, &d).is_some_and(|m| m.subject == digest) {
+            if parse_marker(&bytes, &d).is_some_and(|m| m.subject == *digest) {
                 return Ok(false);
             }
         }
@@ -138,11 +136,11 @@ mod tests {
 
     #[test]
     fn marker_tags_round_trip() {
-        let d = format!("sha256:{}", "ab".repeat(32));
+        let d = Digest::parse(&format!("sha256:{}", "ab".repeat(32))).unwrap();
         let tag = marker_tag(&d);
         assert_eq!(tag, format!("sha256-{}.pushed", "ab".repeat(32)));
-        assert!(tag.len() <= 128, "a tag is at most 128 characters");
-        assert_eq!(marker_subject(&tag), Some(d));
+        assert!(tag.as_str().len() <= 128, "a tag is at most 128 characters");
+        assert_eq!(marker_subject(tag.as_str()), Some(d));
         assert_eq!(marker_subject("sha256-abc.pushed"), None);
         assert_eq!(marker_subject("tests-0123456789abcdef"), None);
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");

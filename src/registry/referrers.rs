@@ -16,21 +16,21 @@ use serde_json::{json, Value};
 use super::delete::Call;
 use super::{at_tag, Registry, RegistryError};
 use crate::image::MediaTypes;
-use crate::model::Digest;
+use crate::model::{Digest, Tag};
 
 /// The OCI empty descriptor's media type and bytes: the config of artifacts.
 pub(crate) const EMPTY_TYPE: &str = "application/vnd.oci.empty.v1+json";
 pub(crate) const EMPTY: &[u8] = b"{}";
 
 /// The referrers tag schema's tag of the image `digest` (`sha256:<hex>` → `sha256-<hex>`).
-pub fn fallback_tag(digest: &str) -> String {
-    digest.replacen(':', "-", 1)
+pub fn fallback_tag(digest: &Digest) -> Tag {
+    Tag::parse(&format!("sha256-{}", digest.hex())).expect("sha256- and 64 hex is a tag")
 }
 
 /// The image digest a referrers fallback tag is for, if `tag` is exactly one.
-pub fn fallback_subject(tag: &str) -> Option<String> {
+pub fn fallback_subject(tag: &str) -> Option<Digest> {
     let hex = tag.strip_prefix("sha256-")?;
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| format!("sha256:{hex}"))
+    Digest::parse(&format!("{}{hex}", Digest::PREFIX)).ok()
 }
 
 /// An artifact to push with a subject: one blob, an empty config.
@@ -51,7 +51,7 @@ pub enum Via {
     /// The referrers API.
     Api,
     /// The referrers tag schema: this tag.
-    Tag(String),
+    Tag(Tag),
 }
 
 /// What [`Registry::remove_referrers`] will delete for one subject: checked referrers,
@@ -86,14 +86,14 @@ pub enum IndexChange {
 /// A manifest with a subject, as [`Registry::push_referrer`] pushed it.
 #[derive(Debug, Clone)]
 pub struct Pushed {
-    pub digest: String,
+    pub digest: Digest,
     pub via: Via,
     /// Whether the referrers list already had it (the same bytes pushed before).
     pub already_listed: bool,
 }
 
 /// The manifest of `artifact` with `subject` (an image manifest's digest and size).
-pub fn artifact_manifest(artifact: &Artifact, subject: &str, subject_size: usize) -> Vec<u8> {
+pub fn artifact_manifest(artifact: &Artifact, subject: &Digest, subject_size: usize) -> Vec<u8> {
     let empty = json!({
         "mediaType": EMPTY_TYPE,
         "digest": Digest::of(EMPTY).as_str(),
@@ -192,14 +192,8 @@ impl Registry {
     pub async fn referrers_api(
         &self,
         repo: &Reference,
-        subject: &str,
+        subject: &Digest,
     ) -> Result<Option<Vec<Value>>, RegistryError> {
-        let subject = Digest::parse(subject)
-            .map_err(|e| RegistryError::BadManifest {
-                reference: repo.whole(),
-                detail: e.to_string(),
-            })?
-            .into_string();
         let subject = subject.as_str();
         let answer = match self
             .request(
@@ -237,8 +231,8 @@ impl Registry {
     async fn fallback_index(
         &self,
         repo: &Reference,
-        subject: &str,
-    ) -> Result<Option<(Value, String)>, RegistryError> {
+        subject: &Digest,
+    ) -> Result<Option<(Value, Digest)>, RegistryError> {
         let tag_ref = at_tag(repo, &fallback_tag(subject));
         let Some((bytes, digest)) = self.manifest_if_exists(&tag_ref).await? else {
             return Ok(None);
@@ -258,7 +252,7 @@ impl Registry {
     pub async fn referrers(
         &self,
         repo: &Reference,
-        subject: &str,
+        subject: &Digest,
     ) -> Result<(Vec<Value>, Via), RegistryError> {
         if let Some(list) = self.referrers_api(repo, subject).await? {
             return Ok((list, Via::Api));
@@ -280,7 +274,7 @@ impl Registry {
     pub async fn push_referrer(
         &self,
         repo: &Reference,
-        subject: &str,
+        subject: &Digest,
         subject_size: usize,
         artifact: &Artifact<'_>,
     ) -> Result<Pushed, RegistryError> {
@@ -290,8 +284,8 @@ impl Registry {
         self.prepare_artifact_push(repo).await?;
         self.ensure_small_blob(repo, artifact.data).await?;
         let manifest = artifact_manifest(artifact, subject, subject_size);
-        let digest = Digest::of(&manifest).into_string();
-        let by_digest = at_digest(repo, &digest);
+        let digest = Digest::of(&manifest);
+        let by_digest = at_digest(repo, digest.as_str());
         let client = self.client_for(repo);
         let ct = content_type(MediaTypes::OCI_MANIFEST);
         super::retry(|| client.push_manifest_raw(&by_digest, manifest.clone(), ct.clone()))
@@ -300,7 +294,9 @@ impl Registry {
 
         if let Some(list) = api {
             // The registry lists it by itself (its `subject`): nothing more to write.
-            let listed = list.iter().any(|d| d["digest"].as_str() == Some(&digest));
+            let listed = list
+                .iter()
+                .any(|d| d["digest"].as_str() == Some(digest.as_str()));
             return Ok(Pushed {
                 digest,
                 via: Via::Api,
@@ -321,7 +317,7 @@ impl Registry {
             .expect("fallback_index checked it is a list");
         if manifests
             .iter()
-            .any(|d| d["digest"].as_str() == Some(&digest))
+            .any(|d| d["digest"].as_str() == Some(digest.as_str()))
         {
             return Ok(Pushed {
                 digest,
@@ -341,7 +337,7 @@ impl Registry {
     async fn put_index(
         &self,
         repo: &Reference,
-        tag: &str,
+        tag: &Tag,
         index: &Value,
     ) -> Result<(), RegistryError> {
         let tag_ref = at_tag(repo, tag);
@@ -368,9 +364,9 @@ impl Registry {
         annotation: &str,
         protected: &std::collections::HashSet<String>,
     ) -> Result<RemovalPlan, RegistryError> {
-        let (list, index) = match self.referrers_api(repo, subject.as_str()).await? {
+        let (list, index) = match self.referrers_api(repo, subject).await? {
             Some(list) => (list, None),
-            None => match self.fallback_index(repo, subject.as_str()).await? {
+            None => match self.fallback_index(repo, subject).await? {
                 Some((index, digest)) => (
                     index["manifests"].as_array().cloned().unwrap_or_default(),
                     Some((index, digest)),
@@ -379,7 +375,7 @@ impl Registry {
             },
         };
         let listed_at = match &index {
-            Some(_) => at_tag(repo, &fallback_tag(subject.as_str())).whole(),
+            Some(_) => at_tag(repo, &fallback_tag(subject)).whole(),
             None => at_digest(repo, subject.as_str()).whole(),
         };
         let mut ours: Vec<Digest> = Vec::new();
@@ -422,10 +418,6 @@ impl Registry {
                             .is_some_and(|x| ours.iter().any(|o| o.as_str() == x))
                     })
                     .collect();
-                let digest = Digest::parse(&digest).map_err(|e| RegistryError::BadManifest {
-                    reference: listed_at.clone(),
-                    detail: e.to_string(),
-                })?;
                 Some(
                     if others.is_empty() && !protected.contains(digest.as_str()) {
                         IndexChange::Delete(digest)
@@ -463,7 +455,7 @@ impl Registry {
                 deleted.push(d.clone());
             }
             Some(IndexChange::Rewrite(index)) => {
-                self.put_index(repo, &fallback_tag(plan.subject.as_str()), index)
+                self.put_index(repo, &fallback_tag(&plan.subject), index)
                     .await?;
             }
             None => {}
@@ -515,9 +507,9 @@ mod tests {
 
     #[test]
     fn fallback_tags_round_trip() {
-        let d = format!("sha256:{}", "ab".repeat(32));
+        let d = Digest::parse(&format!("sha256:{}", "ab".repeat(32))).unwrap();
         assert_eq!(fallback_tag(&d), format!("sha256-{}", "ab".repeat(32)));
-        assert_eq!(fallback_subject(&fallback_tag(&d)), Some(d.clone()));
+        assert_eq!(fallback_subject(fallback_tag(&d).as_str()), Some(d.clone()));
         assert_eq!(
             fallback_subject(&format!("{}.pushed", fallback_tag(&d))),
             None
@@ -533,7 +525,7 @@ mod tests {
             annotations: [("a".to_string(), "b".to_string())].into(),
             layer_annotations: BTreeMap::new(),
         };
-        let subject = format!("sha256:{}", "cd".repeat(32));
+        let subject = Digest::parse(&format!("sha256:{}", "cd".repeat(32))).unwrap();
         let m = artifact_manifest(&a, &subject, 42);
         let v: Value = serde_json::from_slice(&m).unwrap();
         assert_eq!(v["artifactType"], a.artifact_type);

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::error::{Error, RestoreError};
-use crate::model::Digest;
+use crate::model::{Digest, Key, VenvName};
 use crate::plan::record::ImageRecord;
 use crate::plan::{Plan, SessionPlan, Status};
 use crate::printer::Reporter;
@@ -41,7 +41,7 @@ pub struct RestoreOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct Restored {
     pub session: String,
-    pub venv_dir: String,
+    pub venv_dir: VenvName,
     /// Where the venv is.
     pub path: PathBuf,
     /// The image it came from, by digest.
@@ -69,8 +69,8 @@ struct Marker {
 #[derive(Debug, Clone)]
 pub struct Source {
     pub session: String,
-    pub key: String,
-    pub venv_dir: String,
+    pub key: Key,
+    pub venv_dir: VenvName,
     /// The envdir the venv was built for (its paths are in the venv).
     pub envdir: String,
     /// The image, by digest.
@@ -88,7 +88,7 @@ impl Source {
             }
             .into());
         };
-        let image = s.image.clone_with_digest(digest.clone());
+        let image = s.image.clone_with_digest(digest.to_string());
         Ok(Source {
             session: s.config.name.clone(),
             key: s.key.clone(),
@@ -111,7 +111,7 @@ impl Source {
         only: &[String],
     ) -> Result<Vec<Source>, Error> {
         let img = registry
-            .resolve_base(reference, &crate::config::Platform::host())
+            .resolve_base(reference, &crate::model::Platform::host())
             .await
             .map_err(|e| match e {
                 crate::registry::RegistryError::NotFound {
@@ -146,17 +146,19 @@ impl Source {
                 ))
                 .into());
             }
-            let plain = !s.venv_dir.is_empty()
-                && !s.venv_dir.starts_with('.')
-                && !s.venv_dir.contains('/')
-                && !s.venv_dir.chars().any(char::is_control);
-            if !plain {
-                return Err(bad(format!(
+            let venv_dir = VenvName::parse(&s.venv_dir).map_err(|_| {
+                bad(format!(
                     "its record names the venv folder `{}`, not a plain name",
                     crate::untrusted::escaped(&s.venv_dir)
                 ))
-                .into());
-            }
+            })?;
+            let key = Key::parse(&s.key).map_err(|e| {
+                bad(format!(
+                    "its record of session `{}`: {}",
+                    s.session,
+                    crate::untrusted::escaped(&e.to_string())
+                ))
+            })?;
             if s.layers.is_empty() {
                 return Err(bad(format!(
                     "its record lists no layer of session `{}`",
@@ -187,8 +189,8 @@ impl Source {
             }
             out.push(Source {
                 session: s.session,
-                key: s.key,
-                venv_dir: s.venv_dir,
+                key,
+                venv_dir,
                 envdir: envdir.to_string(),
                 image: image.clone(),
                 layers,
@@ -225,7 +227,7 @@ pub async fn restore(
         .join(format!("{}.json", src.venv_dir));
     let marker = Marker {
         session: name.clone(),
-        key: src.key.clone(),
+        key: src.key.to_string(),
         image: pinned.whole(),
     };
     if let Some(image) = already_there(&path, &marker_path, &marker, opts.force)? {
@@ -266,11 +268,8 @@ pub async fn restore(
             context: format!("creating a folder in {}", envdir.display()),
             source: e,
         })?;
-    let venv_archive = format!(
-        "{}/{}",
-        src.envdir.trim_matches('/'),
-        src.venv_dir.trim_matches('/')
-    );
+    // Layer entries have no leading `/`.
+    let venv_archive = src.venv_dir.path_in(src.envdir.trim_start_matches('/'));
     // Root restores owners as the image has them; anyone else owns what they write.
     let owners = is_root();
     let written = fetch_and_write(
@@ -337,7 +336,7 @@ fn already_there(
             what: match there {
                 Some(m) => format!(
                     "the venv of another key ({}…, from {})",
-                    &m.key[..m.key.len().min(16)],
+                    Key::short_of(&m.key),
                     m.image
                 ),
                 None => "a folder venvimg did not restore".into(),
@@ -412,7 +411,7 @@ async fn fetch_and_write(
     image: &Reference,
     layers: &[VenvLayer],
     venv_archive: &str,
-    venv_dir: &str,
+    venv_dir: &VenvName,
     staging: &Path,
     owners: bool,
     jobs: usize,

@@ -66,7 +66,7 @@ fn mapping<'a>(v: &'a Value, what: &str) -> &'a Mapping {
 
 /// The ci-output name venvimg writes for a session (nox's venv folder name, `-` → `_`).
 fn output_name(session: &str) -> String {
-    venvimg::cli::ci_output_name(&venvimg::python::nox::venv_dir_name(ENVDIR, session))
+    venvimg::cli::ci_output_name(venvimg::python::nox::venv_dir_name(ENVDIR, session).as_str())
 }
 
 fn actionlint_program() -> String {

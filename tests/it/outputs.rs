@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use oci_client::Reference;
-use venvimg::config::{BuilderKind, Platform};
+use venvimg::config::BuilderKind;
 use venvimg::image::{self, BaseImage, ComposedImage, LayerDescriptor};
 use venvimg::layer::{pack_tree, PackOptions, PackedLayer};
 use venvimg::model::Digest;
+use venvimg::model::Platform;
 use venvimg::outputs::{self, BlobSources};
 use venvimg::printer::{Printer, Verbosity};
 use venvimg::registry::{push, Registry, Transport};

@@ -420,7 +420,7 @@ fn push_recorded(
         let wrote = rt
             .block_on(reg.mark_pushed(
                 &registry_kit::reference(&target),
-                &digest,
+                &venvimg::model::Digest::parse(&digest).unwrap(),
                 img.image.manifest.len(),
             ))
             .unwrap();

@@ -117,10 +117,15 @@ pub(crate) fn push_foreign_referrer(repo: &str, subject: &str) -> String {
         layer_annotations: Default::default(),
     };
     let pushed = rt
-        .block_on(reg.push_referrer(&registry_kit::reference(repo), subject, size, &artifact))
+        .block_on(reg.push_referrer(
+            &registry_kit::reference(repo),
+            &venvimg::model::Digest::parse(subject).unwrap(),
+            size,
+            &artifact,
+        ))
         .unwrap();
     assert!(!pushed.already_listed);
-    pushed.digest
+    pushed.digest.into_string()
 }
 
 /// Validate `doc` against the CycloneDX 1.6 JSON schema with cyclonedx-python-lib.

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use oci_client::Reference;
-use venvimg::config::Platform;
 use venvimg::image::{compose, BaseImage, ComposedImage, LayerDescriptor};
 use venvimg::layer::{pack_tree, PackOptions, PackedLayer};
+use venvimg::model::Platform;
 use venvimg::registry::push::{push_image, StatsSnapshot};
 use venvimg::registry::{Registry, RegistryError, Transport};
 

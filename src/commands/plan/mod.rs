@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::model::{Key, Tag, VenvName};
 use crate::plan::{InputDigest, Plan, Problem, Status};
 use crate::printer::{table, Printer};
 use crate::python::inputs::Discovered;
@@ -68,9 +69,9 @@ pub struct SessionRow<'a> {
     /// `--platform`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub platform: Option<String>,
-    pub venv_dir: &'a str,
-    pub key: &'a str,
-    pub tag: &'a str,
+    pub venv_dir: &'a VenvName,
+    pub key: &'a Key,
+    pub tag: &'a Tag,
     /// `registry/name:tag`.
     pub image: String,
     pub status: HitOrMiss,
@@ -176,7 +177,7 @@ impl<'a> PlanReport<'a> {
             .map(|s| {
                 let mut entry = serde_json::json!({
                     "session": s.session,
-                    "venv": crate::commands::report::ci_output_name(s.venv_dir),
+                    "venv": crate::commands::report::ci_output_name(s.venv_dir.as_str()),
                     "tag": s.tag,
                     "image": s.image,
                 });

@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::{HitOrMiss, PlanArgs, PlanReport};
 use crate::config::Config;
 use crate::error::Error;
+use crate::model::{Digest, Tag, VenvName};
 use crate::plan::{index_tag, Status};
 use crate::printer::Printer;
 use crate::registry::{at_tag, Registry};
@@ -17,11 +18,11 @@ use crate::registry::{at_tag, Registry};
 #[derive(Debug, Serialize)]
 struct IndexRow {
     session: String,
-    venv_dir: String,
-    tag: String,
+    venv_dir: VenvName,
+    tag: Tag,
     image: String,
     status: HitOrMiss,
-    digest: Option<String>,
+    digest: Option<Digest>,
     /// Each platform's image: hit or miss.
     platforms: BTreeMap<String, HitOrMiss>,
 }
@@ -103,7 +104,7 @@ pub(super) async fn plan(
 
     let outputs: Vec<(String, String)> = rows
         .iter()
-        .map(|r| (r.venv_dir.clone(), r.image.clone()))
+        .map(|r| (r.venv_dir.to_string(), r.image.clone()))
         .collect();
     if args.matrix {
         printer.out(flat.matrix());
@@ -147,7 +148,7 @@ async fn index_rows(
                 .iter()
                 .find(|x| x.config.name == s.config.name);
             if let Some(x) = found {
-                keys.push((p.to_string(), x.key.clone()));
+                keys.push((p.clone(), x.key.clone()));
             }
             let hit = found.is_some_and(|x| matches!(x.status, Status::Hit { .. }));
             statuses.insert(
@@ -197,7 +198,7 @@ fn index_table(rows: &[IndexRow]) -> Vec<Vec<String>> {
                 }
                 (HitOrMiss::Miss, false) => format!("miss ({})", missing.join(", ")),
             };
-            vec![r.session.clone(), r.tag.clone(), status]
+            vec![r.session.clone(), r.tag.to_string(), status]
         })
         .collect()
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, UsageError};
 use crate::printer::{Printer, Verbosity};
 use crate::registry::auth::ExplicitCredentials;
 use crate::registry::{Level, Notes, Registry, Transport};
@@ -187,11 +187,15 @@ pub fn main() -> i32 {
 fn load_config(g: &GlobalArgs) -> Result<Config, Error> {
     if let Some(dir) = &g.project {
         if !dir.join(crate::config::NOXFILE).is_file() {
-            return Err(Error::Usage(format!(
-                "--project {}: no {} there; name the project's root folder",
-                dir.display(),
-                crate::config::NOXFILE
-            )));
+            return Err(UsageError::Flag {
+                flag: "--project",
+                value: Some(dir.display().to_string()),
+                why: format!(
+                    "no {} there; name the project's root folder",
+                    crate::config::NOXFILE
+                ),
+            }
+            .into());
         }
     }
     let mut config = Config::load_for(&g.config_file(), g.project.as_deref())?
@@ -206,14 +210,11 @@ fn load_config(g: &GlobalArgs) -> Result<Config, Error> {
     }
     let fields = config.placeholders();
     if !fields.is_empty() {
-        return Err(Error::Usage(format!(
-            "{}: {} still hold{} the placeholder `venvimg init` wrote (registry.example.com/change-me/...); nothing was sent\n  hint: set {} in the file (or rerun `venvimg init --repository REF --base REF --force`){}",
-            config.file.display(),
-            fields.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(" and "),
-            if fields.len() == 1 { "s" } else { "" },
-            if fields.len() == 1 { "it" } else { "them" },
-            if fields.contains(&"repository") { "; --repository or VENVIMG_REPOSITORY overrides `repository`" } else { "" },
-        )));
+        return Err(UsageError::Placeholders {
+            file: config.file.clone(),
+            fields,
+        }
+        .into());
     }
     Ok(config)
 }
@@ -371,13 +372,20 @@ fn flag_credentials(g: &GlobalArgs) -> Result<ExplicitCredentials, Error> {
     if g.password_stdin {
         let mut pw = String::new();
         std::io::stdin().read_line(&mut pw).map_err(|e| {
-            Error::Usage(format!("--password-stdin: cannot read standard input: {e}"))
+            Error::Usage(UsageError::Flag {
+                flag: "--password-stdin",
+                value: None,
+                why: format!("cannot read standard input: {e}"),
+            })
         })?;
         let pw = pw.trim_end_matches(['\n', '\r']).to_string();
         if pw.is_empty() {
-            return Err(Error::Usage(
-                "--password-stdin: standard input was empty; pipe the password in".into(),
-            ));
+            return Err(UsageError::Flag {
+                flag: "--password-stdin",
+                value: None,
+                why: "standard input was empty; pipe the password in".into(),
+            }
+            .into());
         }
         flags.password = Some(pw);
     }
@@ -403,17 +411,23 @@ pub fn transport(
 ) -> Result<Transport, Error> {
     for host in &g.skip_tls_verify {
         if host.is_empty() {
-            return Err(Error::Usage(
-                "--skip-tls-verify needs the registry whose certificate is not to be verified: \
-                 --skip-tls-verify HOST[:PORT] (repeat it for several registries); every other \
-                 registry and token service stays verified"
+            return Err(UsageError::Flag {
+                flag: "--skip-tls-verify",
+                value: None,
+                why: "name the registry whose certificate is not to be verified: \
+                      --skip-tls-verify HOST[:PORT] (repeat it for several registries); every \
+                      other registry and token service stays verified"
                     .into(),
-            ));
+            }
+            .into());
         }
         if host.contains('/') || host.chars().any(char::is_whitespace) {
-            return Err(Error::Usage(format!(
-                "--skip-tls-verify `{host}`: name a registry as HOST[:PORT], without a scheme or path (e.g. --skip-tls-verify registry.example:5000)"
-            )));
+            return Err(UsageError::Flag {
+                flag: "--skip-tls-verify",
+                value: Some(host.clone()),
+                why: "name a registry as HOST[:PORT], without a scheme or path (e.g. --skip-tls-verify registry.example:5000)".into(),
+            }
+            .into());
         }
     }
     let notes_printer = printer.clone();
@@ -466,13 +480,23 @@ fn inspect_transport(g: &GlobalArgs, image: &str, printer: &Printer) -> Result<T
     let partial = flags.username.is_some() || flags.password.is_some();
     if let (true, Some(t)) = (partial, &target) {
         if configured.as_deref() != Some(t.as_str()) {
-            return Err(Error::Usage(format!(
-                "inspect `{image}`: give both --username and --password-stdin for {t}; VENVIMG_USERNAME/VENVIMG_PASSWORD are only for {}",
-                match &configured {
-                    Some(c) => format!("{c} (the registry of `repository:` in {})", config_file.display()),
-                    None => format!("the registry of venvimg.yaml's `repository:` (no {} here)", config_file.display()),
-                }
-            )));
+            let (flag, needs) = if flags.username.is_some() {
+                ("--username", "--password-stdin")
+            } else {
+                ("--password-stdin", "--username")
+            };
+            return Err(UsageError::Requires {
+                flag,
+                needs,
+                why: format!(
+                    "give both for {t}, the registry of IMAGE `{image}`; VENVIMG_USERNAME/VENVIMG_PASSWORD are only for {}",
+                    match &configured {
+                        Some(c) => format!("{c} (the registry of `repository:` in {})", config_file.display()),
+                        None => format!("the registry of venvimg.yaml's `repository:` (no {} here)", config_file.display()),
+                    }
+                ),
+            }
+            .into());
         }
     }
     transport(g, env_and_flag_credentials(flags), configured, printer)

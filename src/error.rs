@@ -6,13 +6,14 @@ use std::path::PathBuf;
 use crate::config::ConfigError;
 use crate::python::nox::NoxError;
 use crate::registry::RegistryError;
+pub use crate::usage::UsageError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{0}")]
-    Usage(String),
+    #[error(transparent)]
+    Usage(#[from] UsageError),
     #[error("{file}: unknown session `{name}`{}; the noxfile defines: {}\n  hint: use a name from `nox --list`", did_you_mean(name, &[available.as_slice(), functions.as_slice()].concat()), if available.is_empty() { "(none)".to_string() } else { available.join(", ") })]
     UnknownSession {
         file: PathBuf,
@@ -285,10 +286,33 @@ mod tests {
         .into();
         assert!(e.to_string().contains("line two"));
         assert_eq!(e.summary(), "session `tests`: the build failed (exit 1)");
-        let e = Error::Usage("first: \nsecond".into());
-        assert_eq!(e.summary(), "first: ");
-        let e = Error::Usage("no colon at the end:\nsecond".into());
-        assert_eq!(e.summary(), "no colon at the end");
+        let flag = |why: &str| -> Error {
+            UsageError::Flag {
+                flag: "--strict",
+                value: None,
+                why: why.into(),
+            }
+            .into()
+        };
+        assert_eq!(flag("first: \nsecond").summary(), "--strict: first: ");
+        assert_eq!(
+            flag("no colon at the end:\nsecond").summary(),
+            "--strict: no colon at the end"
+        );
+    }
+
+    #[test]
+    fn every_usage_error_exits_2() {
+        let usage = || UsageError::Session {
+            name: "tests".into(),
+            why: "still a miss after its build".into(),
+        };
+        let e = Error::from(usage());
+        assert_eq!(e.to_string(), usage().to_string());
+        assert_eq!(e.exit_code(), 2);
+        let e = Error::Output(crate::outputs::OutputError::Usage(usage()));
+        assert_eq!(e.to_string(), usage().to_string());
+        assert_eq!(e.exit_code(), 2);
     }
 
     #[test]

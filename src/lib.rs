@@ -35,6 +35,7 @@ pub mod registry;
 pub mod restore;
 pub mod sbom;
 pub mod untrusted;
+pub mod usage;
 
 pub use error::Error;
 
@@ -43,6 +44,8 @@ pub use error::Error;
 pub const LAYERS: &[&[&str]] = &[
     // plain values (digests, platforms, media types)
     &["model"],
+    // what a usage error names (flag, argument, config field, file): wrapped above
+    &["usage"],
     // where every process is made (containers and nox through `engine`)
     &["process"],
     // small utilities over the values

@@ -297,9 +297,12 @@ impl AllSessions {
                 config.max_layers
             );
             if !args.output.is_empty() || args.load {
-                return Err(Error::Usage(format!(
-                    "{msg}; --output/--load need it: build fewer sessions (--session) or raise max_layers"
-                )));
+                return Err(crate::error::UsageError::Flag {
+                    flag: if args.output.is_empty() { "--load" } else { "--output" },
+                    value: None,
+                    why: format!("it needs the all-sessions image, but {msg}; build fewer sessions (--session) or raise max_layers"),
+                }
+                .into());
             }
             printer.warn(format!("{msg}; not pushing it"));
         }

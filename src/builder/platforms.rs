@@ -43,13 +43,24 @@ pub(super) fn check_flag(config: &Config, flags: &[String]) -> Result<Vec<Platfo
     };
     let mut picked = Vec::new();
     for flag in flags {
-        let p = Platform::parse(flag).map_err(|m| Error::Usage(format!("--platform: {m}")))?;
+        let p = Platform::parse(flag).map_err(|why| {
+            Error::Usage(crate::error::UsageError::Flag {
+                flag: "--platform",
+                value: None,
+                why,
+            })
+        })?;
         if !config.platforms.contains(&p) {
-            return Err(Error::Usage(format!(
-                "--platform {p}: {} builds for {} only\n  hint: add it to `platforms:` there",
-                config.file.display(),
-                listed()
-            )));
+            return Err(crate::error::UsageError::Flag {
+                flag: "--platform",
+                value: Some(p.to_string()),
+                why: format!(
+                    "{} builds for {} only\n  hint: add it to `platforms:` there",
+                    config.file.display(),
+                    listed()
+                ),
+            }
+            .into());
         }
         if !picked.contains(&p) {
             picked.push(p);
@@ -108,11 +119,16 @@ pub(super) async fn build(
     let picked = check_flag(config, &args.platform)?;
     if config.builder == BuilderKind::Local {
         if let Some(p) = picked.iter().find(|p| emulated(p)) {
-            return Err(Error::Usage(format!(
-                "{}: `builder: local` builds for this machine's platform ({}) only, not {p}\n  hint: use `builder: podman` (or docker), which builds {p} under emulation, or run `venvimg build --platform {p}` on such a runner",
-                config.file.display(),
-                Platform::host()
-            )));
+            return Err(crate::error::UsageError::Field {
+                file: config.file.clone(),
+                field: "builder",
+                value: "local".into(),
+                why: format!(
+                    "which builds for this machine's platform ({}) only, not {p}\n  hint: use `builder: podman` (or docker), which builds {p} under emulation, or run `venvimg build --platform {p}` on such a runner",
+                    Platform::host()
+                ),
+            }
+            .into());
         }
     }
     // --output/--load carry one image: the platform this machine runs (else the first

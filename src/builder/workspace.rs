@@ -73,16 +73,22 @@ pub(super) fn prepare(
             None => match std::env::var(kv) {
                 Ok(v) => (kv.clone(), v),
                 Err(_) => {
-                    return Err(Error::Usage(format!(
-                        "--build-env `{kv}`: no `=` and no variable {kv} in the environment; give NAME=VALUE, or export {kv} and pass its name"
-                    )))
+                    return Err(crate::error::UsageError::Flag {
+                        flag: "--build-env",
+                        value: Some(kv.clone()),
+                        why: format!("no `=` and no variable {kv} in the environment; give NAME=VALUE, or export {kv} and pass its name"),
+                    }
+                    .into())
                 }
             },
         };
         if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(Error::Usage(format!(
-                "--build-env `{k}`: a variable name is letters, digits and `_`"
-            )));
+            return Err(crate::error::UsageError::Flag {
+                flag: "--build-env",
+                value: Some(k),
+                why: "a variable name is letters, digits and `_`".into(),
+            }
+            .into());
         }
         extra_env.insert(k, v);
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use oci_client::Reference;
 
 use crate::config::{BuilderKind, Config, DEFAULT_ENVDIR, DEFAULT_WORKDIR};
-use crate::error::Error;
+use crate::error::{Error, UsageError};
 use crate::model::Platform;
 use crate::outputs::OutputError;
 use crate::printer::Printer;
@@ -77,8 +77,12 @@ fn yaml_scalar(s: &str) -> String {
 /// path down when it is above.
 fn relative_root(config_dir: &Path, project: &Path) -> Result<Option<String>, Error> {
     let canon = |p: &Path| {
-        fs_err::canonicalize(p)
-            .map_err(|e| Error::Usage(format!("{}: {e}; create the folder first", p.display())))
+        fs_err::canonicalize(p).map_err(|e| {
+            Error::Usage(UsageError::Path {
+                path: p.to_path_buf(),
+                why: format!("{e}; create the folder first"),
+            })
+        })
     };
     let (c, p) = (canon(config_dir)?, canon(project)?);
     if c == p {
@@ -91,11 +95,15 @@ fn relative_root(config_dir: &Path, project: &Path) -> Result<Option<String>, Er
         let steps = vec![".."; up.components().count()];
         return Ok(Some(steps.join("/")));
     }
-    Err(Error::Usage(format!(
-        "{} is neither inside nor above the project {}; put venvimg.yaml in the project",
-        config_dir.display(),
-        project.display()
-    )))
+    Err(UsageError::Flag {
+        flag: "--project",
+        value: Some(project.display().to_string()),
+        why: format!(
+            "the config file's folder {} is neither inside nor above it; put venvimg.yaml in the project",
+            config_dir.display()
+        ),
+    }
+    .into())
 }
 
 /// The first line of a session's docstring, for a comment.
@@ -191,18 +199,26 @@ pub fn render_config(facts: &InitFacts) -> String {
     y
 }
 
-fn check_reference(flag: &str, value: &str, repository: bool) -> Result<(), Error> {
+fn check_reference(flag: &'static str, value: &str, repository: bool) -> Result<(), Error> {
     let r: Reference = value.parse().map_err(|e| {
-        Error::Usage(format!(
-            "--{flag} `{value}` is not an image reference ({e}); write HOST[:PORT]/PATH{}",
-            if repository { "" } else { "[:TAG]" }
-        ))
+        Error::Usage(UsageError::Flag {
+            flag,
+            value: Some(value.to_string()),
+            why: format!(
+                "not an image reference ({e}); write HOST[:PORT]/PATH{}",
+                if repository { "" } else { "[:TAG]" }
+            ),
+        })
     })?;
     if repository && (r.digest().is_some() || value.rsplit('/').next().unwrap_or("").contains(':'))
     {
-        return Err(Error::Usage(format!(
-            "--repository `{value}` names a tag or digest; give the repository only (venvimg chooses the tags)"
-        )));
+        return Err(UsageError::Flag {
+            flag,
+            value: Some(value.to_string()),
+            why: "names a tag or digest; give the repository only (venvimg chooses the tags)"
+                .into(),
+        }
+        .into());
     }
     Ok(())
 }
@@ -224,9 +240,13 @@ fn list_all_sessions(
     let (kind, image, insecure) = match (builder, base) {
         (BuilderKind::Local, _) | (_, None) => (BuilderKind::Local, String::new(), false),
         (k, Some(b)) => {
-            let r: Reference = b
-                .parse()
-                .map_err(|e| Error::Usage(format!("--base `{b}`: {e}")))?;
+            let r: Reference = b.parse().map_err(|e| {
+                Error::Usage(UsageError::Flag {
+                    flag: "--base",
+                    value: Some(b.to_string()),
+                    why: format!("{e}"),
+                })
+            })?;
             (
                 k,
                 b.to_string(),
@@ -276,23 +296,25 @@ pub fn init(
         Some(p) => (p.to_path_buf(), relative_root(&config_dir, p)?),
     };
     if file.exists() && !args.force {
-        return Err(Error::Usage(format!(
-            "{} already exists; pass --force to overwrite it",
-            file.display()
-        )));
+        return Err(UsageError::Path {
+            path: file,
+            why: "already exists; pass --force to overwrite it".into(),
+        }
+        .into());
     }
     let noxfile = dir.join("noxfile.py");
     if !noxfile.is_file() {
-        return Err(Error::Usage(format!(
-            "{} not found; run `venvimg init` in the project (next to noxfile.py), or pass --config DIR/venvimg.yaml",
-            noxfile.display()
-        )));
+        return Err(UsageError::Path {
+            path: noxfile,
+            why: "not found; run `venvimg init` in the project (next to noxfile.py), or pass --config DIR/venvimg.yaml".into(),
+        }
+        .into());
     }
     if let Some(r) = &args.repository {
-        check_reference("repository", r, true)?;
+        check_reference("--repository", r, true)?;
     }
     if let Some(b) = &args.base {
-        check_reference("base", b, false)?;
+        check_reference("--base", b, false)?;
     }
     let builder = match args.builder.as_deref() {
         Some("docker") => BuilderKind::Docker,
@@ -331,10 +353,10 @@ pub fn init(
         // Refuse to replace a file that appeared meanwhile.
         tmp.persist_noclobber(&file).map_err(|e| {
             if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::Usage(format!(
-                    "{} already exists; pass --force to overwrite it",
-                    file.display()
-                ))
+                Error::Usage(UsageError::Path {
+                    path: file.clone(),
+                    why: "already exists; pass --force to overwrite it".into(),
+                })
             } else {
                 OutputError::io(&file, e.error).into()
             }
@@ -504,17 +526,17 @@ mod tests {
     #[test]
     fn bad_flags_are_usage_errors() {
         for (flag, v, repo) in [
-            ("repository", "127.0.0.1:5000/a/b:tag", true),
-            ("repository", "UPPER CASE/x", true),
-            ("base", "not a ref", false),
+            ("--repository", "127.0.0.1:5000/a/b:tag", true),
+            ("--repository", "UPPER CASE/x", true),
+            ("--base", "not a ref", false),
         ] {
             let err = check_reference(flag, v, repo).unwrap_err();
             assert_eq!(err.exit_code(), 2);
             assert!(
-                err.to_string().contains(&format!("--{flag} `{v}`")),
+                err.to_string().starts_with(&format!("{flag} `{v}`: ")),
                 "{err}"
             );
         }
-        check_reference("base", "127.0.0.1:5000/base:1", false).unwrap();
+        check_reference("--base", "127.0.0.1:5000/base:1", false).unwrap();
     }
 }

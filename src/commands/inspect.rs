@@ -58,8 +58,14 @@ enum Source {
 }
 
 fn parse_source(image: &str) -> Result<Source, Error> {
-    let usage =
-        |why: String| Error::Usage(format!("inspect `{image}`: {why}; IMAGE is {IMAGE_FORMS}"));
+    let usage = |why: String| {
+        Error::Usage(crate::error::UsageError::Argument {
+            command: "inspect",
+            name: "IMAGE",
+            value: image.to_string(),
+            why: format!("{why}; IMAGE is {IMAGE_FORMS}"),
+        })
+    };
     // `PATH` when it exists, else `PATH:NAME` (skopeo's syntax for one image of several).
     let split = |rest: &str| -> (PathBuf, Option<String>) {
         if Path::new(rest).exists() {
@@ -957,9 +963,13 @@ pub async fn inspect(
     let source = parse_source(name)?;
     if args.sbom {
         let Source::Registry(r) = &source else {
-            return Err(Error::Usage(format!(
-                "inspect --sbom `{name}`: SBOMs are referrers in a registry; give the image as HOST[:PORT]/REPO:TAG (the one `venvimg build` pushed)"
-            )));
+            return Err(crate::error::UsageError::Argument {
+                command: "inspect --sbom",
+                name: "IMAGE",
+                value: name.to_string(),
+                why: "SBOMs are referrers in a registry; give the image as HOST[:PORT]/REPO:TAG (the one `venvimg build` pushed)".into(),
+            }
+            .into());
         };
         let sbom = read_sbom(transport, r).await?;
         printer.out(String::from_utf8_lossy(&sbom).trim_end_matches('\n'));
@@ -968,9 +978,13 @@ pub async fn inspect(
     let data = match source {
         Source::Registry(r) => {
             let platform = match &args.platform {
-                Some(p) => {
-                    Platform::parse(p).map_err(|m| Error::Usage(format!("--platform: {m}")))?
-                }
+                Some(p) => Platform::parse(p).map_err(|why| {
+                    Error::Usage(crate::error::UsageError::Flag {
+                        flag: "--platform",
+                        value: None,
+                        why,
+                    })
+                })?,
                 None => Platform::host(),
             };
             read_registry(transport, &r, &platform).await?

@@ -54,9 +54,11 @@ pub fn ci_output_file() -> Result<PathBuf, Error> {
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
         .ok_or_else(|| {
-            Error::Usage(
-                "--ci-output: neither GITHUB_OUTPUT nor FORGEJO_OUTPUT is set; run it inside a workflow step or set one to a file".into(),
-            )
+            Error::Usage(crate::error::UsageError::Flag {
+                flag: "--ci-output",
+                value: None,
+                why: "neither GITHUB_OUTPUT nor FORGEJO_OUTPUT is set; run it inside a workflow step or set one to a file".into(),
+            })
         })
 }
 

@@ -71,7 +71,11 @@ pub async fn restore(
     let sources = match &args.image {
         Some(image) => {
             let reference = image.parse::<Reference>().map_err(|e| {
-                Error::Usage(format!("--image `{image}` is not an image reference: {e}"))
+                Error::Usage(crate::error::UsageError::Flag {
+                    flag: "--image",
+                    value: Some(image.clone()),
+                    why: format!("not an image reference ({e}); give REGISTRY/REPOSITORY:TAG or @sha256:DIGEST"),
+                })
             })?;
             Source::of_image(registry, &reference, &config.envdir, &args.sessions).await?
         }

@@ -176,11 +176,16 @@ async fn ready(
         return Ok((plan, target));
     }
     if job.no_build {
-        return Err(Error::Usage(format!(
-            "no job image for the current key of {}; build it with `venvimg build{}` (or drop --no-build)",
-            misses.join(", "),
-            misses.iter().map(|m| format!(" -s {m}")).collect::<String>()
-        )));
+        return Err(crate::error::UsageError::Flag {
+            flag: "--no-build",
+            value: None,
+            why: format!(
+                "no job image for the current key of {}; build it with `venvimg build{}` (or drop --no-build)",
+                misses.join(", "),
+                misses.iter().map(|m| format!(" -s {m}")).collect::<String>()
+            ),
+        }
+        .into());
     }
     printer.info(format!("building first: {}", misses.join(", ")));
     let options = crate::builder::BuildOptions {
@@ -197,10 +202,14 @@ async fn ready(
     built.exit()?;
     let plan = crate::plan::make_plan(config, registry, sessions).await?;
     if let Some(s) = plan.misses().next() {
-        return Err(Error::Usage(format!(
-            "session `{}` is still a miss after its build; see `venvimg plan --explain {}`",
-            s.config.name, s.config.name
-        )));
+        return Err(crate::error::UsageError::Session {
+            name: s.config.name.clone(),
+            why: format!(
+                "still a miss after its build; see `venvimg plan --explain {}`",
+                s.config.name
+            ),
+        }
+        .into());
     }
     Ok((plan, target))
 }
@@ -218,10 +227,13 @@ impl Target {
         if engine == BuilderKind::Docker && config.compression.is_zstd() {
             // Docker before 23 fails such a pull with a bare "archive/tar: invalid tar header".
             if let Some((major, minor)) = engine::docker_server_version().filter(|v| v.0 < 23) {
-                return Err(Error::Usage(format!(
-                    "{}: `compression: zstd`, but Docker {major}.{minor} cannot pull zstd layers (Docker 23 and later can)\n  hint: use `compression: gzip` for images Docker {major}.{minor} runs, run them with --engine podman, or upgrade Docker",
-                    config.file.display()
-                )));
+                return Err(crate::error::UsageError::Field {
+                    file: config.file.clone(),
+                    field: "compression",
+                    value: "zstd".into(),
+                    why: format!("but Docker {major}.{minor} cannot pull zstd layers (Docker 23 and later can)\n  hint: use `compression: gzip` for images Docker {major}.{minor} runs, run them with --engine podman, or upgrade Docker"),
+                }
+                .into());
             }
         }
         let checkout = engine::mountable_checkout(engine, &config.project_dir)?;

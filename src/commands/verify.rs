@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::BuilderArgs;
 use crate::builder::{self, BuildOptions, SessionLayer};
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, UsageError};
 use crate::image::ComposedImage;
 use crate::model::{Digest, Key};
 use crate::plan::{SessionPlan, Status};
@@ -182,22 +182,31 @@ fn targets<'p>(
                     .iter()
                     .find(|s| s.config.name == r.session)
                     .ok_or_else(|| {
-                        Error::Usage(format!(
-                            "{}: holds session `{}`, which {} does not configure",
-                            image.whole(),
-                            r.session,
-                            config.file.display()
-                        ))
+                        Error::Usage(UsageError::Argument {
+                            command: "verify",
+                            name: "IMAGE",
+                            value: image.whole(),
+                            why: format!(
+                                "holds session `{}`, which {} does not configure",
+                                r.session,
+                                config.file.display()
+                            ),
+                        })
                     })?;
                 if s.key != r.key {
-                    return Err(Error::Usage(format!(
-                        "{}: session `{}` was built from inputs with key {}, this checkout's give {}; nothing to compare\n  hint: check out the commit the image was built from (`venvimg inspect {}` lists its inputs)",
-                        image.whole(),
-                        r.session,
-                        Key::short_of(&r.key),
-                        s.key.short(),
-                        image.whole()
-                    )));
+                    return Err(UsageError::Argument {
+                        command: "verify",
+                        name: "IMAGE",
+                        value: image.whole(),
+                        why: format!(
+                            "session `{}` was built from inputs with key {}, this checkout's give {}; nothing to compare\n  hint: check out the commit the image was built from (`venvimg inspect {}` lists its inputs)",
+                            r.session,
+                            Key::short_of(&r.key),
+                            s.key.short(),
+                            image.whole()
+                        ),
+                    }
+                    .into());
                 }
                 sessions.push(s);
             }
@@ -224,11 +233,14 @@ fn targets<'p>(
                 }
             }
             if targets.is_empty() {
-                return Err(Error::Usage(format!(
-                    "no session of {} has an image for its current key in {}; nothing to verify\n  hint: `venvimg build` first, or name an image: venvimg verify IMAGE",
-                    config.file.display(),
-                    config.repository_path()
-                )));
+                return Err(UsageError::Path {
+                    path: config.file.clone(),
+                    why: format!(
+                        "no session has an image for its current key in {}; nothing to verify\n  hint: `venvimg build` first, or name an image: venvimg verify IMAGE",
+                        config.repository_path()
+                    ),
+                }
+                .into());
             }
             targets
         }
@@ -309,26 +321,35 @@ async fn recorded_image(
     registry: &Registry,
     image: &str,
 ) -> Result<(Reference, Digest, crate::plan::record::ImageRecord), Error> {
+    let usage = |why: String| {
+        Error::Usage(UsageError::Argument {
+            command: "verify",
+            name: "IMAGE",
+            value: image.to_string(),
+            why,
+        })
+    };
     let reference: Reference = image.parse().map_err(|e| {
-        Error::Usage(format!(
-            "verify `{image}`: not an image reference ({e}); give REGISTRY/REPOSITORY:TAG or @sha256:DIGEST"
+        usage(format!(
+            "not an image reference ({e}); give REGISTRY/REPOSITORY:TAG or @sha256:DIGEST"
         ))
     })?;
     if reference.resolve_registry() != config.repository.resolve_registry()
         || reference.repository() != config.repository.repository()
     {
-        return Err(Error::Usage(format!(
-            "verify `{image}`: not in this project's repository {}; verify rebuilds from this checkout what its config pushes",
+        return Err(usage(format!(
+            "not in this project's repository {}; verify rebuilds from this checkout what its config pushes",
             config.repository_path()
         )));
     }
     let (bytes, digest) = registry.manifest_raw(&reference).await?;
     let manifest: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::Usage(format!("verify `{image}`: its manifest is not JSON ({e})")))?;
+        .map_err(|e| usage(format!("its manifest is not JSON ({e})")))?;
     let config_digest = manifest["config"]["digest"].as_str().ok_or_else(|| {
-        Error::Usage(format!(
-            "verify `{image}`: an index or an artifact, not an image manifest; name a session's or the all-sessions image"
-        ))
+        usage(
+            "an index or an artifact, not an image manifest; name a session's or the all-sessions image"
+                .into(),
+        )
     })?;
     let config_size = manifest["config"]["size"].as_u64().unwrap_or(0);
     let config_bytes = registry
@@ -337,9 +358,7 @@ async fn recorded_image(
     let record = crate::plan::record::ImageRecord::from_config(&config_bytes)
         .filter(|r| !r.sessions.is_empty())
         .ok_or_else(|| {
-            Error::Usage(format!(
-                "verify `{image}`: no venvimg record in its config; venvimg verifies only images it made"
-            ))
+            usage("no venvimg record in its config; venvimg verifies only images it made".into())
         })?;
     Ok((reference, digest, record))
 }

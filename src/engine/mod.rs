@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use crate::config::{BuilderKind, Config};
-use crate::error::Error;
+use crate::error::{Error, UsageError};
 use crate::image::BaseImage;
 use crate::printer::Reporter;
 use crate::python::hook::{self, PlanOutput, PlanSpec};
@@ -685,7 +685,7 @@ pub fn mountable_checkout(engine: BuilderKind, dir: &Path) -> Result<PathBuf, Er
         source,
     })?;
     match unmountable(engine, &abs) {
-        Some(why) => Err(Error::Usage(why)),
+        Some(why) => Err(why.into()),
         None => Ok(abs),
     }
 }
@@ -695,27 +695,32 @@ pub fn mountable_checkout(engine: BuilderKind, dir: &Path) -> Result<PathBuf, Er
 /// such a path would mount the wrong folder or fail with a parse error naming neither;
 /// and a Docker daemon reached over TCP or SSH mounts a folder of *its* host, so the
 /// container would see an empty checkout.
-pub fn unmountable(engine: BuilderKind, path: &Path) -> Option<String> {
+pub fn unmountable(engine: BuilderKind, path: &Path) -> Option<UsageError> {
     if engine == BuilderKind::Local {
         return None;
     }
     let text = path.to_string_lossy();
     if let Some(c) = text.chars().find(|c| matches!(c, ':' | ',' | '\n')) {
-        return Some(format!(
-            "the checkout {} holds {c:?}, which {} cannot bind-mount (it splits volume specs on it)\n  hint: move or rename the checkout folder so its path has no {c:?}",
-            path.display(),
-            engine.as_str()
-        ));
+        return Some(UsageError::Path {
+            path: path.to_path_buf(),
+            why: format!(
+                "the checkout holds {c:?}, which {} cannot bind-mount (it splits volume specs on it)\n  hint: move or rename the checkout folder so its path has no {c:?}",
+                engine.as_str()
+            ),
+        });
     }
     if engine == BuilderKind::Docker {
         if let Ok(host) = std::env::var("DOCKER_HOST") {
             let scheme = host.split("://").next().unwrap_or_default();
             if !host.is_empty() && scheme != "unix" && scheme != "npipe" {
                 // Only the scheme: the rest of DOCKER_HOST may carry a user name.
-                return Some(format!(
-                    "DOCKER_HOST names a {scheme}:// daemon: it would mount a folder of its own host, not the checkout {}\n  hint: run venvimg on the daemon's host, or use a local engine (unset DOCKER_HOST, or --engine podman)",
-                    path.display()
-                ));
+                return Some(UsageError::Env {
+                    var: "DOCKER_HOST",
+                    why: format!(
+                        "names a {scheme}:// daemon, which would mount a folder of its own host, not the checkout {}\n  hint: run venvimg on the daemon's host, or use a local engine (unset DOCKER_HOST, or --engine podman)",
+                        path.display()
+                    ),
+                });
             }
         }
     }
@@ -791,9 +796,12 @@ pub fn engine_flag(flag: Option<&str>) -> Result<Option<BuilderKind>, Error> {
         None => Ok(None),
         Some("podman") => Ok(Some(BuilderKind::Podman)),
         Some("docker") => Ok(Some(BuilderKind::Docker)),
-        Some(other) => Err(Error::Usage(format!(
-            "--engine `{other}`: use podman or docker"
-        ))),
+        Some(other) => Err(UsageError::Flag {
+            flag: "--engine",
+            value: Some(other.to_string()),
+            why: "use podman or docker".into(),
+        }
+        .into()),
     }
 }
 
@@ -806,9 +814,12 @@ pub fn job_engine(builder: BuilderKind, flag: Option<&str>) -> Result<BuilderKin
     }
     match builder {
         BuilderKind::Local => installed_engine().ok_or_else(|| {
-            Error::Usage(
-                "no container engine to run the job image: neither podman nor docker runs here\n  hint: install one (apt-get install podman) or pass --engine".into(),
-            )
+            UsageError::Flag {
+                flag: "--engine",
+                value: None,
+                why: "none given, and no container engine runs here to run the job image: neither podman nor docker\n  hint: install one (apt-get install podman) or pass --engine".into(),
+            }
+            .into()
         }),
         k => Ok(k),
     }

@@ -73,8 +73,8 @@ pub enum OutputError {
     )]
     NoSessions { noxfile: PathBuf },
     /// A destination or option given wrong (exit 2).
-    #[error("{0}")]
-    Usage(String),
+    #[error(transparent)]
+    Usage(crate::usage::UsageError),
     /// Boxed: the registry's errors are large.
     #[error(transparent)]
     Registry(Box<crate::registry::RegistryError>),
@@ -119,9 +119,11 @@ impl Destination {
     pub fn parse(dest: &str) -> Result<Destination, OutputError> {
         let (kind, path) = dest.split_once(':').unwrap_or((dest, ""));
         let usage = |why: &str| {
-            OutputError::Usage(format!(
-                "--output `{dest}`: {why}; write {FORMS} (e.g. docker-archive:image.tar, then `podman load -i image.tar`)"
-            ))
+            OutputError::Usage(crate::usage::UsageError::Flag {
+                flag: "--output",
+                value: Some(dest.to_string()),
+                why: format!("{why}; write {FORMS} (e.g. docker-archive:image.tar, then `podman load -i image.tar`)"),
+            })
         };
         if path.is_empty() && matches!(kind, "oci" | "oci-archive" | "docker-archive") {
             return Err(usage("no path after the colon"));
@@ -193,10 +195,14 @@ async fn write_archive(
     printer: &dyn Reporter,
 ) -> Result<(), OutputError> {
     if file.is_dir() {
-        return Err(OutputError::Usage(format!(
-            "--output {dest}: {} is a directory; an archive is a file (for a directory, use oci:DIR)",
-            file.display()
-        )));
+        return Err(OutputError::Usage(crate::usage::UsageError::Flag {
+            flag: "--output",
+            value: Some(dest.to_string()),
+            why: format!(
+                "{} is a directory; an archive is a file (for a directory, use oci:DIR)",
+                file.display()
+            ),
+        }));
     }
     let dir = match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -252,9 +258,11 @@ async fn write_oci_dir(
     let index_file = dir.join("index.json");
     let shown = format!("oci:{}", dir.display());
     let not_a_layout = || {
-        OutputError::Usage(format!(
-            "--output {shown}: the directory exists and is not an OCI layout (no oci-layout file); choose a new or empty directory",
-        ))
+        OutputError::Usage(crate::usage::UsageError::Flag {
+            flag: "--output",
+            value: Some(shown.clone()),
+            why: "the directory exists and is not an OCI layout (no oci-layout file); choose a new or empty directory".into(),
+        })
     };
     if dir.exists() && !dir.is_dir() {
         return Err(not_a_layout());

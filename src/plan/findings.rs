@@ -49,10 +49,12 @@ pub fn check_project(
         Some(LockState::Matches) | None => {}
     }
     if strict && !problems.is_empty() {
-        return Err(Error::Usage(format!(
-            "--strict: {}",
-            problems.join("\nerror: --strict: ")
-        )));
+        return Err(crate::error::UsageError::Flag {
+            flag: "--strict",
+            value: None,
+            why: problems.join("\nerror: --strict: "),
+        }
+        .into());
     }
     for p in problems {
         printer.warn(p);

@@ -361,10 +361,13 @@ pub fn select_sessions(
         }
     }
     if sessions.is_empty() {
-        return Err(Error::Usage(format!(
-            "{}: nox selects no sessions; add sessions to noxfile.py or list them under `sessions:`",
-            config.project_dir.join(crate::config::NOXFILE).display()
-        )));
+        return Err(crate::error::UsageError::Path {
+            path: config.project_dir.join(crate::config::NOXFILE),
+            why:
+                "nox selects no sessions; add sessions to noxfile.py or list them under `sessions:`"
+                    .into(),
+        }
+        .into());
     }
     let mut selected: Vec<SessionConfig> = Vec::new();
     for s in sessions {

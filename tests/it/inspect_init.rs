@@ -250,7 +250,7 @@ fn init_refuses_to_overwrite_without_force() {
     let out = init_in(dir, &["--base", &env.base]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("venvimg.yaml already exists"),
+        stderr(&out).contains("venvimg.yaml: already exists"),
         "{}",
         stderr(&out)
     );
@@ -269,7 +269,7 @@ fn init_usage_errors_exit_2() {
     let out = init_in(empty.path(), &[]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("noxfile.py not found"),
+        stderr(&out).contains("noxfile.py: not found"),
         "{}",
         stderr(&out)
     );

@@ -505,7 +505,10 @@ fn a_config_outside_the_root_names_the_project_with_root_or_project() {
     );
     let (code, text) = p.outcome(&["--project", "ci", "plan"]);
     assert_eq!(code, Some(2), "{text}");
-    assert!(text.contains("--project ci: no noxfile.py there"), "{text}");
+    assert!(
+        text.contains("--project `ci`: no noxfile.py there"),
+        "{text}"
+    );
 
     // init writes `root:` when told the project is elsewhere.
     std::fs::remove_file(ci.join("venvimg.yaml")).unwrap();

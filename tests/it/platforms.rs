@@ -372,7 +372,7 @@ fn a_platform_the_base_lacks_or_the_config_does_not_list_is_a_clear_error() {
     let (code, text) = q.outcome(&["build", "--platform", "linux/s390x"]);
     assert_eq!(code, Some(2), "{text}");
     assert!(
-        text.contains("--platform linux/s390x") && text.contains("venvimg.yaml"),
+        text.contains("--platform `linux/s390x`: ") && text.contains("venvimg.yaml"),
         "{text}"
     );
 

@@ -241,7 +241,10 @@ fn run_refuses_what_it_cannot_do_with_what_to_do_instead() {
         &[("DOCKER_HOST", "tcp://docker.invalid:2375")],
     );
     assert_eq!(code, Some(2), "{text}");
-    assert!(text.contains("DOCKER_HOST names a tcp:// daemon"), "{text}");
+    assert!(
+        text.contains("DOCKER_HOST: names a tcp:// daemon"),
+        "{text}"
+    );
     assert!(!text.contains("docker.invalid"), "{text}");
 
     // No engine at all: `builder: local`, and neither podman nor docker on PATH.

@@ -131,7 +131,7 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<ImageManifest, String> {
 pub struct BaseImage {
     pub reference: Reference,
     /// Digest of the platform's image manifest (what keys are computed from).
-    pub digest: String,
+    pub digest: Digest,
     pub manifest: ImageManifest,
     pub config: Value,
 }
@@ -139,7 +139,7 @@ pub struct BaseImage {
 impl BaseImage {
     pub fn new(
         reference: Reference,
-        digest: String,
+        digest: Digest,
         manifest: ImageManifest,
         config_bytes: Vec<u8>,
     ) -> Result<BaseImage, String> {
@@ -175,9 +175,9 @@ impl BaseImage {
 #[derive(Debug, Clone)]
 pub struct LayerDescriptor {
     pub media_type: String,
-    pub digest: String,
+    pub digest: Digest,
     pub size: u64,
-    pub diff_id: String,
+    pub diff_id: Digest,
     /// `created_by` of its history entry.
     pub created_by: String,
 }
@@ -186,7 +186,7 @@ pub struct LayerDescriptor {
 #[derive(Debug, Clone)]
 pub struct ComposedImage {
     pub config: Vec<u8>,
-    pub config_digest: String,
+    pub config_digest: Digest,
     pub manifest: Vec<u8>,
     pub manifest_digest: Digest,
     /// All layers, base first.
@@ -282,7 +282,7 @@ pub fn compose(
     }
     // serde_json's map is ordered by key: the serialisation is canonical.
     let config_bytes = serde_json::to_vec(&config).expect("JSON values serialise");
-    let config_digest = Digest::of(&config_bytes).into_string();
+    let config_digest = Digest::of(&config_bytes);
 
     let mut blobs: Vec<BlobRef> = base
         .manifest
@@ -297,7 +297,7 @@ pub fn compose(
         .collect();
     for l in layers {
         blobs.push(BlobRef {
-            digest: l.digest.clone(),
+            digest: l.digest.to_string(),
             size: l.size,
             media_type: l.media_type.clone(),
             from_base: false,
@@ -308,7 +308,7 @@ pub fn compose(
         media_type: MediaTypes::OCI_MANIFEST,
         config: DescOut {
             media_type: MediaTypes::OCI_CONFIG,
-            digest: &config_digest,
+            digest: config_digest.as_str(),
             size: config_bytes.len() as u64,
         },
         layers: blobs

@@ -44,7 +44,7 @@ pub fn compose_images(
     );
     annotations.insert(
         "org.opencontainers.image.base.digest".to_string(),
-        base.digest.clone(),
+        base.digest.to_string(),
     );
     let title = match layers {
         [(_, only)] => only.record.session.clone(),
@@ -160,8 +160,11 @@ pub(super) async fn layer_from_registry(
     for (i, l) in layers.iter().enumerate().skip(base_count) {
         let diff_id = config["rootfs"]["diff_ids"][i]
             .as_str()
-            .ok_or_else(|| bad(format!("config has no diff_id for layer {i}")))?
-            .to_string();
+            .ok_or_else(|| bad(format!("config has no diff_id for layer {i}")))?;
+        let diff_id =
+            Digest::parse(diff_id).map_err(|e| bad(format!("layer {i}'s diff_id: {e}")))?;
+        let digest =
+            Digest::parse(l.digest().as_ref()).map_err(|e| bad(format!("layer {i}: {e}")))?;
         // Our history entries are the last ones, one per venv layer.
         let created_by = history
             .len()
@@ -171,7 +174,7 @@ pub(super) async fn layer_from_registry(
             .to_string();
         descriptors.push(LayerDescriptor {
             media_type: l.media_type().to_string(),
-            digest: l.digest().to_string(),
+            digest,
             size: l.size(),
             diff_id,
             created_by,

@@ -191,13 +191,7 @@ impl<'p> Sessions<'p> {
                     .remove(&s.config.name)
                     .expect("every hit's layer was fetched first");
                 for d in &layer.descriptors {
-                    let digest = Digest::parse(&d.digest).map_err(|e| {
-                        crate::registry::RegistryError::BadManifest {
-                            reference: s.image.whole(),
-                            detail: e.to_string(),
-                        }
-                    })?;
-                    out.remote.insert(digest, s.image.clone());
+                    out.remote.insert(d.digest.clone(), s.image.clone());
                 }
                 out.results
                     .push(SessionResult::hit(s, digest, layer.size(), seconds));

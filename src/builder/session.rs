@@ -142,7 +142,7 @@ pub(super) fn build_session(
             .iter()
             .map(|(label, p)| LayerDescriptor {
                 media_type: p.media_type().to_string(),
-                digest: p.digest.to_string(),
+                digest: p.digest.clone(),
                 size: p.size,
                 diff_id: p.diff_id.clone(),
                 created_by: if packed.grouped {

@@ -1164,7 +1164,7 @@ mod tests {
         }))
         .unwrap();
         let image = ComposedImage {
-            config_digest: Digest::of(&config).into_string(),
+            config_digest: Digest::of(&config),
             config,
             manifest_digest: Digest::of(&manifest),
             manifest,
@@ -1180,9 +1180,7 @@ mod tests {
         drop(out);
 
         let files = ArchiveFiles::scan("a", &archive).unwrap();
-        assert!(!files
-            .files
-            .contains_key(&Digest::parse(&image.config_digest).unwrap().blob_path()));
+        assert!(!files.files.contains_key(&image.config_digest.blob_path()));
         let data = read_layout("a", &files, None).unwrap();
         assert_eq!(
             data.manifest_digest.as_deref(),

@@ -518,7 +518,7 @@ pub async fn prune(
         found,
         &markers,
         &current,
-        &plan.base.digest,
+        plan.base.digest.as_str(),
         args.keep,
         args.keep_for.as_ref(),
         now_unix(),
@@ -529,7 +529,7 @@ pub async fn prune(
         .iter()
         .filter(|i| i.action != Action::Delete)
         .map(|i| i.digest.clone())
-        .chain([plan.base.digest.clone()])
+        .chain([plan.base.digest.to_string()])
         .collect();
     let bytes_freed_estimate = freed(&images, &base_blobs);
     let Removals {

@@ -34,6 +34,7 @@ use crate::layer::compress::{Codec, Compressor};
 use crate::layer::digest::HashingWriter;
 use crate::layer::tar_writer::{CopyError, EntryMeta, TarWriter};
 use crate::layer::walk::{Kind, WalkEntry};
+use crate::model::Digest;
 
 pub use crate::layer::compress::{BLOCK_SIZE, GZIP_LEVEL, ZSTD_LEVEL};
 
@@ -116,7 +117,7 @@ pub struct PackedLayer {
     /// `sha256:<hex>` of the compressed blob (the manifest's layer digest).
     pub digest: crate::model::Digest,
     /// `sha256:<hex>` of the uncompressed tar (the config's `rootfs.diff_ids` entry).
-    pub diff_id: String,
+    pub diff_id: Digest,
     /// Size of the compressed blob in bytes.
     pub size: u64,
     /// Size of the uncompressed tar in bytes.
@@ -266,7 +267,7 @@ fn pack_into(
     Ok(PackedLayer {
         path: out.to_path_buf(),
         digest,
-        diff_id: diff_id.into_string(),
+        diff_id,
         size,
         uncompressed_size,
         compression: opts.compression,

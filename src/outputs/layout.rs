@@ -245,7 +245,7 @@ pub fn write_oci_archive(
             Content::Bytes(&image.manifest),
         ),
         (
-            blob_path(&image.config_digest)?,
+            blob_path(image.config_digest.as_str())?,
             Content::Bytes(&image.config),
         ),
     ];
@@ -275,7 +275,7 @@ pub fn write_docker_archive(
         layers: Vec<String>,
     }
     let image = files.image;
-    let config_name = format!("{}.json", hex_of(&image.config_digest)?);
+    let config_name = format!("{}.json", hex_of(image.config_digest.as_str())?);
     let mut layer_names = Vec::with_capacity(image.layers.len());
     for blob in &image.layers {
         layer_names.push(docker_layer_name(blob)?);
@@ -407,7 +407,7 @@ pub fn small_blobs(image: &ComposedImage) -> Result<BTreeMap<String, &[u8]>, Out
         image.manifest.as_slice(),
     );
     m.insert(
-        hex_of(&image.config_digest)?.to_string(),
+        hex_of(image.config_digest.as_str())?.to_string(),
         image.config.as_slice(),
     );
     Ok(m)
@@ -449,7 +449,7 @@ pub(crate) mod tests {
         .into_bytes();
         (
             ComposedImage {
-                config_digest: Digest::of(&config).into_string(),
+                config_digest: Digest::of(&config),
                 config,
                 manifest_digest: Digest::of(&manifest),
                 manifest,
@@ -554,7 +554,7 @@ pub(crate) mod tests {
         let e = entries(&bytes);
         let manifest: Value =
             serde_json::from_slice(&e.iter().find(|x| x.0 == "manifest.json").unwrap().5).unwrap();
-        let config_hex = hex_of(&image.config_digest).unwrap();
+        let config_hex = image.config_digest.hex();
         assert_eq!(manifest[0]["Config"], format!("{config_hex}.json"));
         assert_eq!(manifest[0]["RepoTags"], json!(["example.test/app:v1"]));
         let layers: Vec<String> = image

@@ -690,7 +690,8 @@ pub async fn make_plan(
             Some(_) => Some(locked::from_exports(&session.name, &hook_out.exports)?),
             None => None,
         };
-        let mut document = key_document(config, &base.digest, &explicit, &session, resolved)?;
+        let mut document =
+            key_document(config, base.digest.as_str(), &explicit, &session, resolved)?;
         let events = hook_out.records.sessions.get(&session.name);
         let mut problem = None;
         let mut derived = None;
@@ -834,7 +835,7 @@ async fn dry_run(
     let local = config.builder == crate::config::BuilderKind::Local;
     let platform = config.platform.to_string();
     let key = dryrun::cache_key(&dryrun::KeyParts {
-        base: &base.digest,
+        base: base.digest.as_str(),
         platform: &platform,
         workdir: &config.workdir,
         envdir: &config.envdir,

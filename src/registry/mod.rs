@@ -1049,15 +1049,11 @@ impl Registry {
                 }
             }
         }
-        BaseImage::new(
-            base.clone(),
-            manifest_digest.into_string(),
-            manifest,
-            config_bytes,
-        )
-        .map_err(|detail| RegistryError::BadManifest {
-            reference: base.whole(),
-            detail,
+        BaseImage::new(base.clone(), manifest_digest, manifest, config_bytes).map_err(|detail| {
+            RegistryError::BadManifest {
+                reference: base.whole(),
+                detail,
+            }
         })
     }
 

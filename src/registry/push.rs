@@ -101,7 +101,7 @@ pub async fn push_image_from(
     reg.authorize_push(target).await?;
 
     let config_blob = BlobRef {
-        digest: image.config_digest.clone(),
+        digest: image.config_digest.to_string(),
         size: image.config.len() as u64,
         media_type: MediaTypes::OCI_CONFIG.into(),
         from_base: false,

@@ -125,7 +125,7 @@ impl Source {
                 },
                 e => e,
             })?;
-        let image = reference.clone_with_digest(img.digest.clone());
+        let image = reference.clone_with_digest(img.digest.to_string());
         let bad = |detail: String| RestoreError::BadImage {
             image: image.whole(),
             detail,

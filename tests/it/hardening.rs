@@ -711,7 +711,10 @@ fn a_config_served_far_larger_than_its_descriptor_is_refused_with_bounded_memory
         rss >> 20
     );
     assert_eq!(code, Some(1), "{text}");
-    assert!(text.contains(&image) && text.contains(&config), "{text}");
+    assert!(
+        text.contains(&image) && text.contains(config.as_str()),
+        "{text}"
+    );
     assert!(
         text.contains(&format!(
             "more than the {config_size} bytes its descriptor gives"

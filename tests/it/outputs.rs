@@ -69,7 +69,7 @@ fn fixture(rt: &tokio::runtime::Runtime, tag: &str) -> Fixture {
     let base = rt
         .block_on(registry.resolve_base(&base_ref, &Platform::host()))
         .unwrap();
-    let labels = support::record_labels("x", &base.digest);
+    let labels = support::record_labels("x", base.digest.as_str());
     let annotations: BTreeMap<String, String> = [
         (
             "org.opencontainers.image.base.name".to_string(),
@@ -77,7 +77,7 @@ fn fixture(rt: &tokio::runtime::Runtime, tag: &str) -> Fixture {
         ),
         (
             "org.opencontainers.image.base.digest".to_string(),
-            base.digest.clone(),
+            base.digest.to_string(),
         ),
     ]
     .into();
@@ -85,7 +85,7 @@ fn fixture(rt: &tokio::runtime::Runtime, tag: &str) -> Fixture {
         &base,
         &[LayerDescriptor {
             media_type: layer.media_type().to_string(),
-            digest: layer.digest.to_string(),
+            digest: layer.digest.clone(),
             size: layer.size,
             diff_id: layer.diff_id.clone(),
             created_by: "venvimg: test layer".into(),

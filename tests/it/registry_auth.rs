@@ -883,7 +883,7 @@ fn push_inspectable(registry: &str, repo_tag: &str) {
     let base = rt
         .block_on(reg.resolve_base(&kit::reference(&env.base), &kit::platform()))
         .unwrap();
-    let labels = support::record_labels("lint", &base.digest);
+    let labels = support::record_labels("lint", base.digest.as_str());
     let dir = tempfile::tempdir().unwrap();
     let img = compose_labeled(base, &[small_layer(dir.path(), "lint", 71, 1024)], &labels);
     push(&rt, &reg, &format!("{registry}/{repo_tag}"), &img).expect("push with credentials");

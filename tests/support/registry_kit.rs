@@ -153,7 +153,7 @@ pub fn compose_labeled(
         .iter()
         .map(|l| LayerDescriptor {
             media_type: l.media_type().to_string(),
-            digest: l.digest.to_string(),
+            digest: l.digest.clone(),
             size: l.size,
             diff_id: l.diff_id.clone(),
             created_by: "venvimg registry test".into(),

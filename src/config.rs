@@ -450,27 +450,7 @@ impl Config {
         let project_dir = project_dir_of(f, config_dir, project, raw.root.as_deref())?;
         let project_dir = project_dir.as_path();
 
-        let repository_s = raw.repository.ok_or_else(|| {
-            ConfigError::field(
-                f,
-                "repository",
-                "missing; set it to where job images go, e.g. `repository: registry.example.com/acme/app/ci`",
-            )
-        })?;
-        let repository = parse_repository(f, &repository_s)?;
-        let trusted_repository = raw
-            .trusted_repository
-            .as_deref()
-            .map(|t| parse_repository_field(f, "trusted_repository", t))
-            .transpose()?;
-        let base_s = raw.base.ok_or_else(|| {
-            ConfigError::field(
-                f,
-                "base",
-                "missing; set it to the image with python, uv and nox that jobs run in",
-            )
-        })?;
-        let base = parse_reference(f, "base", &base_s)?;
+        let images = Images::of(f, &raw)?;
 
         let platforms = platforms_of(f, raw.platform, raw.platforms)?;
         let host = Platform::host();
@@ -480,53 +460,14 @@ impl Config {
             .unwrap_or(&platforms[0])
             .clone();
 
-        let envdir = raw.envdir.unwrap_or_else(|| DEFAULT_ENVDIR.into());
-        check_abs_dir(f, "envdir", &envdir)?;
-        let workdir_origin = if raw.workdir.is_some() {
-            WorkdirOrigin::File
-        } else {
-            WorkdirOrigin::Default
-        };
-        let workdir = raw.workdir.unwrap_or_else(|| DEFAULT_WORKDIR.into());
-        check_abs_dir(f, "workdir", &workdir)?;
-        check_envdir_outside(f, &envdir, &workdir)?;
+        let dirs = Dirs::of(f, raw.envdir, raw.workdir)?;
 
         let builder = builder_of(f, raw.builder.as_deref())?;
         let compression = compression_of(f, raw.compression.as_deref(), raw.compression_level)?;
-
-        let owner = match raw.owner.as_deref() {
-            None => Owner { uid: 0, gid: 0 },
-            Some(s) => parse_owner(s).ok_or_else(|| {
-                ConfigError::field(
-                    f,
-                    "owner",
-                    format!("`{s}` is not UID:GID with numbers, e.g. \"0:0\" or \"1000:1000\""),
-                )
-            })?,
-        };
-
+        let owner = owner_of(f, raw.owner.as_deref())?;
         let (layers, max_layers) = layers_of(f, raw.layers.as_deref(), raw.max_layers)?;
-
-        let default_project = match raw.project.as_deref() {
-            None => ProjectMode::default(),
-            Some(s) => ProjectMode::parse(s).ok_or_else(|| {
-                ConfigError::field(
-                    f,
-                    "project",
-                    format!("unknown value `{s}`; use refuse, editable or keyed"),
-                )
-            })?,
-        };
-        let default_build = match raw.build.as_deref() {
-            None => BuildMode::default(),
-            Some(s) => BuildMode::parse(s).ok_or_else(|| {
-                ConfigError::field(
-                    f,
-                    "build",
-                    format!("unknown value `{s}`; use install-only or run"),
-                )
-            })?,
-        };
+        let default_project = project_mode_of(f, raw.project.as_deref())?;
+        let default_build = build_mode_of(f, raw.build.as_deref())?;
 
         let inputs = raw.inputs.unwrap_or_default();
         let refresh = match raw.refresh.as_deref() {
@@ -540,15 +481,7 @@ impl Config {
             .map(|list| sessions_of(f, list, default_project, default_build))
             .transpose()?;
 
-        for (i, r) in raw.insecure_registries.iter().enumerate() {
-            if r.is_empty() || r.contains('/') {
-                return Err(ConfigError::field(
-                    f,
-                    format!("insecure_registries[{i}]"),
-                    format!("`{r}` is not HOST or HOST:PORT"),
-                ));
-            }
-        }
+        check_insecure_registries(f, &raw.insecure_registries)?;
 
         let source = source_of(f, raw.source.as_deref(), project_dir)?;
 
@@ -557,14 +490,14 @@ impl Config {
             dry_run_here: false,
             file: file.to_path_buf(),
             project_dir: project_dir.to_path_buf(),
-            repository,
-            trusted_repository,
-            base,
+            repository: images.repository,
+            trusted_repository: images.trusted_repository,
+            base: images.base,
             platform,
             platforms,
-            envdir,
-            workdir,
-            workdir_origin,
+            envdir: dirs.envdir,
+            workdir: dirs.workdir,
+            workdir_origin: dirs.workdir_origin,
             ci_checkout: Ok(None),
             builder,
             inputs,
@@ -666,6 +599,128 @@ impl Config {
             refresh: None,
         }
     }
+}
+
+/// Where images go and what they are built on: `repository:`, `trusted_repository:`,
+/// `base:`.
+struct Images {
+    repository: Reference,
+    trusted_repository: Option<Reference>,
+    base: Reference,
+}
+
+impl Images {
+    fn of(f: &Path, raw: &RawConfig) -> Result<Images, ConfigError> {
+        let repository_s = raw.repository.as_deref().ok_or_else(|| {
+            ConfigError::field(
+                f,
+                "repository",
+                "missing; set it to where job images go, e.g. `repository: registry.example.com/acme/app/ci`",
+            )
+        })?;
+        let repository = parse_repository(f, repository_s)?;
+        let trusted_repository = raw
+            .trusted_repository
+            .as_deref()
+            .map(|t| parse_repository_field(f, "trusted_repository", t))
+            .transpose()?;
+        let base_s = raw.base.as_deref().ok_or_else(|| {
+            ConfigError::field(
+                f,
+                "base",
+                "missing; set it to the image with python, uv and nox that jobs run in",
+            )
+        })?;
+        let base = parse_reference(f, "base", base_s)?;
+        Ok(Images {
+            repository,
+            trusted_repository,
+            base,
+        })
+    }
+}
+
+/// The builder's paths: `envdir:`, and `workdir:` with where it came from.
+struct Dirs {
+    envdir: String,
+    workdir: String,
+    workdir_origin: WorkdirOrigin,
+}
+
+impl Dirs {
+    fn of(f: &Path, envdir: Option<String>, workdir: Option<String>) -> Result<Dirs, ConfigError> {
+        let envdir = envdir.unwrap_or_else(|| DEFAULT_ENVDIR.into());
+        check_abs_dir(f, "envdir", &envdir)?;
+        let workdir_origin = if workdir.is_some() {
+            WorkdirOrigin::File
+        } else {
+            WorkdirOrigin::Default
+        };
+        let workdir = workdir.unwrap_or_else(|| DEFAULT_WORKDIR.into());
+        check_abs_dir(f, "workdir", &workdir)?;
+        check_envdir_outside(f, &envdir, &workdir)?;
+        Ok(Dirs {
+            envdir,
+            workdir,
+            workdir_origin,
+        })
+    }
+}
+
+/// `owner:`, else root.
+fn owner_of(f: &Path, owner: Option<&str>) -> Result<Owner, ConfigError> {
+    Ok(match owner {
+        None => Owner { uid: 0, gid: 0 },
+        Some(s) => parse_owner(s).ok_or_else(|| {
+            ConfigError::field(
+                f,
+                "owner",
+                format!("`{s}` is not UID:GID with numbers, e.g. \"0:0\" or \"1000:1000\""),
+            )
+        })?,
+    })
+}
+
+/// `project:`, the sessions' default.
+fn project_mode_of(f: &Path, project: Option<&str>) -> Result<ProjectMode, ConfigError> {
+    Ok(match project {
+        None => ProjectMode::default(),
+        Some(s) => ProjectMode::parse(s).ok_or_else(|| {
+            ConfigError::field(
+                f,
+                "project",
+                format!("unknown value `{s}`; use refuse, editable or keyed"),
+            )
+        })?,
+    })
+}
+
+/// `build:`, the sessions' default.
+fn build_mode_of(f: &Path, build: Option<&str>) -> Result<BuildMode, ConfigError> {
+    Ok(match build {
+        None => BuildMode::default(),
+        Some(s) => BuildMode::parse(s).ok_or_else(|| {
+            ConfigError::field(
+                f,
+                "build",
+                format!("unknown value `{s}`; use install-only or run"),
+            )
+        })?,
+    })
+}
+
+/// Each of `insecure_registries:` is HOST or HOST:PORT.
+fn check_insecure_registries(f: &Path, registries: &[String]) -> Result<(), ConfigError> {
+    for (i, r) in registries.iter().enumerate() {
+        if r.is_empty() || r.contains('/') {
+            return Err(ConfigError::field(
+                f,
+                format!("insecure_registries[{i}]"),
+                format!("`{r}` is not HOST or HOST:PORT"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The project's root: `--project`, else `root:` (relative to the file's folder, holding

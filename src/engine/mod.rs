@@ -339,78 +339,19 @@ pub fn run_hook_plan(
         noxfile: noxfile.clone(),
         source: std::io::Error::new(source.kind(), format!("{context}: {source}")),
     };
-    let tmp = crate::cancel::tempdir("plan").map_err(|e| io("creating a temp folder", e))?;
-    let hook_dir = tmp.path().join("hook");
-    let out_dir = tmp.path().join("out");
-    fs_err::create_dir(&hook_dir).map_err(|e| io("creating the hook folder", e))?;
-    fs_err::create_dir(&out_dir).map_err(|e| io("creating the output folder", e))?;
-    hook::write_files(&hook_dir, Some(spec)).map_err(|e| io("writing the hook", e))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        // The container's user (root, or the image's USER) writes here; the 0700 temp
-        // folder around it keeps everyone else out.
-        fs_err::set_permissions(
-            &out_dir,
-            std::fs::Permissions::from_mode(crate::cancel::CONTAINER_OUT_MODE),
-        )
-        .map_err(|e| io("preparing the output folder", e))?;
-    }
+    let dirs = HookDirs::make(spec, &io)?;
     let abs = mountable_checkout(place.kind, project_dir)?;
     // Registered while the container runs, so a cancel stops it.
     let mut container: Option<crate::cancel::ContainerGuard> = None;
     let (mut cmd, seen_workdir) = match place.kind {
-        BuilderKind::Local => {
-            let mut c = crate::process::command("/bin/sh");
-            c.arg(hook_dir.join(hook::LAUNCHER_FILE))
-                .arg("plan")
-                .arg(hook_dir.join(hook::SPEC_FILE))
-                .arg(&out_dir)
-                .current_dir(&abs)
-                .env_clear()
-                .envs(std::env::vars().filter(|(k, _)| host_env_allowed(k)))
-                .envs(&place.env)
-                .env("VENVIMG_WORKDIR", &abs)
-                .env("VENVIMG_ENVDIR", envdir)
-                .env("PYTHONDONTWRITEBYTECODE", "1");
-            (c, abs.display().to_string())
-        }
-        BuilderKind::Podman | BuilderKind::Docker => {
-            let mut c = crate::process::command(place.kind.as_str());
-            c.args(["run", "--rm", "--network", "none", "--pull=missing"])
-                .arg(format!(
-                    "--name={}",
-                    container
-                        .insert(crate::cancel::ContainerGuard::new(place.kind.as_str()))
-                        .name
-                ))
-                .arg(format!("--platform={}", place.platform));
-            if place.insecure_pull && place.kind == BuilderKind::Podman {
-                c.arg("--tls-verify=false");
-            }
-            c.arg("-v")
-                .arg(format!("{}:{workdir}:ro", abs.display()))
-                .arg("-v")
-                .arg(format!("{}:{HOOK_DIR_IN_CONTAINER}:ro", hook_dir.display()))
-                .arg("-v")
-                .arg(format!("{}:{OUT_DIR_IN_CONTAINER}", out_dir.display()))
-                .arg("--tmpfs")
-                .arg(envdir)
-                .args(["-w", workdir]);
-            for (k, v) in place.env.iter().chain([
-                (&"VENVIMG_WORKDIR".to_string(), &workdir.to_string()),
-                (&"VENVIMG_ENVDIR".to_string(), &envdir.to_string()),
-                (&"PYTHONDONTWRITEBYTECODE".to_string(), &"1".to_string()),
-            ]) {
-                c.arg("-e").arg(format!("{k}={v}"));
-            }
-            c.arg(&place.image)
-                .arg("/bin/sh")
-                .arg(format!("{HOOK_DIR_IN_CONTAINER}/{}", hook::LAUNCHER_FILE))
-                .arg("plan")
-                .arg(format!("{HOOK_DIR_IN_CONTAINER}/{}", hook::SPEC_FILE))
-                .arg(OUT_DIR_IN_CONTAINER);
-            (c, workdir.to_string())
-        }
+        BuilderKind::Local => (
+            dirs.local_command(place, &abs, envdir),
+            abs.display().to_string(),
+        ),
+        BuilderKind::Podman | BuilderKind::Docker => (
+            dirs.container_command(place, &abs, workdir, envdir, &mut container),
+            workdir.to_string(),
+        ),
     };
     cmd.stdin(Stdio::null());
     let out = cmd
@@ -421,31 +362,140 @@ pub fn run_hook_plan(
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let failed = |code: i32| -> Error {
-        if let Some(module) = crate::python::nox::missing_module(&output) {
-            return NoxError::MissingModule {
-                noxfile: noxfile.clone(),
-                module,
-                place: place.describe(),
-            }
-            .into();
-        }
-        NoxError::Failed {
-            noxfile: noxfile.clone(),
-            place: place.describe(),
-            code,
-            stderr: tail_lines(&output, 30),
-        }
-        .into()
-    };
+    let failed = |code: i32| plan_failed(&noxfile, place, &output, code);
     if !out.status.success() {
         return Err(failed(out.status.code().unwrap_or(-1)));
     }
-    match hook::read_plan(&out_dir) {
+    match hook::read_plan(&dirs.out_dir) {
         Ok(p) => Ok((p, seen_workdir)),
         Err(hook::HookError::ListFailed { code }) => Err(failed(code as i32)),
         Err(e) => Err(NoxError::Hook(e).into()),
     }
+}
+
+/// The hook's folders for one plan run, in a temp folder removed when this is dropped:
+/// the hook's files, and where it writes what it found.
+struct HookDirs {
+    _tmp: crate::cancel::TempDir,
+    hook_dir: PathBuf,
+    out_dir: PathBuf,
+}
+
+impl HookDirs {
+    fn make(
+        spec: &PlanSpec,
+        io: &dyn Fn(&str, std::io::Error) -> NoxError,
+    ) -> Result<HookDirs, NoxError> {
+        let tmp = crate::cancel::tempdir("plan").map_err(|e| io("creating a temp folder", e))?;
+        let hook_dir = tmp.path().join("hook");
+        let out_dir = tmp.path().join("out");
+        fs_err::create_dir(&hook_dir).map_err(|e| io("creating the hook folder", e))?;
+        fs_err::create_dir(&out_dir).map_err(|e| io("creating the output folder", e))?;
+        hook::write_files(&hook_dir, Some(spec)).map_err(|e| io("writing the hook", e))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // The container's user (root, or the image's USER) writes here; the 0700 temp
+            // folder around it keeps everyone else out.
+            fs_err::set_permissions(
+                &out_dir,
+                std::fs::Permissions::from_mode(crate::cancel::CONTAINER_OUT_MODE),
+            )
+            .map_err(|e| io("preparing the output folder", e))?;
+        }
+        Ok(HookDirs {
+            _tmp: tmp,
+            hook_dir,
+            out_dir,
+        })
+    }
+
+    /// The hook run on this machine, in the checkout `abs`, with only the allowed part of
+    /// this environment.
+    fn local_command(&self, place: &HookPlace, abs: &Path, envdir: &str) -> std::process::Command {
+        let mut c = crate::process::command("/bin/sh");
+        c.arg(self.hook_dir.join(hook::LAUNCHER_FILE))
+            .arg("plan")
+            .arg(self.hook_dir.join(hook::SPEC_FILE))
+            .arg(&self.out_dir)
+            .current_dir(abs)
+            .env_clear()
+            .envs(std::env::vars().filter(|(k, _)| host_env_allowed(k)))
+            .envs(&place.env)
+            .env("VENVIMG_WORKDIR", abs)
+            .env("VENVIMG_ENVDIR", envdir)
+            .env("PYTHONDONTWRITEBYTECODE", "1");
+        c
+    }
+
+    /// The hook run in the base image: no network, the checkout `abs` read-only at
+    /// `workdir`, `envdir` a tmpfs. The container's guard goes into `container`.
+    fn container_command(
+        &self,
+        place: &HookPlace,
+        abs: &Path,
+        workdir: &str,
+        envdir: &str,
+        container: &mut Option<crate::cancel::ContainerGuard>,
+    ) -> std::process::Command {
+        let mut c = crate::process::command(place.kind.as_str());
+        c.args(["run", "--rm", "--network", "none", "--pull=missing"])
+            .arg(format!(
+                "--name={}",
+                container
+                    .insert(crate::cancel::ContainerGuard::new(place.kind.as_str()))
+                    .name
+            ))
+            .arg(format!("--platform={}", place.platform));
+        if place.insecure_pull && place.kind == BuilderKind::Podman {
+            c.arg("--tls-verify=false");
+        }
+        c.arg("-v")
+            .arg(format!("{}:{workdir}:ro", abs.display()))
+            .arg("-v")
+            .arg(format!(
+                "{}:{HOOK_DIR_IN_CONTAINER}:ro",
+                self.hook_dir.display()
+            ))
+            .arg("-v")
+            .arg(format!("{}:{OUT_DIR_IN_CONTAINER}", self.out_dir.display()))
+            .arg("--tmpfs")
+            .arg(envdir)
+            .args(["-w", workdir]);
+        for (k, v) in place.env.iter().chain([
+            (&"VENVIMG_WORKDIR".to_string(), &workdir.to_string()),
+            (&"VENVIMG_ENVDIR".to_string(), &envdir.to_string()),
+            (&"PYTHONDONTWRITEBYTECODE".to_string(), &"1".to_string()),
+        ]) {
+            c.arg("-e").arg(format!("{k}={v}"));
+        }
+        c.arg(&place.image)
+            .arg("/bin/sh")
+            .arg(format!("{HOOK_DIR_IN_CONTAINER}/{}", hook::LAUNCHER_FILE))
+            .arg("plan")
+            .arg(format!("{HOOK_DIR_IN_CONTAINER}/{}", hook::SPEC_FILE))
+            .arg(OUT_DIR_IN_CONTAINER);
+        c
+    }
+}
+
+/// The hook's run failed with `code`: a module the noxfile imports is missing where it
+/// ran, or anything else (the end of its `output`).
+fn plan_failed(noxfile: &Path, place: &HookPlace, output: &str, code: i32) -> Error {
+    if let Some(module) = crate::python::nox::missing_module(output) {
+        return NoxError::MissingModule {
+            noxfile: noxfile.to_path_buf(),
+            module,
+            place: place.describe(),
+        }
+        .into();
+    }
+    NoxError::Failed {
+        noxfile: noxfile.to_path_buf(),
+        place: place.describe(),
+        code,
+        stderr: tail_lines(output, 30),
+    }
+    .into()
 }
 
 fn tail_lines(s: &str, n: usize) -> String {

@@ -254,13 +254,49 @@ async fn write_oci_dir(
     sources: &BlobSources<'_>,
     printer: &dyn Reporter,
 ) -> Result<(), OutputError> {
-    let layout_file = dir.join("oci-layout");
     let index_file = dir.join("index.json");
     let shown = format!("oci:{}", dir.display());
+    let lock = lock_layout(dir, &shown, printer).await?;
+    let blobs = blob_folders(dir, &shown)?;
+    put_layers(registry, dir, &blobs, image, sources, printer).await?;
+    for (hex, bytes) in layout::small_blobs(image)? {
+        layout::write_atomic(&blobs.join(hex), bytes)?;
+    }
+    let index = match untrusted::read_checked(&index_file, layout::MAX_INDEX_JSON) {
+        Ok(existing) => {
+            layout::merged_index_json(&existing, image, &ref_name(reference), &reference.whole())
+                .map_err(|detail| OutputError::BadImage {
+                    image: shown.clone(),
+                    detail,
+                })?
+        }
+        Err(Refusal::Missing) => {
+            layout::index_json(image, &ref_name(reference), &reference.whole())
+        }
+        Err(reason) => {
+            return Err(OutputError::BadImage {
+                image: shown,
+                detail: format!("index.json {reason}"),
+            })
+        }
+    };
+    layout::write_atomic(&index_file, &index)?;
+    drop(lock);
+    Ok(())
+}
+
+/// `dir` as a layout this writer holds: refused when it is something else, the lock
+/// taken (waiting for another writer), and marked as a layout (`oci-layout`).
+async fn lock_layout(
+    dir: &Path,
+    shown: &str,
+    printer: &dyn Reporter,
+) -> Result<layout::LayoutLock, OutputError> {
+    let layout_file = dir.join("oci-layout");
     let not_a_layout = || {
         OutputError::Usage(crate::usage::UsageError::Flag {
             flag: "--output",
-            value: Some(shown.clone()),
+            value: Some(shown.to_string()),
             why: "the directory exists and is not an OCI layout (no oci-layout file); choose a new or empty directory".into(),
         })
     };
@@ -299,6 +335,12 @@ async fn write_oci_dir(
     }
     // Marks the folder as a layout from the start, so a concurrent writer sees one.
     layout::write_atomic(&layout_file, layout::OCI_LAYOUT)?;
+    Ok(lock)
+}
+
+/// The layout's `blobs/sha256`, made where missing; a symlink or a file in their place is
+/// refused.
+fn blob_folders(dir: &Path, shown: &str) -> Result<PathBuf, OutputError> {
     let blobs = dir.join("blobs").join("sha256");
     for d in [dir.join("blobs"), blobs.clone()] {
         match untrusted::check_dir(&d) {
@@ -312,7 +354,7 @@ async fn write_oci_dir(
             Err(_) => {
                 let rel = d.strip_prefix(dir).unwrap_or(&d).display().to_string();
                 return Err(OutputError::BadImage {
-                    image: shown,
+                    image: shown.to_string(),
                     detail: format!(
                         "{rel} is not a folder (a symlink?); venvimg writes a layout only into its own folders\n  hint: remove {} or write to a new directory",
                         d.display()
@@ -321,7 +363,19 @@ async fn write_oci_dir(
             }
         }
     }
+    Ok(blobs)
+}
 
+/// The image's layers into `blobs`: those already there are kept, local ones copied, the
+/// others fetched.
+async fn put_layers(
+    registry: &Registry,
+    dir: &Path,
+    blobs: &Path,
+    image: &ComposedImage,
+    sources: &BlobSources<'_>,
+    printer: &dyn Reporter,
+) -> Result<(), OutputError> {
     let mut missing = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for blob in &image.layers {
@@ -352,30 +406,7 @@ async fn write_oci_dir(
             fs::rename(&path, &target).map_err(|s| OutputError::io(&target, s))?;
         }
     }
-    layout::sync_dir(&blobs)?;
-    for (hex, bytes) in layout::small_blobs(image)? {
-        layout::write_atomic(&blobs.join(hex), bytes)?;
-    }
-    let index = match untrusted::read_checked(&index_file, layout::MAX_INDEX_JSON) {
-        Ok(existing) => {
-            layout::merged_index_json(&existing, image, &ref_name(reference), &reference.whole())
-                .map_err(|detail| OutputError::BadImage {
-                    image: shown.clone(),
-                    detail,
-                })?
-        }
-        Err(Refusal::Missing) => {
-            layout::index_json(image, &ref_name(reference), &reference.whole())
-        }
-        Err(reason) => {
-            return Err(OutputError::BadImage {
-                image: shown,
-                detail: format!("index.json {reason}"),
-            })
-        }
-    };
-    layout::write_atomic(&index_file, &index)?;
-    drop(lock);
+    layout::sync_dir(blobs)?;
     Ok(())
 }
 

@@ -978,112 +978,17 @@ pub fn derive(
             }
         }
     }
-    // The canonical list of commands: what the key's `commands` digest covers.
-    let mut canonical: Vec<serde_json::Value> = Vec::new();
-    let mut recorded = Vec::new();
-    let mut reads_matter = false;
-    for ev in &session.events {
-        match ev {
-            Event::Command {
-                argv,
-                cwd,
-                env,
-                venv_creation,
-                ..
-            } => {
-                let rel = cwd_rel(ctx, cwd);
-                canonical.push(serde_json::json!({"argv": argv, "cwd": rel, "env": env}));
-                recorded.push(RecordedCommand {
-                    argv: argv.iter().map(|a| mask(a, ctx.secrets)).collect(),
-                    cwd: rel,
-                    env: env
-                        .iter()
-                        .map(|(k, v)| {
-                            (
-                                k.clone(),
-                                if k == "PATH"
-                                    || k == "VIRTUAL_ENV"
-                                    || k == "TMPDIR"
-                                    || k.starts_with("UV_PROJECT")
-                                    || k == "UV_PYTHON"
-                                    || k == "NOX_CURRENT_SESSION"
-                                {
-                                    mask(v, ctx.secrets)
-                                } else {
-                                    model::Digest::of(v.as_bytes()).short().to_string()
-                                },
-                            )
-                        })
-                        .collect(),
-                });
-                if *venv_creation {
-                    continue;
-                }
-                if let Some(inst) = installs::parse(argv) {
-                    st.handle_install(&inst, cwd, env)?;
-                }
-            }
-            Event::Export {
-                args,
-                cwd,
-                output,
-                error,
-                ..
-            } => {
-                st.handle_export(args, cwd, output.as_deref(), error.as_deref())?;
-            }
-            Event::Subprocess {
-                argv, cwd, from, ..
-            } => {
-                canonical.push(serde_json::json!({"subprocess": argv, "cwd": cwd_rel(ctx, cwd)}));
-                let shown: Vec<String> =
-                    argv.iter().take(4).map(|a| mask(a, ctx.secrets)).collect();
-                st.notes.push(format!(
-                    "the noxfile runs `{}` itself ({from})",
-                    shown.join(" ")
-                ));
-                if let Some(inst) = installs::parse(argv) {
-                    st.handle_install(&inst, cwd, &BTreeMap::new())?;
-                }
-            }
-            Event::Network { url, from, .. } => {
-                reads_matter = true;
-                st.notes.push(format!(
-                    "the noxfile fetches {} itself ({from})",
-                    mask(url, ctx.secrets)
-                ));
-            }
-            Event::Write { path, from, .. } => {
-                if under(path, ctx.envdir) && !path.contains("/tmp/") {
-                    reads_matter = true;
-                    st.notes
-                        .push(format!("the noxfile writes {path} itself ({from})"));
-                }
-            }
-            Event::Read { .. }
-            | Event::Listing { .. }
-            | Event::Stat { .. }
-            | Event::Result { .. } => {}
-        }
-    }
-    let mut noxfile_reads = BTreeMap::new();
-    if reads_matter {
-        for ev in module.iter().chain(session.events.iter()) {
-            if let Event::Read { path, from, .. } = ev {
-                if let Place::Project(rel, host) = st.place(&normalize("/", path)) {
-                    if let Some(real) = st.real_project_file(&rel, &host)? {
-                        let sha = untrusted::sha256(&real).map_err(|e| st.io(&host, e))?;
-                        noxfile_reads.entry(rel.clone()).or_insert(InputFile {
-                            path: rel,
-                            sha256: sha,
-                            via: format!("read by the noxfile ({from})"),
-                        });
-                    }
-                }
-            }
-        }
-    }
-    let commands = sha256_hex(serde_json::to_string(&canonical).expect("json").as_bytes());
+    let walked = st.walk_session(session)?;
+    let noxfile_reads = if walked.reads_matter {
+        st.noxfile_reads(module, session)?
+    } else {
+        BTreeMap::new()
+    };
+    let commands = sha256_hex(
+        serde_json::to_string(&walked.canonical)
+            .expect("json")
+            .as_bytes(),
+    );
     let mut locks = std::mem::take(&mut st.locks);
     locks.sort();
     locks.dedup();
@@ -1096,9 +1001,157 @@ pub fn derive(
             floating: st.floating.into_iter().collect(),
             noxfile_reads: noxfile_reads.into_values().collect(),
         },
-        commands: recorded,
+        commands: walked.recorded,
         notes: st.notes,
     })
+}
+
+/// What [`State::walk_session`] gathers besides the state's inputs.
+struct Walked {
+    /// The canonical list of commands: what the key's `commands` digest covers.
+    canonical: Vec<serde_json::Value>,
+    /// The commands as the record shows them (secrets masked).
+    recorded: Vec<RecordedCommand>,
+    /// The noxfile fetches something or writes into the environment itself: then what
+    /// it reads is an input too.
+    reads_matter: bool,
+}
+
+impl State<'_, '_> {
+    /// Each of the session's events in order: installs and exports into the state's
+    /// inputs, what the noxfile does itself into notes.
+    fn walk_session(&mut self, session: &SessionEvents) -> Result<Walked, InputError> {
+        let ctx = self.ctx;
+        let mut walked = Walked {
+            canonical: Vec::new(),
+            recorded: Vec::new(),
+            reads_matter: false,
+        };
+        for ev in &session.events {
+            match ev {
+                Event::Command {
+                    argv,
+                    cwd,
+                    env,
+                    venv_creation,
+                    ..
+                } => {
+                    let rel = cwd_rel(ctx, cwd);
+                    walked
+                        .canonical
+                        .push(serde_json::json!({"argv": argv, "cwd": rel, "env": env}));
+                    walked.recorded.push(recorded_command(ctx, argv, rel, env));
+                    if *venv_creation {
+                        continue;
+                    }
+                    if let Some(inst) = installs::parse(argv) {
+                        self.handle_install(&inst, cwd, env)?;
+                    }
+                }
+                Event::Export {
+                    args,
+                    cwd,
+                    output,
+                    error,
+                    ..
+                } => {
+                    self.handle_export(args, cwd, output.as_deref(), error.as_deref())?;
+                }
+                Event::Subprocess {
+                    argv, cwd, from, ..
+                } => {
+                    walked
+                        .canonical
+                        .push(serde_json::json!({"subprocess": argv, "cwd": cwd_rel(ctx, cwd)}));
+                    let shown: Vec<String> =
+                        argv.iter().take(4).map(|a| mask(a, ctx.secrets)).collect();
+                    self.notes.push(format!(
+                        "the noxfile runs `{}` itself ({from})",
+                        shown.join(" ")
+                    ));
+                    if let Some(inst) = installs::parse(argv) {
+                        self.handle_install(&inst, cwd, &BTreeMap::new())?;
+                    }
+                }
+                Event::Network { url, from, .. } => {
+                    walked.reads_matter = true;
+                    self.notes.push(format!(
+                        "the noxfile fetches {} itself ({from})",
+                        mask(url, ctx.secrets)
+                    ));
+                }
+                Event::Write { path, from, .. } => {
+                    if under(path, ctx.envdir) && !path.contains("/tmp/") {
+                        walked.reads_matter = true;
+                        self.notes
+                            .push(format!("the noxfile writes {path} itself ({from})"));
+                    }
+                }
+                Event::Read { .. }
+                | Event::Listing { .. }
+                | Event::Stat { .. }
+                | Event::Result { .. } => {}
+            }
+        }
+        Ok(walked)
+    }
+
+    /// The project files the noxfile reads (on import or in the session), by path.
+    fn noxfile_reads(
+        &self,
+        module: &[Event],
+        session: &SessionEvents,
+    ) -> Result<BTreeMap<String, InputFile>, InputError> {
+        let mut noxfile_reads = BTreeMap::new();
+        for ev in module.iter().chain(session.events.iter()) {
+            if let Event::Read { path, from, .. } = ev {
+                if let Place::Project(rel, host) = self.place(&normalize("/", path)) {
+                    if let Some(real) = self.real_project_file(&rel, &host)? {
+                        let sha = untrusted::sha256(&real).map_err(|e| self.io(&host, e))?;
+                        noxfile_reads.entry(rel.clone()).or_insert(InputFile {
+                            path: rel,
+                            sha256: sha,
+                            via: format!("read by the noxfile ({from})"),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(noxfile_reads)
+    }
+}
+
+/// A command as the record shows it: arguments masked, and of the environment only the
+/// variables that say where things are shown (masked); the others by a short digest.
+fn recorded_command(
+    ctx: &Context,
+    argv: &[String],
+    cwd: String,
+    env: &BTreeMap<String, String>,
+) -> RecordedCommand {
+    RecordedCommand {
+        argv: argv.iter().map(|a| mask(a, ctx.secrets)).collect(),
+        cwd,
+        env: env
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    if k == "PATH"
+                        || k == "VIRTUAL_ENV"
+                        || k == "TMPDIR"
+                        || k.starts_with("UV_PROJECT")
+                        || k == "UV_PYTHON"
+                        || k == "NOX_CURRENT_SESSION"
+                    {
+                        mask(v, ctx.secrets)
+                    } else {
+                        model::Digest::of(v.as_bytes()).short().to_string()
+                    },
+                )
+            })
+            .collect(),
+    }
 }
 
 /// Hash a recorded project file again, as `plan` checks a hit: `None` when it still has

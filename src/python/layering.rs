@@ -77,48 +77,20 @@ struct Dist {
 /// Split `venv` into groups: skeleton first, then big distributions by name, then the
 /// non-empty buckets by index. At most `max_session_layers` groups.
 pub fn split(venv: &Path, max_session_layers: usize) -> Result<Vec<Group>, LayeringError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| LayeringError::Io { path, source }
-    };
-    let refused = |r: Refused| LayeringError::refused(venv, r);
+    let dists = distributions(venv)?;
+    let slots = Slots::of(&dists, max_session_layers);
+    Ok(groups_of(dists, &slots))
+}
+
+/// The venv's distributions in sorted dist-info order, each with the files it claims.
+fn distributions(venv: &Path) -> Result<Vec<Dist>, LayeringError> {
     let mut dists: Vec<Dist> = Vec::new();
     let mut claimed: BTreeSet<PathBuf> = BTreeSet::new();
     // Sorted, relative to the venv; a symlinked dist-info or site-packages is refused.
     let infos = dist_info_dirs(venv).map_err(|e| LayeringError::venv(venv, e))?;
     for info in infos {
-        let name = dist_name(venv, &info).map_err(refused)?;
-        let sp = info.parent().unwrap_or(Path::new(""));
-        let mut files = BTreeSet::new();
-        let record_rel = info.join("RECORD");
-        let record = read_in_venv(venv, &record_rel, untrusted::DIST_RECORD)
-            .map_err(refused)?
-            .unwrap_or_default();
-        for (i, line) in String::from_utf8_lossy(&record).lines().enumerate() {
-            let Some(path) = first_csv_field(line) else {
-                continue;
-            };
-            // Paths are relative to site-packages; `..` is how RECORD reaches bin/. One
-            // that leaves the venv (or an absolute one) is not ours to look at.
-            let rel = inside(sp, Path::new(&path)).ok_or_else(|| {
-                refused(Refused {
-                    path: record_rel.clone(),
-                    reason: Refusal::Escapes {
-                        line: i + 1,
-                        target: path.clone(),
-                        within: "venv",
-                    },
-                })
-            })?;
-            files.insert(rel);
-        }
-        // The dist-info folder itself, whatever the installer added after RECORD.
-        walk_files(venv, &info, &mut files).map_err(|e| {
-            // Callers may show only the error: it names the folder itself.
-            let shown = untrusted::shown(&info.to_string_lossy());
-            io(&venv.join(&info))(std::io::Error::new(e.kind(), format!("{shown}: {e}")))
-        })?;
-        add_bytecode(venv, &mut files);
+        let name = dist_name(venv, &info).map_err(|r| LayeringError::refused(venv, r))?;
+        let mut files = dist_files(venv, &info)?;
         // First claim wins, in sorted dist-info order: deterministic for namespace
         // packages whose shared files two RECORDs list.
         let mut bytes = 0;
@@ -137,26 +109,85 @@ pub fn split(venv: &Path, max_session_layers: usize) -> Result<Vec<Group>, Layer
         claimed.extend(files.iter().cloned());
         dists.push(Dist { name, files, bytes });
     }
+    Ok(dists)
+}
 
-    // Big ones get their own layer, biggest first, as many as the cap allows besides the
-    // skeleton and the buckets; the rest go to buckets.
-    let own_slots = max_session_layers.saturating_sub(1 + BUCKETS);
-    let mut by_size: Vec<usize> = (0..dists.len())
-        .filter(|&i| dists[i].bytes >= BIG_DISTRIBUTION)
-        .collect();
-    by_size.sort_by(|&a, &b| {
-        dists[b]
-            .bytes
-            .cmp(&dists[a].bytes)
-            .then(dists[a].name.cmp(&dists[b].name))
-    });
-    let own: BTreeSet<usize> = by_size.into_iter().take(own_slots).collect();
-    let buckets = if max_session_layers <= 1 {
-        0
-    } else {
-        BUCKETS.min(max_session_layers - 1 - own.len()).max(1)
-    };
+/// The files of the distribution whose dist-info folder is `info`: what its RECORD lists,
+/// the folder itself, and their bytecode.
+fn dist_files(venv: &Path, info: &Path) -> Result<BTreeSet<PathBuf>, LayeringError> {
+    let refused = |r: Refused| LayeringError::refused(venv, r);
+    let sp = info.parent().unwrap_or(Path::new(""));
+    let mut files = BTreeSet::new();
+    let record_rel = info.join("RECORD");
+    let record = read_in_venv(venv, &record_rel, untrusted::DIST_RECORD)
+        .map_err(refused)?
+        .unwrap_or_default();
+    for (i, line) in String::from_utf8_lossy(&record).lines().enumerate() {
+        let Some(path) = first_csv_field(line) else {
+            continue;
+        };
+        // Paths are relative to site-packages; `..` is how RECORD reaches bin/. One
+        // that leaves the venv (or an absolute one) is not ours to look at.
+        let rel = inside(sp, Path::new(&path)).ok_or_else(|| {
+            refused(Refused {
+                path: record_rel.clone(),
+                reason: Refusal::Escapes {
+                    line: i + 1,
+                    target: path.clone(),
+                    within: "venv",
+                },
+            })
+        })?;
+        files.insert(rel);
+    }
+    // The dist-info folder itself, whatever the installer added after RECORD.
+    walk_files(venv, info, &mut files).map_err(|e| {
+        // Callers may show only the error: it names the folder itself.
+        let shown = untrusted::shown(&info.to_string_lossy());
+        LayeringError::Io {
+            path: venv.join(info),
+            source: std::io::Error::new(e.kind(), format!("{shown}: {e}")),
+        }
+    })?;
+    add_bytecode(venv, &mut files);
+    Ok(files)
+}
 
+/// Where distributions go: which get a layer of their own (indexes into the list), and
+/// how many buckets the rest share (0: everything in one layer).
+struct Slots {
+    own: BTreeSet<usize>,
+    buckets: usize,
+}
+
+impl Slots {
+    /// Big ones get their own layer, biggest first, as many as the cap allows besides the
+    /// skeleton and the buckets; the rest go to buckets.
+    fn of(dists: &[Dist], max_session_layers: usize) -> Slots {
+        let own_slots = max_session_layers.saturating_sub(1 + BUCKETS);
+        let mut by_size: Vec<usize> = (0..dists.len())
+            .filter(|&i| dists[i].bytes >= BIG_DISTRIBUTION)
+            .collect();
+        by_size.sort_by(|&a, &b| {
+            dists[b]
+                .bytes
+                .cmp(&dists[a].bytes)
+                .then(dists[a].name.cmp(&dists[b].name))
+        });
+        let own: BTreeSet<usize> = by_size.into_iter().take(own_slots).collect();
+        let buckets = if max_session_layers <= 1 {
+            0
+        } else {
+            BUCKETS.min(max_session_layers - 1 - own.len()).max(1)
+        };
+        Slots { own, buckets }
+    }
+}
+
+/// The groups `slots` makes of `dists`: skeleton, own layers by name, buckets by index.
+fn groups_of(dists: Vec<Dist>, slots: &Slots) -> Vec<Group> {
+    let Slots { own, buckets } = slots;
+    let buckets = *buckets;
     let mut groups = vec![Group {
         label: "skeleton".into(),
         distributions: Vec::new(),
@@ -191,14 +222,14 @@ pub fn split(venv: &Path, max_session_layers: usize) -> Result<Vec<Group>, Layer
     if buckets == 0 {
         // Everything in one layer: the skeleton keeps all files.
         groups[0].files.clear();
-        return Ok(groups);
+        return groups;
     }
     groups.extend(own_groups.into_values());
     groups.extend(bucket_groups.into_values());
     for g in &mut groups {
         g.distributions.sort();
     }
-    Ok(groups)
+    groups
 }
 
 /// Stable across machines, runs and venvimg versions (the layer bytes depend on it).

@@ -41,6 +41,9 @@ pub fn check(project_dir: &Path) -> Option<LockState> {
 /// One requirement's place: which section, the normalised name, its extras.
 type Slot = (String, String, Vec<String>);
 
+/// Each requirement's place and the specifiers asked there.
+type Specs = BTreeMap<Slot, Vec<Option<String>>>;
+
 /// pyproject.toml against uv.lock (their texts).
 pub fn compare(pyproject: &str, lock: &str) -> LockState {
     let py: toml::Table = match toml::from_str(pyproject) {
@@ -66,102 +69,136 @@ pub fn compare(pyproject: &str, lock: &str) -> LockState {
         .map(|s| s.keys().map(|k| normalize(k)).collect())
         .unwrap_or_default();
 
-    let mut wanted: BTreeMap<Slot, Vec<Option<String>>> = BTreeMap::new();
-    let mut found: BTreeMap<Slot, Vec<Option<String>>> = BTreeMap::new();
-    let mut out = Vec::new();
-
     // What pyproject.toml asks for.
-    let groups = expand_groups(&py);
-    for (group, reqs) in &groups {
+    let mut wanted = Specs::new();
+    for (group, reqs) in &expand_groups(&py) {
         for r in reqs {
             if let Some(req) = parse_requirement(r) {
                 add(&mut wanted, format!("group `{group}`"), req);
             }
         }
     }
-    let (lock_groups, lock_dist) = match py.get("project").and_then(|p| p.as_table()) {
-        Some(project) => {
-            let dynamic: Vec<&str> = project
-                .get("dynamic")
-                .and_then(|d| d.as_array())
-                .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
-                .unwrap_or_default();
-            if dynamic.contains(&"dependencies") || dynamic.contains(&"optional-dependencies") {
-                return LockState::Unchecked(
-                    "pyproject.toml's dependencies are dynamic (built, not declared)".into(),
-                );
+    let locked = match py.get("project").and_then(|p| p.as_table()) {
+        Some(project) => match project_requirements(project, &lk, &mut wanted) {
+            Ok(locked) => locked,
+            Err(state) => return state,
+        },
+        None => Locked {
+            groups: lk
+                .get("manifest")
+                .and_then(|m| m.get("dependency-groups"))
+                .cloned(),
+            dist: None,
+        },
+    };
+
+    let out = differences(&wanted, &locked.found(), &sourced);
+    if out.is_empty() {
+        LockState::Matches
+    } else {
+        LockState::Stale(out)
+    }
+}
+
+/// What uv.lock recorded as resolved for: the dependency groups and (for a project)
+/// the distribution's own requirements, as the lock's raw values.
+struct Locked {
+    groups: Option<toml::Value>,
+    dist: Option<toml::Value>,
+}
+
+impl Locked {
+    /// What uv.lock was made for, by place.
+    fn found(&self) -> Specs {
+        let mut found = Specs::new();
+        for entry in self.dist.iter().flat_map(entries) {
+            if let Some((mut slot, spec)) = lock_entry(entry) {
+                slot.0 = match extra_of(entry) {
+                    Some(extra) => format!("optional dependencies `{extra}`"),
+                    None => "dependencies".into(),
+                };
+                found.entry(slot).or_default().push(spec);
             }
-            for r in strings(project.get("dependencies")) {
-                if let Some(req) = parse_requirement(&r) {
-                    add(&mut wanted, "dependencies".into(), req);
-                }
-            }
-            if let Some(opt) = project
-                .get("optional-dependencies")
-                .and_then(|o| o.as_table())
-            {
-                for (extra, list) in opt {
-                    for r in strings(Some(list)) {
-                        if let Some(req) = parse_requirement(&r) {
-                            add(
-                                &mut wanted,
-                                format!("optional dependencies `{}`", normalize(extra)),
-                                req,
-                            );
-                        }
+        }
+        if let Some(groups) = self.groups.as_ref().and_then(|g| g.as_table()) {
+            for (group, list) in groups {
+                for entry in entries(list) {
+                    if let Some((mut slot, spec)) = lock_entry(entry) {
+                        slot.0 = format!("group `{group}`");
+                        found.entry(slot).or_default().push(spec);
                     }
                 }
             }
-            let name = project
-                .get("name")
-                .and_then(|n| n.as_str())
-                .map(normalize)
-                .unwrap_or_default();
-            let Some(entry) = lk.get("package").and_then(|p| p.as_array()).and_then(|a| {
-                a.iter()
-                    .find(|p| p.get("name").and_then(|n| n.as_str()) == Some(name.as_str()))
-            }) else {
-                return LockState::Stale(vec![format!(
-                    "uv.lock has no entry for the project `{name}`"
-                )]);
-            };
-            // `requires-python` is not compared: uv records the range it resolved for
-            // (`~=3.11` becomes `>=3.11, <4`), not the text of pyproject.toml.
-            let meta = entry.get("metadata");
-            (
-                meta.and_then(|m| m.get("requires-dev")).cloned(),
-                meta.and_then(|m| m.get("requires-dist")).cloned(),
-            )
         }
-        None => (
-            lk.get("manifest")
-                .and_then(|m| m.get("dependency-groups"))
-                .cloned(),
-            None,
-        ),
-    };
+        found
+    }
+}
 
-    // What uv.lock was made for.
-    for entry in lock_dist.iter().flat_map(entries) {
-        if let Some((mut slot, spec)) = lock_entry(entry) {
-            slot.0 = match extra_of(entry) {
-                Some(extra) => format!("optional dependencies `{extra}`"),
-                None => "dependencies".into(),
-            };
-            found.entry(slot).or_default().push(spec);
+/// A `[project]`'s dependencies and optional dependencies into `wanted`, and the
+/// project's entry in uv.lock; `Err` is the verdict when they cannot be compared
+/// (dynamic dependencies) or the lock has no entry for the project.
+fn project_requirements(
+    project: &toml::Table,
+    lk: &toml::Table,
+    wanted: &mut Specs,
+) -> Result<Locked, LockState> {
+    let dynamic: Vec<&str> = project
+        .get("dynamic")
+        .and_then(|d| d.as_array())
+        .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+        .unwrap_or_default();
+    if dynamic.contains(&"dependencies") || dynamic.contains(&"optional-dependencies") {
+        return Err(LockState::Unchecked(
+            "pyproject.toml's dependencies are dynamic (built, not declared)".into(),
+        ));
+    }
+    for r in strings(project.get("dependencies")) {
+        if let Some(req) = parse_requirement(&r) {
+            add(wanted, "dependencies".into(), req);
         }
     }
-    if let Some(groups) = lock_groups.as_ref().and_then(|g| g.as_table()) {
-        for (group, list) in groups {
-            for entry in entries(list) {
-                if let Some((mut slot, spec)) = lock_entry(entry) {
-                    slot.0 = format!("group `{group}`");
-                    found.entry(slot).or_default().push(spec);
+    if let Some(opt) = project
+        .get("optional-dependencies")
+        .and_then(|o| o.as_table())
+    {
+        for (extra, list) in opt {
+            for r in strings(Some(list)) {
+                if let Some(req) = parse_requirement(&r) {
+                    add(
+                        wanted,
+                        format!("optional dependencies `{}`", normalize(extra)),
+                        req,
+                    );
                 }
             }
         }
     }
+    let name = project
+        .get("name")
+        .and_then(|n| n.as_str())
+        .map(normalize)
+        .unwrap_or_default();
+    let Some(entry) = lk.get("package").and_then(|p| p.as_array()).and_then(|a| {
+        a.iter()
+            .find(|p| p.get("name").and_then(|n| n.as_str()) == Some(name.as_str()))
+    }) else {
+        return Err(LockState::Stale(vec![format!(
+            "uv.lock has no entry for the project `{name}`"
+        )]));
+    };
+    // `requires-python` is not compared: uv records the range it resolved for
+    // (`~=3.11` becomes `>=3.11, <4`), not the text of pyproject.toml.
+    let meta = entry.get("metadata");
+    Ok(Locked {
+        groups: meta.and_then(|m| m.get("requires-dev")).cloned(),
+        dist: meta.and_then(|m| m.get("requires-dist")).cloned(),
+    })
+}
 
+/// One line per difference: asked but not locked, locked for other specifiers
+/// (not for `sourced` packages), locked but no longer asked.
+fn differences(wanted: &Specs, found: &Specs, sourced: &HashSet<String>) -> Vec<String> {
+    let mut out = Vec::new();
     let show = |slot: &Slot| {
         if slot.2.is_empty() {
             format!("`{}`", slot.1)
@@ -169,7 +206,7 @@ pub fn compare(pyproject: &str, lock: &str) -> LockState {
             format!("`{}[{}]`", slot.1, slot.2.join(","))
         }
     };
-    for (slot, specs) in &wanted {
+    for (slot, specs) in wanted {
         match found.get(slot) {
             None => out.push(format!(
                 "{} is in pyproject.toml's {} but not in uv.lock",
@@ -201,11 +238,7 @@ pub fn compare(pyproject: &str, lock: &str) -> LockState {
             slot.0
         ));
     }
-    if out.is_empty() {
-        LockState::Matches
-    } else {
-        LockState::Stale(out)
-    }
+    out
 }
 
 fn describe(specs: &[Option<String>]) -> String {

@@ -150,22 +150,11 @@ impl Registry {
         repo: &Reference,
         call: &Call,
     ) -> Result<Answer, RegistryError> {
-        let Call {
-            method,
-            path,
-            accept,
-            reference,
-            operation,
-            action,
-        } = call;
-        let (operation, action) = (*operation, *action);
-        let reference = reference.clone();
         let registry = repo.resolve_registry().to_string();
-        let other = |detail: String| RegistryError::Other {
+        let named = Named {
             registry: registry.clone(),
-            operation,
-            reference: reference.clone(),
-            detail,
+            operation: call.operation,
+            reference: call.reference.clone(),
         };
         let scheme = if self.clients.plain_http(&registry) {
             "http"
@@ -173,8 +162,14 @@ impl Registry {
             "https"
         };
         self.guard_realm(repo)?;
-        let url = format!("{scheme}://{registry}/v2/{}/{path}", repo.repository());
-        let http = self.http_client(&registry).map_err(other)?;
+        let url = format!(
+            "{scheme}://{registry}/v2/{}/{}",
+            repo.repository(),
+            call.path
+        );
+        let http = self
+            .http_client(&registry)
+            .map_err(|detail| named.other(detail))?;
         let credential = self.credential(&registry, repo.repository());
 
         let mut authorization: Option<String> = match &credential.auth {
@@ -183,14 +178,14 @@ impl Registry {
         };
         let mut challenged = false;
         let mut attempt = 0;
-        'attempts: loop {
+        loop {
             attempt += 1;
-            let mut req = http.request(method.clone(), &url);
+            let mut req = http.request(call.method.clone(), &url);
             if let Some(a) = &authorization {
                 req = req.header(reqwest::header::AUTHORIZATION, a);
             }
-            if let Some(a) = accept {
-                req = req.header(reqwest::header::ACCEPT, *a);
+            if let Some(a) = call.accept {
+                req = req.header(reqwest::header::ACCEPT, a);
             }
             let res = match req.send().await {
                 Ok(r) => r,
@@ -198,24 +193,7 @@ impl Registry {
                     tokio::time::sleep(Duration::from_millis(300 * attempt)).await;
                     continue;
                 }
-                Err(e) => {
-                    let detail = super::error_chain(&e);
-                    return Err(if super::is_tls_failure(&detail) {
-                        RegistryError::Tls {
-                            registry,
-                            reference,
-                            detail,
-                        }
-                    } else if e.is_connect() || e.is_timeout() {
-                        RegistryError::Unreachable {
-                            registry,
-                            reference,
-                            detail,
-                        }
-                    } else {
-                        other(detail)
-                    });
-                }
+                Err(e) => return Err(named.send_failed(&e)),
             };
             let status = res.status().as_u16();
             let challenge_header = res
@@ -223,33 +201,16 @@ impl Registry {
                 .get(reqwest::header::WWW_AUTHENTICATE)
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_string);
-            // Manifests, indexes and error bodies: never more than a manifest may be.
-            let mut res = res;
-            let mut body = bytes::BytesMut::new();
-            loop {
-                match res.chunk().await {
-                    Ok(Some(c)) => {
-                        if body.len() as u64 + c.len() as u64 > super::MAX_MANIFEST {
-                            return Err(RegistryError::BadManifest {
-                                reference,
-                                detail: format!(
-                                    "the registry's answer is larger than {} bytes (the most a manifest or index may be); refused",
-                                    super::MAX_MANIFEST
-                                ),
-                            });
-                        }
-                        body.extend_from_slice(&c);
-                    }
-                    Ok(None) => break,
-                    // Cut short: a transient failure like a reset before the answer.
-                    Err(_) if attempt < 4 => {
-                        tokio::time::sleep(Duration::from_millis(300 * attempt)).await;
-                        continue 'attempts;
-                    }
-                    Err(e) => return Err(other(super::error_chain(&e))),
+            let body = match read_capped(res).await {
+                Ok(body) => body,
+                Err(BodyError::TooLarge) => return Err(named.too_large()),
+                // Cut short: a transient failure like a reset before the answer.
+                Err(BodyError::CutShort(_)) if attempt < 4 => {
+                    tokio::time::sleep(Duration::from_millis(300 * attempt)).await;
+                    continue;
                 }
-            }
-            let body = body.freeze();
+                Err(BodyError::CutShort(e)) => return Err(named.other(super::error_chain(&e))),
+            };
             match status {
                 401 if !challenged => {
                     challenged = true;
@@ -262,13 +223,13 @@ impl Registry {
                             None,
                         )
                         .await
-                        .map_err(other)?;
+                        .map_err(|detail| named.other(detail))?;
                     if authorization.is_some() {
                         continue;
                     }
-                    return Err(self.refused(repo, &reference, status, action));
+                    return Err(self.refused(repo, &named.reference, status, call.action));
                 }
-                401 | 403 => return Err(self.refused(repo, &reference, status, action)),
+                401 | 403 => return Err(self.refused(repo, &named.reference, status, call.action)),
                 408 | 429 | 500..=599 if attempt < 4 => {
                     tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
                     continue;
@@ -313,6 +274,81 @@ impl Registry {
                 source_: Box::new(source),
                 action,
             },
+        }
+    }
+}
+
+/// What the errors of one [`Registry::request`] name.
+struct Named {
+    registry: String,
+    operation: &'static str,
+    reference: String,
+}
+
+impl Named {
+    fn other(&self, detail: String) -> RegistryError {
+        RegistryError::Other {
+            registry: self.registry.clone(),
+            operation: self.operation,
+            reference: self.reference.clone(),
+            detail,
+        }
+    }
+
+    /// The request could not be sent (after the retries): a TLS failure, an unreachable
+    /// registry, or anything else.
+    fn send_failed(&self, e: &reqwest::Error) -> RegistryError {
+        let detail = super::error_chain(e);
+        if super::is_tls_failure(&detail) {
+            RegistryError::Tls {
+                registry: self.registry.clone(),
+                reference: self.reference.clone(),
+                detail,
+            }
+        } else if e.is_connect() || e.is_timeout() {
+            RegistryError::Unreachable {
+                registry: self.registry.clone(),
+                reference: self.reference.clone(),
+                detail,
+            }
+        } else {
+            self.other(detail)
+        }
+    }
+
+    fn too_large(&self) -> RegistryError {
+        RegistryError::BadManifest {
+            reference: self.reference.clone(),
+            detail: format!(
+                "the registry's answer is larger than {} bytes (the most a manifest or index may be); refused",
+                super::MAX_MANIFEST
+            ),
+        }
+    }
+}
+
+/// Why an answer's body was not read whole.
+enum BodyError {
+    /// Larger than a manifest may be.
+    TooLarge,
+    /// The transfer failed part way.
+    CutShort(reqwest::Error),
+}
+
+/// An answer's body. Manifests, indexes and error bodies: never more than a manifest may
+/// be.
+async fn read_capped(mut res: reqwest::Response) -> Result<bytes::Bytes, BodyError> {
+    let mut body = bytes::BytesMut::new();
+    loop {
+        match res.chunk().await {
+            Ok(Some(c)) => {
+                if body.len() as u64 + c.len() as u64 > super::MAX_MANIFEST {
+                    return Err(BodyError::TooLarge);
+                }
+                body.extend_from_slice(&c);
+            }
+            Ok(None) => return Ok(body.freeze()),
+            Err(e) => return Err(BodyError::CutShort(e)),
         }
     }
 }

@@ -224,30 +224,12 @@ async fn ensure_blob(
     round: u32,
 ) -> Result<(), RegistryError> {
     let BlobPush {
-        reg,
-        target,
-        base,
-        local,
-        remote,
+        reg, target, local, ..
     } = dest;
     // The target's client; the base's registry may be reached with another one (its own
     // TLS verification and credential).
     let client = reg.client_for(target);
-    // A 400 to a HEAD has no body to explain it; with distribution it is the blob's link
-    // being rewritten by a concurrent push of the same blob (DIGEST_INVALID): ask again.
-    let exists = super::retry_when(
-        || client.blob_exists(target, &blob.digest),
-        |attempt, e| attempt < 4 && super::status_of(e) == Some(400),
-    )
-    .await
-    .map_err(|e| reg.explain(target, "check a blob in", e))?;
-    if exists {
-        if round == 1 {
-            reg.stats.blobs_present.fetch_add(1, Ordering::Relaxed);
-            reg.stats
-                .bytes_present
-                .fetch_add(blob.size, Ordering::Relaxed);
-        }
+    if dest.present(&client, blob, round).await? {
         return Ok(());
     }
 
@@ -275,23 +257,70 @@ async fn ensure_blob(
         return Ok(());
     }
 
-    let from = if blob.from_base {
-        &base.reference
-    } else if let Some(r) = remote.get(blob.digest.as_str()) {
-        r
-    } else {
-        return Err(RegistryError::Other {
-            registry: target.resolve_registry().to_string(),
-            operation: "upload",
-            reference: target.whole(),
-            detail: format!("no local file for blob {}", blob.digest),
-        });
-    };
-
     // A base layer (or another repository's) the target repository lacks: mount it when
     // it lives on the same registry (no bytes move), otherwise copy it from there.
-    let registry = target.resolve_registry();
-    if from.resolve_registry() == registry {
+    let from = dest.source(blob)?;
+    if from.resolve_registry() == target.resolve_registry()
+        && dest.mount(&client, blob, from).await?
+    {
+        return Ok(());
+    }
+    dest.copy(&client, blob, from).await
+}
+
+impl<'a> BlobPush<'a> {
+    /// Is `blob` in the target repository already? Counted as present in the first round.
+    async fn present(
+        &self,
+        client: &oci_client::Client,
+        blob: &BlobRef,
+        round: u32,
+    ) -> Result<bool, RegistryError> {
+        let (reg, target) = (self.reg, self.target);
+        // A 400 to a HEAD has no body to explain it; with distribution it is the blob's link
+        // being rewritten by a concurrent push of the same blob (DIGEST_INVALID): ask again.
+        let exists = super::retry_when(
+            || client.blob_exists(target, &blob.digest),
+            |attempt, e| attempt < 4 && super::status_of(e) == Some(400),
+        )
+        .await
+        .map_err(|e| reg.explain(target, "check a blob in", e))?;
+        if exists && round == 1 {
+            reg.stats.blobs_present.fetch_add(1, Ordering::Relaxed);
+            reg.stats
+                .bytes_present
+                .fetch_add(blob.size, Ordering::Relaxed);
+        }
+        Ok(exists)
+    }
+
+    /// Where a blob with no local file comes from: the base image, or another
+    /// repository.
+    fn source(&self, blob: &BlobRef) -> Result<&'a Reference, RegistryError> {
+        if blob.from_base {
+            Ok(&self.base.reference)
+        } else if let Some(r) = self.remote.get(blob.digest.as_str()) {
+            Ok(r)
+        } else {
+            Err(RegistryError::Other {
+                registry: self.target.resolve_registry().to_string(),
+                operation: "upload",
+                reference: self.target.whole(),
+                detail: format!("no local file for blob {}", blob.digest),
+            })
+        }
+    }
+
+    /// Mount `blob` from `from`, on the target's registry; `false` when the registry
+    /// would not (then it is copied).
+    async fn mount(
+        &self,
+        client: &oci_client::Client,
+        blob: &BlobRef,
+        from: &Reference,
+    ) -> Result<bool, RegistryError> {
+        let (reg, target) = (self.reg, self.target);
+        let registry = target.resolve_registry();
         // A registry may decline the mount (202 + an upload session, a SpecViolation to
         // oci-client) or refuse it (no pull access to the source): then copy. A token
         // registry refuses oci-client's mount (its token names the target only) with a
@@ -300,7 +329,7 @@ async fn ensure_blob(
             match retry(|| client.mount_blob(target, from, &blob.digest)).await {
                 Ok(()) => {
                     reg.stats.blobs_mounted.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
+                    return Ok(true);
                 }
                 Err(e) if is_transient(&e) => {
                     return Err(reg.explain(target, "mount a layer in", e));
@@ -320,30 +349,41 @@ async fn ensure_blob(
                 .await
         {
             reg.stats.blobs_mounted.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+            return Ok(true);
         }
+        Ok(false)
     }
-    let from_auth = reg.auth(from);
-    let source = reg.client_for(from);
-    source
-        .store_auth_if_needed(from.resolve_registry(), &from_auth)
-        .await;
-    let size = blob.size;
-    let piece = reg.upload_piece();
-    retry(|| async {
-        let src = source.pull_blob_stream(from, blob.digest.as_str()).await?;
-        let stream = src.stream.map_err(OciDistributionError::IoError);
-        // Network reads are small; a chunked upload must not turn each into a PATCH.
-        let stream = regroup(stream, piece);
-        client
-            .push_blob_stream(target, stream, &blob.digest, Some(size))
-            .await
-    })
-    .await
-    .map_err(|e| reg.explain(target, "copy a layer to", e))?;
-    reg.stats.blobs_copied.fetch_add(1, Ordering::Relaxed);
-    count_upload(reg, blob.size);
-    Ok(())
+
+    /// Copy `blob` from `from` (streamed through, never whole in memory).
+    async fn copy(
+        &self,
+        client: &oci_client::Client,
+        blob: &BlobRef,
+        from: &Reference,
+    ) -> Result<(), RegistryError> {
+        let (reg, target) = (self.reg, self.target);
+        let from_auth = reg.auth(from);
+        let source = reg.client_for(from);
+        source
+            .store_auth_if_needed(from.resolve_registry(), &from_auth)
+            .await;
+        let size = blob.size;
+        let piece = reg.upload_piece();
+        retry(|| async {
+            let src = source.pull_blob_stream(from, blob.digest.as_str()).await?;
+            let stream = src.stream.map_err(OciDistributionError::IoError);
+            // Network reads are small; a chunked upload must not turn each into a PATCH.
+            let stream = regroup(stream, piece);
+            client
+                .push_blob_stream(target, stream, &blob.digest, Some(size))
+                .await
+        })
+        .await
+        .map_err(|e| reg.explain(target, "copy a layer to", e))?;
+        reg.stats.blobs_copied.fetch_add(1, Ordering::Relaxed);
+        count_upload(reg, blob.size);
+        Ok(())
+    }
 }
 
 /// The file as a stream of `piece`-byte `Bytes` (the last one shorter): what a chunked

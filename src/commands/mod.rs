@@ -14,7 +14,34 @@ pub mod verify;
 pub use init::{init, render_config, InitArgs, InitFacts};
 pub use inspect::{inspect, InspectArgs};
 
+use std::borrow::Cow;
 use std::path::PathBuf;
+
+use crate::config::{BuilderKind, Config};
+use crate::printer::Printer;
+
+/// `config` as the commands that only plan (`plan`, `prune`, `restore`) use it. A job
+/// running in the base image itself has nox but no container engine: the noxfile's dry
+/// run then runs with this machine's nox, as it would in a container of the base. Only
+/// for this machine's platform (another's dry run needs its emulated container), and
+/// never in the key: the same keys either way (tested).
+pub(crate) fn plannable_here<'a>(config: &'a Config, printer: &Printer) -> Cow<'a, Config> {
+    let here = config.builder != BuilderKind::Local
+        && config.platform == crate::model::Platform::host()
+        && !crate::engine::engine_available(config.builder)
+        && crate::engine::engine_available(BuilderKind::Local);
+    if !here {
+        return Cow::Borrowed(config);
+    }
+    printer.info(format!(
+        "no {} here: the noxfile's dry run runs with this machine's nox (as in a job in the base image)",
+        config.builder.as_str()
+    ));
+    Cow::Owned(Config {
+        dry_run_here: true,
+        ..config.clone()
+    })
+}
 
 /// How sessions build: shared by `build`, `verify` (and what `run` builds first).
 #[derive(Debug, Default, Clone, clap::Args)]

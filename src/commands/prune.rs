@@ -492,7 +492,7 @@ pub async fn prune(
     args: &PruneArgs,
     printer: &Printer,
 ) -> Result<(), Error> {
-    let (plan, current) = current_tags(config, registry).await?;
+    let (plan, current) = current_tags(config, registry, printer).await?;
     crate::plan::findings::flush_warnings(registry, printer);
     let repo = at_tag(&config.repository, &Tag::parse("latest").expect("a tag"));
     let Survey {
@@ -597,9 +597,11 @@ pub async fn prune(
 async fn current_tags(
     config: &Config,
     registry: &Registry,
+    printer: &Printer,
 ) -> Result<(crate::plan::Plan, BTreeSet<String>), Error> {
+    let this = config.for_platform(&config.platform);
     let plan =
-        crate::plan::make_plan(&config.for_platform(&config.platform), registry, &[]).await?;
+        crate::plan::make_plan(&super::plannable_here(&this, printer), registry, &[]).await?;
     let mut current: BTreeSet<String> = plan.sessions.iter().map(|s| s.tag.to_string()).collect();
     current.insert(plan.combined_tag().into());
     for p in config.platforms.iter().filter(|p| **p != config.platform) {

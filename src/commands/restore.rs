@@ -10,8 +10,7 @@ use serde::Serialize;
 
 use super::BuilderArgs;
 use crate::builder::{self, BuildOptions};
-use crate::config::{BuilderKind, Config};
-use crate::engine;
+use crate::config::Config;
 use crate::error::{Error, RestoreError};
 use crate::plan::Plan;
 use crate::printer::{human_bytes, table, Printer};
@@ -121,25 +120,7 @@ async fn planned_sources(
     args: &RestoreArgs,
     printer: &Printer,
 ) -> Result<Vec<Source>, Error> {
-    // A job running in the base image itself has nox but no engine: the dry run runs
-    // here, as it would in a container of the base.
-    let here;
-    let config = if config.builder != BuilderKind::Local
-        && !engine::engine_available(config.builder)
-        && engine::engine_available(BuilderKind::Local)
-    {
-        printer.info(format!(
-            "no {} here: the noxfile's dry run runs with this machine's nox (as in a job in the base image)",
-            config.builder.as_str()
-        ));
-        here = Config {
-            dry_run_here: true,
-            ..config.clone()
-        };
-        &here
-    } else {
-        config
-    };
+    let config = &*super::plannable_here(config, printer);
     let mut plan = planned(config, registry, &args.sessions, printer).await?;
     let miss = |plan: &Plan| {
         plan.misses().next().map(|s| RestoreError::Miss {

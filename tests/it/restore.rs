@@ -199,18 +199,29 @@ fn nox_reuses_a_venv_restored_in_a_job_container_of_the_base_image() {
     p.build(&[]);
     let envdir = tempfile::tempdir().unwrap();
     let bin = assert_cmd::cargo::cargo_bin("venvimg");
-    let restore = support::podman()
-        .args(["run", "--rm", "--network", "host", "--pull", "missing"])
-        .args([
-            "-v",
-            &format!("{}:/usr/local/bin/venvimg:ro", bin.display()),
-        ])
-        .args(["-v", &format!("{}:/src", p.path().display()), "-w", "/src"])
-        .args(["-v", &format!("{}:/opt/nox", envdir.path().display())])
-        .arg(&env.base)
-        .args(["venvimg", "restore"])
-        .output()
-        .expect("podman must be installed (apt-get install -y podman)");
+    // venvimg in a job container of the base: nox, no engine.
+    let in_job = |args: &[&str]| {
+        support::podman()
+            .args(["run", "--rm", "--network", "host", "--pull", "missing"])
+            .args([
+                "-v",
+                &format!("{}:/usr/local/bin/venvimg:ro", bin.display()),
+            ])
+            .args(["-v", &format!("{}:/src", p.path().display()), "-w", "/src"])
+            .args(["-v", &format!("{}:/opt/nox", envdir.path().display())])
+            .arg(&env.base)
+            .arg("venvimg")
+            .args(args)
+            .output()
+            .expect("podman must be installed (apt-get install -y podman)")
+    };
+    // `plan` there too: the dry run with the job's nox, the same key as the build's.
+    let plan = in_job(&["plan", "--json"]);
+    let text = String::from_utf8_lossy(&plan.stderr);
+    assert!(plan.status.success(), "plan in the job container: {text}");
+    let report: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(report["sessions"][0]["status"], "hit", "{report}");
+    let restore = in_job(&["restore"]);
     let text = String::from_utf8_lossy(&restore.stderr);
     assert!(
         restore.status.success(),

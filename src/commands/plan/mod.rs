@@ -294,6 +294,7 @@ pub async fn plan(
     }
     // `--explain` with `platforms:` explains this machine's platform.
     let config = &config.for_platform(&config.platform);
+    let config = &*crate::commands::plannable_here(config, printer);
     let plan = crate::plan::make_plan(config, registry, &only).await?;
     crate::plan::findings::flush_warnings(registry, printer);
     if let Some(session) = &args.explain {

@@ -52,7 +52,8 @@ pub(super) async fn plan(
         .collect();
     let mut plans = Vec::new();
     for one in &configs {
-        plans.push(crate::plan::make_plan(one, registry, only).await?);
+        let one = crate::commands::plannable_here(one, printer);
+        plans.push(crate::plan::make_plan(&one, registry, only).await?);
     }
     crate::plan::findings::flush_warnings(registry, printer);
     let lead = config

@@ -138,9 +138,15 @@ async fn planned_sources(
             sessions: misses,
             ..BuildOptions::default()
         });
-        builder::build(config, registry, &options, printer)
-            .await?
-            .exit()?;
+        let started = Instant::now();
+        let built = builder::build(config, registry, &options, printer).await?;
+        // As `run` shows what it built first; `--json` keeps stdout for the restore's own
+        // report.
+        if !args.json {
+            super::report::BuildReport::of(&built, started, true, registry)
+                .render(false, false, printer)?;
+        }
+        built.exit()?;
         plan = planned(config, registry, &args.sessions, printer).await?;
         if let Some(e) = miss(&plan) {
             return Err(e.into());

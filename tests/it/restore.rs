@@ -133,7 +133,31 @@ fn restore_refuses_a_miss_and_another_keys_venv() {
     );
     assert!(!root.path().join("opt/nox/lint").exists());
 
-    p.build(&[]);
+    // --build builds the miss first, shows what it built (as `run` does), restores it.
+    let built_root = tempfile::tempdir().unwrap();
+    let ca = support::testenv().ca_file();
+    let (code, text) = outcome(
+        &p,
+        &[
+            "restore",
+            "--build",
+            "--build-ca",
+            ca,
+            "--root",
+            built_root.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("lint") && l.contains("built")),
+        "restore --build shows the build table: {text}"
+    );
+    assert!(
+        built_root.path().join("opt/nox/lint/pyvenv.cfg").is_file(),
+        "{text}"
+    );
+
     let venv = root.path().join("opt/nox/lint");
     let marker = root.path().join("opt/nox/.venvimg/lint.json");
     // A folder venvimg did not put there.

@@ -152,6 +152,12 @@ impl BaseImage {
         {
             return Err("image config has no rootfs.diff_ids".into());
         }
+        // Its layers are pushed and mounted by digest with venvimg's own: one form.
+        for l in manifest.layers() {
+            Digest::parse(l.digest().as_ref()).map_err(|e| {
+                format!("a layer of the base image: {e}; venvimg works with sha256 images")
+            })?;
+        }
         Ok(BaseImage {
             reference,
             digest,
@@ -195,7 +201,7 @@ pub struct ComposedImage {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobRef {
-    pub digest: String,
+    pub digest: Digest,
     pub size: u64,
     pub media_type: String,
     /// True for layers that come from the base image (copied or mounted, not uploaded
@@ -289,7 +295,7 @@ pub fn compose(
         .layers()
         .iter()
         .map(|d| BlobRef {
-            digest: d.digest().to_string(),
+            digest: Digest::parse(d.digest().as_ref()).expect("checked in BaseImage::new"),
             size: d.size(),
             media_type: MediaTypes::oci_layer_type(d.media_type().as_ref()).to_string(),
             from_base: true,
@@ -297,7 +303,7 @@ pub fn compose(
         .collect();
     for l in layers {
         blobs.push(BlobRef {
-            digest: l.digest.to_string(),
+            digest: l.digest.clone(),
             size: l.size,
             media_type: l.media_type.clone(),
             from_base: false,
@@ -315,7 +321,7 @@ pub fn compose(
             .iter()
             .map(|b| DescOut {
                 media_type: &b.media_type,
-                digest: &b.digest,
+                digest: b.digest.as_str(),
                 size: b.size,
             })
             .collect(),

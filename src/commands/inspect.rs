@@ -1149,7 +1149,7 @@ mod tests {
         fs::write(&layer_path, &layer_bytes).unwrap();
         let layers: Vec<BlobRef> = (0..3)
             .map(|_| BlobRef {
-                digest: Digest::of(&layer_bytes).into_string(),
+                digest: Digest::of(&layer_bytes),
                 size: 5000,
                 media_type: MediaTypes::OCI_LAYER_GZIP.into(),
                 from_base: false,

@@ -34,7 +34,7 @@ const DIR_MODE: u32 = 0o755;
 pub struct ImageFiles<'a> {
     pub image: &'a ComposedImage,
     /// Layer digest → the file holding exactly that blob.
-    pub layers: HashMap<String, PathBuf>,
+    pub layers: HashMap<Digest, PathBuf>,
 }
 
 impl ImageFiles<'_> {
@@ -52,7 +52,7 @@ impl ImageFiles<'_> {
         if size != blob.size {
             return Err(OutputError::BlobSize {
                 path: path.clone(),
-                digest: blob.digest.clone(),
+                digest: blob.digest.to_string(),
                 expected: blob.size,
                 actual: size,
             });
@@ -251,7 +251,7 @@ pub fn write_oci_archive(
     ];
     for blob in files.unique_layers() {
         let path = files.layer_file(blob)?;
-        entries.push((blob_path(&blob.digest)?, Content::File(path, blob.size)));
+        entries.push((blob.digest.blob_path(), Content::File(path, blob.size)));
     }
     write_tar(entries, out, out_path)
 }
@@ -305,7 +305,7 @@ fn docker_layer_name(blob: &BlobRef) -> Result<String, OutputError> {
     } else {
         "tar"
     };
-    Ok(format!("{}.{ext}", hex_of(&blob.digest)?))
+    Ok(format!("{}.{ext}", blob.digest.hex()))
 }
 
 /// Write `bytes` to `path` through a temporary file in the same directory, so a reader
@@ -419,13 +419,13 @@ pub(crate) mod tests {
 
     /// A two-layer image whose blobs are files in `dir`; its manifest and config are
     /// fixed bytes, so archive digests below depend on the writers alone.
-    pub(crate) fn tiny_image(dir: &Path) -> (ComposedImage, HashMap<String, PathBuf>) {
+    pub(crate) fn tiny_image(dir: &Path) -> (ComposedImage, HashMap<Digest, PathBuf>) {
         let layer_a = b"layer a bytes".to_vec();
         let layer_b = vec![7u8; 3000];
         let mut layers = Vec::new();
         let mut files = HashMap::new();
         for (i, bytes) in [layer_a, layer_b].into_iter().enumerate() {
-            let digest = Digest::of(&bytes).into_string();
+            let digest = Digest::of(&bytes);
             let path = dir.join(format!("layer{i}"));
             fs::write(&path, &bytes).unwrap();
             files.insert(digest.clone(), path);
@@ -560,7 +560,7 @@ pub(crate) mod tests {
         let layers: Vec<String> = image
             .layers
             .iter()
-            .map(|l| format!("{}.tar.gz", hex_of(&l.digest).unwrap()))
+            .map(|l| format!("{}.tar.gz", l.digest.hex()))
             .collect();
         assert_eq!(manifest[0]["Layers"], json!(layers));
         for l in &layers {

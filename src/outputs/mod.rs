@@ -44,12 +44,13 @@ pub enum OutputError {
     #[error("{path}: expected {expected} bytes for blob {digest}, found {actual}; the file changed after it was packed")]
     BlobSize {
         path: PathBuf,
+        /// The blob's digest, or its name in an archive.
         digest: String,
         expected: u64,
         actual: u64,
     },
     #[error("no file and no registry source for blob {digest}")]
-    MissingBlob { digest: String },
+    MissingBlob { digest: Digest },
     #[error("unsupported digest `{digest}` (only sha256 is written to layouts and archives)")]
     BadDigest { digest: String },
     #[error("cannot run `{program} load`: {source}\n  hint: install {program}, or write the image with --output docker-archive:FILE and load it where {program} runs")]
@@ -382,7 +383,7 @@ async fn put_layers(
         if !seen.insert(blob.digest.as_str()) {
             continue;
         }
-        let target = blobs.join(layout::hex_of(&blob.digest)?);
+        let target = blobs.join(blob.digest.hex());
         if blob_file_matches(&target, blob)? {
             continue;
         }
@@ -399,7 +400,7 @@ async fn put_layers(
                 .map_err(|s| OutputError::io(dir, s))?;
         let fetched = fetch_blobs(registry, &missing, sources, staging.path(), printer).await?;
         for (digest, path) in fetched {
-            let target = blobs.join(layout::hex_of(&digest)?);
+            let target = blobs.join(digest.hex());
             fs::File::open(&path)
                 .and_then(|f| f.sync_all())
                 .map_err(|s| OutputError::io(&path, s))?;
@@ -416,7 +417,7 @@ fn blob_file_matches(path: &Path, blob: &BlobRef) -> Result<bool, OutputError> {
     match untrusted::check_regular(path) {
         Ok(m) if m.len() == blob.size => {
             let digest = untrusted::sha256(path).map_err(|s| OutputError::io(path, s))?;
-            Ok(Digest::hex_of(&blob.digest).is_ok_and(|hex| hex == digest))
+            Ok(blob.digest.hex() == digest)
         }
         Err(Refusal::Io(e)) => Err(OutputError::io(path, e)),
         _ => Ok(false),
@@ -433,7 +434,7 @@ fn copy_blob(from: &Path, to: &Path, blob: &BlobRef) -> Result<(), OutputError> 
     if copied != blob.size {
         return Err(OutputError::BlobSize {
             path: from.to_path_buf(),
-            digest: blob.digest.clone(),
+            digest: blob.digest.to_string(),
             expected: blob.size,
             actual: copied,
         });
@@ -454,7 +455,7 @@ async fn gather_layers(
     sources: &BlobSources<'_>,
     staging: &Path,
     printer: &dyn Reporter,
-) -> Result<HashMap<String, PathBuf>, OutputError> {
+) -> Result<HashMap<Digest, PathBuf>, OutputError> {
     let mut files = HashMap::new();
     let mut missing = Vec::new();
     for blob in &image.layers {
@@ -485,7 +486,7 @@ async fn fetch_blobs(
     sources: &BlobSources<'_>,
     dir: &Path,
     printer: &dyn Reporter,
-) -> Result<Vec<(String, PathBuf)>, OutputError> {
+) -> Result<Vec<(Digest, PathBuf)>, OutputError> {
     futures_util::stream::iter(blobs.iter().map(|blob| async move {
         let from = if blob.from_base {
             sources.base
@@ -495,7 +496,7 @@ async fn fetch_blobs(
                 .get(blob.digest.as_str())
                 .unwrap_or(sources.repository)
         };
-        let path = dir.join(format!(".fetch-{}", layout::hex_of(&blob.digest)?));
+        let path = dir.join(format!(".fetch-{}", blob.digest.hex()));
         printer.verbose(format!(
             "fetching {} ({}) from {}/{}",
             blob.digest,
@@ -539,7 +540,7 @@ async fn fetch_blob(
     if size != blob.size {
         return Err(OutputError::BlobSize {
             path: path.to_path_buf(),
-            digest: blob.digest.clone(),
+            digest: blob.digest.to_string(),
             expected: blob.size,
             actual: size,
         });
@@ -623,10 +624,6 @@ mod tests {
     async fn oci_dir_is_deterministic_and_keeps_other_tags() {
         let tmp = tempfile::tempdir().unwrap();
         let (image, local) = layout::tests::tiny_image(tmp.path());
-        let local: HashMap<Digest, PathBuf> = local
-            .into_iter()
-            .map(|(d, p)| (Digest::parse(&d).unwrap(), p))
-            .collect();
         // Every layer is local: the registry is never asked.
         let registry = Registry::new(Transport::default(), &[]).unwrap();
         let repo: Reference = "registry.invalid/app:v1".parse().unwrap();

@@ -382,7 +382,7 @@ fn loopback_speaks_tls(registry: &str) -> bool {
     hung_up == 3
 }
 
-fn blob_key(target: &Reference, digest: &str) -> String {
+fn blob_key(target: &Reference, digest: &Digest) -> String {
     format!(
         "{}/{}@{digest}",
         target.resolve_registry(),
@@ -474,14 +474,14 @@ impl Registry {
     }
 
     /// `digest` is in `target`'s repository: this invocation saw or put it there.
-    pub(crate) fn known_present(&self, target: &Reference, digest: &str) -> bool {
+    pub(crate) fn known_present(&self, target: &Reference, digest: &Digest) -> bool {
         self.present
             .lock()
             .expect("present-blob set poisoned")
             .contains(&blob_key(target, digest))
     }
 
-    pub(crate) fn mark_present(&self, target: &Reference, digest: &str) {
+    pub(crate) fn mark_present(&self, target: &Reference, digest: &Digest) {
         self.present
             .lock()
             .expect("present-blob set poisoned")

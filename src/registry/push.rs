@@ -101,7 +101,7 @@ pub async fn push_image_from(
     reg.authorize_push(target).await?;
 
     let config_blob = BlobRef {
-        digest: image.config_digest.to_string(),
+        digest: image.config_digest.clone(),
         size: image.config.len() as u64,
         media_type: MediaTypes::OCI_CONFIG.into(),
         from_base: false,
@@ -234,7 +234,7 @@ async fn ensure_blob(
     }
 
     if let Some(bytes) = inline {
-        retry(|| client.push_blob(target, bytes.clone(), &blob.digest))
+        retry(|| client.push_blob(target, bytes.clone(), blob.digest.as_str()))
             .await
             .map_err(|e| reg.explain(target, "upload the config to", e))?;
         count_upload(reg, blob.size);
@@ -248,7 +248,12 @@ async fn ensure_blob(
             // Each attempt re-opens the file and starts a new upload session.
             let file = tokio::fs::File::open(path).await?;
             client
-                .push_blob_stream(target, file_pieces(file, piece), &blob.digest, Some(size))
+                .push_blob_stream(
+                    target,
+                    file_pieces(file, piece),
+                    blob.digest.as_str(),
+                    Some(size),
+                )
                 .await
         })
         .await
@@ -280,7 +285,7 @@ impl<'a> BlobPush<'a> {
         // A 400 to a HEAD has no body to explain it; with distribution it is the blob's link
         // being rewritten by a concurrent push of the same blob (DIGEST_INVALID): ask again.
         let exists = super::retry_when(
-            || client.blob_exists(target, &blob.digest),
+            || client.blob_exists(target, blob.digest.as_str()),
             |attempt, e| attempt < 4 && super::status_of(e) == Some(400),
         )
         .await
@@ -326,7 +331,7 @@ impl<'a> BlobPush<'a> {
         // registry refuses oci-client's mount (its token names the target only) with a
         // 401: from then on mounts there ask for a token naming both repositories.
         if !reg.scoped_mounts.lock().unwrap().contains(registry) {
-            match retry(|| client.mount_blob(target, from, &blob.digest)).await {
+            match retry(|| client.mount_blob(target, from, blob.digest.as_str())).await {
                 Ok(()) => {
                     reg.stats.blobs_mounted.fetch_add(1, Ordering::Relaxed);
                     return Ok(true);
@@ -375,7 +380,7 @@ impl<'a> BlobPush<'a> {
             // Network reads are small; a chunked upload must not turn each into a PATCH.
             let stream = regroup(stream, piece);
             client
-                .push_blob_stream(target, stream, &blob.digest, Some(size))
+                .push_blob_stream(target, stream, blob.digest.as_str(), Some(size))
                 .await
         })
         .await

@@ -28,6 +28,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::Reference;
 
 use super::{challenge, Registry, RegistryError, USER_AGENT};
+use crate::model::Digest;
 
 impl Registry {
     /// The `Authorization` value that answers a `WWW-Authenticate` challenge, or None when
@@ -177,7 +178,7 @@ impl Registry {
         &self,
         target: &Reference,
         from: &Reference,
-        digest: &str,
+        digest: &Digest,
     ) -> bool {
         let registry = target.resolve_registry();
         let Ok(http) = self.http_client(registry) else {
@@ -192,7 +193,7 @@ impl Registry {
             "{scheme}://{registry}/v2/{}/blobs/uploads/",
             target.repository()
         );
-        let query = [("mount", digest), ("from", from.repository())];
+        let query = [("mount", digest.as_str()), ("from", from.repository())];
         let key = format!("{registry}/{}<{}", target.repository(), from.repository());
         let mut authorization = self.mount_tokens.lock().unwrap().get(&key).cloned();
         let auth = self.auth(target);

@@ -288,7 +288,7 @@ impl Platform {
 
 /// Strings that are one of these values' text: compare, show and serialise as it.
 macro_rules! text_value {
-    ($t:ty) => {
+    ($t:ty, $err:ty) => {
         impl $t {
             pub fn as_str(&self) -> &str {
                 &self.0
@@ -344,6 +344,12 @@ macro_rules! text_value {
                 s.serialize_str(&self.0)
             }
         }
+        impl std::str::FromStr for $t {
+            type Err = $err;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                <$t>::parse(s)
+            }
+        }
         impl<'de> serde::Deserialize<'de> for $t {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let s = String::deserialize(d)?;
@@ -392,7 +398,7 @@ impl Key {
     }
 }
 
-text_value!(Key);
+text_value!(Key, KeyError);
 
 /// An OCI tag venvimg reads or writes: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}` (the
 /// distribution spec's grammar), so it is always a valid reference's tag.
@@ -435,7 +441,7 @@ impl Tag {
     }
 }
 
-text_value!(Tag);
+text_value!(Tag, TagError);
 
 /// The name of a session's venv folder under the envdir, as nox makes it (see
 /// `python::nox::venv_dir_name`): lowercase letters, digits, `_` and `-`, not starting
@@ -470,11 +476,80 @@ impl VenvName {
     }
 }
 
-text_value!(VenvName);
+text_value!(VenvName, VenvNameError);
 
 impl AsRef<std::path::Path> for VenvName {
     fn as_ref(&self) -> &std::path::Path {
         std::path::Path::new(&self.0)
+    }
+}
+
+/// A value an image's record holds, as venvimg reads it back: parsed when it is one
+/// (`Valid`), else kept as written (`Other`), so `inspect` shows an older or hand-made
+/// record rather than refusing it, and a reader that needs the value says what is wrong
+/// with it. Written and read as the plain string either way (the record's bytes are part
+/// of the image's digest).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recorded<T> {
+    Valid(T),
+    Other(String),
+}
+
+impl<T: AsRef<str>> Recorded<T> {
+    /// The value, if it parsed.
+    pub fn valid(&self) -> Option<&T> {
+        match self {
+            Recorded::Valid(v) => Some(v),
+            Recorded::Other(_) => None,
+        }
+    }
+
+    /// As written.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Recorded::Valid(v) => v.as_ref(),
+            Recorded::Other(s) => s,
+        }
+    }
+}
+
+impl<T: std::str::FromStr> Recorded<T> {
+    /// `s` parsed if it is a `T`, else kept as written.
+    pub fn read(s: &str) -> Recorded<T> {
+        match s.parse() {
+            Ok(v) => Recorded::Valid(v),
+            Err(_) => Recorded::Other(s.to_string()),
+        }
+    }
+}
+
+impl<T> Default for Recorded<T> {
+    fn default() -> Self {
+        Recorded::Other(String::new())
+    }
+}
+
+impl<T> From<T> for Recorded<T> {
+    fn from(v: T) -> Self {
+        Recorded::Valid(v)
+    }
+}
+
+impl<T: AsRef<str>> std::fmt::Display for Recorded<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<T: AsRef<str>> serde::Serialize for Recorded<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de, T: std::str::FromStr> serde::Deserialize<'de> for Recorded<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Recorded::read(&String::deserialize(d)?))
     }
 }
 
@@ -654,6 +729,19 @@ mod tests {
         for bad in ["", ".", "..", "-x", "a/b", "A", "a.b", "a b", "a\0"] {
             assert!(VenvName::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_recorded_value_is_parsed_or_kept_as_written_and_writes_back_the_same() {
+        let good = format!("\"{}\"", "ab".repeat(32));
+        let r: Recorded<Key> = serde_json::from_str(&good).unwrap();
+        assert_eq!(r.valid(), Some(&Key::parse(&"ab".repeat(32)).unwrap()));
+        assert_eq!(serde_json::to_string(&r).unwrap(), good);
+        let r: Recorded<Key> = serde_json::from_str("\"not-a-key\"").unwrap();
+        assert_eq!(r, Recorded::Other("not-a-key".into()));
+        assert_eq!(r.valid(), None);
+        assert_eq!(serde_json::to_string(&r).unwrap(), "\"not-a-key\"");
+        assert_eq!(Recorded::<VenvName>::default().as_str(), "");
     }
 
     #[test]

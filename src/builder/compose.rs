@@ -126,10 +126,10 @@ pub(super) async fn layer_from_registry(
     let check = crate::plan::parse_check(&bytes)
         .ok_or_else(|| bad("no check annotation; was it made by this venvimg?".into()))?;
     // Compose only what the plan accepted: this session's key, on this base's layers.
-    if record.key != s.key || check.key != s.key {
+    if record.key.valid() != Some(&s.key) || check.key != s.key {
         return Err(bad(format!(
             "its record is for key {}, not {}",
-            Key::short_of(&record.key),
+            Key::short_of(record.key.as_str()),
             s.key.short()
         ))
         .into());

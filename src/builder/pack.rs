@@ -53,7 +53,7 @@ pub(super) fn pack_session(
         None => {
             let p = layer::pack_tree(&ws.venv_host, &opts, &ws.dir.join("layer.tar"))?;
             records.push(LayerRecord {
-                digest: p.digest.to_string(),
+                digest: p.digest.clone().into(),
                 size: p.size,
                 group: None,
                 distributions: serde_json::json!("*"),
@@ -70,7 +70,7 @@ pub(super) fn pack_session(
                     &keep,
                 )?;
                 records.push(LayerRecord {
-                    digest: p.digest.to_string(),
+                    digest: p.digest.clone().into(),
                     size: p.size,
                     group: Some(g.label.clone()),
                     distributions: serde_json::json!(g.distributions),

@@ -117,9 +117,9 @@ pub(super) fn build_session(
     let packed = pack_session(config, plan, s, &ws, printer)?;
     let record = SessionRecord {
         session: name.clone(),
-        venv_dir: s.venv_dir.to_string(),
-        key: s.key.to_string(),
-        tag: s.tag.to_string(),
+        venv_dir: s.venv_dir.clone().into(),
+        key: s.key.clone().into(),
+        tag: s.tag.clone().into(),
         inputs: s.document.clone(),
         python: facts.python.clone(),
         backend: facts.backend.clone(),

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::error::Error;
 use crate::image::{self, MediaTypes};
-use crate::model::{Digest, Platform};
+use crate::model::{Digest, Key, Platform, Recorded, Tag, VenvName};
 use crate::outputs::layout::{MAX_CONFIG, MAX_INDEX_JSON, MAX_MANIFEST};
 use crate::outputs::OutputError;
 use crate::plan::record::ImageRecord;
@@ -618,13 +618,13 @@ impl BaseInfo {
 #[derive(Debug, Serialize)]
 pub struct SessionInfo {
     pub session: String,
-    pub venv_dir: String,
+    pub venv_dir: Recorded<VenvName>,
     /// envdir/venv_dir: where the venv is in the image.
     pub venv_path: String,
     /// Where the checkout must be mounted for the venv to match it.
     pub workdir: String,
-    pub key: String,
-    pub tag: String,
+    pub key: Recorded<Key>,
+    pub tag: Recorded<Tag>,
     pub python: String,
     pub backend: String,
     pub interpreter: String,
@@ -721,10 +721,11 @@ fn describe(name: &str, data: &ImageData) -> Result<InspectReport, OutputError> 
             .unwrap_or_default();
         offset += count;
         let doc = &s.inputs;
-        let venv_path = if doc.envdir.is_empty() {
-            s.venv_dir.clone()
-        } else {
-            format!("{}/{}", doc.envdir, s.venv_dir)
+        let venv_path = match (&s.venv_dir, doc.envdir.is_empty()) {
+            (Recorded::Valid(v), false) => v.path_in(&doc.envdir),
+            (v, true) => v.to_string(),
+            // As the record has it: what is wrong with it shows.
+            (v, false) => format!("{}/{v}", doc.envdir),
         };
         sessions.push(SessionInfo {
             venv_path,
@@ -1031,9 +1032,9 @@ mod tests {
         let session =
             |name: &str, venv_dir: &str, key: &str, inputs: Vec<InputDigest>| SessionRecord {
                 session: name.into(),
-                venv_dir: venv_dir.into(),
-                key: key.repeat(32),
-                tag: format!("{venv_dir}-{}", key.repeat(8)),
+                venv_dir: Recorded::read(venv_dir),
+                key: Recorded::read(&key.repeat(32)),
+                tag: Recorded::read(&format!("{venv_dir}-{}", key.repeat(8))),
                 inputs: KeyDocument {
                     base: "sha256:base".into(),
                     envdir: "/opt/nox".into(),

@@ -193,7 +193,7 @@ fn targets<'p>(
                             ),
                         })
                     })?;
-                if s.key != r.key {
+                if r.key.valid() != Some(&s.key) {
                     return Err(UsageError::Argument {
                         command: "verify",
                         name: "IMAGE",
@@ -201,7 +201,7 @@ fn targets<'p>(
                         why: format!(
                             "session `{}` was built from inputs with key {}, this checkout's give {}; nothing to compare\n  hint: check out the commit the image was built from (`venvimg inspect {}` lists its inputs)",
                             r.session,
-                            Key::short_of(&r.key),
+                            Key::short_of(r.key.as_str()),
                             s.key.short(),
                             image.whole()
                         ),

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::KeyDocument;
+use crate::model::{Digest, Key, Recorded, Tag, VenvName};
 use crate::python::inputs::{Discovered, RecordedCommand};
 use crate::python::venv::Package;
 
@@ -20,7 +21,7 @@ pub struct ImageRecord {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LayerRecord {
-    pub digest: String,
+    pub digest: Recorded<Digest>,
     pub size: u64,
     /// `skeleton`, `dist-numpy`, `bucket-3`; absent for a single-layer venv.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -35,9 +36,9 @@ pub struct LayerRecord {
 #[serde(default)]
 pub struct SessionRecord {
     pub session: String,
-    pub venv_dir: String,
-    pub key: String,
-    pub tag: String,
+    pub venv_dir: Recorded<VenvName>,
+    pub key: Recorded<Key>,
+    pub tag: Recorded<Tag>,
     /// The key document (named `inputs` since the first images venvimg made).
     pub inputs: KeyDocument,
     pub python: String,

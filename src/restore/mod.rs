@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::error::{Error, RestoreError};
-use crate::model::{Digest, Key, VenvName};
+use crate::model::{Digest, Key, KeyError, VenvName};
 use crate::plan::record::ImageRecord;
 use crate::plan::{Plan, SessionPlan, Status};
 use crate::printer::Reporter;
@@ -146,17 +146,17 @@ impl Source {
                 ))
                 .into());
             }
-            let venv_dir = VenvName::parse(&s.venv_dir).map_err(|_| {
+            let venv_dir = s.venv_dir.valid().cloned().ok_or_else(|| {
                 bad(format!(
                     "its record names the venv folder `{}`, not a plain name",
-                    crate::untrusted::escaped(&s.venv_dir)
+                    crate::untrusted::escaped(s.venv_dir.as_str())
                 ))
             })?;
-            let key = Key::parse(&s.key).map_err(|e| {
+            let key = s.key.valid().cloned().ok_or_else(|| {
                 bad(format!(
                     "its record of session `{}`: {}",
                     s.session,
-                    crate::untrusted::escaped(&e.to_string())
+                    crate::untrusted::escaped(&KeyError(s.key.to_string()).to_string())
                 ))
             })?;
             if s.layers.is_empty() {
@@ -168,7 +168,9 @@ impl Source {
             }
             let mut layers = Vec::new();
             for l in &s.layers {
-                let digest = Digest::parse(&l.digest).map_err(|e| bad(e.to_string()))?;
+                let digest = l.digest.valid().cloned().ok_or_else(|| {
+                    bad(crate::model::DigestError(l.digest.to_string()).to_string())
+                })?;
                 let (index, desc) = img
                     .manifest
                     .layers()

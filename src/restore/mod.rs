@@ -274,18 +274,15 @@ pub async fn restore(
     let venv_archive = src.venv_dir.path_in(src.envdir.trim_start_matches('/'));
     // Root restores owners as the image has them; anyone else owns what they write.
     let owners = is_root();
-    let written = fetch_and_write(
-        registry,
-        pinned,
-        layers,
-        &venv_archive,
-        &src.venv_dir,
-        staging.path(),
+    let to = Destination {
+        venv_archive: &venv_archive,
+        venv_dir: &src.venv_dir,
+        staging: staging.path(),
         owners,
-        opts.jobs,
-    )
-    .await
-    .map_err(|e| e.for_session(name, pinned))?;
+    };
+    let written = fetch_and_write(registry, pinned, layers, &to, opts.jobs)
+        .await
+        .map_err(|e| e.for_session(name, pinned))?;
 
     let (files, bytes) =
         complete(staging.path(), written, owners).map_err(|e| e.for_session(name, pinned))?;
@@ -403,19 +400,26 @@ fn venv_layers(plan: &Plan, s: &SessionPlan, pinned: &Reference) -> Result<Vec<V
         .collect()
 }
 
+/// Where a session's layers are written: the venv's folder as the layers name it, under
+/// a private folder beside the target.
+struct Destination<'a> {
+    /// `opt/nox/tests`: the venv's path in the layers (no leading `/`).
+    venv_archive: &'a str,
+    venv_dir: &'a VenvName,
+    staging: &'a Path,
+    /// Restore owners as the image has them (root only).
+    owners: bool,
+}
+
 /// Every layer fetched and written, `jobs` at a time, the largest first (the longest
 /// pole starts at once). Each layer: an async task moves the blob's pieces into a small
 /// bounded channel (the memory a layer holds), a blocking thread decompresses and
 /// writes them.
-#[allow(clippy::too_many_arguments)]
 async fn fetch_and_write(
     registry: &Registry,
     image: &Reference,
     layers: &[VenvLayer],
-    venv_archive: &str,
-    venv_dir: &VenvName,
-    staging: &Path,
-    owners: bool,
+    to: &Destination<'_>,
     jobs: usize,
 ) -> Result<Vec<extract::Written>, RestoreError> {
     use futures_util::{StreamExt, TryStreamExt};
@@ -428,9 +432,10 @@ async fn fetch_and_write(
     order.sort_by_key(|l| std::cmp::Reverse(l.size));
     futures_util::stream::iter(order)
         .map(|layer| {
-            let venv = venv_archive.to_string();
-            let venv_dir = venv_dir.to_string();
-            let staging = staging.to_path_buf();
+            let venv = to.venv_archive.to_string();
+            let venv_dir = to.venv_dir.to_string();
+            let staging = to.staging.to_path_buf();
+            let owners = to.owners;
             async move {
                 let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
                 let media_type = layer.media_type.clone();

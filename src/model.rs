@@ -431,9 +431,16 @@ impl Tag {
     }
 
     /// `<prefix>-<first 16 hex of hash>`: the index tags (a hash of several keys or tags).
-    /// The prefix is a venv folder name or a fixed word, both tag characters; a longer
-    /// one is cut so the tag stays within 128.
-    pub fn hashed(prefix: &str, hex: &str) -> Tag {
+    /// The prefix is a venv folder name or a fixed word (`all`, `sessions`), both ASCII
+    /// tag characters; a longer one is cut so the tag stays within 128.
+    pub(crate) fn hashed(prefix: &str, hex: &str) -> Tag {
+        debug_assert!(
+            prefix
+                .bytes()
+                .chain(hex.bytes())
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-')),
+            "{prefix} {hex}"
+        );
         let hex = &hex[..Key::SHORT.min(hex.len())];
         let room = 128 - 1 - hex.len();
         let prefix = &prefix[..prefix.len().min(room)];
@@ -458,7 +465,6 @@ impl VenvName {
     /// `s` as a venv folder name, if nox could have made it.
     pub fn parse(s: &str) -> Result<VenvName, VenvNameError> {
         let ok = !s.is_empty()
-            && s.len() <= 255
             && !s.starts_with('-')
             && s.bytes()
                 .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'));

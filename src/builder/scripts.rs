@@ -8,6 +8,7 @@ use crate::config::{Config, ProjectMode};
 use crate::engine::{self as builder, script};
 use crate::error::{BuildError, Error};
 use crate::layer::{self};
+use crate::model::Platform;
 use crate::plan::{Plan, SessionPlan};
 use crate::printer::Reporter;
 use crate::python::venv;
@@ -21,7 +22,7 @@ pub(super) struct ScriptRunner<'a> {
     pub(super) ws: &'a Workspace,
     pub(super) base_pinned: String,
     pub(super) insecure_pull: bool,
-    pub(super) platform: String,
+    pub(super) platform: Platform,
     pub(super) env: BTreeMap<String, String>,
     pub(super) secrets: &'a [String],
     pub(super) args: &'a BuildOptions,
@@ -52,7 +53,7 @@ impl<'a> ScriptRunner<'a> {
                     .insecure_registries
                     .iter()
                     .any(|r| r == base_registry),
-            platform: config.platform.to_string(),
+            platform: config.platform.clone(),
             env,
             secrets: &build_env.secrets,
             args,

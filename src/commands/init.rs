@@ -266,7 +266,7 @@ fn list_all_sessions(
         kind,
         image,
         insecure_pull: insecure,
-        platform: Platform::host().to_string(),
+        platform: Platform::host(),
         env: BTreeMap::new(),
     };
     let (out, _) =

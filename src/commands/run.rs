@@ -265,11 +265,10 @@ fn start(
         env.push(("UV_OFFLINE".to_string(), "1".to_string()));
     }
     let image = pinned(s);
-    let platform = config.platform.to_string();
     let run = JobRun {
         engine,
         image: &image,
-        platform: &platform,
+        platform: &config.platform,
         insecure_pull: is_loopback(host) || config.insecure_registries.iter().any(|r| r == host),
         checkout,
         workdir: &config.workdir,

@@ -13,6 +13,7 @@ use std::process::Stdio;
 use crate::config::{BuilderKind, Config};
 use crate::error::{Error, UsageError};
 use crate::image::BaseImage;
+use crate::model::Platform;
 use crate::printer::Reporter;
 use crate::python::hook::{self, PlanOutput, PlanSpec};
 use crate::python::nox::NoxError;
@@ -45,7 +46,7 @@ pub struct BuildJob<'a> {
     pub image: &'a str,
     /// `--tls-verify=false` when pulling the base (loopback / insecure registries).
     pub insecure_pull: bool,
-    pub platform: &'a str,
+    pub platform: &'a Platform,
     /// Host folder holding the project copy (container builders), or the project itself
     /// (local builder, which must already be at `workdir`).
     pub project: &'a Path,
@@ -261,7 +262,7 @@ pub struct HookPlace {
     /// The base image pinned by digest.
     pub image: String,
     pub insecure_pull: bool,
-    pub platform: String,
+    pub platform: Platform,
     /// The fixed build environment, so the noxfile sees what it will see in the build.
     pub env: BTreeMap<String, String>,
 }
@@ -277,7 +278,7 @@ impl HookPlace {
                     .insecure_registries
                     .iter()
                     .any(|r| r == base_registry),
-            platform: config.platform.to_string(),
+            platform: config.platform.clone(),
             env: reproducible_env(crate::layer::DEFAULT_SOURCE_DATE_EPOCH),
         }
     }
@@ -626,7 +627,7 @@ pub struct JobRun<'a> {
     pub engine: BuilderKind,
     /// `name:tag@digest`.
     pub image: &'a str,
-    pub platform: &'a str,
+    pub platform: &'a Platform,
     /// The registry is plain HTTP or loopback (podman pulls with --tls-verify=false).
     pub insecure_pull: bool,
     pub checkout: &'a Path,
@@ -892,11 +893,12 @@ mod tests {
 
     #[test]
     fn docker_and_podman_command_shapes() {
+        let amd64 = Platform::parse("linux/amd64").unwrap();
         let job = |kind| BuildJob {
             kind,
             image: "reg.invalid/base@sha256:00",
             insecure_pull: true,
-            platform: "linux/amd64",
+            platform: &amd64,
             project: Path::new("/tmp/w/src"),
             workdir: "/src",
             envdir_host: Path::new("/tmp/w/envdir"),

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::model::{Key, Tag, VenvName};
+use crate::model::{Key, Platform, Tag, VenvName};
 use crate::plan::{InputDigest, Plan, Problem, Status};
 use crate::printer::{table, Printer};
 use crate::python::inputs::Discovered;
@@ -56,6 +56,7 @@ pub struct PlanReport<'a> {
     pub repository: String,
     /// The base image, by digest.
     pub base: String,
+    /// This machine's platform, or with `platforms:` their list (`linux/amd64,linux/arm64`).
     pub platform: String,
     pub envdir: &'a str,
     pub workdir: &'a str,
@@ -68,7 +69,7 @@ pub struct SessionRow<'a> {
     /// With `platforms:`: the platform of this row (a matrix entry builds it with
     /// `--platform`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub platform: Option<String>,
+    pub platform: Option<Platform>,
     pub venv_dir: &'a VenvName,
     pub key: &'a Key,
     pub tag: &'a Tag,
@@ -221,8 +222,8 @@ impl<'a> PlanReport<'a> {
             }
             let platform = s
                 .platform
-                .as_deref()
-                .map(|p| format!(" --platform {}", shell_word(p)))
+                .as_ref()
+                .map(|p| format!(" --platform {}", shell_word(&p.to_string())))
                 .unwrap_or_default();
             job.insert(
                 "script".into(),

@@ -97,7 +97,7 @@ pub(super) async fn plan(
                 .sessions
                 .into_iter()
                 .map(move |mut row| {
-                    row.platform = Some(one.platform.to_string());
+                    row.platform = Some(one.platform.clone());
                     row
                 })
         })

@@ -6,7 +6,7 @@ use oci_client::Reference;
 
 use super::compose::{compose_images, layer_from_registry};
 use super::publish::{mark_pushed, push_sbom, share_dry_run};
-use super::session::build_all;
+use super::session::{build_all, BuildSetup};
 use super::workspace::{parallel_jobs, prepare};
 use super::{with_engine, BuildOptions, PlatformBuild, SessionLayer, SessionResult};
 use crate::config::{BuilderKind, Config};
@@ -78,11 +78,14 @@ pub(super) async fn build_platform(
             to_build.len()
         ));
     }
-    let built = builder::blocking(|| {
-        build_all(
-            config, &plan, &to_build, &work_path, &build_env, args, printer, jobs,
-        )
-    });
+    let setup = BuildSetup {
+        config,
+        plan: &plan,
+        work: &work_path,
+        build_env: &build_env,
+        args,
+    };
+    let built = builder::blocking(|| build_all(&setup, &to_build, printer, jobs));
     let sessions = Sessions::gather(config, &plan, args, hit_layers, built, printer)?;
     let all = AllSessions::compose(config, &plan, &sessions, args, printer)?;
     if !args.no_push {

@@ -92,10 +92,13 @@ pub(super) async fn build_platform(
         share_dry_run(&plan, registry, printer).await;
         push_images(config, registry, &plan, &sessions, &all, printer).await?;
     }
-    write_outputs(
-        config, registry, &plan, &sessions, &all, args, &work_path, printer,
-    )
-    .await?;
+    let sources = crate::outputs::BlobSources {
+        local: &sessions.local_files,
+        base: &plan.base.reference,
+        repository: &all.reference,
+        remote: &sessions.remote,
+    };
+    write_outputs(config, registry, &all, &sources, args, &work_path, printer).await?;
 
     let mut manifests: HashMap<Digest, Vec<u8>> = sessions
         .composed
@@ -384,14 +387,12 @@ async fn push_images(
 }
 
 /// `--output` and `--load` carry the all-sessions image; blobs not packed here (base
-/// layers, the layers of hits) are fetched from the registry.
-#[allow(clippy::too_many_arguments)]
+/// layers, the layers of hits) are fetched from the registry (`sources`).
 async fn write_outputs(
     config: &Config,
     registry: &Registry,
-    plan: &Plan,
-    sessions: &Sessions<'_>,
     all: &AllSessions,
+    sources: &crate::outputs::BlobSources<'_>,
     args: &BuildOptions,
     work_path: &std::path::Path,
     printer: &Printer,
@@ -399,22 +400,9 @@ async fn write_outputs(
     if !all.wanted {
         return Ok(());
     }
-    let sources = crate::outputs::BlobSources {
-        local: &sessions.local_files,
-        base: &plan.base.reference,
-        repository: &all.reference,
-        remote: &sessions.remote,
-    };
     for dest in &args.output {
-        crate::outputs::write_output(
-            registry,
-            dest,
-            &all.reference,
-            &all.image,
-            &sources,
-            printer,
-        )
-        .await?;
+        crate::outputs::write_output(registry, dest, &all.reference, &all.image, sources, printer)
+            .await?;
     }
     if args.load {
         crate::outputs::load(
@@ -422,7 +410,7 @@ async fn write_outputs(
             registry,
             &all.reference,
             &all.image,
-            &sources,
+            sources,
             work_path,
             printer,
         )

@@ -36,8 +36,8 @@ use crate::printer::Printer;
 use crate::registry::Registry;
 pub use compose::compose_images;
 use pipeline::build_platform;
-use session::build_all;
 pub use session::Built;
+use session::{build_all, BuildSetup};
 pub use workspace::WorkDir;
 use workspace::{parallel_jobs, prepare};
 
@@ -121,11 +121,14 @@ pub fn build_sessions(
 ) -> Result<(WorkDir, Vec<Option<Built>>), Error> {
     let (work, build_env) = prepare(config, args, true, printer)?;
     let jobs = parallel_jobs(args.jobs, config.builder, sessions.len());
-    let built = builder::blocking(|| {
-        build_all(
-            config, plan, sessions, &work.path, &build_env, args, printer, jobs,
-        )
-    });
+    let setup = BuildSetup {
+        config,
+        plan,
+        work: &work.path,
+        build_env: &build_env,
+        args,
+    };
+    let built = builder::blocking(|| build_all(&setup, sessions, printer, jobs));
     Ok((work, built))
 }
 

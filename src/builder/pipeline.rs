@@ -6,7 +6,7 @@ use oci_client::Reference;
 
 use super::compose::{compose_images, layer_from_registry};
 use super::publish::{mark_pushed, push_sbom, share_dry_run};
-use super::session::build_all;
+use super::session::{build_all, BuildSetup};
 use super::workspace::{parallel_jobs, prepare};
 use super::{with_engine, BuildOptions, PlatformBuild, SessionLayer, SessionResult};
 use crate::config::{BuilderKind, Config};
@@ -78,21 +78,27 @@ pub(super) async fn build_platform(
             to_build.len()
         ));
     }
-    let built = builder::blocking(|| {
-        build_all(
-            config, &plan, &to_build, &work_path, &build_env, args, printer, jobs,
-        )
-    });
+    let setup = BuildSetup {
+        config,
+        plan: &plan,
+        work: &work_path,
+        build_env: &build_env,
+        args,
+    };
+    let built = builder::blocking(|| build_all(&setup, &to_build, printer, jobs));
     let sessions = Sessions::gather(config, &plan, args, hit_layers, built, printer)?;
     let all = AllSessions::compose(config, &plan, &sessions, args, printer)?;
     if !args.no_push {
         share_dry_run(&plan, registry, printer).await;
         push_images(config, registry, &plan, &sessions, &all, printer).await?;
     }
-    write_outputs(
-        config, registry, &plan, &sessions, &all, args, &work_path, printer,
-    )
-    .await?;
+    let sources = crate::outputs::BlobSources {
+        local: &sessions.local_files,
+        base: &plan.base.reference,
+        repository: &all.reference,
+        remote: &sessions.remote,
+    };
+    write_outputs(config, registry, &all, &sources, args, &work_path, printer).await?;
 
     let mut manifests: HashMap<Digest, Vec<u8>> = sessions
         .composed
@@ -381,14 +387,12 @@ async fn push_images(
 }
 
 /// `--output` and `--load` carry the all-sessions image; blobs not packed here (base
-/// layers, the layers of hits) are fetched from the registry.
-#[allow(clippy::too_many_arguments)]
+/// layers, the layers of hits) are fetched from the registry (`sources`).
 async fn write_outputs(
     config: &Config,
     registry: &Registry,
-    plan: &Plan,
-    sessions: &Sessions<'_>,
     all: &AllSessions,
+    sources: &crate::outputs::BlobSources<'_>,
     args: &BuildOptions,
     work_path: &std::path::Path,
     printer: &Printer,
@@ -396,22 +400,9 @@ async fn write_outputs(
     if !all.wanted {
         return Ok(());
     }
-    let sources = crate::outputs::BlobSources {
-        local: &sessions.local_files,
-        base: &plan.base.reference,
-        repository: &all.reference,
-        remote: &sessions.remote,
-    };
     for dest in &args.output {
-        crate::outputs::write_output(
-            registry,
-            dest,
-            &all.reference,
-            &all.image,
-            &sources,
-            printer,
-        )
-        .await?;
+        crate::outputs::write_output(registry, dest, &all.reference, &all.image, sources, printer)
+            .await?;
     }
     if args.load {
         crate::outputs::load(
@@ -419,7 +410,7 @@ async fn write_outputs(
             registry,
             &all.reference,
             &all.image,
-            &sources,
+            sources,
             work_path,
             printer,
         )

@@ -90,6 +90,19 @@ struct Built {
     manifests: HashMap<Digest, Vec<u8>>,
 }
 
+/// Every platform's part, in the config's order, and which of them leads: the one built
+/// here that `--output`/`--load` carry, whose sessions the report lists.
+struct Parts<'p> {
+    each: &'p [Part],
+    lead: usize,
+}
+
+impl Parts<'_> {
+    fn lead(&self) -> &Part {
+        &self.each[self.lead]
+    }
+}
+
 impl Part {
     /// A session's image on this platform: (reference, digest, outcome).
     fn image_of(&self, s: &SessionPlan) -> (Reference, Option<Digest>, &'static str) {
@@ -173,14 +186,14 @@ pub(super) async fn build(
         .filter_map(|p| p.built.as_ref())
         .flat_map(|b| b.manifests.clone())
         .collect();
+    let all_parts = Parts { each: &parts, lead };
     for s in &parts[lead].plan.sessions {
         results.push(
             session_index(
                 config,
                 registry,
                 args,
-                &parts,
-                lead,
+                &all_parts,
                 s,
                 &mut manifests,
                 printer,
@@ -267,13 +280,11 @@ async fn build_here(
 /// A session's result over every platform: each platform's image, and the session's
 /// index once every platform's image is there (pushed unless `--no-push`; for hits in
 /// `trusted_repository`, found there). `manifests` caches the platform manifests read.
-#[allow(clippy::too_many_arguments)]
 async fn session_index(
     config: &Config,
     registry: &Registry,
     args: &BuildOptions,
-    parts: &[Part],
-    lead: usize,
+    parts: &Parts<'_>,
     s: &SessionPlan,
     manifests: &mut HashMap<Digest, Vec<u8>>,
     printer: &Printer,
@@ -283,7 +294,7 @@ async fn session_index(
     let mut keys = Vec::new();
     let mut entries = Vec::new();
     let mut complete = true;
-    for part in parts {
+    for part in parts.each {
         let Some(ps) = part.plan.sessions.iter().find(|x| x.config.name == *name) else {
             complete = false;
             continue;
@@ -347,11 +358,13 @@ async fn session_index(
         "hit"
     };
     let built_here: Vec<&SessionResult> = parts
+        .each
         .iter()
         .filter_map(|p| p.built.as_ref())
         .flat_map(|b| b.results.iter().filter(|r| r.session == *name))
         .collect();
-    let lead_result = parts[lead]
+    let lead_result = parts
+        .lead()
         .built
         .as_ref()
         .and_then(|b| b.results.iter().find(|r| r.session == *name));
@@ -374,7 +387,6 @@ async fn session_index(
 /// when every image is there (unless `--no-push`), or, when they are all hits in
 /// `trusted_repository`, found there as the protected branch assembled it. The index's
 /// reference, and its digest when there is one.
-#[allow(clippy::too_many_arguments)]
 async fn index_for(
     config: &Config,
     registry: &Registry,

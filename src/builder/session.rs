@@ -18,21 +18,33 @@ use crate::python::venv;
 /// A session's build and the seconds it took.
 pub type Built = (Result<SessionLayer, Error>, f64);
 
+/// What every session's build is given: the config and plan, the build folder and
+/// environment ([`prepare`](super::workspace::prepare)), the build's options.
+pub(super) struct BuildSetup<'a> {
+    pub(super) config: &'a Config,
+    pub(super) plan: &'a Plan,
+    pub(super) work: &'a Path,
+    pub(super) build_env: &'a BuildEnv,
+    pub(super) args: &'a BuildOptions,
+}
+
 /// The misses' builds, `jobs` at a time, each result (and its seconds) in `misses`'
 /// order. With `--fail-fast` no build starts after one failed: those are `None`.
 /// Sessions build independently (their own folder, container and envdir), so the only
 /// shared thing is the output: with more than one at a time each line names its session.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn build_all(
-    config: &Config,
-    plan: &Plan,
+    setup: &BuildSetup<'_>,
     misses: &[&SessionPlan],
-    work: &Path,
-    build_env: &BuildEnv,
-    args: &BuildOptions,
     printer: &dyn Reporter,
     jobs: usize,
 ) -> Vec<Option<Built>> {
+    let BuildSetup {
+        config,
+        plan,
+        work,
+        build_env,
+        args,
+    } = *setup;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Mutex;
     let next = AtomicUsize::new(0);

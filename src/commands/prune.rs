@@ -572,13 +572,11 @@ pub async fn prune(
         return Ok(());
     }
 
-    let present: HashSet<String> = report.images.iter().map(|i| i.digest.clone()).collect();
     carry_out(
         registry,
         &repo,
         &mut report,
         &sbom_plans,
-        &present,
         &orphan_markers,
         &protected,
         printer,
@@ -753,17 +751,16 @@ fn show(report: &PruneReport, args: &PruneArgs, printer: &Printer) -> bool {
 
 /// Delete what was planned, images first (each with its marker and SBOMs); stop at the
 /// first image that cannot be deleted, saying what was.
-#[allow(clippy::too_many_arguments)]
 async fn carry_out(
     registry: &Registry,
     repo: &Reference,
     report: &mut PruneReport,
     sbom_plans: &[(String, RemovalPlan)],
-    present: &HashSet<String>,
     orphan_markers: &[Marker],
     protected: &HashSet<String>,
     printer: &Printer,
 ) -> Result<(), Error> {
+    let present: HashSet<String> = report.images.iter().map(|i| i.digest.clone()).collect();
     let to_delete: Vec<ImageRow> = report.to_delete().cloned().collect();
     let total = to_delete.len();
     let mut images_deleted = 0;

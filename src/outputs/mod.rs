@@ -551,7 +551,6 @@ async fn fetch_blob(
 /// Load `image` into local podman or docker storage as `reference`: a docker-archive in
 /// `work`, then `podman load -i` (or `docker load -i`). `engine` is podman or docker, as
 /// `commands::job_engine` resolved it (the local builder is no engine).
-#[allow(clippy::too_many_arguments)]
 pub async fn load(
     engine: BuilderKind,
     registry: &Registry,

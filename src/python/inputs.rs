@@ -128,6 +128,27 @@ enum Place {
     Outside(String),
 }
 
+/// One install command followed through the files it names: where it runs, whether uv
+/// (or pip) reads its requirement files, and the pins and requirements found so far.
+struct InstallWalk<'w> {
+    /// Where pip resolves path lines of requirement files.
+    cwd: &'w str,
+    uv: bool,
+    pins: HashSet<String>,
+    specs: Vec<(String, bool, String)>,
+}
+
+impl<'w> InstallWalk<'w> {
+    fn new(cwd: &'w str, uv: bool) -> Self {
+        InstallWalk {
+            cwd,
+            uv,
+            pins: HashSet::new(),
+            specs: Vec::new(),
+        }
+    }
+}
+
 struct State<'c, 'a> {
     ctx: &'c Context<'a>,
     project_real: PathBuf,
@@ -275,19 +296,15 @@ impl<'c, 'a> State<'c, 'a> {
         self.key_file(&rel, &host, via)
     }
 
-    /// Follow one file an install names. `base` is where a relative path starts; `cwd`
-    /// is where pip resolves path lines of requirement files.
-    #[allow(clippy::too_many_arguments)]
+    /// Follow one file an install names. `base` is where a relative path starts; the
+    /// walk's `cwd` is where pip resolves path lines of requirement files.
     fn add(
         &mut self,
         path: &str,
         role: Role,
         base: &str,
-        cwd: &str,
-        uv: bool,
         via: &str,
-        pins: &mut HashSet<String>,
-        specs: &mut Vec<(String, bool, String)>,
+        walk: &mut InstallWalk<'_>,
     ) -> Result<(), InputError> {
         let path = path.strip_prefix("file://").unwrap_or(path);
         let path = path.strip_prefix("file:").unwrap_or(path);
@@ -302,7 +319,7 @@ impl<'c, 'a> State<'c, 'a> {
                         return Ok(());
                     };
                     let text = String::from_utf8_lossy(&bytes).into_owned();
-                    self.follow_lines(&text, &abs, &rel, role, cwd, uv, pins, specs)?;
+                    self.follow_lines(&text, &abs, &rel, role, walk)?;
                 }
                 Role::WholeFile => {
                     let is_metadata = rel.ends_with("pyproject.toml");
@@ -312,7 +329,7 @@ impl<'c, 'a> State<'c, 'a> {
                         for spec in project_dependencies(&String::from_utf8_lossy(&b), &[], true)
                             .unwrap_or_default()
                         {
-                            specs.push((spec, false, rel.clone()));
+                            walk.specs.push((spec, false, rel.clone()));
                         }
                     }
                 }
@@ -321,7 +338,7 @@ impl<'c, 'a> State<'c, 'a> {
                         self.key_file_as(&rel, &host, via, false)?;
                         return Ok(());
                     }
-                    self.project_dir_inputs(&rel, via, specs)?;
+                    self.project_dir_inputs(&rel, via, &mut walk.specs)?;
                 }
                 Role::FindLinks => {
                     let Ok(rd) = fs_err::read_dir(&host) else {
@@ -353,7 +370,7 @@ impl<'c, 'a> State<'c, 'a> {
                     });
                     if matches!(role, Role::Requirements | Role::Constraints) {
                         if let Some(text) = &f.text {
-                            self.follow_lines(text, &abs, &abs, role, cwd, uv, pins, specs)?;
+                            self.follow_lines(text, &abs, &abs, role, walk)?;
                         }
                     }
                 } else if under(&abs, self.ctx.envdir) || under(&abs, "/tmp") {
@@ -370,17 +387,13 @@ impl<'c, 'a> State<'c, 'a> {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn follow_lines(
         &mut self,
         text: &str,
         abs: &str,
         shown: &str,
         role: Role,
-        cwd: &str,
-        uv: bool,
-        pins: &mut HashSet<String>,
-        specs: &mut Vec<(String, bool, String)>,
+        walk: &mut InstallWalk<'_>,
     ) -> Result<(), InputError> {
         let dir = parent(abs);
         for line in installs::parse_requirements(text) {
@@ -390,43 +403,35 @@ impl<'c, 'a> State<'c, 'a> {
                         "{} in {shown}",
                         if r == Role::Constraints { "-c" } else { "-r" }
                     );
-                    self.add(&path, r, &dir, cwd, uv, &via, pins, specs)?;
+                    self.add(&path, r, &dir, &via, walk)?;
                 }
                 ReqLine::Path { path, role: r } => {
                     // uv resolves a path line against the file's folder, pip against the
                     // working directory.
-                    let base = if uv { dir.clone() } else { cwd.to_string() };
-                    self.add(
-                        &path,
-                        r,
-                        &base,
-                        cwd,
-                        uv,
-                        &format!("path in {shown}"),
-                        pins,
-                        specs,
-                    )?;
+                    let base = if walk.uv {
+                        dir.clone()
+                    } else {
+                        walk.cwd.to_string()
+                    };
+                    self.add(&path, r, &base, &format!("path in {shown}"), walk)?;
                 }
                 ReqLine::FindLinks(p) => {
                     self.add(
                         &p,
                         Role::FindLinks,
                         &dir,
-                        cwd,
-                        uv,
                         &format!("--find-links in {shown}"),
-                        pins,
-                        specs,
+                        walk,
                     )?;
                 }
                 ReqLine::Requirement { spec, hashed } => {
                     if installs::is_pinned(&spec, hashed) {
                         if let Some(n) = installs::requirement_name(&spec) {
-                            pins.insert(n);
+                            walk.pins.insert(n);
                         }
                     }
                     if role == Role::Requirements {
-                        specs.push((spec, hashed, shown.to_string()));
+                        walk.specs.push((spec, hashed, shown.to_string()));
                     }
                 }
             }
@@ -491,8 +496,7 @@ impl<'c, 'a> State<'c, 'a> {
         cwd: &str,
         env: &BTreeMap<String, String>,
     ) -> Result<(), InputError> {
-        let mut pins: HashSet<String> = HashSet::new();
-        let mut specs: Vec<(String, bool, String)> = Vec::new();
+        let mut walk = InstallWalk::new(cwd, inst.uv);
         // Constraint files named in the environment nox gives the command.
         for var in [
             "PIP_CONSTRAINT",
@@ -503,16 +507,7 @@ impl<'c, 'a> State<'c, 'a> {
         ] {
             if let Some(v) = env.get(var) {
                 for p in v.split_whitespace() {
-                    self.add(
-                        p,
-                        Role::Constraints,
-                        cwd,
-                        cwd,
-                        inst.uv,
-                        &format!("${var}"),
-                        &mut pins,
-                        &mut specs,
-                    )?;
+                    self.add(p, Role::Constraints, cwd, &format!("${var}"), &mut walk)?;
                 }
             }
         }
@@ -521,16 +516,7 @@ impl<'c, 'a> State<'c, 'a> {
         files.sort_by_key(|f| f.role != Role::Constraints);
         for f in &files {
             let via = format!("{} {}", inst.tool, role_flag(f.role));
-            self.add(
-                &f.path,
-                f.role,
-                cwd,
-                cwd,
-                inst.uv,
-                via.trim_end(),
-                &mut pins,
-                &mut specs,
-            )?;
+            self.add(&f.path, f.role, cwd, via.trim_end(), &mut walk)?;
         }
         for (pyproject, group) in &inst.groups {
             let abs = normalize(cwd, pyproject);
@@ -539,7 +525,11 @@ impl<'c, 'a> State<'c, 'a> {
                     self.key_file(&rel, &host, &format!("{} --group {group}", inst.tool))?
                 {
                     for spec in dependency_group(&String::from_utf8_lossy(&b), group) {
-                        specs.push((spec, false, format!("{rel} [dependency-groups] {group}")));
+                        walk.specs.push((
+                            spec,
+                            false,
+                            format!("{rel} [dependency-groups] {group}"),
+                        ));
                     }
                 }
             } else {
@@ -547,13 +537,15 @@ impl<'c, 'a> State<'c, 'a> {
             }
         }
         for r in &inst.requirements {
-            specs.push((r.clone(), false, "the command line".into()));
+            walk.specs
+                .push((r.clone(), false, "the command line".into()));
         }
         if let Some(project) = &inst.lock_project {
             self.uv_project_inputs(inst, &normalize(cwd, project))?;
             // uv sync installs from the lock: exports key what it takes (Export events).
             return Ok(());
         }
+        let InstallWalk { pins, specs, .. } = walk;
         for (spec, hashed, from) in specs {
             if installs::is_pinned(&spec, hashed) {
                 continue;
@@ -651,21 +643,19 @@ impl<'c, 'a> State<'c, 'a> {
                     .collect();
                 // Workspace members and path sources the lock installs: their metadata.
                 let lock_dir = parent_rel_of_file(lock);
-                let mut specs = Vec::new();
                 for p in &packages {
                     let p = p.strip_prefix("-e ").unwrap_or(p).trim();
                     let p = p.split(';').next().unwrap_or(p).trim();
                     if installs::looks_like_path(p) && !p.contains("://") {
                         let base = normalize(self.ctx.workdir, &lock_dir);
+                        // The requirements a source's metadata names are the lock's
+                        // to pin: the walk's findings are not kept.
                         self.add(
                             p,
                             Role::Project,
                             &base,
-                            &base,
-                            true,
                             &format!("uv.lock source of {}", selection.join(" ")),
-                            &mut HashSet::new(),
-                            &mut specs,
+                            &mut InstallWalk::new(&base, true),
                         )?;
                     }
                 }

@@ -151,20 +151,34 @@ pub(super) async fn layer_from_registry(
         ))
         .into());
     }
+    let descriptors = venv_descriptors(layers, base_count, &config).map_err(bad)?;
+    Ok(SessionLayer {
+        descriptors,
+        files: Vec::new(),
+        record,
+        check,
+        distributions: None,
+    })
+}
+
+/// The descriptors of an image's venv layers (those above the base's `base_count`): each
+/// one's digest and size from the manifest, diff_id and history line from the config.
+fn venv_descriptors(
+    layers: &[oci_spec::image::Descriptor],
+    base_count: usize,
+    config: &serde_json::Value,
+) -> Result<Vec<LayerDescriptor>, String> {
     let history: Vec<&serde_json::Value> = config["history"]
         .as_array()
         .map(|h| h.iter().collect())
         .unwrap_or_default();
-    let venv_layers = layers.len() - base_count;
-    let mut descriptors = Vec::with_capacity(venv_layers);
+    let mut descriptors = Vec::with_capacity(layers.len() - base_count);
     for (i, l) in layers.iter().enumerate().skip(base_count) {
         let diff_id = config["rootfs"]["diff_ids"][i]
             .as_str()
-            .ok_or_else(|| bad(format!("config has no diff_id for layer {i}")))?;
-        let diff_id =
-            Digest::parse(diff_id).map_err(|e| bad(format!("layer {i}'s diff_id: {e}")))?;
-        let digest =
-            Digest::parse(l.digest().as_ref()).map_err(|e| bad(format!("layer {i}: {e}")))?;
+            .ok_or_else(|| format!("config has no diff_id for layer {i}"))?;
+        let diff_id = Digest::parse(diff_id).map_err(|e| format!("layer {i}'s diff_id: {e}"))?;
+        let digest = Digest::parse(l.digest().as_ref()).map_err(|e| format!("layer {i}: {e}"))?;
         // Our history entries are the last ones, one per venv layer.
         let created_by = history
             .len()
@@ -180,11 +194,5 @@ pub(super) async fn layer_from_registry(
             created_by,
         });
     }
-    Ok(SessionLayer {
-        descriptors,
-        files: Vec::new(),
-        record,
-        check,
-        distributions: None,
-    })
+    Ok(descriptors)
 }

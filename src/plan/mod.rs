@@ -1076,6 +1076,44 @@ mod tests {
         assert_eq!(Tag::parse(t.as_str()), Ok(t.clone()));
     }
 
+    /// Index tags are what runners on other platforms compute too: the formula is the
+    /// contract (sorted `PLATFORM KEY` lines, sha256, 16 hex), whatever order they come in.
+    #[test]
+    fn index_tags_hash_sorted_platform_key_lines() {
+        let (k1, k2) = (
+            Key::parse(&"1".repeat(64)).unwrap(),
+            Key::parse(&"2".repeat(64)).unwrap(),
+        );
+        let (amd, arm) = (
+            Platform::parse("linux/amd64").unwrap(),
+            Platform::parse("linux/arm64").unwrap(),
+        );
+        let venv = VenvName::parse("tests").unwrap();
+        let lines = format!("linux/amd64 {k1}\nlinux/arm64 {k2}\n");
+        let want = format!(
+            "tests-{}",
+            &hex::encode(Sha256::digest(lines.as_bytes()))[..16]
+        );
+        assert_eq!(
+            index_tag(
+                &venv,
+                &[(arm.clone(), k2.clone()), (amd.clone(), k1.clone())]
+            ),
+            want
+        );
+        assert_eq!(
+            index_tag(&venv, &[(amd.clone(), k1), (arm.clone(), k2)]),
+            want
+        );
+        let (t1, t2) = (Tag::parse("all-a").unwrap(), Tag::parse("all-b").unwrap());
+        let lines = "linux/amd64 all-a\nlinux/arm64 all-b\n";
+        let want = format!(
+            "all-{}",
+            &hex::encode(Sha256::digest(lines.as_bytes()))[..16]
+        );
+        assert_eq!(all_index_tag(&[(arm, t2), (amd, t1)]), want);
+    }
+
     #[test]
     fn hits_are_checked_against_what_the_build_read() {
         let d = tempfile::tempdir().unwrap();

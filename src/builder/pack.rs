@@ -24,7 +24,7 @@ pub(super) fn pack_session(
     printer: &dyn Reporter,
 ) -> Result<PackedSession, Error> {
     let name = &s.config.name;
-    let mut opts = PackOptions::new(format!("{}/{}", config.envdir, s.venv_dir));
+    let mut opts = PackOptions::new(s.venv_dir.path_in(&config.envdir));
     opts.base_dirs = base_dirs(&ws.out_dir.join(script::BASE_DIRS_FILE), &config.envdir);
     opts.uid = config.owner.uid;
     opts.gid = config.owner.gid;

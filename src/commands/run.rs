@@ -133,7 +133,7 @@ pub async fn shell(
     )
     .await?;
     let s = &plan.sessions[0];
-    let venv = format!("{}/{}", config.envdir.trim_end_matches('/'), s.venv_dir);
+    let venv = s.venv_dir.path_in(&config.envdir);
     // The venv first on PATH, as `source bin/activate` would; then the command, or bash
     // (sh where the image has no bash).
     let mut command: Vec<String> = vec![

@@ -40,6 +40,85 @@ impl Compression {
     }
 }
 
+/// Strings that are one of these values' text: compare, show and serialise as it.
+macro_rules! text_value {
+    ($t:ty, $err:ty) => {
+        impl $t {
+            /// The text (for a digest, the full form `sha256:<hex>`).
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl AsRef<str> for $t {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+        impl std::borrow::Borrow<str> for $t {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+        impl PartialEq<str> for $t {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+        impl PartialEq<&str> for $t {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+        impl PartialEq<String> for $t {
+            fn eq(&self, other: &String) -> bool {
+                &self.0 == other
+            }
+        }
+        impl PartialEq<$t> for str {
+            fn eq(&self, other: &$t) -> bool {
+                self == other.0
+            }
+        }
+        impl PartialEq<$t> for String {
+            fn eq(&self, other: &$t) -> bool {
+                *self == other.0
+            }
+        }
+        impl PartialEq<$t> for &str {
+            fn eq(&self, other: &$t) -> bool {
+                *self == other.0
+            }
+        }
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.0
+            }
+        }
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+        impl std::str::FromStr for $t {
+            type Err = $err;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                <$t>::parse(s)
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                <$t>::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
 /// An OCI content digest, always `sha256:` and 64 lowercase hex digits: the only form
 /// venvimg computes, and the only one it turns into a request or a path (so
 /// `sha256:../../etc/hostname` is never one). Serialised as that plain string.
@@ -104,11 +183,6 @@ impl Digest {
         s.strip_prefix(Self::PREFIX).unwrap_or(s)
     }
 
-    /// The full form, `sha256:<hex>`.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
     /// The 64 hex digits.
     pub fn hex(&self) -> &str {
         &self.0[Self::PREFIX.len()..]
@@ -130,88 +204,7 @@ impl Digest {
     }
 }
 
-impl std::fmt::Display for Digest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// Maps keyed by digest are looked up with the `&str` a descriptor holds: a digest
-/// hashes and compares as its text, so this is what `Borrow` asks for.
-impl std::borrow::Borrow<str> for Digest {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl AsRef<str> for Digest {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::str::FromStr for Digest {
-    type Err = DigestError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Digest::parse(s)
-    }
-}
-
-impl From<Digest> for String {
-    fn from(d: Digest) -> String {
-        d.0
-    }
-}
-
-impl PartialEq<str> for Digest {
-    fn eq(&self, other: &str) -> bool {
-        self.0 == other
-    }
-}
-
-impl PartialEq<&str> for Digest {
-    fn eq(&self, other: &&str) -> bool {
-        self.0 == *other
-    }
-}
-
-impl PartialEq<String> for Digest {
-    fn eq(&self, other: &String) -> bool {
-        &self.0 == other
-    }
-}
-
-impl PartialEq<Digest> for str {
-    fn eq(&self, other: &Digest) -> bool {
-        self == other.0
-    }
-}
-
-impl PartialEq<Digest> for &str {
-    fn eq(&self, other: &Digest) -> bool {
-        *self == other.0
-    }
-}
-
-impl PartialEq<Digest> for String {
-    fn eq(&self, other: &Digest) -> bool {
-        *self == other.0
-    }
-}
-
-impl serde::Serialize for Digest {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Digest {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Digest::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
+text_value!(Digest, DigestError);
 
 /// A platform images are built for, in OCI's spelling (`linux/amd64`, `linux/arm/v7`).
 /// Shown and serialised as that string.
@@ -284,79 +277,6 @@ impl Platform {
             variant,
         })
     }
-}
-
-/// Strings that are one of these values' text: compare, show and serialise as it.
-macro_rules! text_value {
-    ($t:ty, $err:ty) => {
-        impl $t {
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-        impl std::fmt::Display for $t {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-        impl AsRef<str> for $t {
-            fn as_ref(&self) -> &str {
-                &self.0
-            }
-        }
-        impl std::borrow::Borrow<str> for $t {
-            fn borrow(&self) -> &str {
-                &self.0
-            }
-        }
-        impl PartialEq<str> for $t {
-            fn eq(&self, other: &str) -> bool {
-                self.0 == other
-            }
-        }
-        impl PartialEq<&str> for $t {
-            fn eq(&self, other: &&str) -> bool {
-                self.0 == *other
-            }
-        }
-        impl PartialEq<String> for $t {
-            fn eq(&self, other: &String) -> bool {
-                &self.0 == other
-            }
-        }
-        impl PartialEq<$t> for String {
-            fn eq(&self, other: &$t) -> bool {
-                *self == other.0
-            }
-        }
-        impl PartialEq<$t> for &str {
-            fn eq(&self, other: &$t) -> bool {
-                *self == other.0
-            }
-        }
-        impl From<$t> for String {
-            fn from(v: $t) -> String {
-                v.0
-            }
-        }
-        impl serde::Serialize for $t {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.0)
-            }
-        }
-        impl std::str::FromStr for $t {
-            type Err = $err;
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                <$t>::parse(s)
-            }
-        }
-        impl<'de> serde::Deserialize<'de> for $t {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                <$t>::parse(&s).map_err(serde::de::Error::custom)
-            }
-        }
-    };
 }
 
 /// A session's key: the sha256 of its canonical key document, 64 lowercase hex digits
